@@ -1,0 +1,334 @@
+package record
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// Batch encoding, version 1. The same bytes are a store chunk on disk and a
+// record batch on the wire, so a consumer can be served without re-encoding.
+//
+//	byte     magic (0xEB)
+//	byte     version (1)
+//	byte     flags (reserved, must be 0)
+//	uvarint  count            number of records (> 0)
+//	uvarint  baseSeq          Seq of the first record (0 if unassigned)
+//	uvarint  lastDelta        Seq of the last record minus baseSeq
+//	varint   baseIngest       IngestTime of the first record
+//	uvarint  nOrigins         origin hub table, referenced by records
+//	  nOrigins × (uvarint len, bytes)
+//	count × record:
+//	  uvarint seqDelta        Seq - baseSeq
+//	  varint  ingestDelta     IngestTime - baseIngest
+//	  varint  time            producer Time
+//	  uvarint keyLen+1        0 = nil key
+//	  bytes   key
+//	  uvarint valueLen+1      0 = nil value (tombstone)
+//	  bytes   value
+//	  uvarint nHeaders
+//	    nHeaders × (uvarint keyLen, bytes, uvarint valueLen, bytes)
+//	  uvarint originIdx       0 = local; i = origin table entry i-1
+//	  if originIdx > 0: uvarint originShard, uvarint originSeq
+//	uint32   CRC-32C (Castagnoli, little endian) of every byte before it
+const (
+	Magic   = 0xEB
+	Version = 1
+
+	headerMin  = 3 + 4 + 1
+	trailerLen = 4
+	// minRecordLen is the fewest bytes one encoded record can take; it bounds
+	// allocations made from an untrusted count.
+	minRecordLen = 7
+	maxOrigins   = 1 << 16
+	maxHeaders   = 1 << 16
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Sentinel errors of the batch codec.
+var (
+	// ErrCorrupt is wrapped by every decoding failure: bad magic, version,
+	// checksum, or a field that runs past the buffer.
+	ErrCorrupt = errors.New("record: corrupt batch")
+	// ErrEmpty is returned when encoding a batch with no records.
+	ErrEmpty = errors.New("record: empty batch")
+)
+
+// AppendBatch appends the encoding of recs to dst and returns the extended
+// slice. recs must not be empty.
+func AppendBatch(dst []byte, recs []Record) ([]byte, error) {
+	if len(recs) == 0 {
+		return dst, ErrEmpty
+	}
+	start := len(dst)
+	base, last := recs[0].Seq, recs[len(recs)-1].Seq
+	if last < base {
+		return dst, fmt.Errorf("record: encode: sequences out of order (%d after %d)", last, base)
+	}
+	baseIngest := recs[0].IngestTime
+	dst = append(dst, Magic, Version, 0)
+	dst = binary.AppendUvarint(dst, uint64(len(recs)))
+	dst = binary.AppendUvarint(dst, base)
+	dst = binary.AppendUvarint(dst, last-base)
+	dst = binary.AppendVarint(dst, baseIngest)
+
+	// Origin table: batches usually carry zero or one foreign origin, so a
+	// linear scan beats a map.
+	var origins []string
+	for i := range recs {
+		if h := recs[i].Origin.Hub; h != "" && indexOf(origins, h) < 0 {
+			origins = append(origins, h)
+		}
+	}
+	if len(origins) > maxOrigins {
+		return dst[:start], fmt.Errorf("record: encode: %d origins in one batch (max %d)", len(origins), maxOrigins)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(origins)))
+	for _, o := range origins {
+		dst = binary.AppendUvarint(dst, uint64(len(o)))
+		dst = append(dst, o...)
+	}
+	for i := range recs {
+		r := &recs[i]
+		if r.Seq < base || (i > 0 && r.Seq < recs[i-1].Seq) {
+			return dst[:start], fmt.Errorf("record: encode: sequences out of order at record %d", i)
+		}
+		if len(r.Headers) > maxHeaders {
+			return dst[:start], fmt.Errorf("record: encode: %d headers (max %d)", len(r.Headers), maxHeaders)
+		}
+		dst = binary.AppendUvarint(dst, r.Seq-base)
+		dst = binary.AppendVarint(dst, r.IngestTime-baseIngest)
+		dst = binary.AppendVarint(dst, r.Time)
+		dst = appendNullable(dst, r.Key)
+		dst = appendNullable(dst, r.Value)
+		dst = binary.AppendUvarint(dst, uint64(len(r.Headers)))
+		for _, h := range r.Headers {
+			dst = binary.AppendUvarint(dst, uint64(len(h.Key)))
+			dst = append(dst, h.Key...)
+			dst = binary.AppendUvarint(dst, uint64(len(h.Value)))
+			dst = append(dst, h.Value...)
+		}
+		if r.Origin.Hub == "" {
+			dst = append(dst, 0)
+		} else {
+			dst = binary.AppendUvarint(dst, uint64(indexOf(origins, r.Origin.Hub)+1))
+			dst = binary.AppendUvarint(dst, uint64(r.Origin.Shard))
+			dst = binary.AppendUvarint(dst, r.Origin.Seq)
+		}
+	}
+	sum := crc32.Checksum(dst[start:], castagnoli)
+	return binary.LittleEndian.AppendUint32(dst, sum), nil
+}
+
+func indexOf(s []string, v string) int {
+	for i := range s {
+		if s[i] == v {
+			return i
+		}
+	}
+	return -1
+}
+
+func appendNullable(dst, b []byte) []byte {
+	if b == nil {
+		return append(dst, 0)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(b))+1)
+	return append(dst, b...)
+}
+
+// Info is what a batch's header says, read without decoding its records.
+type Info struct {
+	Count      int
+	BaseSeq    uint64
+	LastSeq    uint64
+	BaseIngest int64
+}
+
+// ReadInfo verifies buf's checksum and returns its header.
+func ReadInfo(buf []byte) (Info, error) {
+	d, err := newDecoder(buf)
+	if err != nil {
+		return Info{}, err
+	}
+	return d.info, nil
+}
+
+// DecodeBatch verifies buf's checksum and appends its records to dst.
+// The records' byte slices alias buf.
+func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
+	d, err := newDecoder(buf)
+	if err != nil {
+		return dst, err
+	}
+	origins := make([]string, d.uvarintMax(maxOrigins))
+	for i := range origins {
+		origins[i] = string(d.bytes(d.uvarintMax(uint64(len(d.buf)))))
+	}
+	if d.err != nil {
+		return dst, d.err
+	}
+	if cap(dst)-len(dst) < d.info.Count {
+		grown := make([]Record, len(dst), len(dst)+d.info.Count)
+		copy(grown, dst)
+		dst = grown
+	}
+	prev := d.info.BaseSeq
+	for i := 0; i < d.info.Count && d.err == nil; i++ {
+		var r Record
+		r.Seq = d.info.BaseSeq + d.uvarint()
+		r.IngestTime = d.info.BaseIngest + d.varint()
+		r.Time = d.varint()
+		r.Key = d.nullable()
+		r.Value = d.nullable()
+		if nh := d.uvarintMax(maxHeaders); nh > 0 {
+			r.Headers = make([]Header, nh)
+			for j := range r.Headers {
+				r.Headers[j].Key = string(d.bytes(d.uvarintMax(uint64(len(d.buf)))))
+				r.Headers[j].Value = d.bytes(d.uvarintMax(uint64(len(d.buf))))
+			}
+		}
+		if oi := d.uvarint(); oi > 0 {
+			if oi > uint64(len(origins)) {
+				d.fail("origin index %d of %d", oi, len(origins))
+				break
+			}
+			r.Origin.Hub = origins[oi-1]
+			shard := d.uvarint()
+			if shard > 1<<32-1 {
+				d.fail("origin shard %d", shard)
+				break
+			}
+			r.Origin.Shard = uint32(shard)
+			r.Origin.Seq = d.uvarint()
+		}
+		if r.Seq < prev || r.Seq > d.info.LastSeq {
+			d.fail("record %d: sequence %d outside [%d, %d]", i, r.Seq, prev, d.info.LastSeq)
+			break
+		}
+		prev = r.Seq
+		dst = append(dst, r)
+	}
+	if d.err == nil && len(d.buf) != 0 {
+		d.fail("%d trailing bytes", len(d.buf))
+	}
+	if d.err == nil && len(dst) > 0 && dst[len(dst)-1].Seq != d.info.LastSeq {
+		d.fail("last sequence %d, header says %d", dst[len(dst)-1].Seq, d.info.LastSeq)
+	}
+	if d.err != nil {
+		return dst, d.err
+	}
+	return dst, nil
+}
+
+// decoder reads fields from a checksummed batch; after the first error every
+// read returns zero values and err keeps the first failure.
+type decoder struct {
+	buf  []byte
+	err  error
+	info Info
+}
+
+func newDecoder(buf []byte) (*decoder, error) {
+	if len(buf) < headerMin+trailerLen {
+		return nil, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(buf))
+	}
+	if buf[0] != Magic {
+		return nil, fmt.Errorf("%w: bad magic 0x%02x", ErrCorrupt, buf[0])
+	}
+	if buf[1] != Version {
+		return nil, fmt.Errorf("%w: unsupported version %d", ErrCorrupt, buf[1])
+	}
+	if buf[2] != 0 {
+		return nil, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, buf[2])
+	}
+	body := buf[:len(buf)-trailerLen]
+	want := binary.LittleEndian.Uint32(buf[len(body):])
+	if got := crc32.Checksum(body, castagnoli); got != want {
+		return nil, fmt.Errorf("%w: checksum 0x%08x, want 0x%08x", ErrCorrupt, got, want)
+	}
+	d := &decoder{buf: body[3:]}
+	count := d.uvarint()
+	d.info.BaseSeq = d.uvarint()
+	lastDelta := d.uvarint()
+	d.info.BaseIngest = d.varint()
+	switch {
+	case d.err != nil:
+		return nil, d.err
+	case count == 0:
+		return nil, fmt.Errorf("%w: zero records", ErrCorrupt)
+	case count > uint64(len(d.buf)/minRecordLen+1):
+		return nil, fmt.Errorf("%w: %d records cannot fit in %d bytes", ErrCorrupt, count, len(d.buf))
+	case d.info.BaseSeq+lastDelta < d.info.BaseSeq:
+		return nil, fmt.Errorf("%w: sequence range overflows", ErrCorrupt)
+	}
+	d.info.Count = int(count)
+	d.info.LastSeq = d.info.BaseSeq + lastDelta
+	return d, nil
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: "+format, append([]any{ErrCorrupt}, args...)...)
+	}
+	d.buf = nil
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		d.fail("bad uvarint")
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.buf)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+// uvarintMax reads a uvarint that must not exceed max.
+func (d *decoder) uvarintMax(max uint64) uint64 {
+	v := d.uvarint()
+	if v > max {
+		d.fail("value %d exceeds %d", v, max)
+		return 0
+	}
+	return v
+}
+
+func (d *decoder) bytes(n uint64) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.buf)) {
+		d.fail("field of %d bytes runs past the end", n)
+		return nil
+	}
+	b := d.buf[:n:n]
+	d.buf = d.buf[n:]
+	return b
+}
+
+func (d *decoder) nullable() []byte {
+	n := d.uvarint()
+	if n == 0 || d.err != nil {
+		return nil
+	}
+	return d.bytes(n - 1)
+}

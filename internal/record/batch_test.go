@@ -1,0 +1,168 @@
+package record
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func sampleRecords() []Record {
+	return []Record{
+		{Seq: 10, Key: []byte("k1"), Value: []byte("v1"), Time: 5, IngestTime: 1000},
+		{Seq: 11, Key: nil, Value: []byte{}, IngestTime: 1001, Headers: []Header{{Key: "h", Value: []byte("x")}, {Key: "", Value: []byte{}}}},
+		{Seq: 13, Key: []byte("k1"), Value: nil, Time: -7, IngestTime: 999, Origin: Origin{Hub: "site-a", Shard: 3, Seq: 77}},
+		{Seq: 14, Key: []byte{}, Value: []byte("v"), IngestTime: 2000, Origin: Origin{Hub: "site-b", Shard: 0, Seq: 1}},
+		{Seq: 20, Value: bytes.Repeat([]byte("z"), 300), Origin: Origin{Hub: "site-a", Shard: 3, Seq: 78}},
+	}
+}
+
+func TestBatchRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		recs []Record
+	}{
+		{name: "mixed", recs: sampleRecords()},
+		{name: "single", recs: []Record{{Value: []byte("only")}}},
+		{name: "unassigned", recs: []Record{{Key: []byte("a"), Value: []byte("1")}, {Key: []byte("b"), Value: []byte("2")}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			buf, err := AppendBatch([]byte("prefix"), tc.recs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(buf[:6]) != "prefix" {
+				t.Fatalf("prefix clobbered: %q", buf[:6])
+			}
+			got, err := DecodeBatch(buf[6:], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range got {
+				// Header values decode as non-nil empty slices; normalise.
+				for j := range got[i].Headers {
+					if len(got[i].Headers[j].Value) == 0 {
+						got[i].Headers[j].Value = tc.recs[i].Headers[j].Value
+					}
+				}
+			}
+			if !reflect.DeepEqual(got, tc.recs) {
+				t.Fatalf("round trip:\n got %+v\nwant %+v", got, tc.recs)
+			}
+			info, err := ReadInfo(buf[6:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Count != len(tc.recs) || info.BaseSeq != tc.recs[0].Seq || info.LastSeq != tc.recs[len(tc.recs)-1].Seq {
+				t.Fatalf("info %+v", info)
+			}
+		})
+	}
+}
+
+func TestBatchNilVsEmpty(t *testing.T) {
+	buf, err := AppendBatch(nil, []Record{{Key: nil, Value: nil}, {Key: []byte{}, Value: []byte{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeBatch(buf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].Key != nil || got[0].Value != nil {
+		t.Errorf("nil key/value decoded as %q/%q", got[0].Key, got[0].Value)
+	}
+	if got[1].Key == nil || got[1].Value == nil {
+		t.Errorf("empty key/value decoded as nil")
+	}
+}
+
+func TestBatchRejectsCorruption(t *testing.T) {
+	good, err := AppendBatch(nil, sampleRecords())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range good {
+		bad := bytes.Clone(good)
+		bad[i] ^= 0x40
+		if _, err := DecodeBatch(bad, nil); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("flip byte %d: err = %v, want ErrCorrupt", i, err)
+		}
+	}
+	for n := 0; n < len(good); n++ {
+		if _, err := DecodeBatch(good[:n], nil); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("truncated to %d: err = %v, want ErrCorrupt", n, err)
+		}
+	}
+}
+
+func TestBatchEncodeErrors(t *testing.T) {
+	if _, err := AppendBatch(nil, nil); !errors.Is(err, ErrEmpty) {
+		t.Errorf("empty: %v", err)
+	}
+	if _, err := AppendBatch(nil, []Record{{Seq: 5}, {Seq: 4}}); err == nil {
+		t.Error("out-of-order sequences encoded")
+	}
+}
+
+func FuzzDecodeBatch(f *testing.F) {
+	good, _ := AppendBatch(nil, sampleRecords())
+	f.Add(good)
+	one, _ := AppendBatch(nil, []Record{{Value: []byte("x")}})
+	f.Add(one)
+	f.Add([]byte{Magic, Version, 0, 1, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		recs, err := DecodeBatch(data, nil)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error does not wrap ErrCorrupt: %v", err)
+			}
+			return
+		}
+		// Whatever decodes must re-encode and decode to the same records.
+		again, err := AppendBatch(nil, recs)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		back, err := DecodeBatch(again, nil)
+		if err != nil {
+			t.Fatalf("decode re-encoded: %v", err)
+		}
+		if len(back) != len(recs) {
+			t.Fatalf("re-decoded %d records, want %d", len(back), len(recs))
+		}
+		for i := range recs {
+			if back[i].Seq != recs[i].Seq || !bytes.Equal(back[i].Value, recs[i].Value) || back[i].Origin != recs[i].Origin {
+				t.Fatalf("record %d differs after re-encode", i)
+			}
+		}
+	})
+}
+
+func BenchmarkEncode128(b *testing.B) {
+	recs := make([]Record, 1000)
+	for i := range recs {
+		recs[i] = Record{Seq: uint64(i + 1), Key: []byte("sensor-0001"), Value: bytes.Repeat([]byte("v"), 128), IngestTime: int64(i)}
+	}
+	var buf []byte
+	b.SetBytes(128 * 1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf, _ = AppendBatch(buf[:0], recs)
+	}
+}
+
+func BenchmarkDecode128(b *testing.B) {
+	recs := make([]Record, 1000)
+	for i := range recs {
+		recs[i] = Record{Seq: uint64(i + 1), Key: []byte("sensor-0001"), Value: bytes.Repeat([]byte("v"), 128), IngestTime: int64(i)}
+	}
+	buf, _ := AppendBatch(nil, recs)
+	dst := make([]Record, 0, 1000)
+	b.SetBytes(128 * 1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		dst, _ = DecodeBatch(buf, dst[:0])
+	}
+}

@@ -1,0 +1,124 @@
+package record
+
+import (
+	"math/bits"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Record is one event in a shard's log.
+//
+// Byte slices returned by Decode alias the decoded buffer: callers that keep
+// a record beyond the buffer's life must copy.
+type Record struct {
+	// Seq is the per-shard sequence number assigned by the hub that stores
+	// the record: dense, strictly increasing from 1, never reused. 0 means
+	// "not yet assigned".
+	Seq uint64
+	// Key routes the record to a shard; nil means keyless.
+	Key []byte
+	// Value is opaque. A nil value is a tombstone for Key (compaction).
+	Value   []byte
+	Headers []Header
+	// Time is the producer's timestamp in Unix nanoseconds (0 = unset).
+	Time int64
+	// IngestTime is when the storing hub committed the record, in Unix
+	// nanoseconds; non-decreasing within a shard.
+	IngestTime int64
+	// Origin identifies the record across hubs; see Origin.
+	Origin Origin
+}
+
+// Header is one record header. Keys need not be unique.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Origin is the identity a record keeps across replication and plugin
+// re-emission: the hub (or plugin) that first produced it, the shard there,
+// and its sequence there. Hub == "" means "the hub storing this record"
+// (a local record: its origin is its own shard and sequence).
+type Origin struct {
+	Hub   string
+	Shard uint32
+	Seq   uint64
+}
+
+// IsLocal reports whether the origin is the storing hub itself.
+func (o Origin) IsLocal() bool { return o.Hub == "" }
+
+// Size is the approximate encoded size of r, used for limits and accounting.
+func (r *Record) Size() int {
+	n := len(r.Key) + len(r.Value) + len(r.Origin.Hub) + 24
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 2
+	}
+	return n
+}
+
+// Clone returns a deep copy of r that shares no memory with it.
+func (r *Record) Clone() Record {
+	c := *r
+	total := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		total += len(h.Value)
+	}
+	buf := make([]byte, 0, total)
+	if r.Key != nil {
+		buf = append(buf, r.Key...)
+		c.Key = buf[len(buf)-len(r.Key) : len(buf) : len(buf)]
+	}
+	if r.Value != nil {
+		buf = append(buf, r.Value...)
+		c.Value = buf[len(buf)-len(r.Value) : len(buf) : len(buf)]
+	}
+	if r.Headers != nil {
+		c.Headers = make([]Header, len(r.Headers))
+		for i, h := range r.Headers {
+			c.Headers[i].Key = h.Key
+			if h.Value != nil {
+				buf = append(buf, h.Value...)
+				c.Headers[i].Value = buf[len(buf)-len(h.Value) : len(buf) : len(buf)]
+			}
+		}
+	}
+	return c
+}
+
+// KeyHash is the stable 64-bit hash that places a key in a stream's hash
+// space: XXH64 with seed 0. It is part of the wire contract (clients may route
+// records themselves), so it never changes within protocol version 1.
+func KeyHash(key []byte) uint64 { return xxhash.Sum64(key) }
+
+// ShardForHash maps a hash to one of n shards. Shard i owns the contiguous
+// hash range [ceil(i*2^64/n), ceil((i+1)*2^64/n)), Kinesis-style; this is
+// the high word of hash*n.
+func ShardForHash(hash uint64, n int) int {
+	hi, _ := bits.Mul64(hash, uint64(n))
+	return int(hi)
+}
+
+// ShardForKey is ShardForHash(KeyHash(key), n).
+func ShardForKey(key []byte, n int) int { return ShardForHash(KeyHash(key), n) }
+
+// HashRange returns the inclusive hash range [start, end] owned by shard i of n.
+func HashRange(i, n int) (start, end uint64) {
+	start = rangeStart(i, n)
+	if i == n-1 {
+		return start, ^uint64(0)
+	}
+	return start, rangeStart(i+1, n) - 1
+}
+
+// rangeStart is ceil(i * 2^64 / n): the smallest h with ShardForHash(h, n) == i.
+func rangeStart(i, n int) uint64 {
+	if i == 0 {
+		return 0
+	}
+	q, r := bits.Div64(uint64(i), 0, uint64(n))
+	if r != 0 {
+		q++
+	}
+	return q
+}

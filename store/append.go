@@ -1,0 +1,495 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgehub/edgehub/internal/record"
+)
+
+// Batch is one append. All of its records commit in one transaction, or none.
+type Batch struct {
+	// Shard places every record in that shard. -1 routes each record by its
+	// key hash, keyless records round-robin.
+	Shard int
+	// Records to append. Seq and IngestTime are assigned by the store; Key,
+	// Value, Headers, Time and Origin are kept. A record with a foreign
+	// Origin (Origin.Hub != "") is applied only if its origin sequence is
+	// above the stream's watermark for that origin shard, so replayed and
+	// replicated records are stored once.
+	Records []record.Record
+	// ProducerID, if not 0, makes the append idempotent: ProducerSeq is the
+	// producer's sequence of Records[0] in (ProducerID, Shard), consecutive
+	// across batches. A batch that was stored before is answered with its
+	// original positions and Result.Duplicate set. Requires Shard >= 0.
+	ProducerID  uint64
+	ProducerSeq uint64
+}
+
+// Position is where a record was stored. Seq 0 means the record was not
+// stored because its origin had already been applied.
+type Position struct {
+	Shard uint32
+	Seq   uint64
+}
+
+// Result reports where each record of a Batch went, in order.
+type Result struct {
+	Positions []Position
+	// Duplicate is set when the whole batch had been stored before
+	// (idempotent producer retry).
+	Duplicate bool
+}
+
+type request struct {
+	batch  Batch
+	shards []uint32 // per record, when routed
+	maint  func(tx *bolt.Tx) error
+	after  func() // run on the writer goroutine if maint committed
+	res    Result
+	err    error
+	done   chan struct{}
+}
+
+// Append stores b durably: with the default SyncAlways it returns only after
+// the fsync of the transaction that holds the records. Concurrent appends are
+// coalesced into one transaction (group commit).
+//
+// ctx bounds the wait for a place in the commit queue; once queued, Append
+// waits for the commit, since the store reads b.Records until then.
+func (s *Stream) Append(ctx context.Context, b Batch) (Result, error) {
+	if len(b.Records) == 0 {
+		return Result{}, nil
+	}
+	req := &request{batch: b, done: make(chan struct{})}
+	n := len(s.shards)
+	switch {
+	case b.Shard >= n || b.Shard < -1:
+		return Result{}, fmt.Errorf("store: append to %q: %w %d of %d", s.name, ErrInvalidShard, b.Shard, n)
+	case b.Shard == -1 && b.ProducerID != 0:
+		return Result{}, fmt.Errorf("store: append to %q: idempotent appends need an explicit shard", s.name)
+	case b.Shard == -1:
+		req.shards = make([]uint32, len(b.Records))
+		for i := range b.Records {
+			if k := b.Records[i].Key; k != nil {
+				req.shards[i] = uint32(record.ShardForKey(k, n))
+			} else {
+				req.shards[i] = uint32(s.rr.Add(1) % uint64(n))
+			}
+		}
+	}
+	max := s.st.cfg.MaxRecordBytes
+	for i := range b.Records {
+		r := &b.Records[i]
+		if sz := r.Size(); sz > max {
+			return Result{}, fmt.Errorf("store: append to %q: record %d: %w: %d bytes (max %d)", s.name, i, ErrRecordTooLarge, sz, max)
+		}
+		if len(r.Origin.Hub) > MaxOriginHubLength {
+			return Result{}, fmt.Errorf("store: append to %q: record %d: origin hub name is %d bytes (max %d)", s.name, i, len(r.Origin.Hub), MaxOriginHubLength)
+		}
+	}
+	if err := s.enqueue(ctx, req); err != nil {
+		return Result{}, err
+	}
+	<-req.done
+	return req.res, req.err
+}
+
+func (s *Stream) enqueue(ctx context.Context, req *request) error {
+	if s.closed.Load() {
+		return fmt.Errorf("store: stream %q: %w", s.name, ErrClosed)
+	}
+	select {
+	case s.reqs <- req:
+		return nil
+	case <-s.quit:
+		return fmt.Errorf("store: stream %q: %w", s.name, ErrClosed)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// maintain runs fn in its own write transaction on the writer goroutine, which
+// owns the shards' state.
+func (s *Stream) maintain(ctx context.Context, fn func(tx *bolt.Tx) error, after func()) error {
+	req := &request{maint: fn, after: after, done: make(chan struct{})}
+	if err := s.enqueue(ctx, req); err != nil {
+		return err
+	}
+	<-req.done
+	return req.err
+}
+
+// run is the writer: it gathers queued appends into one transaction, commits
+// (and fsyncs) it, then answers them all.
+func (s *Stream) run() {
+	defer close(s.done)
+	var syncTick <-chan time.Time
+	if s.st.cfg.Sync == SyncInterval {
+		t := time.NewTicker(s.st.cfg.SyncInterval)
+		defer t.Stop()
+		syncTick = t.C
+	}
+	w := &writer{s: s}
+	var batch []*request
+	for {
+		var first *request
+		select {
+		case first = <-s.reqs:
+		case <-syncTick:
+			if err := s.db.Sync(); err != nil {
+				s.logger.Error("store: periodic fsync failed", "err", err)
+			}
+			continue
+		case <-s.quit:
+			// Serve what is queued, then stop.
+			for {
+				select {
+				case r := <-s.reqs:
+					s.serve(w, []*request{r})
+				default:
+					if s.st.cfg.Sync == SyncInterval {
+						s.db.Sync()
+					}
+					return
+				}
+			}
+		}
+		if first.maint != nil {
+			s.serve(w, []*request{first})
+			continue
+		}
+		batch = append(batch[:0], first)
+		n := len(first.batch.Records)
+	gather:
+		for n < s.st.cfg.MaxBatchRecords {
+			select {
+			case r := <-s.reqs:
+				if r.maint != nil {
+					s.serve(w, batch)
+					batch = append(batch[:0], r)
+					break gather
+				}
+				batch = append(batch, r)
+				n += len(r.batch.Records)
+			default:
+				break gather
+			}
+		}
+		s.serve(w, batch)
+		clear(batch)
+	}
+}
+
+// serve commits reqs in one transaction and answers them.
+func (s *Stream) serve(w *writer, reqs []*request) {
+	var err error
+	if len(reqs) == 1 && reqs[0].maint != nil {
+		if err = s.updateTx(reqs[0].maint); err == nil && reqs[0].after != nil {
+			reqs[0].after()
+		}
+	} else {
+		err = w.commit(reqs)
+	}
+	for _, r := range reqs {
+		if err != nil && r.err == nil {
+			r.err = fmt.Errorf("store: stream %q: %w", s.name, err)
+		}
+		close(r.done)
+	}
+}
+
+// update runs fn in a write transaction, turning a bbolt panic on a damaged
+// page into a CorruptError.
+func (s *Stream) updateTx(fn func(tx *bolt.Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("%v", r)}
+		}
+	}()
+	return s.db.Update(fn)
+}
+
+// writer holds the group-commit scratch state; it lives on the writer
+// goroutine and is reused across commits.
+type writer struct {
+	s       *Stream
+	pending [][]record.Record // per shard, records of this commit
+	metas   []shardMeta
+	touched []bool
+	wm      map[OriginKey]uint64 // watermarks changed in this commit
+	buf     []byte
+}
+
+func (w *writer) commit(reqs []*request) error {
+	s := w.s
+	n := len(s.shards)
+	if w.pending == nil {
+		w.pending = make([][]record.Record, n)
+		w.metas = make([]shardMeta, n)
+		w.touched = make([]bool, n)
+		w.wm = map[OriginKey]uint64{}
+	}
+	for i := range w.pending {
+		w.pending[i] = w.pending[i][:0]
+		w.metas[i] = s.shards[i].meta
+		w.touched[i] = false
+	}
+	clear(w.wm)
+	// bbolt keeps value slices until commit, which is over: reuse the buffer
+	// (growing it mid-commit is fine, earlier chunks keep the old array).
+	if cap(w.buf) > 8<<20 {
+		w.buf = nil
+	}
+	w.buf = w.buf[:0]
+	now := s.st.cfg.Now().UnixNano()
+
+	err := s.updateTx(func(tx *bolt.Tx) error {
+		for _, r := range reqs {
+			if err := w.apply(tx, r, now); err != nil {
+				return err
+			}
+		}
+		return w.flush(tx)
+	})
+	if err != nil {
+		for _, r := range reqs {
+			r.res = Result{}
+		}
+		return err
+	}
+	for i, sh := range s.shards {
+		if !w.touched[i] {
+			continue
+		}
+		first := sh.first.Load()
+		if sh.records.Load() == 0 {
+			first = sh.meta.Next // the shard was empty: its first record is this commit's
+		}
+		sh.meta = w.metas[i]
+		sh.publish(sh.meta, first)
+	}
+	if len(w.wm) > 0 {
+		s.wmMu.Lock()
+		for k, v := range w.wm {
+			s.watermarks[k] = v
+		}
+		s.wmMu.Unlock()
+	}
+	return nil
+}
+
+// apply assigns positions to one request's records inside the transaction.
+// A request-level refusal (a sequence gap) is recorded in r.err and does not
+// fail the other requests.
+func (w *writer) apply(tx *bolt.Tx, r *request, now int64) error {
+	b := &r.batch
+	r.res.Positions = make([]Position, len(b.Records))
+	if b.ProducerID != 0 {
+		dup, err := w.checkProducer(tx, r, now)
+		if err != nil || dup {
+			return err
+		}
+	}
+	for i := range b.Records {
+		rec := &b.Records[i]
+		shard := b.Shard
+		if r.shards != nil {
+			shard = int(r.shards[i])
+		}
+		if !rec.Origin.IsLocal() {
+			k := OriginKey{Hub: rec.Origin.Hub, Shard: rec.Origin.Shard}
+			if rec.Origin.Seq <= w.watermark(tx, k) {
+				r.res.Positions[i] = Position{Shard: uint32(shard)}
+				continue
+			}
+			w.wm[k] = rec.Origin.Seq
+		}
+		m := &w.metas[shard]
+		out := *rec
+		out.Seq = m.Next
+		m.Next++
+		out.IngestTime = max(now, m.LastIngest)
+		m.LastIngest = out.IngestTime
+		m.Records++
+		w.touched[shard] = true
+		w.pending[shard] = append(w.pending[shard], out)
+		r.res.Positions[i] = Position{Shard: uint32(shard), Seq: out.Seq}
+	}
+	return nil
+}
+
+func (w *writer) watermark(tx *bolt.Tx, k OriginKey) uint64 {
+	if v, ok := w.wm[k]; ok {
+		return v
+	}
+	w.s.wmMu.RLock()
+	v := w.s.watermarks[k]
+	w.s.wmMu.RUnlock()
+	return v
+}
+
+// Idempotent producer state: the last batches of (producer, shard), enough to
+// answer a retried batch with its original positions.
+const producerWindow = 16
+
+type producerBatch struct {
+	seq   uint64 // producer sequence of the first record
+	count uint32
+	first uint64 // stream sequence of the first record
+}
+
+func producerKey(id uint64, shard int) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 12), id)
+	return binary.BigEndian.AppendUint32(k, uint32(shard))
+}
+
+// producer state encoding: BE last-used unix nanos ‖ n × (seq, count, first).
+func decodeProducer(v []byte) (lastUsed int64, batches []producerBatch) {
+	if len(v) < 8 {
+		return 0, nil
+	}
+	lastUsed = int64(binary.BigEndian.Uint64(v))
+	for v = v[8:]; len(v) >= 20; v = v[20:] {
+		batches = append(batches, producerBatch{
+			seq: binary.BigEndian.Uint64(v), count: binary.BigEndian.Uint32(v[8:]), first: binary.BigEndian.Uint64(v[12:]),
+		})
+	}
+	return lastUsed, batches
+}
+
+func encodeProducer(now int64, batches []producerBatch) []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 8+20*len(batches)), uint64(now))
+	for _, pb := range batches {
+		b = binary.BigEndian.AppendUint64(b, pb.seq)
+		b = binary.BigEndian.AppendUint32(b, pb.count)
+		b = binary.BigEndian.AppendUint64(b, pb.first)
+	}
+	return b
+}
+
+// checkProducer decides whether r is new (records its batch), a duplicate
+// (fills r.res from the remembered batch), or a gap (sets r.err).
+func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, err error) {
+	b := &r.batch
+	pb := tx.Bucket(bucketProducers)
+	key := producerKey(b.ProducerID, b.Shard)
+	_, batches := decodeProducer(pb.Get(key))
+	next := uint64(0)
+	if len(batches) > 0 {
+		last := batches[len(batches)-1]
+		next = last.seq + uint64(last.count)
+	}
+	count := uint32(len(b.Records))
+	switch {
+	case len(batches) == 0 || b.ProducerSeq == next:
+		// New batch. A producer's first batch may start anywhere, so a
+		// producer whose state expired can continue.
+		for _, rec := range b.Records {
+			if !rec.Origin.IsLocal() {
+				r.err = fmt.Errorf("store: append to %q: idempotent batches carry local records only", w.s.name)
+				return true, nil
+			}
+		}
+		batches = append(batches, producerBatch{seq: b.ProducerSeq, count: count, first: w.metas[b.Shard].Next})
+		if len(batches) > producerWindow {
+			batches = batches[len(batches)-producerWindow:]
+		}
+		return false, pb.Put(key, encodeProducer(now, batches))
+	case b.ProducerSeq > next:
+		r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sent sequence %d, expected %d",
+			w.s.name, b.Shard, ErrSequenceGap, b.ProducerID, b.ProducerSeq, next)
+		return true, nil
+	}
+	for _, old := range batches {
+		if old.seq == b.ProducerSeq && old.count == count {
+			for i := range r.res.Positions {
+				r.res.Positions[i] = Position{Shard: uint32(b.Shard), Seq: old.first + uint64(i)}
+			}
+			r.res.Duplicate = true
+			return true, nil
+		}
+	}
+	r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sequence %d (window starts at %d)",
+		w.s.name, b.Shard, ErrDuplicateTooOld, b.ProducerID, b.ProducerSeq, batches[0].seq)
+	return true, nil
+}
+
+// flush writes this commit's records as one chunk per shard (split at
+// maxChunkBytes), the time index, the origin index and watermarks, and the
+// touched shards' state.
+func (w *writer) flush(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	for i, recs := range w.pending {
+		if len(recs) == 0 {
+			continue
+		}
+		cb := tx.Bucket(chunkBucket(i))
+		cb.FillPercent = 1.0 // append-only: full pages
+		tb := tx.Bucket(timeBucket(i))
+		tb.FillPercent = 1.0
+		for len(recs) > 0 {
+			n, size := 0, 0
+			for n < len(recs) && (n == 0 || size < maxChunkBytes) {
+				size += recs[n].Size()
+				n++
+			}
+			// bbolt keeps the value slice until commit: each chunk gets
+			// its own piece of w.buf, which is not reused before then.
+			start := len(w.buf)
+			var err error
+			w.buf, err = record.AppendBatch(w.buf, recs[:n])
+			if err != nil {
+				return err
+			}
+			chunk := w.buf[start:len(w.buf):len(w.buf)]
+			if err := cb.Put(u64(recs[0].Seq), chunk); err != nil {
+				return err
+			}
+			tk := binary.BigEndian.AppendUint64(u64(uint64(recs[0].IngestTime)), recs[0].Seq)
+			if err := tb.Put(tk, nil); err != nil {
+				return err
+			}
+			w.metas[i].Bytes += int64(len(chunk))
+			if err := w.indexOrigins(tx, i, recs[:n]); err != nil {
+				return err
+			}
+			recs = recs[n:]
+		}
+		if err := meta.Put(shardKey(i), w.metas[i].encode()); err != nil {
+			return err
+		}
+	}
+	wb := tx.Bucket(bucketWatermarks)
+	for k, v := range w.wm {
+		if err := wb.Put(k.bytes(), u64(v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// indexOrigins maps each foreign record's origin to its position here, so a
+// peer can pull an origin's records after a watermark.
+func (w *writer) indexOrigins(tx *bolt.Tx, shard int, recs []record.Record) error {
+	var ob *bolt.Bucket
+	for i := range recs {
+		o := recs[i].Origin
+		if o.IsLocal() {
+			continue
+		}
+		if ob == nil {
+			ob = tx.Bucket(bucketOrigins)
+		}
+		k := binary.BigEndian.AppendUint64(OriginKey{Hub: o.Hub, Shard: o.Shard}.bytes(), o.Seq)
+		v := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(make([]byte, 0, 12), uint32(shard)), recs[i].Seq)
+		if err := ob.Put(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Callers test them with errors.Is; the store wraps them with
+// the operation and the object it concerns.
+var (
+	// ErrClosed is returned by operations on a closed store or stream.
+	ErrClosed = errors.New("store: closed")
+	// ErrStreamNotFound: no stream has that name.
+	ErrStreamNotFound = errors.New("stream not found")
+	// ErrStreamExists: CreateStream with a name in use and a different config.
+	ErrStreamExists = errors.New("stream already exists")
+	// ErrInvalidName: a name outside the documented charset or length.
+	ErrInvalidName = errors.New("invalid name")
+	// ErrInvalidConfig: a stream definition that cannot be honoured.
+	ErrInvalidConfig = errors.New("invalid stream config")
+	// ErrRecordTooLarge: a record above Config.MaxRecordBytes.
+	ErrRecordTooLarge = errors.New("record too large")
+	// ErrInvalidShard: a shard index outside the stream's shards.
+	ErrInvalidShard = errors.New("invalid shard")
+	// ErrSequenceGap: an idempotent producer's batch skips sequences, so an
+	// earlier batch was lost; the producer must resend from the gap.
+	ErrSequenceGap = errors.New("producer sequence gap")
+	// ErrDuplicateTooOld: an idempotent producer resent a batch older than
+	// the window of batches the store remembers; it was stored before, but
+	// its sequence numbers can no longer be reported.
+	ErrDuplicateTooOld = errors.New("duplicate batch too old to answer")
+	// ErrLocked: another process holds the data directory.
+	ErrLocked = errors.New("data directory in use by another process")
+	// ErrCorrupt is wrapped by CorruptError.
+	ErrCorrupt = errors.New("corrupt data")
+)
+
+// CorruptError reports damaged data: a file that bbolt cannot open, or a
+// chunk whose checksum fails. Data that fails verification is never returned.
+type CorruptError struct {
+	File  string
+	Shard int    // -1 when not shard-specific
+	Seq   uint64 // first sequence of the damaged chunk, 0 if unknown
+	Err   error
+}
+
+func (e *CorruptError) Error() string {
+	if e.Shard < 0 {
+		return fmt.Sprintf("store: corrupt file %s: %v", e.File, e.Err)
+	}
+	return fmt.Sprintf("store: corrupt chunk in %s shard %d at sequence %d: %v", e.File, e.Shard, e.Seq, e.Err)
+}
+
+func (e *CorruptError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }

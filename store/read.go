@@ -1,0 +1,250 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgehub/edgehub/internal/record"
+)
+
+// ReadOptions bound one read. Zero values take the defaults.
+type ReadOptions struct {
+	// MaxRecords defaults to 1000.
+	MaxRecords int
+	// MaxBytes (of encoded chunks copied) defaults to 1 MiB. At least one
+	// chunk is always read, so a large record is never stuck.
+	MaxBytes int
+}
+
+func (o ReadOptions) withDefaults() ReadOptions {
+	if o.MaxRecords <= 0 {
+		o.MaxRecords = 1000
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = 1 << 20
+	}
+	return o
+}
+
+// view runs fn in a read transaction, turning a bbolt panic on a damaged page
+// into a CorruptError. Reads copy what they return and keep transactions
+// short, since a long read transaction holds back bbolt's page reuse.
+func (s *Stream) view(fn func(tx *bolt.Tx) error) (err error) {
+	if s.closed.Load() {
+		return fmt.Errorf("store: stream %q: %w", s.name, ErrClosed)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("%v", r)}
+		}
+	}()
+	err = s.db.View(fn)
+	if err != nil && s.closed.Load() {
+		return fmt.Errorf("store: stream %q: %w", s.name, ErrClosed)
+	}
+	return err
+}
+
+// ReadRaw returns copies of the encoded chunks of shard that hold records
+// with sequence from or later, in order. The first chunk may also hold
+// records before from: decoders skip them. A from below the first live
+// sequence starts at the first live record (retention removed the rest).
+func (s *Stream) ReadRaw(shard int, from uint64, maxBytes int) ([][]byte, error) {
+	if shard < 0 || shard >= len(s.shards) {
+		return nil, fmt.Errorf("store: read %q: %w %d of %d", s.name, ErrInvalidShard, shard, len(s.shards))
+	}
+	if maxBytes <= 0 {
+		maxBytes = 1 << 20
+	}
+	if from >= s.shards[shard].next.Load() {
+		return nil, nil
+	}
+	var out [][]byte
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(chunkBucket(shard)).Cursor()
+		k, v := seekChunk(c, from)
+		for total := 0; k != nil && (total == 0 || total+len(v) <= maxBytes); k, v = c.Next() {
+			buf := make([]byte, len(v))
+			copy(buf, v)
+			out = append(out, buf)
+			total += len(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read %q shard %d: %w", s.name, shard, err)
+	}
+	return out, nil
+}
+
+// seekChunk positions c on the chunk that holds from, or the first chunk
+// after it.
+func seekChunk(c *bolt.Cursor, from uint64) (k, v []byte) {
+	k, v = c.Seek(u64(from))
+	if k != nil && binary.BigEndian.Uint64(k) == from {
+		return k, v
+	}
+	// The chunk before may still hold from.
+	if pk, pv := c.Prev(); pk != nil {
+		if info, err := record.ReadInfo(pv); err != nil || info.LastSeq >= from {
+			return pk, pv // a damaged chunk is returned so that decoding reports it
+		}
+		return c.Next()
+	}
+	return c.First()
+}
+
+// Read returns up to opts.MaxRecords records of shard with sequence from or
+// later, in order. It returns no records (and no error) at the end of the
+// shard; Wait blocks until there are more. A damaged chunk is reported as a
+// *CorruptError, never returned as data.
+func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]record.Record, error) {
+	opts = opts.withDefaults()
+	chunks, err := s.ReadRaw(shard, from, opts.MaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	var recs []record.Record
+	for _, c := range chunks {
+		before := len(recs)
+		recs, err = record.DecodeBatch(c, recs)
+		if err != nil {
+			info, _ := record.ReadInfo(c)
+			return nil, &CorruptError{File: s.path, Shard: shard, Seq: info.BaseSeq, Err: err}
+		}
+		if before == 0 {
+			// Drop the records before from in the first chunk.
+			skip := 0
+			for skip < len(recs) && recs[skip].Seq < from {
+				skip++
+			}
+			recs = recs[skip:]
+		}
+		if len(recs) >= opts.MaxRecords {
+			return recs[:opts.MaxRecords], nil
+		}
+	}
+	return recs, nil
+}
+
+// SeqAtTime returns the sequence of the first record of shard ingested at or
+// after t, or the next sequence to be assigned if there is none.
+func (s *Stream) SeqAtTime(shard int, t time.Time) (uint64, error) {
+	if shard < 0 || shard >= len(s.shards) {
+		return 0, fmt.Errorf("store: read %q: %w %d", s.name, ErrInvalidShard, shard)
+	}
+	ts := t.UnixNano()
+	if ts < 0 {
+		ts = 0
+	}
+	next := s.shards[shard].next.Load()
+	var chunk []byte
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(timeBucket(shard)).Cursor()
+		// The chunk that may hold t is the last one that starts at or
+		// before t; if none does, the first chunk.
+		k, _ := c.Seek(u64(uint64(ts) + 1))
+		if k == nil {
+			k, _ = c.Last()
+		} else if pk, _ := c.Prev(); pk != nil {
+			k = pk
+		} else {
+			k, _ = c.First()
+		}
+		if k == nil {
+			return nil
+		}
+		seq := binary.BigEndian.Uint64(k[8:])
+		if v := tx.Bucket(chunkBucket(shard)).Get(u64(seq)); v != nil {
+			chunk = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	if err != nil || chunk == nil {
+		return s.firstAtOrAfter(shard, next), err
+	}
+	recs, err := record.DecodeBatch(chunk, nil)
+	if err != nil {
+		return 0, &CorruptError{File: s.path, Shard: shard, Err: err}
+	}
+	for _, r := range recs {
+		if r.IngestTime >= ts {
+			return r.Seq, nil
+		}
+	}
+	// Every record of that chunk is older: the answer is the next chunk's
+	// first record, i.e. the first record after this chunk.
+	return s.firstAtOrAfter(shard, recs[len(recs)-1].Seq+1), nil
+}
+
+func (s *Stream) firstAtOrAfter(shard int, seq uint64) uint64 {
+	if f := s.shards[shard].first.Load(); f > seq {
+		return f
+	}
+	return seq
+}
+
+// ReadOrigin returns up to max records whose origin is k with origin
+// sequence above after, in origin order. Replication serves pulls with it.
+func (s *Stream) ReadOrigin(k OriginKey, after uint64, max int) ([]record.Record, error) {
+	if max <= 0 {
+		max = 1000
+	}
+	type pos struct {
+		shard int
+		seq   uint64
+	}
+	var want []pos
+	prefix := k.bytes()
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketOrigins).Cursor()
+		for key, v := c.Seek(binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), after+1)); key != nil && len(want) < max; key, v = c.Next() {
+			if len(key) != len(prefix)+8 || string(key[:len(prefix)]) != string(prefix) {
+				break
+			}
+			if len(v) != 12 {
+				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("origin index entry %x", key)}
+			}
+			want = append(want, pos{int(binary.BigEndian.Uint32(v)), binary.BigEndian.Uint64(v[4:])})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read origin %s/%d of %q: %w", k.Hub, k.Shard, s.name, err)
+	}
+	out := make([]record.Record, 0, len(want))
+	for i := 0; i < len(want); {
+		// Records of one origin usually sit together in one shard: read
+		// runs at once.
+		p := want[i]
+		if p.shard >= len(s.shards) {
+			return nil, &CorruptError{File: s.path, Shard: p.shard, Err: fmt.Errorf("origin index points at shard %d", p.shard)}
+		}
+		recs, err := s.Read(p.shard, p.seq, ReadOptions{MaxRecords: len(want) - i})
+		if err != nil {
+			return nil, err
+		}
+		before := i
+		for _, r := range recs {
+			// Entries whose record is gone (retention, compaction) are
+			// skipped.
+			for i < len(want) && want[i].shard == p.shard && want[i].seq < r.Seq {
+				i++
+			}
+			if i >= len(want) || want[i].shard != p.shard {
+				break
+			}
+			if want[i].seq == r.Seq {
+				out = append(out, r)
+				i++
+			}
+		}
+		if i == before {
+			i++ // the record is gone
+		}
+	}
+	return out, nil
+}

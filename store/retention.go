@@ -1,0 +1,402 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgehub/edgehub/internal/record"
+)
+
+// Retention and compaction run on a maintenance goroutine per stream. Each
+// step is its own short write transaction that the writer runs between
+// group commits, so appends never wait behind more than one step.
+const (
+	// stepChunks bounds the chunks one maintenance transaction deletes or
+	// rewrites.
+	stepChunks = 64
+	// compactEvery compacts a shard at least this often when records arrived.
+	compactEvery = 10 * time.Minute
+)
+
+func (s *Stream) maintenance() {
+	defer close(s.maintDone)
+	t := time.NewTicker(s.st.cfg.RetentionInterval)
+	defer t.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-s.quit
+		cancel()
+	}()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		if err := s.enforce(ctx, false); err != nil && ctx.Err() == nil {
+			s.logger.Error("store: retention", "err", err)
+		}
+	}
+}
+
+// Enforce runs retention (age and size), producer expiry and, when due,
+// compaction now. The maintenance goroutine calls it periodically; tests
+// and operators may call it directly. forceCompact compacts every shard of a
+// compacted stream regardless of how much changed.
+func (s *Stream) Enforce(ctx context.Context, forceCompact bool) error {
+	return s.enforce(ctx, forceCompact)
+}
+
+func (s *Stream) enforce(ctx context.Context, forceCompact bool) error {
+	s.maintMu.Lock()
+	defer s.maintMu.Unlock()
+	cfg := s.Config()
+	now := s.st.cfg.Now()
+	if cfg.Retention > 0 {
+		cutoff := now.Add(-cfg.Retention).UnixNano()
+		for i := range s.shards {
+			if err := s.trimHead(ctx, i, func(_ int64, lastIngest int64) bool { return lastIngest < cutoff }); err != nil {
+				return err
+			}
+		}
+	}
+	if cfg.MaxBytes > 0 {
+		if err := s.trimBytes(ctx, cfg.MaxBytes); err != nil {
+			return err
+		}
+	}
+	if cfg.Compact {
+		for i, sh := range s.shards {
+			next := sh.next.Load()
+			grown := next - sh.compactedNext
+			due := grown > 0 && (forceCompact || grown >= uint64(sh.records.Load()/4)+1 || now.Sub(sh.compactedAt) >= compactEvery)
+			if !due && !(forceCompact && sh.records.Load() > 0) {
+				continue
+			}
+			if err := s.compact(ctx, i, next-1, now); err != nil {
+				return err
+			}
+			sh.compactedNext, sh.compactedAt = next, now
+		}
+	}
+	return s.expireProducers(ctx, now)
+}
+
+// maintainShard runs fn on the writer goroutine in its own transaction with
+// a copy of the shard's state, and publishes the state if the transaction
+// commits.
+func (s *Stream) maintainShard(ctx context.Context, shard int, fn func(tx *bolt.Tx, m *shardMeta) (first uint64, err error)) error {
+	sh := s.shards[shard]
+	var m shardMeta
+	var first uint64
+	err := s.maintain(ctx, func(tx *bolt.Tx) error {
+		m = sh.meta
+		var err error
+		if first, err = fn(tx, &m); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(shardKey(shard), m.encode())
+	}, func() {
+		sh.meta = m
+		sh.publish(m, first)
+	})
+	return err
+}
+
+// trimHead deletes chunks from the head of shard while expired(baseIngest,
+// lastIngest) holds, in bounded steps.
+func (s *Stream) trimHead(ctx context.Context, shard int, expired func(baseIngest, lastIngest int64) bool) error {
+	for {
+		more := false
+		err := s.maintainShard(ctx, shard, func(tx *bolt.Tx, m *shardMeta) (uint64, error) {
+			c := tx.Bucket(chunkBucket(shard)).Cursor()
+			k, v := c.First()
+			for n := 0; k != nil; n++ {
+				if n == stepChunks {
+					more = true
+					break
+				}
+				info, err := record.ReadInfo(v)
+				if err != nil {
+					return 0, &CorruptError{File: s.path, Shard: shard, Seq: binary.BigEndian.Uint64(k), Err: err}
+				}
+				// Ingest times never decrease, so the next chunk's first
+				// ingest bounds this chunk's last.
+				last := m.LastIngest
+				nk, nv := c.Next()
+				if nk != nil {
+					if ni, err := record.ReadInfo(nv); err == nil {
+						last = ni.BaseIngest
+					}
+				}
+				if !expired(info.BaseIngest, last) {
+					break
+				}
+				if err := s.deleteChunk(tx, shard, k, v, m); err != nil {
+					return 0, err
+				}
+				k, v = c.Seek(nk)
+			}
+			return firstSeq(tx, shard, m), nil
+		})
+		if err != nil || !more {
+			return err
+		}
+	}
+}
+
+// trimBytes deletes the oldest chunks across shards while the stream's live
+// bytes exceed maxBytes.
+func (s *Stream) trimBytes(ctx context.Context, maxBytes int64) error {
+	for {
+		var total int64
+		for _, sh := range s.shards {
+			total += sh.bytes.Load()
+		}
+		if total <= maxBytes {
+			return nil
+		}
+		// The shard whose head is oldest loses its head chunk.
+		oldest, oldestIngest := -1, int64(0)
+		err := s.view(func(tx *bolt.Tx) error {
+			for i := range s.shards {
+				_, v := tx.Bucket(chunkBucket(i)).Cursor().First()
+				if v == nil {
+					continue
+				}
+				info, err := record.ReadInfo(v)
+				if err != nil {
+					return &CorruptError{File: s.path, Shard: i, Err: err}
+				}
+				if oldest < 0 || info.BaseIngest < oldestIngest {
+					oldest, oldestIngest = i, info.BaseIngest
+				}
+			}
+			return nil
+		})
+		if err != nil || oldest < 0 {
+			return err
+		}
+		excess := total - maxBytes
+		err = s.maintainShard(ctx, oldest, func(tx *bolt.Tx, m *shardMeta) (uint64, error) {
+			c := tx.Bucket(chunkBucket(oldest)).Cursor()
+			var freed int64
+			for k, v := c.First(); k != nil && freed < excess; k, v = c.First() {
+				info, err := record.ReadInfo(v)
+				if err != nil {
+					return 0, &CorruptError{File: s.path, Shard: oldest, Err: err}
+				}
+				if info.BaseIngest > oldestIngest && freed > 0 {
+					break // another shard may be older now
+				}
+				freed += int64(len(v))
+				if err := s.deleteChunk(tx, oldest, k, v, m); err != nil {
+					return 0, err
+				}
+			}
+			return firstSeq(tx, oldest, m), nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// deleteChunk removes a chunk with its time index and origin index entries.
+func (s *Stream) deleteChunk(tx *bolt.Tx, shard int, k, v []byte, m *shardMeta) error {
+	recs, err := record.DecodeBatch(v, nil)
+	if err != nil {
+		return &CorruptError{File: s.path, Shard: shard, Seq: binary.BigEndian.Uint64(k), Err: err}
+	}
+	size := len(v)
+	if err := removeOrigins(tx, recs); err != nil {
+		return err
+	}
+	tk := binary.BigEndian.AppendUint64(u64(uint64(recs[0].IngestTime)), recs[0].Seq)
+	if err := tx.Bucket(timeBucket(shard)).Delete(tk); err != nil {
+		return err
+	}
+	if err := tx.Bucket(chunkBucket(shard)).Delete(k); err != nil {
+		return err
+	}
+	m.Bytes -= int64(size)
+	m.Records -= int64(len(recs))
+	return nil
+}
+
+func removeOrigins(tx *bolt.Tx, recs []record.Record) error {
+	var ob *bolt.Bucket
+	for _, r := range recs {
+		if r.Origin.IsLocal() {
+			continue
+		}
+		if ob == nil {
+			ob = tx.Bucket(bucketOrigins)
+		}
+		k := binary.BigEndian.AppendUint64(OriginKey{Hub: r.Origin.Hub, Shard: r.Origin.Shard}.bytes(), r.Origin.Seq)
+		if err := ob.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func firstSeq(tx *bolt.Tx, shard int, m *shardMeta) uint64 {
+	if k, _ := tx.Bucket(chunkBucket(shard)).Cursor().First(); k != nil {
+		return binary.BigEndian.Uint64(k)
+	}
+	return m.Next
+}
+
+// compact keeps, among records with sequence <= upTo, only the latest record
+// per key; tombstones older than the stream's tombstone retention go too.
+// Keyless records are kept. Survivors keep their sequence numbers. The scan
+// for the latest sequence per key reads in short transactions; rewrites go
+// in steps of stepChunks chunks.
+func (s *Stream) compact(ctx context.Context, shard int, upTo uint64, now time.Time) error {
+	latest := map[string]uint64{}
+	for from := uint64(0); from <= upTo; {
+		chunks, err := s.ReadRaw(shard, from, 4<<20)
+		if err != nil {
+			return err
+		}
+		if len(chunks) == 0 {
+			break
+		}
+		for _, c := range chunks {
+			recs, err := record.DecodeBatch(c, nil)
+			if err != nil {
+				return &CorruptError{File: s.path, Shard: shard, Err: err}
+			}
+			for _, r := range recs {
+				if r.Key != nil && r.Seq <= upTo && r.Seq >= from {
+					latest[string(r.Key)] = r.Seq
+				}
+			}
+			from = recs[len(recs)-1].Seq + 1
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	tombCutoff := now.Add(-s.Config().TombstoneRetention).UnixNano()
+	keep := func(r *record.Record) bool {
+		switch {
+		case r.Seq > upTo || r.Key == nil:
+			return true
+		case latest[string(r.Key)] != r.Seq:
+			return false
+		case r.Value == nil:
+			return r.IngestTime >= tombCutoff
+		}
+		return true
+	}
+	removed := 0
+	for from := uint64(0); from <= upTo; {
+		var next uint64
+		err := s.maintainShard(ctx, shard, func(tx *bolt.Tx, m *shardMeta) (uint64, error) {
+			cb := tx.Bucket(chunkBucket(shard))
+			c := cb.Cursor()
+			k, v := c.Seek(u64(from))
+			next = upTo + 1
+			for n := 0; k != nil; n++ {
+				if n == stepChunks {
+					next = binary.BigEndian.Uint64(k)
+					break
+				}
+				base := binary.BigEndian.Uint64(k)
+				if base > upTo {
+					break
+				}
+				recs, err := record.DecodeBatch(v, nil)
+				if err != nil {
+					return 0, &CorruptError{File: s.path, Shard: shard, Seq: base, Err: err}
+				}
+				var kept, gone []record.Record
+				for i := range recs {
+					if keep(&recs[i]) {
+						kept = append(kept, recs[i])
+					} else {
+						gone = append(gone, recs[i])
+					}
+				}
+				if len(gone) == 0 {
+					k, v = c.Next()
+					continue
+				}
+				removed += len(gone)
+				// Keep copies: deleting from the bucket invalidates v.
+				for i := range kept {
+					kept[i] = kept[i].Clone()
+				}
+				if err := s.deleteChunk(tx, shard, k, v, m); err != nil {
+					return 0, err
+				}
+				if len(kept) > 0 {
+					if err := s.putChunk(tx, shard, kept, m); err != nil {
+						return 0, err
+					}
+				}
+				k, v = c.Seek(u64(base + 1))
+			}
+			return firstSeq(tx, shard, m), nil
+		})
+		if err != nil {
+			return fmt.Errorf("store: compact %q shard %d: %w", s.name, shard, err)
+		}
+		from = next
+	}
+	if removed > 0 {
+		s.logger.Debug("store: compacted", "shard", shard, "removed", removed, "keys", len(latest))
+	}
+	return nil
+}
+
+// putChunk writes recs (already sequenced) as one chunk with its indexes.
+func (s *Stream) putChunk(tx *bolt.Tx, shard int, recs []record.Record, m *shardMeta) error {
+	buf, err := record.AppendBatch(nil, recs)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(chunkBucket(shard)).Put(u64(recs[0].Seq), buf); err != nil {
+		return err
+	}
+	tk := binary.BigEndian.AppendUint64(u64(uint64(recs[0].IngestTime)), recs[0].Seq)
+	if err := tx.Bucket(timeBucket(shard)).Put(tk, nil); err != nil {
+		return err
+	}
+	w := &writer{s: s}
+	if err := w.indexOrigins(tx, shard, recs); err != nil {
+		return err
+	}
+	m.Bytes += int64(len(buf))
+	m.Records += int64(len(recs))
+	return nil
+}
+
+// expireProducers forgets idempotent producers idle longer than
+// Config.ProducerExpiry.
+func (s *Stream) expireProducers(ctx context.Context, now time.Time) error {
+	cutoff := now.Add(-s.st.cfg.ProducerExpiry).UnixNano()
+	return s.maintain(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketProducers)
+		var idle [][]byte
+		b.ForEach(func(k, v []byte) error {
+			if used, _ := decodeProducer(v); used < cutoff {
+				idle = append(idle, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range idle {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil)
+}

@@ -1,0 +1,466 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/edgehub/edgehub/internal/record"
+)
+
+// File layout of one stream (one bbolt file, so that records, producer state
+// and origin watermarks of every shard commit in one transaction):
+//
+//	m                 meta: "config" → JSON StreamConfig, "format" → 1,
+//	                  shardKey(i) → shardMeta
+//	c<i>              chunks of shard i: BE uint64 first seq → record batch
+//	t<i>              time index of shard i: BE first ingest ‖ BE first seq → nil
+//	p                 idempotent producers: BE id ‖ BE shard → producerState
+//	w                 origin watermarks: originKey → BE uint64 highest origin seq
+//	o                 origin index: originKey ‖ BE origin seq → BE shard ‖ BE seq
+var (
+	bucketMeta       = []byte("m")
+	bucketProducers  = []byte("p")
+	bucketWatermarks = []byte("w")
+	bucketOrigins    = []byte("o")
+	keyConfig        = []byte("config")
+	keyFormat        = []byte("format")
+)
+
+const formatVersion = 1
+
+// maxChunkBytes splits a shard's share of one group commit into chunks of
+// about this size, so a read never has to copy a huge value to return a few
+// records.
+const maxChunkBytes = 256 << 10
+
+func chunkBucket(shard int) []byte { return fmt.Appendf(nil, "c%d", shard) }
+func timeBucket(shard int) []byte  { return fmt.Appendf(nil, "t%d", shard) }
+func shardKey(shard int) []byte    { return fmt.Appendf(nil, "shard/%d", shard) }
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+// shardMeta is the persistent state of a shard, rewritten at each commit
+// that touches it.
+type shardMeta struct {
+	Next       uint64 // next sequence to assign
+	LastIngest int64
+	Bytes      int64 // live chunk bytes
+	Records    int64 // live records
+}
+
+func (m shardMeta) encode() []byte {
+	b := make([]byte, 0, 32)
+	b = binary.BigEndian.AppendUint64(b, m.Next)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.LastIngest))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Bytes))
+	return binary.BigEndian.AppendUint64(b, uint64(m.Records))
+}
+
+func decodeShardMeta(b []byte) (shardMeta, error) {
+	if len(b) != 32 {
+		return shardMeta{}, fmt.Errorf("shard meta is %d bytes, want 32", len(b))
+	}
+	return shardMeta{
+		Next:       binary.BigEndian.Uint64(b),
+		LastIngest: int64(binary.BigEndian.Uint64(b[8:])),
+		Bytes:      int64(binary.BigEndian.Uint64(b[16:])),
+		Records:    int64(binary.BigEndian.Uint64(b[24:])),
+	}, nil
+}
+
+// shard is the in-memory state of one shard. The writer goroutine owns meta;
+// readers see it through the atomics, published after each commit.
+type shard struct {
+	meta shardMeta // writer-owned
+
+	next    atomic.Uint64 // committed: last sequence is next-1
+	first   atomic.Uint64 // first live sequence (== next when empty)
+	bytes   atomic.Int64
+	records atomic.Int64
+	ingest  atomic.Int64 // last ingest time
+
+	mu     sync.Mutex
+	notify chan struct{} // closed and replaced when records commit
+
+	// Compaction bookkeeping, owned by the maintenance goroutine.
+	compactedNext uint64
+	compactedAt   time.Time
+}
+
+func (sh *shard) publish(m shardMeta, first uint64) {
+	sh.first.Store(first)
+	sh.bytes.Store(m.Bytes)
+	sh.records.Store(m.Records)
+	sh.ingest.Store(m.LastIngest)
+	if sh.next.Swap(m.Next) != m.Next {
+		sh.mu.Lock()
+		close(sh.notify)
+		sh.notify = make(chan struct{})
+		sh.mu.Unlock()
+	}
+}
+
+func (sh *shard) changed() <-chan struct{} {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.notify
+}
+
+// Stream is one sharded, append-only log in its own bbolt file. It is safe
+// for concurrent use.
+type Stream struct {
+	st     *Store
+	name   string
+	path   string
+	db     *bolt.DB
+	logger *slog.Logger
+	cfg    atomic.Pointer[StreamConfig]
+	shards []*shard
+	rr     atomic.Uint64 // round-robin cursor for keyless records
+
+	wmMu       sync.RWMutex
+	watermarks map[OriginKey]uint64
+
+	reqs      chan *request
+	quit      chan struct{}
+	done      chan struct{} // writer stopped
+	maintDone chan struct{} // maintenance stopped
+	maintMu   sync.Mutex    // one retention/compaction pass at a time
+	closeOnce sync.Once
+	closeErr  error
+	closed    atomic.Bool
+}
+
+// OriginKey names one origin shard: a hub (or plugin) and its shard.
+type OriginKey struct {
+	Hub   string
+	Shard uint32
+}
+
+func (k OriginKey) bytes() []byte {
+	b := make([]byte, 0, 1+len(k.Hub)+4)
+	b = append(b, byte(len(k.Hub)))
+	b = append(b, k.Hub...)
+	return binary.BigEndian.AppendUint32(b, k.Shard)
+}
+
+func decodeOriginKey(b []byte) (OriginKey, []byte, error) {
+	if len(b) < 1 || len(b) < 1+int(b[0])+4 {
+		return OriginKey{}, nil, errors.New("short origin key")
+	}
+	n := int(b[0])
+	return OriginKey{Hub: string(b[1 : 1+n]), Shard: binary.BigEndian.Uint32(b[1+n:])}, b[1+n+4:], nil
+}
+
+// MaxOriginHubLength bounds Origin.Hub so origin keys stay small.
+const MaxOriginHubLength = 255
+
+// openStream opens the stream file; cfg != nil creates it.
+func openStream(s *Store, name string, cfg *StreamConfig) (*Stream, error) {
+	path := s.streamPath(name)
+	opts := &bolt.Options{
+		Timeout:         s.cfg.OpenTimeout,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: 64 << 20,
+		NoSync:          s.cfg.Sync == SyncInterval,
+	}
+	db, err := bolt.Open(path, 0o644, opts)
+	if err != nil {
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return nil, fmt.Errorf("store: open %s: %w", path, ErrLocked)
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
+			errors.Is(err, berrors.ErrVersionMismatch), strings.Contains(err.Error(), "file size too small"),
+			strings.Contains(err.Error(), "invalid"):
+			return nil, &CorruptError{File: path, Shard: -1, Err: err}
+		}
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	st := &Stream{
+		st:         s,
+		name:       name,
+		path:       path,
+		db:         db,
+		logger:     s.logger.With("stream", name),
+		watermarks: map[OriginKey]uint64{},
+		reqs:       make(chan *request, 1024),
+		quit:       make(chan struct{}),
+		done:       make(chan struct{}),
+		maintDone:  make(chan struct{}),
+	}
+	if cfg != nil {
+		err = st.create(*cfg)
+	} else {
+		err = st.load()
+	}
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	go st.run()
+	go st.maintenance()
+	return st, nil
+}
+
+func (s *Stream) create(cfg StreamConfig) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta) != nil {
+			return fmt.Errorf("file exists with a stream in it")
+		}
+		m, err := tx.CreateBucket(bucketMeta)
+		if err != nil {
+			return err
+		}
+		raw, err := json.Marshal(cfg)
+		if err != nil {
+			return err
+		}
+		if err := m.Put(keyConfig, raw); err != nil {
+			return err
+		}
+		if err := m.Put(keyFormat, u64(formatVersion)); err != nil {
+			return err
+		}
+		for _, b := range [][]byte{bucketProducers, bucketWatermarks, bucketOrigins} {
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		for i := 0; i < cfg.Shards; i++ {
+			if _, err := tx.CreateBucket(chunkBucket(i)); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucket(timeBucket(i)); err != nil {
+				return err
+			}
+			if err := m.Put(shardKey(i), shardMeta{Next: 1}.encode()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: create stream %q: %w", s.name, err)
+	}
+	return s.load()
+}
+
+// load reads the stream's config and shard state and verifies the last chunk
+// of every shard, so a damaged file is reported at open rather than at the
+// first read.
+func (s *Stream) load() (err error) {
+	defer func() {
+		// bbolt panics on some page corruption; report it as such.
+		if r := recover(); r != nil {
+			err = &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("%v", r)}
+		}
+	}()
+	return s.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		if m == nil {
+			return &CorruptError{File: s.path, Shard: -1, Err: errors.New("no meta bucket: not a stream file")}
+		}
+		if f := m.Get(keyFormat); len(f) != 8 || binary.BigEndian.Uint64(f) != formatVersion {
+			return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("unknown format %x", f)}
+		}
+		var cfg StreamConfig
+		if err := json.Unmarshal(m.Get(keyConfig), &cfg); err != nil {
+			return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("config: %w", err)}
+		}
+		if err := cfg.Validate(); err != nil || cfg.Name != s.name {
+			return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("config for %q does not match: %v", cfg.Name, err)}
+		}
+		s.cfg.Store(&cfg)
+		s.shards = make([]*shard, cfg.Shards)
+		for i := range s.shards {
+			meta, err := decodeShardMeta(m.Get(shardKey(i)))
+			c := tx.Bucket(chunkBucket(i))
+			if err != nil || c == nil || tx.Bucket(timeBucket(i)) == nil {
+				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("shard %d: missing state (%v)", i, err)}
+			}
+			first := meta.Next
+			cur := c.Cursor()
+			if k, _ := cur.First(); k != nil {
+				first = binary.BigEndian.Uint64(k)
+			}
+			if k, v := cur.Last(); k != nil {
+				info, err := record.ReadInfo(v)
+				if err != nil {
+					return &CorruptError{File: s.path, Shard: i, Seq: binary.BigEndian.Uint64(k), Err: err}
+				}
+				if info.LastSeq >= meta.Next || info.BaseSeq != binary.BigEndian.Uint64(k) {
+					return &CorruptError{File: s.path, Shard: i, Seq: info.BaseSeq,
+						Err: fmt.Errorf("last chunk ends at %d, shard state says next is %d", info.LastSeq, meta.Next)}
+				}
+			}
+			sh := &shard{meta: meta, notify: make(chan struct{})}
+			sh.next.Store(meta.Next)
+			sh.publish(meta, first)
+			s.shards[i] = sh
+		}
+		return tx.Bucket(bucketWatermarks).ForEach(func(k, v []byte) error {
+			ok, _, err := decodeOriginKey(k)
+			if err != nil || len(v) != 8 {
+				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("watermark %x: bad entry", k)}
+			}
+			s.watermarks[ok] = binary.BigEndian.Uint64(v)
+			return nil
+		})
+	})
+}
+
+// Name returns the stream's name.
+func (s *Stream) Name() string { return s.name }
+
+// Config returns the stream's current definition.
+func (s *Stream) Config() StreamConfig {
+	c := *s.cfg.Load()
+	c.Meta = cloneMap(c.Meta)
+	return c
+}
+
+// Shards returns the number of shards.
+func (s *Stream) Shards() int { return len(s.shards) }
+
+// ShardForKey returns the shard a key routes to.
+func (s *Stream) ShardForKey(key []byte) int { return record.ShardForKey(key, len(s.shards)) }
+
+func (s *Stream) update(ctx context.Context, cfg StreamConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("store: update stream: %w", err)
+	}
+	if cfg.Shards != len(s.shards) {
+		return fmt.Errorf("store: update stream %q: %w: shard count is fixed at %d", s.name, ErrInvalidConfig, len(s.shards))
+	}
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	err = s.maintain(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyConfig, raw)
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("store: update stream %q: %w", s.name, err)
+	}
+	s.cfg.Store(&cfg)
+	return nil
+}
+
+// close stops the writer after it has served every queued request, then
+// closes the file.
+func (s *Stream) close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.quit)
+		<-s.maintDone
+		<-s.done
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// Watermarks returns a copy of the stream's origin watermarks: for each
+// foreign origin shard, the highest origin sequence applied here.
+func (s *Stream) Watermarks() map[OriginKey]uint64 {
+	s.wmMu.RLock()
+	defer s.wmMu.RUnlock()
+	out := make(map[OriginKey]uint64, len(s.watermarks))
+	for k, v := range s.watermarks {
+		out[k] = v
+	}
+	return out
+}
+
+// Watermark returns the highest sequence of origin k applied here.
+func (s *Stream) Watermark(k OriginKey) uint64 {
+	s.wmMu.RLock()
+	defer s.wmMu.RUnlock()
+	return s.watermarks[k]
+}
+
+// ShardStats describes one shard.
+type ShardStats struct {
+	Shard      int    `json:"shard"`
+	HashStart  uint64 `json:"hash_start"`
+	HashEnd    uint64 `json:"hash_end"`
+	FirstSeq   uint64 `json:"first_seq"` // first live sequence; > LastSeq when empty
+	LastSeq    uint64 `json:"last_seq"`  // 0 before the first record
+	Records    int64  `json:"records"`
+	Bytes      int64  `json:"bytes"`
+	LastIngest int64  `json:"last_ingest_unix_nano"`
+}
+
+// Stats returns each shard's current state.
+func (s *Stream) Stats() []ShardStats {
+	out := make([]ShardStats, len(s.shards))
+	for i, sh := range s.shards {
+		lo, hi := record.HashRange(i, len(s.shards))
+		out[i] = ShardStats{
+			Shard: i, HashStart: lo, HashEnd: hi,
+			FirstSeq: sh.first.Load(), LastSeq: sh.next.Load() - 1,
+			Records: sh.records.Load(), Bytes: sh.bytes.Load(), LastIngest: sh.ingest.Load(),
+		}
+	}
+	return out
+}
+
+// Bounds returns the first live and the last sequence of a shard. An empty
+// shard has first == last+1.
+func (s *Stream) Bounds(shard int) (first, last uint64, err error) {
+	if shard < 0 || shard >= len(s.shards) {
+		return 0, 0, fmt.Errorf("store: stream %q: %w %d of %d", s.name, ErrInvalidShard, shard, len(s.shards))
+	}
+	sh := s.shards[shard]
+	return sh.first.Load(), sh.next.Load() - 1, nil
+}
+
+// Wait blocks until shard holds a record with sequence seq or later, or ctx
+// ends. It never polls: commits wake it.
+func (s *Stream) Wait(ctx context.Context, shard int, seq uint64) error {
+	if shard < 0 || shard >= len(s.shards) {
+		return fmt.Errorf("store: stream %q: %w %d", s.name, ErrInvalidShard, shard)
+	}
+	sh := s.shards[shard]
+	for {
+		ch := sh.changed()
+		if sh.next.Load() > seq {
+			return nil
+		}
+		if s.closed.Load() {
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-s.quit:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Changed returns a channel closed at the next commit to shard. Consumers
+// watching many shards select on several of them.
+func (s *Stream) Changed(shard int) <-chan struct{} { return s.shards[shard].changed() }
