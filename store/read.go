@@ -52,7 +52,22 @@ func (s *Stream) view(fn func(tx *bolt.Tx) error) (err error) {
 // with sequence from or later, in order. The first chunk may also hold
 // records before from: decoders skip them. A from below the first live
 // sequence starts at the first live record (retention removed the rest).
+// At least one chunk is returned when there is one, whatever maxBytes says.
 func (s *Stream) ReadRaw(shard int, from uint64, maxBytes int) ([][]byte, error) {
+	chunks, err := s.readChunks(shard, from, maxBytes)
+	out := make([][]byte, len(chunks))
+	for i, c := range chunks {
+		out[i] = c.data
+	}
+	return out, err
+}
+
+type chunk struct {
+	seq  uint64 // the chunk's key: its first sequence
+	data []byte
+}
+
+func (s *Stream) readChunks(shard int, from uint64, maxBytes int) ([]chunk, error) {
 	if shard < 0 || shard >= len(s.shards) {
 		return nil, fmt.Errorf("store: read %q: %w %d of %d", s.name, ErrInvalidShard, shard, len(s.shards))
 	}
@@ -62,14 +77,12 @@ func (s *Stream) ReadRaw(shard int, from uint64, maxBytes int) ([][]byte, error)
 	if from >= s.shards[shard].next.Load() {
 		return nil, nil
 	}
-	var out [][]byte
+	var out []chunk
 	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(chunkBucket(shard)).Cursor()
 		k, v := seekChunk(c, from)
 		for total := 0; k != nil && (total == 0 || total+len(v) <= maxBytes); k, v = c.Next() {
-			buf := make([]byte, len(v))
-			copy(buf, v)
-			out = append(out, buf)
+			out = append(out, chunk{seq: binary.BigEndian.Uint64(k), data: append([]byte(nil), v...)})
 			total += len(v)
 		}
 		return nil
@@ -103,17 +116,16 @@ func seekChunk(c *bolt.Cursor, from uint64) (k, v []byte) {
 // *CorruptError, never returned as data.
 func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]record.Record, error) {
 	opts = opts.withDefaults()
-	chunks, err := s.ReadRaw(shard, from, opts.MaxBytes)
+	chunks, err := s.readChunks(shard, from, opts.MaxBytes)
 	if err != nil {
 		return nil, err
 	}
 	var recs []record.Record
 	for _, c := range chunks {
 		before := len(recs)
-		recs, err = record.DecodeBatch(c, recs)
+		recs, err = record.DecodeBatch(c.data, recs)
 		if err != nil {
-			info, _ := record.ReadInfo(c)
-			return nil, &CorruptError{File: s.path, Shard: shard, Seq: info.BaseSeq, Err: err}
+			return nil, &CorruptError{File: s.path, Shard: shard, Seq: c.seq, Err: err}
 		}
 		if before == 0 {
 			// Drop the records before from in the first chunk.

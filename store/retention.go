@@ -125,18 +125,10 @@ func (s *Stream) trimHead(ctx context.Context, shard int, expired func(baseInges
 				if err != nil {
 					return 0, &CorruptError{File: s.path, Shard: shard, Seq: binary.BigEndian.Uint64(k), Err: err}
 				}
-				// Ingest times never decrease, so the next chunk's first
-				// ingest bounds this chunk's last.
-				last := m.LastIngest
-				nk, nv := c.Next()
-				if nk != nil {
-					if ni, err := record.ReadInfo(nv); err == nil {
-						last = ni.BaseIngest
-					}
-				}
-				if !expired(info.BaseIngest, last) {
+				if !expired(info.BaseIngest, info.MaxIngest) {
 					break
 				}
+				nk, _ := c.Next()
 				if err := s.deleteChunk(tx, shard, k, v, m); err != nil {
 					return 0, err
 				}

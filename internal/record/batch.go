@@ -17,6 +17,7 @@ import (
 //	uvarint  baseSeq          Seq of the first record (0 if unassigned)
 //	uvarint  lastDelta        Seq of the last record minus baseSeq
 //	varint   baseIngest       IngestTime of the first record
+//	varint   maxIngestDelta   largest IngestTime minus baseIngest
 //	uvarint  nOrigins         origin hub table, referenced by records
 //	  nOrigins × (uvarint len, bytes)
 //	count × record:
@@ -36,7 +37,7 @@ const (
 	Magic   = 0xEB
 	Version = 1
 
-	headerMin  = 3 + 4 + 1
+	headerMin  = 3 + 5 + 1
 	trailerLen = 4
 	// minRecordLen is the fewest bytes one encoded record can take; it bounds
 	// allocations made from an untrusted count.
@@ -67,12 +68,16 @@ func AppendBatch(dst []byte, recs []Record) ([]byte, error) {
 	if last < base {
 		return dst, fmt.Errorf("record: encode: sequences out of order (%d after %d)", last, base)
 	}
-	baseIngest := recs[0].IngestTime
+	baseIngest, maxIngest := recs[0].IngestTime, recs[0].IngestTime
+	for i := range recs {
+		maxIngest = max(maxIngest, recs[i].IngestTime)
+	}
 	dst = append(dst, Magic, Version, 0)
 	dst = binary.AppendUvarint(dst, uint64(len(recs)))
 	dst = binary.AppendUvarint(dst, base)
 	dst = binary.AppendUvarint(dst, last-base)
 	dst = binary.AppendVarint(dst, baseIngest)
+	dst = binary.AppendVarint(dst, maxIngest-baseIngest)
 
 	// Origin table: batches usually carry zero or one foreign origin, so a
 	// linear scan beats a map.
@@ -145,6 +150,7 @@ type Info struct {
 	BaseSeq    uint64
 	LastSeq    uint64
 	BaseIngest int64
+	MaxIngest  int64 // largest IngestTime in the batch
 }
 
 // ReadInfo verifies buf's checksum and returns its header.
@@ -180,6 +186,10 @@ func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
 		var r Record
 		r.Seq = d.info.BaseSeq + d.uvarint()
 		r.IngestTime = d.info.BaseIngest + d.varint()
+		if r.IngestTime > d.info.MaxIngest {
+			d.fail("record %d: ingest time above the batch's maximum", i)
+			break
+		}
 		r.Time = d.varint()
 		r.Key = d.nullable()
 		r.Value = d.nullable()
@@ -254,6 +264,7 @@ func newDecoder(buf []byte) (*decoder, error) {
 	d.info.BaseSeq = d.uvarint()
 	lastDelta := d.uvarint()
 	d.info.BaseIngest = d.varint()
+	d.info.MaxIngest = d.info.BaseIngest + d.varint()
 	switch {
 	case d.err != nil:
 		return nil, d.err
