@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -124,6 +125,10 @@ func (s *Stream) maintain(ctx context.Context, fn func(tx *bolt.Tx) error, after
 	return req.err
 }
 
+// gatherYields is how many times the writer yields to appenders when the
+// queue runs dry before it commits what it has.
+const gatherYields = 8
+
 // run is the writer: it gathers queued appends into one transaction, commits
 // (and fsyncs) it, then answers them all.
 func (s *Stream) run() {
@@ -165,6 +170,7 @@ func (s *Stream) run() {
 		}
 		batch = append(batch[:0], first)
 		n := len(first.batch.Records)
+		yields := 0
 	gather:
 		for n < s.st.cfg.MaxBatchRecords {
 			select {
@@ -176,8 +182,16 @@ func (s *Stream) run() {
 				}
 				batch = append(batch, r)
 				n += len(r.batch.Records)
+				yields = 0
 			default:
-				break gather
+				// The appenders answered by the last commit are waking
+				// up: let them run and queue before this commit starts,
+				// or every other commit would carry half of them.
+				if yields == gatherYields {
+					break gather
+				}
+				yields++
+				runtime.Gosched()
 			}
 		}
 		s.serve(w, batch)
@@ -262,10 +276,12 @@ func (w *writer) commit(reqs []*request) error {
 		}
 		return err
 	}
+	s.commits.Add(1)
 	for i, sh := range s.shards {
 		if !w.touched[i] {
 			continue
 		}
+		s.committed.Add(w.metas[i].Next - sh.meta.Next)
 		first := sh.first.Load()
 		if sh.records.Load() == 0 {
 			first = sh.meta.Next // the shard was empty: its first record is this commit's
