@@ -1,0 +1,108 @@
+package quic
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Frame decoders wrap ErrMalformed; transports wrap the rest
+// with the operation and the peer.
+var (
+	// ErrMalformed is wrapped by every frame decoding failure.
+	ErrMalformed = errors.New("quic: malformed frame")
+	// ErrFrameTooLarge: a frame header announced more than the frame limit.
+	ErrFrameTooLarge = errors.New("quic: frame too large")
+	// ErrClosed: the server, client or stream was closed.
+	ErrClosed = errors.New("quic: closed")
+	// ErrUnexpectedFrame: a valid frame of a type the operation does not
+	// allow at this point.
+	ErrUnexpectedFrame = errors.New("quic: unexpected frame")
+)
+
+// Code is an application error code. It is carried in ERROR frames and ACK
+// frames, and as the QUIC application error code when a stream or connection
+// is reset. The values are part of the wire protocol (docs/protocol.md).
+type Code uint64
+
+// Error codes. New codes are only ever added; a client treats an unknown code
+// like CodeInternal.
+const (
+	CodeOK               Code = 0x00 // success (ACK frames only)
+	CodeProtocol         Code = 0x01 // malformed frame or violated sequencing
+	CodeFrameTooLarge    Code = 0x02 // frame above the negotiated limit
+	CodeUnauthenticated  Code = 0x03 // missing or unknown credentials
+	CodePermissionDenied Code = 0x04 // authenticated, not allowed on this stream
+	CodeNotFound         Code = 0x05 // no such stream
+	CodeInvalidArgument  Code = 0x06 // bad shard, start position, record
+	CodeSequenceGap      Code = 0x07 // idempotent producer skipped sequences
+	CodeDuplicateTooOld  Code = 0x08 // retried batch older than the hub remembers
+	CodeRecordTooLarge   Code = 0x09 // a record above the hub's limit
+	CodeUnknownOp        Code = 0x0a // OPEN named an operation the hub lacks
+	CodeLimit            Code = 0x0b // connection, stream or rate limit reached
+	CodeUnavailable      Code = 0x0c // hub shutting down or stream closing; retry
+	CodeInternal         Code = 0x0d // hub-side failure
+	CodeCorrupt          Code = 0x0e // stored data failed verification
+	CodeCanceled         Code = 0x0f // the peer gave up on the operation
+)
+
+var codeNames = map[Code]string{
+	CodeOK: "ok", CodeProtocol: "protocol_error", CodeFrameTooLarge: "frame_too_large",
+	CodeUnauthenticated: "unauthenticated", CodePermissionDenied: "permission_denied",
+	CodeNotFound: "not_found", CodeInvalidArgument: "invalid_argument",
+	CodeSequenceGap: "sequence_gap", CodeDuplicateTooOld: "duplicate_too_old",
+	CodeRecordTooLarge: "record_too_large", CodeUnknownOp: "unknown_op", CodeLimit: "limit",
+	CodeUnavailable: "unavailable", CodeInternal: "internal", CodeCorrupt: "corrupt",
+	CodeCanceled: "canceled",
+}
+
+func (c Code) String() string {
+	if s, ok := codeNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("code_0x%02x", uint64(c))
+}
+
+// Retryable reports whether an operation refused with c may succeed if it is
+// retried unchanged (after a reconnect, for instance).
+func (c Code) Retryable() bool {
+	return c == CodeUnavailable || c == CodeLimit || c == CodeCanceled
+}
+
+// Error is a refusal that travels on the wire: a code and a human-readable
+// message. Handlers return it to close a stream with that code; clients
+// receive it from ERROR and ACK frames.
+type Error struct {
+	Code    Code
+	Message string
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return "quic: " + e.Code.String()
+	}
+	return "quic: " + e.Code.String() + ": " + e.Message
+}
+
+// Is makes errors.Is(err, &Error{Code: c}) match any error with code c.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code && (t.Message == "" || t.Message == e.Message)
+}
+
+// Errorf returns an *Error with a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the code of the first *Error in err's chain, CodeOK for nil,
+// and CodeInternal for anything else.
+func CodeOf(err error) Code {
+	if err == nil {
+		return CodeOK
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
