@@ -129,6 +129,14 @@ func (s *Stream) trimHead(ctx context.Context, shard int, expired func(baseInges
 					break
 				}
 				nk, _ := c.Next()
+				if nk == nil {
+					// The last chunk: nothing follows it.
+					if err := s.deleteChunk(tx, shard, k, v, m); err != nil {
+						return 0, err
+					}
+					break
+				}
+				nk = append([]byte(nil), nk...) // deleting invalidates cursor memory
 				if err := s.deleteChunk(tx, shard, k, v, m); err != nil {
 					return 0, err
 				}
