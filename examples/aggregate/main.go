@@ -1,0 +1,211 @@
+// Command aggregate is an edgehub plugin: per-key tumbling-window statistics
+// (count, min, max, mean) over JSON sensor readings, emitted when a window
+// closes. Build it with
+//
+//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o aggregate.wasm .
+//
+// See README.md for its config and output.
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/edgehub/edgehub/sdk/plugin"
+)
+
+var (
+	output   = "aggregates"
+	field    = "value"
+	window   = time.Minute
+	lateness = 2 * time.Second
+	idle     = time.Minute
+)
+
+// State layout (all per input shard):
+//
+//	"w" ‖ BE uint64 window end ‖ key → stats (32 bytes)
+//	"m"                              → BE int64 max event time, BE int64 last ingest time
+//
+// Window keys sort by end time, so the timer closes windows with one ordered
+// scan and stops at the first one still open.
+var metaKey = []byte("m")
+
+type stats struct {
+	count         uint64
+	sum, min, max float64
+}
+
+func (s *stats) encode() []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 32), s.count)
+	b = binary.BigEndian.AppendUint64(b, math.Float64bits(s.sum))
+	b = binary.BigEndian.AppendUint64(b, math.Float64bits(s.min))
+	return binary.BigEndian.AppendUint64(b, math.Float64bits(s.max))
+}
+
+func decodeStats(b []byte) (stats, bool) {
+	if len(b) != 32 {
+		return stats{}, false
+	}
+	return stats{
+		count: binary.BigEndian.Uint64(b),
+		sum:   math.Float64frombits(binary.BigEndian.Uint64(b[8:])),
+		min:   math.Float64frombits(binary.BigEndian.Uint64(b[16:])),
+		max:   math.Float64frombits(binary.BigEndian.Uint64(b[24:])),
+	}, true
+}
+
+func windowKey(end int64, key []byte) []byte {
+	k := append([]byte{'w'}, binary.BigEndian.AppendUint64(nil, uint64(end))...)
+	return append(k, key...)
+}
+
+func loadMeta() (maxEvent, lastIngest int64) {
+	if b, ok := plugin.State.Get(metaKey); ok && len(b) == 16 {
+		return int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint64(b[8:]))
+	}
+	return math.MinInt64, 0
+}
+
+func storeMeta(maxEvent, lastIngest int64) {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(maxEvent))
+	plugin.State.Set(metaKey, binary.BigEndian.AppendUint64(b, uint64(lastIngest)))
+}
+
+// reading extracts the numeric field from a JSON object.
+func reading(v []byte) (float64, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(v, &m); err != nil {
+		return 0, err
+	}
+	raw, ok := m[field]
+	if !ok {
+		return 0, fmt.Errorf("no %q field", field)
+	}
+	return strconv.ParseFloat(string(raw), 64)
+}
+
+func onRecord(r *plugin.Record) error {
+	if r.Key == nil || r.Value == nil {
+		return nil // keyless readings and tombstones carry no sensor
+	}
+	x, err := reading(r.Value)
+	if err != nil {
+		plugin.Logf(plugin.LevelDebug, "skipping record %d: %v", r.Seq, err)
+		return nil
+	}
+	t := r.Time
+	if t == 0 {
+		t = r.IngestTime
+	}
+	maxEvent, _ := loadMeta()
+	size := int64(window)
+	end := t - mod(t, size) + size
+	if end <= maxEvent-int64(lateness) {
+		// Its window has closed already: counting it would change an
+		// aggregate that was published.
+		plugin.Logf(plugin.LevelDebug, "late reading for %s at %d dropped", r.Key, t)
+		storeMeta(maxEvent, r.IngestTime)
+		return nil
+	}
+	k := windowKey(end, r.Key)
+	s, ok := stats{}, false
+	if b, found := plugin.State.Get(k); found {
+		s, ok = decodeStats(b)
+	}
+	if !ok {
+		s = stats{min: x, max: x}
+	}
+	s.count++
+	s.sum += x
+	s.min = math.Min(s.min, x)
+	s.max = math.Max(s.max, x)
+	plugin.State.Set(k, s.encode())
+	storeMeta(max(maxEvent, t), r.IngestTime)
+	return nil
+}
+
+func mod(a, b int64) int64 {
+	m := a % b
+	if m < 0 {
+		m += b
+	}
+	return m
+}
+
+// onTimer closes windows: those whose end the event-time watermark (the
+// largest timestamp seen, minus the allowed lateness) has passed, and every
+// open window once the input has been idle for the idle period (by the
+// firing time against the last record's ingest time, both replay-stable).
+func onTimer(now time.Time) error {
+	maxEvent, lastIngest := loadMeta()
+	if lastIngest == 0 {
+		return nil
+	}
+	watermark := maxEvent - int64(lateness)
+	flushAll := now.UnixNano()-lastIngest >= int64(idle)
+	closedEnd := int64(math.MinInt64)
+	for k := range plugin.State.Keys([]byte{'w'}) {
+		end := int64(binary.BigEndian.Uint64(k[1:9]))
+		if end > watermark && !flushAll {
+			break
+		}
+		closedEnd = max(closedEnd, end)
+		b, _ := plugin.State.Get(k)
+		s, ok := decodeStats(b)
+		plugin.State.Delete(k)
+		if !ok {
+			continue
+		}
+		key := k[9:]
+		out, _ := json.Marshal(map[string]any{
+			"key":          string(key),
+			"window_start": time.Unix(0, end-int64(window)).UTC().Format(time.RFC3339Nano),
+			"window_end":   time.Unix(0, end).UTC().Format(time.RFC3339Nano),
+			"count":        s.count,
+			"min":          s.min,
+			"max":          s.max,
+			"mean":         s.sum / float64(s.count),
+		})
+		if err := plugin.Emit(output, plugin.Output{Key: key, Value: out, Time: end}); err != nil {
+			return err
+		}
+	}
+	if closedEnd > watermark {
+		// Windows flushed early (idle input): readings that still belong
+		// to them are late from now on, or they would be published twice.
+		storeMeta(closedEnd+int64(lateness), lastIngest)
+	}
+	return nil
+}
+
+func onInit(c plugin.Config) error {
+	var err error
+	output = c.String("output", output)
+	field = c.String("field", field)
+	if window, err = c.Duration("window", window); err != nil {
+		return err
+	}
+	if lateness, err = c.Duration("lateness", lateness); err != nil {
+		return err
+	}
+	if idle, err = c.Duration("idle", window); err != nil {
+		return err
+	}
+	if window <= 0 || lateness < 0 || idle <= 0 {
+		return fmt.Errorf("window (%s) and idle (%s) must be positive, lateness (%s) not negative", window, idle, lateness)
+	}
+	return nil
+}
+
+func init() {
+	plugin.OnInit(onInit)
+	plugin.OnRecord(onRecord)
+	plugin.OnTimer(onTimer)
+}
+
+func main() {}
