@@ -1,0 +1,155 @@
+package gossip
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Profiles select memberlist's timing defaults.
+const (
+	// ProfileWAN suits hubs across sites and regions (the default): slower
+	// probes and gossip, more tolerance for latency and loss.
+	ProfileWAN = "wan"
+	// ProfileLAN suits hubs in one data centre: faster failure detection
+	// and dissemination.
+	ProfileLAN = "lan"
+	// ProfileLocal suits hubs on one machine (tests, demos).
+	ProfileLocal = "local"
+)
+
+// Config configures a Gossip. Fill defaults with DefaultConfig; check with
+// Validate.
+type Config struct {
+	// Name is the member name: the hub's name, unique in the federation.
+	Name string
+	// Bind is the host:port memberlist listens on (UDP and TCP). Port 0
+	// picks a free port.
+	Bind string
+	// Advertise is the host:port peers reach us at, if not Bind (NAT, a
+	// wildcard bind address).
+	Advertise string
+	// Join lists host:port of members to join at start; we retry until one
+	// answers, and again whenever we find ourselves alone.
+	Join []string
+	// SecretKeyFile holds the federation's AES-GCM keys, one base64 key per
+	// line, the first one primary (see LoadKeyFile). Empty disables
+	// encryption, which only tests and demos should do.
+	SecretKeyFile string
+	// Label is stamped on every packet and stream; members with another
+	// label are ignored, so unrelated federations never merge.
+	Label string
+	// Profile is ProfileWAN (default), ProfileLAN or ProfileLocal.
+	Profile string
+	// Meta is published to every member.
+	Meta NodeMeta
+	// KeyCheckInterval is how often the key file is checked for changes
+	// (rotation without a restart). 0 disables the check; ReloadKeys still
+	// works.
+	KeyCheckInterval time.Duration
+	// RejoinInterval is how often Run retries Join while no other member is
+	// alive.
+	RejoinInterval time.Duration
+	// Logger defaults to slog.Default(); memberlist's own log is bridged to
+	// it.
+	Logger *slog.Logger
+	// Transport, if set, replaces memberlist's UDP/TCP transport (tests use
+	// it to partition members). Bind is then only used as the advertised
+	// address unless Advertise is set.
+	Transport memberlist.NodeAwareTransport
+	// Tune, if set, adjusts memberlist's config after the profile is applied
+	// (tests and benchmarks shorten intervals).
+	Tune func(*memberlist.Config)
+}
+
+// DefaultConfig returns the defaults for a member named name.
+func DefaultConfig(name string) Config {
+	return Config{
+		Name:             name,
+		Bind:             "0.0.0.0:7946",
+		Profile:          ProfileWAN,
+		KeyCheckInterval: 10 * time.Second,
+		RejoinInterval:   10 * time.Second,
+	}
+}
+
+// Validate reports every problem in c at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	}
+	if c.Name == "" || len(c.Name) > maxNameLen {
+		bad("name must be 1..%d bytes", maxNameLen)
+	}
+	if _, _, err := splitHostPort(c.Bind); err != nil {
+		bad("bind %q: %v", c.Bind, err)
+	}
+	if c.Advertise != "" {
+		if _, _, err := splitHostPort(c.Advertise); err != nil {
+			bad("advertise %q: %v", c.Advertise, err)
+		}
+	}
+	for _, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			bad("join %q: %v", j, err)
+		}
+	}
+	switch c.Profile {
+	case ProfileWAN, ProfileLAN, ProfileLocal:
+	default:
+		bad("profile %q (want %q, %q or %q)", c.Profile, ProfileWAN, ProfileLAN, ProfileLocal)
+	}
+	if c.KeyCheckInterval < 0 {
+		bad("key check interval %s is negative", c.KeyCheckInterval)
+	}
+	if c.RejoinInterval <= 0 {
+		bad("rejoin interval %s must be positive", c.RejoinInterval)
+	}
+	if len(c.Meta.encode()) > memberlist.MetaMaxSize {
+		errs = append(errs, fmt.Errorf("%w: %d bytes (max %d): fewer or shorter tags", ErrMetaTooLarge, len(c.Meta.encode()), memberlist.MetaMaxSize))
+	}
+	return errors.Join(errs...)
+}
+
+func splitHostPort(s string) (string, int, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", port)
+	}
+	return host, p, nil
+}
+
+// memberlistConfig builds memberlist's config from c (already validated).
+func (c Config) memberlistConfig() *memberlist.Config {
+	var mc *memberlist.Config
+	switch c.Profile {
+	case ProfileLAN:
+		mc = memberlist.DefaultLANConfig()
+	case ProfileLocal:
+		mc = memberlist.DefaultLocalConfig()
+	default:
+		mc = memberlist.DefaultWANConfig()
+	}
+	mc.Name = c.Name
+	host, port, _ := splitHostPort(c.Bind)
+	mc.BindAddr, mc.BindPort = host, port
+	if c.Advertise != "" {
+		host, port, _ = splitHostPort(c.Advertise)
+		mc.AdvertiseAddr, mc.AdvertisePort = host, port
+	}
+	mc.Label = c.Label
+	if c.Transport != nil {
+		mc.Transport = c.Transport
+	}
+	return mc
+}

@@ -1,0 +1,257 @@
+package gossip
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Def is one hub's published definition of a replicated stream.
+type Def struct {
+	// Version orders definitions of the same stream across hubs: the
+	// highest wins (ties broken by Spec bytes), so every hub converges on
+	// one definition.
+	Version uint64
+	// Deleted marks a definition withdrawn by its publisher.
+	Deleted bool
+	// Spec is opaque to gossip (the hub stores a JSON stream config).
+	Spec []byte
+}
+
+// Newer reports whether d should replace o as the definition of a stream.
+func (d Def) Newer(o Def) bool {
+	if d.Version != o.Version {
+		return d.Version > o.Version
+	}
+	return string(d.Spec) > string(o.Spec)
+}
+
+// Vector is one hub's progress on one origin hub of one stream: Seqs[s] is
+// the highest contiguous origin sequence of origin shard s it holds.
+type Vector struct {
+	Seqs []uint64
+}
+
+// entry kinds on the wire.
+const (
+	kindDef    = 1
+	kindVector = 2
+)
+
+// entry is the unit of gossip state: one key, one value, one version.
+type entry struct {
+	kind    byte
+	hub     string // publisher
+	stream  string
+	origin  string // kindVector only
+	version uint64 // publisher's clock
+	def     Def
+	vector  Vector
+}
+
+func (e *entry) key() string {
+	if e.kind == kindDef {
+		return "d\x00" + e.hub + "\x00" + e.stream
+	}
+	return "v\x00" + e.hub + "\x00" + e.stream + "\x00" + e.origin
+}
+
+// Limits on decoded messages: gossip is small metadata, and a decoder fed by
+// the network must not allocate what a header claims without the bytes to
+// back it.
+const (
+	maxNameLen  = 255
+	maxSpecLen  = 16 << 10
+	maxShards   = 1 << 16
+	msgEntries  = 1 // message type: a list of entries
+	msgVersion1 = 1
+	maxEntries  = 1 << 20
+)
+
+// appendEntries encodes entries as one message:
+//
+//	byte     message type (1 = entries)
+//	byte     version (1)
+//	uvarint  count
+//	count ×  entry:
+//	  byte     kind (1 = def, 2 = vector)
+//	  string   publisher hub          (uvarint length, bytes)
+//	  string   stream
+//	  uvarint  version
+//	  def:     byte deleted (0/1), uvarint def version, string spec
+//	  vector:  string origin hub, uvarint shards, shards × uvarint seq
+func appendEntries(dst []byte, es []*entry) []byte {
+	dst = append(dst, msgEntries, msgVersion1)
+	dst = binary.AppendUvarint(dst, uint64(len(es)))
+	for _, e := range es {
+		dst = append(dst, e.kind)
+		dst = appendString(dst, e.hub)
+		dst = appendString(dst, e.stream)
+		dst = binary.AppendUvarint(dst, e.version)
+		switch e.kind {
+		case kindDef:
+			del := byte(0)
+			if e.def.Deleted {
+				del = 1
+			}
+			dst = append(dst, del)
+			dst = binary.AppendUvarint(dst, e.def.Version)
+			dst = appendString(dst, string(e.def.Spec))
+		case kindVector:
+			dst = appendString(dst, e.origin)
+			dst = binary.AppendUvarint(dst, uint64(len(e.vector.Seqs)))
+			for _, s := range e.vector.Seqs {
+				dst = binary.AppendUvarint(dst, s)
+			}
+		}
+	}
+	return dst
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// decodeEntries parses a message made by appendEntries. It copies what it
+// keeps: memberlist reuses the buffer after NotifyMsg returns.
+func decodeEntries(buf []byte) ([]*entry, error) {
+	d := reader{buf: buf}
+	if t := d.byte(); t != msgEntries {
+		return nil, fmt.Errorf("%w: message type %d", ErrBadMessage, t)
+	}
+	if v := d.byte(); v != msgVersion1 {
+		return nil, fmt.Errorf("%w: message version %d", ErrBadMessage, v)
+	}
+	n := d.uvarint()
+	// An entry takes at least 5 bytes: this bounds the allocation.
+	if n > uint64(len(d.buf))/5 || n > maxEntries {
+		return nil, fmt.Errorf("%w: %d entries in %d bytes", ErrBadMessage, n, len(d.buf))
+	}
+	es := make([]*entry, 0, n)
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		e := &entry{kind: d.byte()}
+		e.hub = d.string(maxNameLen)
+		e.stream = d.string(maxNameLen)
+		e.version = d.uvarint()
+		switch e.kind {
+		case kindDef:
+			switch d.byte() {
+			case 0:
+			case 1:
+				e.def.Deleted = true
+			default:
+				d.fail("bad deleted flag")
+			}
+			e.def.Version = d.uvarint()
+			if s := d.string(maxSpecLen); s != "" {
+				e.def.Spec = []byte(s)
+			}
+		case kindVector:
+			e.origin = d.string(maxNameLen)
+			ns := d.uvarint()
+			if ns > maxShards || ns > uint64(len(d.buf)) {
+				d.fail("%d shards", ns)
+				break
+			}
+			e.vector.Seqs = make([]uint64, ns)
+			for j := range e.vector.Seqs {
+				e.vector.Seqs[j] = d.uvarint()
+			}
+		default:
+			d.fail("entry kind %d", e.kind)
+		}
+		if d.err == nil && (e.hub == "" || e.stream == "" || (e.kind == kindVector && e.origin == "")) {
+			d.fail("entry with an empty name")
+		}
+		es = append(es, e)
+	}
+	if d.err == nil && len(d.buf) != 0 {
+		d.fail("%d trailing bytes", len(d.buf))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return es, nil
+}
+
+// reader decodes fields; after the first error every read returns zero
+// values and err keeps the first failure.
+type reader struct {
+	buf []byte
+	err error
+}
+
+func (d *reader) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: "+format, append([]any{ErrBadMessage}, args...)...)
+	}
+	d.buf = nil
+}
+
+func (d *reader) byte() byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.buf) == 0 {
+		d.fail("truncated")
+		return 0
+	}
+	b := d.buf[0]
+	d.buf = d.buf[1:]
+	return b
+}
+
+func (d *reader) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		d.fail("bad uvarint")
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *reader) string(max int) string {
+	n := d.uvarint()
+	if d.err != nil {
+		return ""
+	}
+	if n > uint64(max) || n > uint64(len(d.buf)) {
+		d.fail("string of %d bytes (max %d, %d left)", n, max, len(d.buf))
+		return ""
+	}
+	s := string(d.buf[:n])
+	d.buf = d.buf[n:]
+	return s
+}
+
+// table holds every entry known, keyed by entry.key. Not safe for
+// concurrent use; Gossip guards it.
+type table map[string]*entry
+
+// merge applies e and reports whether it was news (a key not seen, or a
+// newer version of one).
+func (t table) merge(e *entry) bool {
+	k := e.key()
+	old, ok := t[k]
+	if ok && old.version >= e.version {
+		return false
+	}
+	t[k] = e
+	return true
+}
+
+// sorted returns the entries in key order, so encodings are deterministic.
+func (t table) sorted() []*entry {
+	out := make([]*entry, 0, len(t))
+	for _, e := range t {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.key(), b.key()) })
+	return out
+}

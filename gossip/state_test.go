@@ -1,0 +1,144 @@
+package gossip
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func sampleEntries() []*entry {
+	return []*entry{
+		{kind: kindDef, hub: "edge-1", stream: "temps", version: 42, def: Def{Version: 7, Spec: []byte(`{"name":"temps","shards":4}`)}},
+		{kind: kindDef, hub: "edge-2", stream: "gone", version: 1, def: Def{Version: 9, Deleted: true}},
+		{kind: kindVector, hub: "edge-1", stream: "temps", origin: "edge-2", version: 43, vector: Vector{Seqs: []uint64{0, 1, 1 << 40, 5}}},
+	}
+}
+
+func TestEntriesRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		es   []*entry
+	}{
+		{name: "empty", es: []*entry{}},
+		{name: "mixed", es: sampleEntries()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decodeEntries(appendEntries(nil, tt.es))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.es) {
+				t.Fatalf("round trip:\n got %+v\nwant %+v", got, tt.es)
+			}
+		})
+	}
+}
+
+func TestDecodeEntriesRejects(t *testing.T) {
+	good := appendEntries(nil, sampleEntries())
+	tests := []struct {
+		name string
+		buf  []byte
+	}{
+		{name: "empty", buf: nil},
+		{name: "wrong type", buf: append([]byte{9}, good[1:]...)},
+		{name: "wrong version", buf: append([]byte{msgEntries, 2}, good[2:]...)},
+		{name: "truncated", buf: good[:len(good)-1]},
+		{name: "trailing", buf: append(append([]byte(nil), good...), 0)},
+		{name: "huge count", buf: []byte{msgEntries, msgVersion1, 0xff, 0xff, 0xff, 0xff, 0x0f}},
+		{name: "empty hub", buf: appendEntries(nil, []*entry{{kind: kindDef, stream: "s", version: 1}})},
+		{name: "unknown kind", buf: appendEntries(nil, []*entry{{kind: 9, hub: "h", stream: "s", version: 1}})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := decodeEntries(tt.buf); !errors.Is(err, ErrBadMessage) {
+				t.Fatalf("err = %v, want ErrBadMessage", err)
+			}
+		})
+	}
+}
+
+func TestTableMergeIsLastWriterWins(t *testing.T) {
+	tab := table{}
+	v := func(version uint64, seq uint64) *entry {
+		return &entry{kind: kindVector, hub: "a", stream: "s", origin: "b", version: version, vector: Vector{Seqs: []uint64{seq}}}
+	}
+	tests := []struct {
+		name     string
+		e        *entry
+		wantNews bool
+		wantSeq  uint64
+	}{
+		{name: "first", e: v(5, 50), wantNews: true, wantSeq: 50},
+		{name: "older", e: v(4, 40), wantNews: false, wantSeq: 50},
+		{name: "same version", e: v(5, 99), wantNews: false, wantSeq: 50},
+		{name: "newer", e: v(6, 60), wantNews: true, wantSeq: 60},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tab.merge(tt.e); got != tt.wantNews {
+				t.Fatalf("merge news = %v, want %v", got, tt.wantNews)
+			}
+			if got := tab[tt.e.key()].vector.Seqs[0]; got != tt.wantSeq {
+				t.Fatalf("seq = %d, want %d", got, tt.wantSeq)
+			}
+		})
+	}
+}
+
+func TestNodeMetaRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		m    NodeMeta
+	}{
+		{name: "zero", m: NodeMeta{}},
+		{name: "full", m: NodeMeta{Site: "berlin-1", Region: "eu-central", Tags: []string{"edge", "gpu"}, QUIC: "10.0.0.1:7443"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decodeNodeMeta(tt.m.encode())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.m) {
+				t.Fatalf("got %+v, want %+v", got, tt.m)
+			}
+		})
+	}
+}
+
+func FuzzDecodeEntries(f *testing.F) {
+	f.Add(appendEntries(nil, sampleEntries()))
+	f.Add(appendEntries(nil, nil))
+	f.Add([]byte{msgEntries, msgVersion1, 1, kindVector, 1, 'h', 1, 's', 1, 1, 'o', 3, 1, 2, 3})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		es, err := decodeEntries(b)
+		if err != nil {
+			return
+		}
+		// What decodes must re-encode to an equivalent message.
+		again, err := decodeEntries(appendEntries(nil, es))
+		if err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+		if !reflect.DeepEqual(again, es) {
+			t.Fatalf("re-encode changed entries")
+		}
+	})
+}
+
+func FuzzDecodeNodeMeta(f *testing.F) {
+	f.Add(NodeMeta{Site: "s", Region: "r", Tags: []string{"a", "b"}, QUIC: "127.0.0.1:1"}.encode())
+	f.Add(NodeMeta{}.encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeNodeMeta(b)
+		if err != nil {
+			return
+		}
+		again, err := decodeNodeMeta(m.encode())
+		if err != nil || !reflect.DeepEqual(again, m) {
+			t.Fatalf("re-decode: %+v %v, want %+v", again, err, m)
+		}
+	})
+}
