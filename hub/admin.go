@@ -1,0 +1,503 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/edgehub/edgehub/store"
+)
+
+// The admin API: JSON over HTTP under /v1/, /healthz, /metrics and a status
+// page at /. Other files add routes with h.route; handlers return an error
+// and writeError turns it into {"error": "...", "code": "..."} with the
+// status that fits (see errorStatus).
+
+// maxRequestBody bounds an admin request body.
+const maxRequestBody = 1 << 20
+
+// Error codes of the admin API, with their HTTP status.
+const (
+	CodeInvalid     = "invalid_argument" // 400
+	CodeNotFound    = "not_found"        // 404
+	CodeExists      = "already_exists"   // 409
+	CodeConflict    = "conflict"         // 409
+	CodeTooLarge    = "too_large"        // 413
+	CodeInternal    = "internal"         // 500
+	CodeCorrupt     = "data_corrupt"     // 500
+	CodeUnavailable = "unavailable"      // 503
+)
+
+// ErrorBody is the JSON body of every admin API error.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// apiError is an error with an explicit status and code, for handlers whose
+// error is not one of the mapped sentinels.
+type apiError struct {
+	status int
+	code   string
+	err    error
+}
+
+func (e *apiError) Error() string { return e.err.Error() }
+func (e *apiError) Unwrap() error { return e.err }
+
+// badRequest returns a 400 invalid_argument error.
+func badRequest(format string, args ...any) error {
+	return &apiError{http.StatusBadRequest, CodeInvalid, fmt.Errorf(format, args...)}
+}
+
+// errorStatus maps an error to its HTTP status and code.
+func errorStatus(err error) (int, string) {
+	var ae *apiError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &ae):
+		return ae.status, ae.code
+	case errors.As(err, &mbe), errors.Is(err, store.ErrRecordTooLarge):
+		return http.StatusRequestEntityTooLarge, CodeTooLarge
+	case errors.Is(err, store.ErrStreamNotFound):
+		return http.StatusNotFound, CodeNotFound
+	case errors.Is(err, store.ErrStreamExists):
+		return http.StatusConflict, CodeExists
+	case errors.Is(err, ErrShardsFixed), errors.Is(err, store.ErrSequenceGap):
+		return http.StatusConflict, CodeConflict
+	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidConfig), errors.Is(err, store.ErrInvalidShard):
+		return http.StatusBadRequest, CodeInvalid
+	case errors.Is(err, store.ErrCorrupt):
+		return http.StatusInternalServerError, CodeCorrupt
+	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, CodeUnavailable
+	}
+	return http.StatusInternalServerError, CodeInternal
+}
+
+// writeJSON writes v as the JSON response with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v) // the status is sent; a failed write leaves nothing to report to
+}
+
+// writeError writes err as an ErrorBody with the status errorStatus gives.
+func writeError(w http.ResponseWriter, err error) {
+	status, code := errorStatus(err)
+	writeJSON(w, status, ErrorBody{Error: err.Error(), Code: code})
+}
+
+// readJSON decodes the request body into v strictly: unknown fields and
+// trailing data are errors, and the body is bounded by maxRequestBody.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return badRequest("request body: empty, want a JSON object")
+		}
+		return badRequest("request body: %w", err)
+	}
+	if dec.More() {
+		return badRequest("request body: trailing data after the JSON object")
+	}
+	return nil
+}
+
+// route registers an admin handler. pattern is a Go ServeMux pattern with a
+// method ("GET /v1/streams/{name}"). A handler that returns an error has
+// written nothing; route writes the error. Server errors are logged.
+func (h *Hub) route(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
+	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if err := fn(w, r); err != nil {
+			if status, _ := errorStatus(err); status >= 500 {
+				h.logger.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
+			writeError(w, err)
+		}
+	})
+}
+
+// adminServer serves the admin mux on its listener.
+type adminServer struct {
+	ln        net.Listener
+	srv       *http.Server
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func (a *adminServer) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- a.srv.Serve(a.ln) }()
+	select {
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("admin: serve: %w", err)
+	case <-ctx.Done():
+	}
+	// Let in-flight requests finish; the store is still open.
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.srv.Shutdown(sctx); err != nil {
+		a.srv.Close()
+	}
+	<-errc
+	return nil
+}
+
+func (a *adminServer) Close() error {
+	a.closeOnce.Do(func() {
+		a.srv.Close()
+		if err := a.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			a.closeErr = fmt.Errorf("admin: close: %w", err)
+		}
+	})
+	return a.closeErr
+}
+
+// addAdmin binds the admin listener (so a busy port fails New) and registers
+// the routes of this file.
+func (h *Hub) addAdmin() error {
+	ln, err := net.Listen("tcp", h.cfg.Listen.Admin)
+	if err != nil {
+		return fmt.Errorf("hub: admin listen %s: %w", h.cfg.Listen.Admin, err)
+	}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgehub_admin_requests_total",
+		Help: "Admin API requests by route pattern and status code.",
+	}, []string{"pattern", "code"})
+	h.metrics.MustRegister(requests)
+
+	h.mux.HandleFunc("GET /healthz", h.healthz)
+	h.mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics, promhttp.HandlerOpts{}))
+	h.mux.HandleFunc("GET /{$}", serveStatusPage)
+	h.route("GET /v1/streams", h.listStreams)
+	h.route("POST /v1/streams", h.createStream)
+	h.route("GET /v1/streams/{name}", h.describeStream)
+	h.route("PATCH /v1/streams/{name}", h.updateStream)
+	h.route("DELETE /v1/streams/{name}", h.deleteStream)
+	h.route("/v1/", func(w http.ResponseWriter, r *http.Request) error {
+		return &apiError{http.StatusNotFound, CodeNotFound, fmt.Errorf("no such API: %s %s", r.Method, r.URL.Path)}
+	})
+
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		h.mux.ServeHTTP(sw, r)
+		pattern := r.Pattern
+		if pattern == "" {
+			pattern = "unmatched"
+		}
+		requests.WithLabelValues(pattern, fmt.Sprint(sw.status)).Inc()
+	})
+	h.admin = &adminServer{ln: ln, srv: &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
+	}}
+	h.add(h.admin)
+	return nil
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Health is the body of GET /healthz.
+type Health struct {
+	Status string `json:"status"` // "ok" or "unavailable"
+	Name   string `json:"name"`
+}
+
+func (h *Hub) healthz(w http.ResponseWriter, r *http.Request) {
+	if !h.ready.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, Health{Status: "unavailable", Name: h.cfg.Hub.Name})
+		return
+	}
+	writeJSON(w, http.StatusOK, Health{Status: "ok", Name: h.cfg.Hub.Name})
+}
+
+// StreamSettings are a stream's settings as the admin API shows them.
+type StreamSettings struct {
+	Shards             int               `json:"shards"`
+	Retention          Duration          `json:"retention"`
+	MaxBytes           Size              `json:"max_bytes"`
+	Compact            bool              `json:"compact"`
+	TombstoneRetention Duration          `json:"tombstone_retention"`
+	Replicate          Replicate         `json:"replicate"`
+	Meta               map[string]string `json:"meta,omitempty"`
+}
+
+// StreamInfo describes a stream: GET /v1/streams lists them without Shards,
+// GET /v1/streams/{name} includes them.
+type StreamInfo struct {
+	Name    string         `json:"name"`
+	Config  StreamSettings `json:"config"`
+	Records int64          `json:"records"`
+	Bytes   int64          `json:"bytes"`
+	Shards  []ShardInfo    `json:"shards,omitempty"`
+}
+
+// ShardInfo describes one shard. Hash bounds are 16 hex digits (inclusive),
+// as strings because JSON numbers lose 64-bit precision in many clients.
+type ShardInfo struct {
+	Shard     int    `json:"shard"`
+	HashStart string `json:"hash_start"`
+	HashEnd   string `json:"hash_end"`
+	// FirstSeq is the first live sequence; FirstSeq > LastSeq when the shard
+	// holds no records.
+	FirstSeq   uint64     `json:"first_seq"`
+	LastSeq    uint64     `json:"last_seq"`
+	Records    int64      `json:"records"`
+	Bytes      int64      `json:"bytes"`
+	LastIngest *time.Time `json:"last_ingest,omitempty"`
+}
+
+// StreamList is the body of GET /v1/streams.
+type StreamList struct {
+	Streams []StreamInfo `json:"streams"`
+}
+
+func streamInfo(st *store.Stream, withShards bool) StreamInfo {
+	c := st.Config()
+	meta := make(map[string]string, len(c.Meta))
+	for k, v := range c.Meta {
+		if k != MetaReplicate {
+			meta[k] = v
+		}
+	}
+	if len(meta) == 0 {
+		meta = nil
+	}
+	info := StreamInfo{
+		Name: st.Name(),
+		Config: StreamSettings{
+			Shards: c.Shards, Retention: Duration(c.Retention), MaxBytes: Size(c.MaxBytes),
+			Compact: c.Compact, TombstoneRetention: Duration(c.TombstoneRetention),
+			Replicate: Replicate(c.Meta[MetaReplicate]).orLocal(), Meta: meta,
+		},
+	}
+	for _, s := range st.Stats() {
+		info.Records += s.Records
+		info.Bytes += s.Bytes
+		if !withShards {
+			continue
+		}
+		si := ShardInfo{
+			Shard: s.Shard, HashStart: fmt.Sprintf("%016x", s.HashStart), HashEnd: fmt.Sprintf("%016x", s.HashEnd),
+			FirstSeq: s.FirstSeq, LastSeq: s.LastSeq, Records: s.Records, Bytes: s.Bytes,
+		}
+		if s.LastIngest > 0 {
+			t := time.Unix(0, s.LastIngest).UTC()
+			si.LastIngest = &t
+		}
+		info.Shards = append(info.Shards, si)
+	}
+	return info
+}
+
+func (h *Hub) listStreams(w http.ResponseWriter, r *http.Request) error {
+	list := StreamList{Streams: []StreamInfo{}}
+	for _, st := range h.store.Streams() {
+		list.Streams = append(list.Streams, streamInfo(st, false))
+	}
+	writeJSON(w, http.StatusOK, list)
+	return nil
+}
+
+// StreamRequest is the body of POST /v1/streams (Name required, the rest
+// optional with the hub.toml defaults) and of PATCH /v1/streams/{name}
+// (only the fields present change; Name and Shards, if given, must match).
+type StreamRequest struct {
+	Name               string     `json:"name,omitempty"`
+	Shards             int        `json:"shards,omitempty"`
+	Retention          *Duration  `json:"retention,omitempty"`
+	MaxBytes           *Size      `json:"max_bytes,omitempty"`
+	Compact            *bool      `json:"compact,omitempty"`
+	TombstoneRetention *Duration  `json:"tombstone_retention,omitempty"`
+	Replicate          *Replicate `json:"replicate,omitempty"`
+}
+
+// apply overlays the fields present in req on c.
+func (req StreamRequest) apply(c *store.StreamConfig) {
+	if req.Retention != nil {
+		c.Retention = time.Duration(*req.Retention)
+	}
+	if req.MaxBytes != nil {
+		c.MaxBytes = int64(*req.MaxBytes)
+	}
+	if req.Compact != nil {
+		c.Compact = *req.Compact
+	}
+	if req.TombstoneRetention != nil {
+		c.TombstoneRetention = time.Duration(*req.TombstoneRetention)
+	}
+	if req.Replicate != nil {
+		if c.Meta == nil {
+			c.Meta = map[string]string{}
+		}
+		c.Meta[MetaReplicate] = string(req.Replicate.orLocal())
+	}
+}
+
+func (h *Hub) createStream(w http.ResponseWriter, r *http.Request) error {
+	var req StreamRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	var decl StreamConfig
+	decl.setDefaults()
+	decl.Name = req.Name
+	if req.Shards != 0 {
+		decl.Shards = req.Shards
+	}
+	c := decl.StoreStreamConfig()
+	req.apply(&c)
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("create stream: %w", err)
+	}
+	// CreateStream is idempotent for config declarations; the API says 409.
+	if _, err := h.store.Stream(c.Name); err == nil {
+		return &apiError{http.StatusConflict, CodeExists, fmt.Errorf("create stream %q: %w", c.Name, store.ErrStreamExists)}
+	}
+	st, err := h.store.CreateStream(r.Context(), c)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, streamInfo(st, true))
+	return nil
+}
+
+func (h *Hub) describeStream(w http.ResponseWriter, r *http.Request) error {
+	st, err := h.store.Stream(r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, streamInfo(st, true))
+	return nil
+}
+
+func (h *Hub) updateStream(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	var req StreamRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	st, err := h.store.Stream(name)
+	if err != nil {
+		return err
+	}
+	if req.Name != "" && req.Name != name {
+		return badRequest("update stream %q: the body names stream %q; streams cannot be renamed", name, req.Name)
+	}
+	c := st.Config()
+	if req.Shards != 0 && req.Shards != c.Shards {
+		return fmt.Errorf("update stream %q: %d shards requested, the stream has %d: %w", name, req.Shards, c.Shards, ErrShardsFixed)
+	}
+	req.apply(&c)
+	if err := h.store.UpdateStream(r.Context(), c); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, streamInfo(st, true))
+	return nil
+}
+
+func (h *Hub) deleteStream(w http.ResponseWriter, r *http.Request) error {
+	if err := h.store.DeleteStream(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func serveStatusPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, statusPage)
+}
+
+// statusPage is a self-contained live view (no external assets): it polls
+// the JSON API every two seconds and shows rates from successive counts.
+const statusPage = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgehub</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px system-ui,sans-serif;margin:2em;color:#222}
+h1{font-size:1.3em}h1 small{color:#888;font-weight:normal}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{padding:.25em .8em;text-align:right;border-bottom:1px solid #eee}
+th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
+.err{color:#b00}.muted{color:#888}details{margin:.3em 0}
+</style></head><body>
+<h1>edgehub <small id="hub"></small></h1>
+<div id="status" class="muted">loading…</div>
+<table><thead><tr><th>stream</th><th>shards</th><th>records</th><th>bytes</th><th>records/s</th><th>retention</th><th>replicate</th></tr></thead>
+<tbody id="streams"></tbody></table>
+<div id="detail"></div>
+<script>
+"use strict";
+let prev = {}, prevT = 0;
+const esc = s => String(s).replace(/[&<>"']/g, c => "&#" + c.charCodeAt(0) + ";");
+const fmt = n => n.toLocaleString();
+async function tick() {
+  try {
+    const hz = await fetch("/healthz").then(r => r.json());
+    document.getElementById("hub").textContent = hz.name + " · " + hz.status;
+    const list = await fetch("/v1/streams").then(r => r.json());
+    const now = performance.now(), dt = (now - prevT) / 1000;
+    let rows = "";
+    for (const s of list.streams) {
+      const rate = prevT && prev[s.name] !== undefined ? Math.max(0, (s.records - prev[s.name]) / dt) : 0;
+      rows += "<tr><td><a href='#' data-s='" + esc(s.name) + "'>" + esc(s.name) + "</a></td><td>" + s.config.shards +
+        "</td><td>" + fmt(s.records) + "</td><td>" + fmt(s.bytes) + "</td><td>" + fmt(Math.round(rate)) +
+        "</td><td>" + esc(s.config.retention) + "</td><td>" + esc(s.config.replicate) + "</td></tr>";
+      prev[s.name] = s.records;
+    }
+    prevT = now;
+    document.getElementById("streams").innerHTML = rows || "<tr><td colspan=7 class=muted>no streams</td></tr>";
+    document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
+    document.getElementById("status").className = "muted";
+  } catch (e) {
+    document.getElementById("status").textContent = "hub unreachable: " + e;
+    document.getElementById("status").className = "err";
+  }
+}
+document.addEventListener("click", async ev => {
+  const name = ev.target.dataset && ev.target.dataset.s;
+  if (!name) return;
+  ev.preventDefault();
+  const s = await fetch("/v1/streams/" + encodeURIComponent(name)).then(r => r.json());
+  let rows = "";
+  for (const sh of s.shards) rows += "<tr><td>" + sh.shard + "</td><td>" + sh.hash_start + "–" + sh.hash_end +
+    "</td><td>" + sh.first_seq + "</td><td>" + sh.last_seq + "</td><td>" + fmt(sh.records) + "</td><td>" + fmt(sh.bytes) + "</td></tr>";
+  document.getElementById("detail").innerHTML = "<h2>" + esc(name) + "</h2><table><thead><tr><th>shard</th><th>hash range</th><th>first</th><th>last</th><th>records</th><th>bytes</th></tr></thead><tbody>" + rows + "</tbody></table>";
+});
+tick(); setInterval(tick, 2000);
+</script></body></html>
+`

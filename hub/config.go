@@ -1,0 +1,1003 @@
+package hub
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/edgehub/edgehub/store"
+)
+
+// Config is the whole hub configuration, the schema of hub.toml. The hub.toml
+// schema is a public compatibility surface: keys are only ever added.
+//
+// Sections owned by other parts of the hub live in their own files
+// (config_tls.go, config_gossip.go, config_plugins.go); each has a Validate
+// method that Config.Validate calls.
+type Config struct {
+	Hub      HubConfig       `toml:"hub"`
+	Listen   ListenConfig    `toml:"listen"`
+	Store    StoreConfig     `toml:"store"`
+	Streams  []StreamConfig  `toml:"stream"`
+	TLS      TLSConfig       `toml:"tls"`
+	Auth     AuthConfig      `toml:"auth"`
+	Limits   LimitsConfig    `toml:"limits"`
+	Gossip   GossipConfig    `toml:"gossip"`
+	Plugins  []PluginConfig  `toml:"plugin"`
+	Webhooks []WebhookConfig `toml:"webhook"`
+
+	// File is the path the configuration was loaded from ("" for built-in
+	// defaults); messages name it.
+	File string `toml:"-"`
+	// Logger receives the hub's logs. Default slog.Default().
+	Logger *slog.Logger `toml:"-"`
+}
+
+// HubConfig is the [hub] section: who this hub is.
+type HubConfig struct {
+	// Name identifies the hub in a federation and in record origins, so it
+	// must be unique and stable. Default: the host name.
+	Name   string   `toml:"name"`
+	Site   string   `toml:"site"`
+	Region string   `toml:"region"`
+	Tags   []string `toml:"tags"`
+	// DataDir holds the store and everything else the hub keeps on disk.
+	DataDir string `toml:"data_dir"`
+}
+
+// ListenConfig is the [listen] section. Port 0 picks a free port.
+type ListenConfig struct {
+	// QUIC is the UDP address of the data plane.
+	QUIC string `toml:"quic"`
+	// Admin is the TCP address of the admin HTTP API.
+	Admin string `toml:"admin"`
+}
+
+// StoreConfig is the [store] section.
+type StoreConfig struct {
+	// Sync is "always" (ack after fsync, the default) or "interval" (ack
+	// after the write reaches the OS; fsync every SyncInterval).
+	Sync           string   `toml:"sync"`
+	SyncInterval   Duration `toml:"sync_interval"`
+	MaxRecordBytes Size     `toml:"max_record_bytes"`
+}
+
+// StreamConfig is one [[stream]] declaration. Declared streams are created at
+// start; an existing stream gets its mutable settings updated.
+type StreamConfig struct {
+	Name               string    `toml:"name"`
+	Shards             int       `toml:"shards"`
+	Retention          Duration  `toml:"retention"`
+	MaxBytes           Size      `toml:"max_bytes"`
+	Compact            bool      `toml:"compact"`
+	TombstoneRetention Duration  `toml:"tombstone_retention"`
+	Replicate          Replicate `toml:"replicate"`
+}
+
+// Defaults of the built-in configuration.
+const (
+	DefaultDataDir        = "./hub-data"
+	DefaultQUICAddr       = "127.0.0.1:7440"
+	DefaultAdminAddr      = "127.0.0.1:7441"
+	DefaultMaxRecordBytes = 1 << 20
+	DefaultSyncInterval   = 100 * time.Millisecond
+	DefaultTombstoneRet   = 24 * time.Hour
+)
+
+// MetaReplicate is the store.StreamConfig.Meta key holding a stream's
+// replication policy in canonical form (see Replicate).
+const MetaReplicate = "replicate"
+
+// DefaultConfig returns the configuration `hub serve` runs with when no file
+// is given.
+func DefaultConfig() Config {
+	name, err := os.Hostname()
+	if err != nil || store.ValidateName(name) != nil {
+		name = "hub"
+	}
+	return Config{
+		Hub:    HubConfig{Name: name, DataDir: DefaultDataDir},
+		Listen: ListenConfig{QUIC: DefaultQUICAddr, Admin: DefaultAdminAddr},
+		Store: StoreConfig{
+			Sync:           "always",
+			SyncInterval:   Duration(DefaultSyncInterval),
+			MaxRecordBytes: DefaultMaxRecordBytes,
+		},
+	}
+}
+
+// setDefaults fills a [[stream]] element before it is decoded.
+func (s *StreamConfig) setDefaults() {
+	s.Shards = 1
+	s.TombstoneRetention = Duration(DefaultTombstoneRet)
+	s.Replicate = ReplicateLocal
+}
+
+// StoreStreamConfig converts the declaration to the store's definition.
+func (s StreamConfig) StoreStreamConfig() store.StreamConfig {
+	return store.StreamConfig{
+		Name:               s.Name,
+		Shards:             s.Shards,
+		Retention:          time.Duration(s.Retention),
+		MaxBytes:           int64(s.MaxBytes),
+		Compact:            s.Compact,
+		TombstoneRetention: time.Duration(s.TombstoneRetention),
+		Meta:               map[string]string{MetaReplicate: string(s.Replicate.orLocal())},
+	}
+}
+
+// StoreOptions returns the store configuration the hub opens its store with.
+func (c Config) StoreOptions() store.Config {
+	sc := store.DefaultConfig(c.Hub.DataDir)
+	if c.Store.Sync == "interval" {
+		sc.Sync = store.SyncInterval
+	}
+	if c.Store.SyncInterval > 0 {
+		sc.SyncInterval = time.Duration(c.Store.SyncInterval)
+	}
+	if c.Store.MaxRecordBytes > 0 {
+		sc.MaxRecordBytes = int(c.Store.MaxRecordBytes)
+	}
+	sc.Logger = c.Logger
+	return sc
+}
+
+// Validate reports every problem in c at once, each as a *ConfigError naming
+// its key.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &ConfigError{Key: key, Err: fmt.Errorf(format, args...)})
+	}
+	badErr := func(key string, err error) {
+		if err != nil {
+			errs = append(errs, &ConfigError{Key: key, Err: err})
+		}
+	}
+
+	if c.Hub.Name == "" {
+		bad("hub.name", "must not be empty")
+	} else {
+		badErr("hub.name", store.ValidateName(c.Hub.Name))
+	}
+	for i, tag := range c.Hub.Tags {
+		badErr(fmt.Sprintf("hub.tags[%d]", i), store.ValidateName(tag))
+	}
+	if c.Hub.DataDir == "" {
+		bad("hub.data_dir", "must not be empty")
+	}
+
+	badErr("listen.quic", validateAddr(c.Listen.QUIC))
+	badErr("listen.admin", validateAddr(c.Listen.Admin))
+
+	switch c.Store.Sync {
+	case "always":
+	case "interval":
+		if c.Store.SyncInterval <= 0 {
+			bad("store.sync_interval", "%s must be positive with sync = \"interval\"", c.Store.SyncInterval)
+		}
+	default:
+		bad("store.sync", "%q is not one of \"always\", \"interval\"", c.Store.Sync)
+	}
+	if c.Store.MaxRecordBytes <= 0 || c.Store.MaxRecordBytes > 64<<20 {
+		bad("store.max_record_bytes", "%s outside 1B..64MiB", c.Store.MaxRecordBytes)
+	}
+
+	seen := map[string]int{}
+	for i, s := range c.Streams {
+		key := fmt.Sprintf("stream[%d]", i)
+		if err := store.ValidateName(s.Name); err != nil {
+			badErr(key+".name", err)
+		} else if j, dup := seen[s.Name]; dup {
+			bad(key+".name", "stream %q is already declared by stream[%d]", s.Name, j)
+		} else {
+			seen[s.Name] = i
+		}
+		if s.Shards < 1 || s.Shards > store.MaxShards {
+			bad(key+".shards", "%d outside 1..%d", s.Shards, store.MaxShards)
+		}
+		if s.Retention < 0 {
+			bad(key+".retention", "%s is negative", s.Retention)
+		}
+		if s.MaxBytes < 0 {
+			bad(key+".max_bytes", "%s is negative", s.MaxBytes)
+		}
+		if s.TombstoneRetention < 0 {
+			bad(key+".tombstone_retention", "%s is negative", s.TombstoneRetention)
+		}
+		if _, err := ParseReplicate(string(s.Replicate.orLocal())); err != nil {
+			badErr(key+".replicate", err)
+		}
+	}
+
+	errs = append(errs, inSection("tls", c.TLS.Validate()))
+	errs = append(errs, inSection("auth", c.Auth.Validate()))
+	errs = append(errs, inSection("limits", c.Limits.Validate()))
+	errs = append(errs, inSection("gossip", c.Gossip.Validate()))
+	for i, p := range c.Plugins {
+		errs = append(errs, inSection(fmt.Sprintf("plugin[%d]", i), p.Validate()))
+	}
+	for i, w := range c.Webhooks {
+		errs = append(errs, inSection(fmt.Sprintf("webhook[%d]", i), w.Validate()))
+	}
+	return errors.Join(errs...)
+}
+
+func validateAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", addr, err)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: port %q is not a number in 0..65535", addr, port)
+	} else if p == 0 && host == "" {
+		return fmt.Errorf("%q: give a host or a port", addr)
+	}
+	return nil
+}
+
+// ConfigError is one problem in a configuration: the file, line and key it
+// concerns and what is wrong. LoadConfig and Validate return them joined with
+// errors.Join, so every problem is reported at once.
+type ConfigError struct {
+	File string // "" when the configuration did not come from a file
+	Line int    // 0 when unknown
+	Key  string // dotted path such as "stream[1].shards"; "" for the whole file
+	Err  error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			fmt.Fprintf(&b, ":%d", e.Line)
+		}
+		b.WriteString(": ")
+	} else if e.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	}
+	if e.Key != "" {
+		b.WriteString(e.Key)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// fieldError attributes err to key (relative to the section being
+// validated). Section Validate methods use it so problems name their key.
+func fieldError(key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &ConfigError{Key: key, Err: err}
+}
+
+// fieldErrorf is fieldError(key, fmt.Errorf(format, args...)).
+func fieldErrorf(key, format string, args ...any) error {
+	return &ConfigError{Key: key, Err: fmt.Errorf(format, args...)}
+}
+
+// inSection prefixes the keys of the problems in err (which may be joined)
+// with section; problems without a key are attributed to the section.
+func inSection(section string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var out []error
+	for _, e := range flatten(err) {
+		var ce *ConfigError
+		if errors.As(e, &ce) {
+			c := *ce
+			if c.Key == "" {
+				c.Key = section
+			} else if strings.HasPrefix(c.Key, "[") {
+				c.Key = section + c.Key
+			} else {
+				c.Key = section + "." + c.Key
+			}
+			out = append(out, &c)
+			continue
+		}
+		out = append(out, &ConfigError{Key: section, Err: e})
+	}
+	return errors.Join(out...)
+}
+
+// flatten expands joined errors into their parts.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		if _, isCfg := err.(*ConfigError); !isCfg {
+			var out []error
+			for _, e := range j.Unwrap() {
+				out = append(out, flatten(e)...)
+			}
+			return out
+		}
+	}
+	return []error{err}
+}
+
+// LoadConfig reads and strictly decodes the TOML file at path on top of
+// DefaultConfig, then validates it. It reports every problem at once: unknown
+// keys, wrong types and invalid values, each with the file, line and key.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig is LoadConfig for data already read; file names it in messages.
+func ParseConfig(file string, data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	cfg.File = file
+	d := &decoder{file: file, lines: indexLines(string(data)), reported: map[string]bool{}}
+	// Decode the document into one Primitive per top-level key, so the
+	// decoder can walk it key by key and report every problem instead of
+	// stopping at the first.
+	var top map[string]toml.Primitive
+	md, err := toml.Decode(string(data), &top)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return Config{}, &ConfigError{File: file, Line: pe.Position.Line, Err: fmt.Errorf("%s", pe.Message)}
+		}
+		return Config{}, &ConfigError{File: file, Err: err}
+	}
+	d.md = md
+	d.fields("", top, reflect.ValueOf(&cfg).Elem())
+	d.checkUndecoded()
+
+	if err := cfg.Validate(); err != nil {
+		for _, e := range flatten(err) {
+			d.errs = append(d.errs, d.locate(e))
+		}
+	}
+	if len(d.errs) > 0 {
+		slices.SortStableFunc(d.errs, func(a, b error) int { return lineOf(a) - lineOf(b) })
+		return Config{}, errors.Join(d.errs...)
+	}
+	return cfg, nil
+}
+
+func lineOf(err error) int {
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		return ce.Line
+	}
+	return 0
+}
+
+// decoder walks the configuration struct, decoding each key on its own so
+// that one bad value does not hide the next.
+type decoder struct {
+	file     string
+	md       toml.MetaData
+	lines    lineIndex
+	errs     []error
+	reported map[string]bool // index-free paths of keys reported as unknown
+}
+
+var (
+	unmarshalerType     = reflect.TypeFor[toml.Unmarshaler]()
+	textUnmarshalerType = reflect.TypeFor[interface{ UnmarshalText([]byte) error }]()
+)
+
+// isLeaf reports whether values of t are decoded in one piece.
+func isLeaf(t reflect.Type) bool {
+	pt := reflect.PointerTo(t)
+	if pt.Implements(unmarshalerType) || pt.Implements(textUnmarshalerType) {
+		return true
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		return false
+	case reflect.Slice:
+		return isLeaf(t.Elem())
+	}
+	return true
+}
+
+func (d *decoder) fail(key string, err error) {
+	ce := &ConfigError{File: d.file, Key: key, Line: d.lines.find(key)}
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		if ce.Line == 0 {
+			ce.Line = pe.Position.Line
+		}
+		ce.Err = errors.New(pe.Message)
+		if u := errors.Unwrap(pe); u != nil {
+			ce.Err = u
+		}
+	} else {
+		ce.Err = errors.New(tomlPrefix.ReplaceAllString(err.Error(), ""))
+	}
+	d.errs = append(d.errs, ce)
+}
+
+var tomlPrefix = regexp.MustCompile(`^toml: (line \d+ )?(\(last key "[^"]*"\): )?`)
+
+func (d *decoder) unknown(key string) {
+	d.reported[stripIndexes(key)] = true
+	d.errs = append(d.errs, &ConfigError{File: d.file, Line: d.lines.find(key), Key: key, Err: errors.New("unknown key")})
+}
+
+// table decodes the TOML table in prim into the struct rv.
+func (d *decoder) table(path string, prim toml.Primitive, rv reflect.Value) {
+	var m map[string]toml.Primitive
+	if err := d.md.PrimitiveDecode(prim, &m); err != nil {
+		d.fail(path, fmt.Errorf("expected a table: %w", err))
+		return
+	}
+	d.fields(path, m, rv)
+}
+
+// fields decodes the keys of a table into the struct rv.
+func (d *decoder) fields(path string, m map[string]toml.Primitive, rv reflect.Value) {
+	fields := map[string]int{}
+	t := rv.Type()
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ",")
+		if tag != "" && tag != "-" && t.Field(i).IsExported() {
+			fields[tag] = i
+		}
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		key := joinKey(path, k)
+		i, ok := fields[k]
+		if !ok {
+			d.unknown(key)
+			continue
+		}
+		d.value(key, m[k], rv.Field(i))
+	}
+}
+
+func (d *decoder) value(key string, prim toml.Primitive, fv reflect.Value) {
+	t := fv.Type()
+	switch {
+	case isLeaf(t):
+		if err := d.md.PrimitiveDecode(prim, fv.Addr().Interface()); err != nil {
+			d.fail(key, err)
+		}
+	case t.Kind() == reflect.Struct:
+		d.table(key, prim, fv)
+	case t.Kind() == reflect.Slice:
+		var elems []toml.Primitive
+		if err := d.md.PrimitiveDecode(prim, &elems); err != nil {
+			d.fail(key, fmt.Errorf("expected an array of tables ([[%s]]): %w", key, err))
+			return
+		}
+		out := reflect.MakeSlice(t, 0, len(elems))
+		for i, p := range elems {
+			ev := reflect.New(t.Elem())
+			if def, ok := ev.Interface().(interface{ setDefaults() }); ok {
+				def.setDefaults()
+			}
+			d.table(fmt.Sprintf("%s[%d]", key, i), p, ev.Elem())
+			out = reflect.Append(out, ev.Elem())
+		}
+		fv.Set(out)
+	}
+}
+
+// checkUndecoded reports keys the walk did not consume and did not already
+// report (a safety net: e.g. keys inside a value some section decodes itself).
+func (d *decoder) checkUndecoded() {
+	for _, k := range d.md.Undecoded() {
+		path := k.String()
+		covered := false
+		for p := path; ; {
+			if d.reported[p] {
+				covered = true
+				break
+			}
+			i := strings.LastIndexByte(p, '.')
+			if i < 0 {
+				break
+			}
+			p = p[:i]
+		}
+		if covered || d.md.Type(k...) == "Table" || d.md.Type(k...) == "ArrayHash" {
+			continue
+		}
+		d.unknown(path)
+	}
+}
+
+// locate fills the file and line of a validation problem.
+func (d *decoder) locate(err error) error {
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		return &ConfigError{File: d.file, Err: err}
+	}
+	c := *ce
+	c.File = d.file
+	if c.Line == 0 {
+		c.Line = d.lines.find(c.Key)
+	}
+	return &c
+}
+
+func joinKey(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+var indexRE = regexp.MustCompile(`\[\d+\]`)
+
+func stripIndexes(key string) string { return indexRE.ReplaceAllString(key, "") }
+
+// Size is a byte count. In hub.toml and JSON it is an integer (bytes) or a
+// string with a unit: "512MB" (decimal: KB, MB, GB, TB), "10GiB" (binary:
+// KiB, MiB, GiB, TiB), "1048576" or "100B". Fractions are allowed
+// ("1.5GiB") and rounded down to whole bytes.
+type Size int64
+
+var sizeUnits = map[string]float64{
+	"": 1, "b": 1,
+	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+
+// ParseSize parses a size such as "10GiB", "512MB" or "1048576".
+func ParseSize(s string) (Size, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if i < 0 {
+		i = len(t)
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	mult, ok := sizeUnits[unit]
+	if num == "" || !ok {
+		return 0, fmt.Errorf("invalid size %q (use bytes or a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", s)
+	}
+	if !strings.Contains(num, ".") {
+		n, err := strconv.ParseInt(num, 10, 64)
+		if err != nil || (mult > 1 && n > int64(float64(1<<63-1)/mult)) {
+			return 0, fmt.Errorf("invalid size %q: out of range", s)
+		}
+		return Size(n * int64(mult)), nil
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	if v := f * mult; v < 1<<63 {
+		return Size(v), nil
+	}
+	return 0, fmt.Errorf("invalid size %q: out of range", s)
+}
+
+// String formats s with the largest unit that divides it exactly.
+func (s Size) String() string {
+	if s == 0 {
+		return "0"
+	}
+	for _, u := range []struct {
+		name string
+		n    int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}} {
+		if int64(s)%u.n == 0 {
+			return strconv.FormatInt(int64(s)/u.n, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(int64(s), 10) + "B"
+}
+
+// UnmarshalTOML accepts an integer (bytes) or a string with a unit.
+func (s *Size) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		if v < 0 {
+			return fmt.Errorf("invalid size %d: negative", v)
+		}
+		*s = Size(v)
+		return nil
+	case string:
+		n, err := ParseSize(v)
+		if err != nil {
+			return err
+		}
+		*s = n
+		return nil
+	}
+	return fmt.Errorf("invalid size %v: want an integer (bytes) or a string such as \"10GiB\"", v)
+}
+
+// MarshalJSON writes bytes as a JSON number.
+func (s Size) MarshalJSON() ([]byte, error) { return strconv.AppendInt(nil, int64(s), 10), nil }
+
+// UnmarshalJSON accepts a number (bytes) or a string with a unit.
+func (s *Size) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		str, err := strconv.Unquote(string(b))
+		if err != nil {
+			return fmt.Errorf("invalid size %s", b)
+		}
+		n, err := ParseSize(str)
+		*s = n
+		return err
+	}
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("invalid size %s: want bytes or a string such as \"10GiB\"", b)
+	}
+	*s = Size(n)
+	return nil
+}
+
+// Duration is a time.Duration written in Go syntax ("168h", "1h30m",
+// "250ms") in hub.toml and JSON.
+type Duration time.Duration
+
+// String formats d without trailing zero units: "168h", not "168h0m0s".
+func (d Duration) String() string {
+	s := time.Duration(d).String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// ParseDuration parses a Go duration such as "168h" or "1h30m".
+func ParseDuration(s string) (Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (use Go syntax such as \"168h\", \"1h30m\", \"500ms\")", s)
+	}
+	return Duration(d), nil
+}
+
+// UnmarshalTOML accepts a Go duration string; integer 0 is allowed as "off".
+func (d *Duration) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		p, err := ParseDuration(v)
+		*d = p
+		return err
+	case int64:
+		if v == 0 {
+			*d = 0
+			return nil
+		}
+		return fmt.Errorf("invalid duration %d: write it with a unit, e.g. \"%ds\"", v, v)
+	}
+	return fmt.Errorf("invalid duration %v: want a string such as \"168h\"", v)
+}
+
+// MarshalJSON writes d as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return strconv.AppendQuote(nil, d.String()), nil }
+
+// UnmarshalJSON accepts a Go duration string or 0.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "0" {
+		*d = 0
+		return nil
+	}
+	s, err := strconv.Unquote(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %s: want a string such as \"168h\"", b)
+	}
+	p, err := ParseDuration(s)
+	*d = p
+	return err
+}
+
+// Replicate is a stream's replication policy in canonical form: "local"
+// (never leaves this hub), "all" (every federated hub) or a comma-separated,
+// sorted list of "tag:NAME" (hubs carrying any of the tags). In hub.toml it is
+// written replicate = "local" | "all" | ["tag:NAME", ...]. The hub stores it
+// in store.StreamConfig.Meta[MetaReplicate]; federation interprets it.
+type Replicate string
+
+// Replication policies.
+const (
+	ReplicateLocal Replicate = "local"
+	ReplicateAll   Replicate = "all"
+)
+
+func (r Replicate) orLocal() Replicate {
+	if r == "" {
+		return ReplicateLocal
+	}
+	return r
+}
+
+// Tags returns the tags of a tag-scoped policy, nil for "local" and "all".
+func (r Replicate) Tags() []string {
+	if r == ReplicateLocal || r == ReplicateAll || r == "" {
+		return nil
+	}
+	var tags []string
+	for _, t := range strings.Split(string(r), ",") {
+		tags = append(tags, strings.TrimPrefix(t, "tag:"))
+	}
+	return tags
+}
+
+// ParseReplicate parses a policy written as a string: "local", "all", or
+// one or more comma-separated "tag:NAME", returning the canonical form.
+func ParseReplicate(s string) (Replicate, error) {
+	s = strings.TrimSpace(s)
+	switch s {
+	case "", string(ReplicateLocal):
+		return ReplicateLocal, nil
+	case string(ReplicateAll):
+		return ReplicateAll, nil
+	}
+	return replicateTags(strings.Split(s, ","))
+}
+
+func replicateTags(items []string) (Replicate, error) {
+	var tags []string
+	for _, it := range items {
+		it = strings.TrimSpace(it)
+		name, ok := strings.CutPrefix(it, "tag:")
+		if !ok {
+			return "", fmt.Errorf("invalid replication policy item %q: want \"local\", \"all\" or a list of \"tag:NAME\"", it)
+		}
+		if err := store.ValidateName(name); err != nil {
+			return "", fmt.Errorf("invalid replication tag %q: %w", it, err)
+		}
+		tags = append(tags, "tag:"+name)
+	}
+	if len(tags) == 0 {
+		return "", errors.New("empty replication tag list: use \"local\" to keep a stream on this hub")
+	}
+	slices.Sort(tags)
+	return Replicate(strings.Join(slices.Compact(tags), ",")), nil
+}
+
+// UnmarshalTOML accepts "local", "all", "tag:NAME" or an array of "tag:NAME".
+func (r *Replicate) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		p, err := ParseReplicate(v)
+		*r = p
+		return err
+	case []any:
+		items := make([]string, 0, len(v))
+		for _, it := range v {
+			s, ok := it.(string)
+			if !ok {
+				return fmt.Errorf("invalid replication policy item %v: want a string \"tag:NAME\"", it)
+			}
+			items = append(items, s)
+		}
+		p, err := replicateTags(items)
+		*r = p
+		return err
+	}
+	return fmt.Errorf("invalid replication policy %v: want \"local\", \"all\" or [\"tag:NAME\", ...]", v)
+}
+
+// UnmarshalJSON accepts the same forms as UnmarshalTOML.
+func (r *Replicate) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	if items, ok := v.([]any); ok {
+		return r.UnmarshalTOML(items)
+	}
+	if s, ok := v.(string); ok {
+		return r.UnmarshalTOML(s)
+	}
+	return fmt.Errorf("invalid replication policy %s: want \"local\", \"all\" or [\"tag:NAME\", ...]", b)
+}
+
+// lineIndex maps key paths as the decoder names them ("hub.name",
+// "stream[1].shards") to the line that defines them. The TOML decoder does
+// not give positions for unknown keys or for keys in arrays of tables, so the
+// file is scanned for headers and keys.
+type lineIndex map[string]int
+
+// find returns the line of key, or of its closest ancestor defined in the
+// file, or 0.
+func (ix lineIndex) find(key string) int {
+	for k := key; k != ""; {
+		if n, ok := ix[k]; ok {
+			return n
+		}
+		if n, ok := ix[stripIndexes(k)]; ok {
+			return n
+		}
+		i := max(strings.LastIndexByte(k, '.'), strings.LastIndexByte(k, '['))
+		if i <= 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
+}
+
+// indexLines scans a TOML document for table headers and keys. It follows
+// strings, multi-line strings and multi-line arrays well enough not to
+// mistake their contents for keys; the document has already been parsed, so
+// it need not detect errors.
+func indexLines(doc string) lineIndex {
+	ix := lineIndex{}
+	counts := map[string]int{} // array-of-tables path (no indexes) → elements seen
+	table := ""
+	var sc valueScanner
+	// prefix renders header parts as a path, indexing parts that are arrays
+	// of tables with their current element.
+	prefix := func(parts []string) string {
+		var b strings.Builder
+		for i, p := range parts {
+			if i > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(p)
+			if n := counts[strings.Join(parts[:i+1], ".")]; n > 0 {
+				fmt.Fprintf(&b, "[%d]", n-1)
+			}
+		}
+		return b.String()
+	}
+	record := func(path string, line int) {
+		if _, ok := ix[path]; !ok {
+			ix[path] = line
+		}
+	}
+	for n, line := range strings.Split(doc, "\n") {
+		ln := n + 1
+		if sc.open() {
+			sc.scan(line)
+			continue
+		}
+		t := strings.TrimSpace(line)
+		switch {
+		case t == "" || t[0] == '#':
+			continue
+		case strings.HasPrefix(t, "[["):
+			end := closingBracket(t[2:])
+			parts := splitKey(t[2 : 2+end])
+			counts[strings.Join(parts, ".")]++
+			table = prefix(parts)
+			record(table, ln)
+			continue
+		case t[0] == '[':
+			end := closingBracket(t[1:])
+			table = prefix(splitKey(t[1 : 1+end]))
+			record(table, ln)
+			continue
+		}
+		eq := indexOutsideQuotes(t, '=')
+		if eq < 0 {
+			continue
+		}
+		parts := splitKey(t[:eq])
+		for i := range parts {
+			record(joinKey(table, strings.Join(parts[:i+1], ".")), ln)
+		}
+		sc.scan(t[eq+1:])
+	}
+	return ix
+}
+
+// closingBracket returns the index of the header's closing ']'.
+func closingBracket(s string) int {
+	if i := indexOutsideQuotes(s, ']'); i >= 0 {
+		return i
+	}
+	return len(s)
+}
+
+func indexOutsideQuotes(s string, c byte) int {
+	var q byte
+	for i := 0; i < len(s); i++ {
+		switch {
+		case q != 0:
+			if s[i] == '\\' && q == '"' {
+				i++
+			} else if s[i] == q {
+				q = 0
+			}
+		case s[i] == '"' || s[i] == '\'':
+			q = s[i]
+		case s[i] == c:
+			return i
+		}
+	}
+	return -1
+}
+
+// splitKey splits a dotted TOML key, unquoting quoted parts.
+func splitKey(s string) []string {
+	var parts []string
+	for {
+		i := indexOutsideQuotes(s, '.')
+		p := s
+		if i >= 0 {
+			p = s[:i]
+		}
+		p = strings.TrimSpace(p)
+		if len(p) >= 2 && (p[0] == '"' || p[0] == '\'') {
+			if u, err := strconv.Unquote(`"` + p[1:len(p)-1] + `"`); err == nil {
+				p = u
+			} else {
+				p = p[1 : len(p)-1]
+			}
+		}
+		parts = append(parts, p)
+		if i < 0 {
+			return parts
+		}
+		s = s[i+1:]
+	}
+}
+
+// valueScanner follows the parts of a value that may span lines: arrays,
+// inline tables (within a line) and multi-line strings.
+type valueScanner struct {
+	depth int    // open '[' and '{'
+	multi string // `"""` or `'''` while inside a multi-line string
+}
+
+func (v *valueScanner) open() bool { return v.depth > 0 || v.multi != "" }
+
+func (v *valueScanner) scan(s string) {
+	for i := 0; i < len(s); i++ {
+		if v.multi != "" {
+			j := strings.Index(s[i:], v.multi)
+			if j < 0 {
+				return
+			}
+			i += j + 2
+			v.multi = ""
+			continue
+		}
+		switch c := s[i]; c {
+		case '#':
+			return
+		case '[', '{':
+			v.depth++
+		case ']', '}':
+			if v.depth > 0 {
+				v.depth--
+			}
+		case '"', '\'':
+			if strings.HasPrefix(s[i:], strings.Repeat(string(c), 3)) {
+				v.multi = strings.Repeat(string(c), 3)
+				i += 2
+				continue
+			}
+			for i++; i < len(s) && s[i] != c; i++ {
+				if c == '"' && s[i] == '\\' {
+					i++
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,215 @@
+// Package cli implements the hub command. Each command group lives in its
+// own file and registers itself from init() with register, so command files
+// never need to edit each other.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/edgehub/edgehub/hub"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the command failed
+	exitUsage = 2 // bad command line
+)
+
+// command is one top-level subcommand.
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, args []string) error
+}
+
+var commands = map[string]command{}
+
+// register adds a top-level command. Call it from init().
+func register(name, summary string, run func(ctx context.Context, args []string) error) {
+	if _, dup := commands[name]; dup {
+		panic("cli: command registered twice: " + name)
+	}
+	commands[name] = command{name, summary, run}
+}
+
+// Output streams, replaceable in tests of the package.
+var (
+	stdout io.Writer = os.Stdout
+	stderr io.Writer = os.Stderr
+	stdin  io.Reader = os.Stdin
+)
+
+// usageError is a bad command line: Main prints it with a hint and exits 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// usagef returns a usageError.
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// Main runs the hub command with args (without the program name) and returns
+// the exit code. SIGINT and SIGTERM cancel the command's context; a second
+// signal kills the process the default way.
+func Main(args []string) int {
+	if len(args) == 0 {
+		printHelp(stderr)
+		return exitUsage
+	}
+	name := args[0]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 {
+			if c, ok := commands[args[1]]; ok {
+				return runCommand(c, []string{"--help"})
+			}
+		}
+		printHelp(stdout)
+		return exitOK
+	case "version", "--version":
+		fmt.Fprintf(stdout, "hub %s (%s %s/%s)\n", hub.BuildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return exitOK
+	}
+	c, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "hub: unknown command %q\nRun 'hub help' for the list of commands.\n", name)
+		return exitUsage
+	}
+	return runCommand(c, args[1:])
+}
+
+func runCommand(c command, args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal terminates the process
+	}()
+	err := c.run(ctx, args)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, new(*usageError)):
+		fmt.Fprintf(stderr, "hub %s: %v\nRun 'hub %s --help' for usage.\n", c.name, err, c.name)
+		return exitUsage
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		fmt.Fprintf(stderr, "hub %s: interrupted\n", c.name)
+		return 130
+	}
+	fmt.Fprintf(stderr, "hub %s: %v\n", c.name, err)
+	return exitError
+}
+
+func printHelp(w io.Writer) {
+	fmt.Fprintln(w, "hub runs and manages an edgehub server.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Usage: hub COMMAND [ARGS] [FLAGS]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		fmt.Fprintf(tw, "  %s\t%s\n", n, commands[n].summary)
+	}
+	fmt.Fprintf(tw, "  %s\t%s\n", "help [COMMAND]", "show help for the hub or a command")
+	fmt.Fprintf(tw, "  %s\t%s\n", "version", "print the version")
+	tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'hub COMMAND --help' for a command's flags.")
+}
+
+// newFlags returns a FlagSet for a (sub)command whose usage shows the
+// synopsis and the flags. Errors are returned, not printed twice.
+func newFlags(name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: hub %s\n", synopsis)
+		var b strings.Builder
+		fs.SetOutput(&b)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		if b.Len() > 0 {
+			fmt.Fprintf(stderr, "\nFlags:\n%s", b.String())
+		}
+	}
+	return fs
+}
+
+// parseFlags parses args with flags and positional arguments interspersed
+// ("stream create NAME --shards 4" and "stream create --shards 4 NAME" are
+// the same); "--" ends flag parsing. It returns the positional arguments.
+// --help prints the usage and returns flag.ErrHelp.
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.Usage()
+				return nil, err
+			}
+			return nil, usagef("%v", err)
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		// fs.Parse stops at the first non-flag or after "--"; tell them apart.
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// wantArgs checks the number of positional arguments.
+func wantArgs(pos []string, n int, names string) error {
+	if len(pos) < n {
+		return usagef("missing %s", names)
+	}
+	if len(pos) > n {
+		return usagef("unexpected argument %q", pos[n])
+	}
+	return nil
+}
+
+// subcommand dispatches "hub GROUP SUB ..." to the named function.
+func subcommand(group string, ctx context.Context, args []string, subs map[string]func(context.Context, []string) error, summaries [][2]string) error {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintf(stderr, "Usage: hub %s COMMAND\n\nCommands:\n", group)
+		tw := tabwriter.NewWriter(stderr, 0, 4, 2, ' ', 0)
+		for _, s := range summaries {
+			fmt.Fprintf(tw, "  %s\t%s\n", s[0], s[1])
+		}
+		tw.Flush()
+		if len(args) == 0 {
+			return usagef("missing command")
+		}
+		return flag.ErrHelp
+	}
+	fn, ok := subs[args[0]]
+	if !ok {
+		return usagef("unknown command %q", args[0])
+	}
+	return fn(ctx, args[1:])
+}
+
+// newTable returns a tabwriter for aligned human output; call Flush.
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }

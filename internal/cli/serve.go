@@ -1,0 +1,90 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/edgehub/edgehub/hub"
+)
+
+func init() {
+	register("serve", "run a hub (no config needed: data in ./hub-data, loopback ports)", serve)
+}
+
+func serve(ctx context.Context, args []string) error {
+	fs := newFlags("serve", "serve [--config FILE] [--data DIR] [--log-level LEVEL]")
+	configFile := fs.String("config", "", "hub.toml `FILE` (default: built-in defaults, see hub.toml in the repository)")
+	dataDir := fs.String("data", "", "data `DIR`, overriding [hub] data_dir (default ./hub-data)")
+	quicAddr := fs.String("quic-listen", "", "QUIC `ADDR`ess, overriding [listen] quic (default "+hub.DefaultQUICAddr+")")
+	adminAddr := fs.String("admin-listen", "", "admin API `ADDR`ess, overriding [listen] admin (default "+hub.DefaultAdminAddr+")")
+	name := fs.String("name", "", "hub `NAME`, overriding [hub] name (default: host name)")
+	logLevel := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, ""); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usagef("invalid --log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(logger)
+
+	cfg := hub.DefaultConfig()
+	if *configFile != "" {
+		if cfg, err = hub.LoadConfig(*configFile); err != nil {
+			return fmt.Errorf("invalid configuration:\n%w", err)
+		}
+	}
+	for _, o := range []struct {
+		flag, val string
+		dst       *string
+	}{
+		{"data", *dataDir, &cfg.Hub.DataDir},
+		{"quic-listen", *quicAddr, &cfg.Listen.QUIC},
+		{"admin-listen", *adminAddr, &cfg.Listen.Admin},
+		{"name", *name, &cfg.Hub.Name},
+	} {
+		if o.val != "" {
+			*o.dst = o.val
+		}
+	}
+	cfg.Logger = logger
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration (with flags):\n%w", err)
+	}
+	source := cfg.File
+	if source == "" {
+		source = "built-in defaults"
+	}
+	logger.Info("starting hub", "config", source, "name", cfg.Hub.Name, "data_dir", cfg.Hub.DataDir,
+		"declared_streams", len(cfg.Streams), "pid", os.Getpid())
+
+	h, err := hub.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if len(cfg.Streams) > 0 {
+		names := make([]string, len(cfg.Streams))
+		for i, s := range cfg.Streams {
+			names[i] = s.Name
+		}
+		logger.Info("declared streams ready", "streams", strings.Join(names, ","))
+	}
+	if err := h.Run(ctx); err != nil {
+		return err
+	}
+	logger.Info("shutting down")
+	if err := h.Close(); err != nil {
+		return fmt.Errorf("close: %w", err)
+	}
+	logger.Info("hub stopped")
+	return nil
+}

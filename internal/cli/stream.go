@@ -1,0 +1,287 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/edgehub/edgehub/hub"
+)
+
+func init() {
+	register("stream", "create, list, describe, update and delete streams", func(ctx context.Context, args []string) error {
+		return subcommand("stream", ctx, args, map[string]func(context.Context, []string) error{
+			"create":   streamCreate,
+			"list":     streamList,
+			"ls":       streamList,
+			"describe": streamDescribe,
+			"update":   streamUpdate,
+			"delete":   streamDelete,
+		}, [][2]string{
+			{"create NAME", "create a stream"},
+			{"list", "list streams"},
+			{"describe NAME", "show a stream's shards, sequences, counts and settings"},
+			{"update NAME", "change a stream's retention, size limit, compaction or replication"},
+			{"delete NAME", "delete a stream and all its records"},
+		})
+	})
+}
+
+// streamSettingFlags are the flags shared by create and update; only flags
+// given on the command line go into the request.
+type streamSettingFlags struct {
+	fs                                         *flag.FlagSet
+	retention, tombstones, maxBytes, replicate *string
+	compact                                    *bool
+}
+
+func (s *streamSettingFlags) add(fs *flag.FlagSet) {
+	s.fs = fs
+	s.retention = fs.String("retention", "", "delete records older than `DURATION` (Go syntax: 168h, 30m; 0 keeps them)")
+	s.maxBytes = fs.String("max-bytes", "", "delete the oldest records above `SIZE` (10GiB, 512MB, bytes; 0 = no limit)")
+	s.compact = fs.Bool("compact", false, "keep only the latest record per key")
+	s.tombstones = fs.String("tombstone-retention", "", "keep deletes (nil values) visible for `DURATION` under compaction (default 24h)")
+	s.replicate = fs.String("replicate", "", "replication `POLICY`: local, all, or tag:NAME[,tag:NAME...] (default local)")
+}
+
+func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
+	var req hub.StreamRequest
+	var errs []error
+	s.fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "retention", "tombstone-retention":
+			d, err := hub.ParseDuration(f.Value.String())
+			if err != nil {
+				errs = append(errs, usagef("--%s: %v", f.Name, err))
+			} else if f.Name == "retention" {
+				req.Retention = &d
+			} else {
+				req.TombstoneRetention = &d
+			}
+		case "max-bytes":
+			n, err := hub.ParseSize(f.Value.String())
+			if err != nil {
+				errs = append(errs, usagef("--max-bytes: %v", err))
+			}
+			req.MaxBytes = &n
+		case "compact":
+			req.Compact = s.compact
+		case "replicate":
+			r, err := hub.ParseReplicate(f.Value.String())
+			if err != nil {
+				errs = append(errs, usagef("--replicate: %v", err))
+			}
+			req.Replicate = &r
+		}
+	})
+	if len(errs) > 0 {
+		return req, errs[0]
+	}
+	return req, nil
+}
+
+func streamCreate(ctx context.Context, args []string) error {
+	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--replicate POLICY]")
+	admin := adminFlag(fs)
+	shards := fs.Int("shards", 1, "number of `N` shards (1..1024; fixed once created)")
+	var s streamSettingFlags
+	s.add(fs)
+	asJSON := fs.Bool("json", false, "print the created stream as JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	req, err := s.request()
+	if err != nil {
+		return err
+	}
+	req.Name, req.Shards = pos[0], *shards
+	var info hub.StreamInfo
+	if err := c.post(ctx, "/v1/streams", req, &info); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, info)
+	}
+	fmt.Fprintf(stdout, "created stream %s with %d shard%s\n", info.Name, info.Config.Shards, plural(info.Config.Shards))
+	return nil
+}
+
+func streamUpdate(ctx context.Context, args []string) error {
+	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--replicate POLICY]")
+	admin := adminFlag(fs)
+	var s streamSettingFlags
+	s.add(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
+		return err
+	}
+	req, err := s.request()
+	if err != nil {
+		return err
+	}
+	if req == (hub.StreamRequest{}) {
+		return usagef("nothing to change: give at least one of --retention, --max-bytes, --compact, --tombstone-retention, --replicate")
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var info hub.StreamInfo
+	if err := c.patch(ctx, "/v1/streams/"+url.PathEscape(pos[0]), req, &info); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "updated stream %s\n", info.Name)
+	return nil
+}
+
+func streamList(ctx context.Context, args []string) error {
+	fs := newFlags("stream list", "stream list [--json]")
+	admin := adminFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, ""); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var list hub.StreamList
+	if err := c.get(ctx, "/v1/streams", &list); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, list)
+	}
+	if len(list.Streams) == 0 {
+		fmt.Fprintln(stdout, "no streams")
+		return nil
+	}
+	tw := newTable(stdout)
+	fmt.Fprintln(tw, "NAME\tSHARDS\tRECORDS\tBYTES\tRETENTION\tMAX BYTES\tCOMPACT\tREPLICATE")
+	for _, s := range list.Streams {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%v\t%s\n", s.Name, s.Config.Shards, s.Records, humanBytes(s.Bytes),
+			orDash(s.Config.Retention.String(), s.Config.Retention == 0), orDash(s.Config.MaxBytes.String(), s.Config.MaxBytes == 0),
+			s.Config.Compact, s.Config.Replicate)
+	}
+	return tw.Flush()
+}
+
+func streamDescribe(ctx context.Context, args []string) error {
+	fs := newFlags("stream describe", "stream describe NAME [--json]")
+	admin := adminFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var s hub.StreamInfo
+	if err := c.get(ctx, "/v1/streams/"+url.PathEscape(pos[0]), &s); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, s)
+	}
+	tw := newTable(stdout)
+	fmt.Fprintf(tw, "Name:\t%s\n", s.Name)
+	fmt.Fprintf(tw, "Shards:\t%d\n", s.Config.Shards)
+	fmt.Fprintf(tw, "Records:\t%d\n", s.Records)
+	fmt.Fprintf(tw, "Bytes:\t%s (%d)\n", humanBytes(s.Bytes), s.Bytes)
+	fmt.Fprintf(tw, "Retention:\t%s\n", orDash(s.Config.Retention.String(), s.Config.Retention == 0))
+	fmt.Fprintf(tw, "Max bytes:\t%s\n", orDash(s.Config.MaxBytes.String(), s.Config.MaxBytes == 0))
+	fmt.Fprintf(tw, "Compact:\t%v\n", s.Config.Compact)
+	fmt.Fprintf(tw, "Tombstone retention:\t%s\n", s.Config.TombstoneRetention)
+	fmt.Fprintf(tw, "Replicate:\t%s\n", s.Config.Replicate)
+	for k, v := range s.Config.Meta {
+		fmt.Fprintf(tw, "Meta %s:\t%s\n", k, v)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	tw = newTable(stdout)
+	fmt.Fprintln(tw, "SHARD\tHASH START\tHASH END\tFIRST SEQ\tLAST SEQ\tRECORDS\tBYTES\tLAST INGEST")
+	for _, sh := range s.Shards {
+		first, ingest := fmt.Sprint(sh.FirstSeq), "-"
+		if sh.Records == 0 || sh.FirstSeq > sh.LastSeq {
+			first = "-"
+		}
+		if sh.LastIngest != nil {
+			ingest = sh.LastIngest.Local().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", sh.Shard, sh.HashStart, sh.HashEnd, first, sh.LastSeq, sh.Records, humanBytes(sh.Bytes), ingest)
+	}
+	return tw.Flush()
+}
+
+func streamDelete(ctx context.Context, args []string) error {
+	fs := newFlags("stream delete", "stream delete NAME")
+	admin := adminFlag(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	if err := c.del(ctx, "/v1/streams/"+url.PathEscape(pos[0])); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "deleted stream %s\n", pos[0])
+	return nil
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func orDash(s string, empty bool) string {
+	if empty {
+		return "-"
+	}
+	return s
+}
+
+// humanBytes formats n in binary units with one decimal.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
