@@ -1,0 +1,262 @@
+package plugins
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/edgehub/edgehub/store"
+	"github.com/edgehub/edgehub/wasmhost"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// Dir is the data directory: definitions, modules, checkpoints and
+	// state live in Dir/plugins.db, compiled code in Dir/wasmcache.
+	Dir string
+	// HubName prefixes the origin of every plugin output, so the same plugin
+	// on two federated hubs produces distinct origins.
+	HubName string
+	// Store holds the input and output streams.
+	Store *store.Store
+	// Logger receives manager events; each plugin logs with
+	// Logger.With("plugin", name). nil means slog.Default().
+	Logger *slog.Logger
+	// LogLines is how many log lines each plugin keeps for `hub plugin logs`.
+	LogLines int
+	// GuestLogRate bounds the guest log lines per second and plugin that
+	// are forwarded to Logger (all are kept in the plugin's log ring).
+	GuestLogRate int
+	// Now is the wall clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns a Config for the data directory dir.
+func DefaultConfig(dir string) Config {
+	return Config{Dir: dir, HubName: "local", LogLines: 1000, GuestLogRate: 100}
+}
+
+// Validate reports every problem in c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Dir == "" {
+		errs = append(errs, errors.New("plugins: config: Dir is required"))
+	}
+	if c.Store == nil {
+		errs = append(errs, errors.New("plugins: config: Store is required"))
+	}
+	if c.HubName == "" {
+		errs = append(errs, errors.New("plugins: config: HubName is required"))
+	}
+	if c.LogLines < 1 {
+		errs = append(errs, fmt.Errorf("plugins: config: LogLines %d must be at least 1", c.LogLines))
+	}
+	if c.GuestLogRate < 0 {
+		errs = append(errs, fmt.Errorf("plugins: config: GuestLogRate %d is negative", c.GuestLogRate))
+	}
+	return errors.Join(errs...)
+}
+
+// Policy says what happens to an input record whose call fails (trap,
+// timeout, ABI violation, error status).
+type Policy string
+
+// Error policies.
+const (
+	// PolicyRetry retries the record with exponential backoff; after
+	// MaxAttempts (if set) the plugin is paused.
+	PolicyRetry Policy = "retry"
+	// PolicyDeadLetter appends the record, with the reason in its headers,
+	// to the dead-letter stream and moves on.
+	PolicyDeadLetter Policy = "dead-letter"
+	// PolicyPause pauses the plugin until it is resumed or upgraded.
+	PolicyPause Policy = "pause"
+)
+
+// Start positions for a plugin's first run.
+const (
+	StartEarliest = "earliest"
+	StartLatest   = "latest"
+)
+
+// Definition is a plugin as deployed: what it reads and writes, its config
+// and limits. It is stored durably with the module's bytes.
+type Definition struct {
+	Name    string            `json:"name"`
+	Inputs  []string          `json:"inputs"`
+	Outputs []string          `json:"outputs,omitempty"`
+	Config  map[string]string `json:"config,omitempty"`
+	// Start is where a new plugin begins reading: "earliest" or "latest".
+	// Upgrades keep the checkpoint.
+	Start string `json:"start"`
+
+	OnError     Policy        `json:"on_error"`
+	DeadLetter  string        `json:"dead_letter,omitempty"` // stream for PolicyDeadLetter
+	MaxAttempts int           `json:"max_attempts,omitempty"`
+	BackoffMin  time.Duration `json:"backoff_min"`
+	BackoffMax  time.Duration `json:"backoff_max"`
+
+	MemoryPages   uint32        `json:"memory_pages"`
+	CallTimeout   time.Duration `json:"call_timeout"`
+	BatchRecords  int           `json:"batch_records"`
+	BatchBytes    int           `json:"batch_bytes"`
+	TimerInterval time.Duration `json:"timer_interval"`
+
+	// Set by the manager.
+	SHA256      string    `json:"sha256"`
+	ModuleSize  int       `json:"module_size"`
+	Version     int       `json:"version"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+	Paused      bool      `json:"paused,omitempty"`
+	PauseReason string    `json:"pause_reason,omitempty"`
+}
+
+// Defaults of a Definition.
+const (
+	DefaultBatchRecords  = 1000
+	DefaultBatchBytes    = 1 << 20
+	DefaultTimerInterval = time.Second
+	DefaultBackoffMin    = 100 * time.Millisecond
+	DefaultBackoffMax    = 30 * time.Second
+)
+
+// WithDefaults fills zero fields with the defaults.
+func (d Definition) WithDefaults() Definition {
+	if d.Start == "" {
+		d.Start = StartLatest
+	}
+	if d.OnError == "" {
+		if d.DeadLetter != "" {
+			d.OnError = PolicyDeadLetter
+		} else {
+			d.OnError = PolicyRetry
+		}
+	}
+	if d.BackoffMin == 0 {
+		d.BackoffMin = DefaultBackoffMin
+	}
+	if d.BackoffMax == 0 {
+		d.BackoffMax = DefaultBackoffMax
+	}
+	if d.MemoryPages == 0 {
+		d.MemoryPages = wasmhost.DefaultMemoryPages
+	}
+	if d.CallTimeout == 0 {
+		d.CallTimeout = wasmhost.DefaultCallTimeout
+	}
+	if d.BatchRecords == 0 {
+		d.BatchRecords = DefaultBatchRecords
+	}
+	if d.BatchBytes == 0 {
+		d.BatchBytes = DefaultBatchBytes
+	}
+	if d.TimerInterval == 0 {
+		d.TimerInterval = DefaultTimerInterval
+	}
+	return d
+}
+
+// Validate reports every problem in d at once.
+func (d Definition) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidDefinition}, args...)...))
+	}
+	if err := store.ValidateName(d.Name); err != nil {
+		add("name: %v", err)
+	}
+	if len(d.Inputs) == 0 {
+		add("at least one input stream is required")
+	}
+	seen := map[string]string{}
+	for _, s := range d.Inputs {
+		if err := store.ValidateName(s); err != nil {
+			add("input: %v", err)
+		}
+		if seen[s] != "" {
+			add("stream %q listed twice", s)
+		}
+		seen[s] = "input"
+	}
+	for _, s := range d.Outputs {
+		if err := store.ValidateName(s); err != nil {
+			add("output: %v", err)
+		}
+		if seen[s] == "input" {
+			add("stream %q is both input and output: the plugin would read its own output forever", s)
+		} else if seen[s] != "" {
+			add("stream %q listed twice", s)
+		}
+		seen[s] = "output"
+	}
+	switch d.Start {
+	case StartEarliest, StartLatest:
+	default:
+		add("start %q: want %q or %q", d.Start, StartEarliest, StartLatest)
+	}
+	switch d.OnError {
+	case PolicyRetry, PolicyPause:
+	case PolicyDeadLetter:
+		if d.DeadLetter == "" {
+			add("on_error %q needs a dead_letter stream", d.OnError)
+		}
+	default:
+		add("on_error %q: want %q, %q or %q", d.OnError, PolicyRetry, PolicyDeadLetter, PolicyPause)
+	}
+	if d.DeadLetter != "" {
+		if err := store.ValidateName(d.DeadLetter); err != nil {
+			add("dead_letter: %v", err)
+		}
+		if slices.Contains(d.Inputs, d.DeadLetter) {
+			add("dead_letter stream %q is an input", d.DeadLetter)
+		}
+	}
+	if d.MaxAttempts < 0 {
+		add("max_attempts %d is negative", d.MaxAttempts)
+	}
+	if d.BackoffMin <= 0 || d.BackoffMax < d.BackoffMin {
+		add("backoff %s..%s: want 0 < min <= max", d.BackoffMin, d.BackoffMax)
+	}
+	if d.MemoryPages < 1 || d.MemoryPages > wasmhost.MaxMemoryPages {
+		add("memory_pages %d outside 1..%d", d.MemoryPages, wasmhost.MaxMemoryPages)
+	}
+	if d.CallTimeout <= 0 {
+		add("call_timeout %s must be positive", d.CallTimeout)
+	}
+	if d.BatchRecords < 1 || d.BatchRecords > 100_000 {
+		add("batch_records %d outside 1..100000", d.BatchRecords)
+	}
+	if d.BatchBytes < 1024 || d.BatchBytes > 64<<20 {
+		add("batch_bytes %d outside 1KiB..64MiB", d.BatchBytes)
+	}
+	if d.TimerInterval < 10*time.Millisecond {
+		add("timer_interval %s is below 10ms", d.TimerInterval)
+	}
+	for k := range d.Config {
+		if k == "" {
+			add("config has an empty key")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d Definition) limits() wasmhost.Limits {
+	return wasmhost.Limits{MemoryPages: d.MemoryPages, CallTimeout: d.CallTimeout}.WithDefaults()
+}
+
+// clone returns a deep copy of d.
+func (d Definition) clone() Definition {
+	d.Inputs = slices.Clone(d.Inputs)
+	d.Outputs = slices.Clone(d.Outputs)
+	if d.Config != nil {
+		c := make(map[string]string, len(d.Config))
+		for k, v := range d.Config {
+			c[k] = v
+		}
+		d.Config = c
+	}
+	return d
+}

@@ -1,0 +1,18 @@
+package plugins
+
+import "errors"
+
+// Sentinel errors. The manager wraps them with the operation and the plugin.
+var (
+	// ErrNotFound: no plugin has that name.
+	ErrNotFound = errors.New("plugin not found")
+	// ErrInvalidDefinition: a definition that cannot be deployed.
+	ErrInvalidDefinition = errors.New("invalid plugin definition")
+	// ErrUndeclaredStream: the plugin emitted to a stream it did not
+	// declare as an output. The call is stopped and the error policy applies.
+	ErrUndeclaredStream = errors.New("emit to undeclared stream")
+	// ErrClosed: the manager is closed.
+	ErrClosed = errors.New("plugin manager closed")
+	// ErrCorrupt: plugins.db holds data the manager cannot read.
+	ErrCorrupt = errors.New("corrupt plugin data")
+)

@@ -1,0 +1,143 @@
+package plugins
+
+import (
+	"slices"
+	"strings"
+	"time"
+)
+
+// Plugin statuses.
+const (
+	StatusRunning = "running"
+	StatusPaused  = "paused"
+	StatusStopped = "stopped" // deployed, but the manager is not running
+)
+
+// Info describes a plugin: its definition, status and per-shard progress.
+type Info struct {
+	Definition
+	Status       string      `json:"status"`
+	RecordsIn    uint64      `json:"records_in"`
+	RecordsOut   uint64      `json:"records_out"`
+	DeadLettered uint64      `json:"dead_lettered"`
+	Errors       uint64      `json:"errors"`
+	Lag          uint64      `json:"lag"`
+	StateBytes   int64       `json:"state_bytes"`
+	StateKeys    int64       `json:"state_keys"`
+	MemoryBytes  int64       `json:"memory_bytes"`
+	Shards       []ShardInfo `json:"shards"`
+}
+
+// ShardInfo is one runner's progress. Counters other than those persisted
+// with the checkpoint (records in/out, dead letters, state size) count since
+// the hub started.
+type ShardInfo struct {
+	Input        string        `json:"input"`
+	Shard        int           `json:"shard"`
+	Checkpoint   uint64        `json:"checkpoint"` // next input sequence to process
+	LastSeq      uint64        `json:"last_seq"`   // last sequence in the input shard
+	Lag          uint64        `json:"lag"`
+	RecordsIn    uint64        `json:"records_in"`
+	RecordsOut   uint64        `json:"records_out"`
+	DeadLettered uint64        `json:"dead_lettered"`
+	StateBytes   int64         `json:"state_bytes"`
+	StateKeys    int64         `json:"state_keys"`
+	TimerFirings uint64        `json:"timer_firings"`
+	Calls        uint64        `json:"calls"`
+	CallTime     time.Duration `json:"call_time_avg"`
+	Errors       uint64        `json:"errors"`
+	Retries      uint64        `json:"retries"`
+	Restarts     uint64        `json:"instance_restarts"`
+	Gaps         uint64        `json:"gap_records"`
+	MemoryBytes  int64         `json:"memory_bytes"`
+	LastError    string        `json:"last_error,omitempty"`
+	LastErrorAt  time.Time     `json:"last_error_at,omitzero"`
+}
+
+// List describes every plugin, sorted by name.
+func (m *Manager) List() []Info {
+	m.mu.RLock()
+	ps := make([]*plugin, 0, len(m.plugins))
+	for _, p := range m.plugins {
+		ps = append(ps, p)
+	}
+	m.mu.RUnlock()
+	slices.SortFunc(ps, func(a, b *plugin) int { return strings.Compare(a.name, b.name) })
+	out := make([]Info, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, m.info(p))
+	}
+	return out
+}
+
+// Describe describes one plugin.
+func (m *Manager) Describe(name string) (Info, error) {
+	p, err := m.lookup(name)
+	if err != nil {
+		return Info{}, err
+	}
+	return m.info(p), nil
+}
+
+func (m *Manager) info(p *plugin) Info {
+	p.mu.Lock()
+	def := p.def.clone()
+	running := p.cancel != nil
+	runners := slices.Clone(p.runners)
+	p.mu.Unlock()
+	info := Info{Definition: def, Status: StatusStopped}
+	switch {
+	case def.Paused:
+		info.Status = StatusPaused
+	case running:
+		info.Status = StatusRunning
+	}
+	live := map[string]*runner{}
+	for _, r := range runners {
+		live[string(runKey(r.input.Name(), r.shard))] = r
+	}
+	for _, in := range def.Inputs {
+		s, err := m.st.Stream(in)
+		if err != nil {
+			continue
+		}
+		for shard := 0; shard < s.Shards(); shard++ {
+			si := ShardInfo{Input: in, Shard: shard}
+			_, si.LastSeq, _ = s.Bounds(shard)
+			var cp checkpoint
+			if r := live[string(runKey(in, shard))]; r != nil {
+				if c := r.stats.cp.Load(); c != nil {
+					cp = *c
+				}
+				st := &r.stats
+				si.TimerFirings, si.Calls, si.Errors = st.firings.Load(), st.calls.Load(), st.errors.Load()
+				si.Retries, si.Restarts, si.Gaps = st.retries.Load(), st.restarts.Load(), st.gaps.Load()
+				si.MemoryBytes = st.memory.Load()
+				if si.Calls > 0 {
+					si.CallTime = time.Duration(st.callNanos.Load() / si.Calls)
+				}
+				st.mu.Lock()
+				si.LastError, si.LastErrorAt = st.lastErr, st.lastErrAt
+				st.mu.Unlock()
+			} else if c, ok, _ := loadCheckpoint(m.db, def.Name, in, shard); ok {
+				cp = c
+			}
+			si.Checkpoint = cp.Next
+			si.RecordsIn, si.RecordsOut, si.DeadLettered = cp.RecordsIn, cp.RecordsOut, cp.Dead
+			si.StateBytes, si.StateKeys = cp.StateBytes, cp.StateKeys
+			if cp.Next != 0 && si.LastSeq >= cp.Next {
+				si.Lag = si.LastSeq - cp.Next + 1
+			}
+			info.RecordsIn += si.RecordsIn
+			info.RecordsOut += si.RecordsOut
+			info.DeadLettered += si.DeadLettered
+			info.Errors += si.Errors
+			info.Lag += si.Lag
+			info.StateBytes += si.StateBytes
+			info.StateKeys += si.StateKeys
+			info.MemoryBytes += si.MemoryBytes
+			info.Shards = append(info.Shards, si)
+		}
+	}
+	return info
+}

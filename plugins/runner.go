@@ -1,0 +1,747 @@
+package plugins
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/store"
+	"github.com/edgehub/edgehub/wasmhost"
+)
+
+// Dead-letter record headers.
+const (
+	HeaderError  = "edgehub-error"
+	HeaderPlugin = "edgehub-plugin"
+	HeaderSource = "edgehub-source" // input stream/shard/seq
+)
+
+// deadLetterIndex is the output index reserved for the dead-letter copy of
+// an input record: its origin is inputSeq<<16 | 0xFFFF.
+const deadLetterIndex = 0xFFFF
+
+// maxInstanceFailures is how many consecutive failures to create an
+// instance (not calls: instantiation and eh_init) pause the plugin.
+const maxInstanceFailures = 5
+
+// OriginHub returns the origin hub name of a plugin's outputs derived from
+// input. Names too long for an origin (255 bytes) are shortened with a
+// hash; the "/timer" variant names timer outputs.
+func OriginHub(hub, plugin, input string) string {
+	h := hub + "/plugin/" + plugin + "/" + input
+	if len(h)+len("/timer") > store.MaxOriginHubLength {
+		sum := sha256.Sum256([]byte(plugin + "/" + input))
+		h = hub + "/plugin/" + hex.EncodeToString(sum[:16])
+		if len(h)+len("/timer") > store.MaxOriginHubLength {
+			h = h[len(h)-store.MaxOriginHubLength+len("/timer"):]
+		}
+	}
+	return h
+}
+
+type callKind int
+
+const (
+	kindBatch callKind = iota
+	kindTimer
+)
+
+// outBuf gathers one output stream's records of the uncommitted calls.
+type outBuf struct {
+	stream *store.Stream
+	recs   []record.Record
+}
+
+// runner processes one input shard of one plugin, in order. It implements
+// wasmhost.Host for its instance.
+type runner struct {
+	m      *Manager
+	p      *plugin
+	def    Definition
+	mod    *wasmhost.Module
+	input  *store.Stream
+	shard  int
+	logger *slog.Logger
+
+	originHub string
+	timerHub  string
+	inst      *wasmhost.Instance
+	instFails int
+	cp        checkpoint
+	delta     *delta
+	outs      []*outBuf
+	outIdx    map[string]int
+	nOut      int
+	arena     []byte
+	kind      callKind
+	seqs      []uint64 // input sequences of the batch in the current call
+	timerSeq  uint64
+	tx        *bolt.Tx // read transaction for state reads during a call
+	batch     []byte
+	in        []wasmhost.InputRecord
+	hdrs      []wasmhost.Header
+
+	stats runnerStats
+}
+
+// runnerStats are read by Describe and the metrics while the runner runs.
+type runnerStats struct {
+	calls, callNanos, errors, retries, restarts, firings, gaps atomic.Uint64
+	memory                                                     atomic.Int64
+	cp                                                         atomic.Pointer[checkpoint]
+	mu                                                         sync.Mutex
+	lastErr                                                    string
+	lastErrAt                                                  time.Time
+}
+
+func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *store.Stream, shard int) *runner {
+	r := &runner{
+		m: m, p: p, def: def, mod: mod, input: in, shard: shard,
+		logger:    p.logger.With("input", in.Name(), "shard", shard),
+		originHub: OriginHub(m.cfg.HubName, def.Name, in.Name()),
+		delta:     newDelta(),
+		outIdx:    map[string]int{},
+	}
+	r.timerHub = r.originHub + "/timer"
+	for _, name := range append(append([]string(nil), def.Outputs...), def.DeadLetter) {
+		if name == "" {
+			continue
+		}
+		if _, dup := r.outIdx[name]; dup {
+			continue
+		}
+		s, err := m.st.Stream(name)
+		if err != nil {
+			continue // reported when emitted to
+		}
+		r.outIdx[name] = len(r.outs)
+		r.outs = append(r.outs, &outBuf{stream: s})
+	}
+	return r
+}
+
+func (r *runner) run(ctx context.Context) {
+	defer r.closeInstance()
+	if err := r.restore(ctx); err != nil {
+		if ctx.Err() == nil {
+			r.fatal(fmt.Sprintf("restore %s/%d: %v", r.input.Name(), r.shard, err))
+		}
+		return
+	}
+	var tick <-chan time.Time
+	if r.mod.HasTimer() {
+		t := time.NewTicker(r.def.TimerInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for ctx.Err() == nil {
+		recs, err := r.input.Read(r.shard, r.cp.Next, store.ReadOptions{MaxRecords: r.def.BatchRecords, MaxBytes: r.def.BatchBytes})
+		if err != nil {
+			if !r.storeTrouble(ctx, "read input", err) {
+				return
+			}
+			continue
+		}
+		if len(recs) == 0 {
+			ch := r.input.Changed(r.shard)
+			if _, last, _ := r.input.Bounds(r.shard); last >= r.cp.Next {
+				continue
+			}
+			select {
+			case <-ch:
+			case <-tick:
+				if !r.fireTimer(ctx, r.m.now().UnixNano()) {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		if first := recs[0].Seq; first > r.cp.Next {
+			// Retention removed records before the plugin read them:
+			// report the gap, never skip silently.
+			r.stats.gaps.Add(first - r.cp.Next)
+			r.logf(LevelWarn, "input gap: records %d..%d were removed by retention before the plugin read them", r.cp.Next, first-1)
+		}
+		if !r.processBatch(ctx, recs) {
+			return
+		}
+		select {
+		case <-tick:
+			if !r.fireTimer(ctx, r.m.now().UnixNano()) {
+				return
+			}
+		default:
+		}
+	}
+}
+
+// restore loads the checkpoint (creating it from the start position for a
+// new plugin) and replays a timer firing that was recorded but not finished.
+func (r *runner) restore(ctx context.Context) error {
+	cp, ok, err := loadCheckpoint(r.m.db, r.def.Name, r.input.Name(), r.shard)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		first, last, err := r.input.Bounds(r.shard)
+		if err != nil {
+			return err
+		}
+		cp = checkpoint{Next: first}
+		if r.def.Start == StartLatest {
+			cp.Next = last + 1
+		}
+		if cp.Next == 0 {
+			cp.Next = 1
+		}
+		if cp, err = r.m.commit(r.def.Name, r.input.Name(), r.shard, cp, nil); err != nil {
+			return err
+		}
+	}
+	r.setCheckpoint(cp)
+	if cp.PendingSeq != 0 {
+		r.logf(LevelInfo, "replaying timer firing %d recorded at %s", cp.PendingSeq, time.Unix(0, cp.PendingNow).UTC().Format(time.RFC3339Nano))
+		if !r.runTimer(ctx, cp.PendingSeq, cp.PendingNow, true) {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (r *runner) setCheckpoint(cp checkpoint) {
+	r.cp = cp
+	c := cp
+	r.stats.cp.Store(&c)
+}
+
+// processBatch runs recs through the plugin and commits. On failure it
+// isolates the failing record by running the batch one record at a time.
+// It returns false when the runner must stop.
+func (r *runner) processBatch(ctx context.Context, recs []record.Record) bool {
+	if !r.ensureInstance(ctx) {
+		return false
+	}
+	err := r.callBatch(ctx, recs)
+	if err == nil {
+		return r.commitProgress(ctx, recs[len(recs)-1].Seq+1, len(recs))
+	}
+	r.discard()
+	if ctx.Err() != nil {
+		return false
+	}
+	if len(recs) == 1 {
+		return r.handleFailure(ctx, recs[0], err)
+	}
+	for _, rec := range recs {
+		if !r.processOne(ctx, rec) {
+			return false
+		}
+	}
+	return true
+}
+
+// processOne runs one record, applying the error policy until it is
+// processed, dead-lettered or the plugin pauses.
+func (r *runner) processOne(ctx context.Context, rec record.Record) bool {
+	if !r.ensureInstance(ctx) {
+		return false
+	}
+	err := r.callBatch(ctx, []record.Record{rec})
+	if err == nil {
+		return r.commitProgress(ctx, rec.Seq+1, 1)
+	}
+	r.discard()
+	if ctx.Err() != nil {
+		return false
+	}
+	return r.handleFailure(ctx, rec, err)
+}
+
+// handleFailure applies the error policy to a record whose call failed.
+func (r *runner) handleFailure(ctx context.Context, rec record.Record, err error) bool {
+	for attempt := 1; ; attempt++ {
+		r.noteError(fmt.Sprintf("record %d: %v", rec.Seq, err))
+		switch r.def.OnError {
+		case PolicyPause:
+			r.fatal(fmt.Sprintf("record %s/%d/%d failed: %v", r.input.Name(), r.shard, rec.Seq, err))
+			return false
+		case PolicyDeadLetter:
+			return r.deadLetter(ctx, rec, err)
+		}
+		if r.def.MaxAttempts > 0 && attempt >= r.def.MaxAttempts {
+			r.fatal(fmt.Sprintf("record %s/%d/%d failed %d times, last: %v", r.input.Name(), r.shard, rec.Seq, attempt, err))
+			return false
+		}
+		r.stats.retries.Add(1)
+		if !sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) || !r.ensureInstance(ctx) {
+			return false
+		}
+		if err = r.callBatch(ctx, []record.Record{rec}); err == nil {
+			return r.commitProgress(ctx, rec.Seq+1, 1)
+		}
+		r.discard()
+		if ctx.Err() != nil {
+			return false
+		}
+	}
+}
+
+// deadLetter stores rec with the failure reason in the dead-letter stream
+// and moves the checkpoint past it. Its origin (input seq, index 0xFFFF)
+// makes the copy exactly-once too.
+func (r *runner) deadLetter(ctx context.Context, rec record.Record, cause error) bool {
+	ob := r.outs[r.outIdx[r.def.DeadLetter]]
+	dl := rec.Clone()
+	dl.Seq, dl.IngestTime = 0, 0
+	reason := cause.Error()
+	if len(reason) > 4096 {
+		reason = reason[:4096]
+	}
+	dl.Headers = append(dl.Headers,
+		record.Header{Key: HeaderError, Value: []byte(reason)},
+		record.Header{Key: HeaderPlugin, Value: []byte(r.def.Name)},
+		record.Header{Key: HeaderSource, Value: []byte(r.input.Name() + "/" + strconv.Itoa(r.shard) + "/" + strconv.FormatUint(rec.Seq, 10))})
+	dl.Origin = record.Origin{Hub: r.originHub, Shard: uint32(r.shard), Seq: rec.Seq<<16 | deadLetterIndex}
+	ob.recs = append(ob.recs, dl)
+	r.logf(LevelWarn, "record %d dead-lettered to %s: %s", rec.Seq, r.def.DeadLetter, reason)
+	cp := r.cp
+	cp.Dead++
+	return r.commitWith(ctx, cp, rec.Seq+1, 1)
+}
+
+// ensureInstance creates the instance if there is none. Failing to create
+// one is not the input's fault: it backs off, and pauses the plugin after
+// repeated failures.
+func (r *runner) ensureInstance(ctx context.Context) bool {
+	for r.inst == nil {
+		inst, err := r.mod.Instantiate(ctx, r)
+		if err == nil {
+			if err = inst.Init(ctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
+				inst.Close()
+			}
+		}
+		if err == nil {
+			r.inst, r.instFails = inst, 0
+			r.stats.memory.Store(int64(inst.MemoryBytes()))
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		r.instFails++
+		r.noteError("create instance: " + err.Error())
+		if r.instFails >= maxInstanceFailures {
+			r.fatal(fmt.Sprintf("cannot create an instance (%d attempts): %v", r.instFails, err))
+			return false
+		}
+		if !sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, r.instFails)) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *runner) closeInstance() {
+	r.endTx()
+	if r.inst != nil {
+		r.inst.Close()
+		r.inst = nil
+	}
+}
+
+// callBatch calls eh_on_batch; effects collect in r.delta and r.outs.
+func (r *runner) callBatch(ctx context.Context, recs []record.Record) error {
+	r.kind = kindBatch
+	r.seqs = r.seqs[:0]
+	r.in = r.in[:0]
+	r.hdrs = r.hdrs[:0]
+	for i := range recs {
+		rec := &recs[i]
+		r.seqs = append(r.seqs, rec.Seq)
+		start := len(r.hdrs)
+		for _, h := range rec.Headers {
+			r.hdrs = append(r.hdrs, wasmhost.Header{Key: []byte(h.Key), Value: h.Value})
+		}
+		r.in = append(r.in, wasmhost.InputRecord{Seq: rec.Seq, IngestTime: rec.IngestTime, Time: rec.Time,
+			Key: rec.Key, Value: rec.Value, Headers: r.hdrs[start:len(r.hdrs):len(r.hdrs)]})
+	}
+	r.batch = wasmhost.AppendBatch(r.batch[:0], r.input.Name(), uint32(r.shard), r.in)
+	t0 := time.Now()
+	err := r.inst.OnBatch(ctx, r.batch, len(recs))
+	r.afterCall(t0)
+	return err
+}
+
+func (r *runner) afterCall(t0 time.Time) {
+	r.stats.calls.Add(1)
+	r.stats.callNanos.Add(uint64(time.Since(t0)))
+	r.endTx()
+	if r.inst.Broken() {
+		r.inst.Close()
+		r.inst = nil
+		r.stats.restarts.Add(1)
+	} else {
+		r.stats.memory.Store(int64(r.inst.MemoryBytes()))
+	}
+}
+
+// discard drops the effects of failed calls.
+func (r *runner) discard() {
+	r.delta.reset()
+	for _, o := range r.outs {
+		clear(o.recs)
+		o.recs = o.recs[:0]
+	}
+	r.nOut = 0
+	r.arena = r.arena[:0]
+}
+
+// commitProgress makes the effects of the calls since the last commit
+// durable: outputs first (idempotent by origin), then state and checkpoint
+// together.
+func (r *runner) commitProgress(ctx context.Context, next uint64, consumed int) bool {
+	return r.commitWith(ctx, r.cp, next, consumed)
+}
+
+func (r *runner) commitWith(ctx context.Context, cp checkpoint, next uint64, consumed int) bool {
+	if !r.appendOutputs(ctx) {
+		return false
+	}
+	cp.Next = next
+	cp.RecordsIn += uint64(consumed)
+	cp.RecordsOut += uint64(r.nOut)
+	return r.commitCheckpoint(ctx, cp, r.delta)
+}
+
+// commitCheckpoint commits cp with d (nil: checkpoint only), retrying a
+// failing database with backoff, then clears the call effects.
+func (r *runner) commitCheckpoint(ctx context.Context, cp checkpoint, d *delta) bool {
+	if d != nil && d.empty() {
+		d = nil
+	}
+	for attempt := 1; ; attempt++ {
+		got, err := r.m.commit(r.def.Name, r.input.Name(), r.shard, cp, d)
+		if err == nil {
+			r.setCheckpoint(got)
+			r.discard()
+			return true
+		}
+		if errors.Is(err, ErrClosed) {
+			return false
+		}
+		r.noteError(err.Error())
+		if !sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) {
+			return false
+		}
+	}
+}
+
+// appendOutputs stores the buffered outputs, stream by stream. A retry after
+// a partial failure is safe: the store drops origins it already holds.
+func (r *runner) appendOutputs(ctx context.Context) bool {
+	for _, o := range r.outs {
+		for len(o.recs) > 0 {
+			_, err := o.stream.Append(ctx, store.Batch{Shard: -1, Records: o.recs})
+			if err == nil {
+				break
+			}
+			if !r.storeTrouble(ctx, "append to "+o.stream.Name(), err) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// storeTrouble handles a store error: a vanished stream pauses the plugin,
+// anything else is retried after a backoff. It returns false when the
+// runner must stop.
+func (r *runner) storeTrouble(ctx context.Context, op string, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if errors.Is(err, store.ErrStreamNotFound) || errors.Is(err, store.ErrClosed) {
+		// A closed stream is either a hub shutdown (ctx ends too) or a
+		// deleted stream.
+		if sleep(ctx, 100*time.Millisecond) {
+			r.fatal(op + ": " + err.Error())
+		}
+		return false
+	}
+	r.noteError(op + ": " + err.Error())
+	return sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, 1))
+}
+
+// fireTimer calls eh_on_timer(now). A firing with outputs is recorded in the
+// checkpoint before they are appended, so that a crash replays it with the
+// same now and the same origins; a firing without effects costs no write.
+func (r *runner) fireTimer(ctx context.Context, now int64) bool {
+	return r.runTimer(ctx, r.cp.TimerSeq+1, now, false)
+}
+
+func (r *runner) runTimer(ctx context.Context, seq uint64, now int64, replay bool) bool {
+	if !r.ensureInstance(ctx) {
+		return false
+	}
+	r.kind, r.timerSeq = kindTimer, seq
+	t0 := time.Now()
+	err := r.inst.OnTimer(ctx, now)
+	r.afterCall(t0)
+	r.stats.firings.Add(1)
+	if err != nil {
+		r.discard()
+		if ctx.Err() != nil {
+			return false
+		}
+		r.noteError(fmt.Sprintf("timer: %v", err))
+		if r.def.OnError == PolicyPause {
+			r.fatal("timer failed: " + err.Error())
+			return false
+		}
+		if replay {
+			// Abandon the recorded firing; its sequence is never reused,
+			// so outputs it may have stored cannot shadow later ones.
+			cp := r.cp
+			cp.PendingSeq, cp.PendingNow, cp.TimerSeq = 0, 0, seq
+			return r.commitCheckpoint(ctx, cp, nil)
+		}
+		return true // skipped; the next tick tries again
+	}
+	if r.nOut == 0 && r.delta.empty() {
+		return true
+	}
+	cp := r.cp
+	if r.nOut > 0 && !replay {
+		cp.PendingSeq, cp.PendingNow = seq, now
+		got, err := r.m.commit(r.def.Name, r.input.Name(), r.shard, cp, nil)
+		if err != nil {
+			r.noteError(err.Error())
+			r.discard()
+			return !errors.Is(err, ErrClosed)
+		}
+		r.setCheckpoint(got)
+		cp = got
+	}
+	if !r.appendOutputs(ctx) {
+		return false
+	}
+	cp.PendingSeq, cp.PendingNow, cp.TimerSeq = 0, 0, seq
+	cp.RecordsOut += uint64(r.nOut)
+	return r.commitCheckpoint(ctx, cp, r.delta)
+}
+
+// fatal pauses the plugin with reason.
+func (r *runner) fatal(reason string) {
+	r.noteError(reason)
+	r.m.pauseAsync(r.p, reason)
+}
+
+func (r *runner) noteError(msg string) {
+	r.stats.errors.Add(1)
+	r.stats.mu.Lock()
+	r.stats.lastErr, r.stats.lastErrAt = msg, time.Now().UTC()
+	r.stats.mu.Unlock()
+	r.logf(LevelError, "%s", msg)
+}
+
+func (r *runner) logf(level Level, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.p.logs.add(level, r.input.Name(), r.shard, msg)
+	switch {
+	case level >= LevelError:
+		r.logger.Error("plugin: " + msg)
+	case level == LevelWarn:
+		r.logger.Warn("plugin: " + msg)
+	default:
+		r.logger.Debug("plugin: " + msg)
+	}
+}
+
+func backoff(lo, hi time.Duration, attempt int) time.Duration {
+	d := lo
+	for i := 1; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	return min(d, hi)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// wasmhost.Host implementation.
+
+// Emit buffers an output with its origin: (input seq << 16 | index) for a
+// batch, (firing << 32 | index) under the timer origin for a timer call.
+func (r *runner) Emit(stream []byte, rec wasmhost.OutputRecord, input, index int) error {
+	i, ok := r.outIdx[string(stream)]
+	if !ok || string(stream) == r.def.DeadLetter && !r.declared(string(stream)) {
+		return fmt.Errorf("%w: %q (declared outputs: %v)", ErrUndeclaredStream, stream, r.def.Outputs)
+	}
+	out := record.Record{Time: rec.Time, Key: r.copy(rec.Key), Value: r.copy(rec.Value)}
+	if len(rec.Headers) > 0 {
+		out.Headers = make([]record.Header, len(rec.Headers))
+		for j, h := range rec.Headers {
+			out.Headers[j] = record.Header{Key: string(h.Key), Value: r.copy(h.Value)}
+		}
+	}
+	if r.kind == kindTimer {
+		out.Origin = record.Origin{Hub: r.timerHub, Shard: uint32(r.shard), Seq: r.timerSeq<<32 | uint64(index)}
+	} else {
+		out.Origin = record.Origin{Hub: r.originHub, Shard: uint32(r.shard), Seq: r.seqs[input]<<16 | uint64(index)}
+	}
+	if max := r.m.st.Config().MaxRecordBytes; out.Size() > max {
+		return fmt.Errorf("%w: output of %d bytes exceeds the store's record limit %d", wasmhost.ErrABI, out.Size(), max)
+	}
+	o := r.outs[i]
+	o.recs = append(o.recs, out)
+	r.nOut++
+	return nil
+}
+
+func (r *runner) declared(stream string) bool {
+	for _, s := range r.def.Outputs {
+		if s == stream {
+			return true
+		}
+	}
+	return false
+}
+
+// copy moves b out of guest memory into the runner's arena, keeping nil nil.
+func (r *runner) copy(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	if len(r.arena)+len(b) > cap(r.arena) {
+		// Earlier slices keep the old array: never reallocate under them.
+		r.arena = make([]byte, 0, max(64<<10, 2*len(b)))
+	}
+	r.arena = append(r.arena, b...)
+	return r.arena[len(r.arena)-len(b) : len(r.arena) : len(r.arena)]
+}
+
+func (r *runner) stateBucket() *bolt.Bucket {
+	if r.tx == nil {
+		tx, err := r.m.db.Begin(false)
+		if err != nil {
+			return nil
+		}
+		r.tx = tx
+	}
+	rb, _ := runBucket(r.tx, r.def.Name, r.input.Name(), r.shard, false)
+	if rb == nil {
+		return nil
+	}
+	return rb.Bucket(bucketState)
+}
+
+func (r *runner) endTx() {
+	if r.tx != nil {
+		r.tx.Rollback()
+		r.tx = nil
+	}
+}
+
+// StateGet reads the uncommitted delta, then the committed state.
+func (r *runner) StateGet(key []byte) ([]byte, bool, error) {
+	if v, exists, found := r.delta.get(key); found {
+		return v, exists, nil
+	}
+	st := r.stateBucket()
+	if st == nil {
+		return nil, false, nil
+	}
+	v := st.Get(key)
+	return v, v != nil, nil
+}
+
+// StateSet records a change in the delta; it commits with the checkpoint.
+func (r *runner) StateSet(key, value []byte) error {
+	r.delta.set(string(key), bytes.Clone(value))
+	return nil
+}
+
+// StateDelete records a deletion in the delta.
+func (r *runner) StateDelete(key []byte) error {
+	r.delta.remove(string(key))
+	return nil
+}
+
+// StateNext merges the delta's keys with the committed keys.
+func (r *runner) StateNext(prefix, after []byte) ([]byte, bool, error) {
+	// Smallest live key in the delta.
+	var dk []byte
+	cur := after
+	for {
+		k, deleted, ok := r.delta.next(prefix, cur)
+		if !ok {
+			break
+		}
+		if !deleted {
+			dk = []byte(k)
+			break
+		}
+		cur = []byte(k)
+	}
+	// Smallest committed key the delta does not override.
+	var bk []byte
+	if st := r.stateBucket(); st != nil {
+		c := st.Cursor()
+		seek := after
+		if len(seek) == 0 || bytes.Compare(seek, prefix) < 0 {
+			seek = prefix
+		}
+		k, _ := c.Seek(seek)
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if bytes.Compare(k, after) <= 0 {
+				continue
+			}
+			if _, _, found := r.delta.get(k); found {
+				continue
+			}
+			bk = k
+			break
+		}
+	}
+	switch {
+	case dk == nil && bk == nil:
+		return nil, false, nil
+	case dk == nil || (bk != nil && bytes.Compare(bk, dk) < 0):
+		return bk, true, nil
+	}
+	return dk, true, nil
+}
+
+// Log keeps the guest's line in the plugin's log and forwards it to the
+// hub's logger within the rate limit.
+func (r *runner) Log(level wasmhost.Level, msg []byte) {
+	s := string(msg)
+	r.p.logs.add(Level(level), r.input.Name(), r.shard, s)
+	if r.p.lim.allow(time.Now()) {
+		r.logger.Log(context.Background(), slog.Level(4*(int(level)-1)), "guest: "+s)
+	}
+}
+
+// Now is the hub's wall clock.
+func (r *runner) Now() int64 { return r.m.now().UnixNano() }
