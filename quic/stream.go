@@ -68,26 +68,44 @@ func (s *Stream) MaxFrameBytes() int { return s.maxFrame }
 // should Fail the stream with CodeFrameTooLarge); a stream reset by the peer
 // returns an *Error with the peer's code.
 func (s *Stream) ReadFrame() (FrameType, []byte, error) {
+	t, p, err := readFrame(s.r, s.maxFrame)
+	if err != nil && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrFrameTooLarge) {
+		err = s.mapErr(err)
+	}
+	return t, p, err
+}
+
+// readFrame reads one frame from r, refusing payloads above max.
+func readFrame(r io.Reader, max int) (FrameType, []byte, error) {
 	var hdr [frameHeaderLen]byte
-	if _, err := io.ReadFull(s.r, hdr[:]); err != nil {
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return 0, nil, fmt.Errorf("%w: truncated frame header", ErrMalformed)
 		}
-		return 0, nil, s.mapErr(err)
+		return 0, nil, err
 	}
 	t := FrameType(hdr[0])
 	n := binary.BigEndian.Uint32(hdr[1:])
-	if uint64(n) > uint64(s.maxFrame) {
-		return t, nil, fmt.Errorf("%w: %s frame of %d bytes (max %d)", ErrFrameTooLarge, t, n, s.maxFrame)
+	if uint64(n) > uint64(max) {
+		return t, nil, fmt.Errorf("%w: %s frame of %d bytes (max %d)", ErrFrameTooLarge, t, n, max)
 	}
 	p := make([]byte, n)
-	if _, err := io.ReadFull(s.r, p); err != nil {
+	if _, err := io.ReadFull(r, p); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return t, nil, fmt.Errorf("%w: truncated %s frame", ErrMalformed, t)
 		}
-		return t, nil, s.mapErr(err)
+		return t, nil, err
 	}
 	return t, p, nil
+}
+
+// AppendFrame appends a whole frame (header and payload) to dst.
+func AppendFrame(dst []byte, t FrameType, f Appender) []byte {
+	start := len(dst)
+	dst = append(dst, byte(t), 0, 0, 0, 0)
+	dst = f.Append(dst)
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-frameHeaderLen))
+	return dst
 }
 
 // Expect reads the next frame, which must be of type t, into f. An ERROR

@@ -1,0 +1,144 @@
+package quic
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+)
+
+// frameCase pairs an encodable frame with a fresh value to decode into.
+type frameCase struct {
+	name string
+	in   interface {
+		Appender
+		Decoder
+	}
+	out Decoder
+}
+
+func frameCases() []frameCase {
+	return []frameCase{
+		{"open", &Open{Op: OpProduce, Token: "secret", Body: []byte{1, 2, 3}}, &Open{}},
+		{"open empty", &Open{Op: OpInfo, Body: []byte{}}, &Open{}},
+		{"info request", &InfoRequest{Stream: "sensors"}, &InfoRequest{}},
+		{"info", &Info{Stream: "s", Shards: []ShardBounds{{1, 10}, {11, 10}}, MaxFrameBytes: 8 << 20}, &Info{}},
+		{"produce open", &ProduceOpen{Stream: "s", ProducerID: 1<<63 + 5, Flags: ProduceDatagrams}, &ProduceOpen{}},
+		{"produce ready", &ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 64, DatagramSession: 9}, &ProduceReady{}},
+		{"batch", &Batch{ID: 7, Shard: -1, ProducerSeq: 100, Records: []byte("xyz")}, &Batch{}},
+		{"batch shard", &Batch{ID: 1<<40 + 1, Shard: 3, ProducerSeq: 0, Records: []byte{}}, &Batch{}},
+		{"ack ok", &Ack{ID: 7, Runs: []Run{{Shard: 1, FirstSeq: 5, Count: 10}, {Shard: 2, FirstSeq: 0, Count: 1}}}, &Ack{}},
+		{"ack dup", &Ack{ID: 8, Duplicate: true, Runs: []Run{{Shard: 0, FirstSeq: 1, Count: 1}}}, &Ack{}},
+		{"ack refused", &Ack{ID: 9, Code: CodeSequenceGap, Message: "expected 5", Runs: []Run{}}, &Ack{}},
+		{"consume open", &ConsumeOpen{Stream: "s", Shards: []uint32{0, 3}, Start: Start{Kind: StartTime, Value: 1 << 60},
+			Resume: []Position{{Shard: 3, Seq: 42}}, Credit: 4 << 20}, &ConsumeOpen{}},
+		{"consume open all", &ConsumeOpen{Stream: "s", Shards: []uint32{}, Start: Start{Kind: StartEarliest}, Resume: []Position{}}, &ConsumeOpen{}},
+		{"consume ready", &ConsumeReady{Shards: 2, Subs: []Subscription{{0, 1, 100}, {1, 5, 4}}}, &ConsumeReady{}},
+		{"records", &Records{Shard: 5, Batch: []byte("chunk")}, &Records{}},
+		{"credit", &Credit{Bytes: 1 << 33}, &Credit{}},
+		{"datagram", &Datagram{Session: 3, Shard: -1, Records: []byte("recs")}, &Datagram{}},
+	}
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	for _, tc := range frameCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			b := tc.in.Append(nil)
+			if err := tc.out.Decode(b); err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if !reflect.DeepEqual(tc.in, tc.out) {
+				t.Fatalf("round trip:\n got %+v\nwant %+v", tc.out, tc.in)
+			}
+			// Later revisions append fields: trailing bytes are ignored.
+			if err := tc.out.Decode(append(b, 0xff, 0x01)); err != nil {
+				t.Fatalf("decode with trailing bytes: %v", err)
+			}
+			// Every strict prefix that cuts a field must fail, never panic.
+			for i := 0; i < len(b); i++ {
+				_ = tc.out.Decode(b[:i])
+			}
+		})
+	}
+}
+
+func TestFrameDecodeErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		out  Decoder
+		in   []byte
+	}{
+		{"open truncated", &Open{}, []byte{0x02}},
+		{"open huge token", &Open{}, append([]byte{0x02, 0x80, 0x80, 0x01}, make([]byte, 10)...)},
+		{"batch shard too low", &Batch{}, (&Batch{ID: 1, Shard: -1}).Append(nil)[:1]},
+		{"batch body past end", &Batch{}, []byte{1, 1, 0, 0, 100}},
+		{"ack count lies", &Ack{}, []byte{1, 0, 0, 0, 0xff, 0xff, 0x03}},
+		{"consume bad start", &ConsumeOpen{}, []byte{1, 's', 0, 9, 0, 0, 0}},
+		{"consume ready count lies", &ConsumeReady{}, []byte{1, 0x90, 0x4e}},
+		{"datagram wrong type", &Datagram{}, []byte{0x7f, 1, 0}},
+		{"uvarint overflow", &Credit{}, bytes.Repeat([]byte{0xff}, 11)},
+		{"u32 overflow", &ProduceReady{}, []byte{0x80, 0x80, 0x80, 0x80, 0x10}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.out.Decode(tc.in)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Decode(%x) = %v, want ErrMalformed", tc.in, err)
+			}
+		})
+	}
+}
+
+func TestReadFrame(t *testing.T) {
+	good := AppendFrame(nil, FrameCredit, &Credit{Bytes: 9})
+	tests := []struct {
+		name    string
+		in      []byte
+		max     int
+		wantErr error
+	}{
+		{"ok", good, 1024, nil},
+		{"truncated header", good[:3], 1024, ErrMalformed},
+		{"truncated payload", append(good[:5:5], 0x00)[:5], 1024, ErrMalformed},
+		{"oversized", []byte{0x11, 0x7f, 0xff, 0xff, 0xff}, 1024, ErrFrameTooLarge},
+		{"exactly max", AppendFrame(nil, FrameRecords, RawPayload(make([]byte, 64))), 64, nil},
+		{"max plus one", AppendFrame(nil, FrameRecords, RawPayload(make([]byte, 65))), 64, ErrFrameTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := readFrame(bufio.NewReader(bytes.NewReader(tc.in)), tc.max)
+			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("readFrame = %v, want %v", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestCodes(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want Code
+	}{
+		{"nil", nil, CodeOK},
+		{"wire", Errorf(CodeNotFound, "x"), CodeNotFound},
+		{"wrapped", errors.Join(errors.New("a"), &Error{Code: CodeLimit}), CodeLimit},
+		{"plain", errors.New("boom"), CodeInternal},
+		{"malformed", WireError(ErrMalformed), CodeProtocol},
+		{"too large", WireError(ErrFrameTooLarge), CodeFrameTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := CodeOf(tc.err); got != tc.want {
+				t.Fatalf("CodeOf = %s, want %s", got, tc.want)
+			}
+		})
+	}
+	if !errors.Is(Errorf(CodeNotFound, "stream x"), &Error{Code: CodeNotFound}) {
+		t.Fatal("errors.Is by code failed")
+	}
+	if Code(0x99).String() != "code_0x99" || !CodeUnavailable.Retryable() || CodeSequenceGap.Retryable() {
+		t.Fatal("code helpers")
+	}
+}
