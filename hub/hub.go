@@ -75,6 +75,7 @@ func New(cfg Config) (*Hub, error) {
 		h.declareStreams,
 		h.addMetrics,
 		h.addAdmin,
+		h.addPlugins,
 		// Parts plug in here, one line each (e.g. h.addDataPlane).
 	} {
 		if err := build(); err != nil {

@@ -1,0 +1,355 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/store"
+)
+
+// WebhookDelivery is the JSON body of one webhook POST: records of one shard,
+// in order.
+type WebhookDelivery struct {
+	Webhook string          `json:"webhook"`
+	Stream  string          `json:"stream"`
+	Shard   int             `json:"shard"`
+	Records []WebhookRecord `json:"records"`
+}
+
+// WebhookRecord is one record in a delivery. A key or value that is not
+// valid UTF-8 (keys) or JSON (values) is sent base64-encoded instead.
+type WebhookRecord struct {
+	Seq         uint64            `json:"seq"`
+	Key         string            `json:"key,omitempty"`
+	KeyBase64   string            `json:"key_base64,omitempty"`
+	Value       json.RawMessage   `json:"value,omitempty"`
+	ValueBase64 string            `json:"value_base64,omitempty"`
+	Headers     map[string]string `json:"headers,omitempty"`
+	Time        time.Time         `json:"time,omitzero"`
+	IngestTime  time.Time         `json:"ingest_time"`
+}
+
+// HeaderDelivery names a delivery: "stream/shard/first-last". A receiver that
+// has seen it may drop the repeat (delivery is at-least-once).
+const HeaderDelivery = "Edgehub-Delivery"
+
+// webhook delivers one stream to one URL; a goroutine per shard.
+type webhook struct {
+	cfg     WebhookConfig
+	stream  *store.Stream
+	logger  *slog.Logger
+	client  *http.Client
+	posPath string
+
+	mu  sync.Mutex // guards pos and the positions file
+	pos map[string]uint64
+
+	delivered, failures atomic.Uint64
+}
+
+// addWebhooks starts a component per [[webhook]].
+func (h *Hub) addWebhooks() error {
+	var errs []error
+	var hooks []*webhook
+	seen := map[string]bool{}
+	for i, wc := range h.cfg.Webhooks {
+		key := fmt.Sprintf("webhook[%d]", i)
+		wc = wc.withDefaults()
+		if seen[wc.Name] {
+			errs = append(errs, &ConfigError{File: h.cfg.File, Key: key + ".name", Err: fmt.Errorf("webhook %q is declared twice", wc.Name)})
+			continue
+		}
+		seen[wc.Name] = true
+		s, err := h.store.Stream(wc.Stream)
+		if err != nil {
+			errs = append(errs, &ConfigError{File: h.cfg.File, Key: key + ".stream",
+				Err: fmt.Errorf("%w (declare it in [[stream]] or as a plugin output)", err)})
+			continue
+		}
+		w := &webhook{
+			cfg: wc, stream: s, logger: h.logger.With("webhook", wc.Name, "stream", wc.Stream),
+			client:  &http.Client{Timeout: time.Duration(wc.Timeout)},
+			posPath: filepath.Join(h.cfg.Hub.DataDir, "webhooks", wc.Name+".json"),
+		}
+		if err := w.load(); err != nil {
+			errs = append(errs, &ConfigError{File: h.cfg.File, Key: key, Err: err})
+			continue
+		}
+		hooks = append(hooks, w)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("hub: webhooks:\n%w", errors.Join(errs...))
+	}
+	if len(hooks) > 0 {
+		if err := h.metrics.Register(&webhookCollector{hooks}); err != nil {
+			return fmt.Errorf("hub: register webhook metrics: %w", err)
+		}
+	}
+	for _, w := range hooks {
+		h.add(w)
+	}
+	return nil
+}
+
+// load reads the saved positions; a new webhook starts at its Start.
+func (w *webhook) load() error {
+	w.pos = map[string]uint64{}
+	data, err := os.ReadFile(w.posPath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("webhook %s: %w", w.cfg.Name, err)
+	default:
+		var saved struct {
+			Stream string            `json:"stream"`
+			Next   map[string]uint64 `json:"next"`
+		}
+		if err := json.Unmarshal(data, &saved); err != nil {
+			return fmt.Errorf("webhook %s: positions file %s: %w", w.cfg.Name, w.posPath, err)
+		}
+		if saved.Stream == w.cfg.Stream {
+			w.pos = saved.Next
+		}
+	}
+	changed := false
+	for shard := 0; shard < w.stream.Shards(); shard++ {
+		k := strconv.Itoa(shard)
+		if _, ok := w.pos[k]; ok {
+			continue
+		}
+		first, last, err := w.stream.Bounds(shard)
+		if err != nil {
+			return err
+		}
+		w.pos[k] = first
+		if w.cfg.Start == "latest" {
+			w.pos[k] = last + 1
+		}
+		changed = true
+	}
+	if changed {
+		return w.save()
+	}
+	return nil
+}
+
+// save writes the positions atomically (temp file, fsync, rename).
+func (w *webhook) save() error {
+	data, err := json.Marshal(map[string]any{"stream": w.cfg.Stream, "next": w.pos})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(w.posPath), 0o755); err != nil {
+		return err
+	}
+	tmp := w.posPath + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, w.posPath)
+	}
+	if err != nil {
+		return fmt.Errorf("webhook %s: save positions: %w", w.cfg.Name, err)
+	}
+	return nil
+}
+
+// Run delivers every shard until ctx ends.
+func (w *webhook) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for shard := 0; shard < w.stream.Shards(); shard++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.deliverShard(ctx, shard)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// Close has nothing to release: Run's goroutines end with its context.
+func (w *webhook) Close() error { return nil }
+
+func (w *webhook) deliverShard(ctx context.Context, shard int) {
+	w.mu.Lock()
+	next := w.pos[strconv.Itoa(shard)]
+	w.mu.Unlock()
+	for ctx.Err() == nil {
+		recs, err := w.stream.Read(shard, next, store.ReadOptions{MaxRecords: w.cfg.BatchRecords})
+		if err != nil {
+			if errors.Is(err, store.ErrClosed) {
+				return
+			}
+			w.logger.Error("webhook: read", "shard", shard, "err", err)
+			if !sleepCtx(ctx, time.Duration(w.cfg.BackoffMax)) {
+				return
+			}
+			continue
+		}
+		if len(recs) == 0 {
+			ch := w.stream.Changed(shard)
+			if _, last, _ := w.stream.Bounds(shard); last >= next {
+				continue
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		body, err := json.Marshal(WebhookDelivery{Webhook: w.cfg.Name, Stream: w.cfg.Stream, Shard: shard, Records: webhookRecords(recs)})
+		if err != nil {
+			w.logger.Error("webhook: encode", "err", err)
+			return
+		}
+		id := fmt.Sprintf("%s/%d/%d-%d", w.cfg.Stream, shard, recs[0].Seq, recs[len(recs)-1].Seq)
+		for attempt := 1; ; attempt++ {
+			err := w.post(ctx, body, id)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			w.failures.Add(1)
+			if attempt == 1 || attempt%10 == 0 {
+				w.logger.Warn("webhook delivery failed; retrying", "delivery", id, "attempt", attempt, "err", err)
+			}
+			if !sleepCtx(ctx, webhookBackoff(time.Duration(w.cfg.BackoffMin), time.Duration(w.cfg.BackoffMax), attempt)) {
+				return
+			}
+		}
+		w.delivered.Add(uint64(len(recs)))
+		next = recs[len(recs)-1].Seq + 1
+		w.mu.Lock()
+		w.pos[strconv.Itoa(shard)] = next
+		err = w.save()
+		w.mu.Unlock()
+		if err != nil {
+			// Delivery stays at-least-once: a restart resends from the
+			// last saved position.
+			w.logger.Error("webhook: save position", "err", err)
+		}
+	}
+}
+
+func (w *webhook) post(ctx context.Context, body []byte, id string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.cfg.URL, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(HeaderDelivery, id)
+	req.Header.Set("User-Agent", "edgehub/"+BuildVersion())
+	for k, v := range w.cfg.Header {
+		req.Header.Set(k, v)
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s answered %s", w.cfg.URL, resp.Status)
+	}
+	return nil
+}
+
+func webhookRecords(recs []record.Record) []WebhookRecord {
+	out := make([]WebhookRecord, len(recs))
+	for i, r := range recs {
+		wr := WebhookRecord{Seq: r.Seq, IngestTime: time.Unix(0, r.IngestTime).UTC()}
+		if r.Time != 0 {
+			wr.Time = time.Unix(0, r.Time).UTC()
+		}
+		if r.Key != nil {
+			if utf8.Valid(r.Key) {
+				wr.Key = string(r.Key)
+			} else {
+				wr.KeyBase64 = base64.StdEncoding.EncodeToString(r.Key)
+			}
+		}
+		if r.Value != nil {
+			if json.Valid(r.Value) {
+				wr.Value = json.RawMessage(r.Value)
+			} else {
+				wr.ValueBase64 = base64.StdEncoding.EncodeToString(r.Value)
+			}
+		}
+		if len(r.Headers) > 0 {
+			wr.Headers = make(map[string]string, len(r.Headers))
+			for _, h := range r.Headers {
+				wr.Headers[h.Key] = string(h.Value)
+			}
+		}
+		out[i] = wr
+	}
+	return out
+}
+
+func webhookBackoff(lo, hi time.Duration, attempt int) time.Duration {
+	d := lo
+	for i := 1; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	return min(d, hi)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+type webhookCollector struct{ hooks []*webhook }
+
+var (
+	descWebhookDelivered = prometheus.NewDesc("edgehub_webhook_delivered_records_total", "Records delivered (acknowledged with 2xx) since the hub started.", []string{"webhook", "stream"}, nil)
+	descWebhookFailures  = prometheus.NewDesc("edgehub_webhook_failed_posts_total", "Failed delivery attempts since the hub started.", []string{"webhook", "stream"}, nil)
+)
+
+func (c *webhookCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descWebhookDelivered
+	ch <- descWebhookFailures
+}
+
+func (c *webhookCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, w := range c.hooks {
+		ch <- prometheus.MustNewConstMetric(descWebhookDelivered, prometheus.CounterValue, float64(w.delivered.Load()), w.cfg.Name, w.cfg.Stream)
+		ch <- prometheus.MustNewConstMetric(descWebhookFailures, prometheus.CounterValue, float64(w.failures.Load()), w.cfg.Name, w.cfg.Stream)
+	}
+}
