@@ -436,29 +436,122 @@ func (d *decoder) fail(key string, err error) {
 
 var tomlPrefix = regexp.MustCompile(`^toml: (line \d+ )?(\(last key "[^"]*"\): )?`)
 
-func (d *decoder) unknown(key string) {
+// unknown reports a key that is not part of the schema, suggesting the
+// closest known key of the same table.
+func (d *decoder) unknown(key string, known []string) {
 	d.reported[stripIndexes(key)] = true
-	d.errs = append(d.errs, &ConfigError{File: d.file, Line: d.lines.find(key), Key: key, Err: errors.New("unknown key")})
+	what := "unknown key"
+	if t := d.md.Type(strings.Split(stripIndexes(key), ".")...); t == "Hash" || t == "ArrayHash" {
+		what = "unknown table"
+	}
+	name := key[strings.LastIndexByte(key, '.')+1:]
+	if s := closest(name, known); s != "" {
+		what += fmt.Sprintf(" (did you mean %q?)", s)
+	}
+	d.errs = append(d.errs, &ConfigError{File: d.file, Line: d.lines.find(key), Key: key, Err: errors.New(what)})
+}
+
+// closest returns the candidate within edit distance 2 of s, if any.
+func closest(s string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		if d := editDistance(s, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // table decodes the TOML table in prim into the struct rv.
 func (d *decoder) table(path string, prim toml.Primitive, rv reflect.Value) {
+	// The TOML decoder silently ignores a non-table value decoded into a
+	// map, so check the kind first.
+	var raw any
+	if err := d.md.PrimitiveDecode(prim, &raw); err != nil {
+		d.fail(path, err)
+		return
+	}
+	if _, ok := raw.(map[string]any); !ok {
+		d.reported[stripIndexes(path)] = true
+		d.fail(path, fmt.Errorf("expected a table, found %s", tomlKind(raw)))
+		return
+	}
 	var m map[string]toml.Primitive
 	if err := d.md.PrimitiveDecode(prim, &m); err != nil {
-		d.fail(path, fmt.Errorf("expected a table: %w", err))
+		d.fail(path, err)
 		return
 	}
 	d.fields(path, m, rv)
 }
 
+// isArrayOfTables reports whether v is [[x]] elements or an array of inline
+// tables (possibly empty).
+func isArrayOfTables(v any) bool {
+	switch v := v.(type) {
+	case []map[string]any:
+		return true
+	case []any:
+		for _, e := range v {
+			if _, ok := e.(map[string]any); !ok {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// tomlKind names the kind of a raw TOML value for messages.
+func tomlKind(v any) string {
+	switch v.(type) {
+	case map[string]any:
+		return "a table"
+	case []map[string]any:
+		return "an array of tables"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	}
+	return "a date or time"
+}
+
 // fields decodes the keys of a table into the struct rv.
 func (d *decoder) fields(path string, m map[string]toml.Primitive, rv reflect.Value) {
 	fields := map[string]int{}
+	var known []string
 	t := rv.Type()
 	for i := range t.NumField() {
 		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ",")
 		if tag != "" && tag != "-" && t.Field(i).IsExported() {
 			fields[tag] = i
+			known = append(known, tag)
 		}
 	}
 	keys := make([]string, 0, len(m))
@@ -470,7 +563,7 @@ func (d *decoder) fields(path string, m map[string]toml.Primitive, rv reflect.Va
 		key := joinKey(path, k)
 		i, ok := fields[k]
 		if !ok {
-			d.unknown(key)
+			d.unknown(key, known)
 			continue
 		}
 		d.value(key, m[k], rv.Field(i))
@@ -487,9 +580,19 @@ func (d *decoder) value(key string, prim toml.Primitive, fv reflect.Value) {
 	case t.Kind() == reflect.Struct:
 		d.table(key, prim, fv)
 	case t.Kind() == reflect.Slice:
+		var raw any
+		if err := d.md.PrimitiveDecode(prim, &raw); err != nil {
+			d.fail(key, err)
+			return
+		}
+		if !isArrayOfTables(raw) {
+			d.reported[stripIndexes(key)] = true
+			d.fail(key, fmt.Errorf("expected an array of tables ([[%s]]), found %s", key, tomlKind(raw)))
+			return
+		}
 		var elems []toml.Primitive
 		if err := d.md.PrimitiveDecode(prim, &elems); err != nil {
-			d.fail(key, fmt.Errorf("expected an array of tables ([[%s]]): %w", key, err))
+			d.fail(key, err)
 			return
 		}
 		out := reflect.MakeSlice(t, 0, len(elems))
@@ -522,10 +625,10 @@ func (d *decoder) checkUndecoded() {
 			}
 			p = p[:i]
 		}
-		if covered || d.md.Type(k...) == "Table" || d.md.Type(k...) == "ArrayHash" {
+		if covered || d.md.Type(k...) == "Hash" || d.md.Type(k...) == "ArrayHash" {
 			continue
 		}
-		d.unknown(path)
+		d.unknown(path, nil)
 	}
 }
 
@@ -595,20 +698,24 @@ func ParseSize(s string) (Size, error) {
 	return 0, fmt.Errorf("invalid size %q: out of range", s)
 }
 
-// String formats s with the largest unit that divides it exactly.
+// String formats s in the unit, binary or decimal, that writes it in the
+// fewest digits exactly ("512MB", "10GiB", "1001B").
 func (s Size) String() string {
 	if s == 0 {
 		return "0"
 	}
+	best := strconv.FormatInt(int64(s), 10) + "B"
 	for _, u := range []struct {
 		name string
 		n    int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}} {
+	}{{"TiB", 1 << 40}, {"TB", 1e12}, {"GiB", 1 << 30}, {"GB", 1e9}, {"MiB", 1 << 20}, {"MB", 1e6}, {"KiB", 1 << 10}, {"KB", 1e3}} {
 		if int64(s)%u.n == 0 {
-			return strconv.FormatInt(int64(s)/u.n, 10) + u.name
+			if c := strconv.FormatInt(int64(s)/u.n, 10) + u.name; len(c)-len(u.name) < len(best)-1 {
+				best = c
+			}
 		}
 	}
-	return strconv.FormatInt(int64(s), 10) + "B"
+	return best
 }
 
 // UnmarshalTOML accepts an integer (bytes) or a string with a unit.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -39,7 +40,10 @@ func serve(ctx context.Context, args []string) error {
 	cfg := hub.DefaultConfig()
 	if *configFile != "" {
 		if cfg, err = hub.LoadConfig(*configFile); err != nil {
-			return fmt.Errorf("invalid configuration:\n%w", err)
+			if errors.As(err, new(*hub.ConfigError)) {
+				return fmt.Errorf("invalid configuration:\n%w", err)
+			}
+			return err
 		}
 	}
 	for _, o := range []struct {
