@@ -1,0 +1,928 @@
+package replicate
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
+	"github.com/edgehub/edgehub/store"
+)
+
+// Peer is another hub as membership sees it.
+type Peer struct {
+	Name  string
+	Addr  string // QUIC data plane host:port
+	Alive bool
+	Tags  []string
+	// Streams maps stream name → what the peer publishes about it.
+	Streams map[string]PeerStream
+}
+
+// PeerStream is a peer's published state of one stream.
+type PeerStream struct {
+	// Def is the peer's definition; nil if it publishes none.
+	Def *Def
+	// Vector maps origin shard → highest contiguous origin sequence the
+	// peer holds.
+	Vector map[store.OriginKey]uint64
+}
+
+// Def is a replicated stream's definition as hubs publish it. Shards,
+// compaction and the policy travel; retention and size limits are copied at
+// creation and are each hub's own afterwards (an edge hub may keep less).
+type Def struct {
+	Config  store.StreamConfig
+	Version uint64
+}
+
+// Membership tells the replicator who its peers are. The hub adapts gossip
+// to it. Implementations must be safe for concurrent use and cheap: Peers
+// is called at every reconciliation.
+type Membership interface {
+	// Peers returns every other hub known, alive or not.
+	Peers() []Peer
+	// Changed returns a channel closed at the next change.
+	Changed() <-chan struct{}
+}
+
+// Publisher spreads this hub's definitions and vectors (gossip). Calls
+// with unchanged values must be cheap no-ops.
+type Publisher interface {
+	PublishDef(stream string, d Def)
+	PublishVector(stream string, v map[store.OriginKey]uint64)
+}
+
+// MetaDef is the store.StreamConfig.Meta key where the replicator keeps a
+// stream's definition version and the hash of the content it versioned:
+// "<version>:<hash>". A content change made locally (hub.toml, admin API)
+// no longer matches the hash and gets a new version, so it wins over older
+// definitions everywhere; a definition adopted from a peer keeps the peer's
+// version.
+const MetaDef = "federation.def"
+
+// Config configures a Replicator. Fill defaults with DefaultConfig.
+type Config struct {
+	// Self is this hub's name, the origin name of its records.
+	Self string
+	// Tags are this hub's tags, matched by tag-scoped policies.
+	Tags       []string
+	Store      *store.Store
+	Transport  Transport
+	Membership Membership
+	// Publisher may be nil (nothing is published).
+	Publisher Publisher
+	// RateLimit bounds the bytes per second pulled from one peer, so a
+	// catch-up never starves local ingest of disk bandwidth; 0 is
+	// unlimited.
+	RateLimit float64
+	// MaxBatchBytes bounds one pulled batch.
+	MaxBatchBytes int
+	// Heartbeat is how often an idle following pull reports progress.
+	Heartbeat time.Duration
+	// Interval is how often definitions and vectors are published and pulls
+	// reconciled (membership changes also trigger it).
+	Interval time.Duration
+	// RetryMin and RetryMax bound the backoff after a failed pull.
+	RetryMin, RetryMax time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, receives the replication metrics.
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns the defaults for hub self.
+func DefaultConfig(self string) Config {
+	return Config{
+		Self:          self,
+		RateLimit:     256 << 20,
+		MaxBatchBytes: 1 << 20,
+		Heartbeat:     time.Second,
+		Interval:      250 * time.Millisecond,
+		RetryMin:      100 * time.Millisecond,
+		RetryMax:      5 * time.Second,
+	}
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	}
+	if store.ValidateName(c.Self) != nil {
+		bad("hub name %q", c.Self)
+	}
+	if c.Store == nil || c.Transport == nil || c.Membership == nil {
+		bad("store, transport and membership are required")
+	}
+	if c.RateLimit < 0 {
+		bad("rate limit %g is negative", c.RateLimit)
+	}
+	if c.MaxBatchBytes < 4<<10 {
+		bad("max batch bytes %d below 4KiB", c.MaxBatchBytes)
+	}
+	if c.Heartbeat <= 0 || c.Interval <= 0 || c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
+		bad("intervals must be positive (heartbeat %s, interval %s, retry %s..%s)", c.Heartbeat, c.Interval, c.RetryMin, c.RetryMax)
+	}
+	return errors.Join(errs...)
+}
+
+// Replicator keeps this hub's replicated streams converged with its
+// peers: it publishes definitions and vectors, creates streams that peers
+// define and our tags admit, and runs one pull task per (stream, origin
+// shard) that appends the origin's records in order. It also serves peers'
+// pulls (Handler).
+//
+// Lock order: Replicator.mu, then task.mu; limiter locks are leaves.
+type Replicator struct {
+	cfg     Config
+	logger  *slog.Logger
+	metrics *metrics
+	high    *highCache
+	srv     *server
+
+	mu       sync.Mutex
+	tasks    map[taskKey]*task
+	limiters map[string]*limiter
+	warned   map[string]bool // one-time warnings (shard mismatch)
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+type taskKey struct {
+	stream string
+	origin store.OriginKey
+}
+
+// New returns a replicator; Run starts it.
+func New(cfg Config) (*Replicator, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Replicator{
+		cfg:      cfg,
+		logger:   cfg.Logger.With("component", "replicate"),
+		metrics:  newMetrics(),
+		high:     newHighCache(),
+		tasks:    map[taskKey]*task{},
+		limiters: map[string]*limiter{},
+		warned:   map[string]bool{},
+		closed:   make(chan struct{}),
+	}
+	r.srv = &server{
+		self: cfg.Self, store: cfg.Store, tags: r.peerTags, heartbeat: cfg.Heartbeat,
+		maxBatch: cfg.MaxBatchBytes, high: r.high, logger: r.logger, metrics: r.metrics,
+	}
+	if cfg.Registerer != nil {
+		if err := r.metrics.register(cfg.Registerer, r); err != nil {
+			return nil, fmt.Errorf("replicate: register metrics: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// Handler serves peers' pulls; register it for quic.OpReplicate.
+func (r *Replicator) Handler() quic.Handler { return r.srv }
+
+// Serve serves one pull on out (transports other than QUIC, tests).
+func (r *Replicator) Serve(ctx context.Context, req PullRequest, out Sender) error {
+	return r.srv.serve(ctx, req, out)
+}
+
+func (r *Replicator) peerTags(hub string) ([]string, bool) {
+	for _, p := range r.cfg.Membership.Peers() {
+		if p.Name == hub {
+			return p.Tags, true
+		}
+	}
+	return nil, false
+}
+
+// Run reconciles until ctx ends, then stops every pull and returns nil.
+func (r *Replicator) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		r.wg.Wait()
+	}()
+	go func() {
+		select {
+		case <-r.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	tick := time.NewTicker(r.cfg.Interval)
+	defer tick.Stop()
+	for {
+		changed := r.cfg.Membership.Changed()
+		r.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-changed:
+			// Gossip changes come in bursts; let a few settle.
+			select {
+			case <-time.After(20 * time.Millisecond):
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+// Close stops Run's pulls; it is idempotent.
+func (r *Replicator) Close() error {
+	r.closeOnce.Do(func() { close(r.closed) })
+	return nil
+}
+
+// reconcile publishes our state, adopts peers' definitions, and makes the
+// set of pull tasks match what peers hold.
+func (r *Replicator) reconcile(ctx context.Context) {
+	peers := r.cfg.Membership.Peers()
+	r.syncDefs(ctx, peers)
+	streams := r.cfg.Store.Streams()
+	want := map[taskKey]bool{}
+	for _, st := range streams {
+		cfg := st.Config()
+		pol := policyOf(cfg)
+		if pol.Local() {
+			continue
+		}
+		ours, err := localVector(r.cfg.Self, st, r.high)
+		if err != nil {
+			r.logger.Warn("replicate: computing our vector", "stream", st.Name(), "err", err)
+			continue
+		}
+		if r.cfg.Publisher != nil {
+			r.cfg.Publisher.PublishVector(st.Name(), ours)
+		}
+		if !pol.Admits(r.cfg.Tags) {
+			continue // we serve our records of it but do not collect others'
+		}
+		for _, p := range peers {
+			// Any peer holding the stream may be a source: the policy
+			// says where records go, not where they come from (a tag-scoped
+			// stream's creator need not carry the tag).
+			ps, ok := p.Streams[st.Name()]
+			if !ok || !p.Alive {
+				continue
+			}
+			// Follow every peer's own shards, so new records arrive as
+			// they commit; pull other origins a peer holds more of.
+			for k, seq := range ps.Vector {
+				if k.Hub != r.cfg.Self && (k.Hub == p.Name || seq > ours[k]) {
+					want[taskKey{st.Name(), k}] = true
+				}
+			}
+			if ps.Def != nil {
+				for s := 0; s < ps.Def.Config.Shards; s++ {
+					want[taskKey{st.Name(), store.OriginKey{Hub: p.Name, Shard: uint32(s)}}] = true
+				}
+			}
+		}
+	}
+	r.high.forget(func(st *store.Stream) bool { return slices.Contains(streams, st) })
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, t := range r.tasks {
+		if !want[k] {
+			t.cancel()
+			delete(r.tasks, k)
+		} else {
+			t.poke()
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	for k := range want {
+		if _, ok := r.tasks[k]; ok {
+			continue
+		}
+		tctx, cancel := context.WithCancel(ctx)
+		t := &task{key: k, cancel: cancel, wake: make(chan struct{}, 1),
+			status: TaskStatus{Stream: k.stream, Origin: k.origin.Hub, Shard: k.origin.Shard, State: "starting"}}
+		r.tasks[k] = t
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.runTask(tctx, t)
+		}()
+	}
+}
+
+// defContent is what a definition versions: the settings that must agree
+// across hubs.
+func defContent(c store.StreamConfig) string {
+	return fmt.Sprintf("shards=%d compact=%t replicate=%s", c.Shards, c.Compact, policyOf(c))
+}
+
+func contentHash(c store.StreamConfig) string {
+	h := sha256.Sum256([]byte(defContent(c)))
+	return hex.EncodeToString(h[:8])
+}
+
+// defVersion returns the stream's definition version and whether the
+// stored version is stale (the content changed locally since).
+func defVersion(c store.StreamConfig) (version uint64, stale bool) {
+	v, hash, ok := strings.Cut(c.Meta[MetaDef], ":")
+	if !ok {
+		return 0, true
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, true
+	}
+	return n, hash != contentHash(c)
+}
+
+func withDef(c store.StreamConfig, version uint64) store.StreamConfig {
+	meta := make(map[string]string, len(c.Meta)+1)
+	for k, v := range c.Meta {
+		meta[k] = v
+	}
+	meta[MetaDef] = strconv.FormatUint(version, 10) + ":" + contentHash(c)
+	c.Meta = meta
+	return c
+}
+
+// syncDefs publishes our replicated streams' definitions and adopts newer
+// ones from peers (last writer wins by version).
+func (r *Replicator) syncDefs(ctx context.Context, peers []Peer) {
+	local := map[string]store.StreamConfig{}
+	for _, st := range r.cfg.Store.Streams() {
+		c := st.Config()
+		v, stale := defVersion(c)
+		if stale && (!policyOf(c).Local() || c.Meta[MetaDef] != "") {
+			// A local change (or a stream never versioned): version it now,
+			// after anything we published or adopted before.
+			nv := max(uint64(time.Now().UnixNano()), v+1)
+			nc := withDef(c, nv)
+			if err := r.cfg.Store.UpdateStream(ctx, nc); err != nil {
+				r.logger.Warn("replicate: recording definition version", "stream", c.Name, "err", err)
+				continue
+			}
+			c = nc
+		}
+		local[c.Name] = c
+		if r.cfg.Publisher != nil && c.Meta[MetaDef] != "" {
+			v, _ := defVersion(c)
+			r.cfg.Publisher.PublishDef(c.Name, Def{Config: publishable(c), Version: v})
+		}
+	}
+	// The newest definition of every stream any peer publishes.
+	best := map[string]Def{}
+	for _, p := range peers {
+		for name, ps := range p.Streams {
+			if ps.Def == nil || ps.Def.Config.Name != name {
+				continue
+			}
+			if b, ok := best[name]; !ok || ps.Def.Version > b.Version ||
+				(ps.Def.Version == b.Version && defContent(ps.Def.Config) > defContent(b.Config)) {
+				best[name] = *ps.Def
+			}
+		}
+	}
+	for name, d := range best {
+		if store.ValidateName(name) != nil || d.Config.Validate() != nil {
+			continue
+		}
+		c, have := local[name]
+		if !have {
+			if !policyOf(d.Config).Admits(r.cfg.Tags) {
+				continue
+			}
+			nc := withDef(publishable(d.Config), d.Version)
+			if _, err := r.cfg.Store.CreateStream(ctx, nc); err != nil {
+				r.logger.Warn("replicate: creating stream defined by a peer", "stream", name, "err", err)
+				continue
+			}
+			r.logger.Info("replicate: stream created from the federation's definition", "stream", name,
+				"shards", nc.Shards, "replicate", policyOf(nc).String())
+			continue
+		}
+		v, _ := defVersion(c)
+		if d.Version <= v || defContent(d.Config) == defContent(c) {
+			continue
+		}
+		if d.Config.Shards != c.Shards {
+			key := "shards/" + name
+			r.mu.Lock()
+			warn := !r.warned[key]
+			r.warned[key] = true
+			r.mu.Unlock()
+			if warn {
+				r.logger.Warn("replicate: a peer defines the stream with another shard count; records of its origins are routed by key",
+					"stream", name, "ours", c.Shards, "theirs", d.Config.Shards)
+			}
+		}
+		nc := c
+		nc.Compact = d.Config.Compact
+		nc.Meta = make(map[string]string, len(c.Meta))
+		for k, v := range c.Meta {
+			nc.Meta[k] = v
+		}
+		nc.Meta[MetaPolicy] = d.Config.Meta[MetaPolicy]
+		nc = withDef(nc, d.Version)
+		if err := r.cfg.Store.UpdateStream(ctx, nc); err != nil {
+			r.logger.Warn("replicate: adopting a peer's definition", "stream", name, "err", err)
+			continue
+		}
+		r.logger.Info("replicate: stream definition updated from the federation", "stream", name,
+			"replicate", policyOf(nc).String(), "compact", nc.Compact)
+	}
+}
+
+// publishable strips meta owned by other parts of the hub: only the policy
+// travels.
+func publishable(c store.StreamConfig) store.StreamConfig {
+	c.Meta = map[string]string{MetaPolicy: c.Meta[MetaPolicy]}
+	return c
+}
+
+// EncodeDef and DecodeDef are the gossip encoding of a definition's config
+// (JSON of store.StreamConfig).
+func EncodeDef(c store.StreamConfig) []byte {
+	b, _ := json.Marshal(publishable(c))
+	return b
+}
+
+// DecodeDef parses EncodeDef's output.
+func DecodeDef(b []byte) (store.StreamConfig, error) {
+	var c store.StreamConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("replicate: decode definition: %w", err)
+	}
+	return c, nil
+}
+
+// TaskStatus describes one pull task: one origin shard of one stream.
+type TaskStatus struct {
+	Stream string `json:"stream"`
+	Origin string `json:"origin"`
+	Shard  uint32 `json:"origin_shard"`
+	// Peer is the hub we pull from (the origin itself when reachable).
+	Peer string `json:"peer"`
+	// State is "starting", "catching-up", "following", "waiting" (no peer
+	// has more) or "retrying" (after an error).
+	State     string `json:"state"`
+	Watermark uint64 `json:"watermark"`
+	// High is the highest origin sequence the peer reported holding.
+	High       uint64  `json:"high"`
+	LagRecords uint64  `json:"lag_records"`
+	LagSeconds float64 `json:"lag_seconds"`
+	Records    uint64  `json:"records_pulled"`
+	Gaps       uint64  `json:"gaps"`
+	GapSeqs    uint64  `json:"gap_sequences"`
+	LastGap    string  `json:"last_gap,omitempty"`
+	LastError  string  `json:"last_error,omitempty"`
+}
+
+// Status returns every pull task's state, sorted by stream, origin, shard.
+func (r *Replicator) Status() []TaskStatus {
+	r.mu.Lock()
+	ts := make([]*task, 0, len(r.tasks))
+	for _, t := range r.tasks {
+		ts = append(ts, t)
+	}
+	r.mu.Unlock()
+	out := make([]TaskStatus, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, t.snapshot())
+	}
+	slices.SortFunc(out, func(a, b TaskStatus) int {
+		if c := strings.Compare(a.Stream, b.Stream); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Origin, b.Origin); c != 0 {
+			return c
+		}
+		return int(a.Shard) - int(b.Shard)
+	})
+	return out
+}
+
+// Lag is replication lag for one origin hub of one stream, summed over its
+// shards, against the peer we pull it from.
+type Lag struct {
+	Stream  string  `json:"stream"`
+	Origin  string  `json:"origin"`
+	Peer    string  `json:"peer"`
+	Records uint64  `json:"records"`
+	Seconds float64 `json:"seconds"`
+	Gaps    uint64  `json:"gaps"`
+}
+
+// Lag aggregates Status per (stream, origin, peer).
+func (r *Replicator) Lag() []Lag {
+	idx := map[[3]string]int{}
+	var out []Lag
+	for _, s := range r.Status() {
+		k := [3]string{s.Stream, s.Origin, s.Peer}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, Lag{Stream: s.Stream, Origin: s.Origin, Peer: s.Peer})
+		}
+		out[i].Records += s.LagRecords
+		out[i].Seconds = max(out[i].Seconds, s.LagSeconds)
+		out[i].Gaps += s.Gaps
+	}
+	return out
+}
+
+// task pulls one origin shard of one stream. One goroutine per task is what
+// keeps an origin's records applied in order and once.
+type task struct {
+	key    taskKey
+	cancel context.CancelFunc
+	wake   chan struct{}
+
+	mu        sync.Mutex
+	status    TaskStatus
+	lastAge   time.Duration // age of the newest record received, while behind
+	gapThru   uint64        // highest gap end reported (a reconnect may re-announce)
+	excluded  map[string]time.Time
+}
+
+func (t *task) poke() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (t *task) snapshot() TaskStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.status
+	if s.High > s.Watermark {
+		s.LagRecords = s.High - s.Watermark
+		s.LagSeconds = t.lastAge.Seconds()
+	} else {
+		s.LagRecords, s.LagSeconds = 0, 0
+	}
+	return s
+}
+
+func (t *task) set(f func(s *TaskStatus)) {
+	t.mu.Lock()
+	f(&t.status)
+	t.mu.Unlock()
+}
+
+// errReconsider ends a pull from a relay when the origin becomes reachable.
+var errReconsider = errors.New("replicate: a better peer is available")
+
+func (r *Replicator) runTask(ctx context.Context, t *task) {
+	backoff := r.cfg.RetryMin
+	t.excluded = map[string]time.Time{}
+	for ctx.Err() == nil {
+		src, ok := r.chooseSource(t)
+		if !ok {
+			t.set(func(s *TaskStatus) { s.State, s.Peer = "waiting", "" })
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.wake:
+			}
+			continue
+		}
+		progressed, err := r.pull(ctx, t, src)
+		if ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			backoff = r.cfg.RetryMin
+		}
+		if errors.Is(err, errReconsider) {
+			continue
+		}
+		if err == nil || errors.Is(err, io.EOF) {
+			err = errors.New("peer ended the pull")
+		}
+		r.metrics.pullErrors.WithLabelValues(src.Name).Inc()
+		level := slog.LevelWarn
+		if errors.Is(err, ErrTrimmed) || quic.CodeOf(err).Retryable() {
+			level = slog.LevelInfo
+		}
+		r.logger.Log(ctx, level, "replicate: pull failed; retrying", "stream", t.key.stream,
+			"origin", t.key.origin.Hub, "shard", t.key.origin.Shard, "peer", src.Name, "err", err, "backoff", backoff)
+		t.set(func(s *TaskStatus) { s.State, s.LastError = "retrying", err.Error() })
+		// Try another peer next time, if there is one.
+		exclude := backoff
+		if errors.Is(err, ErrTrimmed) {
+			exclude = time.Minute
+		}
+		t.mu.Lock()
+		t.excluded[src.Name] = time.Now().Add(exclude)
+		t.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, r.cfg.RetryMax)
+	}
+}
+
+// chooseSource picks the peer to pull t's origin from: the origin itself
+// when it is alive and admitted, else the admitted peer holding the most of
+// it beyond our watermark. Peers that failed recently are skipped while
+// another candidate exists.
+func (r *Replicator) chooseSource(t *task) (Peer, bool) {
+	st, err := r.cfg.Store.Stream(t.key.stream)
+	if err != nil {
+		return Peer{}, false
+	}
+	ours := st.Watermark(t.key.origin)
+	now := time.Now()
+	t.mu.Lock()
+	excluded := func(name string) bool { return now.Before(t.excluded[name]) }
+	defer t.mu.Unlock()
+	var best, fallback Peer
+	var bestSeq uint64
+	found, haveFallback := false, false
+	for _, p := range r.cfg.Membership.Peers() {
+		ps, ok := p.Streams[t.key.stream]
+		if !ok || !p.Alive {
+			continue
+		}
+		seq := ps.Vector[t.key.origin]
+		isOrigin := p.Name == t.key.origin.Hub
+		if !isOrigin && seq <= ours {
+			continue
+		}
+		if excluded(p.Name) {
+			if !haveFallback {
+				fallback, haveFallback = p, true
+			}
+			continue
+		}
+		if isOrigin {
+			return p, true
+		}
+		if !found || seq > bestSeq || (seq == bestSeq && p.Name < best.Name) {
+			best, bestSeq, found = p, seq, true
+		}
+	}
+	if found {
+		return best, true
+	}
+	return fallback, haveFallback
+}
+
+func (r *Replicator) limiter(peer string) *limiter {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.limiters[peer]
+	if l == nil {
+		l = newLimiter(r.cfg.RateLimit, float64(4*r.cfg.MaxBatchBytes))
+		r.limiters[peer] = l
+	}
+	return l
+}
+
+// targetShard is where records of origin k go here: the origin shard when
+// the stream's shard counts agree, else routing by key.
+func (r *Replicator) targetShard(st *store.Stream, k store.OriginKey) int {
+	if int(k.Shard) >= st.Shards() {
+		return -1
+	}
+	for _, p := range r.cfg.Membership.Peers() {
+		if p.Name == k.Hub {
+			if ps, ok := p.Streams[st.Name()]; ok && ps.Def != nil && ps.Def.Config.Shards != st.Shards() {
+				return -1
+			}
+		}
+	}
+	return int(k.Shard)
+}
+
+type recvd struct {
+	m   Msg
+	err error
+}
+
+// pull runs one pull from src until it fails or a better source appears.
+// It reports whether any record was applied.
+func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bool, err error) {
+	st, err := r.cfg.Store.Stream(t.key.stream)
+	if err != nil {
+		return false, err
+	}
+	k := t.key.origin
+	after := st.Watermark(k)
+	t.set(func(s *TaskStatus) {
+		s.Peer, s.State, s.Watermark = src.Name, "catching-up", after
+	})
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ps, err := r.cfg.Transport.Pull(pctx, src, PullRequest{
+		Requester: r.cfg.Self, Stream: t.key.stream, Origin: k, After: after,
+		Follow: true, MaxBatchBytes: uint64(r.cfg.MaxBatchBytes),
+	})
+	if err != nil {
+		return false, err
+	}
+	defer ps.Close()
+	// Receiving runs ahead of applying, so the network and the next
+	// batch's decoding overlap the current batch's fsync.
+	msgs := make(chan recvd, 8)
+	go func() {
+		for {
+			m, err := ps.Recv()
+			select {
+			case msgs <- recvd{m, err}:
+			case <-pctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	target := r.targetShard(st, k)
+	lim := r.limiter(src.Name)
+	var pending *recvd
+	wm := after
+	for {
+		var in recvd
+		if pending != nil {
+			in, pending = *pending, nil
+		} else {
+			select {
+			case in = <-msgs:
+			case <-t.wake:
+				if src.Name != k.Hub {
+					if p, ok := r.chooseSource(t); ok && p.Name != src.Name && p.Name == k.Hub {
+						return progressed, errReconsider
+					}
+				}
+				continue
+			case <-ctx.Done():
+				return progressed, ctx.Err()
+			}
+		}
+		if in.err != nil {
+			return progressed, in.err
+		}
+		switch in.m.Type {
+		case FramePullRecords:
+			// Coalesce the batches already received into one append: one
+			// fsync for all of them.
+			var recs []record.Record
+			high, size := in.m.Records.High, 0
+			cur := in
+		gather:
+			for {
+				before := len(recs)
+				recs, err = record.DecodeBatch(cur.m.Records.Batch, recs)
+				if err != nil {
+					return progressed, fmt.Errorf("replicate: batch from %s: %w", src.Name, err)
+				}
+				size += len(cur.m.Records.Batch)
+				high = max(high, cur.m.Records.High)
+				if err := checkOrder(recs, before, k); err != nil {
+					return progressed, fmt.Errorf("replicate: batch from %s: %w", src.Name, err)
+				}
+				if len(recs) >= 64<<10 {
+					break
+				}
+				select {
+				case next := <-msgs:
+					if next.err == nil && next.m.Type == FramePullRecords {
+						cur = next
+						continue
+					}
+					pending = &next
+				default:
+				}
+				break gather
+			}
+			if err := lim.wait(ctx, size); err != nil {
+				return progressed, err
+			}
+			r.metrics.appliedBytes.WithLabelValues(src.Name).Add(float64(size))
+			// Skip what is already applied (a relay may resend what the
+			// origin gave us meanwhile); the store would drop it anyway,
+			// but counting it here keeps the metrics honest.
+			fresh := recs[:0]
+			for _, rec := range recs {
+				if rec.Origin.Seq > wm {
+					fresh = append(fresh, rec)
+				}
+			}
+			skipped := len(recs) - len(fresh)
+			if len(fresh) > 0 {
+				// The store assigns our sequence and ingest time; keep the
+				// peer's ingest times to measure the delay.
+				srcIngest := make([]int64, len(fresh))
+				for i := range fresh {
+					srcIngest[i] = fresh[i].IngestTime
+					fresh[i].Seq = 0
+				}
+				res, err := st.Append(ctx, store.Batch{Shard: target, Records: fresh})
+				if err != nil {
+					return progressed, fmt.Errorf("replicate: append %d records of %s/%d: %w", len(fresh), k.Hub, k.Shard, err)
+				}
+				now := time.Now()
+				stored := 0
+				for i, p := range res.Positions {
+					if p.Seq == 0 {
+						skipped++
+						continue
+					}
+					stored++
+					r.metrics.delay.Observe(now.Sub(time.Unix(0, srcIngest[i])).Seconds())
+				}
+				r.metrics.applied.WithLabelValues(t.key.stream, k.Hub, src.Name).Add(float64(stored))
+				wm = fresh[len(fresh)-1].Origin.Seq
+				progressed = true
+				age := now.Sub(time.Unix(0, srcIngest[len(srcIngest)-1]))
+				t.mu.Lock()
+				t.status.Watermark, t.status.High = wm, max(high, wm)
+				t.status.Records += uint64(stored)
+				t.lastAge = max(age, 0)
+				if t.status.High > wm {
+					t.status.State = "catching-up"
+				}
+				t.mu.Unlock()
+			}
+			if skipped > 0 {
+				r.metrics.duplicates.WithLabelValues(t.key.stream, k.Hub).Add(float64(skipped))
+			}
+		case FramePullProgress:
+			t.mu.Lock()
+			t.status.High = max(in.m.Progress.High, wm)
+			t.status.Watermark = wm
+			if t.status.High <= wm {
+				t.status.State, t.status.LastError = "following", ""
+			}
+			t.mu.Unlock()
+		case FramePullGap:
+			g := in.m.Gap
+			t.mu.Lock()
+			news := g.To > t.gapThru
+			if news {
+				from := max(g.From, t.gapThru+1)
+				t.gapThru = g.To
+				t.status.Gaps++
+				t.status.GapSeqs += g.To - from + 1
+				t.status.LastGap = fmt.Sprintf("%d..%d at %s: %s", from, g.To, time.Now().UTC().Format(time.RFC3339), g.Reason)
+			}
+			t.mu.Unlock()
+			if news {
+				r.metrics.gaps.WithLabelValues(t.key.stream, k.Hub).Inc()
+				r.metrics.gapSeqs.WithLabelValues(t.key.stream, k.Hub).Add(float64(g.To - max(g.From, 1) + 1))
+				r.logger.Warn("replicate: gap: records deleted by retention before this hub pulled them",
+					"stream", t.key.stream, "origin", k.Hub, "shard", k.Shard, "from", g.From, "to", g.To, "peer", src.Name)
+			}
+		case FramePullTrimmed:
+			return progressed, fmt.Errorf("%w: %s holds %s/%d only from %d, we need %d", ErrTrimmed, src.Name, k.Hub, k.Shard, in.m.Trimmed, wm+1)
+		}
+	}
+}
+
+// checkOrder verifies that recs[from:] belong to origin k and continue the
+// strictly increasing origin order of recs.
+func checkOrder(recs []record.Record, from int, k store.OriginKey) error {
+	prev := uint64(0)
+	if from > 0 {
+		prev = recs[from-1].Origin.Seq
+	}
+	for _, rec := range recs[from:] {
+		if rec.Origin.Hub != k.Hub || rec.Origin.Shard != k.Shard {
+			return fmt.Errorf("record of origin %s/%d in a pull of %s/%d", rec.Origin.Hub, rec.Origin.Shard, k.Hub, k.Shard)
+		}
+		if rec.Origin.Seq <= prev {
+			return fmt.Errorf("origin sequence %d after %d", rec.Origin.Seq, prev)
+		}
+		prev = rec.Origin.Seq
+	}
+	return nil
+}

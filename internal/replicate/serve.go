@@ -1,0 +1,292 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
+	"github.com/edgehub/edgehub/store"
+)
+
+// Sender is the server end of one pull (a *quic.Stream in production).
+type Sender interface {
+	Send(t quic.FrameType, f quic.Appender) error
+}
+
+// FramePullTrimmed ends a pull at a relay that cannot serve the origin from
+// the requested point (see ErrTrimmed). Payload: uvarint first origin
+// sequence the relay still holds.
+const FramePullTrimmed quic.FrameType = 0x33
+
+// server serves pulls from the local store.
+type server struct {
+	self      string
+	store     *store.Store
+	tags      func(hub string) ([]string, bool)
+	heartbeat time.Duration
+	maxBatch  int
+	high      *highCache
+	logger    *slog.Logger
+	metrics   *metrics
+}
+
+// ServeQUIC implements quic.Handler for quic.OpReplicate.
+func (s *server) ServeQUIC(ctx context.Context, req *quic.Request) error {
+	var pr PullRequest
+	if err := pr.Decode(req.Body); err != nil {
+		return err
+	}
+	return s.serve(ctx, pr, req.Stream)
+}
+
+// serve streams the records of pr.Origin after pr.After to out, following
+// new commits if pr.Follow, until ctx ends or a send fails.
+func (s *server) serve(ctx context.Context, pr PullRequest, out Sender) error {
+	st, err := s.store.Stream(pr.Stream)
+	if errors.Is(err, store.ErrStreamNotFound) {
+		return quic.Errorf(quic.CodeNotFound, "stream %q not found", pr.Stream)
+	} else if err != nil {
+		return quic.Errorf(quic.CodeUnavailable, "stream %q: %v", pr.Stream, err)
+	}
+	pol := policyOf(st.Config())
+	if pol.Local() {
+		return quic.Errorf(quic.CodeNotFound, "stream %q is not replicated", pr.Stream)
+	}
+	if !pol.All {
+		tags, known := s.tags(pr.Requester)
+		if !known || !pol.Admits(tags) {
+			return quic.Errorf(quic.CodePermissionDenied, "stream %q (replicate = %q) does not go to hub %q", pr.Stream, pol, pr.Requester)
+		}
+	}
+	maxBatch := s.maxBatch
+	if pr.MaxBatchBytes > 0 && pr.MaxBatchBytes < uint64(maxBatch) {
+		maxBatch = max(int(pr.MaxBatchBytes), 4<<10)
+	}
+	if pr.Origin.Hub == s.self {
+		if int(pr.Origin.Shard) >= st.Shards() {
+			return quic.Errorf(quic.CodeInvalidArgument, "stream %q has %d shards, not %d", pr.Stream, st.Shards(), pr.Origin.Shard+1)
+		}
+		return s.serveOwn(ctx, st, pr, maxBatch, out)
+	}
+	return s.serveRelay(ctx, st, pr, maxBatch, out)
+}
+
+// serveOwn serves this hub's own records of one shard. Origin sequence ==
+// shard sequence, so the scan position is the pull position; replicated
+// records interleaved in the shard are skipped.
+func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest, maxBatch int, out Sender) error {
+	shard := int(pr.Origin.Shard)
+	compact := st.Config().Compact
+	pos := pr.After
+	var buf []byte
+	idle := false
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		recs, err := st.Read(shard, pos+1, store.ReadOptions{MaxRecords: 16 << 10, MaxBytes: maxBatch})
+		if err != nil {
+			return serveErr(pr, err)
+		}
+		// Sequences below the first one returned are gone: retention
+		// removed them before this peer pulled them.
+		first := pos + 1
+		if len(recs) > 0 {
+			first = recs[0].Seq
+		} else if f, _, err := st.Bounds(shard); err == nil && f > first {
+			first = f
+		}
+		if first > pos+1 {
+			if !compact {
+				if err := out.Send(FramePullGap, &Gap{From: pos + 1, To: first - 1, Reason: "deleted by retention at the origin"}); err != nil {
+					return err
+				}
+				s.metrics.servedGaps.Inc()
+			}
+			pos = first - 1
+		}
+		if len(recs) == 0 {
+			if err := s.idle(ctx, st, pr, &idle, func(ctx context.Context) error { return st.Wait(ctx, shard, pos+1) }, out); err != nil {
+				return err
+			}
+			if !pr.Follow && idle {
+				return nil
+			}
+			continue
+		}
+		idle = false
+		sel := recs[:0]
+		for _, r := range recs {
+			if r.Origin.IsLocal() {
+				r.Origin = record.Origin{Hub: s.self, Shard: uint32(shard), Seq: r.Seq}
+				r.Seq = 0
+				sel = append(sel, r)
+			}
+		}
+		pos = recs[len(recs)-1].Seq
+		if len(sel) == 0 {
+			continue
+		}
+		high, err := s.high.own(st, shard)
+		if err != nil {
+			return serveErr(pr, err)
+		}
+		if buf, err = s.send(out, buf, sel, max(high, pos)); err != nil {
+			return err
+		}
+	}
+}
+
+// serveRelay serves records of a foreign origin held here, through the
+// store's origin index.
+func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullRequest, maxBatch int, out Sender) error {
+	k := pr.Origin
+	pos := pr.After
+	compact := st.Config().Compact
+	perBatch := max(maxBatch/64, 64) // records; ReadOrigin bounds by count
+	var buf []byte
+	idle := false
+	checked := false
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		recs, err := st.ReadOrigin(k, pos, perBatch)
+		if err != nil {
+			return serveErr(pr, err)
+		}
+		if !checked && len(recs) > 0 {
+			checked = true
+			// We cannot tell a hole in the origin's numbering (its shard
+			// interleaves replicated records) from records our retention
+			// removed. If we ever trimmed, refuse rather than risk a
+			// silent skip: the requester asks the origin, which knows.
+			if recs[0].Origin.Seq > pos+1 && !compact && trimmed(st) {
+				if err := out.Send(FramePullTrimmed, quic.RawPayload(appendUvarint(nil, recs[0].Origin.Seq))); err != nil {
+					return err
+				}
+				return nil
+			}
+		}
+		if len(recs) == 0 {
+			wm := st.Watermark(k)
+			if wm > pos && !checked {
+				// Everything after pos that we applied is gone.
+				if !compact && trimmed(st) {
+					return out.Send(FramePullTrimmed, quic.RawPayload(appendUvarint(nil, wm+1)))
+				}
+			}
+			if err := s.idle(ctx, st, pr, &idle, func(ctx context.Context) error { return waitWatermark(ctx, st, k, pos) }, out); err != nil {
+				return err
+			}
+			if !pr.Follow && idle {
+				return nil
+			}
+			continue
+		}
+		checked, idle = true, false
+		for i := range recs {
+			recs[i].Seq = 0
+		}
+		pos = recs[len(recs)-1].Origin.Seq
+		if buf, err = s.send(out, buf, recs, max(st.Watermark(k), pos)); err != nil {
+			return err
+		}
+	}
+}
+
+// idle runs when the puller has everything: it says so once, then waits
+// for more (following pulls), sending progress every heartbeat so the
+// client's lag stays current and a dead client is noticed.
+func (s *server) idle(ctx context.Context, st *store.Stream, pr PullRequest, idle *bool, wait func(context.Context) error, out Sender) error {
+	high := pr.After
+	if pr.Origin.Hub == s.self {
+		h, err := s.high.own(st, int(pr.Origin.Shard))
+		if err != nil {
+			return serveErr(pr, err)
+		}
+		high = h
+	} else {
+		high = st.Watermark(pr.Origin)
+	}
+	if !*idle {
+		*idle = true
+		if err := out.Send(FramePullProgress, &Progress{High: high, Time: time.Now().UnixNano()}); err != nil {
+			return err
+		}
+		if !pr.Follow {
+			return nil
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.heartbeat)
+	err := wait(wctx)
+	cancel()
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, context.DeadlineExceeded):
+		return out.Send(FramePullProgress, &Progress{High: high, Time: time.Now().UnixNano()})
+	case errors.Is(err, store.ErrClosed):
+		return quic.Errorf(quic.CodeUnavailable, "stream %q closed", pr.Stream)
+	}
+	return serveErr(pr, err)
+}
+
+func (s *server) send(out Sender, buf []byte, recs []record.Record, high uint64) ([]byte, error) {
+	buf, err := record.AppendBatch(buf[:0], recs)
+	if err != nil {
+		return buf, fmt.Errorf("replicate: encode batch: %w", err)
+	}
+	if err := out.Send(FramePullRecords, &Records{High: high, Batch: buf}); err != nil {
+		return buf, err
+	}
+	s.metrics.servedRecords.Add(float64(len(recs)))
+	s.metrics.servedBytes.Add(float64(len(buf)))
+	return buf, nil
+}
+
+// trimmed reports whether retention ever removed the head of a shard.
+func trimmed(st *store.Stream) bool {
+	for _, sh := range st.Stats() {
+		if sh.FirstSeq > 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// waitWatermark blocks until origin k's watermark passes pos (any shard may
+// receive its records), or ctx ends. Commits wake it; it never polls.
+func waitWatermark(ctx context.Context, st *store.Stream, k store.OriginKey, pos uint64) error {
+	cases := make([]reflect.SelectCase, st.Shards()+1)
+	cases[0] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}
+	for {
+		for i := 0; i < st.Shards(); i++ {
+			cases[i+1] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.Changed(i))}
+		}
+		if st.Watermark(k) > pos {
+			return nil
+		}
+		if i, _, _ := reflect.Select(cases); i == 0 {
+			return ctx.Err()
+		}
+	}
+}
+
+func serveErr(pr PullRequest, err error) error {
+	var ce *store.CorruptError
+	switch {
+	case errors.As(err, &ce):
+		return quic.Errorf(quic.CodeCorrupt, "stream %q: %v", pr.Stream, err)
+	case errors.Is(err, store.ErrClosed):
+		return quic.Errorf(quic.CodeUnavailable, "stream %q closed", pr.Stream)
+	}
+	return fmt.Errorf("replicate: serve %s/%s/%d: %w", pr.Stream, pr.Origin.Hub, pr.Origin.Shard, err)
+}

@@ -1,0 +1,102 @@
+package replicate
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
+	"github.com/edgehub/edgehub/store"
+)
+
+func TestPullRequestRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		req  PullRequest
+	}{
+		{name: "follow", req: PullRequest{Requester: "edge-1", Stream: "temps", Origin: store.OriginKey{Hub: "core", Shard: 7}, After: 1 << 40, Follow: true, MaxBatchBytes: 1 << 20}},
+		{name: "once", req: PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got PullRequest
+			if err := got.Decode(tt.req.Append(nil)); err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.req {
+				t.Fatalf("got %+v, want %+v", got, tt.req)
+			}
+		})
+	}
+}
+
+func TestDecodeMsg(t *testing.T) {
+	batch, err := record.AppendBatch(nil, []record.Record{{Value: []byte("v"), Origin: record.Origin{Hub: "a", Seq: 3}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		typ     quic.FrameType
+		payload []byte
+		want    Msg
+		wantErr error
+	}{
+		{name: "records", typ: FramePullRecords, payload: (&Records{High: 9, Batch: batch}).Append(nil), want: Msg{Type: FramePullRecords, Records: Records{High: 9, Batch: batch}}},
+		{name: "progress", typ: FramePullProgress, payload: (&Progress{High: 4, Time: -5}).Append(nil), want: Msg{Type: FramePullProgress, Progress: Progress{High: 4, Time: -5}}},
+		{name: "gap", typ: FramePullGap, payload: (&Gap{From: 2, To: 9, Reason: "r"}).Append(nil), want: Msg{Type: FramePullGap, Gap: Gap{From: 2, To: 9, Reason: "r"}}},
+		{name: "trimmed", typ: FramePullTrimmed, payload: appendUvarint(nil, 77), want: Msg{Type: FramePullTrimmed, Trimmed: 77}},
+		{name: "empty records", typ: FramePullRecords, payload: appendUvarint(nil, 1), wantErr: quic.ErrMalformed},
+		{name: "reversed gap", typ: FramePullGap, payload: (&Gap{From: 9, To: 2}).Append(nil), wantErr: quic.ErrMalformed},
+		{name: "trailing", typ: FramePullProgress, payload: append((&Progress{High: 1}).Append(nil), 0), wantErr: quic.ErrMalformed},
+		{name: "foreign frame", typ: quic.FrameCredit, payload: nil, wantErr: quic.ErrUnexpectedFrame},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decodeMsg(tt.typ, tt.payload)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzPullRequest(f *testing.F) {
+	f.Add((&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 3}, After: 10, Follow: true}).Append(nil))
+	f.Add([]byte{1, 1, 'a', 1, 's', 1, 'b', 0, 0, 2, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r PullRequest
+		if err := r.Decode(b); err != nil {
+			return
+		}
+		var again PullRequest
+		if err := again.Decode(r.Append(nil)); err != nil || again != r {
+			t.Fatalf("re-decode: %+v %v, want %+v", again, err, r)
+		}
+	})
+}
+
+func FuzzPullMsg(f *testing.F) {
+	batch, _ := record.AppendBatch(nil, []record.Record{{Key: []byte("k"), Value: []byte("v"), Origin: record.Origin{Hub: "a", Shard: 1, Seq: 3}}})
+	f.Add(byte(FramePullRecords), (&Records{High: 3, Batch: batch}).Append(nil))
+	f.Add(byte(FramePullProgress), (&Progress{High: 3, Time: 1}).Append(nil))
+	f.Add(byte(FramePullGap), (&Gap{From: 1, To: 2, Reason: "x"}).Append(nil))
+	f.Add(byte(FramePullTrimmed), appendUvarint(nil, 5))
+	f.Fuzz(func(t *testing.T, typ byte, b []byte) {
+		m, err := decodeMsg(quic.FrameType(typ), b)
+		if err != nil {
+			return
+		}
+		if m.Type == FramePullRecords {
+			// The batch is verified by its own decoder before use.
+			record.DecodeBatch(m.Records.Batch, nil)
+		}
+	})
+}
