@@ -1,8 +1,118 @@
 package hub
 
-// GossipConfig is the [gossip] section: federation membership (memberlist).
-// Owned by federation.
-type GossipConfig struct{}
+import (
+	"errors"
+	"net"
+	"strconv"
+
+	"github.com/edgehub/edgehub/gossip"
+)
+
+// GossipConfig is the [gossip] section: federation membership (memberlist)
+// and replication between hubs. Without bind the hub runs alone.
+//
+//	[gossip]
+//	bind = "0.0.0.0:7946"               # memberlist UDP+TCP; enables federation
+//	advertise = "203.0.113.5:7946"      # what peers dial, if not bind
+//	join = ["hub-a.example:7946"]       # any member; retried until one answers
+//	secret_key_file = "/etc/edgehub/federation.keys"  # AES-GCM keys, base64, primary first
+//	label = "acme-prod"                 # federations with other labels never merge
+//	profile = "wan"                     # "wan" (default), "lan" or "local"
+//	quic_advertise = "203.0.113.5:7440" # data plane address peers pull from, if not listen.quic
+//	peer_ca_file = "/etc/edgehub/peers-ca.pem"  # verifies peers' data plane certificates
+//	peer_token = "..."                  # bearer token presented to peers when pulling
+//	rate_limit = "256MiB"               # bytes per second pulled from one peer; "0" = unlimited
+type GossipConfig struct {
+	Bind          string   `toml:"bind"`
+	Advertise     string   `toml:"advertise"`
+	Join          []string `toml:"join"`
+	SecretKeyFile string   `toml:"secret_key_file"`
+	Label         string   `toml:"label"`
+	Profile       string   `toml:"profile"`
+	QUICAdvertise string   `toml:"quic_advertise"`
+	// PeerCAFile holds the certificates (PEM) that peers' data plane
+	// certificates must chain to. Empty: the system roots.
+	PeerCAFile string `toml:"peer_ca_file"`
+	// PeerInsecure skips verification of peers' certificates: for demos
+	// with self-signed certificates only. Traffic is still encrypted.
+	PeerInsecure bool `toml:"peer_insecure_skip_verify"`
+	// PeerToken is sent when pulling from peers; their [[auth.token]] must
+	// grant it consume on the replicated streams.
+	PeerToken string `toml:"peer_token"`
+	// RateLimit bounds the bytes per second pulled from one peer.
+	RateLimit *Size `toml:"rate_limit"`
+}
+
+// Enabled reports whether the hub federates.
+func (c GossipConfig) Enabled() bool { return c.Bind != "" }
 
 // Validate reports every problem in the [gossip] section.
-func (c GossipConfig) Validate() error { return nil }
+func (c GossipConfig) Validate() error {
+	if !c.Enabled() {
+		var errs []error
+		for key, set := range map[string]bool{
+			"advertise": c.Advertise != "", "join": len(c.Join) > 0, "secret_key_file": c.SecretKeyFile != "",
+			"label": c.Label != "", "quic_advertise": c.QUICAdvertise != "",
+		} {
+			if set {
+				errs = append(errs, fieldErrorf(key, "needs bind: set gossip.bind to federate"))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	var errs []error
+	if err := hostPort(c.Bind, true); err != nil {
+		errs = append(errs, fieldErrorf("bind", "%v", err))
+	}
+	if c.Advertise != "" {
+		if err := hostPort(c.Advertise, false); err != nil {
+			errs = append(errs, fieldErrorf("advertise", "%v", err))
+		}
+	}
+	for i, j := range c.Join {
+		if err := hostPort(j, false); err != nil {
+			errs = append(errs, fieldErrorf("join["+strconv.Itoa(i)+"]", "%v", err))
+		}
+	}
+	switch c.Profile {
+	case "", gossip.ProfileWAN, gossip.ProfileLAN, gossip.ProfileLocal:
+	default:
+		errs = append(errs, fieldErrorf("profile", "%q is not one of \"wan\", \"lan\", \"local\"", c.Profile))
+	}
+	if len(c.Label) > 255 {
+		errs = append(errs, fieldErrorf("label", "longer than 255 bytes"))
+	}
+	if c.SecretKeyFile != "" {
+		if _, err := gossip.LoadKeyFile(c.SecretKeyFile); err != nil {
+			errs = append(errs, fieldErrorf("secret_key_file", "%v", err))
+		}
+	}
+	if c.QUICAdvertise != "" {
+		if err := hostPort(c.QUICAdvertise, false); err != nil {
+			errs = append(errs, fieldErrorf("quic_advertise", "%v", err))
+		}
+	}
+	if c.RateLimit != nil && *c.RateLimit < 0 {
+		errs = append(errs, fieldErrorf("rate_limit", "%s is negative", *c.RateLimit))
+	}
+	return errors.Join(errs...)
+}
+
+// hostPort checks a host:port; zeroPort allows port 0 (pick one).
+func hostPort(s string, zeroPort bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return errors.New("port " + strconv.Quote(port) + " is not a number in 0..65535")
+	}
+	if p == 0 && !zeroPort {
+		return errors.New("port 0 cannot be dialled")
+	}
+	if host == "" && !zeroPort {
+		return errors.New("give a host")
+	}
+	return nil
+}
