@@ -39,6 +39,7 @@ type Hub struct {
 
 	components []component
 	admin      *adminServer
+	dataPlane  *dataPlane // QUIC server; see dataplane.go
 	ready      atomic.Bool
 
 	closeOnce sync.Once
@@ -76,6 +77,7 @@ func New(cfg Config) (*Hub, error) {
 		h.addMetrics,
 		h.addAdmin,
 		h.addPlugins,
+		h.addDataPlane,
 		// Parts plug in here, one line each (e.g. h.addDataPlane).
 	} {
 		if err := build(); err != nil {
