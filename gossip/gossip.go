@@ -292,12 +292,9 @@ func (g *Gossip) SetMeta(ctx context.Context, m NodeMeta) error {
 // reaps them. A member whose metadata cannot be decoded is listed with empty
 // metadata (and logged): it may run a newer version.
 func (g *Gossip) Members() []Member {
-	// Take live nodes (and their latest metadata) from memberlist itself.
-	live := g.ml.Members()
+	// Only events feed the table: memberlist's Members returns nodes it
+	// keeps mutating under its own lock, so reading them here would race.
 	g.mu.Lock()
-	for _, n := range live {
-		g.members[n.Name] = g.member(n, false)
-	}
 	out := make([]Member, 0, len(g.members))
 	for _, m := range g.members {
 		out = append(out, m)

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/edgehub/edgehub/gossip"
+	"github.com/edgehub/edgehub/internal/replicate"
 )
 
 // GossipConfig is the [gossip] section: federation membership (memberlist)
@@ -41,6 +42,11 @@ type GossipConfig struct {
 	PeerToken string `toml:"peer_token"`
 	// RateLimit bounds the bytes per second pulled from one peer.
 	RateLimit *Size `toml:"rate_limit"`
+
+	// Test hooks: adjust the gossip and replication configs the hub builds
+	// (fault-injecting transports, short intervals). Not in hub.toml.
+	tune            func(*gossip.Config)
+	tuneReplication func(*replicate.Config)
 }
 
 // Enabled reports whether the hub federates.

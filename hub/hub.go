@@ -39,7 +39,8 @@ type Hub struct {
 
 	components []component
 	admin      *adminServer
-	dataPlane  *dataPlane // QUIC server; see dataplane.go
+	dataPlane  *dataPlane  // QUIC server; see dataplane.go
+	federation *federation // gossip and replication, nil alone; see federation.go
 	ready      atomic.Bool
 
 	closeOnce sync.Once
@@ -78,6 +79,7 @@ func New(cfg Config) (*Hub, error) {
 		h.addAdmin,
 		h.addPlugins,
 		h.addDataPlane,
+		h.addFederation,
 		// Parts plug in here, one line each (e.g. h.addDataPlane).
 	} {
 		if err := build(); err != nil {

@@ -1,0 +1,346 @@
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/edgehub/edgehub/gossip"
+	"github.com/edgehub/edgehub/internal/replicate"
+	"github.com/edgehub/edgehub/quic"
+	"github.com/edgehub/edgehub/store"
+)
+
+// federation is the hub's membership (gossip) and replication (pulls over
+// the QUIC data plane), started when [gossip] bind is set.
+type federation struct {
+	logger    *slog.Logger
+	gossip    *gossip.Gossip
+	rep       *replicate.Replicator
+	transport *replicate.QUICTransport
+	members   *membership
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// addFederation builds the federation part and the /v1/peers route; it must
+// run after the data plane is built (it serves pulls there).
+func (h *Hub) addFederation() error {
+	h.route("GET /v1/peers", h.listPeers)
+	gc := h.cfg.Gossip
+	if !gc.Enabled() {
+		return nil
+	}
+	quicAddr := gc.QUICAdvertise
+	if quicAddr == "" {
+		quicAddr = advertisable(h.QUICAddr().String())
+	}
+	profile := gc.Profile
+	if profile == "" {
+		profile = gossip.ProfileWAN
+	}
+	gcfg := gossip.DefaultConfig(h.cfg.Hub.Name)
+	gcfg.Bind, gcfg.Advertise, gcfg.Join = gc.Bind, gc.Advertise, gc.Join
+	gcfg.SecretKeyFile, gcfg.Label, gcfg.Profile = gc.SecretKeyFile, gc.Label, profile
+	gcfg.Meta = gossip.NodeMeta{Site: h.cfg.Hub.Site, Region: h.cfg.Hub.Region, Tags: h.cfg.Hub.Tags, QUIC: quicAddr}
+	gcfg.Logger = h.logger
+	if gc.tune != nil {
+		gc.tune(&gcfg)
+	}
+	g, err := gossip.New(gcfg)
+	if err != nil {
+		return fmt.Errorf("hub: federation: %w", err)
+	}
+	tlsConf, err := peerTLS(gc)
+	if err != nil {
+		g.Close()
+		return fmt.Errorf("hub: federation: %w", err)
+	}
+	transport := replicate.NewQUICTransport(quic.ClientConfig{TLS: tlsConf, Token: gc.PeerToken})
+	m := &membership{g: g, self: h.cfg.Hub.Name, logger: h.logger}
+	rc := replicate.DefaultConfig(h.cfg.Hub.Name)
+	rc.Tags = h.cfg.Hub.Tags
+	rc.Store = h.store
+	rc.Transport = transport
+	rc.Membership = m
+	rc.Publisher = m
+	rc.Logger = h.logger
+	rc.Registerer = h.metrics
+	if gc.RateLimit != nil {
+		rc.RateLimit = float64(*gc.RateLimit)
+	}
+	if gc.tuneReplication != nil {
+		gc.tuneReplication(&rc)
+	}
+	rep, err := replicate.New(rc)
+	if err != nil {
+		g.Close()
+		transport.Close()
+		return fmt.Errorf("hub: federation: %w", err)
+	}
+	h.dataPlane.srv.Handle(quic.OpReplicate, h.authorizePulls(rep.Handler()))
+	h.federation = &federation{logger: h.logger, gossip: g, rep: rep, transport: transport, members: m}
+	h.add(h.federation)
+	h.logger.Info("federation: gossip listening", "gossip", g.Addr(), "quic", quicAddr, "profile", profile,
+		"encrypted", gc.SecretKeyFile != "", "label", gc.Label)
+	return nil
+}
+
+// authorizePulls checks a pull against [auth] like a subscription: the
+// pulling hub's token or certificate must grant consume on the stream. The
+// stream's replication policy is checked by the replicator itself.
+func (h *Hub) authorizePulls(next quic.Handler) quic.Handler {
+	return quic.HandlerFunc(func(ctx context.Context, req *quic.Request) error {
+		var pr replicate.PullRequest
+		if err := pr.Decode(req.Body); err != nil {
+			return h.dataPlane.refuse(req.Op, err)
+		}
+		if err := h.dataPlane.auth.allow(req.Principal, actionConsume, pr.Stream); err != nil {
+			h.logger.Warn("federation: pull refused", "principal", req.Principal.Name, "method", req.Principal.Method,
+				"hub", pr.Requester, "stream", pr.Stream, "remote", req.Conn.RemoteAddr().String(), "err", err)
+			return h.dataPlane.refuse(req.Op, err)
+		}
+		return next.ServeQUIC(ctx, req)
+	})
+}
+
+// advertisable turns a listening address into one peers can dial: a
+// wildcard host becomes this machine's outbound address.
+func advertisable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+		return addr
+	}
+	if name, err := os.Hostname(); err == nil {
+		return net.JoinHostPort(name, port)
+	}
+	return addr
+}
+
+// peerTLS is the client TLS of pulls: peers' certificates verified against
+// peer_ca_file (or the system roots), and our own certificate offered for
+// peers that require client certificates.
+func peerTLS(gc GossipConfig) (*tls.Config, error) {
+	c := &tls.Config{InsecureSkipVerify: gc.PeerInsecure}
+	if gc.PeerCAFile != "" {
+		pem, err := os.ReadFile(gc.PeerCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("peer_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("peer_ca_file %s: no PEM certificate", gc.PeerCAFile)
+		}
+		c.RootCAs = pool
+	}
+	return c, nil
+}
+
+// Run runs gossip and replication until ctx ends, then leaves the
+// federation gracefully.
+func (f *federation) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return f.gossip.Run(gctx) })
+	g.Go(func() error { return f.rep.Run(gctx) })
+	err := g.Wait()
+	lctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if lerr := f.gossip.Leave(lctx); lerr != nil {
+		f.logger.Warn("federation: leave", "err", lerr)
+	}
+	return err
+}
+
+// Close stops replication and gossip; it is idempotent.
+func (f *federation) Close() error {
+	f.closeOnce.Do(func() {
+		f.closeErr = errors.Join(f.rep.Close(), f.transport.Close(), f.gossip.Close())
+	})
+	return f.closeErr
+}
+
+// membership adapts gossip to replicate.Membership and replicate.Publisher.
+type membership struct {
+	g      *gossip.Gossip
+	self   string
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	cached []replicate.Peer
+	valid  <-chan struct{} // closed when cached is stale
+}
+
+// Peers implements replicate.Membership. The view is rebuilt only after
+// gossip changed: replication asks often.
+func (m *membership) Peers() []replicate.Peer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.valid != nil {
+		select {
+		case <-m.valid:
+		default:
+			return m.cached
+		}
+	}
+	m.valid = m.g.Changed()
+	views := m.g.Streams()
+	var out []replicate.Peer
+	for _, mem := range m.g.Members() {
+		if mem.Self {
+			continue
+		}
+		p := replicate.Peer{Name: mem.Name, Addr: mem.Meta.QUIC, Alive: mem.State == gossip.StateAlive,
+			Tags: mem.Meta.Tags, Streams: map[string]replicate.PeerStream{}}
+		for name, v := range views {
+			d, hasDef := v.Defs[mem.Name]
+			vecs, hasVec := v.Vectors[mem.Name]
+			if !hasDef && !hasVec {
+				continue
+			}
+			ps := replicate.PeerStream{Vector: map[store.OriginKey]uint64{}}
+			if hasDef && !d.Deleted {
+				if c, err := replicate.DecodeDef(d.Spec); err == nil {
+					ps.Def = &replicate.Def{Config: c, Version: d.Version}
+				} else {
+					m.logger.Debug("federation: undecodable stream definition", "peer", mem.Name, "stream", name, "err", err)
+				}
+			}
+			for origin, vec := range vecs {
+				for s, seq := range vec.Seqs {
+					if seq > 0 {
+						ps.Vector[store.OriginKey{Hub: origin, Shard: uint32(s)}] = seq
+					}
+				}
+			}
+			p.Streams[name] = ps
+		}
+		out = append(out, p)
+	}
+	m.cached = out
+	return out
+}
+
+// Changed implements replicate.Membership.
+func (m *membership) Changed() <-chan struct{} { return m.g.Changed() }
+
+// PublishDef implements replicate.Publisher.
+func (m *membership) PublishDef(stream string, d replicate.Def) {
+	m.g.PublishDef(stream, gossip.Def{Version: d.Version, Spec: replicate.EncodeDef(d.Config)})
+}
+
+// PublishVector implements replicate.Publisher: one gossip entry per
+// origin hub, indexed by origin shard.
+func (m *membership) PublishVector(stream string, v map[store.OriginKey]uint64) {
+	by := map[string][]uint64{}
+	for k, seq := range v {
+		s := by[k.Hub]
+		if int(k.Shard) >= len(s) {
+			s = append(s, make([]uint64, int(k.Shard)+1-len(s))...)
+		}
+		s[k.Shard] = seq
+		by[k.Hub] = s
+	}
+	for origin, seqs := range by {
+		m.g.PublishVector(stream, origin, gossip.Vector{Seqs: seqs})
+	}
+}
+
+// Peers is the body of GET /v1/peers.
+type Peers struct {
+	Self      string `json:"self"`
+	Federated bool   `json:"federated"`
+	// Members lists every hub gossip knows, ourselves included.
+	Members []PeerInfo `json:"members"`
+	// Lag is replication lag per stream, origin and the peer we pull that
+	// origin from.
+	Lag []replicate.Lag `json:"lag"`
+	// Pulls details every pull task (one per stream and origin shard).
+	Pulls []replicate.TaskStatus `json:"pulls"`
+}
+
+// PeerInfo describes one member.
+type PeerInfo struct {
+	Name   string   `json:"name"`
+	Self   bool     `json:"self,omitempty"`
+	State  string   `json:"state"`
+	Gossip string   `json:"gossip"`
+	QUIC   string   `json:"quic"`
+	Site   string   `json:"site,omitempty"`
+	Region string   `json:"region,omitempty"`
+	Tags   []string `json:"tags,omitempty"`
+	// Behind maps stream → origin hub → records this member holds that we
+	// do not (from gossiped vectors; 0 entries omitted).
+	Behind map[string]map[string]uint64 `json:"behind,omitempty"`
+}
+
+func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
+	out := Peers{Self: h.cfg.Hub.Name, Members: []PeerInfo{}, Lag: []replicate.Lag{}, Pulls: []replicate.TaskStatus{}}
+	f := h.federation
+	if f == nil {
+		out.Members = append(out.Members, PeerInfo{Name: h.cfg.Hub.Name, Self: true, State: string(gossip.StateAlive),
+			QUIC: h.QUICAddr().String(), Site: h.cfg.Hub.Site, Region: h.cfg.Hub.Region, Tags: h.cfg.Hub.Tags})
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
+	out.Federated = true
+	ours := map[string]map[store.OriginKey]uint64{}
+	for _, st := range h.store.Streams() {
+		ours[st.Name()] = st.Watermarks()
+	}
+	peers := map[string]replicate.Peer{}
+	for _, p := range f.members.Peers() {
+		peers[p.Name] = p
+	}
+	for _, m := range f.gossip.Members() {
+		info := PeerInfo{Name: m.Name, Self: m.Self, State: string(m.State), Gossip: m.Addr, QUIC: m.Meta.QUIC,
+			Site: m.Meta.Site, Region: m.Meta.Region, Tags: m.Meta.Tags}
+		if p, ok := peers[m.Name]; ok {
+			for name, ps := range p.Streams {
+				have, ok := ours[name]
+				if !ok {
+					continue
+				}
+				for k, seq := range ps.Vector {
+					if k.Hub == h.cfg.Hub.Name || seq <= have[k] {
+						continue
+					}
+					if info.Behind == nil {
+						info.Behind = map[string]map[string]uint64{}
+					}
+					if info.Behind[name] == nil {
+						info.Behind[name] = map[string]uint64{}
+					}
+					info.Behind[name][k.Hub] += seq - have[k]
+				}
+			}
+		}
+		out.Members = append(out.Members, info)
+	}
+	slices.SortFunc(out.Members, func(a, b PeerInfo) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	out.Lag = append(out.Lag, f.rep.Lag()...)
+	out.Pulls = append(out.Pulls, f.rep.Status()...)
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}

@@ -1,0 +1,329 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/edgehub/edgehub/gossip"
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/replicate"
+	"github.com/edgehub/edgehub/store"
+)
+
+// fedNet is a test federation on loopback: real memberlist over UDP/TCP
+// through a gossip.FaultNet, real QUIC pulls through a transport wrapper
+// that can cut links between chosen hubs.
+type fedNet struct {
+	tb     testing.TB
+	gossip *gossip.FaultNet
+
+	mu     sync.Mutex
+	cut    map[[2]string]bool
+	pulls  map[[2]string][]replicate.PullStream // open pulls per link, closed on cut
+	addrs  map[string]string                    // hub → gossip address
+	first  string                               // gossip address to join
+}
+
+func newFedNet(tb testing.TB) *fedNet {
+	return &fedNet{tb: tb, gossip: gossip.NewFaultNet(), cut: map[[2]string]bool{},
+		pulls: map[[2]string][]replicate.PullStream{}, addrs: map[string]string{}}
+}
+
+func link(a, b string) [2]string {
+	if a > b {
+		a, b = b, a
+	}
+	return [2]string{a, b}
+}
+
+// config returns a hub config joined to the federation, with fast timings.
+func (n *fedNet) config(name string, dir string, tags ...string) Config {
+	n.tb.Helper()
+	c := testConfig(n.tb)
+	c.Logger = quietTestLogger()
+	c.Hub.Name = name
+	c.Hub.Tags = tags
+	if dir != "" {
+		c.Hub.DataDir = dir
+	}
+	c.Gossip = GossipConfig{Bind: "127.0.0.1:0", Profile: gossip.ProfileLocal, Label: "test-fed", PeerInsecure: true}
+	n.mu.Lock()
+	if n.first != "" {
+		c.Gossip.Join = []string{n.first}
+	}
+	n.mu.Unlock()
+	c.Gossip.tune = func(g *gossip.Config) {
+		tr, err := n.gossip.Transport(g.Bind)
+		if err != nil {
+			n.tb.Fatal(err)
+		}
+		g.Transport = tr
+		g.RejoinInterval = 200 * time.Millisecond
+		g.Tune = func(mc *memberlist.Config) {
+			mc.GossipInterval = 20 * time.Millisecond
+			mc.ProbeInterval = 200 * time.Millisecond
+			mc.PushPullInterval = time.Second
+		}
+		n.mu.Lock()
+		n.addrs[name] = tr.Addr()
+		if n.first == "" {
+			n.first = tr.Addr()
+		}
+		n.mu.Unlock()
+	}
+	c.Gossip.tuneReplication = func(r *replicate.Config) {
+		r.Interval = 50 * time.Millisecond
+		r.Heartbeat = 100 * time.Millisecond
+		r.RetryMin = 20 * time.Millisecond
+		r.RetryMax = 300 * time.Millisecond
+		r.Transport = &cuttable{Transport: r.Transport, net: n, self: name}
+	}
+	return c
+}
+
+// setCut cuts or heals the link between hubs a and b: gossip and pulls.
+func (n *fedNet) setCut(a, b string, cut bool) {
+	n.mu.Lock()
+	ga, gb := n.addrs[a], n.addrs[b]
+	var open []replicate.PullStream
+	if cut {
+		n.cut[link(a, b)] = true
+		open = n.pulls[link(a, b)]
+		delete(n.pulls, link(a, b))
+	} else {
+		delete(n.cut, link(a, b))
+	}
+	n.mu.Unlock()
+	if cut {
+		n.gossip.Cut(ga, gb)
+	} else {
+		n.gossip.Heal(ga, gb)
+	}
+	for _, p := range open {
+		p.Close()
+	}
+}
+
+type cuttable struct {
+	replicate.Transport
+	net  *fedNet
+	self string
+}
+
+func (c *cuttable) Pull(ctx context.Context, peer replicate.Peer, req replicate.PullRequest) (replicate.PullStream, error) {
+	l := link(c.self, peer.Name)
+	c.net.mu.Lock()
+	cut := c.net.cut[l]
+	c.net.mu.Unlock()
+	if cut {
+		return nil, fmt.Errorf("dial %s: network unreachable (test partition)", peer.Name)
+	}
+	p, err := c.Transport.Pull(ctx, peer, req)
+	if err != nil {
+		return nil, err
+	}
+	c.net.mu.Lock()
+	c.net.pulls[l] = append(c.net.pulls[l], p)
+	c.net.mu.Unlock()
+	return p, nil
+}
+
+// quietTestLogger keeps federation tests readable: errors only.
+func quietTestLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+}
+
+// startFed starts a federated hub.
+func (n *fedNet) start(name string, tags ...string) *Hub {
+	n.tb.Helper()
+	h, _ := startHub(n.tb, n.config(name, "", tags...))
+	return h
+}
+
+func createReplicated(tb testing.TB, h *Hub, name string, shards int, policy string) {
+	tb.Helper()
+	_, err := h.Store().CreateStream(context.Background(), store.StreamConfig{Name: name, Shards: shards,
+		Meta: map[string]string{MetaReplicate: policy}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// produceAt appends n records at h, keyed so they spread over shards.
+func produceAt(tb testing.TB, h *Hub, stream string, n int, size int) {
+	tb.Helper()
+	st := mustStreamEventually(tb, h, stream)
+	val := make([]byte, size)
+	for i := 0; i < n; {
+		batch := make([]record.Record, 0, 500)
+		for ; len(batch) < cap(batch) && i < n; i++ {
+			batch = append(batch, record.Record{Key: fmt.Appendf(nil, "k%d", i%101), Value: append(fmt.Appendf(nil, "%s-%d-", h.cfg.Hub.Name, i), val...)})
+		}
+		if _, err := st.Append(context.Background(), store.Batch{Shard: -1, Records: batch}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func mustStreamEventually(tb testing.TB, h *Hub, name string) *store.Stream {
+	tb.Helper()
+	var st *store.Stream
+	waitFor(tb, h.cfg.Hub.Name+" has stream "+name, func() bool {
+		var err error
+		st, err = h.Store().Stream(name)
+		return err == nil
+	})
+	return st
+}
+
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// originContent reads a stream and returns its records per origin shard in
+// stored order; a duplicate or out-of-order origin fails the test.
+func originContent(tb testing.TB, s *store.Store, self, name string) map[store.OriginKey][]string {
+	tb.Helper()
+	st, err := s.Stream(name)
+	if err != nil {
+		return nil
+	}
+	out := map[store.OriginKey][]string{}
+	last := map[store.OriginKey]uint64{}
+	for sh := 0; sh < st.Shards(); sh++ {
+		for from := uint64(1); ; {
+			recs, err := st.Read(sh, from, store.ReadOptions{MaxRecords: 20000, MaxBytes: 8 << 20})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if len(recs) == 0 {
+				break
+			}
+			for _, r := range recs {
+				o := r.Origin
+				if o.IsLocal() {
+					o = record.Origin{Hub: self, Shard: uint32(sh), Seq: r.Seq}
+				}
+				k := store.OriginKey{Hub: o.Hub, Shard: o.Shard}
+				if o.Seq <= last[k] {
+					tb.Fatalf("%s: origin %s/%d: sequence %d after %d (duplicate or reordered)", self, k.Hub, k.Shard, o.Seq, last[k])
+				}
+				last[k] = o.Seq
+				out[k] = append(out[k], string(r.Value[:min(len(r.Value), 24)]))
+			}
+			from = recs[len(recs)-1].Seq + 1
+		}
+	}
+	return out
+}
+
+func count(c map[store.OriginKey][]string) int {
+	n := 0
+	for _, v := range c {
+		n += len(v)
+	}
+	return n
+}
+
+func equalContent(a, b map[store.OriginKey][]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || len(v) != len(w) {
+			return false
+		}
+		for i := range v {
+			if v[i] != w[i] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// converged waits until every hub holds the same records of stream, want
+// in all, each origin in order, none twice.
+func converged(tb testing.TB, stream string, want int, hubs ...*Hub) {
+	tb.Helper()
+	waitFor(tb, fmt.Sprintf("%d records of %s everywhere", want, stream), func() bool {
+		ref := originContent(tb, hubs[0].Store(), hubs[0].cfg.Hub.Name, stream)
+		if count(ref) != want {
+			return false
+		}
+		for _, h := range hubs[1:] {
+			if !equalContent(ref, originContent(tb, h.Store(), h.cfg.Hub.Name, stream)) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func getPeers(tb testing.TB, h *Hub) Peers {
+	tb.Helper()
+	resp, err := http.Get("http://" + h.AdminAddr().String() + "/v1/peers")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p Peers
+	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func TestFederationThreeHubsConverge(t *testing.T) {
+	n := newFedNet(t)
+	a := n.start("hub-a", "edge")
+	b := n.start("hub-b", "edge")
+	c := n.start("hub-c", "core")
+	// The stream is created at one hub; the others get its definition.
+	createReplicated(t, a, "events", 3, "all")
+	for i, h := range []*Hub{a, b, c} {
+		produceAt(t, h, "events", 2000*(i+1), 16)
+	}
+	converged(t, "events", 2000+4000+6000, a, b, c)
+
+	p := getPeers(t, c)
+	if !p.Federated || len(p.Members) != 3 {
+		t.Fatalf("peers of c: %+v", p)
+	}
+	for _, m := range p.Members {
+		if m.State != "alive" || m.QUIC == "" {
+			t.Fatalf("member %+v", m)
+		}
+	}
+	waitFor(t, "lag drains and pulls follow", func() bool {
+		p := getPeers(t, c)
+		for _, l := range p.Lag {
+			if l.Records != 0 {
+				return false
+			}
+		}
+		for _, pull := range p.Pulls {
+			if pull.State != "following" {
+				return false
+			}
+		}
+		return len(p.Pulls) == 6 // 2 other origins × 3 shards
+	})
+}
