@@ -75,11 +75,11 @@ type Gossip struct {
 	ring   *memberlist.Keyring
 
 	mu      sync.Mutex
-	meta    []byte // encoded NodeMeta
+	meta    []byte            // encoded NodeMeta
 	members map[string]Member // from memberlist events: dead and left ones too
-	tab    table
-	clock  uint64
-	notify chan struct{}
+	tab     table
+	clock   uint64
+	notify  chan struct{}
 
 	keyMu      sync.Mutex
 	keyModTime time.Time
@@ -100,13 +100,13 @@ func New(cfg Config) (*Gossip, error) {
 		return nil, err
 	}
 	g := &Gossip{
-		cfg:    cfg,
-		logger: cfg.Logger.With("component", "gossip"),
-		meta:   cfg.Meta.encode(),
-		tab:    table{},
+		cfg:     cfg,
+		logger:  cfg.Logger.With("component", "gossip"),
+		meta:    cfg.Meta.encode(),
+		tab:     table{},
 		members: map[string]Member{},
-		notify: make(chan struct{}),
-		done:   make(chan struct{}),
+		notify:  make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	mc := cfg.memberlistConfig()
 	mc.Logger = newLogLogger(g.logger)

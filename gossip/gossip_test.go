@@ -377,7 +377,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "bad advertise", mutate: func(c *Config) { c.Advertise = "1.2.3.4:99999" }, wantErr: ErrInvalidConfig},
 		{name: "bad join", mutate: func(c *Config) { c.Join = []string{"hostonly"} }, wantErr: ErrInvalidConfig},
 		{name: "bad profile", mutate: func(c *Config) { c.Profile = "fast" }, wantErr: ErrInvalidConfig},
-		{name: "huge meta", mutate: func(c *Config) { c.Meta.Tags = []string{strings.Repeat("t", 200), strings.Repeat("u", 200), strings.Repeat("v", 200)} }, wantErr: ErrMetaTooLarge},
+		{name: "huge meta", mutate: func(c *Config) {
+			c.Meta.Tags = []string{strings.Repeat("t", 200), strings.Repeat("u", 200), strings.Repeat("v", 200)}
+		}, wantErr: ErrMetaTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

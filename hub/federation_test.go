@@ -26,11 +26,11 @@ type fedNet struct {
 	tb     testing.TB
 	gossip *gossip.FaultNet
 
-	mu     sync.Mutex
-	cut    map[[2]string]bool
-	pulls  map[[2]string][]replicate.PullStream // open pulls per link, closed on cut
-	addrs  map[string]string                    // hub → gossip address
-	first  string                               // gossip address to join
+	mu    sync.Mutex
+	cut   map[[2]string]bool
+	pulls map[[2]string][]replicate.PullStream // open pulls per link, closed on cut
+	addrs map[string]string                    // hub → gossip address
+	first string                               // gossip address to join
 }
 
 func newFedNet(tb testing.TB) *fedNet {

@@ -562,11 +562,11 @@ type task struct {
 	cancel context.CancelFunc
 	wake   chan struct{}
 
-	mu        sync.Mutex
-	status    TaskStatus
-	lastAge   time.Duration // age of the newest record received, while behind
-	gapThru   uint64        // highest gap end reported (a reconnect may re-announce)
-	excluded  map[string]time.Time
+	mu       sync.Mutex
+	status   TaskStatus
+	lastAge  time.Duration // age of the newest record received, while behind
+	gapThru  uint64        // highest gap end reported (a reconnect may re-announce)
+	excluded map[string]time.Time
 }
 
 func (t *task) poke() {

@@ -510,9 +510,9 @@ func TestPolicy(t *testing.T) {
 	}
 	// The server refuses pulls the policy forbids, whoever asks.
 	denied := []struct {
-		name   string
-		req    PullRequest
-		code   quic.Code
+		name string
+		req  PullRequest
+		code quic.Code
 	}{
 		{name: "local stream", req: PullRequest{Requester: "region", Stream: "raw", Origin: store.OriginKey{Hub: "edge"}}, code: quic.CodeNotFound},
 		{name: "untagged requester", req: PullRequest{Requester: "core", Stream: "agg", Origin: store.OriginKey{Hub: "edge"}}, code: quic.CodePermissionDenied},
@@ -743,7 +743,6 @@ func TestLimiterPaces(t *testing.T) {
 		t.Fatalf("unlimited limiter: %v", err)
 	}
 }
-
 
 func counterValue(c prometheus.Counter) float64 {
 	var m dto.Metric
