@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/edgehub/edgehub/hub"
+)
+
+func init() {
+	register("peers", "show federation members, their state and replication lag", peers)
+}
+
+func peers(ctx context.Context, args []string) error {
+	fs := newFlags("peers", "peers [--pulls] [--json]")
+	admin := adminFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pulls := fs.Bool("pulls", false, "also list every pull (one per stream and origin shard)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, ""); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var p hub.Peers
+	if err := c.get(ctx, "/v1/peers", &p); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, p)
+	}
+	if !p.Federated {
+		fmt.Fprintf(stdout, "%s is not federated (set [gossip] bind in hub.toml)\n", p.Self)
+		return nil
+	}
+	tw := newTable(stdout)
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tSITE\tREGION\tTAGS\tQUIC\tGOSSIP\tAHEAD OF US")
+	for _, m := range p.Members {
+		name := m.Name
+		if m.Self {
+			name += " (self)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, m.State, orDash(m.Site, m.Site == ""),
+			orDash(m.Region, m.Region == ""), orDash(strings.Join(m.Tags, ","), len(m.Tags) == 0), m.QUIC, m.Gossip, ahead(m.Behind))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	if len(p.Lag) == 0 {
+		fmt.Fprintln(stdout, "no replication (no stream with replicate = \"all\" or tags shared with a peer)")
+	} else {
+		tw = newTable(stdout)
+		fmt.Fprintln(tw, "STREAM\tORIGIN\tFROM PEER\tLAG RECORDS\tLAG SECONDS\tGAPS")
+		for _, l := range p.Lag {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.3f\t%d\n", l.Stream, l.Origin, orDash(l.Peer, l.Peer == ""), l.Records, l.Seconds, l.Gaps)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	var gaps []string
+	for _, t := range p.Pulls {
+		if t.LastGap != "" {
+			gaps = append(gaps, fmt.Sprintf("  %s origin %s/%d: %d gap(s), %d sequences; last %s", t.Stream, t.Origin, t.Shard, t.Gaps, t.GapSeqs, t.LastGap))
+		}
+	}
+	if len(gaps) > 0 {
+		fmt.Fprintln(stdout, "\nGaps (records deleted by retention before this hub pulled them):")
+		fmt.Fprintln(stdout, strings.Join(gaps, "\n"))
+	}
+	if *pulls && len(p.Pulls) > 0 {
+		fmt.Fprintln(stdout)
+		tw = newTable(stdout)
+		fmt.Fprintln(tw, "STREAM\tORIGIN\tSHARD\tPEER\tSTATE\tWATERMARK\tPEER HIGH\tPULLED\tLAST ERROR")
+		for _, t := range p.Pulls {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", t.Stream, t.Origin, t.Shard, orDash(t.Peer, t.Peer == ""),
+				t.State, t.Watermark, t.High, t.Records, orDash(t.LastError, t.LastError == ""))
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+// ahead summarises what a member holds that we do not: "events: a=12 b=3".
+func ahead(behind map[string]map[string]uint64) string {
+	if len(behind) == 0 {
+		return "-"
+	}
+	var parts []string
+	for stream, origins := range behind {
+		var os []string
+		for o, n := range origins {
+			os = append(os, fmt.Sprintf("%s=%d", o, n))
+		}
+		slices.Sort(os)
+		parts = append(parts, stream+": "+strings.Join(os, " "))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, "; ")
+}
