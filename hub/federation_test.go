@@ -327,3 +327,65 @@ func TestFederationThreeHubsConverge(t *testing.T) {
 		return len(p.Pulls) == 6 // 2 other origins × 3 shards
 	})
 }
+
+func TestFederationPolicyAndLateJoiner(t *testing.T) {
+	n := newFedNet(t)
+	edge := n.start("edge-1", "edge")
+	region := n.start("region-1", "region")
+	createReplicated(t, edge, "raw", 2, "local")
+	createReplicated(t, edge, "agg", 1, "tag:region")
+	createReplicated(t, edge, "shared", 2, "all")
+	for _, s := range []string{"raw", "agg", "shared"} {
+		produceAt(t, edge, s, 1500, 32)
+	}
+	converged(t, "shared", 1500, edge, region)
+	converged(t, "agg", 1500, edge, region)
+	// A hub that joins late gets the history its policy admits.
+	core := n.start("core-1", "core")
+	converged(t, "shared", 1500, edge, region, core)
+	produceAt(t, core, "shared", 500, 32)
+	converged(t, "shared", 2000, edge, region, core)
+	tests := []struct {
+		name   string
+		h      *Hub
+		stream string
+		want   bool
+	}{
+		{name: "local stays at its hub (region)", h: region, stream: "raw"},
+		{name: "local stays at its hub (core)", h: core, stream: "raw"},
+		{name: "tag-scoped reaches the tagged hub", h: region, stream: "agg", want: true},
+		{name: "tag-scoped skips the untagged hub", h: core, stream: "agg"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.h.Store().Stream(tt.stream)
+			if got := err == nil; got != tt.want {
+				t.Fatalf("%s holds %s = %v, want %v", tt.h.cfg.Hub.Name, tt.stream, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestFederationPartitionHeals cuts one hub off (gossip and data plane)
+// while both sides keep writing, then heals: nothing lost, nothing twice.
+func TestFederationPartitionHeals(t *testing.T) {
+	n := newFedNet(t)
+	a, b, c := n.start("a"), n.start("b"), n.start("c")
+	createReplicated(t, a, "p", 2, "all")
+	produceAt(t, a, "p", 300, 16)
+	converged(t, "p", 300, a, b, c)
+	n.setCut("a", "c", true)
+	n.setCut("b", "c", true)
+	for i := 0; i < 5; i++ {
+		produceAt(t, a, "p", 200, 16)
+		produceAt(t, b, "p", 100, 16)
+		produceAt(t, c, "p", 150, 16)
+	}
+	converged(t, "p", 300+5*300, a, b)
+	if got := count(originContent(t, c.Store(), "c", "p")); got != 300+5*150 {
+		t.Fatalf("c holds %d records while cut off, want %d", got, 300+5*150)
+	}
+	n.setCut("a", "c", false)
+	n.setCut("b", "c", false)
+	converged(t, "p", 300+5*450, a, b, c)
+}
