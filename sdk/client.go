@@ -1,0 +1,300 @@
+package sdk
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
+)
+
+// Record is one event: key, value, headers and the producer's timestamp.
+// Records read from a hub also carry their sequence, ingest time and origin.
+type Record = record.Record
+
+// Header is a record header.
+type Header = record.Header
+
+// Error is a refusal from the hub: a Code and a message.
+type Error = quic.Error
+
+// Code is a wire error code; see docs/protocol.md.
+type Code = quic.Code
+
+// Codes callers commonly test for with CodeOf.
+const (
+	CodeUnauthenticated  = quic.CodeUnauthenticated
+	CodePermissionDenied = quic.CodePermissionDenied
+	CodeNotFound         = quic.CodeNotFound
+	CodeInvalidArgument  = quic.CodeInvalidArgument
+	CodeRecordTooLarge   = quic.CodeRecordTooLarge
+	CodeUnavailable      = quic.CodeUnavailable
+)
+
+// Sentinel errors.
+var (
+	// ErrClosed: the client, producer or subscription was closed.
+	ErrClosed = errors.New("sdk: closed")
+	// ErrDeliveryTimeout: a record could not be acknowledged within
+	// ProducerOptions.DeliveryTimeout, across retries and reconnects.
+	ErrDeliveryTimeout = errors.New("sdk: delivery timeout")
+)
+
+// CodeOf returns the hub's code in err (quic.CodeInternal for other errors,
+// 0 for nil).
+func CodeOf(err error) Code { return quic.CodeOf(err) }
+
+// Options configure a Client.
+type Options struct {
+	// TLS overrides everything below when set (RootCAs, client
+	// certificates, ServerName).
+	TLS *tls.Config
+	// CAFile is a PEM file of certificates to trust, such as a hub's
+	// self-signed hub-data/tls/cert.pem. Empty: the system roots.
+	CAFile string
+	// Insecure skips certificate verification (tests, throwaway setups).
+	Insecure bool
+	// CertFile and KeyFile are a client certificate for mTLS.
+	CertFile, KeyFile string
+	// Token is a bearer token sent when opening each operation.
+	Token string
+	// DialTimeout bounds one connection attempt. Default 10s.
+	DialTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound the exponential backoff between
+	// reconnection attempts. Defaults 50ms and 5s.
+	ReconnectMin, ReconnectMax time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns the defaults.
+func DefaultOptions() Options {
+	return Options{DialTimeout: 10 * time.Second, ReconnectMin: 50 * time.Millisecond, ReconnectMax: 5 * time.Second}
+}
+
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = d.DialTimeout
+	}
+	if o.ReconnectMin <= 0 {
+		o.ReconnectMin = d.ReconnectMin
+	}
+	if o.ReconnectMax < o.ReconnectMin {
+		o.ReconnectMax = max(d.ReconnectMax, o.ReconnectMin)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Client is a connection to a hub that reconnects when it breaks. It is safe
+// for concurrent use; producers and subscriptions opened from it share its
+// QUIC connection, each on its own stream.
+type Client struct {
+	addr   string
+	opts   Options
+	qcfg   quic.ClientConfig
+	logger *slog.Logger
+
+	mu     sync.Mutex // guards conn and closed
+	conn   *quic.Client
+	closed bool
+	done   chan struct{}
+}
+
+// Dial connects to the hub at addr (host:port). It fails if the first
+// connection cannot be made; later breaks are repaired by reconnecting.
+func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
+	opts = opts.withDefaults()
+	tlsConf, err := clientTLS(opts)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		addr:   addr,
+		opts:   opts,
+		logger: opts.Logger,
+		done:   make(chan struct{}),
+		qcfg: quic.ClientConfig{
+			TLS:             tlsConf,
+			Token:           opts.Token,
+			Use0RTT:         true,
+			EnableDatagrams: true,
+		},
+	}
+	if _, err := c.connect(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func clientTLS(o Options) (*tls.Config, error) {
+	if o.TLS != nil {
+		c := o.TLS.Clone()
+		if c.ClientSessionCache == nil {
+			c.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+		}
+		return c, nil
+	}
+	// A session cache lets reconnects resume with 0-RTT.
+	c := &tls.Config{InsecureSkipVerify: o.Insecure, ClientSessionCache: tls.NewLRUClientSessionCache(8)}
+	if o.CAFile != "" {
+		pool, err := quic.CertPool(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("sdk: %w", err)
+		}
+		c.RootCAs = pool
+	}
+	if o.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("sdk: client certificate: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// Addr is the hub's address as given to Dial.
+func (c *Client) Addr() string { return c.addr }
+
+// connect returns the live connection, dialling a new one if there is none
+// or the last one ended.
+func (c *Client) connect(ctx context.Context) (*quic.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if c.conn != nil {
+		select {
+		case <-c.conn.Done():
+			c.conn.Close()
+			c.conn = nil
+		default:
+			return c.conn, nil
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
+	defer cancel()
+	conn, err := quic.Dial(dctx, c.addr, c.qcfg)
+	if err != nil {
+		return nil, fmt.Errorf("sdk: dial %s: %w", c.addr, err)
+	}
+	c.conn = conn
+	return conn, nil
+}
+
+// open starts an operation on the live connection.
+func (c *Client) open(ctx context.Context, op quic.Op, body quic.Appender) (*quic.Stream, *quic.Client, error) {
+	conn, err := c.connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := conn.Open(ctx, op, body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sdk: %w", err)
+	}
+	return st, conn, nil
+}
+
+// backoff waits before reconnection attempt n (0-based), with jitter.
+func (c *Client) backoff(ctx context.Context, n int) error {
+	d := c.opts.ReconnectMin << min(n, 16)
+	if d > c.opts.ReconnectMax || d <= 0 {
+		d = c.opts.ReconnectMax
+	}
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		return ErrClosed
+	}
+}
+
+// retryable reports whether an operation that failed with err may succeed
+// on a new stream or connection.
+func retryable(err error) bool {
+	if err == nil || errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var e *quic.Error
+	if errors.As(err, &e) && !errors.Is(err, quic.ErrClosed) {
+		return e.Code.Retryable()
+	}
+	// Transport failures: connection lost, idle timeout, dial refused.
+	return true
+}
+
+// ShardInfo is a shard's first live and last sequence (First > Last when
+// empty).
+type ShardInfo struct {
+	First, Last uint64
+}
+
+// StreamInfo describes a stream.
+type StreamInfo struct {
+	Name   string
+	Shards []ShardInfo
+}
+
+// Info returns a stream's shards and their bounds.
+func (c *Client) Info(ctx context.Context, stream string) (StreamInfo, error) {
+	for attempt := 0; ; attempt++ {
+		info, err := c.info(ctx, stream)
+		if err == nil || !retryable(err) {
+			return info, err
+		}
+		if berr := c.backoff(ctx, attempt); berr != nil {
+			return StreamInfo{}, err
+		}
+	}
+}
+
+func (c *Client) info(ctx context.Context, stream string) (StreamInfo, error) {
+	st, _, err := c.open(ctx, quic.OpInfo, &quic.InfoRequest{Stream: stream})
+	if err != nil {
+		return StreamInfo{}, err
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Cancel(quic.CodeCanceled) })
+	defer stop()
+	var in quic.Info
+	if err := st.Expect(quic.FrameInfo, &in); err != nil {
+		return StreamInfo{}, fmt.Errorf("sdk: info %q: %w", stream, err)
+	}
+	out := StreamInfo{Name: in.Stream, Shards: make([]ShardInfo, len(in.Shards))}
+	for i, s := range in.Shards {
+		out.Shards[i] = ShardInfo{First: s.First, Last: s.Last}
+	}
+	return out, nil
+}
+
+// Close closes the connection; producers and subscriptions fail with
+// ErrClosed. Close is idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	close(c.done)
+	if c.conn != nil {
+		return c.conn.Close()
+	}
+	return nil
+}

@@ -1,0 +1,688 @@
+package sdk
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
+)
+
+// ProducerOptions configure a Producer.
+type ProducerOptions struct {
+	// NotIdempotent turns idempotence off. By default a producer has an id
+	// and numbers its batches per shard, so a batch retried after a timeout
+	// or reconnect is stored once and acknowledged with its original
+	// positions.
+	NotIdempotent bool
+	// ProducerID fixes the producer's id (0 picks a random one). Reusing an
+	// id across process restarts continues its sequences only if the
+	// process also remembers them; leave it 0 unless you do.
+	ProducerID uint64
+	// BatchRecords and BatchBytes seal a batch once reached. Defaults 1000
+	// and 512 KiB.
+	BatchRecords int
+	BatchBytes   int
+	// Linger holds a batch open this long for more records. 0 (the default)
+	// sends as soon as the connection has room: at low rates each record
+	// goes alone (lowest latency), at high rates batches fill up while
+	// earlier ones are in flight.
+	Linger time.Duration
+	// MaxInFlight bounds unacknowledged batches per shard. Default 4.
+	MaxInFlight int
+	// BufferBytes bounds records accepted but not yet acknowledged; Send
+	// blocks beyond it (backpressure). Default 64 MiB.
+	BufferBytes int
+	// DeliveryTimeout fails a record not acknowledged this long after it
+	// was accepted, across retries and reconnects. Default 2 minutes.
+	DeliveryTimeout time.Duration
+	// Datagrams sends fire-and-forget over QUIC datagrams: no
+	// acknowledgement, no retry, records may be lost. Callbacks get a zero
+	// Position once the datagram is sent.
+	Datagrams bool
+}
+
+func (o ProducerOptions) withDefaults() ProducerOptions {
+	if o.BatchRecords <= 0 {
+		o.BatchRecords = 1000
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 512 << 10
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 4
+	}
+	// The hub remembers an idempotent producer's last 16 batches per shard:
+	// more in flight could not all be answered with positions on retry.
+	o.MaxInFlight = min(o.MaxInFlight, 16)
+	if o.BufferBytes <= 0 {
+		o.BufferBytes = 64 << 20
+	}
+	if o.DeliveryTimeout <= 0 {
+		o.DeliveryTimeout = 2 * time.Minute
+	}
+	return o
+}
+
+// Position is where a record was stored.
+type Position struct {
+	Shard int
+	Seq   uint64
+	// Duplicate: the record's batch had been stored before (a retry) and
+	// this is its original position.
+	Duplicate bool
+}
+
+// Future is the outcome of an asynchronous send.
+type Future struct {
+	done chan struct{}
+	pos  Position
+	err  error
+}
+
+// Done is closed when the result is known.
+func (f *Future) Done() <-chan struct{} { return f.done }
+
+// Wait returns the record's position once it is durable, or why it failed.
+func (f *Future) Wait(ctx context.Context) (Position, error) {
+	select {
+	case <-f.done:
+		return f.pos, f.err
+	case <-ctx.Done():
+		return Position{}, ctx.Err()
+	}
+}
+
+// Producer sends records to one stream. It is safe for concurrent use.
+//
+// Records are routed to shards by their key hash (the same hash the hub
+// uses), keyless records stick to one shard per batch and rotate. Batches
+// are pipelined; each is acknowledged after the hub's fsync.
+type Producer struct {
+	c      *Client
+	stream string
+	opts   ProducerOptions
+	id     uint64
+	shards int
+
+	mu       sync.Mutex
+	space    *sync.Cond // signalled when buffered bytes drop or the producer closes
+	wake     chan struct{}
+	acc      []*pbatch // per shard: the open batch
+	sticky   int       // shard for keyless records
+	nextSeq  []uint64  // per shard: producer sequence of the next batch
+	nextID   uint64
+	unacked  []*pbatch // sealed, in seal order
+	inflight []int     // per shard: sent and unacknowledged
+	buffered int
+	sess     *session
+	closed   bool
+	fatal    error
+	loopDone chan struct{}
+}
+
+type pbatch struct {
+	id       uint64
+	shard    int
+	seq      uint64
+	recs     []record.Record
+	bytes    int
+	payload  []byte
+	cbs      []func(Position, error)
+	accepted time.Time // of the oldest record
+	wire     bool      // sent on the current session, not yet acknowledged
+}
+
+type session struct {
+	st     *quic.Stream
+	conn   *quic.Client
+	dgram  uint64
+	broken chan struct{}
+	once   sync.Once
+	err    error
+}
+
+func (s *session) fail(err error) {
+	s.once.Do(func() {
+		s.err = err
+		close(s.broken)
+		s.st.Cancel(quic.CodeCanceled)
+	})
+}
+
+// Producer opens a producer for stream. It fetches the stream's shard count
+// and opens a produce session.
+func (c *Client) Producer(ctx context.Context, stream string, opts ProducerOptions) (*Producer, error) {
+	opts = opts.withDefaults()
+	info, err := c.Info(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	p := &Producer{
+		c: c, stream: stream, opts: opts, id: opts.ProducerID, shards: len(info.Shards),
+		wake: make(chan struct{}, 1), loopDone: make(chan struct{}),
+	}
+	if opts.NotIdempotent || opts.Datagrams {
+		p.id = 0
+	} else if p.id == 0 {
+		var b [8]byte
+		rand.Read(b[:])
+		p.id = binary.LittleEndian.Uint64(b[:]) | 1
+	}
+	p.space = sync.NewCond(&p.mu)
+	p.acc = make([]*pbatch, p.shards)
+	p.nextSeq = make([]uint64, p.shards)
+	p.inflight = make([]int, p.shards)
+	if err := p.openSession(ctx); err != nil {
+		return nil, err
+	}
+	go p.loop()
+	return p, nil
+}
+
+// ID is the producer id (0 when not idempotent).
+func (p *Producer) ID() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.id
+}
+
+// Shards is the stream's shard count.
+func (p *Producer) Shards() int { return p.shards }
+
+// Send stores rec and returns its position once it is durable.
+func (p *Producer) Send(ctx context.Context, rec Record) (Position, error) {
+	f, err := p.SendFuture(ctx, rec)
+	if err != nil {
+		return Position{}, err
+	}
+	return f.Wait(ctx)
+}
+
+// SendFuture queues rec and returns a Future for its outcome. It blocks only
+// while the producer's buffer is full.
+func (p *Producer) SendFuture(ctx context.Context, rec Record) (*Future, error) {
+	f := &Future{done: make(chan struct{})}
+	err := p.SendAsync(ctx, rec, func(pos Position, err error) {
+		f.pos, f.err = pos, err
+		close(f.done)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// SendAsync queues rec; cb runs once with its position or error, on the
+// producer's goroutine (it must not block). SendAsync blocks only while the
+// producer's buffer is full, until ctx ends. The record's byte slices must
+// not change until cb runs.
+func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, error)) error {
+	size := rec.Size()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.buffered+size > p.opts.BufferBytes && p.buffered > 0 {
+		stop := context.AfterFunc(ctx, func() {
+			p.mu.Lock()
+			p.space.Broadcast()
+			p.mu.Unlock()
+		})
+		for p.buffered+size > p.opts.BufferBytes && p.buffered > 0 && !p.closed && p.fatal == nil && ctx.Err() == nil {
+			p.space.Wait()
+		}
+		stop()
+	}
+	switch {
+	case p.closed:
+		return fmt.Errorf("sdk: producer %q: %w", p.stream, ErrClosed)
+	case p.fatal != nil:
+		return p.fatal
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	shard := p.sticky
+	if rec.Key != nil {
+		shard = record.ShardForKey(rec.Key, p.shards)
+	}
+	b := p.acc[shard]
+	if b == nil {
+		b = &pbatch{shard: shard, accepted: time.Now()}
+		p.acc[shard] = b
+	}
+	rec.Seq, rec.IngestTime, rec.Origin = 0, 0, record.Origin{}
+	b.recs = append(b.recs, rec)
+	b.cbs = append(b.cbs, cb)
+	b.bytes += size
+	p.buffered += size
+	if len(b.recs) >= p.opts.BatchRecords || b.bytes >= p.maxBatchBytes() {
+		p.seal(shard)
+	}
+	p.signal()
+	return nil
+}
+
+func (p *Producer) maxBatchBytes() int {
+	if p.opts.Datagrams {
+		return 1000 // one QUIC datagram
+	}
+	return p.opts.BatchBytes
+}
+
+// seal closes shard's open batch: it gets the shard's next producer
+// sequences and is encoded once, for every retry. Called with p.mu held.
+func (p *Producer) seal(shard int) {
+	b := p.acc[shard]
+	if b == nil {
+		return
+	}
+	p.acc[shard] = nil
+	if b.recs[0].Key == nil {
+		p.sticky = (p.sticky + 1) % p.shards
+	}
+	p.nextID++
+	b.id = p.nextID
+	b.seq = p.nextSeq[shard]
+	p.nextSeq[shard] += uint64(len(b.recs))
+	payload, err := record.AppendBatch(nil, b.recs)
+	if err != nil {
+		p.nextSeq[shard] -= uint64(len(b.recs))
+		p.complete(b, nil, fmt.Errorf("sdk: encode batch: %w", err))
+		return
+	}
+	b.payload = payload
+	p.unacked = append(p.unacked, b)
+}
+
+func (p *Producer) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Flush seals open batches and waits until every record sent before the
+// call is acknowledged or failed.
+func (p *Producer) Flush(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range p.acc {
+		p.seal(i)
+	}
+	last := p.nextID
+	p.signal()
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		p.space.Broadcast()
+		p.mu.Unlock()
+	})
+	defer stop()
+	for len(p.unacked) > 0 && p.unacked[0].id <= last && p.fatal == nil && ctx.Err() == nil {
+		p.space.Wait()
+	}
+	if p.fatal != nil {
+		return p.fatal
+	}
+	return ctx.Err()
+}
+
+// Close flushes (bounded by ctx) and ends the session. Records not
+// acknowledged by then fail with ErrClosed. Close is idempotent.
+func (p *Producer) Close(ctx context.Context) error {
+	err := p.Flush(ctx)
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.failAll(fmt.Errorf("sdk: producer %q: %w", p.stream, ErrClosed))
+	p.space.Broadcast()
+	p.signal()
+	p.mu.Unlock()
+	<-p.loopDone
+	if errors.Is(err, ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (p *Producer) openSession(ctx context.Context) error {
+	flags := quic.ProduceFlags(0)
+	if p.opts.Datagrams {
+		flags = quic.ProduceDatagrams
+	}
+	st, conn, err := p.c.open(ctx, quic.OpProduce, &quic.ProduceOpen{Stream: p.stream, ProducerID: p.id, Flags: flags})
+	if err != nil {
+		return err
+	}
+	var ready quic.ProduceReady
+	rctx, cancel := context.WithTimeout(ctx, p.c.opts.DialTimeout)
+	stop := context.AfterFunc(rctx, func() { st.Cancel(quic.CodeCanceled) })
+	err = st.Expect(quic.FrameProduceReady, &ready)
+	stop()
+	cancel()
+	if err != nil {
+		st.Cancel(quic.CodeCanceled)
+		return fmt.Errorf("sdk: produce to %q: %w", p.stream, err)
+	}
+	if int(ready.Shards) != p.shards {
+		st.Cancel(quic.CodeCanceled)
+		return fmt.Errorf("sdk: produce to %q: stream has %d shards, expected %d", p.stream, ready.Shards, p.shards)
+	}
+	s := &session{st: st, conn: conn, dgram: ready.DatagramSession, broken: make(chan struct{})}
+	p.mu.Lock()
+	p.sess = s
+	for _, b := range p.unacked {
+		b.wire = false
+	}
+	clear(p.inflight)
+	p.mu.Unlock()
+	if !p.opts.Datagrams {
+		go p.readAcks(s)
+	}
+	return nil
+}
+
+// loop seals and sends batches, and repairs the session when it breaks:
+// every unacknowledged batch is resent, in order, on a new session.
+func (p *Producer) loop() {
+	defer close(p.loopDone)
+	var linger *time.Timer
+	attempt := 0
+	for {
+		p.mu.Lock()
+		if p.closed && (len(p.unacked) == 0 || p.fatal != nil) {
+			p.failAll(fmt.Errorf("sdk: producer %q: %w", p.stream, ErrClosed))
+			if p.sess != nil {
+				p.sess.st.CloseWrite()
+				p.sess.fail(ErrClosed)
+			}
+			p.mu.Unlock()
+			return
+		}
+		s := p.sess
+		if s == nil {
+			p.expire()
+			p.mu.Unlock()
+			if p.isClosedHard() {
+				continue
+			}
+			if err := p.c.backoff(context.Background(), attempt); err != nil {
+				p.setFatal(err)
+				continue
+			}
+			attempt++
+			ctx, cancel := context.WithTimeout(context.Background(), p.c.opts.DialTimeout)
+			err := p.openSession(ctx)
+			cancel()
+			if err != nil {
+				p.c.logger.Debug("sdk: produce session failed", "stream", p.stream, "err", err)
+				if !retryable(err) {
+					p.setFatal(err)
+				}
+			}
+			continue
+		}
+		// Seal open batches when there is room to send them (or linger is
+		// over), so batches grow while the pipe is full.
+		now := time.Now()
+		var wait time.Duration = -1
+		for i, b := range p.acc {
+			if b == nil || p.inflight[i] >= p.opts.MaxInFlight {
+				continue
+			}
+			if age := now.Sub(b.accepted); age >= p.opts.Linger {
+				p.seal(i)
+			} else if w := p.opts.Linger - age; wait < 0 || w < wait {
+				wait = w
+			}
+		}
+		// Pick the batches to send: in seal order, within per-shard limits.
+		// A shard at its limit blocks only its own later batches.
+		var out []*pbatch
+		for _, b := range p.unacked {
+			if b.wire {
+				continue
+			}
+			if p.inflight[b.shard] >= p.opts.MaxInFlight {
+				continue
+			}
+			b.wire = true
+			p.inflight[b.shard]++
+			out = append(out, b)
+		}
+		p.mu.Unlock()
+
+		for _, b := range out {
+			if err := p.send(s, b); err != nil {
+				s.fail(err)
+				break
+			}
+		}
+		if len(out) > 0 {
+			continue
+		}
+		var lingerC <-chan time.Time
+		if wait >= 0 {
+			if linger == nil {
+				linger = time.NewTimer(wait)
+			} else {
+				linger.Reset(wait)
+			}
+			lingerC = linger.C
+		}
+		select {
+		case <-p.wake:
+			attempt = 0
+		case <-lingerC:
+		case <-s.broken:
+			p.mu.Lock()
+			if p.sess == s {
+				p.sess = nil
+				if s.err != nil && !errors.Is(s.err, ErrClosed) {
+					p.c.logger.Debug("sdk: produce session broken, resending unacknowledged batches",
+						"stream", p.stream, "unacked", len(p.unacked), "err", s.err)
+				}
+			}
+			p.mu.Unlock()
+		case <-time.After(time.Second):
+			// Delivery timeouts are checked even when nothing happens.
+			p.mu.Lock()
+			p.expire()
+			p.mu.Unlock()
+		}
+	}
+}
+
+func (p *Producer) isClosedHard() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed && (len(p.unacked) == 0 || p.fatal != nil)
+}
+
+func (p *Producer) setFatal(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fatal == nil {
+		p.fatal = fmt.Errorf("sdk: producer %q: %w", p.stream, err)
+	}
+	p.failAll(p.fatal)
+	p.space.Broadcast()
+}
+
+func (p *Producer) send(s *session, b *pbatch) error {
+	if p.opts.Datagrams {
+		dg := (&quic.Datagram{Session: s.dgram, Shard: int32(b.shard), Records: b.payload}).Append(nil)
+		err := s.conn.SendDatagram(dg)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.removeSent(b)
+		if err != nil {
+			p.complete(b, nil, fmt.Errorf("sdk: datagram: %w", err))
+			return nil // a lost datagram is not a broken session
+		}
+		p.complete(b, make([]Position, len(b.recs)), nil)
+		return nil
+	}
+	return s.st.Send(quic.FrameBatch, &quic.Batch{ID: b.id, Shard: int32(b.shard), ProducerSeq: b.seq, Records: b.payload})
+}
+
+// readAcks matches ACK frames to sent batches (the hub acknowledges in
+// arrival order) and completes them.
+func (p *Producer) readAcks(s *session) {
+	for {
+		var ack quic.Ack
+		if err := s.st.Expect(quic.FrameAck, &ack); err != nil {
+			s.fail(err)
+			p.signal()
+			return
+		}
+		p.mu.Lock()
+		if p.sess != s {
+			p.mu.Unlock()
+			return
+		}
+		var b *pbatch
+		for _, u := range p.unacked {
+			if u.wire && u.id == ack.ID {
+				b = u
+				break
+			}
+		}
+		if b == nil {
+			p.mu.Unlock()
+			s.fail(quic.Errorf(quic.CodeProtocol, "ACK for unknown batch %d", ack.ID))
+			return
+		}
+		err := ack.Err()
+		switch {
+		case err == nil:
+			pos, perr := positions(b, &ack)
+			p.removeSent(b)
+			p.complete(b, pos, perr)
+		case quic.CodeOf(err) == quic.CodeDuplicateTooOld:
+			// Stored before; the hub no longer knows where.
+			p.removeSent(b)
+			p.complete(b, make([]Position, len(b.recs)), nil)
+		case quic.CodeOf(err).Retryable() || quic.CodeOf(err) == quic.CodeSequenceGap:
+			// Resend everything unacknowledged on a new session.
+			p.mu.Unlock()
+			s.fail(err)
+			p.signal()
+			return
+		case p.id == 0:
+			// Refused for good; without sequences the others are
+			// unaffected.
+			p.removeSent(b)
+			p.complete(b, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, err))
+		default:
+			// Refused for good. Later batches of the shard were numbered
+			// after it and will be refused as a gap: renumber them and
+			// resend on a new session.
+			p.removeSent(b)
+			n := uint64(len(b.recs))
+			for _, u := range p.unacked {
+				if u.shard == b.shard && u.seq > b.seq {
+					u.seq -= n
+				}
+			}
+			p.nextSeq[b.shard] -= n
+			p.complete(b, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, err))
+			p.mu.Unlock()
+			s.fail(err)
+			p.signal()
+			return
+		}
+		p.mu.Unlock()
+		p.signal()
+	}
+}
+
+func positions(b *pbatch, ack *quic.Ack) ([]Position, error) {
+	pos := make([]Position, 0, len(b.recs))
+	for _, r := range ack.Runs {
+		for i := range r.Count {
+			seq := r.FirstSeq
+			if seq != 0 {
+				seq += uint64(i)
+			}
+			pos = append(pos, Position{Shard: int(r.Shard), Seq: seq, Duplicate: ack.Duplicate})
+		}
+	}
+	if len(pos) != len(b.recs) {
+		return nil, fmt.Errorf("sdk: ACK for batch %d covers %d records, sent %d", b.id, len(pos), len(b.recs))
+	}
+	return pos, nil
+}
+
+// removeSent drops an acknowledged batch. Called with p.mu held.
+func (p *Producer) removeSent(b *pbatch) {
+	p.inflight[b.shard]--
+	b.wire = false
+	p.removeUnacked(b)
+}
+
+func (p *Producer) removeUnacked(b *pbatch) {
+	for i, u := range p.unacked {
+		if u == b {
+			p.unacked = append(p.unacked[:i], p.unacked[i+1:]...)
+			return
+		}
+	}
+}
+
+// complete runs b's callbacks and frees its buffer share. Called with p.mu
+// held; callbacks must not call back into the producer's locking methods.
+func (p *Producer) complete(b *pbatch, pos []Position, err error) {
+	for i, cb := range b.cbs {
+		if err != nil {
+			cb(Position{}, err)
+		} else {
+			cb(pos[i], nil)
+		}
+	}
+	p.buffered -= b.bytes
+	b.cbs, b.recs = nil, nil
+	p.space.Broadcast()
+}
+
+// expire fails every unacknowledged batch once the oldest is past the
+// delivery timeout. Called with p.mu held while no session is open. The
+// failed batches may or may not have been stored (their acks were lost), so
+// an idempotent producer continues under a new id: reusing the old
+// sequences could make the hub take new records for old ones.
+func (p *Producer) expire() {
+	if p.sess != nil || len(p.unacked) == 0 || time.Since(p.unacked[0].accepted) < p.opts.DeliveryTimeout {
+		return
+	}
+	err := fmt.Errorf("sdk: produce to %q: %w", p.stream, ErrDeliveryTimeout)
+	for _, b := range p.unacked {
+		p.complete(b, nil, err)
+	}
+	p.unacked = nil
+	if p.id != 0 {
+		var b [8]byte
+		rand.Read(b[:])
+		p.id = binary.LittleEndian.Uint64(b[:]) | 1
+		clear(p.nextSeq)
+	}
+}
+
+// failAll fails every queued record. Called with p.mu held.
+func (p *Producer) failAll(err error) {
+	for _, b := range p.unacked {
+		p.complete(b, nil, err)
+	}
+	p.unacked = nil
+	for i, b := range p.acc {
+		if b != nil {
+			p.complete(b, nil, err)
+			p.acc[i] = nil
+		}
+	}
+}
