@@ -98,10 +98,13 @@ type Definition struct {
 	BackoffMin  time.Duration `json:"backoff_min"`
 	BackoffMax  time.Duration `json:"backoff_max"`
 
-	MemoryPages   uint32        `json:"memory_pages"`
-	CallTimeout   time.Duration `json:"call_timeout"`
-	BatchRecords  int           `json:"batch_records"`
-	BatchBytes    int           `json:"batch_bytes"`
+	MemoryPages  uint32        `json:"memory_pages"`
+	CallTimeout  time.Duration `json:"call_timeout"`
+	BatchRecords int           `json:"batch_records"`
+	BatchBytes   int           `json:"batch_bytes"`
+	// MaxWait is how long a runner lets a partial batch fill before calling
+	// the plugin: latency traded for fewer commits under a trickle.
+	MaxWait       time.Duration `json:"max_wait"`
 	TimerInterval time.Duration `json:"timer_interval"`
 
 	// Set by the manager.
@@ -119,6 +122,7 @@ const (
 	DefaultBatchRecords  = 1000
 	DefaultBatchBytes    = 1 << 20
 	DefaultTimerInterval = time.Second
+	DefaultMaxWait       = 10 * time.Millisecond
 	DefaultBackoffMin    = 100 * time.Millisecond
 	DefaultBackoffMax    = 30 * time.Second
 )
@@ -155,6 +159,9 @@ func (d Definition) WithDefaults() Definition {
 	}
 	if d.TimerInterval == 0 {
 		d.TimerInterval = DefaultTimerInterval
+	}
+	if d.MaxWait == 0 {
+		d.MaxWait = DefaultMaxWait
 	}
 	return d
 }
@@ -231,6 +238,9 @@ func (d Definition) Validate() error {
 	}
 	if d.BatchBytes < 1024 || d.BatchBytes > 64<<20 {
 		add("batch_bytes %d outside 1KiB..64MiB", d.BatchBytes)
+	}
+	if d.MaxWait < 0 || d.MaxWait > time.Minute {
+		add("max_wait %s outside 0..1m", d.MaxWait)
 	}
 	if d.TimerInterval < 10*time.Millisecond {
 		add("timer_interval %s is below 10ms", d.TimerInterval)

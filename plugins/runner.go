@@ -91,6 +91,8 @@ type runner struct {
 	batch     []byte
 	in        []wasmhost.InputRecord
 	hdrs      []wasmhost.Header
+	maxRecord int              // the store's record size limit
+	now       func() time.Time // the hub's wall clock
 
 	stats runnerStats
 }
@@ -112,6 +114,8 @@ func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *
 		originHub: OriginHub(m.cfg.HubName, def.Name, in.Name()),
 		delta:     newDelta(),
 		outIdx:    map[string]int{},
+		maxRecord: m.st.Config().MaxRecordBytes,
+		now:       m.now,
 	}
 	r.timerHub = r.originHub + "/timer"
 	for _, name := range append(append([]string(nil), def.Outputs...), def.DeadLetter) {
@@ -146,6 +150,33 @@ func (r *runner) run(ctx context.Context) {
 		tick = t.C
 	}
 	for ctx.Err() == nil {
+		_, last, err := r.input.Bounds(r.shard)
+		if err != nil {
+			if !r.storeTrouble(ctx, "read input", err) {
+				return
+			}
+			continue
+		}
+		if last < r.cp.Next {
+			// Caught up: sleep until a commit to the shard (or a tick).
+			ch := r.input.Changed(r.shard)
+			if _, last, _ := r.input.Bounds(r.shard); last >= r.cp.Next {
+				continue
+			}
+			select {
+			case <-ch:
+			case <-tick:
+				if !r.fireTimer(ctx, r.now().UnixNano()) {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		if last-r.cp.Next+1 < uint64(r.def.BatchRecords) && !r.linger(ctx) {
+			return
+		}
 		recs, err := r.input.Read(r.shard, r.cp.Next, store.ReadOptions{MaxRecords: r.def.BatchRecords, MaxBytes: r.def.BatchBytes})
 		if err != nil {
 			if !r.storeTrouble(ctx, "read input", err) {
@@ -154,19 +185,6 @@ func (r *runner) run(ctx context.Context) {
 			continue
 		}
 		if len(recs) == 0 {
-			ch := r.input.Changed(r.shard)
-			if _, last, _ := r.input.Bounds(r.shard); last >= r.cp.Next {
-				continue
-			}
-			select {
-			case <-ch:
-			case <-tick:
-				if !r.fireTimer(ctx, r.m.now().UnixNano()) {
-					return
-				}
-			case <-ctx.Done():
-				return
-			}
 			continue
 		}
 		if first := recs[0].Seq; first > r.cp.Next {
@@ -180,10 +198,34 @@ func (r *runner) run(ctx context.Context) {
 		}
 		select {
 		case <-tick:
-			if !r.fireTimer(ctx, r.m.now().UnixNano()) {
+			if !r.fireTimer(ctx, r.now().UnixNano()) {
 				return
 			}
 		default:
+		}
+	}
+}
+
+// linger waits up to MaxWait for a partial batch to fill, so that under a
+// steady trickle each commit (two fsyncs: outputs, then checkpoint) covers
+// many records instead of one producer batch. It returns false when ctx ends.
+func (r *runner) linger(ctx context.Context) bool {
+	if r.def.MaxWait <= 0 {
+		return true
+	}
+	t := time.NewTimer(r.def.MaxWait)
+	defer t.Stop()
+	for {
+		ch := r.input.Changed(r.shard)
+		if _, last, _ := r.input.Bounds(r.shard); last+1-r.cp.Next >= uint64(r.def.BatchRecords) {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
 		}
 	}
 }
@@ -364,6 +406,10 @@ func (r *runner) closeInstance() {
 
 // callBatch calls eh_on_batch; effects collect in r.delta and r.outs.
 func (r *runner) callBatch(ctx context.Context, recs []record.Record) error {
+	return r.callBatchNamed(ctx, r.input.Name(), recs)
+}
+
+func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record.Record) error {
 	r.kind = kindBatch
 	r.seqs = r.seqs[:0]
 	r.in = r.in[:0]
@@ -378,7 +424,7 @@ func (r *runner) callBatch(ctx context.Context, recs []record.Record) error {
 		r.in = append(r.in, wasmhost.InputRecord{Seq: rec.Seq, IngestTime: rec.IngestTime, Time: rec.Time,
 			Key: rec.Key, Value: rec.Value, Headers: r.hdrs[start:len(r.hdrs):len(r.hdrs)]})
 	}
-	r.batch = wasmhost.AppendBatch(r.batch[:0], r.input.Name(), uint32(r.shard), r.in)
+	r.batch = wasmhost.AppendBatch(r.batch[:0], input, uint32(r.shard), r.in)
 	t0 := time.Now()
 	err := r.inst.OnBatch(ctx, r.batch, len(recs))
 	r.afterCall(t0)
@@ -610,8 +656,8 @@ func (r *runner) Emit(stream []byte, rec wasmhost.OutputRecord, input, index int
 	} else {
 		out.Origin = record.Origin{Hub: r.originHub, Shard: uint32(r.shard), Seq: r.seqs[input]<<16 | uint64(index)}
 	}
-	if max := r.m.st.Config().MaxRecordBytes; out.Size() > max {
-		return fmt.Errorf("%w: output of %d bytes exceeds the store's record limit %d", wasmhost.ErrABI, out.Size(), max)
+	if out.Size() > r.maxRecord {
+		return fmt.Errorf("%w: output of %d bytes exceeds the store's record limit %d", wasmhost.ErrABI, out.Size(), r.maxRecord)
 	}
 	o := r.outs[i]
 	o.recs = append(o.recs, out)
@@ -642,6 +688,9 @@ func (r *runner) copy(b []byte) []byte {
 }
 
 func (r *runner) stateBucket() *bolt.Bucket {
+	if r.m == nil {
+		return nil // HostBenchmark: state lives in the delta only
+	}
 	if r.tx == nil {
 		tx, err := r.m.db.Begin(false)
 		if err != nil {
@@ -737,11 +786,15 @@ func (r *runner) StateNext(prefix, after []byte) ([]byte, bool, error) {
 // hub's logger within the rate limit.
 func (r *runner) Log(level wasmhost.Level, msg []byte) {
 	s := string(msg)
-	r.p.logs.add(Level(level), r.input.Name(), r.shard, s)
+	input := ""
+	if r.input != nil {
+		input = r.input.Name()
+	}
+	r.p.logs.add(Level(level), input, r.shard, s)
 	if r.p.lim.allow(time.Now()) {
 		r.logger.Log(context.Background(), slog.Level(4*(int(level)-1)), "guest: "+s)
 	}
 }
 
 // Now is the hub's wall clock.
-func (r *runner) Now() int64 { return r.m.now().UnixNano() }
+func (r *runner) Now() int64 { return r.now().UnixNano() }

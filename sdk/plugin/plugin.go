@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -414,18 +415,27 @@ func decodeConfig(b []byte) (Config, error) {
 	return cfg, nil
 }
 
+// appendOutput appends the ABI v1 output encoding of o. It sizes dst once and
+// writes fields in place: on wasm every append's capacity check costs.
 func appendOutput(dst []byte, o *Output) []byte {
-	dst = binary.LittleEndian.AppendUint64(dst, uint64(o.Time))
-	dst = binary.LittleEndian.AppendUint32(dst, nullLen(o.Key))
-	dst = binary.LittleEndian.AppendUint32(dst, nullLen(o.Value))
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(o.Headers)))
-	dst = append(dst, o.Key...)
-	dst = append(dst, o.Value...)
+	n := 20 + len(o.Key) + len(o.Value)
 	for _, h := range o.Headers {
-		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(h.Key)))
-		dst = append(dst, h.Key...)
-		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(h.Value)))
-		dst = append(dst, h.Value...)
+		n += 8 + len(h.Key) + len(h.Value)
+	}
+	at := len(dst)
+	dst = slices.Grow(dst, n)[:at+n]
+	b := dst[at:]
+	binary.LittleEndian.PutUint64(b, uint64(o.Time))
+	binary.LittleEndian.PutUint32(b[8:], nullLen(o.Key))
+	binary.LittleEndian.PutUint32(b[12:], nullLen(o.Value))
+	binary.LittleEndian.PutUint32(b[16:], uint32(len(o.Headers)))
+	i := 20 + copy(b[20:], o.Key)
+	i += copy(b[i:], o.Value)
+	for _, h := range o.Headers {
+		binary.LittleEndian.PutUint32(b[i:], uint32(len(h.Key)))
+		i += 4 + copy(b[i+4:], h.Key)
+		binary.LittleEndian.PutUint32(b[i:], uint32(len(h.Value)))
+		i += 4 + copy(b[i+4:], h.Value)
 	}
 	return dst
 }

@@ -1,0 +1,639 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/plugins"
+	"github.com/edgehub/edgehub/store"
+)
+
+func init() {
+	register("plugin", "deploy, list, describe, pause, resume and delete Wasm plugins", func(ctx context.Context, args []string) error {
+		return subcommand("plugin", ctx, args, map[string]func(context.Context, []string) error{
+			"deploy":   pluginDeploy,
+			"list":     pluginList,
+			"ls":       pluginList,
+			"describe": pluginDescribe,
+			"logs":     pluginLogs,
+			"pause":    pluginPause,
+			"resume":   pluginResume,
+			"delete":   pluginDelete,
+			"bench":    pluginBench,
+		}, [][2]string{
+			{"deploy FILE.wasm --name NAME --input STREAM", "deploy a plugin, or upgrade it in place (state and checkpoints are kept)"},
+			{"list", "list plugins with their status, lag and counters"},
+			{"describe NAME", "show a plugin's settings, state size and per-shard checkpoints, lag and errors"},
+			{"logs NAME", "print a plugin's recent log lines (guest logs, errors, dead letters)"},
+			{"pause NAME", "stop a plugin; it keeps its place"},
+			{"resume NAME", "start a paused plugin from its checkpoint"},
+			{"delete NAME", "delete a plugin with its state and checkpoints (its output streams stay)"},
+			{"bench FILE.wasm", "measure a plugin's throughput through the host, in this process"},
+		})
+	})
+}
+
+// multiFlag collects a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// loadManifest reads a plugin manifest: the keys of a hub.toml [[plugin]]
+// element, at the top level of the file, decoded strictly.
+func loadManifest(path string) (hub.PluginConfig, error) {
+	var pc hub.PluginConfig
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return pc, err
+	}
+	md, err := toml.Decode(string(data), &pc)
+	if err != nil {
+		return pc, fmt.Errorf("manifest %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return pc, fmt.Errorf("manifest %s: unknown keys %s", path, strings.Join(keys, ", "))
+	}
+	if pc.Module != "" && !filepath.IsAbs(pc.Module) {
+		pc.Module = filepath.Join(filepath.Dir(path), pc.Module)
+	}
+	return pc, nil
+}
+
+func pluginDeploy(ctx context.Context, args []string) error {
+	fs := newFlags("plugin deploy", "plugin deploy FILE.wasm --name NAME --input STREAM [--output STREAM]... [--config KEY=VALUE]... [--from earliest|latest] [--manifest FILE.toml]")
+	admin := adminFlag(fs)
+	name := fs.String("name", "", "plugin `NAME`")
+	var inputs, outputs, configs multiFlag
+	fs.Var(&inputs, "input", "input `STREAM` (repeatable)")
+	fs.Var(&outputs, "output", "output `STREAM` the plugin may emit to (repeatable); created if missing")
+	fs.Var(&configs, "config", "`KEY=VALUE` passed to the plugin's init (repeatable)")
+	from := fs.String("from", "", "where a new plugin starts: earliest or latest (default latest)")
+	manifest := fs.String("manifest", "", "TOML `FILE` with the keys of a hub.toml [[plugin]] (flags override it)")
+	onError := fs.String("on-error", "", "error `POLICY`: retry, dead-letter or pause (default retry, or dead-letter with --dead-letter)")
+	deadLetter := fs.String("dead-letter", "", "dead-letter `STREAM` for records the plugin fails on")
+	maxAttempts := fs.Int("max-attempts", 0, "with retry: pause after `N` failed attempts (0 = retry forever)")
+	memory := fs.String("memory", "", "linear memory cap `SIZE` per instance (default 16MiB)")
+	fs.String("call-timeout", "", "deadline per call `DURATION` (default 5s)")
+	batch := fs.Int("batch", 0, "max records per call `N` (default 1000)")
+	fs.String("timer-interval", "", "timer period `DURATION` (default 1s)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	var pc hub.PluginConfig
+	if *manifest != "" {
+		if pc, err = loadManifest(*manifest); err != nil {
+			return usagef("%v", err)
+		}
+	}
+	switch {
+	case len(pos) == 1:
+		pc.Module = pos[0]
+	case len(pos) > 1:
+		return usagef("want one FILE.wasm, got %d arguments", len(pos))
+	case pc.Module == "":
+		return usagef("missing FILE.wasm (or module in the manifest)")
+	}
+	var errs []error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "name":
+			pc.Name = *name
+		case "input":
+			pc.Inputs = inputs
+		case "output":
+			pc.Outputs = outputs
+		case "config":
+			if pc.Config == nil {
+				pc.Config = hub.PluginParams{}
+			}
+			for _, kv := range configs {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					errs = append(errs, usagef("--config %q: want KEY=VALUE", kv))
+					continue
+				}
+				pc.Config[k] = v
+			}
+		case "from":
+			pc.Start = *from
+		case "on-error":
+			pc.OnError = *onError
+		case "dead-letter":
+			pc.DeadLetter = *deadLetter
+		case "max-attempts":
+			pc.MaxAttempts = *maxAttempts
+		case "memory":
+			n, err := hub.ParseSize(*memory)
+			if err != nil {
+				errs = append(errs, usagef("--memory: %v", err))
+			}
+			pc.Memory = n
+		case "call-timeout", "timer-interval":
+			d, err := hub.ParseDuration(f.Value.String())
+			if err != nil {
+				errs = append(errs, usagef("--%s: %v", f.Name, err))
+			} else if f.Name == "call-timeout" {
+				pc.CallTimeout = d
+			} else {
+				pc.TimerInterval = d
+			}
+		case "batch":
+			pc.BatchRecords = *batch
+		}
+	})
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	if pc.Name == "" {
+		return usagef("--name is required")
+	}
+	if len(pc.Inputs) == 0 {
+		return usagef("--input is required")
+	}
+	wasm, err := os.ReadFile(pc.Module)
+	if err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var info plugins.Info
+	if err := c.deployPlugin(ctx, pc, wasm, &info); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, info)
+	}
+	verb := "deployed"
+	if info.Version > 1 {
+		verb = "upgraded"
+	}
+	fmt.Fprintf(stdout, "plugin %s %s: version %d, sha256 %s, %d shard runner%s\n",
+		info.Name, verb, info.Version, info.SHA256[:12], len(info.Shards), plural(len(info.Shards)))
+	return nil
+}
+
+// deployPlugin posts the multipart deploy request.
+func (c *adminClient) deployPlugin(ctx context.Context, pc hub.PluginConfig, wasm []byte, out any) error {
+	pc.Module = ""
+	def, err := json.Marshal(pc)
+	if err != nil {
+		return err
+	}
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	dw, err := mw.CreateFormField("definition")
+	if err != nil {
+		return err
+	}
+	dw.Write(def)
+	fw, err := mw.CreateFormFile("module", "module.wasm")
+	if err != nil {
+		return err
+	}
+	fw.Write(wasm)
+	if err := mw.Close(); err != nil {
+		return err
+	}
+	u := c.base.String() + "/v1/plugins"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, &body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("cannot reach the hub admin API at %s (is `hub serve` running? set --admin or HUB_ADMIN): %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", u, err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb hub.ErrorBody
+		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
+			return &apiError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		}
+		return &apiError{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(data))}
+	}
+	return json.Unmarshal(data, out)
+}
+
+func pluginList(ctx context.Context, args []string) error {
+	fs := newFlags("plugin list", "plugin list [--json]")
+	admin := adminFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, ""); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var infos []plugins.Info
+	if err := c.get(ctx, "/v1/plugins", &infos); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, infos)
+	}
+	tw := newTable(stdout)
+	fmt.Fprintln(tw, "NAME\tVERSION\tSTATUS\tINPUTS\tOUTPUTS\tIN\tOUT\tLAG\tERRORS\tDEAD\tSTATE")
+	for _, i := range infos {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", i.Name, i.Version, i.Status,
+			strings.Join(i.Inputs, ","), orDash(strings.Join(i.Outputs, ","), len(i.Outputs) == 0),
+			i.RecordsIn, i.RecordsOut, i.Lag, i.Errors, i.DeadLettered, humanBytes(i.StateBytes))
+	}
+	return tw.Flush()
+}
+
+func pluginDescribe(ctx context.Context, args []string) error {
+	fs := newFlags("plugin describe", "plugin describe NAME [--json]")
+	admin := adminFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var i plugins.Info
+	if err := c.get(ctx, "/v1/plugins/"+url.PathEscape(pos[0]), &i); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, i)
+	}
+	tw := newTable(stdout)
+	fmt.Fprintf(tw, "Name:\t%s\n", i.Name)
+	fmt.Fprintf(tw, "Status:\t%s\n", i.Status)
+	if i.Paused {
+		fmt.Fprintf(tw, "Pause reason:\t%s\n", i.PauseReason)
+	}
+	fmt.Fprintf(tw, "Version:\t%d (sha256 %s, %s)\n", i.Version, i.SHA256, humanBytes(int64(i.ModuleSize)))
+	fmt.Fprintf(tw, "Deployed:\t%s, updated %s\n", i.Created.Local().Format(time.RFC3339), i.Updated.Local().Format(time.RFC3339))
+	fmt.Fprintf(tw, "Inputs:\t%s (start %s)\n", strings.Join(i.Inputs, ", "), i.Start)
+	fmt.Fprintf(tw, "Outputs:\t%s\n", orDash(strings.Join(i.Outputs, ", "), len(i.Outputs) == 0))
+	policy := string(i.OnError)
+	if i.DeadLetter != "" {
+		policy += " → " + i.DeadLetter
+	}
+	if i.MaxAttempts > 0 {
+		policy += fmt.Sprintf(" (max %d attempts)", i.MaxAttempts)
+	}
+	fmt.Fprintf(tw, "On error:\t%s, backoff %s..%s\n", policy, i.BackoffMin, i.BackoffMax)
+	fmt.Fprintf(tw, "Limits:\t%s memory, %s per call, %d records / %s per batch, timer every %s\n",
+		humanBytes(int64(i.MemoryPages)*65536), i.CallTimeout, i.BatchRecords, humanBytes(int64(i.BatchBytes)), i.TimerInterval)
+	for k, v := range i.Config {
+		fmt.Fprintf(tw, "Config %s:\t%s\n", k, v)
+	}
+	fmt.Fprintf(tw, "Records:\t%d in, %d out, %d dead-lettered, %d lag\n", i.RecordsIn, i.RecordsOut, i.DeadLettered, i.Lag)
+	fmt.Fprintf(tw, "State:\t%s in %d keys\n", humanBytes(i.StateBytes), i.StateKeys)
+	fmt.Fprintf(tw, "Memory:\t%s\n", humanBytes(i.MemoryBytes))
+	fmt.Fprintf(tw, "Errors:\t%d\n", i.Errors)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	tw = newTable(stdout)
+	fmt.Fprintln(tw, "INPUT\tSHARD\tCHECKPOINT\tLAST SEQ\tLAG\tIN\tOUT\tDEAD\tSTATE\tKEYS\tCALLS\tTIME/CALL\tERRORS\tRESTARTS\tMEMORY")
+	for _, s := range i.Shards {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%s\t%d\t%d\t%s\n", s.Input, s.Shard, s.Checkpoint, s.LastSeq,
+			s.Lag, s.RecordsIn, s.RecordsOut, s.DeadLettered, humanBytes(s.StateBytes), s.StateKeys, s.Calls, s.CallTime,
+			s.Errors, s.Restarts, humanBytes(s.MemoryBytes))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, s := range i.Shards {
+		if s.LastError != "" {
+			fmt.Fprintf(stdout, "\nLast error on %s/%d at %s:\n  %s\n", s.Input, s.Shard, s.LastErrorAt.Local().Format(time.RFC3339), s.LastError)
+		}
+	}
+	return nil
+}
+
+func pluginLogs(ctx context.Context, args []string) error {
+	fs := newFlags("plugin logs", "plugin logs NAME [-n N] [--follow]")
+	admin := adminFlag(fs)
+	n := fs.Int("n", 100, "print the last `N` lines (0 = all the hub keeps)")
+	follow := fs.Bool("follow", false, "keep printing new lines")
+	asJSON := fs.Bool("json", false, "print JSON lines")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var last time.Time
+	printed := map[string]bool{} // lines of the last timestamp already printed
+	count := *n
+	for {
+		var lines []plugins.LogLine
+		if err := c.get(ctx, fmt.Sprintf("/v1/plugins/%s/logs?n=%d", url.PathEscape(pos[0]), count), &lines); err != nil {
+			return err
+		}
+		for _, l := range lines {
+			id := l.Time.String() + l.Message
+			if l.Time.Before(last) || (l.Time.Equal(last) && printed[id]) {
+				continue
+			}
+			if l.Time.After(last) {
+				last = l.Time
+				clear(printed)
+			}
+			printed[id] = true
+			if *asJSON {
+				json.NewEncoder(stdout).Encode(l)
+				continue
+			}
+			where := ""
+			if l.Shard >= 0 {
+				where = fmt.Sprintf(" %s/%d", l.Input, l.Shard)
+			}
+			fmt.Fprintf(stdout, "%s %-5s%s %s\n", l.Time.Local().Format("2006-01-02T15:04:05.000"), l.Level, where, l.Message)
+		}
+		if !*follow {
+			return nil
+		}
+		count = 0
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func pluginPause(ctx context.Context, args []string) error {
+	fs := newFlags("plugin pause", "plugin pause NAME [--reason TEXT]")
+	admin := adminFlag(fs)
+	reason := fs.String("reason", "", "why (shown by describe)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var info plugins.Info
+	if err := c.post(ctx, "/v1/plugins/"+url.PathEscape(pos[0])+"/pause", hub.PauseRequest{Reason: *reason}, &info); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "plugin %s paused\n", info.Name)
+	return nil
+}
+
+func pluginResume(ctx context.Context, args []string) error {
+	fs := newFlags("plugin resume", "plugin resume NAME")
+	admin := adminFlag(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	var info plugins.Info
+	if err := c.post(ctx, "/v1/plugins/"+url.PathEscape(pos[0])+"/resume", nil, &info); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "plugin %s resumed (%d lag)\n", info.Name, info.Lag)
+	return nil
+}
+
+func pluginDelete(ctx context.Context, args []string) error {
+	fs := newFlags("plugin delete", "plugin delete NAME")
+	admin := adminFlag(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
+		return err
+	}
+	c, err := newAdminClient(*admin)
+	if err != nil {
+		return err
+	}
+	if err := c.del(ctx, "/v1/plugins/"+url.PathEscape(pos[0])); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "plugin %s deleted\n", pos[0])
+	return nil
+}
+
+func pluginBench(ctx context.Context, args []string) error {
+	fs := newFlags("plugin bench", "plugin bench FILE.wasm [--config KEY=VALUE]... [--output STREAM] [--records N] [--batch N] [--value-size BYTES] [--ingest] [--plugins N]")
+	var configs multiFlag
+	fs.Var(&configs, "config", "`KEY=VALUE` passed to the plugin's init (repeatable)")
+	output := fs.String("output", "out", "output `STREAM` the plugin emits to")
+	records := fs.Int("records", 1_000_000, "input `N` records")
+	batch := fs.Int("batch", 1000, "records per call")
+	valueSize := fs.Int("value-size", 128, "value `BYTES` per record")
+	ingest := fs.Bool("ingest", false, "also measure ingest into a real store (temp dir) without and with plugins attached")
+	nPlugins := fs.Int("plugins", 3, "plugins attached for --ingest")
+	producers := fs.Int("producers", 4, "concurrent producers for --ingest")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "FILE.wasm"); err != nil {
+		return err
+	}
+	if *records < 1 || *batch < 1 || *valueSize < 0 || *producers < 1 || *nPlugins < 0 {
+		return usagef("--records, --batch and --producers must be positive")
+	}
+	wasm, err := os.ReadFile(pos[0])
+	if err != nil {
+		return err
+	}
+	cfg := map[string]string{"output": *output}
+	for _, kv := range configs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return usagef("--config %q: want KEY=VALUE", kv)
+		}
+		cfg[k] = v
+	}
+	def := plugins.Definition{Name: "bench", Inputs: []string{"in"}, Outputs: []string{*output}, Config: cfg, BatchRecords: *batch}
+	recs := benchRecords(*batch, *valueSize)
+	rounds := (*records + *batch - 1) / *batch
+	res, err := plugins.HostBenchmark(ctx, wasm, def, recs, rounds)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "host:   %d records in %s: %.0f records/s (%.0f ns/record), %d outputs, %d calls, instance memory %s\n",
+		res.Records, res.Elapsed.Round(time.Millisecond), res.PerSecond(), float64(res.Elapsed.Nanoseconds())/float64(res.Records),
+		res.Outputs, res.Calls, humanBytes(int64(res.MemoryBytes)))
+	if !*ingest {
+		return nil
+	}
+	return benchIngest(ctx, wasm, def, *records, *valueSize, *producers, *nPlugins)
+}
+
+func benchRecords(n, valueSize int) []record.Record {
+	val := make([]byte, valueSize)
+	for i := range val {
+		val[i] = 'a' + byte(i%26)
+	}
+	recs := make([]record.Record, n)
+	for i := range recs {
+		recs[i] = record.Record{Seq: uint64(i + 1), Key: []byte(fmt.Sprintf("key-%06d", i)), Value: val, Time: time.Now().UnixNano()}
+	}
+	return recs
+}
+
+// benchIngest measures ingest into a fresh store without plugins, then with
+// n copies of the plugin attached, and how long the plugins take to catch up.
+func benchIngest(ctx context.Context, wasm []byte, def plugins.Definition, records, valueSize, producers, n int) error {
+	dir, err := os.MkdirTemp("", "hub-plugin-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	scfg := store.DefaultConfig(dir)
+	scfg.Logger = quiet
+	st, err := store.Open(scfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	pcfg := plugins.DefaultConfig(dir)
+	pcfg.Store, pcfg.Logger = st, quiet
+	m, err := plugins.New(pcfg)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go m.Run(rctx)
+
+	produce := func(stream string) (time.Duration, error) {
+		s, err := st.CreateStream(ctx, store.StreamConfig{Name: stream, Shards: 4})
+		if err != nil {
+			return 0, err
+		}
+		per := 100
+		recs := benchRecords(per, valueSize)
+		var wg sync.WaitGroup
+		errc := make(chan error, producers)
+		t0 := time.Now()
+		for p := 0; p < producers; p++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := p * per; i < records; i += producers * per {
+					if _, err := s.Append(ctx, store.Batch{Shard: -1, Records: recs[:min(per, records-i)]}); err != nil {
+						errc <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errc)
+		return time.Since(t0), <-errc
+	}
+	base, err := produce("base")
+	if err != nil {
+		return err
+	}
+	rate := func(d time.Duration) float64 { return float64(records) / d.Seconds() }
+	fmt.Fprintf(stdout, "ingest without plugins: %d records of %d bytes, %d producers: %.0f records/s\n", records, valueSize, producers, rate(base))
+	if _, err := st.CreateStream(ctx, store.StreamConfig{Name: "in", Shards: 4}); err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		d := def
+		d.Name = fmt.Sprintf("bench%d", i)
+		d.Outputs = []string{fmt.Sprintf("out%d", i)}
+		d.Config = map[string]string{}
+		for k, v := range def.Config {
+			d.Config[k] = v
+		}
+		d.Config["output"] = d.Outputs[0]
+		d.Start = plugins.StartEarliest
+		if _, err := m.Deploy(ctx, d, wasm); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	with, err := produce("in")
+	if err != nil {
+		return err
+	}
+	for {
+		caught := true
+		for _, info := range m.List() {
+			if info.Lag > 0 || info.RecordsIn < uint64(records) {
+				caught = false
+			}
+		}
+		if caught {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	all := time.Since(t0)
+	fmt.Fprintf(stdout, "ingest with %d plugins attached: %.0f records/s (%.0f%% of ingest without plugins)\n", n, rate(with), 100*rate(with)/rate(base))
+	fmt.Fprintf(stdout, "plugins caught up %s after ingest started: %.0f records/s per plugin through the store\n", all.Round(time.Millisecond), rate(all))
+	return nil
+}

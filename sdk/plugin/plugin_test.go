@@ -1,0 +1,187 @@
+package plugin
+
+import (
+	"encoding/binary"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// encodeBatch is the ABI v1 batch encoding (see docs/plugin-abi.md),
+// written independently of the host's encoder on purpose.
+func encodeBatch(stream string, shard uint32, recs []Record, extraHeader, extraPerRecord int) []byte {
+	le := binary.LittleEndian
+	b := le.AppendUint32(nil, uint32(16+len(stream)+extraHeader))
+	b = le.AppendUint32(b, uint32(len(recs)))
+	b = le.AppendUint32(b, shard)
+	b = le.AppendUint32(b, uint32(len(stream)))
+	b = append(b, stream...)
+	b = append(b, make([]byte, extraHeader)...)
+	for _, r := range recs {
+		var body []byte
+		body = le.AppendUint64(body, r.Seq)
+		body = le.AppendUint64(body, uint64(r.IngestTime))
+		body = appendOutput(body, &Output{Key: r.Key, Value: r.Value, Headers: r.Headers, Time: r.Time})
+		body = append(body, make([]byte, extraPerRecord)...)
+		b = le.AppendUint32(b, uint32(len(body)))
+		b = append(b, body...)
+	}
+	return b
+}
+
+func encodeConfig(kv ...string) []byte {
+	le := binary.LittleEndian
+	b := le.AppendUint32(nil, uint32(len(kv)/2))
+	for _, s := range kv {
+		b = le.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+func resetNative(t *testing.T) {
+	t.Helper()
+	native.Lock()
+	native.state = map[string][]byte{}
+	native.emitted = nil
+	native.logs = nil
+	native.Unlock()
+	t.Cleanup(func() { initFn, recordFn, batchFn, timerFn = nil, nil, nil, nil })
+}
+
+func TestDecodeBatch(t *testing.T) {
+	recs := []Record{
+		{Seq: 7, IngestTime: 70, Time: 700, Key: []byte("k"), Value: []byte("v"), Headers: []Header{{Key: "a", Value: []byte("1")}}},
+		{Seq: 8, Key: nil, Value: nil},
+		{Seq: 9, Key: []byte{}, Value: []byte{}},
+	}
+	tests := []struct {
+		name                  string
+		extraHdr, extraRecord int
+	}{
+		{name: "v1"},
+		{name: "newer host adds fields", extraHdr: 8, extraRecord: 12},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decodeBatch(encodeBatch("in", 3, recs, tt.extraHdr, tt.extraRecord), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(recs) {
+				t.Fatalf("%d records", len(got))
+			}
+			for i, g := range got {
+				w := recs[i]
+				if g.Stream != "in" || g.Shard != 3 || g.Seq != w.Seq || g.Time != w.Time || g.IngestTime != w.IngestTime ||
+					string(g.Key) != string(w.Key) || (g.Key == nil) != (w.Key == nil) ||
+					string(g.Value) != string(w.Value) || (g.Value == nil) != (w.Value == nil) || len(g.Headers) != len(w.Headers) {
+					t.Errorf("record %d = %+v, want %+v", i, g, w)
+				}
+			}
+		})
+	}
+}
+
+func TestDispatch(t *testing.T) {
+	resetNative(t)
+	var cfg Config
+	OnInit(func(c Config) error { cfg = c; return nil })
+	OnRecord(func(r *Record) error {
+		if string(r.Value) == "bad" {
+			return errors.New("bad value")
+		}
+		n, _ := State.Get(r.Key)
+		State.Set(r.Key, append(n, 'x'))
+		return Emit("out", Output{Key: r.Key, Value: r.Value})
+	})
+	OnTimer(func(now time.Time) error {
+		for k := range State.Keys([]byte("a")) {
+			State.Delete(k)
+		}
+		return Emit("out", Output{Value: []byte(now.UTC().Format(time.RFC3339))})
+	})
+	if rc := handleInit(encodeConfig("output", "out", "n", "3")); rc != 0 || cfg.String("output", "") != "out" {
+		t.Fatalf("init rc %d cfg %v", rc, cfg)
+	}
+	if n, err := cfg.Int("n", 0); n != 3 || err != nil {
+		t.Fatalf("Int: %d %v", n, err)
+	}
+	if _, err := cfg.Duration("n", 0); err == nil {
+		t.Fatal("Duration of \"3\" should fail (no unit)")
+	}
+	batch := encodeBatch("in", 0, []Record{{Seq: 1, Key: []byte("a1")}, {Seq: 2, Key: []byte("b")}, {Seq: 3, Key: []byte("a1")}}, 0, 0)
+	if rc := handleBatch(batch); rc != 0 {
+		t.Fatalf("batch rc %d, logs %v", rc, native.logs)
+	}
+	var inputs []uint32
+	for _, e := range native.emitted {
+		inputs = append(inputs, e.Input)
+	}
+	if !slices.Equal(inputs, []uint32{0, 1, 2}) {
+		t.Fatalf("emits attributed to %v", inputs)
+	}
+	if string(native.state["a1"]) != "xx" || string(native.state["b"]) != "x" {
+		t.Fatalf("state %v", native.state)
+	}
+	if rc := handleTimer(time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano()); rc != 0 {
+		t.Fatalf("timer rc %d", rc)
+	}
+	if _, ok := native.state["a1"]; ok || len(native.state) != 1 {
+		t.Fatalf("timer left state %v", native.state)
+	}
+	if rc := handleBatch(encodeBatch("in", 0, []Record{{Seq: 9, Value: []byte("bad")}}, 0, 0)); rc != 1 {
+		t.Fatalf("failing handler: rc %d", rc)
+	}
+	if last := native.logs[len(native.logs)-1]; !strings.Contains(last, "record 9") || !strings.Contains(last, "bad value") {
+		t.Fatalf("error log %q", last)
+	}
+	if err := Emit("out", Output{}); !errors.Is(err, ErrNoRecord) {
+		t.Fatalf("Emit outside a handler: %v", err)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	good := encodeBatch("in", 0, []Record{{Seq: 1, Key: []byte("k"), Value: []byte("v"), Headers: []Header{{Key: "h", Value: []byte("x")}}}}, 0, 0)
+	for n := 0; n < len(good); n++ {
+		if _, err := decodeBatch(good[:n], nil); err == nil {
+			t.Fatalf("prefix of %d bytes decoded", n)
+		}
+	}
+	cfg := encodeConfig("k", "v")
+	for n := 1; n < len(cfg); n++ {
+		if _, err := decodeConfig(cfg[:n]); err == nil {
+			t.Fatalf("config prefix of %d bytes decoded", n)
+		}
+	}
+}
+
+func FuzzDecodeBatch(f *testing.F) {
+	f.Add(encodeBatch("in", 1, []Record{{Seq: 1, Key: []byte("k"), Value: []byte("v"), Headers: []Header{{Key: "h", Value: []byte("x")}}}}, 0, 0))
+	f.Add(encodeBatch("", 0, []Record{{Seq: 2}}, 4, 4))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		recs, err := decodeBatch(b, nil)
+		if err != nil {
+			return
+		}
+		for _, r := range recs {
+			// Decoded fields lie inside the buffer.
+			if len(r.Key) > len(b) || len(r.Value) > len(b) {
+				t.Fatalf("field longer than the batch")
+			}
+		}
+	})
+}
+
+func FuzzDecodeConfig(f *testing.F) {
+	f.Add(encodeConfig("a", "1", "b", ""))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := decodeConfig(b)
+		if err == nil && len(cfg) > len(b)/8 {
+			t.Fatalf("%d entries from %d bytes", len(cfg), len(b))
+		}
+	})
+}
