@@ -87,15 +87,15 @@ type dgBatch struct {
 }
 
 type dataPlaneMetrics struct {
-	records      *prometheus.CounterVec   // stream, mode
-	batches      *prometheus.CounterVec   // stream, result
-	dgDropped    *prometheus.CounterVec   // reason
-	consumed     *prometheus.CounterVec   // stream
-	consumedB    *prometheus.CounterVec   // stream
-	subs         prometheus.Gauge         // open subscriptions
-	appendTime   prometheus.Histogram     // store append latency
-	refusals     *prometheus.CounterVec   // op, code
-	inflightSess *prometheus.GaugeVec     // stream: produce sessions
+	records      *prometheus.CounterVec // stream, mode
+	batches      *prometheus.CounterVec // stream, result
+	dgDropped    *prometheus.CounterVec // reason
+	consumed     *prometheus.CounterVec // stream
+	consumedB    *prometheus.CounterVec // stream
+	subs         prometheus.Gauge       // open subscriptions
+	appendTime   prometheus.Histogram   // store append latency
+	refusals     *prometheus.CounterVec // op, code
+	inflightSess *prometheus.GaugeVec   // stream: produce sessions
 }
 
 // QUIC returns the hub's QUIC server, for parts that add operations.

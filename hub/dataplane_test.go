@@ -1,0 +1,669 @@
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
+	"github.com/edgehub/edgehub/sdk"
+	"github.com/edgehub/edgehub/store"
+)
+
+// dpHub is a running hub with the data plane on a loopback port.
+type dpHub struct {
+	h    *Hub
+	addr string
+	ca   string // the self-signed certificate file
+}
+
+// startDataPlane runs a hub from cfg (its data dir and ports already set)
+// with the given streams.
+func startDataPlane(tb testing.TB, mod func(*Config), streams ...store.StreamConfig) *dpHub {
+	tb.Helper()
+	cfg := DefaultConfig()
+	cfg.Hub.Name = "dp-test"
+	cfg.Hub.DataDir = tb.TempDir()
+	cfg.Listen.Admin = "127.0.0.1:0"
+	cfg.Listen.QUIC = "127.0.0.1:0"
+	cfg.Logger = testLogger(tb)
+	if mod != nil {
+		mod(&cfg)
+	}
+	h, err := New(cfg)
+	if err != nil {
+		tb.Fatalf("New: %v", err)
+	}
+	for _, sc := range streams {
+		if _, err := h.Store().CreateStream(context.Background(), sc); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("Run: %v", err)
+		}
+		h.Close()
+	})
+	return &dpHub{h: h, addr: h.QUICAddr().String(), ca: cfg.Hub.DataDir + "/" + SelfSignedCertFile}
+}
+
+func (d *dpHub) client(tb testing.TB, mod func(*sdk.Options)) *sdk.Client {
+	tb.Helper()
+	opts := sdk.Options{CAFile: d.ca, Logger: testLogger(tb)}
+	if mod != nil {
+		mod(&opts)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := sdk.Dial(ctx, d.addr, opts)
+	if err != nil {
+		tb.Fatalf("Dial: %v", err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// raw opens a protocol-level connection, for tests that play a client the
+// SDK would never be.
+func (d *dpHub) raw(tb testing.TB, token string) *quic.Client {
+	tb.Helper()
+	pool, err := quic.CertPool(d.ca)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := quic.Dial(ctx, d.addr, quic.ClientConfig{TLS: &tls.Config{RootCAs: pool}, Token: token, EnableDatagrams: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+func testCtx(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
+func TestDataPlaneProduceConsume(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "events", Shards: 4})
+	ctx := testCtx(t)
+	c := d.client(t, nil)
+	p, err := c.Producer(ctx, "events", sdk.ProducerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	futures := make([]*sdk.Future, n)
+	for i := range n {
+		rec := sdk.Record{Key: fmt.Appendf(nil, "dev-%d", i%37), Value: fmt.Appendf(nil, "v%d", i), Time: int64(i),
+			Headers: []sdk.Header{{Key: "i", Value: fmt.Appendf(nil, "%d", i)}}}
+		if futures[i], err = p.SendFuture(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string]sdk.Position{}
+	for i, f := range futures {
+		pos, err := f.Wait(ctx)
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		if wantShard := record.ShardForKey(fmt.Appendf(nil, "dev-%d", i%37), 4); pos.Shard != wantShard || pos.Seq == 0 {
+			t.Fatalf("record %d at %+v, want shard %d", i, pos, wantShard)
+		}
+		want[fmt.Sprintf("v%d", i)] = pos
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	sub, err := c.Subscribe(ctx, "events", sdk.ConsumeOptions{From: sdk.FromEarliest(), Credit: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	lastSeq := map[int]uint64{}
+	for range n {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos, ok := want[string(m.Record.Value)]
+		if !ok || pos.Shard != m.Shard || pos.Seq != m.Record.Seq {
+			t.Fatalf("read %q at %d/%d, acked at %+v", m.Record.Value, m.Shard, m.Record.Seq, pos)
+		}
+		if m.Record.Seq <= lastSeq[m.Shard] {
+			t.Fatalf("shard %d out of order: %d after %d", m.Shard, m.Record.Seq, lastSeq[m.Shard])
+		}
+		lastSeq[m.Shard] = m.Record.Seq
+		if len(m.Record.Headers) != 1 || string(m.Record.Headers[0].Value) != strings.TrimPrefix(string(m.Record.Value), "v") {
+			t.Fatalf("headers %+v", m.Record.Headers)
+		}
+		delete(want, string(m.Record.Value))
+	}
+	if !sub.CaughtUp() || len(want) != 0 {
+		t.Fatalf("caught up %v, %d records unread", sub.CaughtUp(), len(want))
+	}
+}
+
+// TestDataPlanePush checks that a caught-up subscriber gets new records
+// without asking: the hub pushes on commit.
+func TestDataPlanePush(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "live", Shards: 2})
+	ctx := testCtx(t)
+	c := d.client(t, nil)
+	sub, err := c.Subscribe(ctx, "live", sdk.ConsumeOptions{From: sdk.FromLatest()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	p, err := c.Producer(ctx, "live", sdk.ProducerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	for i := range 10 {
+		pos, err := p.Send(ctx, sdk.Record{Key: []byte("k"), Value: fmt.Appendf(nil, "%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Record.Seq != pos.Seq || string(m.Record.Value) != fmt.Sprint(i) {
+			t.Fatalf("got %d %q, produced %+v", m.Record.Seq, m.Record.Value, pos)
+		}
+	}
+}
+
+func TestDataPlaneStartPositions(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "s", Shards: 1})
+	ctx := testCtx(t)
+	c := d.client(t, nil)
+	p, err := c.Producer(ctx, "s", sdk.ProducerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := p.Send(ctx, sdk.Record{Value: fmt.Appendf(nil, "a%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ingest times are assigned by the hub's clock: wait until it has moved
+	// past the first batch, then take the time.
+	mid := time.Now()
+	for !time.Now().After(mid) {
+		runtime.Gosched()
+	}
+	for i := range 5 {
+		if _, err := p.Send(ctx, sdk.Record{Value: fmt.Appendf(nil, "b%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close(ctx)
+	tests := []struct {
+		name  string
+		from  sdk.Start
+		first string
+		count int
+	}{
+		{"earliest", sdk.FromEarliest(), "a0", 10},
+		{"seq", sdk.FromSeq(4), "a3", 7},
+		{"seq below first", sdk.FromSeq(0), "a0", 10},
+		{"time", sdk.FromTime(mid), "b0", 5},
+		{"time before all", sdk.FromTime(time.Unix(0, 0)), "a0", 10},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sub, err := c.Subscribe(ctx, "s", sdk.ConsumeOptions{From: tc.from})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			m, err := sub.Next(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(m.Record.Value) != tc.first {
+				t.Fatalf("first %q, want %q", m.Record.Value, tc.first)
+			}
+			n := 1
+			for !sub.CaughtUp() {
+				if _, err := sub.Next(ctx); err != nil {
+					t.Fatal(err)
+				}
+				n++
+			}
+			if n != tc.count {
+				t.Fatalf("read %d to catch up, want %d", n, tc.count)
+			}
+		})
+	}
+	t.Run("latest", func(t *testing.T) {
+		sub, err := c.Subscribe(ctx, "s", sdk.ConsumeOptions{From: sdk.FromLatest()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Close()
+		if !sub.CaughtUp() {
+			t.Fatal("a subscription from latest starts caught up")
+		}
+	})
+}
+
+// produceRaw opens a produce session over the bare protocol.
+func produceRaw(tb testing.TB, c *quic.Client, open quic.ProduceOpen) (*quic.Stream, quic.ProduceReady) {
+	tb.Helper()
+	st, err := c.Open(testCtx(tb), quic.OpProduce, &open)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var ready quic.ProduceReady
+	if err := st.Expect(quic.FrameProduceReady, &ready); err != nil {
+		tb.Fatalf("produce open: %v", err)
+	}
+	return st, ready
+}
+
+func encode(tb testing.TB, values ...string) []byte {
+	tb.Helper()
+	recs := make([]record.Record, len(values))
+	for i, v := range values {
+		recs[i].Value = []byte(v)
+	}
+	b, err := record.AppendBatch(nil, recs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+func sendBatch(tb testing.TB, st *quic.Stream, b quic.Batch) quic.Ack {
+	tb.Helper()
+	if err := st.Send(quic.FrameBatch, &b); err != nil {
+		tb.Fatal(err)
+	}
+	var ack quic.Ack
+	if err := st.Expect(quic.FrameAck, &ack); err != nil {
+		tb.Fatal(err)
+	}
+	if ack.ID != b.ID {
+		tb.Fatalf("ack for %d, sent %d", ack.ID, b.ID)
+	}
+	return ack
+}
+
+func TestDataPlaneIdempotentRetry(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "idem", Shards: 2})
+	c := d.raw(t, "")
+	st, _ := produceRaw(t, c, quic.ProduceOpen{Stream: "idem", ProducerID: 77})
+	first := sendBatch(t, st, quic.Batch{ID: 1, Shard: 1, ProducerSeq: 0, Records: encode(t, "a", "b", "c")})
+	if first.Err() != nil || first.Duplicate || len(first.Runs) != 1 || first.Runs[0] != (quic.Run{Shard: 1, FirstSeq: 1, Count: 3}) {
+		t.Fatalf("first ack %+v", first)
+	}
+	// The same batch again, on a new session as after a reconnect.
+	st.Close()
+	st2, _ := produceRaw(t, d.raw(t, ""), quic.ProduceOpen{Stream: "idem", ProducerID: 77})
+	again := sendBatch(t, st2, quic.Batch{ID: 9, Shard: 1, ProducerSeq: 0, Records: encode(t, "a", "b", "c")})
+	if again.Err() != nil || !again.Duplicate || again.Runs[0] != first.Runs[0] {
+		t.Fatalf("retry ack %+v, want duplicate of %+v", again, first)
+	}
+	gap := sendBatch(t, st2, quic.Batch{ID: 10, Shard: 1, ProducerSeq: 5, Records: encode(t, "x")})
+	if gap.Code != quic.CodeSequenceGap || gap.Message == "" {
+		t.Fatalf("gap ack %+v", gap)
+	}
+	next := sendBatch(t, st2, quic.Batch{ID: 11, Shard: 1, ProducerSeq: 3, Records: encode(t, "d")})
+	if next.Err() != nil || next.Runs[0].FirstSeq != 4 {
+		t.Fatalf("next ack %+v", next)
+	}
+	noShard := sendBatch(t, st2, quic.Batch{ID: 12, Shard: -1, ProducerSeq: 4, Records: encode(t, "e")})
+	if noShard.Code != quic.CodeInvalidArgument {
+		t.Fatalf("routed idempotent batch: %+v", noShard)
+	}
+	s, _ := d.h.Store().Stream("idem")
+	if _, last, _ := s.Bounds(1); last != 4 {
+		t.Fatalf("shard 1 holds up to %d, want 4 (a, b, c, d once)", last)
+	}
+}
+
+// TestDataPlaneMalformed checks that a broken frame or batch closes only its
+// stream, with a code and a message, and the connection goes on.
+func TestDataPlaneMalformed(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "m", Shards: 1})
+	c := d.raw(t, "")
+	good := encode(t, "ok")
+	bad := append([]byte(nil), good...)
+	bad[len(bad)-1] ^= 0xff // checksum
+	tests := []struct {
+		name  string
+		frame func(st *quic.Stream) error
+		want  quic.Code
+	}{
+		{"corrupt record batch", func(st *quic.Stream) error {
+			return st.Send(quic.FrameBatch, &quic.Batch{ID: 1, Shard: 0, Records: bad})
+		}, quic.CodeProtocol},
+		{"truncated batch frame", func(st *quic.Stream) error {
+			return st.Send(quic.FrameBatch, quic.RawPayload{0x01})
+		}, quic.CodeProtocol},
+		{"wrong frame type", func(st *quic.Stream) error {
+			return st.Send(quic.FrameCredit, &quic.Credit{Bytes: 1})
+		}, quic.CodeProtocol},
+		{"oversized frame", func(st *quic.Stream) error {
+			return st.Send(quic.FrameBatch, quic.RawPayload(make([]byte, 9<<20)))
+		}, quic.CodeFrameTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, _ := produceRaw(t, c, quic.ProduceOpen{Stream: "m"})
+			defer st.Cancel(quic.CodeCanceled)
+			tc.frame(st) // may fail once the hub resets the stream
+			var ack quic.Ack
+			err := st.Expect(quic.FrameAck, &ack)
+			if quic.CodeOf(err) != tc.want {
+				t.Fatalf("got %v, want %s", err, tc.want)
+			}
+			var e *quic.Error
+			if errors.As(err, &e) && e.Message == "" {
+				t.Fatal("refusal without a message")
+			}
+			// The connection still serves.
+			st2, _ := produceRaw(t, c, quic.ProduceOpen{Stream: "m"})
+			if ack := sendBatch(t, st2, quic.Batch{ID: 1, Shard: 0, Records: good}); ack.Err() != nil {
+				t.Fatal(ack.Err())
+			}
+			st2.Close()
+		})
+	}
+	// Unknown stream and bad shard.
+	st, err := c.Open(testCtx(t), quic.OpProduce, &quic.ProduceOpen{Stream: "nope"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready quic.ProduceReady
+	if err := st.Expect(quic.FrameProduceReady, &ready); quic.CodeOf(err) != quic.CodeNotFound {
+		t.Fatalf("unknown stream: %v", err)
+	}
+	st2, _ := produceRaw(t, c, quic.ProduceOpen{Stream: "m"})
+	if ack := sendBatch(t, st2, quic.Batch{ID: 2, Shard: 5, Records: good}); ack.Code != quic.CodeInvalidArgument {
+		t.Fatalf("bad shard: %+v", ack)
+	}
+}
+
+func TestDataPlaneAuth(t *testing.T) {
+	d := startDataPlane(t, func(c *Config) {
+		c.Auth = AuthConfig{
+			Tokens: []TokenGrant{
+				{Name: "writer", Token: "writer-token-0123456789", Produce: []string{"sensors.*"}},
+				{Name: "reader", Token: "reader-token-0123456789", Consume: []string{"*"}},
+			},
+			Anonymous: Grant{Consume: []string{"public"}},
+		}
+	}, store.StreamConfig{Name: "sensors.temp", Shards: 1}, store.StreamConfig{Name: "public", Shards: 1})
+	tests := []struct {
+		name   string
+		token  string
+		op     quic.Op
+		stream string
+		want   quic.Code
+	}{
+		{"writer produces", "writer-token-0123456789", quic.OpProduce, "sensors.temp", quic.CodeOK},
+		{"writer cannot consume", "writer-token-0123456789", quic.OpConsume, "sensors.temp", quic.CodePermissionDenied},
+		{"writer outside pattern", "writer-token-0123456789", quic.OpProduce, "public", quic.CodePermissionDenied},
+		{"reader consumes", "reader-token-0123456789", quic.OpConsume, "sensors.temp", quic.CodeOK},
+		{"reader cannot produce", "reader-token-0123456789", quic.OpProduce, "sensors.temp", quic.CodePermissionDenied},
+		{"unknown token", "nobody-0123456789abcdef", quic.OpConsume, "public", quic.CodeUnauthenticated},
+		{"anonymous consumes public", "", quic.OpConsume, "public", quic.CodeOK},
+		{"anonymous cannot produce", "", quic.OpProduce, "public", quic.CodeUnauthenticated},
+		{"anonymous info denied", "", quic.OpInfo, "sensors.temp", quic.CodeUnauthenticated},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := d.raw(t, tc.token)
+			var body quic.Appender
+			var ft quic.FrameType
+			var dec quic.Decoder
+			switch tc.op {
+			case quic.OpProduce:
+				body, ft, dec = &quic.ProduceOpen{Stream: tc.stream}, quic.FrameProduceReady, &quic.ProduceReady{}
+			case quic.OpConsume:
+				body, ft, dec = &quic.ConsumeOpen{Stream: tc.stream, Credit: 1 << 20}, quic.FrameConsumeReady, &quic.ConsumeReady{}
+			default:
+				body, ft, dec = &quic.InfoRequest{Stream: tc.stream}, quic.FrameInfo, &quic.Info{}
+			}
+			st, err := c.Open(testCtx(t), tc.op, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Cancel(quic.CodeCanceled)
+			err = st.Expect(ft, dec)
+			if got := quic.CodeOf(err); got != tc.want {
+				t.Fatalf("got %v (%s), want %s", err, got, tc.want)
+			}
+			if err != nil && !strings.Contains(err.Error(), tc.stream) && tc.want != quic.CodeUnauthenticated {
+				t.Fatalf("refusal %q does not name the stream", err)
+			}
+		})
+	}
+	// The SDK surfaces the code.
+	c := d.client(t, func(o *sdk.Options) { o.Token = "writer-token-0123456789" })
+	_, err := c.Subscribe(testCtx(t), "sensors.temp", sdk.ConsumeOptions{})
+	if sdk.CodeOf(err) != sdk.CodePermissionDenied {
+		t.Fatalf("sdk subscribe: %v", err)
+	}
+	if n := d.h.DataPlaneStats().AuthRefused; n != 1 {
+		t.Fatalf("auth refusals counted %d, want 1 (the unknown token)", n)
+	}
+}
+
+// TestDataPlaneSlowConsumer checks that a consumer that stops reading does
+// not make the hub buffer the stream: what the hub sends ahead is bounded by
+// the consumer's credit, and the hub's heap does not grow with the backlog.
+func TestDataPlaneSlowConsumer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("produces 48 MiB")
+	}
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "big", Shards: 1})
+	ctx := testCtx(t)
+	c := d.client(t, nil)
+	p, err := c.Producer(ctx, "big", sdk.ProducerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := make([]byte, 4096)
+	const n = 12 << 10 // 48 MiB of values
+	for range n {
+		if err := p.SendAsync(ctx, sdk.Record{Value: value}, func(_ sdk.Position, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	raw := d.raw(t, "")
+	const credit = 256 << 10
+	st, err := raw.Open(ctx, quic.OpConsume, &quic.ConsumeOpen{Stream: "big", Credit: credit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Cancel(quic.CodeCanceled)
+	var ready quic.ConsumeReady
+	if err := st.Expect(quic.FrameConsumeReady, &ready); err != nil {
+		t.Fatal(err)
+	}
+	// Read what the credit allows, then stop reading and granting.
+	var got int
+	for got < credit {
+		var r quic.Records
+		if err := st.Expect(quic.FrameRecords, &r); err != nil {
+			t.Fatal(err)
+		}
+		got += len(r.Batch)
+	}
+	sent := func() float64 { return counterValue(t, d.h, "edgehub_consume_bytes_total") }
+	// Give the hub every chance to overrun: wait until its count is stable
+	// across several scheduler rounds.
+	var last float64 = -1
+	for i := 0; i < 100 || sent() != last; i++ {
+		last = sent()
+		runtime.Gosched()
+		time.Sleep(time.Millisecond)
+	}
+	if max := float64(credit + 512<<10); last > max {
+		t.Fatalf("hub sent %.0f bytes to a consumer that granted %d", last, credit)
+	}
+	if grown := int64(heap()) - int64(before); grown > 16<<20 {
+		t.Fatalf("hub heap grew by %d bytes with a 48 MiB backlog", grown)
+	}
+	// Granting more lets it continue.
+	if err := st.Send(quic.FrameCredit, &quic.Credit{Bytes: credit}); err != nil {
+		t.Fatal(err)
+	}
+	var r quic.Records
+	if err := st.Expect(quic.FrameRecords, &r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// counterValue reads a metric's total across labels from /metrics.
+func counterValue(tb testing.TB, h *Hub, name string) float64 {
+	tb.Helper()
+	resp, err := http.Get("http://" + h.AdminAddr().String() + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var total float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			total += v
+		}
+	}
+	return total
+}
+
+func TestDataPlaneDatagrams(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "telemetry", Shards: 1})
+	ctx := testCtx(t)
+	c := d.client(t, nil)
+	p, err := c.Producer(ctx, "telemetry", sdk.ProducerOptions{Datagrams: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := c.Subscribe(ctx, "telemetry", sdk.ConsumeOptions{From: sdk.FromEarliest()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	// Datagrams may be lost; on loopback at this rate they are not, but the
+	// test only needs one through.
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		if err := p.SendAsync(ctx, sdk.Record{Value: fmt.Appendf(nil, "t%d", i)}, func(_ sdk.Position, err error) {
+			defer wg.Done()
+			if err != nil {
+				t.Error(err)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	m, err := sub.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(m.Record.Value), "t") {
+		t.Fatalf("got %q", m.Record.Value)
+	}
+	p.Close(ctx)
+	if v := counterValue(t, d.h, `edgehub_produce_records_total{mode="datagram",stream="telemetry"}`); v < 1 {
+		// The metric line carries labels; counterValue matches the prefix.
+		t.Fatalf("datagram records counted %v", v)
+	}
+}
+
+func TestAuthConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  AuthConfig
+		key  string
+	}{
+		{"short token", AuthConfig{Tokens: []TokenGrant{{Name: "a", Token: "short"}}}, "token[0].token"},
+		{"no name", AuthConfig{Tokens: []TokenGrant{{Token: "0123456789abcdef"}}}, "token[0].name"},
+		{"duplicate token", AuthConfig{Tokens: []TokenGrant{{Name: "a", Token: "0123456789abcdef"}, {Name: "b", Token: "0123456789abcdef"}}}, "token[1].token"},
+		{"bad pattern", AuthConfig{Clients: []Grant{{Name: "c", Produce: []string{"["}}}}, "client[0].produce[0]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			var ce *ConfigError
+			if !errors.As(err, &ce) || ce.Key != tc.key {
+				t.Fatalf("Validate = %v, want a problem at %s", err, tc.key)
+			}
+		})
+	}
+}
+
+func TestLimitsConfigTOML(t *testing.T) {
+	cfg, err := ParseConfig("hub.toml", []byte(`
+[limits]
+max_connections = 5
+max_frame_bytes = "1MiB"
+allow_0rtt = false
+
+[tls]
+hosts = ["edge.local"]
+
+[[auth.token]]
+name = "w"
+token = "0123456789abcdef"
+produce = ["*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Limits.withDefaults()
+	if l.MaxConnections != 5 || l.MaxFrameBytes != 1<<20 || *l.Allow0RTT || !*l.Datagrams || l.MaxInflightBatches != DefaultMaxInflightBatches {
+		t.Fatalf("limits %+v", l)
+	}
+	if len(cfg.Auth.Tokens) != 1 || cfg.Auth.Tokens[0].Produce[0] != "*" || cfg.TLS.Hosts[0] != "edge.local" {
+		t.Fatalf("auth %+v tls %+v", cfg.Auth, cfg.TLS)
+	}
+	if _, err := ParseConfig("hub.toml", []byte("[limits]\nmax_frame_bytes = 10\nbogus = 1\n")); err == nil ||
+		!strings.Contains(err.Error(), "limits.max_frame_bytes") || !strings.Contains(err.Error(), "limits.bogus") {
+		t.Fatalf("want both problems reported, got %v", err)
+	}
+}
