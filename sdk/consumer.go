@@ -176,6 +176,9 @@ func (s *Subscription) CaughtUp() bool {
 	return true
 }
 
+// Buffered is how many records Next can return without waiting.
+func (s *Subscription) Buffered() int { return len(s.cur) - s.curB }
+
 // Next returns the next record, waiting for one to be committed if needed.
 // Records of one shard come in sequence order; shards interleave.
 func (s *Subscription) Next(ctx context.Context) (Message, error) {
