@@ -124,6 +124,7 @@ type Producer struct {
 	closed   bool
 	fatal    error
 	loopDone chan struct{}
+	free     []*pbatch // completed batches whose buffers are reused
 }
 
 type pbatch struct {
@@ -251,7 +252,13 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 	}
 	b := p.acc[shard]
 	if b == nil {
-		b = &pbatch{shard: shard, accepted: time.Now()}
+		if n := len(p.free); n > 0 {
+			b = p.free[n-1]
+			p.free = p.free[:n-1]
+		} else {
+			b = &pbatch{}
+		}
+		b.shard, b.accepted = shard, time.Now()
 		p.acc[shard] = b
 	}
 	rec.Seq, rec.IngestTime, rec.Origin = 0, 0, record.Origin{}
@@ -288,7 +295,9 @@ func (p *Producer) seal(shard int) {
 	b.id = p.nextID
 	b.seq = p.nextSeq[shard]
 	p.nextSeq[shard] += uint64(len(b.recs))
-	payload, err := record.AppendBatch(nil, b.recs)
+	// Size the buffer once: growing it record by record dominated the
+	// producer's profile.
+	payload, err := record.AppendBatch(make([]byte, 0, b.bytes+24*len(b.recs)+64), b.recs)
 	if err != nil {
 		p.nextSeq[shard] -= uint64(len(b.recs))
 		p.complete(b, nil, fmt.Errorf("sdk: encode batch: %w", err))
@@ -647,8 +656,14 @@ func (p *Producer) complete(b *pbatch, pos []Position, err error) {
 		}
 	}
 	p.buffered -= b.bytes
-	b.cbs, b.recs = nil, nil
 	p.space.Broadcast()
+	// Keep the slices for the next batch; drop references to the records.
+	clear(b.recs)
+	clear(b.cbs)
+	*b = pbatch{recs: b.recs[:0], cbs: b.cbs[:0]}
+	if len(p.free) < 2*p.shards+4 {
+		p.free = append(p.free, b)
+	}
 }
 
 // expire fails every unacknowledged batch once the oldest is past the
