@@ -354,14 +354,14 @@ type pendingBatch struct {
 	size  int64
 	start time.Time
 	ack   quic.Ack
-	done  chan struct{}
 }
 
 // produce serves a produce session. Batches are read ahead up to the
 // in-flight limits and appended in arrival order per shard (one lane per
 // shard, so an idempotent producer's batches reach the store in sequence);
 // lanes of different shards commit concurrently and the store's group commit
-// coalesces them. ACKs go out in arrival order.
+// coalesces them. Each lane sends its ACKs as its appends commit, so ACKs of
+// one shard keep their order while shards do not wait for each other.
 func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 	var open quic.ProduceOpen
 	if err := open.Decode(req.Body); err != nil {
@@ -406,57 +406,51 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// In-flight budget: batches and bytes read but not yet acknowledged.
+	// When it is spent the reader stops reading and QUIC flow control
+	// holds the producer back.
+	countSem := semaphore.NewWeighted(int64(d.limits.MaxInflightBatches))
 	bytesSem := semaphore.NewWeighted(maxInflightBytes)
-	order := make(chan *pendingBatch, d.limits.MaxInflightBatches)
 	lanes := map[int32]chan *pendingBatch{}
 	var laneWG sync.WaitGroup
-	mode, name := "durable", st.Name()
-	recordsOK := d.m.records.WithLabelValues(name, mode)
-
-	// The acker writes ACKs in arrival order and releases in-flight budget.
-	ackErr := make(chan error, 1)
-	go func() {
-		var err error
-		for p := range order {
-			select {
-			case <-p.done:
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
-			if err != nil {
-				break
-			}
-			d.m.appendTime.Observe(time.Since(p.start).Seconds())
-			switch {
-			case p.ack.Code != quic.CodeOK:
-				d.m.batches.WithLabelValues(name, "refused").Inc()
-				d.m.refusals.WithLabelValues(req.Op.String(), p.ack.Code.String()).Inc()
-			case p.ack.Duplicate:
-				d.m.batches.WithLabelValues(name, "duplicate").Inc()
-			default:
-				d.m.batches.WithLabelValues(name, "ok").Inc()
-				recordsOK.Add(float64(len(p.batch.Records)))
-			}
-			if err = req.Stream.Send(quic.FrameAck, &p.ack); err != nil {
-				break
-			}
-			bytesSem.Release(p.size)
+	name := st.Name()
+	recordsOK := d.m.records.WithLabelValues(name, "durable")
+	var ackErr error
+	var ackMu sync.Mutex
+	// ack sends one batch's ACK and returns its budget. Lanes call it
+	// concurrently: ACKs of different shards may overtake each other.
+	ack := func(pb *pendingBatch) {
+		d.m.appendTime.Observe(time.Since(pb.start).Seconds())
+		switch {
+		case pb.ack.Code != quic.CodeOK:
+			d.m.batches.WithLabelValues(name, "refused").Inc()
+			d.m.refusals.WithLabelValues(req.Op.String(), pb.ack.Code.String()).Inc()
+		case pb.ack.Duplicate:
+			d.m.batches.WithLabelValues(name, "duplicate").Inc()
+		default:
+			d.m.batches.WithLabelValues(name, "ok").Inc()
+			recordsOK.Add(float64(len(pb.batch.Records)))
 		}
-		if err != nil {
+		if err := req.Stream.Send(quic.FrameAck, &pb.ack); err != nil {
+			ackMu.Lock()
+			if ackErr == nil {
+				ackErr = err
+			}
+			ackMu.Unlock()
 			cancel()
-			for range order { // drain so the reader never blocks
-			}
 		}
-		ackErr <- err
-	}()
+		bytesSem.Release(pb.size)
+		countSem.Release(1)
+	}
 	finish := func(readErr error) error {
 		for _, l := range lanes {
 			close(l)
 		}
 		laneWG.Wait()
-		close(order)
-		if err := <-ackErr; err != nil && readErr == nil {
-			readErr = err
+		ackMu.Lock()
+		defer ackMu.Unlock()
+		if readErr == nil && ackErr != nil {
+			readErr = ackErr
 		}
 		return readErr
 	}
@@ -479,9 +473,13 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 			cancel()
 			return finish(quic.WireError(err))
 		}
-		pb := &pendingBatch{id: b.ID, size: min(int64(len(p)), maxInflightBytes), start: time.Now(), done: make(chan struct{})}
+		pb := &pendingBatch{id: b.ID, size: min(int64(len(p)), maxInflightBytes), start: time.Now()}
 		pb.ack.ID = b.ID
+		if err := countSem.Acquire(ctx, 1); err != nil {
+			return finish(wireErr(err))
+		}
 		if err := bytesSem.Acquire(ctx, pb.size); err != nil {
+			countSem.Release(1)
 			return finish(wireErr(err))
 		}
 		recs, err := d.decodeBatch(&b, int(st.Shards()), open.ProducerID)
@@ -493,8 +491,7 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 			// A refusal of this batch alone.
 			e := wireErr(err).(*quic.Error)
 			pb.ack.Code, pb.ack.Message = e.Code, e.Message
-			close(pb.done)
-			order <- pb
+			ack(pb)
 			continue
 		}
 		pb.batch = store.Batch{Shard: int(b.Shard), Records: recs}
@@ -503,6 +500,8 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 		}
 		lane, ok := lanes[b.Shard]
 		if !ok {
+			// The lane's buffer holds the whole in-flight budget, so
+			// sending to it never blocks.
 			lane = make(chan *pendingBatch, d.limits.MaxInflightBatches)
 			lanes[b.Shard] = lane
 			laneWG.Add(1)
@@ -510,15 +509,11 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 				defer laneWG.Done()
 				for pb := range lane {
 					d.appendBatch(ctx, st, pb)
+					ack(pb)
 				}
 			}()
 		}
-		select {
-		case order <- pb:
-		case <-ctx.Done():
-			return finish(wireErr(ctx.Err()))
-		}
-		lane <- pb // never blocks: the lane holds at most what order does
+		lane <- pb
 	}
 }
 
@@ -549,7 +544,6 @@ func (d *dataPlane) decodeBatch(b *quic.Batch, shards int, producerID uint64) ([
 }
 
 func (d *dataPlane) appendBatch(ctx context.Context, st *store.Stream, pb *pendingBatch) {
-	defer close(pb.done)
 	if ctx.Err() != nil {
 		pb.ack.Code, pb.ack.Message = quic.CodeCanceled, "session ended"
 		return

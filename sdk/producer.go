@@ -249,6 +249,15 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 	shard := p.sticky
 	if rec.Key != nil {
 		shard = record.ShardForKey(rec.Key, p.shards)
+	} else if p.acc[shard] == nil && p.inflight[shard] >= p.opts.MaxInFlight {
+		// A keyless record may go anywhere: prefer a shard that can send
+		// now over waiting behind a full pipe.
+		for i := 1; i < p.shards; i++ {
+			if s := (shard + i) % p.shards; p.inflight[s] < p.opts.MaxInFlight {
+				shard, p.sticky = s, s
+				break
+			}
+		}
 	}
 	b := p.acc[shard]
 	if b == nil {
@@ -541,8 +550,8 @@ func (p *Producer) send(s *session, b *pbatch) error {
 	return s.st.Send(quic.FrameBatch, &quic.Batch{ID: b.id, Shard: int32(b.shard), ProducerSeq: b.seq, Records: b.payload})
 }
 
-// readAcks matches ACK frames to sent batches (the hub acknowledges in
-// arrival order) and completes them.
+// readAcks matches ACK frames to sent batches by id (the hub acknowledges
+// each shard's batches in order, shards independently) and completes them.
 func (p *Producer) readAcks(s *session) {
 	for {
 		var ack quic.Ack
