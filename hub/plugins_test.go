@@ -1,0 +1,684 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/plugins"
+	"github.com/edgehub/edgehub/plugins/plugintest"
+	"github.com/edgehub/edgehub/sdk"
+	"github.com/edgehub/edgehub/store"
+)
+
+const watPassThroughModule = "../examples/wat-passthrough/passthrough.wasm"
+
+// deployHTTP posts a multipart deploy to the admin API.
+func deployHTTP(tb testing.TB, base string, def PluginConfig, wasm []byte) (int, []byte) {
+	tb.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	dj, _ := json.Marshal(def)
+	fw, _ := mw.CreateFormField("definition")
+	fw.Write(dj)
+	mf, _ := mw.CreateFormFile("module", "m.wasm")
+	mf.Write(wasm)
+	mw.Close()
+	resp, err := http.Post(base+"/v1/plugins", mw.FormDataContentType(), &body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func TestPluginAdminAPI(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Streams = []StreamConfig{{Name: "in", Shards: 2, Replicate: ReplicateLocal}}
+	h, base := startHub(t, cfg)
+	wasm, err := os.ReadFile(watPassThroughModule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := PluginConfig{Name: "copy", Inputs: []string{"in"}, Outputs: []string{"out"}, Start: "earliest",
+		Config: PluginParams{"output": "out"}, CallTimeout: Duration(time.Second)}
+
+	status, body := deployHTTP(t, base, def, wasm)
+	if status != http.StatusCreated {
+		t.Fatalf("deploy: %d %s", status, body)
+	}
+	var info plugins.Info
+	if err := json.Unmarshal(body, &info); err != nil || info.Version != 1 || info.Status != plugins.StatusRunning || info.CallTimeout != time.Second {
+		t.Fatalf("deploy answer %+v (%v)", info, err)
+	}
+	in := mustStream(t, h, "in")
+	if _, err := in.Append(context.Background(), store.Batch{Shard: -1, Records: []record.Record{{Key: []byte("a"), Value: []byte("1")}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "plugin output", func() bool {
+		code, b := call(t, "GET", base+"/v1/plugins/copy", "")
+		json.Unmarshal(b, &info)
+		return code == 200 && info.RecordsOut == 1
+	})
+
+	tests := []struct {
+		name, method, path, body string
+		status                   int
+		contains                 string
+	}{
+		{name: "list", method: "GET", path: "/v1/plugins", status: 200, contains: `"name": "copy"`},
+		{name: "describe missing", method: "GET", path: "/v1/plugins/nope", status: 404, contains: "not_found"},
+		{name: "logs", method: "GET", path: "/v1/plugins/copy/logs?n=5", status: 200, contains: "deployed version 1"},
+		{name: "bad logs n", method: "GET", path: "/v1/plugins/copy/logs?n=x", status: 400},
+		{name: "pause", method: "POST", path: "/v1/plugins/copy/pause", body: `{"reason":"maintenance"}`, status: 200, contains: `"status": "paused"`},
+		{name: "pause reason kept", method: "GET", path: "/v1/plugins/copy", status: 200, contains: `"pause_reason": "maintenance"`},
+		{name: "resume", method: "POST", path: "/v1/plugins/copy/resume", status: 200, contains: `"status": "running"`},
+		{name: "metrics", method: "GET", path: "/metrics", status: 200, contains: `edgehub_plugin_records_out_total{input="in",plugin="copy",shard=`},
+		{name: "delete missing", method: "DELETE", path: "/v1/plugins/nope", status: 404},
+		{name: "deploy not multipart", method: "POST", path: "/v1/plugins", body: `{}`, status: 400, contains: "multipart"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, b := call(t, tt.method, base+tt.path, tt.body)
+			if code != tt.status || !strings.Contains(string(b), tt.contains) {
+				t.Fatalf("%s %s: %d %s; want %d containing %q", tt.method, tt.path, code, b, tt.status, tt.contains)
+			}
+		})
+	}
+
+	resp, err := http.Get(base + "/v1/plugins/copy/module")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.Header.Get("Content-Type") != "application/wasm" || !bytes.Equal(got, wasm) {
+		t.Fatalf("module download: %s, %d bytes", resp.Header.Get("Content-Type"), len(got))
+	}
+
+	// Refused deploys: bad module, bad definition, init rejecting config.
+	for _, bad := range []struct {
+		name   string
+		def    PluginConfig
+		wasm   []byte
+		status int
+		msg    string
+	}{
+		{"not wasm", def, []byte("nope"), 400, "invalid module"},
+		{"missing input", PluginConfig{Name: "x", Inputs: []string{"missing"}, Config: PluginParams{"output": "o"}}, wasm, 404, "stream not found"},
+		{"bad policy", PluginConfig{Name: "x", Inputs: []string{"in"}, OnError: "maybe"}, wasm, 400, "on_error"},
+		{"init refuses", PluginConfig{Name: "x", Inputs: []string{"in"}}, wasm, 400, "needs output=STREAM"},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			status, body := deployHTTP(t, base, bad.def, bad.wasm)
+			if status != bad.status || !strings.Contains(string(body), bad.msg) {
+				t.Fatalf("deploy: %d %s, want %d mentioning %q", status, body, bad.status, bad.msg)
+			}
+		})
+	}
+
+	// Upgrade: 200 and version 2.
+	status, body = deployHTTP(t, base, def, wasm)
+	if status != http.StatusOK || !strings.Contains(string(body), `"version": 2`) {
+		t.Fatalf("upgrade: %d %s", status, body)
+	}
+	if code, b := call(t, "DELETE", base+"/v1/plugins/copy", ""); code != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", code, b)
+	}
+}
+
+func TestPluginConfigDeclared(t *testing.T) {
+	dir := t.TempDir()
+	wasm, err := os.ReadFile(watPassThroughModule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "copy.wasm"), wasm, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	toml := fmt.Sprintf(`
+[hub]
+name = "cfg-hub"
+data_dir = %q
+[listen]
+admin = "127.0.0.1:0"
+quic = "127.0.0.1:0"
+[[stream]]
+name = "in"
+[[plugin]]
+name = "copy"
+module = "copy.wasm"
+inputs = ["in"]
+outputs = ["out"]
+start = "earliest"
+memory = "1MiB"
+timer_interval = "250ms"
+[plugin.config]
+output = "out"
+retries = 3
+`, filepath.Join(dir, "data"))
+	path := filepath.Join(dir, "hub.toml")
+	if err := os.WriteFile(path, []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 2; round++ {
+		cfg, err := LoadConfig(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Logger = testLogger(t)
+		h, base := startHub(t, cfg)
+		_, b := call(t, "GET", base+"/v1/plugins/copy", "")
+		var info plugins.Info
+		if err := json.Unmarshal(b, &info); err != nil {
+			t.Fatal(err)
+		}
+		// The second start finds the same module and settings: no upgrade.
+		if info.Version != 1 || info.MemoryPages != 16 || info.Config["retries"] != "3" || info.TimerInterval != 250*time.Millisecond {
+			t.Fatalf("round %d: %+v", round, info.Definition)
+		}
+		h.Close()
+	}
+
+	bad := strings.Replace(toml, `on_error`, `x`, 1) + "\n[[webhook]]\nname = \"w\"\nstream = \"in\"\nurl = \"ftp://x\"\n"
+	bad = strings.Replace(bad, `start = "earliest"`, `start = "sometime"`+"\nbogus = 1", 1)
+	_, err = ParseConfig("hub.toml", []byte(bad))
+	for _, want := range []string{"plugin[0].bogus: unknown key", "plugin[0]: invalid plugin definition: start", "webhook[0].url"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config error %v: want it to mention %q", err, want)
+		}
+	}
+}
+
+// Child-process tests: a real `hub` binary.
+
+var (
+	hubBinOnce sync.Once
+	hubBinDir  string
+	hubBin     string
+	hubBinErr  error
+)
+
+func buildHub(tb testing.TB) string {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("builds the hub binary; skipped with -short")
+	}
+	hubBinOnce.Do(func() {
+		if hubBinDir, hubBinErr = os.MkdirTemp("", "hub-bin-"); hubBinErr != nil {
+			return
+		}
+		hubBin = filepath.Join(hubBinDir, "hub")
+		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", hubBin, "./cmd/hub")
+		cmd.Dir = plugintest.ModuleRoot(tb)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			hubBinErr = fmt.Errorf("%v: %s", err, out)
+		}
+	})
+	if hubBinErr != nil {
+		tb.Fatal(hubBinErr)
+	}
+	return hubBin
+}
+
+// child is a `hub serve` process.
+type child struct {
+	tb    testing.TB
+	cmd   *exec.Cmd
+	admin string
+	quic  string
+	log   *bytes.Buffer
+	done  chan error
+}
+
+func startChild(tb testing.TB, config string) *child {
+	tb.Helper()
+	c := &child{tb: tb, log: &bytes.Buffer{}, done: make(chan error, 1)}
+	cfg, err := LoadConfig(config)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c.admin, c.quic = cfg.Listen.Admin, cfg.Listen.QUIC
+	c.cmd = exec.Command(buildHub(tb), "serve", "--config", config, "--log-level", "warn")
+	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
+	if err := c.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func() { c.done <- c.cmd.Wait() }()
+	tb.Cleanup(func() { c.kill() })
+	waitHealthy(tb, "http://"+c.admin)
+	return c
+}
+
+func (c *child) kill() {
+	if c.cmd.ProcessState != nil || c.cmd.Process == nil {
+		return
+	}
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.done
+}
+
+func (c *child) stop() {
+	c.tb.Helper()
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-c.done:
+		if err != nil {
+			c.tb.Fatalf("hub exited with %v:\n%s", err, c.log)
+		}
+	case <-time.After(60 * time.Second):
+		c.tb.Fatalf("hub did not stop:\n%s", c.log)
+	}
+}
+
+// cli runs the hub command against the child's admin API.
+func (c *child) cli(args ...string) string {
+	c.tb.Helper()
+	cmd := exec.Command(buildHub(c.tb), args...)
+	cmd.Env = append(os.Environ(), "HUB_ADMIN="+c.admin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.tb.Fatalf("hub %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func (c *child) describe(name string) plugins.Info {
+	c.tb.Helper()
+	_, b := call(c.tb, "GET", "http://"+c.admin+"/v1/plugins/"+name, "")
+	var info plugins.Info
+	json.Unmarshal(b, &info)
+	return info
+}
+
+func freeAddr(tb testing.TB, network string) string {
+	tb.Helper()
+	switch network {
+	case "udp":
+		ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.LocalAddr().String()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func writeHubToml(tb testing.TB, dir, extra string) string {
+	tb.Helper()
+	toml := fmt.Sprintf(`
+[hub]
+name = "plugin-hub"
+data_dir = %q
+[listen]
+admin = %q
+quic = %q
+%s
+`, filepath.Join(dir, "data"), freeAddr(tb, "tcp"), freeAddr(tb, "udp"), extra)
+	path := filepath.Join(dir, "hub.toml")
+	if err := os.WriteFile(path, []byte(toml), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
+func dialChild(tb testing.TB, c *child) *sdk.Client {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := sdk.Dial(ctx, c.quic, sdk.Options{Insecure: true, Logger: quietTestLogger()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func produceSDK(tb testing.TB, cl *sdk.Client, stream string, recs []record.Record) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := cl.Producer(ctx, stream, sdk.ProducerOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var futs []*sdk.Future
+	for _, r := range recs {
+		f, err := p.SendFuture(ctx, r)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		futs = append(futs, f)
+	}
+	for _, f := range futs {
+		if _, err := f.Wait(ctx); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// consumeSDK reads n records of stream from the earliest.
+func consumeSDK(tb testing.TB, cl *sdk.Client, stream string, n int) []record.Record {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sub, err := cl.Subscribe(ctx, stream, sdk.ConsumeOptions{From: sdk.FromEarliest()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer sub.Close()
+	var out []record.Record
+	for len(out) < n {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			tb.Fatalf("consume %s: %v after %d of %d records", stream, err, len(out), n)
+		}
+		out = append(out, m.Record.Clone())
+	}
+	return out
+}
+
+func reading(sensor string, t time.Time, v float64) record.Record {
+	return record.Record{Key: []byte(sensor), Value: fmt.Appendf(nil, `{"value":%g}`, v), Time: t.UnixNano()}
+}
+
+// TestPluginExamplesEndToEnd runs the examples in a `hub serve` process,
+// deployed with `hub plugin deploy`, fed and read over QUIC with the SDK, and
+// an alert delivered to a webhook.
+func TestPluginExamplesEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	received := make(chan WebhookDelivery, 16)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var d WebhookDelivery
+		if err := json.NewDecoder(r.Body).Decode(&d); err != nil || r.Header.Get(HeaderDelivery) == "" {
+			http.Error(w, "bad delivery", 400)
+			return
+		}
+		received <- d
+	}))
+	defer hook.Close()
+	config := writeHubToml(t, dir, fmt.Sprintf(`
+[[stream]]
+name = "readings"
+shards = 2
+[[stream]]
+name = "alerts"
+shards = 1
+[[webhook]]
+name = "pager"
+stream = "alerts"
+url = %q
+`, hook.URL))
+	c := startChild(t, config)
+	mods := map[string]string{}
+	for _, ex := range []string{"aggregate", "alert", "derive"} {
+		mods[ex] = plugintest.Build(t, "examples/"+ex)
+	}
+	out := c.cli("plugin", "deploy", mods["derive"], "--name", "derive", "--input", "readings", "--output", "fahrenheit",
+		"--from", "earliest", "--config", "scale=1.8", "--config", "offset=32", "--config", "unit=F", "--config", "output=fahrenheit",
+		"--config", "site.s=plant-7")
+	if !strings.Contains(out, "plugin derive deployed: version 1") {
+		t.Fatalf("deploy output: %s", out)
+	}
+	manifest := filepath.Join(dir, "alert.toml")
+	os.WriteFile(manifest, []byte(fmt.Sprintf("name = \"alert\"\nmodule = %q\ninputs = [\"readings\"]\noutputs = [\"alerts\"]\nstart = \"earliest\"\n[config]\nthreshold = 80\ndebounce = \"1m\"\n", mods["alert"])), 0o644)
+	c.cli("plugin", "deploy", "--manifest", manifest)
+	c.cli("plugin", "deploy", mods["aggregate"], "--name", "agg", "--input", "readings", "--output", "aggregates",
+		"--from", "earliest", "--config", "window=10s", "--config", "lateness=0s", "--config", "idle=1h", "--timer-interval", "50ms")
+	if out := c.cli("plugin", "list"); !strings.Contains(out, "agg") || !strings.Contains(out, "running") {
+		t.Fatalf("plugin list:\n%s", out)
+	}
+
+	cl := dialChild(t, c)
+	base := time.Now().Truncate(10 * time.Second).Add(-time.Minute)
+	var recs []record.Record
+	for i := 0; i < 10; i++ {
+		recs = append(recs, reading("s1", base.Add(time.Duration(i)*time.Second), float64(20+i)))
+		recs = append(recs, reading("s2", base.Add(time.Duration(i)*time.Second), float64(40-i)))
+	}
+	recs = append(recs, reading("s1", base.Add(11*time.Second), 95)) // alert, and closes the first window
+	recs = append(recs, reading("s2", base.Add(11*time.Second), 10))
+	t0 := time.Now()
+	produceSDK(t, cl, "readings", recs)
+
+	// The alert reaches the webhook.
+	select {
+	case d := <-received:
+		t.Logf("alert delivered to the webhook %s after the produce was acknowledged", time.Since(t0))
+		if len(d.Records) != 1 || !strings.Contains(string(d.Records[0].Value), `"kind":"threshold"`) {
+			t.Fatalf("webhook delivery %+v", d)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no webhook delivery")
+	}
+
+	derived := consumeSDK(t, cl, "fahrenheit", len(recs))
+	for _, r := range derived {
+		var m map[string]any
+		if err := json.Unmarshal(r.Value, &m); err != nil || m["unit"] != "F" || m["site"] != "plant-7" {
+			t.Fatalf("derived record %s", r.Value)
+		}
+	}
+	aggs := consumeSDK(t, cl, "aggregates", 2)
+	for _, r := range aggs {
+		var m map[string]any
+		json.Unmarshal(r.Value, &m)
+		want := map[string][3]float64{"s1": {10, 20, 29}, "s2": {10, 31, 40}}[string(r.Key)]
+		if m["count"] != want[0] || m["min"] != want[1] || m["max"] != want[2] {
+			t.Fatalf("aggregate %s, want count/min/max %v", r.Value, want)
+		}
+	}
+	desc := c.cli("plugin", "describe", "agg")
+	for _, want := range []string{"Status:", "running", "CHECKPOINT", "State:", "TIME/CALL"} {
+		if !strings.Contains(desc, want) {
+			t.Fatalf("describe lacks %q:\n%s", want, desc)
+		}
+	}
+	c.cli("plugin", "pause", "alert", "--reason", "test")
+	if info := c.describe("alert"); info.Status != plugins.StatusPaused || info.PauseReason != "test" {
+		t.Fatalf("after pause: %s %q", info.Status, info.PauseReason)
+	}
+	c.cli("plugin", "resume", "alert")
+	if logs := c.cli("plugin", "logs", "derive"); !strings.Contains(logs, "deployed version 1") {
+		t.Fatalf("logs:\n%s", logs)
+	}
+	c.cli("plugin", "delete", "derive")
+	if out := c.cli("plugin", "list"); strings.Contains(out, "derive") {
+		t.Fatalf("derive still listed:\n%s", out)
+	}
+	c.stop()
+}
+
+// TestPluginCrashExactlyOnce kills `hub serve` with SIGKILL while the
+// aggregate example is working, restarts it, and checks that every window
+// aggregate is emitted exactly once with exact statistics: nothing
+// double-counted, duplicated or lost.
+func TestPluginCrashExactlyOnce(t *testing.T) {
+	dir := t.TempDir()
+	agg := plugintest.Build(t, "examples/aggregate")
+	config := writeHubToml(t, dir, fmt.Sprintf(`
+[[stream]]
+name = "readings"
+shards = 2
+[[plugin]]
+name = "agg"
+module = %q
+inputs = ["readings"]
+outputs = ["aggregates"]
+start = "earliest"
+batch_records = 50
+timer_interval = "20ms"
+[plugin.config]
+window = "1s"
+lateness = "0s"
+idle = "2s"
+`, agg))
+	const (
+		sensors = 20
+		waves   = 3
+		perWave = 12000 // readings per wave, 10 ms of event time apart per sensor
+	)
+	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	type win struct {
+		key   string
+		start int64
+	}
+	type stat struct{ count, min, max, sum float64 }
+	want := map[win]*stat{}
+	var all [][]record.Record
+	for w := 0; w < waves; w++ {
+		var recs []record.Record
+		for i := 0; i < perWave; i++ {
+			n := w*perWave + i
+			key := fmt.Sprintf("sensor-%02d", n%sensors)
+			ts := base.Add(time.Duration(n/sensors) * 10 * time.Millisecond)
+			v := float64((n*7919)%1000) / 10
+			recs = append(recs, reading(key, ts, v))
+			k := win{key, ts.Truncate(time.Second).UnixNano()}
+			s := want[k]
+			if s == nil {
+				s = &stat{min: v, max: v}
+				want[k] = s
+			}
+			s.count++
+			s.sum += v
+			s.min, s.max = min(s.min, v), max(s.max, v)
+		}
+		all = append(all, recs)
+	}
+
+	kills := 0
+	for w := 0; w < waves; w++ {
+		c := startChild(t, config)
+		cl := dialChild(t, c)
+		produceSDK(t, cl, "readings", all[w])
+		cl.Close()
+		target := uint64((w + 1) * perWave)
+		// Kill while the plugin is mid-way through the wave.
+		var seen uint64
+		for {
+			info := c.describe("agg")
+			seen = info.RecordsIn
+			if seen > target-uint64(perWave)+uint64(perWave/10) || info.Lag == 0 && seen >= target {
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		c.kill()
+		if seen < target {
+			kills++
+		}
+		t.Logf("wave %d: SIGKILL with %d of %d records committed by the plugin", w, seen, target)
+	}
+	if kills == 0 {
+		t.Fatal("the plugin finished every wave before the kill: the test proved nothing")
+	}
+	// Restart and let the plugin finish; the idle timer closes the last
+	// windows.
+	c := startChild(t, config)
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		info := c.describe("agg")
+		if info.Lag == 0 && info.StateKeys <= 2 && info.RecordsIn == uint64(waves*perWave) && info.RecordsOut == uint64(len(want)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plugin did not finish: %+v\n%s", info, c.log)
+		}
+	}
+	c.stop()
+
+	st, err := store.Open(storeConfigFor(filepath.Join(dir, "data")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	out, err := st.Stream("aggregates")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[win]int{}
+	origins := map[record.Origin]bool{}
+	for shard := 0; shard < out.Shards(); shard++ {
+		recs, err := out.Read(shard, 1, store.ReadOptions{MaxRecords: 1 << 20, MaxBytes: 1 << 30})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if origins[r.Origin] {
+				t.Fatalf("origin %+v stored twice", r.Origin)
+			}
+			origins[r.Origin] = true
+			var m struct {
+				Key            string
+				WindowStart    time.Time `json:"window_start"`
+				Count          float64
+				Min, Max, Mean float64
+			}
+			if err := json.Unmarshal(r.Value, &m); err != nil {
+				t.Fatal(err)
+			}
+			k := win{m.Key, m.WindowStart.UnixNano()}
+			got[k]++
+			s := want[k]
+			if s == nil {
+				t.Fatalf("aggregate for unknown window %+v", k)
+			}
+			if m.Count != s.count || m.Min != s.min || m.Max != s.max || !near(m.Mean, s.sum/s.count) {
+				t.Fatalf("window %+v: count %v min %v max %v mean %v, want %v %v %v %v", k, m.Count, m.Min, m.Max, m.Mean,
+					s.count, s.min, s.max, s.sum/s.count)
+			}
+		}
+	}
+	var missing []win
+	for k := range want {
+		if got[k] == 0 {
+			missing = append(missing, k)
+		}
+		if got[k] > 1 {
+			t.Fatalf("window %+v emitted %d times", k, got[k])
+		}
+	}
+	if len(missing) > 0 {
+		slices.SortFunc(missing, func(a, b win) int { return int(a.start - b.start) })
+		t.Fatalf("%d of %d windows never emitted, first %+v", len(missing), len(want), missing[0])
+	}
+	t.Logf("%d windows, each emitted once with exact statistics, across %d kills", len(want), kills)
+}
+
+func near(a, b float64) bool {
+	d := a - b
+	return d < 1e-9 && d > -1e-9
+}
+
+func storeConfigFor(dir string) store.Config {
+	c := store.DefaultConfig(dir)
+	c.Logger = quietTestLogger()
+	return c
+}
