@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,14 +29,15 @@ const maxRequestBody = 1 << 20
 
 // Error codes of the admin API, with their HTTP status.
 const (
-	CodeInvalid     = "invalid_argument" // 400
-	CodeNotFound    = "not_found"        // 404
-	CodeExists      = "already_exists"   // 409
-	CodeConflict    = "conflict"         // 409
-	CodeTooLarge    = "too_large"        // 413
-	CodeInternal    = "internal"         // 500
-	CodeCorrupt     = "data_corrupt"     // 500
-	CodeUnavailable = "unavailable"      // 503
+	CodeInvalid     = "invalid_argument"   // 400
+	CodeNotFound    = "not_found"          // 404
+	CodeMethod      = "method_not_allowed" // 405
+	CodeExists      = "already_exists"     // 409
+	CodeConflict    = "conflict"           // 409
+	CodeTooLarge    = "too_large"          // 413
+	CodeInternal    = "internal"           // 500
+	CodeCorrupt     = "data_corrupt"       // 500
+	CodeUnavailable = "unavailable"        // 503
 )
 
 // ErrorBody is the JSON body of every admin API error.
@@ -195,9 +197,7 @@ func (h *Hub) addAdmin() error {
 	h.route("GET /v1/streams/{name}", h.describeStream)
 	h.route("PATCH /v1/streams/{name}", h.updateStream)
 	h.route("DELETE /v1/streams/{name}", h.deleteStream)
-	h.route("/v1/", func(w http.ResponseWriter, r *http.Request) error {
-		return &apiError{http.StatusNotFound, CodeNotFound, fmt.Errorf("no such API: %s %s", r.Method, r.URL.Path)}
-	})
+	h.route("/v1/", h.notFound)
 
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
@@ -215,6 +215,24 @@ func (h *Hub) addAdmin() error {
 	}}
 	h.add(h.admin)
 	return nil
+}
+
+// notFound answers requests no /v1/ route matched: 405 with an Allow header
+// if the path exists for other methods, else 404, both as JSON errors.
+func (h *Hub) notFound(w http.ResponseWriter, r *http.Request) error {
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := h.mux.Handler(probe); pattern != "" && pattern != "/v1/" {
+			allowed = append(allowed, m)
+		}
+	}
+	if len(allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		return &apiError{http.StatusMethodNotAllowed, CodeMethod, fmt.Errorf("%s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))}
+	}
+	return &apiError{http.StatusNotFound, CodeNotFound, fmt.Errorf("no such API: %s %s", r.Method, r.URL.Path)}
 }
 
 type statusWriter struct {
