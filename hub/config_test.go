@@ -149,9 +149,9 @@ func TestParseConfigErrors(t *testing.T) {
 			want: []string{`hub.toml:6: stream[1].shard: unknown key (did you mean "shards"?)`},
 		},
 		{
-			name: "unknown key in an empty owned section",
-			toml: "[gossip]\nbind = \"0.0.0.0:7946\"\n[tls]\ncert = \"x\"\n",
-			want: []string{`hub.toml:2: gossip.bind: unknown key`, `hub.toml:4: tls.cert: unknown key`},
+			name: "unknown key in a section owned by another part",
+			toml: "[gossip]\nno_such_key = 1\n[tls]\nno_such_key = \"x\"\n",
+			want: []string{`hub.toml:2: gossip.no_such_key: unknown key`, `hub.toml:4: tls.no_such_key: unknown key`},
 		},
 		{
 			name: "wrong type",
