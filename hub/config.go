@@ -939,6 +939,9 @@ func (ix lineIndex) find(key string) int {
 		if n, ok := ix[stripIndexes(k)]; ok {
 			return n
 		}
+		if n, ok := ix[k+"[0]"]; ok { // an array of tables, named as a whole
+			return n
+		}
 		i := max(strings.LastIndexByte(k, '.'), strings.LastIndexByte(k, '['))
 		if i <= 0 {
 			break

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -356,9 +357,8 @@ func TestRepoHubToml(t *testing.T) {
 	}
 	want := DefaultConfig()
 	want.File = "hub.toml"
-	if len(c.Hub.Tags) == 0 {
-		c.Hub.Tags = nil
-	}
+	// `tags = []` documents an empty list; the default is nil.
+	nilEmptySlices(reflect.ValueOf(&c).Elem())
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("hub.toml differs from DefaultConfig:\n got %+v\nwant %+v", c, want)
 	}
@@ -370,7 +370,10 @@ func TestRepoHubToml(t *testing.T) {
 	}
 	var b strings.Builder
 	b.WriteString("[[stream]]\n")
-	for _, line := range strings.Split(example, "\n") {
+	for _, line := range strings.Split(example, "\n")[1:] {
+		if !strings.HasPrefix(line, "#") {
+			break // the example ends at the first uncommented line
+		}
 		if rest, ok := strings.CutPrefix(line, "# "); ok && !strings.HasPrefix(rest, "# ") {
 			b.WriteString(rest + "\n")
 		}
@@ -384,6 +387,59 @@ func TestRepoHubToml(t *testing.T) {
 	def.Name = c.Streams[0].Name
 	if !reflect.DeepEqual(c.Streams[0], def) {
 		t.Errorf("stream example = %+v, want the defaults %+v", c.Streams[0], def)
+	}
+}
+
+// TestRepoHubTomlExamples uncomments every commented key and table header
+// of hub.toml and checks that the schema knows them all with the right
+// types. (Values such as file paths may fail validation; that is fine.)
+func TestRepoHubTomlExamples(t *testing.T) {
+	data, err := os.ReadFile("../hub.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	commented := regexp.MustCompile(`^# (\[|[a-z0-9_.]+ = )`)
+	var b strings.Builder
+	n := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if commented.MatchString(line) {
+			line = line[2:]
+			n++
+		}
+		b.WriteString(line + "\n")
+	}
+	if n < 50 {
+		t.Fatalf("only %d commented examples found; did hub.toml's comment style change?", n)
+	}
+	_, err = ParseConfig("hub.toml", []byte(b.String()))
+	for _, e := range flatten(err) {
+		msg := e.Error()
+		for _, bad := range []string{"unknown key", "unknown table", "incompatible types", "expected a", "invalid size", "invalid duration", "already been defined"} {
+			if strings.Contains(msg, bad) {
+				t.Errorf("documented example does not match the schema: %s", msg)
+			}
+		}
+	}
+}
+
+// nilEmptySlices replaces empty slices in v (recursively, settable fields
+// only) with nil.
+func nilEmptySlices(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Field(i).CanSet() {
+				nilEmptySlices(v.Field(i))
+			}
+		}
+	case reflect.Slice:
+		if v.Len() == 0 {
+			v.Set(reflect.Zero(v.Type()))
+			return
+		}
+		for i := range v.Len() {
+			nilEmptySlices(v.Index(i))
+		}
 	}
 }
 
