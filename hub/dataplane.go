@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
@@ -131,6 +132,9 @@ func (h *Hub) addDataPlane() error {
 	qc.Allow0RTT = *limits.Allow0RTT
 	qc.EnableDatagrams = *limits.Datagrams
 	qc.Logger = h.logger
+	if qc.StatelessResetKey, err = h.resetKey(); err != nil {
+		return err
+	}
 	srv, err := quic.Listen(qc)
 	if err != nil {
 		return fmt.Errorf("hub: data plane: %w", err)
@@ -212,6 +216,37 @@ func (h *Hub) serverTLS() (*tls.Config, error) {
 		}
 	}
 	return conf, nil
+}
+
+// resetKey returns the QUIC stateless reset key kept in the data directory,
+// creating it on first start. A stable key lets a restarted hub tell clients
+// of the previous process that their connection is gone, so they reconnect
+// at once rather than after the idle timeout.
+func (h *Hub) resetKey() (*[32]byte, error) {
+	path := filepath.Join(h.cfg.Hub.DataDir, "tls", "reset.key")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		b = make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return nil, fmt.Errorf("hub: reset key: %w", err)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return nil, fmt.Errorf("hub: reset key: %w", err)
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			return nil, fmt.Errorf("hub: reset key: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return nil, fmt.Errorf("hub: reset key: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("hub: reset key: %w", err)
+	}
+	if len(b) != 32 {
+		return nil, fmt.Errorf("hub: reset key %s: %d bytes, want 32", path, len(b))
+	}
+	return (*[32]byte)(b), nil
 }
 
 func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {

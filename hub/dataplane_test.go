@@ -6,10 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -670,4 +675,191 @@ produce = ["*"]
 		!strings.Contains(err.Error(), "limits.max_frame_bytes") || !strings.Contains(err.Error(), "limits.bogus") {
 		t.Fatalf("want both problems reported, got %v", err)
 	}
+}
+
+// TestDataPlaneKill9 runs `hub serve` as a child process, produces through
+// the SDK from several producers, SIGKILLs the hub mid-stream twice and
+// restarts it, and checks that every acknowledged record is stored exactly
+// once at the position its acknowledgement gave, and that no record is
+// stored twice (idempotent producers resend across the restarts).
+func TestDataPlaneKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the hub binary and crashes it")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "hub")
+	build := exec.Command("go", "build", "-o", bin, "github.com/edgehub/edgehub/cmd/hub")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	addr := freeUDPAddr(t)
+	data := filepath.Join(dir, "data")
+	conf := filepath.Join(dir, "hub.toml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
+[hub]
+name = "crash"
+data_dir = %q
+[listen]
+quic = %q
+admin = "127.0.0.1:0"
+[[stream]]
+name = "crash"
+shards = 3
+`, data, addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var child *exec.Cmd
+	start := func() {
+		child = exec.Command(bin, "serve", "--config", conf, "--log-level", "warn")
+		child.Stdout, child.Stderr = io.Discard, io.Discard
+		if err := child.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kill := func() {
+		child.Process.Signal(syscall.SIGKILL)
+		child.Wait()
+	}
+	start()
+	t.Cleanup(kill)
+	ctx := testCtx(t)
+	ca := filepath.Join(data, SelfSignedCertFile)
+
+	const producers = 3
+	type ackInfo struct {
+		pos sdk.Position
+		n   int // times acknowledged
+	}
+	var mu sync.Mutex
+	acked := map[string]*ackInfo{}
+	var failures []error
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range producers {
+		// Wait for the child to listen (and write its certificate).
+		var c *sdk.Client
+		for {
+			var err error
+			if c, err = sdk.Dial(ctx, addr, sdk.Options{CAFile: ca, DialTimeout: time.Second, ReconnectMax: 500 * time.Millisecond, Logger: testLogger(t)}); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("hub did not come up: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		defer c.Close()
+		p, err := c.Producer(ctx, "crash", sdk.ProducerOptions{BatchRecords: 200, BufferBytes: 256 << 10, AckTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					if err := p.Close(ctx); err != nil {
+						mu.Lock()
+						failures = append(failures, err)
+						mu.Unlock()
+					}
+					return
+				default:
+				}
+				v := fmt.Sprintf("p%d-%d", i, n)
+				err := p.SendAsync(ctx, sdk.Record{Key: []byte(v), Value: []byte(v)}, func(pos sdk.Position, err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil {
+						failures = append(failures, fmt.Errorf("%s: %w", v, err))
+						return
+					}
+					if a := acked[v]; a != nil {
+						a.n++
+						return
+					}
+					acked[v] = &ackInfo{pos: pos, n: 1}
+				})
+				if err != nil {
+					mu.Lock()
+					failures = append(failures, err)
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	waitAcks := func(n int) {
+		for {
+			mu.Lock()
+			got := len(acked)
+			mu.Unlock()
+			if got >= n {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("only %d of %d records acknowledged", got, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for round := 1; round <= 2; round++ {
+		waitAcks(round * 20000)
+		kill()
+		mu.Lock()
+		t.Logf("round %d: killed the hub with %d records acknowledged", round, len(acked))
+		mu.Unlock()
+		start()
+	}
+	waitAcks(60000)
+	close(stop)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d records failed, first: %v", len(failures), failures[0])
+	}
+
+	// Read everything back from the restarted hub.
+	c := (&dpHub{addr: addr, ca: ca}).client(t, nil)
+	sub, err := c.Subscribe(ctx, "crash", sdk.ConsumeOptions{From: sdk.FromEarliest()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	seen := map[string]sdk.Position{}
+	for !sub.CaughtUp() {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := string(m.Record.Value)
+		if prev, dup := seen[v]; dup {
+			t.Fatalf("%s stored twice: at %+v and %d/%d", v, prev, m.Shard, m.Record.Seq)
+		}
+		seen[v] = sdk.Position{Shard: m.Shard, Seq: m.Record.Seq}
+	}
+	for v, a := range acked {
+		got, ok := seen[v]
+		if !ok {
+			t.Fatalf("acknowledged record %s (at %+v) lost", v, a.pos)
+		}
+		if a.pos.Seq != 0 && (got.Shard != a.pos.Shard || got.Seq != a.pos.Seq) {
+			t.Fatalf("%s acknowledged at %+v, stored at %+v", v, a.pos, got)
+		}
+		if a.n != 1 {
+			t.Fatalf("%s acknowledged %d times", v, a.n)
+		}
+	}
+	t.Logf("%d records acknowledged across 2 hub crashes, %d stored, none twice", len(acked), len(seen))
+}
+
+// freeUDPAddr returns a loopback UDP address that was free a moment ago.
+func freeUDPAddr(tb testing.TB) string {
+	tb.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
 }

@@ -3,6 +3,7 @@ package quic
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 
@@ -73,6 +74,15 @@ func Dial(ctx context.Context, addr string, cfg ClientConfig) (*Client, error) {
 // per-connection stream limit) until ctx ends.
 func (c *Client) Open(ctx context.Context, op Op, body Appender) (*Stream, error) {
 	qs, err := c.qc.OpenStreamSync(ctx)
+	if errors.Is(err, quicgo.Err0RTTRejected) {
+		// The hub did not accept early data (it restarted and lost its
+		// ticket keys, say): continue on the completed handshake.
+		// Streams opened in early data fail with the same error and
+		// their operations are retried by the caller.
+		if _, err = c.qc.NextConnection(ctx); err == nil {
+			qs, err = c.qc.OpenStreamSync(ctx)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("quic: open %s: %w", op, mapQUICErr(err))
 	}

@@ -71,6 +71,11 @@ type Config struct {
 	// windows: the most a client can have in flight towards the hub.
 	StreamReceiveWindow uint64
 	ConnReceiveWindow   uint64
+	// StatelessResetKey, when set, lets the server reset connections it no
+	// longer knows (after a restart): clients learn at once that their
+	// connection is gone instead of waiting for the idle timeout. Keep it
+	// stable across restarts.
+	StatelessResetKey *[32]byte
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }

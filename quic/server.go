@@ -143,6 +143,7 @@ func Listen(cfg Config) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.tr = &quicgo.Transport{
 		Conn:                udp,
+		StatelessResetKey:   (*quicgo.StatelessResetKey)(cfg.StatelessResetKey),
 		VerifySourceAddress: func(net.Addr) bool { return s.handshakes.Load() > int64(cfg.ValidateAddressAbove) },
 		ConnContext:         s.connContext,
 	}

@@ -41,6 +41,10 @@ type ProducerOptions struct {
 	// DeliveryTimeout fails a record not acknowledged this long after it
 	// was accepted, across retries and reconnects. Default 2 minutes.
 	DeliveryTimeout time.Duration
+	// AckTimeout gives up on a session whose oldest batch has waited this
+	// long for its acknowledgement, and resends on a new one (a hub that
+	// vanished without closing the connection). Default 30s.
+	AckTimeout time.Duration
 	// Datagrams sends fire-and-forget over QUIC datagrams: no
 	// acknowledgement, no retry, records may be lost. Callbacks get a zero
 	// Position once the datagram is sent.
@@ -62,6 +66,9 @@ func (o ProducerOptions) withDefaults() ProducerOptions {
 	o.MaxInFlight = min(o.MaxInFlight, 16)
 	if o.BufferBytes <= 0 {
 		o.BufferBytes = 64 << 20
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 30 * time.Second
 	}
 	if o.DeliveryTimeout <= 0 {
 		o.DeliveryTimeout = 2 * time.Minute
@@ -137,6 +144,7 @@ type pbatch struct {
 	cbs      []func(Position, error)
 	accepted time.Time // of the oldest record
 	wire     bool      // sent on the current session, not yet acknowledged
+	sentAt   time.Time
 }
 
 type session struct {
@@ -470,7 +478,7 @@ func (p *Producer) loop() {
 			if p.inflight[b.shard] >= p.opts.MaxInFlight {
 				continue
 			}
-			b.wire = true
+			b.wire, b.sentAt = true, now
 			p.inflight[b.shard]++
 			out = append(out, b)
 		}
@@ -509,10 +517,19 @@ func (p *Producer) loop() {
 			}
 			p.mu.Unlock()
 		case <-time.After(time.Second):
-			// Delivery timeouts are checked even when nothing happens.
+			// Timeouts are checked even when nothing happens.
 			p.mu.Lock()
 			p.expire()
+			stale := false
+			for _, b := range p.unacked {
+				if b.wire && time.Since(b.sentAt) > p.opts.AckTimeout {
+					stale = true
+				}
+			}
 			p.mu.Unlock()
+			if stale {
+				s.fail(fmt.Errorf("sdk: produce to %q: no acknowledgement for %s", p.stream, p.opts.AckTimeout))
+			}
 		}
 	}
 }
