@@ -53,6 +53,7 @@ func BenchmarkHostPassThrough(b *testing.B) {
 	}
 }
 
+// BenchmarkHostDecodeOnly measures crossing the ABI without outputs.
 func BenchmarkHostDecodeOnly(b *testing.B) {
 	recs := benchBatch(1000)
 	def := Definition{Name: "bench", Inputs: []string{"in"}}
@@ -62,4 +63,21 @@ func BenchmarkHostDecodeOnly(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(res.PerSecond(), "records/s")
+}
+
+// BenchmarkHostAggregate runs the aggregate example (JSON parsing, keyed
+// state per record) through the host, state in the in-memory delta.
+func BenchmarkHostAggregate(b *testing.B) {
+	recs := make([]record.Record, 1000)
+	for i := range recs {
+		recs[i] = record.Record{Seq: uint64(i + 1), Key: []byte("sensor-" + strconv.Itoa(i%50)),
+			Value: []byte(`{"value":` + strconv.Itoa(i%100) + `.5,"unit":"C"}`), Time: int64(i) * 1e6}
+	}
+	def := Definition{Name: "agg", Inputs: []string{"in"}, Outputs: []string{"aggregates"}}
+	res, err := HostBenchmark(context.Background(), plugintest.Wasm(b, "examples/aggregate"), def, recs, (b.N+999)/1000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(res.PerSecond(), "records/s")
+	b.ReportMetric(float64(res.MemoryBytes)/(1<<20), "MiB-memory")
 }

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"strconv"
 	"time"
 
 	"github.com/edgehub/edgehub/sdk/plugin"
@@ -40,11 +39,16 @@ type stats struct {
 	sum, min, max float64
 }
 
+// Scratch buffers: per-record work allocates nothing (allocation is what
+// costs most in a Go guest).
+var keyBuf, valBuf, metaBuf []byte
+
 func (s *stats) encode() []byte {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, 32), s.count)
+	b := binary.BigEndian.AppendUint64(valBuf[:0], s.count)
 	b = binary.BigEndian.AppendUint64(b, math.Float64bits(s.sum))
 	b = binary.BigEndian.AppendUint64(b, math.Float64bits(s.min))
-	return binary.BigEndian.AppendUint64(b, math.Float64bits(s.max))
+	valBuf = binary.BigEndian.AppendUint64(b, math.Float64bits(s.max))
+	return valBuf
 }
 
 func decodeStats(b []byte) (stats, bool) {
@@ -60,33 +64,34 @@ func decodeStats(b []byte) (stats, bool) {
 }
 
 func windowKey(end int64, key []byte) []byte {
-	k := append([]byte{'w'}, binary.BigEndian.AppendUint64(nil, uint64(end))...)
-	return append(k, key...)
+	keyBuf = append(keyBuf[:0], 'w')
+	keyBuf = binary.BigEndian.AppendUint64(keyBuf, uint64(end))
+	keyBuf = append(keyBuf, key...)
+	return keyBuf
 }
 
 func loadMeta() (maxEvent, lastIngest int64) {
-	if b, ok := plugin.State.Get(metaKey); ok && len(b) == 16 {
-		return int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint64(b[8:]))
+	var ok bool
+	if metaBuf, ok = plugin.State.AppendValue(metaBuf[:0], metaKey); ok && len(metaBuf) == 16 {
+		return int64(binary.BigEndian.Uint64(metaBuf)), int64(binary.BigEndian.Uint64(metaBuf[8:]))
 	}
 	return math.MinInt64, 0
 }
 
 func storeMeta(maxEvent, lastIngest int64) {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(maxEvent))
-	plugin.State.Set(metaKey, binary.BigEndian.AppendUint64(b, uint64(lastIngest)))
+	metaBuf = binary.BigEndian.AppendUint64(metaBuf[:0], uint64(maxEvent))
+	metaBuf = binary.BigEndian.AppendUint64(metaBuf, uint64(lastIngest))
+	plugin.State.Set(metaKey, metaBuf)
 }
 
-// reading extracts the numeric field from a JSON object.
+// reading extracts the numeric field of a JSON reading without decoding
+// the whole document (allocation dominates a Go guest's cost).
 func reading(v []byte) (float64, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(v, &m); err != nil {
-		return 0, err
-	}
-	raw, ok := m[field]
+	x, ok := plugin.NumberField(v, field)
 	if !ok {
-		return 0, fmt.Errorf("no %q field", field)
+		return 0, fmt.Errorf("no numeric %q field", field)
 	}
-	return strconv.ParseFloat(string(raw), 64)
+	return x, nil
 }
 
 func onRecord(r *plugin.Record) error {
@@ -114,8 +119,9 @@ func onRecord(r *plugin.Record) error {
 	}
 	k := windowKey(end, r.Key)
 	s, ok := stats{}, false
-	if b, found := plugin.State.Get(k); found {
-		s, ok = decodeStats(b)
+	var found bool
+	if valBuf, found = plugin.State.AppendValue(valBuf[:0], k); found {
+		s, ok = decodeStats(valBuf)
 	}
 	if !ok {
 		s = stats{min: x, max: x}

@@ -184,6 +184,22 @@ func (stateStore) Get(key []byte) ([]byte, bool) {
 	}
 }
 
+// AppendValue appends key's value to dst, the allocation-free form of Get
+// for hot paths that reuse a buffer.
+func (stateStore) AppendValue(dst, key []byte) ([]byte, bool) {
+	for {
+		free := dst[len(dst):cap(dst)]
+		n := hostStateGet(key, free)
+		if n < 0 {
+			return dst, false
+		}
+		if int(n) <= len(free) {
+			return dst[:len(dst)+int(n)], true
+		}
+		dst = slices.Grow(dst, int(n))
+	}
+}
+
 // Set stores value under key (1 to 1024 bytes; values up to 1 MiB).
 func (stateStore) Set(key, value []byte) { hostStateSet(key, value) }
 

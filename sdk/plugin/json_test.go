@@ -1,0 +1,81 @@
+package plugin
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+)
+
+func TestNumberField(t *testing.T) {
+	tests := []struct {
+		name, doc, field string
+		want             float64
+		ok               bool
+	}{
+		{name: "simple", doc: `{"value":21.5}`, field: "value", want: 21.5, ok: true},
+		{name: "after others", doc: ` { "sensor" : "s\"1", "tags": {"value": 3}, "list": [1, "]", {"a":[]}], "ok": true, "value" : -1e3 } `, field: "value", want: -1000, ok: true},
+		{name: "missing", doc: `{"other":1}`, field: "value"},
+		{name: "string value", doc: `{"value":"21"}`, field: "value"},
+		{name: "not an object", doc: `[{"value":1}]`, field: "value"},
+		{name: "nested only", doc: `{"a":{"value":1}}`, field: "value"},
+		{name: "truncated", doc: `{"value":`, field: "value"},
+		{name: "garbage", doc: `{"value" 1}`, field: "value"},
+		{name: "null", doc: `{"value":null}`, field: "value"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := NumberField([]byte(tt.doc), tt.field)
+			if ok != tt.ok || got != tt.want {
+				t.Fatalf("NumberField(%s, %q) = %v, %v; want %v, %v", tt.doc, tt.field, got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+// FuzzNumberField checks NumberField against encoding/json on valid
+// documents, and that it never panics on anything.
+func FuzzNumberField(f *testing.F) {
+	f.Add([]byte(`{"value":21.5,"x":"y"}`))
+	f.Add([]byte(`{"a":[1,{"value":2}],"value":-3}`))
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		got, ok := NumberField(doc, "value")
+		var m map[string]any
+		if json.Unmarshal(doc, &m) != nil {
+			return
+		}
+		// encoding/json keeps the last of duplicate keys; NumberField the
+		// first: compare only documents with one "value".
+		want, isNum := m["value"].(float64)
+		if isNum && !ok {
+			if dup := countKey(doc, "value"); dup == 1 {
+				t.Fatalf("%s: NumberField missed %v", doc, want)
+			}
+		}
+		if ok && isNum && got != want && countKey(doc, "value") == 1 {
+			t.Fatalf("%s: NumberField = %v, encoding/json %v", doc, got, want)
+		}
+	})
+}
+
+func countKey(doc []byte, key string) int {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	tok, err := dec.Token()
+	if err != nil || tok != json.Delim('{') {
+		return 0
+	}
+	n := 0
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return 0
+		}
+		if k == key {
+			n++
+		}
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return 0
+		}
+	}
+	return n
+}
