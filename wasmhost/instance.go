@@ -436,11 +436,15 @@ func hostNow(ctx context.Context, _ api.Module, stack []uint64) {
 	stack[0] = uint64(instanceFrom(ctx).host.Now())
 }
 
-// tail keeps the last n bytes written to it.
+// tail keeps the first and the last n/2 bytes written to it: a Go guest
+// prints the reason of a crash first ("panic: ...", "fatal error: out of
+// memory") and then every goroutine's stack.
 type tail struct {
-	mu  sync.Mutex
-	n   int
-	buf []byte
+	mu    sync.Mutex
+	n     int
+	head  []byte
+	buf   []byte
+	total int
 }
 
 func newTail(n int) *tail { return &tail{n: n} }
@@ -448,12 +452,20 @@ func newTail(n int) *tail { return &tail{n: n} }
 func (t *tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.n == 0 {
+	half := t.n / 2
+	if half == 0 {
 		return len(p), nil
 	}
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.n {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.n:]...)
+	t.total += len(p)
+	rest := p
+	if room := half - len(t.head); room > 0 {
+		k := min(room, len(rest))
+		t.head = append(t.head, rest[:k]...)
+		rest = rest[k:]
+	}
+	t.buf = append(t.buf, rest...)
+	if len(t.buf) > half {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-half:]...)
 	}
 	return len(p), nil
 }
@@ -461,5 +473,9 @@ func (t *tail) Write(p []byte) (int, error) {
 func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return string(bytes.TrimSpace(t.buf))
+	s := string(t.head)
+	if skipped := t.total - len(t.head) - len(t.buf); skipped > 0 {
+		s += fmt.Sprintf(" [... %d bytes ...] ", skipped)
+	}
+	return string(bytes.TrimSpace([]byte(s + string(t.buf))))
 }
