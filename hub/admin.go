@@ -211,6 +211,7 @@ func (h *Hub) addAdmin() error {
 	h.admin = &adminServer{ln: ln, srv: &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
 	}}
 	h.add(h.admin)

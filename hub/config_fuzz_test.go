@@ -2,6 +2,7 @@ package hub
 
 import (
 	"errors"
+	"os"
 	"testing"
 )
 
@@ -55,4 +56,18 @@ func FuzzParseSize(f *testing.F) {
 			t.Fatalf("ParseSize(%q) = %d; String %q parses to %d, %v", s, n, n.String(), back, err)
 		}
 	})
+}
+
+// BenchmarkParseConfig loads the documented hub.toml.
+func BenchmarkParseConfig(b *testing.B) {
+	data, err := os.ReadFile("../hub.toml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := ParseConfig("hub.toml", data); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
