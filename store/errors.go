@@ -12,7 +12,8 @@ var (
 	ErrClosed = errors.New("store: closed")
 	// ErrStreamNotFound: no stream has that name.
 	ErrStreamNotFound = errors.New("stream not found")
-	// ErrStreamExists: CreateStream with a name in use and a different config.
+	// ErrStreamExists: CreateStream with a name in use and a different shard
+	// count (other settings of an existing stream change with UpdateStream).
 	ErrStreamExists = errors.New("stream already exists")
 	// ErrInvalidName: a name outside the documented charset or length.
 	ErrInvalidName = errors.New("invalid name")
