@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -421,6 +422,11 @@ func (p *Producer) loop() {
 	var linger *time.Timer
 	attempt := 0
 	for {
+		// Yield once before sealing: a caller in the middle of a burst of
+		// sends gets to add the rest of it, so the burst travels (and
+		// commits) as one batch. A timer could not do this: Go's timers
+		// are far coarser than a commit.
+		runtime.Gosched()
 		p.mu.Lock()
 		if p.closed && (len(p.unacked) == 0 || p.fatal != nil) {
 			p.failAll(fmt.Errorf("sdk: producer %q: %w", p.stream, ErrClosed))
