@@ -148,6 +148,10 @@ func (c Config) memberlistConfig() *memberlist.Config {
 		mc.AdvertiseAddr, mc.AdvertisePort = host, port
 	}
 	mc.Label = c.Label
+	// A hub restarted on another address (a new port, a moved site) keeps
+	// its name: let it take the name over once the old address is dead,
+	// instead of memberlist's default of never.
+	mc.DeadNodeReclaimTime = 10 * time.Second
 	if c.Transport != nil {
 		mc.Transport = c.Transport
 	}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"sync"
 	"testing"
 	"time"
@@ -389,3 +391,10 @@ func TestFederationPartitionHeals(t *testing.T) {
 	n.setCut("b", "c", false)
 	converged(t, "p", 300+5*450, a, b, c)
 }
+
+// metaWithQUIC is h's gossip metadata with another QUIC address.
+func metaWithQUIC(h *Hub, quicAddr string) gossip.NodeMeta {
+	return gossip.NodeMeta{Site: h.cfg.Hub.Site, Region: h.cfg.Hub.Region, Tags: h.cfg.Hub.Tags, QUIC: quicAddr}
+}
+
+func signalNotify(c chan os.Signal) { signal.Notify(c, syscall.SIGTERM, syscall.SIGINT) }

@@ -751,3 +751,81 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestServeOwnSendsEachRecordOnce serves a one-shot pull of a shard that
+// interleaves local and replicated records: every local record is sent
+// once, in order, with its origin, and nothing else.
+func TestServeOwnSendsEachRecordOnce(t *testing.T) {
+	net := newMemNet()
+	a := net.addHub(t, "a")
+	a.halt() // serve directly, no background pulls
+	st := createStream(t, a, "o", 1, "all")
+	for i := 0; i < 20; i++ {
+		produce(t, a, "o", 400)
+		foreign := make([]record.Record, 50)
+		for j := range foreign {
+			foreign[j] = record.Record{Value: []byte("f"), Origin: record.Origin{Hub: "x", Seq: uint64(i*50 + j + 1)}}
+		}
+		if _, err := st.Append(context.Background(), store.Batch{Shard: 0, Records: foreign}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name  string
+		after uint64
+		want  int
+	}{
+		{name: "from the start", after: 0, want: 8000},
+		{name: "from the middle", after: 4500, want: 8000 - 4000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var msgs []Msg
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := a.rep.Serve(ctx, PullRequest{Requester: "b", Stream: "o", Origin: store.OriginKey{Hub: "a"}, After: tt.after}, &limitSender{msgs: &msgs, max: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			prev, n := tt.after, 0
+			for _, m := range msgs {
+				if m.Type != FramePullRecords {
+					continue
+				}
+				recs, err := record.DecodeBatch(m.Records.Batch, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range recs {
+					if r.Origin.Hub != "a" || r.Origin.Seq <= prev {
+						t.Fatalf("record origin %+v after %d", r.Origin, prev)
+					}
+					prev = r.Origin.Seq
+					n++
+				}
+			}
+			if n != tt.want || msgs[len(msgs)-1].Type != FramePullProgress {
+				t.Fatalf("sent %d records (want %d), last frame %s", n, tt.want, msgs[len(msgs)-1].Type)
+			}
+		})
+	}
+}
+
+// limitSender collects frames and fails after max of them (a server that
+// loops would otherwise never end).
+type limitSender struct {
+	msgs *[]Msg
+	max  int
+}
+
+func (s *limitSender) Send(t quic.FrameType, f quic.Appender) error {
+	if len(*s.msgs) >= s.max {
+		return errors.New("too many frames")
+	}
+	m, err := decodeMsg(t, append([]byte(nil), f.Append(nil)...))
+	if err != nil {
+		return err
+	}
+	*s.msgs = append(*s.msgs, m)
+	return nil
+}

@@ -120,6 +120,8 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 			continue
 		}
 		idle = false
+		// The position first: the filter below reuses recs' array.
+		pos = recs[len(recs)-1].Seq
 		sel := recs[:0]
 		for _, r := range recs {
 			if r.Origin.IsLocal() {
@@ -128,7 +130,6 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 				sel = append(sel, r)
 			}
 		}
-		pos = recs[len(recs)-1].Seq
 		if len(sel) == 0 {
 			continue
 		}
