@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -80,4 +84,18 @@ func FuzzDecodeOutput(f *testing.F) {
 			t.Fatalf("re-encoding differs:\n%x\n%x", enc, b)
 		}
 	})
+}
+
+// TestLeafPackage keeps wasmhost a leaf: it knows nothing of the store, the
+// wire protocol or the rest of edgehub.
+func TestLeafPackage(t *testing.T) {
+	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "list", "-deps", "-f", "{{.ImportPath}}", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasPrefix(p, "github.com/edgehub/edgehub/") && p != "github.com/edgehub/edgehub/wasmhost" {
+			t.Errorf("wasmhost depends on %s", p)
+		}
+	}
 }
