@@ -8,8 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"syscall"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,8 +134,15 @@ func (c *cuttable) Pull(ctx context.Context, peer replicate.Peer, req replicate.
 		return nil, err
 	}
 	c.net.mu.Lock()
-	c.net.pulls[l] = append(c.net.pulls[l], p)
+	cut = c.net.cut[l] // cut while dialling: the pull dies with the link
+	if !cut {
+		c.net.pulls[l] = append(c.net.pulls[l], p)
+	}
 	c.net.mu.Unlock()
+	if cut {
+		p.Close()
+		return nil, fmt.Errorf("pull from %s: network unreachable (test partition)", peer.Name)
+	}
 	return p, nil
 }
 
@@ -265,6 +272,13 @@ func equalContent(a, b map[store.OriginKey][]string) bool {
 // in all, each origin in order, none twice.
 func converged(tb testing.TB, stream string, want int, hubs ...*Hub) {
 	tb.Helper()
+	defer func() {
+		if tb.Failed() {
+			for _, h := range hubs {
+				tb.Logf("%s holds %d; pulls: %+v", h.cfg.Hub.Name, count(originContent(tb, h.Store(), h.cfg.Hub.Name, stream)), getPeers(tb, h).Pulls)
+			}
+		}
+	}()
 	waitFor(tb, fmt.Sprintf("%d records of %s everywhere", want, stream), func() bool {
 		ref := originContent(tb, hubs[0].Store(), hubs[0].cfg.Hub.Name, stream)
 		if count(ref) != want {
