@@ -97,6 +97,7 @@ type dataPlaneMetrics struct {
 	appendTime   prometheus.Histogram   // store append latency
 	refusals     *prometheus.CounterVec // op, code
 	inflightSess *prometheus.GaugeVec   // stream: produce sessions
+	inflightB    prometheus.Gauge       // produce bytes read, not yet acknowledged
 }
 
 // QUIC returns the hub's QUIC server, for parts that add operations.
@@ -283,9 +284,13 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 		inflightSess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "edgehub_produce_sessions", Help: "Open produce sessions.",
 		}, []string{"stream"}),
+		inflightB: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgehub_produce_inflight_bytes",
+			Help: "Batch bytes read from producers and not yet acknowledged, over all sessions (each session is capped).",
+		}),
 	}
 	reg.MustRegister(d.m.records, d.m.batches, d.m.dgDropped, d.m.consumed, d.m.consumedB, d.m.subs,
-		d.m.appendTime, d.m.refusals, d.m.inflightSess)
+		d.m.appendTime, d.m.refusals, d.m.inflightSess, d.m.inflightB)
 	st := func(name, help string, typ prometheus.ValueType, f func(quic.Stats) float64) {
 		reg.MustRegister(newFuncMetric(name, help, typ, func() float64 { return f(d.srv.Stats()) }))
 	}
@@ -476,6 +481,7 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 		}
 		bytesSem.Release(pb.size)
 		countSem.Release(1)
+		d.m.inflightB.Sub(float64(pb.size))
 	}
 	finish := func(readErr error) error {
 		for _, l := range lanes {
@@ -517,6 +523,7 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 			countSem.Release(1)
 			return finish(wireErr(err))
 		}
+		d.m.inflightB.Add(float64(pb.size))
 		recs, err := d.decodeBatch(&b, int(st.Shards()), open.ProducerID)
 		if err != nil {
 			if quic.CodeOf(err) == quic.CodeProtocol {

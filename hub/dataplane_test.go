@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -862,4 +863,64 @@ func freeUDPAddr(tb testing.TB) string {
 	}
 	defer c.Close()
 	return c.LocalAddr().String()
+}
+
+// TestDataPlaneBackpressure plays a producer that floods batches and never
+// reads its acknowledgements: once the hub cannot deliver ACKs, it stops
+// reading, QUIC flow control stops the producer, and the hub holds no more
+// than a session's in-flight budget instead of buffering the flood.
+func TestDataPlaneBackpressure(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "flood", Shards: 1})
+	pool, err := quic.CertPool(d.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	c, err := quic.Dial(ctx, d.addr, quic.ClientConfig{TLS: &tls.Config{RootCAs: pool},
+		StreamReceiveWindow: 64 << 10, ConnReceiveWindow: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, _ := produceRaw(t, c, quic.ProduceOpen{Stream: "flood"})
+	batch := encode(t, strings.Repeat("x", 1024))
+	const total = 1 << 20 // 1 GiB if the hub took it all
+	var sent atomic.Int64
+	go func() {
+		for i := range total {
+			if st.Send(quic.FrameBatch, &quic.Batch{ID: uint64(i), Shard: 0, Records: batch}) != nil {
+				return
+			}
+			sent.Add(1)
+		}
+	}()
+	// Wait until the producer is held back: no progress over many rounds.
+	last, still := int64(-1), 0
+	for still < 50 {
+		if n := sent.Load(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+		if last >= total {
+			t.Fatal("the hub took the whole flood")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	inflight := counterValue(t, d.h, "edgehub_produce_inflight_bytes")
+	t.Logf("producer held back after %d batches (%d MiB); hub holds %.0f bytes in flight", last, last>>10, inflight)
+	if inflight > maxInflightBytes {
+		t.Fatalf("hub holds %.0f bytes of unacknowledged batches, budget %d", inflight, maxInflightBytes)
+	}
+	if inflight <= 0 {
+		t.Fatal("expected the stalled session to hold its budget")
+	}
+	// Ending the session releases everything.
+	st.Cancel(quic.CodeCanceled)
+	for counterValue(t, d.h, "edgehub_produce_inflight_bytes") != 0 {
+		if ctx.Err() != nil {
+			t.Fatal("in-flight bytes not released after the session ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
