@@ -475,69 +475,90 @@ func pluginDelete(ctx context.Context, args []string) error {
 }
 
 func pluginBench(ctx context.Context, args []string) error {
-	fs := newFlags("plugin bench", "plugin bench FILE.wasm [--config KEY=VALUE]... [--output STREAM] [--records N] [--batch N] [--value-size BYTES] [--ingest] [--plugins N]")
+	fs := newFlags("plugin bench", "plugin bench FILE.wasm... [--config KEY=VALUE]... [--records N] [--batch N] [--value-size BYTES] [--json] [--ingest [--plugins N]]")
 	var configs multiFlag
-	fs.Var(&configs, "config", "`KEY=VALUE` passed to the plugin's init (repeatable)")
-	output := fs.String("output", "out", "output `STREAM` the plugin emits to")
+	fs.Var(&configs, "config", "`KEY=VALUE` passed to every plugin's init (repeatable)")
 	records := fs.Int("records", 1_000_000, "input `N` records")
 	batch := fs.Int("batch", 1000, "records per call")
 	valueSize := fs.Int("value-size", 128, "value `BYTES` per record")
-	ingest := fs.Bool("ingest", false, "also measure ingest into a real store (temp dir) without and with plugins attached")
-	nPlugins := fs.Int("plugins", 3, "plugins attached for --ingest")
+	asJSON := fs.Bool("json", false, `values are JSON readings {"value":N,...} padded to --value-size (for the examples)`)
+	ingest := fs.Bool("ingest", false, "also measure ingest into a real store (temp dir) without and with the plugins attached")
+	nPlugins := fs.Int("plugins", 3, "with one FILE and --ingest: attach this many copies")
 	producers := fs.Int("producers", 4, "concurrent producers for --ingest")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs(pos, 1, "FILE.wasm"); err != nil {
-		return err
+	if len(pos) == 0 {
+		return usagef("missing FILE.wasm")
 	}
 	if *records < 1 || *batch < 1 || *valueSize < 0 || *producers < 1 || *nPlugins < 0 {
 		return usagef("--records, --batch and --producers must be positive")
 	}
-	wasm, err := os.ReadFile(pos[0])
-	if err != nil {
-		return err
-	}
-	cfg := map[string]string{"output": *output}
-	for _, kv := range configs {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return usagef("--config %q: want KEY=VALUE", kv)
+	var defs []plugins.Definition
+	var mods [][]byte
+	for i := 0; i < max(len(pos), *nPlugins) && (i < len(pos) || len(pos) == 1); i++ {
+		file := pos[min(i, len(pos)-1)]
+		wasm, err := os.ReadFile(file)
+		if err != nil {
+			return err
 		}
-		cfg[k] = v
+		out := fmt.Sprintf("out%d", i)
+		cfg := map[string]string{"output": out}
+		for _, kv := range configs {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return usagef("--config %q: want KEY=VALUE", kv)
+			}
+			cfg[k] = v
+		}
+		defs = append(defs, plugins.Definition{Name: fmt.Sprintf("bench%d", i), Inputs: []string{"in"}, Outputs: []string{out},
+			Config: cfg, BatchRecords: *batch, Start: plugins.StartEarliest})
+		mods = append(mods, wasm)
 	}
-	def := plugins.Definition{Name: "bench", Inputs: []string{"in"}, Outputs: []string{*output}, Config: cfg, BatchRecords: *batch}
-	recs := benchRecords(*batch, *valueSize)
+	recs := benchRecords(*batch, *valueSize, *asJSON)
 	rounds := (*records + *batch - 1) / *batch
-	res, err := plugins.HostBenchmark(ctx, wasm, def, recs, rounds)
-	if err != nil {
-		return err
+	for i, file := range pos {
+		res, err := plugins.HostBenchmark(ctx, mods[i], defs[i], recs, rounds)
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		fmt.Fprintf(stdout, "host %s: %d records in %s: %.0f records/s (%.0f ns/record), %d outputs, %d calls, instance memory %s\n",
+			filepath.Base(file), res.Records, res.Elapsed.Round(time.Millisecond), res.PerSecond(),
+			float64(res.Elapsed.Nanoseconds())/float64(res.Records), res.Outputs, res.Calls, humanBytes(int64(res.MemoryBytes)))
 	}
-	fmt.Fprintf(stdout, "host:   %d records in %s: %.0f records/s (%.0f ns/record), %d outputs, %d calls, instance memory %s\n",
-		res.Records, res.Elapsed.Round(time.Millisecond), res.PerSecond(), float64(res.Elapsed.Nanoseconds())/float64(res.Records),
-		res.Outputs, res.Calls, humanBytes(int64(res.MemoryBytes)))
 	if !*ingest {
 		return nil
 	}
-	return benchIngest(ctx, wasm, def, *records, *valueSize, *producers, *nPlugins)
+	return benchIngest(ctx, mods, defs, *records, *valueSize, *asJSON, *producers)
 }
 
-func benchRecords(n, valueSize int) []record.Record {
-	val := make([]byte, valueSize)
-	for i := range val {
-		val[i] = 'a' + byte(i%26)
-	}
+func benchRecords(n, valueSize int, asJSON bool) []record.Record {
 	recs := make([]record.Record, n)
+	now := time.Now()
 	for i := range recs {
-		recs[i] = record.Record{Seq: uint64(i + 1), Key: []byte(fmt.Sprintf("key-%06d", i)), Value: val, Time: time.Now().UnixNano()}
+		var val []byte
+		if asJSON {
+			val = fmt.Appendf(nil, `{"value":%d.%d,"unit":"C","pad":"`, i%100, i%10)
+			for len(val) < valueSize-2 {
+				val = append(val, 'x')
+			}
+			val = append(val, '"', '}')
+		} else {
+			val = make([]byte, valueSize)
+			for j := range val {
+				val[j] = 'a' + byte(j%26)
+			}
+		}
+		recs[i] = record.Record{Seq: uint64(i + 1), Key: fmt.Appendf(nil, "sensor-%04d", i%1000), Value: val,
+			Time: now.Add(time.Duration(i) * time.Millisecond).UnixNano()}
 	}
 	return recs
 }
 
 // benchIngest measures ingest into a fresh store without plugins, then with
 // n copies of the plugin attached, and how long the plugins take to catch up.
-func benchIngest(ctx context.Context, wasm []byte, def plugins.Definition, records, valueSize, producers, n int) error {
+func benchIngest(ctx context.Context, mods [][]byte, defs []plugins.Definition, records, valueSize int, asJSON bool, producers int) error {
 	dir, err := os.MkdirTemp("", "hub-plugin-bench-")
 	if err != nil {
 		return err
@@ -568,7 +589,7 @@ func benchIngest(ctx context.Context, wasm []byte, def plugins.Definition, recor
 			return 0, err
 		}
 		per := 100
-		recs := benchRecords(per, valueSize)
+		recs := benchRecords(per, valueSize, asJSON)
 		var wg sync.WaitGroup
 		errc := make(chan error, producers)
 		t0 := time.Now()
@@ -597,17 +618,9 @@ func benchIngest(ctx context.Context, wasm []byte, def plugins.Definition, recor
 	if _, err := st.CreateStream(ctx, store.StreamConfig{Name: "in", Shards: 4}); err != nil {
 		return err
 	}
-	for i := 0; i < n; i++ {
-		d := def
-		d.Name = fmt.Sprintf("bench%d", i)
-		d.Outputs = []string{fmt.Sprintf("out%d", i)}
-		d.Config = map[string]string{}
-		for k, v := range def.Config {
-			d.Config[k] = v
-		}
-		d.Config["output"] = d.Outputs[0]
-		d.Start = plugins.StartEarliest
-		if _, err := m.Deploy(ctx, d, wasm); err != nil {
+	n := len(defs)
+	for i, d := range defs {
+		if _, err := m.Deploy(ctx, d, mods[i]); err != nil {
 			return err
 		}
 	}

@@ -79,3 +79,16 @@ func countKey(doc []byte, key string) int {
 	}
 	return n
 }
+
+func TestField(t *testing.T) {
+	doc := []byte(`{"a": "x\"y", "b" : {"c":[1,2]} ,"n":-2.5e1}`)
+	for name, want := range map[string]string{"a": `"x\"y"`, "b": `{"c":[1,2]}`, "n": `-2.5e1`} {
+		got, ok := Field(doc, name)
+		if !ok || string(got) != want {
+			t.Errorf("Field(%q) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
+	if _, ok := Field(doc, "c"); ok {
+		t.Error("nested key found at the top level")
+	}
+}

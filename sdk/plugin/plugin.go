@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -269,6 +270,7 @@ func handleInit(b []byte) int32 {
 }
 
 func handleBatch(b []byte) int32 {
+	defer yield()
 	recs, err := decodeBatch(b, batchRecs[:0])
 	batchRecs = recs
 	if err != nil {
@@ -297,6 +299,7 @@ func handleBatch(b []byte) int32 {
 }
 
 func handleTimer(now int64) int32 {
+	defer yield()
 	if timerFn == nil {
 		return 0
 	}
@@ -309,6 +312,13 @@ func handleTimer(now int64) int32 {
 	}
 	return 0
 }
+
+// yield lets the runtime's other goroutines run before control returns to
+// the host. A wasm guest has one thread and the host calls in from outside
+// the Go scheduler: without this, the garbage collector's background
+// workers never run, a started GC cycle never finishes, and an allocating
+// plugin grows its memory until it hits the cap.
+func yield() { runtime.Gosched() }
 
 var errShort = errors.New("truncated")
 
