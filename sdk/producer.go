@@ -258,15 +258,21 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 	shard := p.sticky
 	if rec.Key != nil {
 		shard = record.ShardForKey(rec.Key, p.shards)
-	} else if p.acc[shard] == nil && p.inflight[shard] >= p.opts.MaxInFlight {
-		// A keyless record may go anywhere: prefer a shard that can send
-		// now over waiting behind a full pipe.
+	} else if p.acc[shard] == nil && p.inflight[shard] > 0 {
+		// A keyless record may go anywhere: start its batch in an idle
+		// shard, whose append can commit alongside the others, rather
+		// than queue behind a batch in flight.
+		best := shard
 		for i := 1; i < p.shards; i++ {
-			if s := (shard + i) % p.shards; p.inflight[s] < p.opts.MaxInFlight {
-				shard, p.sticky = s, s
-				break
+			s := (shard + i) % p.shards
+			if p.acc[s] != nil {
+				continue
+			}
+			if p.inflight[s] < p.inflight[best] {
+				best = s
 			}
 		}
+		shard, p.sticky = best, best
 	}
 	b := p.acc[shard]
 	if b == nil {

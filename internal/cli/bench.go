@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -8,9 +9,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"net/http"
 	"os"
+	"regexp"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +49,7 @@ type benchFlags struct {
 	count    *int64
 	duration *time.Duration
 	profile  *string
+	adminURL string // for the hub-side histogram; "" if unknown
 }
 
 func addBenchFlags(fs *flag.FlagSet) *benchFlags {
@@ -84,6 +90,9 @@ func (b *benchFlags) target(ctx context.Context) (dial func(context.Context) (*s
 		if err := b.ensureStream(ctx, nil); err != nil {
 			return nil, nil, err
 		}
+		if ac, err := newAdminClient(*b.admin); err == nil {
+			b.adminURL = ac.base.String()
+		}
 		return b.df.dial, func() {}, nil
 	}
 	cfg := hub.DefaultConfig()
@@ -117,6 +126,7 @@ func (b *benchFlags) target(ctx context.Context) (dial func(context.Context) (*s
 		return nil, nil, err
 	}
 	addr := h.QUICAddr().String()
+	b.adminURL = "http://" + h.AdminAddr().String()
 	ca := dir + "/" + hub.SelfSignedCertFile
 	dial = func(ctx context.Context) (*sdk.Client, error) {
 		return sdk.Dial(ctx, addr, sdk.Options{CAFile: ca})
@@ -227,6 +237,7 @@ func benchProduce(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	hist0 := appendHistogram(ctx, b.adminURL)
 	start := time.Now()
 	for i, p := range prods {
 		wg.Add(1)
@@ -289,15 +300,17 @@ func benchProduce(ctx context.Context, args []string) error {
 		errs += r.errors
 		sent += r.sent
 	}
+	hist := appendHistogram(ctx, b.adminURL).minus(hist0)
 	acked := int64(len(lat))
 	if *datagram {
 		acked = sent - errs
 	}
 	slices.Sort(lat)
-	fmt.Fprintf(stdout, "bench=produce mode=%s producers=%d size=%d batch=%d rate=%.0f records=%d errors=%d duration_s=%.3f records_per_s=%.0f mb_per_s=%.1f p50_us=%d p99_us=%d p999_us=%d max_us=%d max_lag_us=%d\n",
+	fmt.Fprintf(stdout, "bench=produce mode=%s producers=%d size=%d batch=%d rate=%.0f records=%d errors=%d duration_s=%.3f records_per_s=%.0f mb_per_s=%.1f p50_us=%d p99_us=%d p999_us=%d max_us=%d max_lag_us=%d hub_append_p50_us=%s hub_append_p99_us=%s\n",
 		mode, *producers, *b.size, *batch, *rate, acked, errs, elapsed.Seconds(),
 		float64(acked)/elapsed.Seconds(), float64(acked)*float64(*b.size)/elapsed.Seconds()/1e6,
-		pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999), pct(lat, 1), lag.Microseconds())
+		pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999), pct(lat, 1), lag.Microseconds(),
+		hist.quantile(0.50), hist.quantile(0.99))
 	return nil
 }
 
@@ -445,4 +458,77 @@ func benchConsume(ctx context.Context, args []string) error {
 		return errors.New(strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// histogram is the hub's edgehub_produce_append_seconds histogram:
+// cumulative counts by upper bound in seconds.
+type histogram struct {
+	bounds []float64
+	counts []float64
+}
+
+var bucketRE = regexp.MustCompile(`^edgehub_produce_append_seconds_bucket\{le="([^"]+)"\} (\S+)$`)
+
+// appendHistogram reads the histogram from the hub's /metrics; an empty one
+// if the admin API cannot be reached (the summary then says "na").
+func appendHistogram(ctx context.Context, adminURL string) histogram {
+	var h histogram
+	if adminURL == "" {
+		return h
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", adminURL+"/metrics", nil)
+	if err != nil {
+		return h
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return h
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		m := bucketRE.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		le, err1 := strconv.ParseFloat(m[1], 64)
+		n, err2 := strconv.ParseFloat(m[2], 64)
+		if err1 == nil && err2 == nil {
+			h.bounds = append(h.bounds, le)
+			h.counts = append(h.counts, n)
+		}
+	}
+	return h
+}
+
+func (h histogram) minus(o histogram) histogram {
+	if len(o.counts) != len(h.counts) {
+		return h
+	}
+	out := histogram{bounds: h.bounds, counts: make([]float64, len(h.counts))}
+	for i := range h.counts {
+		out.counts[i] = h.counts[i] - o.counts[i]
+	}
+	return out
+}
+
+// quantile returns the upper bound, in microseconds, of the bucket holding
+// the q-quantile: a bound, not an estimate ("na" without data).
+func (h histogram) quantile(q float64) string {
+	if len(h.counts) == 0 || h.counts[len(h.counts)-1] == 0 {
+		return "na"
+	}
+	total := h.counts[len(h.counts)-1]
+	for i, c := range h.counts {
+		if c >= q*total {
+			if math.IsInf(h.bounds[i], 1) {
+				return "inf"
+			}
+			return strconv.FormatInt(int64(h.bounds[i]*1e6), 10)
+		}
+	}
+	return "inf"
 }
