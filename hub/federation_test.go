@@ -412,3 +412,46 @@ func metaWithQUIC(h *Hub, quicAddr string) gossip.NodeMeta {
 }
 
 func signalNotify(c chan os.Signal) { signal.Notify(c, syscall.SIGTERM, syscall.SIGINT) }
+
+// TestFederationExamples runs the three hubs of examples/federation (ports
+// and data directories moved to free ones and temporary ones): each
+// produces, all hold the union of "events", and "summaries" reaches only
+// the hub tagged region.
+func TestFederationExamples(t *testing.T) {
+	t.Chdir("..") // the examples name their key file from the repository root
+	var hubs []*Hub
+	join := ""
+	for _, name := range []string{"hub-a", "hub-b", "hub-c"} {
+		cfg, err := LoadConfig("examples/federation/" + name + ".toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Hub.DataDir = t.TempDir()
+		cfg.Listen.QUIC, cfg.Listen.Admin = "127.0.0.1:0", "127.0.0.1:0"
+		cfg.Gossip.Bind = "127.0.0.1:0"
+		cfg.Gossip.Join = nil
+		if join != "" {
+			cfg.Gossip.Join = []string{join}
+		}
+		cfg.Logger = quietTestLogger()
+		h, _ := startHub(t, cfg)
+		if join == "" {
+			join = h.federation.gossip.Addr()
+		}
+		hubs = append(hubs, h)
+	}
+	for _, h := range hubs {
+		produceAt(t, h, "events", 1000, 16)
+	}
+	produceAt(t, hubs[1], "summaries", 100, 16)
+	converged(t, "events", 3000, hubs...)
+	converged(t, "summaries", 100, hubs[1], hubs[2])
+	for _, h := range []*Hub{hubs[1], hubs[2]} {
+		if _, err := h.Store().Stream("raw"); err == nil {
+			t.Fatalf("%s holds hub-a's local stream", h.cfg.Hub.Name)
+		}
+	}
+	if _, err := hubs[0].Store().Stream("summaries"); err == nil {
+		t.Fatal("hub-a (not tagged region) holds summaries")
+	}
+}
