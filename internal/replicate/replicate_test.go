@@ -516,7 +516,7 @@ func TestPolicy(t *testing.T) {
 	}{
 		{name: "local stream", req: PullRequest{Requester: "region", Stream: "raw", Origin: store.OriginKey{Hub: "edge"}}, code: quic.CodeNotFound},
 		{name: "untagged requester", req: PullRequest{Requester: "core", Stream: "agg", Origin: store.OriginKey{Hub: "edge"}}, code: quic.CodePermissionDenied},
-		{name: "unknown requester", req: PullRequest{Requester: "stranger", Stream: "agg", Origin: store.OriginKey{Hub: "edge"}}, code: quic.CodePermissionDenied},
+		{name: "unknown requester", req: PullRequest{Requester: "stranger", Stream: "agg", Origin: store.OriginKey{Hub: "edge"}}, code: quic.CodeUnavailable},
 		{name: "missing stream", req: PullRequest{Requester: "core", Stream: "nope", Origin: store.OriginKey{Hub: "edge"}}, code: quic.CodeNotFound},
 	}
 	for _, tt := range denied {

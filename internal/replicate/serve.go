@@ -59,7 +59,11 @@ func (s *server) serve(ctx context.Context, pr PullRequest, out Sender) error {
 	}
 	if !pol.All {
 		tags, known := s.tags(pr.Requester)
-		if !known || !pol.Admits(tags) {
+		if !known {
+			// Gossip has not told us about it yet (it just joined): retry.
+			return quic.Errorf(quic.CodeUnavailable, "hub %q is not a known member yet", pr.Requester)
+		}
+		if !pol.Admits(tags) {
 			return quic.Errorf(quic.CodePermissionDenied, "stream %q (replicate = %q) does not go to hub %q", pr.Stream, pol, pr.Requester)
 		}
 	}
