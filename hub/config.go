@@ -42,6 +42,10 @@ type Config struct {
 	File string `toml:"-"`
 	// Logger receives the hub's logs. Default slog.Default().
 	Logger *slog.Logger `toml:"-"`
+	// Rename lets the hub adopt Hub.Name for a data directory recorded under
+	// another name (hub serve --rename); see checkIdentity. Not in hub.toml:
+	// renaming is a one-off decision, not a standing setting.
+	Rename bool `toml:"-"`
 }
 
 // HubConfig is the [hub] section: who this hub is.

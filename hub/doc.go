@@ -7,8 +7,10 @@
 // declares and binds the listeners; Run serves until its context ends, with
 // the parts running under an errgroup; Close releases everything and is
 // idempotent. New never leaves a half-started hub behind: a locked or damaged
-// data directory, a busy port or a declared stream whose shard count differs
-// from the stored one make it fail after releasing what it had opened.
+// data directory, a busy port, a declared stream whose shard count differs
+// from the stored one, or a data directory recorded under another hub name
+// (IdentityFile; the name is the origin of the hub's records) make it fail
+// after releasing what it had opened.
 //
 // # Configuration
 //

@@ -23,6 +23,9 @@ var (
 	// ErrShardsFixed: a declared stream's shard count differs from the
 	// existing stream's; shards cannot change in place.
 	ErrShardsFixed = errors.New("the shard count of an existing stream cannot change")
+	// ErrNameChanged: [hub] name differs from the name recorded in the data
+	// directory (IdentityFile) when it was first used; see checkIdentity.
+	ErrNameChanged = errors.New("the hub name differs from the name its data directory was created with")
 )
 
 // Hub is a running edgehub server: the store plus the parts built on it.
@@ -74,6 +77,7 @@ func New(cfg Config) (*Hub, error) {
 	}
 	for _, build := range []func() error{
 		h.openStore,
+		h.checkIdentity,
 		h.declareStreams,
 		h.addMetrics,
 		h.addAdmin,

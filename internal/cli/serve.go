@@ -16,13 +16,14 @@ func init() {
 }
 
 func serve(ctx context.Context, args []string) error {
-	fs := newFlags("serve", "serve [--config FILE] [--data DIR] [--log-level LEVEL]")
+	fs := newFlags("serve", "serve [--config FILE] [--data DIR] [--name NAME] [--rename] [--log-level LEVEL]")
 	configFile := fs.String("config", "", "hub.toml `FILE` (default: built-in defaults, see hub.toml in the repository)")
 	dataDir := fs.String("data", "", "data `DIR`, overriding [hub] data_dir (default ./hub-data)")
 	quicAddr := fs.String("quic-listen", "", "QUIC `ADDR`ess, overriding [listen] quic (default "+hub.DefaultQUICAddr+")")
 	adminAddr := fs.String("admin-listen", "", "admin API `ADDR`ess, overriding [listen] admin (default "+hub.DefaultAdminAddr+")")
 	name := fs.String("name", "", "hub `NAME`, overriding [hub] name (default: host name)")
 	logLevel := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	rename := fs.Bool("rename", false, "adopt [hub] name for a data dir recorded under another name (peers will see a new origin; see docs/config.md)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -60,6 +61,7 @@ func serve(ctx context.Context, args []string) error {
 		}
 	}
 	cfg.Logger = logger
+	cfg.Rename = *rename
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration (with flags):\n%w", err)
 	}
