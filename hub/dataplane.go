@@ -654,10 +654,16 @@ func (d *dataPlane) datagram(c *quic.Conn, payload []byte) error {
 	return nil
 }
 
-// appendDatagrams appends queued datagram batches, coalescing what is queued
-// per stream and shard into one append.
+// appendDatagrams appends queued datagram batches. A datagram holds a few
+// records, so appending each alone would cost a commit per datagram: it
+// takes whatever is queued and appends it as one batch per stream and shard.
 func (d *dataPlane) appendDatagrams() {
 	defer d.dgDone.Done()
+	type target struct {
+		stream *store.Stream
+		shard  int
+	}
+	groups := map[target][]record.Record{}
 	for {
 		var b dgBatch
 		select {
@@ -665,15 +671,33 @@ func (d *dataPlane) appendDatagrams() {
 		case <-d.closing:
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		_, err := b.stream.Append(ctx, store.Batch{Shard: b.shard, Records: b.recs})
-		cancel()
-		if err != nil {
-			d.m.dgDropped.WithLabelValues("append_failed").Inc()
-			d.logger.Debug("data plane: datagram append failed", "stream", b.stream.Name(), "err", err)
-			continue
+		clear(groups)
+		n := 0
+		for {
+			k := target{b.stream, b.shard}
+			groups[k] = append(groups[k], b.recs...)
+			n += len(b.recs)
+			if n >= 10000 {
+				break
+			}
+			select {
+			case b = <-d.dgrams:
+				continue
+			default:
+			}
+			break
 		}
-		d.m.records.WithLabelValues(b.stream.Name(), "datagram").Add(float64(len(b.recs)))
+		for k, recs := range groups {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := k.stream.Append(ctx, store.Batch{Shard: k.shard, Records: recs})
+			cancel()
+			if err != nil {
+				d.m.dgDropped.WithLabelValues("append_failed").Inc()
+				d.logger.Debug("data plane: datagram append failed", "stream", k.stream.Name(), "err", err)
+				continue
+			}
+			d.m.records.WithLabelValues(k.stream.Name(), "datagram").Add(float64(len(recs)))
+		}
 	}
 }
 
