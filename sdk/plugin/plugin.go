@@ -289,6 +289,9 @@ func handleBatch(b []byte) int32 {
 	case recordFn != nil:
 		for i := range recs {
 			current = uint32(i)
+			if i&31 == 31 {
+				yield() // let a GC cycle started mid-batch finish
+			}
 			if err := recordFn(&recs[i]); err != nil {
 				hostLog(LevelError, fmt.Sprintf("record %d of shard %d: %v", recs[i].Seq, recs[i].Shard, err))
 				return 1
@@ -313,11 +316,13 @@ func handleTimer(now int64) int32 {
 	return 0
 }
 
-// yield lets the runtime's other goroutines run before control returns to
-// the host. A wasm guest has one thread and the host calls in from outside
-// the Go scheduler: without this, the garbage collector's background
-// workers never run, a started GC cycle never finishes, and an allocating
-// plugin grows its memory until it hits the cap.
+// yield lets the runtime's other goroutines run. A wasm guest has one
+// thread and the host calls in from outside the Go scheduler: unless the
+// handler's goroutine yields, the garbage collector's background worker
+// never runs, a GC cycle started during a call cannot finish, and an
+// allocating plugin grows its memory until it hits the cap. The SDK yields
+// every 32 records and after each call; an OnBatch handler that allocates
+// a lot per record should call runtime.Gosched now and then itself.
 func yield() { runtime.Gosched() }
 
 var errShort = errors.New("truncated")

@@ -1,10 +1,12 @@
 // Command counter is a test plugin built by the wasmhost and plugins tests.
 // It counts records per key in keyed state and emits the running count; its
 // timer emits and clears every counter. Values "panic" and "oom" make it
-// panic or allocate without bound; "fail" returns an error.
+// panic or allocate without bound; "fail" returns an error; "garbage"
+// allocates memory that is garbage at once.
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"strconv"
 	"time"
@@ -15,6 +17,7 @@ import (
 var (
 	output = "out"
 	hoard  [][]byte
+	sink   []byte
 )
 
 func onRecord(r *plugin.Record) error {
@@ -27,6 +30,13 @@ func onRecord(r *plugin.Record) error {
 		}
 	case "fail":
 		return errors.New("asked to fail")
+	case "garbage":
+		// Short-lived maps and buffers, as encoding/json makes them: the
+		// collector must finish its cycles between calls.
+		for i := 0; i < 20; i++ {
+			sink, _ = json.Marshal(map[string]any{"i": i, "s": "some text", "f": 1.5, "seq": r.Seq})
+		}
+		return nil
 	}
 	key := append([]byte("c/"), r.Key...)
 	n := 0
