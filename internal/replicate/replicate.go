@@ -109,7 +109,7 @@ func DefaultConfig(self string) Config {
 	return Config{
 		Self:          self,
 		RateLimit:     256 << 20,
-		MaxBatchBytes: 1 << 20,
+		MaxBatchBytes: 4 << 20,
 		Heartbeat:     time.Second,
 		Interval:      250 * time.Millisecond,
 		RetryMin:      100 * time.Millisecond,
@@ -752,7 +752,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 	defer ps.Close()
 	// Receiving runs ahead of applying, so the network and the next
 	// batch's decoding overlap the current batch's fsync.
-	msgs := make(chan recvd, 8)
+	msgs := make(chan recvd, 32)
 	go func() {
 		for {
 			m, err := ps.Recv()
