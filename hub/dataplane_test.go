@@ -2,10 +2,17 @@ package hub
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -922,5 +929,168 @@ func TestDataPlaneBackpressure(t *testing.T) {
 			t.Fatal("in-flight bytes not released after the session ended")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// issueCert writes a client certificate for cn signed by the CA in
+// caCert/caKey (PEM) and returns its file paths.
+func issueCert(tb testing.TB, dir, cn string, caCert, caKey []byte) (certFile, keyFile string) {
+	tb.Helper()
+	ca, err := tls.X509KeyPair(caCert, caKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	caX, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, caX, &key.PublicKey, ca.PrivateKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, cn+".pem"), filepath.Join(dir, cn+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+func TestDataPlaneMTLS(t *testing.T) {
+	dir := t.TempDir()
+	caCert, caKey, err := quic.SelfSigned(nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "clients-ca.pem")
+	if err := os.WriteFile(caFile, caCert, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	devCert, devKey := issueCert(t, dir, "device-7", caCert, caKey)
+	otherCert, otherKey := issueCert(t, dir, "intruder", caCert, caKey)
+	mod := func(require bool) func(*Config) {
+		return func(c *Config) {
+			c.TLS.ClientCAFile, c.TLS.RequireClientCert = caFile, require
+			c.Auth.Clients = []Grant{{Name: "device-7", Produce: []string{"telemetry"}}}
+		}
+	}
+	d := startDataPlane(t, mod(false), store.StreamConfig{Name: "telemetry", Shards: 1})
+	tests := []struct {
+		name       string
+		cert, key  string
+		want       sdk.Code
+		wantDialOK bool
+	}{
+		{"granted identity", devCert, devKey, 0, true},
+		{"identity without grant", otherCert, otherKey, sdk.CodePermissionDenied, true},
+		{"no certificate", "", "", sdk.CodeUnauthenticated, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			c, err := sdk.Dial(ctx, d.addr, sdk.Options{CAFile: d.ca, CertFile: tc.cert, KeyFile: tc.key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			p, err := c.Producer(ctx, "telemetry", sdk.ProducerOptions{})
+			if tc.want == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := p.Send(ctx, sdk.Record{Value: []byte("ok")}); err != nil {
+					t.Fatal(err)
+				}
+				p.Close(ctx)
+				return
+			}
+			if sdk.CodeOf(err) != tc.want {
+				t.Fatalf("got %v, want %s", err, tc.want)
+			}
+		})
+	}
+
+	// With require_client_cert, a client without one fails the handshake.
+	strict := startDataPlane(t, mod(true), store.StreamConfig{Name: "telemetry", Shards: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// In TLS 1.3 the client finishes its handshake before the hub checks
+	// its (missing) certificate: the refusal arrives as the connection's
+	// close, so the first operation fails.
+	if c, err := sdk.Dial(ctx, strict.addr, sdk.Options{CAFile: strict.ca, DialTimeout: 5 * time.Second}); err == nil {
+		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err = c.Info(ictx, "telemetry")
+		icancel()
+		c.Close()
+		if err == nil {
+			t.Fatal("a client without a certificate was served")
+		}
+	}
+	c, err := sdk.Dial(ctx, strict.addr, sdk.Options{CAFile: strict.ca, CertFile: devCert, KeyFile: devKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
+// TestDataPlane0RTT resumes a connection with early data and produces in
+// it: idempotent sessions run at once, and a replayed batch would be
+// answered as a duplicate.
+func TestDataPlane0RTT(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "early", Shards: 1})
+	pool, err := quic.CertPool(d.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := quic.ClientConfig{TLS: &tls.Config{RootCAs: pool, ClientSessionCache: tls.NewLRUClientSessionCache(4)}, Use0RTT: true}
+	ctx := testCtx(t)
+	first, err := quic.Dial(ctx, d.addr, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The session ticket arrives after the handshake; a round trip makes
+	// sure the client has it.
+	st, _ := produceRaw(t, first, quic.ProduceOpen{Stream: "early", ProducerID: 5})
+	if ack := sendBatch(t, st, quic.Batch{ID: 1, Shard: 0, ProducerSeq: 0, Records: encode(t, "a")}); ack.Err() != nil {
+		t.Fatal(ack.Err())
+	}
+	st.Close()
+	first.Close()
+
+	second, err := quic.Dial(ctx, d.addr, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	st, _ = produceRaw(t, second, quic.ProduceOpen{Stream: "early", ProducerID: 5})
+	// A replay of the first batch, as an attacker replaying early data
+	// would cause: stored once.
+	if ack := sendBatch(t, st, quic.Batch{ID: 2, Shard: 0, ProducerSeq: 0, Records: encode(t, "a")}); !ack.Duplicate {
+		t.Fatalf("replayed batch: %+v", ack)
+	}
+	if !second.Used0RTT() {
+		t.Fatal("the second connection did not use 0-RTT")
+	}
+	s, _ := d.h.Store().Stream("early")
+	if _, last, _ := s.Bounds(0); last != 1 {
+		t.Fatalf("stream holds %d records, want 1", last)
 	}
 }

@@ -230,3 +230,13 @@ func mapQUICErr(err error) error {
 	}
 	return err
 }
+
+// IsHandshakeFailure reports whether err is a TLS failure (a certificate
+// refused or missing, no common ALPN or version): retrying will not help.
+func IsHandshakeFailure(err error) bool {
+	var te *quicgo.TransportError
+	if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
+		return true
+	}
+	return false
+}

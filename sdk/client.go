@@ -231,6 +231,9 @@ func retryable(err error) bool {
 	if err == nil || errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
+	if quic.IsHandshakeFailure(err) {
+		return false
+	}
 	var e *quic.Error
 	if errors.As(err, &e) && !errors.Is(err, quic.ErrClosed) {
 		return e.Code.Retryable()
