@@ -1,0 +1,153 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgehub/edgehub/hub"
+)
+
+// freePort returns a loopback port free for both UDP and TCP (memberlist
+// binds both).
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	for range 20 {
+		l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	tb.Fatal("no free port")
+	return 0
+}
+
+func peersOf(tb testing.TB, admin string) hub.Peers {
+	tb.Helper()
+	resp, err := http.Get(admin + "/v1/peers")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p hub.Peers
+	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// TestEndToEndFederation runs two `hub serve` processes federated by their
+// hub.toml files, produces at each with `hub produce`, consumes the union
+// at each with `hub consume`, and reads `hub peers`.
+func TestEndToEndFederation(t *testing.T) {
+	gossipA := freePort(t)
+	var servers []*server
+	var dirs []string
+	for i, name := range []string{"fed-a", "fed-b"} {
+		dir := t.TempDir()
+		cfg := fmt.Sprintf(`[gossip]
+bind = "127.0.0.1:%d"
+label = "e2e-fed"
+profile = "local"
+peer_insecure_skip_verify = true
+`, freePort(t))
+		if i == 0 {
+			cfg = fmt.Sprintf(`[gossip]
+bind = "127.0.0.1:%d"
+label = "e2e-fed"
+profile = "local"
+peer_insecure_skip_verify = true
+
+[[stream]]
+name = "events"
+shards = 2
+replicate = "all"
+`, gossipA)
+		} else {
+			cfg += fmt.Sprintf("join = [\"127.0.0.1:%d\"]\n", gossipA)
+		}
+		file := filepath.Join(dir, "hub.toml")
+		writeFile(t, file, cfg)
+		servers = append(servers, startServer(t, filepath.Join(dir, "data"), "--config", file, "--name", name))
+		dirs = append(dirs, dir)
+	}
+	quicOf := func(s *server) string {
+		for _, m := range peersOf(t, s.admin).Members {
+			if m.Self {
+				return m.QUIC
+			}
+		}
+		t.Fatal("no self in peers")
+		return ""
+	}
+	retry := func(what string, f func() bool) {
+		t.Helper()
+		for end := time.Now().Add(60 * time.Second); !f(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("timed out: %s", what)
+			}
+		}
+	}
+	retry("membership", func() bool { return len(peersOf(t, servers[1].admin).Members) == 2 })
+	var want []string
+	for i, s := range servers {
+		ca := filepath.Join(dirs[i], "data", hub.SelfSignedCertFile)
+		lines := fmt.Sprintf("from-%d-a\nfrom-%d-b\n", i, i)
+		want = append(want, fmt.Sprintf("from-%d-a", i), fmt.Sprintf("from-%d-b", i))
+		// fed-b creates "events" from fed-a's gossiped definition: retry
+		// until it has.
+		retry("produce at "+s.admin, func() bool {
+			code, _, _ := runWithStdin(t, lines, "produce", "events", "--addr", quicOf(s), "--ca", ca)
+			return code == 0
+		})
+	}
+	slices.Sort(want)
+	for i, s := range servers {
+		ca := filepath.Join(dirs[i], "data", hub.SelfSignedCertFile)
+		retry("the union at "+s.admin, func() bool {
+			code, out, _ := runWithStdin(t, "", "consume", "events", "--addr", quicOf(s), "--ca", ca)
+			got := strings.Fields(out)
+			slices.Sort(got)
+			return code == 0 && slices.Equal(got, want)
+		})
+	}
+	code, out, errOut := runWithStdin(t, "", "peers", "--admin", servers[0].admin)
+	if code != 0 || !strings.Contains(out, "fed-a (self)") || !strings.Contains(out, "fed-b") || !strings.Contains(out, "events") {
+		t.Fatalf("hub peers: code %d\n%s\n%s", code, out, errOut)
+	}
+}
+
+func runWithStdin(tb testing.TB, stdin string, args ...string) (code int, stdout, stderr string) {
+	tb.Helper()
+	cmd := exec.Command(hubBin(tb), args...)
+	cmd.Dir = tb.TempDir()
+	cmd.Stdin = strings.NewReader(stdin)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		tb.Fatalf("hub %v: %v", args, err)
+	}
+	return code, o.String(), e.String()
+}
