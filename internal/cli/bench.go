@@ -328,11 +328,11 @@ func benchProduce(ctx context.Context, args []string) error {
 		latency = func(float64) string { return "na" }
 	}
 	slices.Sort(lat)
-	fmt.Fprintf(stdout, "bench=produce mode=%s producers=%d size=%d batch=%d rate=%.0f records=%d errors=%d duration_s=%.3f records_per_s=%.0f mb_per_s=%.1f p50_us=%s p99_us=%s p999_us=%s max_us=%s max_lag_us=%d hub_append_p50_us=%s hub_append_p99_us=%s%s\n",
+	fmt.Fprintf(stdout, "bench=produce mode=%s producers=%d size=%d batch=%d rate=%.0f records=%d errors=%d duration_s=%.3f records_per_s=%.0f mb_per_s=%.1f p50_us=%s p99_us=%s p999_us=%s max_us=%s max_lag_us=%d hub_append_p50_us=%s hub_append_p99_us=%s batches=%s%s\n",
 		mode, *producers, *b.size, *batch, *rate, acked, errs, elapsed.Seconds(),
 		float64(acked)/elapsed.Seconds(), float64(acked)*float64(*b.size)/elapsed.Seconds()/1e6,
 		latency(0.50), latency(0.99), latency(0.999), latency(1), lag.Microseconds(),
-		hist.quantile(0.50), hist.quantile(0.99), extra)
+		hist.quantile(0.50), hist.quantile(0.99), hist.count(), extra)
 	return nil
 }
 
@@ -535,6 +535,14 @@ func (h histogram) minus(o histogram) histogram {
 		out.counts[i] = h.counts[i] - o.counts[i]
 	}
 	return out
+}
+
+// count is the number of observations ("na" without data).
+func (h histogram) count() string {
+	if len(h.counts) == 0 {
+		return "na"
+	}
+	return strconv.FormatInt(int64(h.counts[len(h.counts)-1]), 10)
 }
 
 // quantile returns the upper bound, in microseconds, of the bucket holding
