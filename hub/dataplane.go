@@ -356,8 +356,8 @@ func (d *dataPlane) refuse(op quic.Op, err error) error {
 // openStream finds a stream and checks the principal's permission on it.
 func (d *dataPlane) openStream(req *quic.Request, name string, action string) (*store.Stream, error) {
 	if err := d.auth.allow(req.Principal, action, name); err != nil {
-		d.logger.Warn("data plane: refused", "principal", req.Principal.Name, "method", req.Principal.Method,
-			"action", action, "stream", name, "remote", req.Conn.RemoteAddr().String(), "err", err)
+		// The QUIC server logs the refusal with the principal and remote
+		// address.
 		return nil, d.refuse(req.Op, err)
 	}
 	st, err := d.st.Stream(name)
@@ -989,10 +989,14 @@ func (a *authorizer) allow(p quic.Principal, action, stream string) error {
 			}
 		}
 	}
-	if p.Method == "anonymous" || p.Method == "" {
-		return quic.Errorf(quic.CodeUnauthenticated, "this hub requires a token or client certificate to %s stream %q", action, stream)
+	verb := "consume from"
+	if action == actionProduce {
+		verb = "produce to"
 	}
-	return quic.Errorf(quic.CodePermissionDenied, "%s %q may not %s stream %q", p.Method, p.Name, action, stream)
+	if p.Method == "anonymous" || p.Method == "" {
+		return quic.Errorf(quic.CodeUnauthenticated, "this hub requires a token or client certificate to %s stream %q", verb, stream)
+	}
+	return quic.Errorf(quic.CodePermissionDenied, "%s %q may not %s stream %q", p.Method, p.Name, verb, stream)
 }
 
 // addr is the data plane's bound UDP address as host:port.

@@ -369,6 +369,7 @@ func (s *Server) serveStream(ctx context.Context, c *Conn, st *Stream, log *slog
 		fail(err, "unauthenticated")
 		return
 	}
+	log = log.With("principal", p.Name, "auth", p.Method)
 	req := &Request{Op: open.Op, Body: open.Body, Principal: p, Conn: c, Stream: st}
 	if err := h.ServeQUIC(ctx, req); err != nil {
 		if ctx.Err() != nil && CodeOf(err) == CodeInternal {
