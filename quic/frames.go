@@ -81,6 +81,9 @@ func (t FrameType) String() string {
 	case FrameCredit:
 		return "CREDIT"
 	}
+	if n := groupFrameName(t); n != "" { // group.go
+		return n
+	}
 	return fmt.Sprintf("frame_0x%02x", byte(t))
 }
 

@@ -1,0 +1,563 @@
+package groups
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgehub/edgehub/store"
+)
+
+// maxShards bounds a group's shard count (the wire protocol's limit).
+const maxShards = 1 << 16
+
+// retryAfter is how soon a rebalance that failed (the file could not be
+// written, a stream position could not be resolved) is tried again.
+const retryAfter = time.Second
+
+// Coordinator keeps the consumer groups of one hub. It is safe for
+// concurrent use.
+type Coordinator struct {
+	cfg    Config
+	logger *slog.Logger
+	db     *bolt.DB
+
+	mu     sync.Mutex // guards groups and closed; taken before any group.mu
+	groups map[string]*group
+	closed bool
+
+	joins, leaves, expirations, rebalances, commits, refused atomic.Uint64
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// group is one consumer group. Everything in it is guarded by mu.
+type group struct {
+	c    *Coordinator
+	name string
+	def  groupDef
+
+	mu         sync.Mutex
+	epoch      uint64      // highest epoch granted (persisted)
+	offsets    []offsetRec // per shard
+	leases     []lease     // per shard
+	members    map[string]*member
+	timer      *time.Timer // fires at the earliest member or revocation deadline
+	gone       error       // ErrDeleted or ErrClosed once the group is no more
+	rebalances uint64
+}
+
+// lease is a shard's current grant. member "" means unassigned.
+type lease struct {
+	member  string
+	epoch   uint64
+	granted time.Time
+	// revoking: the shard is out of its holder's assignment and waits for
+	// the holder's Sync of revokeGen (or revokeBy) before moving.
+	revoking  bool
+	revokeGen uint64
+	revokeBy  time.Time
+}
+
+// member is a member of a group; sess is nil while it is detached (its
+// stream ended without a leave) until it rejoins or expires.
+type member struct {
+	id       string
+	sess     *Session
+	timeout  time.Duration
+	deadline time.Time // expires when nothing arrives before
+	start    Start
+	remote   string
+	joined   time.Time
+	lastSeen time.Time
+	gen      uint64 // generation of the newest assignment
+}
+
+// Open opens (or creates) the groups file and loads every group's offsets.
+func Open(cfg Config) (*Coordinator, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	db, err := openDB(cfg.Path, cfg.OpenTimeout)
+	if err != nil {
+		return nil, err
+	}
+	loaded, err := loadGroups(db)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("groups: open %s: %w", cfg.Path, err)
+	}
+	c := &Coordinator{cfg: cfg, logger: cfg.Logger, db: db, groups: map[string]*group{}}
+	for name, s := range loaded {
+		g := c.newGroup(name, s.def)
+		g.epoch = s.epoch
+		for shard, r := range s.offsets {
+			g.offsets[shard] = r
+		}
+		c.groups[name] = g
+	}
+	return c, nil
+}
+
+func (c *Coordinator) newGroup(name string, def groupDef) *group {
+	return &group{
+		c: c, name: name, def: def,
+		offsets: make([]offsetRec, def.Shards),
+		leases:  make([]lease, def.Shards),
+		members: map[string]*member{},
+	}
+}
+
+// Close ends every session with ErrClosed and closes the file. Idempotent.
+func (c *Coordinator) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		for _, g := range c.groups {
+			g.mu.Lock()
+			g.shutdown(ErrClosed)
+			g.mu.Unlock()
+		}
+		c.mu.Unlock()
+		if err := c.db.Close(); err != nil {
+			c.closeErr = fmt.Errorf("groups: close: %w", err)
+		}
+	})
+	return c.closeErr
+}
+
+// shutdown ends the group's sessions and timer; the group is unusable after.
+func (g *group) shutdown(why error) {
+	g.gone = why
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	for _, m := range g.members {
+		if m.sess != nil {
+			m.sess.end(why)
+		}
+	}
+}
+
+// Stats are the coordinator's counters since Open.
+type Stats struct {
+	Joins, Leaves, Expirations, Rebalances uint64
+	Commits                                uint64 // shard offsets committed
+	CommitsRefused                         uint64 // shard offsets refused as stale
+}
+
+// Stats returns the counters.
+func (c *Coordinator) Stats() Stats {
+	return Stats{
+		Joins: c.joins.Load(), Leaves: c.leaves.Load(), Expirations: c.expirations.Load(),
+		Rebalances: c.rebalances.Load(), Commits: c.commits.Load(), CommitsRefused: c.refused.Load(),
+	}
+}
+
+// JoinRequest asks for membership.
+type JoinRequest struct {
+	Group  string
+	Stream string
+	// Shards is the stream's shard count now.
+	Shards int
+	// Member is the member id, stable across the member's reconnects.
+	Member string
+	// SessionTimeout: 0 takes Config.DefaultSessionTimeout.
+	SessionTimeout time.Duration
+	// Start positions shards the group has never committed.
+	Start Start
+	// Remote is the member's address, for display.
+	Remote string
+}
+
+// Join adds a member to a group, creating the group on its first join, and
+// returns the member's session, whose first assignment is ready. A join
+// with the id of a member the group still has (connected or within its
+// session timeout) replaces that member's session and keeps its leases.
+func (c *Coordinator) Join(req JoinRequest) (*Session, error) {
+	timeout := req.SessionTimeout
+	if timeout == 0 {
+		timeout = c.cfg.DefaultSessionTimeout
+	}
+	switch {
+	case store.ValidateName(req.Group) != nil:
+		return nil, fmt.Errorf("%w: group name: %w", ErrInvalid, store.ValidateName(req.Group))
+	case store.ValidateName(req.Member) != nil:
+		return nil, fmt.Errorf("%w: member id: %w", ErrInvalid, store.ValidateName(req.Member))
+	case req.Stream == "":
+		return nil, fmt.Errorf("%w: no stream", ErrInvalid)
+	case req.Shards < 1 || req.Shards > maxShards:
+		return nil, fmt.Errorf("%w: %d shards", ErrInvalid, req.Shards)
+	case timeout < c.cfg.MinSessionTimeout || timeout > c.cfg.MaxSessionTimeout:
+		return nil, fmt.Errorf("%w: session timeout %s outside %s..%s", ErrInvalid, timeout,
+			c.cfg.MinSessionTimeout, c.cfg.MaxSessionTimeout)
+	case req.Start.Kind > StartTime:
+		return nil, fmt.Errorf("%w: start kind %d", ErrInvalid, req.Start.Kind)
+	}
+	g, err := c.group(req.Group, req.Stream, req.Shards, true)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gone != nil {
+		return nil, fmt.Errorf("groups: join %q: %w", g.name, g.gone)
+	}
+	now := time.Now()
+	m, known := g.members[req.Member]
+	switch {
+	case !known && len(g.members) >= c.cfg.MaxMembers:
+		return nil, fmt.Errorf("%w: group %q has %d members", ErrTooManyMembers, g.name, len(g.members))
+	case !known:
+		m = &member{id: req.Member, joined: now}
+		g.members[m.id] = m
+	case m.sess != nil:
+		m.sess.end(ErrReplaced)
+	}
+	// Shards the previous session was handing over cannot be confirmed by
+	// this one: let them go now.
+	g.releaseRevoking(m, ^uint64(0))
+	s := &Session{g: g, m: m, changed: make(chan struct{}, 1), done: make(chan struct{})}
+	m.sess, m.timeout, m.start, m.remote = s, timeout, req.Start, req.Remote
+	m.lastSeen, m.deadline = now, now.Add(timeout)
+	if err := g.rebalance(now, m); err != nil {
+		g.removeMember(m, err)
+		g.arm(now)
+		return nil, err
+	}
+	g.arm(now)
+	c.joins.Add(1)
+	c.logger.Info("group member joined", "group", g.name, "member", m.id, "remote", req.Remote,
+		"rejoin", known, "session_timeout", timeout, "members", len(g.members))
+	return s, nil
+}
+
+// group returns the named group, creating it (durably) when create is set.
+// It checks that the group consumes stream with shards shards.
+func (c *Coordinator) group(name, stream string, shards int, create bool) (*group, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	g := c.groups[name]
+	if g == nil {
+		if !create {
+			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+		}
+		def := groupDef{Stream: stream, Shards: shards, Created: time.Now().UTC()}
+		if err := c.db.Update(func(tx *bolt.Tx) error { return putDef(tx, name, def) }); err != nil {
+			return nil, fmt.Errorf("groups: create %q: %w", name, err)
+		}
+		g = c.newGroup(name, def)
+		c.groups[name] = g
+		return g, nil
+	}
+	if g.def.Stream != stream {
+		return nil, fmt.Errorf("%w: group %q consumes stream %q, not %q", ErrStreamMismatch, name, g.def.Stream, stream)
+	}
+	if g.def.Shards != shards {
+		return nil, fmt.Errorf("%w: group %q has offsets for %d shards, stream %q has %d now; delete the group to start over",
+			ErrShardsChanged, name, g.def.Shards, stream, shards)
+	}
+	return g, nil
+}
+
+// rebalance moves the group towards the balanced, sticky assignment of its
+// shards among its members: it grants free shards, starts handing over
+// shards whose owner must give them up, and pushes the new assignments.
+// force gets a new assignment even if its leases did not change (a member
+// that just joined). Callers hold g.mu and call g.arm after.
+func (g *group) rebalance(now time.Time, force *member) error {
+	ids := make([]string, 0, len(g.members))
+	for id := range g.members {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	owner := make([]string, len(g.leases))
+	revoking := make([]bool, len(g.leases))
+	for s, l := range g.leases {
+		owner[s], revoking[s] = l.member, l.revoking
+	}
+	target := assign(ids, owner, revoking)
+
+	changed := map[*member]bool{}
+	if force != nil {
+		changed[force] = true
+	}
+	var grants, revokes []int
+	for s := range g.leases {
+		l := &g.leases[s]
+		t := target[s]
+		switch {
+		case l.member == "":
+			if t != "" {
+				grants = append(grants, s)
+			}
+		case l.member == t:
+			if l.revoking { // the balance wants it back where it is
+				l.revoking = false
+				changed[g.members[t]] = true
+			}
+		case l.revoking:
+			// Already on its way; it moves when the holder confirms.
+		default:
+			holder := g.members[l.member]
+			if holder == nil || holder.sess == nil {
+				// Nobody can confirm a hand-over: the epoch fences
+				// whatever the holder might still commit.
+				g.leases[s] = lease{}
+				if t != "" {
+					grants = append(grants, s)
+				}
+				continue
+			}
+			l.revoking, l.revokeBy = true, now.Add(holder.timeout)
+			changed[holder] = true
+			revokes = append(revokes, s)
+		}
+	}
+	if len(grants) > 0 {
+		if err := g.grant(now, grants, target); err != nil {
+			return err
+		}
+		for _, s := range grants {
+			changed[g.members[target[s]]] = true
+		}
+	}
+	for m := range changed {
+		m.gen++
+	}
+	for _, s := range revokes {
+		g.leases[s].revokeGen = g.members[g.leases[s].member].gen
+	}
+	if len(grants)+len(revokes) > 0 {
+		g.rebalances++
+		g.c.rebalances.Add(1)
+		g.c.logger.Info("group rebalanced", "group", g.name, "members", len(g.members),
+			"granted", grants, "handing_over", revokes)
+	}
+	for m := range changed {
+		if m.sess != nil {
+			m.sess.notify()
+		}
+	}
+	return nil
+}
+
+// grant leases shards to their targets with new epochs, positioning shards
+// never committed, and persists the epochs and positions before any member
+// can learn them.
+func (g *group) grant(now time.Time, shards []int, target []string) error {
+	first := g.epoch + 1
+	initial := map[int]offsetRec{}
+	for i, s := range shards {
+		if g.offsets[s].Offset != 0 {
+			continue
+		}
+		pos, err := g.c.cfg.Resolve(g.def.Stream, s, g.members[target[s]].start)
+		if err != nil {
+			return fmt.Errorf("groups: group %q: position of shard %d: %w", g.name, s, err)
+		}
+		initial[s] = offsetRec{Offset: max(pos, 1), Time: now.UnixNano(), Epoch: first + uint64(i), Member: target[s]}
+	}
+	last := first + uint64(len(shards)) - 1
+	err := g.c.db.Update(func(tx *bolt.Tx) error {
+		if err := putEpoch(tx, g.name, last); err != nil {
+			return err
+		}
+		for s, r := range initial {
+			if err := putOffset(tx, g.name, s, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("groups: group %q: grant: %w", g.name, err)
+	}
+	g.epoch = last
+	for i, s := range shards {
+		g.leases[s] = lease{member: target[s], epoch: first + uint64(i), granted: now}
+	}
+	for s, r := range initial {
+		g.offsets[s] = r
+	}
+	return nil
+}
+
+// releaseRevoking frees the shards m is handing over whose hand-over was
+// announced at generation gen or before, reporting whether any was freed.
+func (g *group) releaseRevoking(m *member, gen uint64) bool {
+	freed := false
+	for s, l := range g.leases {
+		if l.member == m.id && l.revoking && l.revokeGen <= gen {
+			g.leases[s] = lease{}
+			freed = true
+		}
+	}
+	return freed
+}
+
+// removeMember ends m's session with why, frees its leases and forgets it.
+func (g *group) removeMember(m *member, why error) {
+	if m.sess != nil {
+		m.sess.end(why)
+	}
+	for s, l := range g.leases {
+		if l.member == m.id {
+			g.leases[s] = lease{}
+		}
+	}
+	delete(g.members, m.id)
+}
+
+// arm schedules the timer at the earliest member or hand-over deadline.
+func (g *group) arm(now time.Time) {
+	var next time.Time
+	for _, m := range g.members {
+		if next.IsZero() || m.deadline.Before(next) {
+			next = m.deadline
+		}
+	}
+	for _, l := range g.leases {
+		if l.revoking && (next.IsZero() || l.revokeBy.Before(next)) {
+			next = l.revokeBy
+		}
+	}
+	g.armAt(now, next)
+}
+
+func (g *group) armAt(now, at time.Time) {
+	if at.IsZero() || g.gone != nil {
+		if g.timer != nil {
+			g.timer.Stop()
+		}
+		return
+	}
+	d := max(at.Sub(now), 0)
+	if g.timer == nil {
+		g.timer = time.AfterFunc(d, g.tick)
+	} else {
+		g.timer.Reset(d)
+	}
+}
+
+// tick expires members whose session timed out and hand-overs whose holder
+// did not confirm in time, then rebalances. Rebalancing when nothing
+// changed is a no-op; doing it always also retries one that failed.
+func (g *group) tick() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gone != nil {
+		return
+	}
+	now := time.Now()
+	for _, m := range g.members {
+		if now.Before(m.deadline) {
+			continue
+		}
+		g.c.logger.Warn("group member expired: nothing received within its session timeout", "group", g.name,
+			"member", m.id, "session_timeout", m.timeout, "last_seen", m.lastSeen, "connected", m.sess != nil)
+		g.removeMember(m, ErrSessionExpired)
+		g.c.expirations.Add(1)
+	}
+	for s, l := range g.leases {
+		if l.revoking && !now.Before(l.revokeBy) {
+			g.c.logger.Warn("group hand-over not confirmed in time: the shard moves without its holder's final commit",
+				"group", g.name, "shard", s, "holder", l.member, "epoch", l.epoch)
+			g.leases[s] = lease{}
+		}
+	}
+	g.settle(now)
+}
+
+// Delete deletes an idle group and its offsets.
+func (c *Coordinator) Delete(name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	g := c.groups[name]
+	if g == nil {
+		return fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := len(g.members); n > 0 {
+		return fmt.Errorf("%w: group %q has %d member(s); stop them first", ErrActive, name, n)
+	}
+	if err := c.db.Update(func(tx *bolt.Tx) error { return deleteGroup(tx, name) }); err != nil {
+		return fmt.Errorf("groups: delete %q: %w", name, err)
+	}
+	g.shutdown(ErrDeleted)
+	delete(c.groups, name)
+	c.logger.Info("group deleted", "group", name)
+	return nil
+}
+
+// ResetRequest sets an idle group's committed offsets.
+type ResetRequest struct {
+	Group  string
+	Stream string
+	Shards int // the stream's shard count now
+	// Offsets maps shards to the next sequence to process (at least 1).
+	// Shards not listed keep their offsets.
+	Offsets map[int]uint64
+}
+
+// Reset sets committed offsets of a group without members, creating the
+// group if it does not exist (so offsets can be set before the first
+// member joins).
+func (c *Coordinator) Reset(req ResetRequest) error {
+	if err := store.ValidateName(req.Group); err != nil {
+		return fmt.Errorf("%w: group name: %w", ErrInvalid, err)
+	}
+	if req.Stream == "" || req.Shards < 1 || req.Shards > maxShards {
+		return fmt.Errorf("%w: stream %q with %d shards", ErrInvalid, req.Stream, req.Shards)
+	}
+	for s, off := range req.Offsets {
+		if s < 0 || s >= req.Shards || off == 0 {
+			return fmt.Errorf("%w: offset %d for shard %d of %d", ErrInvalid, off, s, req.Shards)
+		}
+	}
+	g, err := c.group(req.Group, req.Stream, req.Shards, true)
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gone != nil {
+		return fmt.Errorf("groups: reset %q: %w", g.name, g.gone)
+	}
+	if n := len(g.members); n > 0 {
+		return fmt.Errorf("%w: group %q has %d member(s); stop them before resetting offsets", ErrActive, g.name, n)
+	}
+	now := time.Now().UnixNano()
+	err = c.db.Update(func(tx *bolt.Tx) error {
+		for s, off := range req.Offsets {
+			if err := putOffset(tx, g.name, s, offsetRec{Offset: off, Time: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("groups: reset %q: %w", g.name, err)
+	}
+	for s, off := range req.Offsets {
+		g.offsets[s] = offsetRec{Offset: off, Time: now}
+	}
+	c.logger.Info("group offsets reset", "group", g.name, "stream", g.def.Stream, "shards", len(req.Offsets))
+	return nil
+}

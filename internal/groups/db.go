@@ -1,0 +1,228 @@
+package groups
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Layout of groups.db:
+//
+//	meta/version             formatVersion
+//	groups/<name>/def        JSON groupDef
+//	groups/<name>/epoch      uint64 big endian: the highest epoch granted
+//	groups/<name>/offsets/   uint32 big endian shard → offsetRec
+//
+// The epoch is written in the transaction that grants leases, before any
+// member learns them, so epochs never repeat, even across restarts.
+var (
+	bucketMeta    = []byte("meta")
+	bucketGroups  = []byte("groups")
+	bucketOffsets = []byte("offsets")
+	keyVersion    = []byte("version")
+	keyDef        = []byte("def")
+	keyEpoch      = []byte("epoch")
+)
+
+const formatVersion = 1
+
+// groupDef is what a group is bound to.
+type groupDef struct {
+	Stream  string    `json:"stream"`
+	Shards  int       `json:"shards"`
+	Created time.Time `json:"created"`
+}
+
+// offsetRec is a shard's committed offset and where it came from.
+type offsetRec struct {
+	Offset uint64 // next sequence to process; 0: none committed
+	Time   int64  // Unix nanoseconds of the commit
+	Epoch  uint64 // lease epoch that committed it (0: an administrative reset)
+	Member string // committing member, or "" for a reset
+}
+
+const offsetRecVersion = 1
+
+func (r offsetRec) encode() []byte {
+	b := make([]byte, 0, 32+len(r.Member))
+	b = append(b, offsetRecVersion)
+	b = binary.AppendUvarint(b, r.Offset)
+	b = binary.AppendVarint(b, r.Time)
+	b = binary.AppendUvarint(b, r.Epoch)
+	b = binary.AppendUvarint(b, uint64(len(r.Member)))
+	return append(b, r.Member...)
+}
+
+// decodeOffsetRec decodes a stored offsetRec; trailing bytes are allowed
+// (later versions append fields).
+func decodeOffsetRec(b []byte) (offsetRec, error) {
+	var r offsetRec
+	bad := func(what string) (offsetRec, error) {
+		return offsetRec{}, fmt.Errorf("%w: offset record: %s", ErrCorrupt, what)
+	}
+	if len(b) == 0 || b[0] != offsetRecVersion {
+		return bad("unknown version")
+	}
+	b = b[1:]
+	var n int
+	if r.Offset, n = binary.Uvarint(b); n <= 0 {
+		return bad("offset")
+	}
+	b = b[n:]
+	if r.Time, n = binary.Varint(b); n <= 0 {
+		return bad("time")
+	}
+	b = b[n:]
+	if r.Epoch, n = binary.Uvarint(b); n <= 0 {
+		return bad("epoch")
+	}
+	b = b[n:]
+	l, n := binary.Uvarint(b)
+	if n <= 0 || l > uint64(len(b)-n) {
+		return bad("member")
+	}
+	r.Member = string(b[n : n+int(l)])
+	return r, nil
+}
+
+func shardKey(shard int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(shard)) }
+
+func openDB(path string, timeout time.Duration) (*bolt.DB, error) {
+	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("groups: open %s: locked by another process: %w", path, err)
+		}
+		return nil, fmt.Errorf("groups: open %s: %w", path, err)
+	}
+	// Commits are small and frequent; coalesce concurrent ones briefly.
+	db.MaxBatchDelay = time.Millisecond
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keyVersion); v != nil {
+			if len(v) != 8 || binary.BigEndian.Uint64(v) != formatVersion {
+				return fmt.Errorf("%w: format version %x, this hub reads %d", ErrCorrupt, v, formatVersion)
+			}
+		} else if err := meta.Put(keyVersion, binary.BigEndian.AppendUint64(nil, formatVersion)); err != nil {
+			return err
+		}
+		_, err = tx.CreateBucketIfNotExists(bucketGroups)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("groups: open %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// stored is one group as loaded from the file.
+type stored struct {
+	def     groupDef
+	epoch   uint64
+	offsets map[int]offsetRec
+}
+
+func loadGroups(db *bolt.DB) (map[string]stored, error) {
+	out := map[string]stored{}
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketGroups).ForEachBucket(func(name []byte) error {
+			b := tx.Bucket(bucketGroups).Bucket(name)
+			var s stored
+			if err := json.Unmarshal(b.Get(keyDef), &s.def); err != nil {
+				return fmt.Errorf("%w: group %q: definition: %w", ErrCorrupt, name, err)
+			}
+			if s.def.Shards <= 0 || s.def.Shards > math.MaxUint16+1 || s.def.Stream == "" {
+				return fmt.Errorf("%w: group %q: definition %+v", ErrCorrupt, name, s.def)
+			}
+			if v := b.Get(keyEpoch); v != nil {
+				if len(v) != 8 {
+					return fmt.Errorf("%w: group %q: epoch of %d bytes", ErrCorrupt, name, len(v))
+				}
+				s.epoch = binary.BigEndian.Uint64(v)
+			}
+			s.offsets = map[int]offsetRec{}
+			if ob := b.Bucket(bucketOffsets); ob != nil {
+				err := ob.ForEach(func(k, v []byte) error {
+					if len(k) != 4 {
+						return fmt.Errorf("%w: group %q: shard key %x", ErrCorrupt, name, k)
+					}
+					shard := int(binary.BigEndian.Uint32(k))
+					if shard >= s.def.Shards {
+						return fmt.Errorf("%w: group %q: offset of shard %d of %d", ErrCorrupt, name, shard, s.def.Shards)
+					}
+					r, err := decodeOffsetRec(v)
+					if err != nil {
+						return fmt.Errorf("group %q shard %d: %w", name, shard, err)
+					}
+					s.offsets[shard] = r
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			out[string(name)] = s
+			return nil
+		})
+	})
+	return out, err
+}
+
+// groupBucket returns the bucket of group name, creating it if asked.
+func groupBucket(tx *bolt.Tx, name string, create bool) (*bolt.Bucket, error) {
+	gb := tx.Bucket(bucketGroups)
+	if create {
+		return gb.CreateBucketIfNotExists([]byte(name))
+	}
+	b := gb.Bucket([]byte(name))
+	if b == nil {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	return b, nil
+}
+
+func putDef(tx *bolt.Tx, name string, def groupDef) error {
+	b, err := groupBucket(tx, name, true)
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(def)
+	if err != nil {
+		return err
+	}
+	return b.Put(keyDef, v)
+}
+
+func putEpoch(tx *bolt.Tx, name string, epoch uint64) error {
+	b, err := groupBucket(tx, name, false)
+	if err != nil {
+		return err
+	}
+	return b.Put(keyEpoch, binary.BigEndian.AppendUint64(nil, epoch))
+}
+
+func putOffset(tx *bolt.Tx, name string, shard int, r offsetRec) error {
+	b, err := groupBucket(tx, name, false)
+	if err != nil {
+		return err
+	}
+	ob, err := b.CreateBucketIfNotExists(bucketOffsets)
+	if err != nil {
+		return err
+	}
+	return ob.Put(shardKey(shard), r.encode())
+}
+
+func deleteGroup(tx *bolt.Tx, name string) error {
+	return tx.Bucket(bucketGroups).DeleteBucket([]byte(name))
+}
