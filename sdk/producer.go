@@ -426,6 +426,8 @@ func (p *Producer) openSession(ctx context.Context) error {
 func (p *Producer) loop() {
 	defer close(p.loopDone)
 	var linger *time.Timer
+	tick := time.NewTicker(time.Second) // timeouts are checked even when nothing happens
+	defer tick.Stop()
 	attempt := 0
 	for {
 		// Yield once before sealing: a caller in the middle of a burst of
@@ -528,8 +530,7 @@ func (p *Producer) loop() {
 				}
 			}
 			p.mu.Unlock()
-		case <-time.After(time.Second):
-			// Timeouts are checked even when nothing happens.
+		case <-tick.C:
 			p.mu.Lock()
 			p.expire()
 			stale := false
