@@ -98,11 +98,15 @@ func (c AuthConfig) Validate() error {
 			}
 		}
 	}
-	tokens := map[string]int{}
+	tokens, names := map[string]int{}, map[string]int{}
 	for i, t := range c.Tokens {
 		key := fmt.Sprintf("token[%d]", i)
 		if t.Name == "" {
 			errs = append(errs, fieldErrorf(key+".name", "must not be empty"))
+		} else if j, dup := names[t.Name]; dup {
+			errs = append(errs, fieldErrorf(key+".name", "%q is already the name of token[%d]", t.Name, j))
+		} else {
+			names[t.Name] = i
 		}
 		switch {
 		case len(t.Token) < 16:

@@ -642,6 +642,7 @@ func TestAuthConfigValidate(t *testing.T) {
 		{"no name", AuthConfig{Tokens: []TokenGrant{{Token: "0123456789abcdef"}}}, "token[0].name"},
 		{"duplicate token", AuthConfig{Tokens: []TokenGrant{{Name: "a", Token: "0123456789abcdef"}, {Name: "b", Token: "0123456789abcdef"}}}, "token[1].token"},
 		{"bad pattern", AuthConfig{Clients: []Grant{{Name: "c", Produce: []string{"["}}}}, "client[0].produce[0]"},
+		{"duplicate name", AuthConfig{Tokens: []TokenGrant{{Name: "a", Token: "0123456789abcdef"}, {Name: "a", Token: "fedcba9876543210"}}}, "token[1].name"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
