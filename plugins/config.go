@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"time"
 
@@ -29,13 +30,22 @@ type Config struct {
 	// GuestLogRate bounds the guest log lines per second and plugin that
 	// are forwarded to Logger (all are kept in the plugin's log ring).
 	GuestLogRate int
+	// MaxConcurrentCalls bounds how many guest calls run at once across all
+	// plugins and shards, so plugins never take every core from ingest: a
+	// plugin behind a busy ingest lags and catches up instead of slowing
+	// producers (a goroutine running compiled wasm is not preempted until
+	// the call returns). Runners whose calls fail share one more slot of
+	// their own, so a hostile plugin cannot hold up healthy ones. Default:
+	// half the CPUs, at least 1.
+	MaxConcurrentCalls int
 	// Now is the wall clock; nil means time.Now.
 	Now func() time.Time
 }
 
 // DefaultConfig returns a Config for the data directory dir.
 func DefaultConfig(dir string) Config {
-	return Config{Dir: dir, HubName: "local", LogLines: 1000, GuestLogRate: 100}
+	return Config{Dir: dir, HubName: "local", LogLines: 1000, GuestLogRate: 100,
+		MaxConcurrentCalls: max(1, runtime.GOMAXPROCS(0)/2)}
 }
 
 // Validate reports every problem in c at once.
@@ -52,6 +62,9 @@ func (c Config) Validate() error {
 	}
 	if c.LogLines < 1 {
 		errs = append(errs, fmt.Errorf("plugins: config: LogLines %d must be at least 1", c.LogLines))
+	}
+	if c.MaxConcurrentCalls < 1 {
+		errs = append(errs, fmt.Errorf("plugins: config: MaxConcurrentCalls %d must be at least 1", c.MaxConcurrentCalls))
 	}
 	if c.GuestLogRate < 0 {
 		errs = append(errs, fmt.Errorf("plugins: config: GuestLogRate %d is negative", c.GuestLogRate))

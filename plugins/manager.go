@@ -34,6 +34,8 @@ type Manager struct {
 	engine *wasmhost.Engine
 	st     *store.Store
 
+	slots      chan struct{} // guest-execution slots (Config.MaxConcurrentCalls)
+	quarantine chan struct{} // one slot shared by runners whose calls fail
 	commits    chan *commitReq
 	commitQuit chan struct{}
 	commitDone chan struct{}
@@ -93,7 +95,9 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, logger: cfg.Logger, now: cfg.Now, db: db, engine: engine, st: cfg.Store,
 		commits: make(chan *commitReq, 256), commitQuit: make(chan struct{}), commitDone: make(chan struct{}),
-		plugins: map[string]*plugin{},
+		plugins:    map[string]*plugin{},
+		slots:      make(chan struct{}, cfg.MaxConcurrentCalls),
+		quarantine: make(chan struct{}, 1),
 	}
 	go m.committer()
 	if err := m.load(); err != nil {
@@ -400,12 +404,12 @@ func checkInit(ctx context.Context, mod *wasmhost.Module, def Definition) error 
 type initHost struct{}
 
 func (initHost) Emit([]byte, wasmhost.OutputRecord, int, int) error { return nil }
-func (initHost) StateGet([]byte) ([]byte, bool, error)            { return nil, false, nil }
-func (initHost) StateSet(_, _ []byte) error                        { return nil }
-func (initHost) StateDelete([]byte) error                          { return nil }
-func (initHost) StateNext(_, _ []byte) ([]byte, bool, error)       { return nil, false, nil }
-func (initHost) Log(wasmhost.Level, []byte)                        {}
-func (initHost) Now() int64                                        { return time.Now().UnixNano() }
+func (initHost) StateGet([]byte) ([]byte, bool, error)              { return nil, false, nil }
+func (initHost) StateSet(_, _ []byte) error                         { return nil }
+func (initHost) StateDelete([]byte) error                           { return nil }
+func (initHost) StateNext(_, _ []byte) ([]byte, bool, error)        { return nil, false, nil }
+func (initHost) Log(wasmhost.Level, []byte)                         {}
+func (initHost) Now() int64                                         { return time.Now().UnixNano() }
 
 // Delete stops a plugin and removes its definition, module, checkpoints and
 // state. Its output streams are kept.

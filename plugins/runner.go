@@ -31,6 +31,10 @@ const (
 // an input record: its origin is inputSeq<<16 | 0xFFFF.
 const deadLetterIndex = 0xFFFF
 
+// suspectCalls is how many successful calls a runner makes in quarantine
+// after a failed one.
+const suspectCalls = 16
+
 // maxInstanceFailures is how many consecutive failures to create an
 // instance (not calls: instantiation and eh_init) pause the plugin.
 const maxInstanceFailures = 5
@@ -74,25 +78,29 @@ type runner struct {
 	shard  int
 	logger *slog.Logger
 
-	originHub string
-	timerHub  string
-	inst      *wasmhost.Instance
-	instFails int
-	cp        checkpoint
-	delta     *delta
-	outs      []*outBuf
-	outIdx    map[string]int
-	nOut      int
-	arena     []byte
-	kind      callKind
-	seqs      []uint64 // input sequences of the batch in the current call
-	timerSeq  uint64
-	tx        *bolt.Tx // read transaction for state reads during a call
-	batch     []byte
-	in        []wasmhost.InputRecord
-	hdrs      []wasmhost.Header
-	maxRecord int              // the store's record size limit
-	now       func() time.Time // the hub's wall clock
+	originHub  string
+	timerHub   string
+	inst       *wasmhost.Instance
+	instFails  int
+	cp         checkpoint
+	delta      *delta
+	outs       []*outBuf
+	outIdx     map[string]int
+	nOut       int
+	arena      []byte
+	kind       callKind
+	seqs       []uint64 // input sequences of the batch in the current call
+	timerSeq   uint64
+	tx         *bolt.Tx // read transaction for state reads during a call
+	batch      []byte
+	in         []wasmhost.InputRecord
+	hdrs       []wasmhost.Header
+	slots      chan struct{}    // guest-execution slots shared by all runners; nil = unbounded
+	quarantine chan struct{}    // the slot for runners whose calls fail
+	held       chan struct{}    // the slot held during a call
+	suspect    int              // calls left in quarantine
+	maxRecord  int              // the store's record size limit
+	now        func() time.Time // the hub's wall clock
 
 	stats runnerStats
 }
@@ -110,12 +118,14 @@ type runnerStats struct {
 func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *store.Stream, shard int) *runner {
 	r := &runner{
 		m: m, p: p, def: def, mod: mod, input: in, shard: shard,
-		logger:    p.logger.With("input", in.Name(), "shard", shard),
-		originHub: OriginHub(m.cfg.HubName, def.Name, in.Name()),
-		delta:     newDelta(),
-		outIdx:    map[string]int{},
-		maxRecord: m.st.Config().MaxRecordBytes,
-		now:       m.now,
+		logger:     p.logger.With("input", in.Name(), "shard", shard),
+		originHub:  OriginHub(m.cfg.HubName, def.Name, in.Name()),
+		delta:      newDelta(),
+		outIdx:     map[string]int{},
+		maxRecord:  m.st.Config().MaxRecordBytes,
+		slots:      m.slots,
+		quarantine: m.quarantine,
+		now:        m.now,
 	}
 	r.timerHub = r.originHub + "/timer"
 	for _, name := range append(append([]string(nil), def.Outputs...), def.DeadLetter) {
@@ -203,6 +213,45 @@ func (r *runner) run(ctx context.Context) {
 			}
 		default:
 		}
+	}
+}
+
+// acquire takes a guest-execution slot (see Config.MaxConcurrentCalls); it
+// returns false if ctx ends first. A runner whose calls have been failing
+// (a plugin looping until its deadline, a trap storm) takes the quarantine
+// slot instead, so a hostile plugin never holds up healthy ones.
+func (r *runner) acquire(ctx context.Context) bool {
+	r.held = r.slots
+	if r.suspect > 0 {
+		r.held = r.quarantine
+	}
+	if r.held == nil {
+		return true
+	}
+	select {
+	case r.held <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		r.held = nil
+		return false
+	}
+}
+
+func (r *runner) release() {
+	if r.held != nil {
+		<-r.held
+		r.held = nil
+	}
+}
+
+// judge updates the runner's standing after a call: a failure makes it a
+// suspect for the next suspectCalls calls.
+func (r *runner) judge(err error) {
+	switch {
+	case err != nil:
+		r.suspect = suspectCalls
+	case r.suspect > 0:
+		r.suspect--
 	}
 }
 
@@ -369,12 +418,17 @@ func (r *runner) deadLetter(ctx context.Context, rec record.Record, cause error)
 // repeated failures.
 func (r *runner) ensureInstance(ctx context.Context) bool {
 	for r.inst == nil {
+		if !r.acquire(ctx) {
+			return false
+		}
 		inst, err := r.mod.Instantiate(ctx, r)
 		if err == nil {
 			if err = inst.Init(ctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
 				inst.Close()
 			}
 		}
+		r.release()
+		r.judge(err)
 		if err == nil {
 			r.inst, r.instFails = inst, 0
 			r.stats.memory.Store(int64(inst.MemoryBytes()))
@@ -426,7 +480,12 @@ func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record
 	}
 	r.batch = wasmhost.AppendBatch(r.batch[:0], input, uint32(r.shard), r.in)
 	t0 := time.Now()
+	if !r.acquire(ctx) {
+		return ctx.Err()
+	}
 	err := r.inst.OnBatch(ctx, r.batch, len(recs))
+	r.release()
+	r.judge(err)
 	r.afterCall(t0)
 	return err
 }
@@ -544,7 +603,12 @@ func (r *runner) runTimer(ctx context.Context, seq uint64, now int64, replay boo
 	}
 	r.kind, r.timerSeq = kindTimer, seq
 	t0 := time.Now()
+	if !r.acquire(ctx) {
+		return false
+	}
 	err := r.inst.OnTimer(ctx, now)
+	r.release()
+	r.judge(err)
 	r.afterCall(t0)
 	r.stats.firings.Add(1)
 	if err != nil {
