@@ -63,16 +63,48 @@ type request struct {
 // ctx bounds the wait for a place in the commit queue; once queued, Append
 // waits for the commit, since the store reads b.Records until then.
 func (s *Stream) Append(ctx context.Context, b Batch) (Result, error) {
+	p, err := s.AppendAsync(ctx, b)
+	if err != nil {
+		return Result{}, err
+	}
+	return p.Wait()
+}
+
+// Pending is an append queued by AppendAsync.
+type Pending struct{ req *request }
+
+// Done is closed when the append has committed (or failed).
+func (p *Pending) Done() <-chan struct{} { return p.req.done }
+
+// Wait blocks until the append has committed and returns its result.
+func (p *Pending) Wait() (Result, error) {
+	<-p.req.done
+	return p.req.res, p.req.err
+}
+
+var donePending = func() *Pending {
+	p := &Pending{req: &request{done: make(chan struct{})}}
+	close(p.req.done)
+	return p
+}()
+
+// AppendAsync validates b and queues it for the next group commit without
+// waiting for it. Appends queued one after another by one goroutine commit
+// in that order (in the same or later transactions), so a producer can keep
+// several batches of one shard in flight and still get in-order sequences
+// and idempotent-producer checks. The store reads b.Records until the
+// append is done: the caller must not modify them before.
+func (s *Stream) AppendAsync(ctx context.Context, b Batch) (*Pending, error) {
 	if len(b.Records) == 0 {
-		return Result{}, nil
+		return donePending, nil
 	}
 	req := &request{batch: b, done: make(chan struct{})}
 	n := len(s.shards)
 	switch {
 	case b.Shard >= n || b.Shard < -1:
-		return Result{}, fmt.Errorf("store: append to %q: %w %d of %d", s.name, ErrInvalidShard, b.Shard, n)
+		return nil, fmt.Errorf("store: append to %q: %w %d of %d", s.name, ErrInvalidShard, b.Shard, n)
 	case b.Shard == -1 && b.ProducerID != 0:
-		return Result{}, fmt.Errorf("store: append to %q: idempotent appends need an explicit shard", s.name)
+		return nil, fmt.Errorf("store: append to %q: idempotent appends need an explicit shard", s.name)
 	case b.Shard == -1:
 		req.shards = make([]uint32, len(b.Records))
 		for i := range b.Records {
@@ -87,17 +119,16 @@ func (s *Stream) Append(ctx context.Context, b Batch) (Result, error) {
 	for i := range b.Records {
 		r := &b.Records[i]
 		if sz := r.Size(); sz > max {
-			return Result{}, fmt.Errorf("store: append to %q: record %d: %w: %d bytes (max %d)", s.name, i, ErrRecordTooLarge, sz, max)
+			return nil, fmt.Errorf("store: append to %q: record %d: %w: %d bytes (max %d)", s.name, i, ErrRecordTooLarge, sz, max)
 		}
 		if len(r.Origin.Hub) > MaxOriginHubLength {
-			return Result{}, fmt.Errorf("store: append to %q: record %d: origin hub name is %d bytes (max %d)", s.name, i, len(r.Origin.Hub), MaxOriginHubLength)
+			return nil, fmt.Errorf("store: append to %q: record %d: origin hub name is %d bytes (max %d)", s.name, i, len(r.Origin.Hub), MaxOriginHubLength)
 		}
 	}
 	if err := s.enqueue(ctx, req); err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	<-req.done
-	return req.res, req.err
+	return &Pending{req: req}, nil
 }
 
 func (s *Stream) enqueue(ctx context.Context, req *request) error {

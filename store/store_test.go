@@ -898,3 +898,31 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestAppendAsyncKeepsQueueOrder(t *testing.T) {
+	s := openStore(t, testConfig(t, t.TempDir()))
+	st := newStream(t, s, StreamConfig{Name: "async", Shards: 1})
+	ctx := context.Background()
+	var pending []*Pending
+	for i := 0; i < 50; i++ {
+		p, err := st.AppendAsync(ctx, Batch{Shard: 0, Records: []record.Record{{Value: []byte(fmt.Sprint(i))}}, ProducerID: 9, ProducerSeq: uint64(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = append(pending, p)
+	}
+	for i, p := range pending {
+		res, err := p.Wait()
+		if err != nil {
+			t.Fatalf("batch %d: %v", i, err)
+		}
+		if res.Positions[0].Seq != uint64(i+1) {
+			t.Fatalf("batch %d stored at %d", i, res.Positions[0].Seq)
+		}
+	}
+	if p, err := st.AppendAsync(ctx, Batch{}); err != nil || p == nil {
+		t.Fatalf("empty batch: %v", err)
+	} else if res, err := p.Wait(); err != nil || len(res.Positions) != 0 {
+		t.Fatalf("empty batch result %v %v", res, err)
+	}
+}
