@@ -38,6 +38,10 @@ type Config struct {
 	// their own, so a hostile plugin cannot hold up healthy ones. Default:
 	// half the CPUs, at least 1.
 	MaxConcurrentCalls int
+	// BusyDutyCycle is the share of wall time a runner may hold an
+	// execution slot while records keep arriving on its input shard; it
+	// waits out the rest. 1 disables the throttle. Default 0.5.
+	BusyDutyCycle float64
 	// Now is the wall clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -45,7 +49,7 @@ type Config struct {
 // DefaultConfig returns a Config for the data directory dir.
 func DefaultConfig(dir string) Config {
 	return Config{Dir: dir, HubName: "local", LogLines: 1000, GuestLogRate: 100,
-		MaxConcurrentCalls: max(1, runtime.GOMAXPROCS(0)/2)}
+		MaxConcurrentCalls: max(1, runtime.GOMAXPROCS(0)/2), BusyDutyCycle: 0.5}
 }
 
 // Validate reports every problem in c at once.
@@ -65,6 +69,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConcurrentCalls < 1 {
 		errs = append(errs, fmt.Errorf("plugins: config: MaxConcurrentCalls %d must be at least 1", c.MaxConcurrentCalls))
+	}
+	if c.BusyDutyCycle <= 0 || c.BusyDutyCycle > 1 {
+		errs = append(errs, fmt.Errorf("plugins: config: BusyDutyCycle %g outside (0, 1]", c.BusyDutyCycle))
 	}
 	if c.GuestLogRate < 0 {
 		errs = append(errs, fmt.Errorf("plugins: config: GuestLogRate %d is negative", c.GuestLogRate))

@@ -99,6 +99,7 @@ type runner struct {
 	quarantine chan struct{}    // the slot for runners whose calls fail
 	held       chan struct{}    // the slot held during a call
 	suspect    int              // calls left in quarantine
+	duty       float64          // Config.BusyDutyCycle
 	maxRecord  int              // the store's record size limit
 	now        func() time.Time // the hub's wall clock
 
@@ -125,6 +126,7 @@ func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *
 		maxRecord:  m.st.Config().MaxRecordBytes,
 		slots:      m.slots,
 		quarantine: m.quarantine,
+		duty:       m.cfg.BusyDutyCycle,
 		now:        m.now,
 	}
 	r.timerHub = r.originHub + "/timer"
@@ -176,7 +178,7 @@ func (r *runner) run(ctx context.Context) {
 			select {
 			case <-ch:
 			case <-tick:
-				if !r.fireTimer(ctx, r.now().UnixNano()) {
+				if !r.withSlot(ctx, func() bool { return r.fireTimer(ctx, r.now().UnixNano()) }) {
 					return
 				}
 			case <-ctx.Done():
@@ -187,33 +189,77 @@ func (r *runner) run(ctx context.Context) {
 		if last-r.cp.Next+1 < uint64(r.def.BatchRecords) && !r.linger(ctx) {
 			return
 		}
-		recs, err := r.input.Read(r.shard, r.cp.Next, store.ReadOptions{MaxRecords: r.def.BatchRecords, MaxBytes: r.def.BatchBytes})
-		if err != nil {
-			if !r.storeTrouble(ctx, "read input", err) {
-				return
-			}
-			continue
+		began := time.Now()
+		if !r.withSlot(ctx, func() bool { return r.step(ctx) }) {
+			return
 		}
-		if len(recs) == 0 {
-			continue
-		}
-		if first := recs[0].Seq; first > r.cp.Next {
-			// Retention removed records before the plugin read them:
-			// report the gap, never skip silently.
-			r.stats.gaps.Add(first - r.cp.Next)
-			r.logf(LevelWarn, "input gap: records %d..%d were removed by retention before the plugin read them", r.cp.Next, first-1)
-		}
-		if !r.processBatch(ctx, recs) {
+		if !r.yieldToIngest(ctx, last, time.Since(began)) {
 			return
 		}
 		select {
 		case <-tick:
-			if !r.fireTimer(ctx, r.now().UnixNano()) {
+			if !r.withSlot(ctx, func() bool { return r.fireTimer(ctx, r.now().UnixNano()) }) {
 				return
 			}
 		default:
 		}
 	}
+}
+
+// yieldToIngest keeps a runner to its duty cycle while its input is being
+// written to: if records arrived during the batch (which took took), it
+// waits took × (1−duty)/duty before the next one. Plugins then lag behind an
+// ingest burst and catch up at full speed once it ends, instead of taking
+// the cores producers need.
+func (r *runner) yieldToIngest(ctx context.Context, lastBefore uint64, took time.Duration) bool {
+	if r.duty >= 1 || r.duty <= 0 {
+		return true
+	}
+	if _, last, err := r.input.Bounds(r.shard); err != nil || last <= lastBefore {
+		return true
+	}
+	return sleep(ctx, time.Duration(float64(took)*(1-r.duty)/r.duty))
+}
+
+// step reads the next batch and processes it; it returns false when the
+// runner must stop.
+func (r *runner) step(ctx context.Context) bool {
+	recs, err := r.input.Read(r.shard, r.cp.Next, store.ReadOptions{MaxRecords: r.def.BatchRecords, MaxBytes: r.def.BatchBytes})
+	if err != nil {
+		return r.storeTrouble(ctx, "read input", err)
+	}
+	if len(recs) == 0 {
+		return true
+	}
+	if first := recs[0].Seq; first > r.cp.Next {
+		// Retention removed records before the plugin read them: report
+		// the gap, never skip silently.
+		r.stats.gaps.Add(first - r.cp.Next)
+		r.logf(LevelWarn, "input gap: records %d..%d were removed by retention before the plugin read them", r.cp.Next, first-1)
+	}
+	return r.processBatch(ctx, recs)
+}
+
+// withSlot runs fn, which reads, calls the guest and commits, holding an
+// execution slot: the slot covers the store work a batch causes (reading
+// input, storing outputs, the checkpoint), not only the call, since that
+// work competes with ingest too.
+func (r *runner) withSlot(ctx context.Context, fn func() bool) bool {
+	if !r.acquire(ctx) {
+		return false
+	}
+	defer r.release()
+	return fn()
+}
+
+// sleep waits d without holding an execution slot.
+func (r *runner) sleep(ctx context.Context, d time.Duration) bool {
+	held := r.held != nil
+	r.release()
+	if !sleep(ctx, d) {
+		return false
+	}
+	return !held || r.acquire(ctx)
 }
 
 // acquire takes a guest-execution slot (see Config.MaxConcurrentCalls); it
@@ -257,26 +303,20 @@ func (r *runner) judge(err error) {
 
 // linger waits up to MaxWait for a partial batch to fill, so that under a
 // steady trickle each commit (two fsyncs: outputs, then checkpoint) covers
-// many records instead of one producer batch. It returns false when ctx ends.
+// many records instead of one producer batch. It returns false when ctx
+// ends.
 func (r *runner) linger(ctx context.Context) bool {
 	if r.def.MaxWait <= 0 {
 		return true
 	}
-	t := time.NewTimer(r.def.MaxWait)
-	defer t.Stop()
-	for {
-		ch := r.input.Changed(r.shard)
-		if _, last, _ := r.input.Bounds(r.shard); last+1-r.cp.Next >= uint64(r.def.BatchRecords) {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-t.C:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
+	// Wake at the next multiple of MaxWait on the wall clock, not MaxWait
+	// from now: runners with the same MaxWait then commit together, and the
+	// store's and plugins.db's group commits turn their commits into one
+	// fsync per output stream and one for the checkpoints. Commits to the
+	// input do not wake a lingering runner: under load that would be a
+	// wake-up per runner per ingest commit, for nothing.
+	period := int64(r.def.MaxWait)
+	return sleep(ctx, time.Duration(period-r.now().UnixNano()%period))
 }
 
 // restore loads the checkpoint (creating it from the start position for a
@@ -305,7 +345,7 @@ func (r *runner) restore(ctx context.Context) error {
 	r.setCheckpoint(cp)
 	if cp.PendingSeq != 0 {
 		r.logf(LevelInfo, "replaying timer firing %d recorded at %s", cp.PendingSeq, time.Unix(0, cp.PendingNow).UTC().Format(time.RFC3339Nano))
-		if !r.runTimer(ctx, cp.PendingSeq, cp.PendingNow, true) {
+		if !r.withSlot(ctx, func() bool { return r.runTimer(ctx, cp.PendingSeq, cp.PendingNow, true) }) {
 			return ctx.Err()
 		}
 	}
@@ -377,7 +417,7 @@ func (r *runner) handleFailure(ctx context.Context, rec record.Record, err error
 			return false
 		}
 		r.stats.retries.Add(1)
-		if !sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) || !r.ensureInstance(ctx) {
+		if !r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) || !r.ensureInstance(ctx) {
 			return false
 		}
 		if err = r.callBatch(ctx, []record.Record{rec}); err == nil {
@@ -418,16 +458,12 @@ func (r *runner) deadLetter(ctx context.Context, rec record.Record, cause error)
 // repeated failures.
 func (r *runner) ensureInstance(ctx context.Context) bool {
 	for r.inst == nil {
-		if !r.acquire(ctx) {
-			return false
-		}
 		inst, err := r.mod.Instantiate(ctx, r)
 		if err == nil {
 			if err = inst.Init(ctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
 				inst.Close()
 			}
 		}
-		r.release()
 		r.judge(err)
 		if err == nil {
 			r.inst, r.instFails = inst, 0
@@ -443,7 +479,7 @@ func (r *runner) ensureInstance(ctx context.Context) bool {
 			r.fatal(fmt.Sprintf("cannot create an instance (%d attempts): %v", r.instFails, err))
 			return false
 		}
-		if !sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, r.instFails)) {
+		if !r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, r.instFails)) {
 			return false
 		}
 	}
@@ -480,11 +516,7 @@ func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record
 	}
 	r.batch = wasmhost.AppendBatch(r.batch[:0], input, uint32(r.shard), r.in)
 	t0 := time.Now()
-	if !r.acquire(ctx) {
-		return ctx.Err()
-	}
 	err := r.inst.OnBatch(ctx, r.batch, len(recs))
-	r.release()
 	r.judge(err)
 	r.afterCall(t0)
 	return err
@@ -548,7 +580,7 @@ func (r *runner) commitCheckpoint(ctx context.Context, cp checkpoint, d *delta) 
 			return false
 		}
 		r.noteError(err.Error())
-		if !sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) {
+		if !r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) {
 			return false
 		}
 	}
@@ -581,13 +613,13 @@ func (r *runner) storeTrouble(ctx context.Context, op string, err error) bool {
 	if errors.Is(err, store.ErrStreamNotFound) || errors.Is(err, store.ErrClosed) {
 		// A closed stream is either a hub shutdown (ctx ends too) or a
 		// deleted stream.
-		if sleep(ctx, 100*time.Millisecond) {
+		if r.sleep(ctx, 100*time.Millisecond) {
 			r.fatal(op + ": " + err.Error())
 		}
 		return false
 	}
 	r.noteError(op + ": " + err.Error())
-	return sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, 1))
+	return r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, 1))
 }
 
 // fireTimer calls eh_on_timer(now). A firing with outputs is recorded in the
@@ -603,11 +635,7 @@ func (r *runner) runTimer(ctx context.Context, seq uint64, now int64, replay boo
 	}
 	r.kind, r.timerSeq = kindTimer, seq
 	t0 := time.Now()
-	if !r.acquire(ctx) {
-		return false
-	}
 	err := r.inst.OnTimer(ctx, now)
-	r.release()
 	r.judge(err)
 	r.afterCall(t0)
 	r.stats.firings.Add(1)
