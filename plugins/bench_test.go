@@ -2,11 +2,15 @@ package plugins
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/plugins/plugintest"
+	"github.com/edgehub/edgehub/store"
+	"github.com/edgehub/edgehub/wasmhost"
 )
 
 // benchBatch is n records with 128-byte values and 8-byte keys.
@@ -80,4 +84,90 @@ func BenchmarkHostAggregate(b *testing.B) {
 	}
 	b.ReportMetric(res.PerSecond(), "records/s")
 	b.ReportMetric(float64(res.MemoryBytes)/(1<<20), "MiB-memory")
+}
+
+// BenchmarkFirstRecordAfterDeploy measures from the start of Deploy to the
+// first output in the store, for the aggregate-sized derive example: "cold"
+// compiles the module (empty compilation cache), "cached" redeploys it
+// after a delete, with the compiled code in the data directory's cache.
+func BenchmarkFirstRecordAfterDeploy(b *testing.B) {
+	wasm := plugintest.Wasm(b, "examples/derive")
+	for _, mode := range []string{"cold", "cached"} {
+		b.Run(mode, func(b *testing.B) {
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				e := newEnv(b)
+				in := e.stream("in", 1)
+				e.produce(in, record.Record{Key: []byte("s1"), Value: []byte(`{"value":1}`)})
+				def := Definition{Name: "d", Inputs: []string{"in"}, Outputs: []string{"out"}, Start: StartEarliest,
+					Config: map[string]string{"output": "out"}}
+				if mode == "cached" {
+					e.deploy(def, wasm)
+					if err := e.m.Delete(context.Background(), "d"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				out, _ := e.st.CreateStream(context.Background(), store.StreamConfig{Name: "out", Shards: 1})
+				before := out.Stats()[0].LastSeq
+				t0 := time.Now()
+				e.deploy(def, wasm)
+				if err := out.Wait(context.Background(), 0, before+1); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(t0)
+				e.stop()
+			}
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/first-output")
+		})
+	}
+}
+
+// BenchmarkInstanceMemory reports the memory one more instance of a Go
+// plugin costs the hub process: its linear memory after init and one batch,
+// and the Go heap growth (linear memory included, compiled code shared).
+func BenchmarkInstanceMemory(b *testing.B) {
+	for _, pkg := range []string{"examples/passthrough", "examples/aggregate"} {
+		b.Run(pkg, func(b *testing.B) {
+			wasm := plugintest.Wasm(b, pkg)
+			engine, err := wasmhost.New(wasmhost.DefaultConfig())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer engine.Close()
+			mod, err := engine.Compile(context.Background(), wasm, wasmhost.Limits{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer mod.Close()
+			batch := wasmhost.AppendBatch(nil, "in", 0, []wasmhost.InputRecord{{Seq: 1, Key: []byte("k"), Value: []byte(`{"value":1}`)}})
+			const n = 20
+			var ms runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			before := ms.HeapAlloc
+			var insts []*wasmhost.Instance
+			linear := 0
+			for i := 0; i < n; i++ {
+				inst, err := mod.Instantiate(context.Background(), initHost{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := inst.Init(context.Background(), wasmhost.AppendConfig(nil, map[string]string{"output": "out"})); err != nil {
+					b.Fatal(err)
+				}
+				if err := inst.OnBatch(context.Background(), batch, 1); err != nil {
+					b.Fatal(err)
+				}
+				linear += inst.MemoryBytes()
+				insts = append(insts, inst)
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			for _, inst := range insts {
+				inst.Close()
+			}
+			b.ReportMetric(float64(linear)/n/(1<<20), "MiB-linear/instance")
+			b.ReportMetric(float64(ms.HeapAlloc-before)/n/(1<<20), "MiB-heap/instance")
+		})
+	}
 }
