@@ -682,3 +682,76 @@ func storeConfigFor(dir string) store.Config {
 	c.Logger = quietTestLogger()
 	return c
 }
+
+// TestWebhookRetriesAndResumes: a failing endpoint gets the same delivery
+// again with backoff until it answers 2xx; after a restart only records not
+// yet acknowledged are sent.
+func TestWebhookRetriesAndResumes(t *testing.T) {
+	var mu sync.Mutex
+	failures := 2
+	var got []string
+	var ids []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			http.Error(w, "no token", 401)
+			return
+		}
+		if failures > 0 {
+			failures--
+			http.Error(w, "try later", 503)
+			return
+		}
+		var d WebhookDelivery
+		if err := json.NewDecoder(r.Body).Decode(&d); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		ids = append(ids, r.Header.Get(HeaderDelivery))
+		for _, rec := range d.Records {
+			got = append(got, string(rec.Value)+"/"+rec.ValueBase64)
+		}
+	}))
+	defer srv.Close()
+	cfg := testConfig(t)
+	cfg.Streams = []StreamConfig{{Name: "alerts", Shards: 1, Replicate: ReplicateLocal}}
+	cfg.Webhooks = []WebhookConfig{{Name: "pager", Stream: "alerts", URL: srv.URL, Header: map[string]string{"Authorization": "Bearer s3cret"},
+		Start: "earliest", BackoffMin: Duration(5 * time.Millisecond), BackoffMax: Duration(20 * time.Millisecond)}}
+	delivered := func(n int) []string {
+		t.Helper()
+		var out []string
+		waitFor(t, fmt.Sprintf("%d deliveries", n), func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			out = slices.Clone(got)
+			return len(got) >= n
+		})
+		return out
+	}
+	h, _ := startHub(t, cfg)
+	s := mustStream(t, h, "alerts")
+	if _, err := s.Append(context.Background(), store.Batch{Shard: 0, Records: []record.Record{{Value: []byte(`{"a":1}`)}, {Value: []byte{0xff, 0}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := delivered(2); !slices.Equal(d, []string{`{"a":1}/`, "//wA="}) {
+		t.Fatalf("delivered %v", d)
+	}
+	h.Close()
+
+	h2, _ := startHub(t, cfg)
+	s = mustStream(t, h2, "alerts")
+	if _, err := s.Append(context.Background(), store.Batch{Shard: 0, Records: []record.Record{{Value: []byte(`3`)}}}); err != nil {
+		t.Fatal(err)
+	}
+	d := delivered(3)
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 3 || d[2] != "3/" {
+		t.Fatalf("after restart delivered %v: acknowledged records must not be sent again", got)
+	}
+	if ids[0] != "alerts/0/1-2" || ids[1] != "alerts/0/3-3" {
+		t.Fatalf("delivery ids %v", ids)
+	}
+}
