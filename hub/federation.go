@@ -77,6 +77,7 @@ func (h *Hub) addFederation() error {
 	rc.Publisher = m
 	rc.Logger = h.logger
 	rc.Registerer = h.metrics
+	rc.Authorize = h.authorizePull
 	if gc.RateLimit != nil {
 		rc.RateLimit = float64(*gc.RateLimit)
 	}
@@ -89,7 +90,7 @@ func (h *Hub) addFederation() error {
 		transport.Close()
 		return fmt.Errorf("hub: federation: %w", err)
 	}
-	h.dataPlane.srv.Handle(quic.OpReplicate, h.authorizePulls(rep.Handler()))
+	h.dataPlane.srv.Handle(quic.OpReplicate, rep.Handler())
 	h.federation = &federation{logger: h.logger, gossip: g, rep: rep, transport: transport, members: m}
 	h.add(h.federation)
 	h.logger.Info("federation: gossip listening", "gossip", g.Addr(), "quic", quicAddr, "profile", profile,
@@ -97,22 +98,17 @@ func (h *Hub) addFederation() error {
 	return nil
 }
 
-// authorizePulls checks a pull against [auth] like a subscription: the
+// authorizePull checks a pull against [auth] like a subscription: the
 // pulling hub's token or certificate must grant consume on the stream. The
-// stream's replication policy is checked by the replicator itself.
-func (h *Hub) authorizePulls(next quic.Handler) quic.Handler {
-	return quic.HandlerFunc(func(ctx context.Context, req *quic.Request) error {
-		var pr replicate.PullRequest
-		if err := pr.Decode(req.Body); err != nil {
-			return h.dataPlane.refuse(req.Op, err)
-		}
-		if err := h.dataPlane.auth.allow(req.Principal, actionConsume, pr.Stream); err != nil {
-			h.logger.Warn("federation: pull refused", "principal", req.Principal.Name, "method", req.Principal.Method,
-				"hub", pr.Requester, "stream", pr.Stream, "remote", req.Conn.RemoteAddr().String(), "err", err)
-			return h.dataPlane.refuse(req.Op, err)
-		}
-		return next.ServeQUIC(ctx, req)
-	})
+// replicator asks before serving each pull (every follow of a session);
+// the stream's replication policy it checks itself.
+func (h *Hub) authorizePull(_ context.Context, req *quic.Request, requester, stream string) error {
+	if err := h.dataPlane.auth.allow(req.Principal, actionConsume, stream); err != nil {
+		h.logger.Warn("federation: pull refused", "principal", req.Principal.Name, "method", req.Principal.Method,
+			"hub", requester, "stream", stream, "remote", req.Conn.RemoteAddr().String(), "err", err)
+		return h.dataPlane.refuse(req.Op, err)
+	}
+	return nil
 }
 
 // advertisable turns a listening address into one peers can dial: a

@@ -455,3 +455,53 @@ func TestFederationExamples(t *testing.T) {
 		t.Fatal("hub-a (not tagged region) holds summaries")
 	}
 }
+
+// TestFederationFollowsBeyondStreamLimit replicates more (stream, origin
+// shard) follows from each peer than the peer's per-connection QUIC stream
+// limit allows streams: 3 hubs × 2 streams × 8 shards with
+// max_streams_per_connection = 4. Every follow from one peer shares one
+// replication session, so the limit does not bound them.
+func TestFederationFollowsBeyondStreamLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three federated hubs")
+	}
+	n := newFedNet(t)
+	var hubs []*Hub
+	for _, name := range []string{"lim-a", "lim-b", "lim-c"} {
+		c := n.config(name, "")
+		c.Limits.MaxStreamsPerConnection = 4
+		h, _ := startHub(t, c)
+		hubs = append(hubs, h)
+	}
+	streams := []string{"s1", "s2"}
+	for _, s := range streams {
+		createReplicated(t, hubs[0], s, 8, "all")
+	}
+	for i, h := range hubs {
+		for _, s := range streams {
+			produceAt(t, h, s, 400*(i+1), 16)
+		}
+	}
+	for _, s := range streams {
+		converged(t, s, 400+800+1200, hubs...)
+	}
+	// Every hub follows 2 streams × 8 shards of each of its 2 peers: 16
+	// follows per peer, four times the stream limit.
+	for _, h := range hubs {
+		waitFor(t, h.cfg.Hub.Name+" follows every origin shard", func() bool {
+			pulls := getPeers(t, h).Pulls
+			if len(pulls) != 2*2*8 {
+				return false
+			}
+			for _, p := range pulls {
+				if p.State != "following" {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	// New records still flow on the established sessions.
+	produceAt(t, hubs[2], "s2", 300, 16)
+	converged(t, "s2", 400+800+1200+300, hubs...)
+}

@@ -17,6 +17,13 @@
 // origin's records land once and in order, whatever the topology (chains,
 // hub-and-spoke, mesh) and however often pulls are cut and resumed.
 //
+// Pulls travel on the QUIC data plane (quic.OpReplicate). QUICTransport
+// keeps one replication session per peer: one QUIC stream carrying every
+// pull from that peer as a "follow" with its own credit, so the peer's
+// per-connection stream limit does not bound how many origin shards are
+// followed, a follow's order is kept, and a slow follow holds at most its
+// window without delaying the others (docs/protocol.md, section 5.4).
+//
 // Records of origin shard s go to local shard s when the stream has the
 // same shard count at the origin (streams created from a peer's definition
 // always do); otherwise keyed records are routed by key hash (per-key order

@@ -18,6 +18,8 @@ type metrics struct {
 	servedRecords prometheus.Counter
 	servedBytes   prometheus.Counter
 	servedGaps    prometheus.Counter
+	sessions      prometheus.Gauge
+	follows       prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -63,12 +65,20 @@ func newMetrics() *metrics {
 			Name: "edgehub_replication_served_gaps_total",
 			Help: "Gaps announced to pulling peers (their records were deleted here first).",
 		}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgehub_replication_served_sessions",
+			Help: "Replication sessions peers have open to this hub (one QUIC stream each).",
+		}),
+		follows: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgehub_replication_served_follows",
+			Help: "Pulls (stream, origin shard) peers follow here through sessions.",
+		}),
 	}
 }
 
 func (m *metrics) register(reg prometheus.Registerer, r *Replicator) error {
 	for _, c := range []prometheus.Collector{m.applied, m.appliedBytes, m.duplicates, m.gaps, m.gapSeqs,
-		m.pullErrors, m.delay, m.servedRecords, m.servedBytes, m.servedGaps, (*collector)(r)} {
+		m.pullErrors, m.delay, m.servedRecords, m.servedBytes, m.servedGaps, m.sessions, m.follows, (*collector)(r)} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

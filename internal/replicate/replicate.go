@@ -66,6 +66,10 @@ type Publisher interface {
 	PublishVector(stream string, v map[store.OriginKey]uint64)
 }
 
+// Authorizer checks that the peer behind req (its principal), which says it
+// is hub requester, may pull stream.
+type Authorizer func(ctx context.Context, req *quic.Request, requester, stream string) error
+
 // MetaDef is the store.StreamConfig.Meta key where the replicator keeps a
 // stream's definition version and the hash of the content it versioned:
 // "<version>:<hash>". A content change made locally (hub.toml, admin API)
@@ -85,6 +89,11 @@ type Config struct {
 	Membership Membership
 	// Publisher may be nil (nothing is published).
 	Publisher Publisher
+	// Authorize, if set, is asked before a peer's pull of a stream is
+	// served over QUIC (every follow of a session); a non-nil error
+	// (best a *quic.Error) refuses that pull. The stream's policy is
+	// checked afterwards by the replicator itself.
+	Authorize Authorizer
 	// RateLimit bounds the bytes per second pulled from one peer, so a
 	// catch-up never starves local ingest of disk bandwidth; 0 is
 	// unlimited.
@@ -191,6 +200,7 @@ func New(cfg Config) (*Replicator, error) {
 	r.srv = &server{
 		self: cfg.Self, store: cfg.Store, tags: r.peerTags, heartbeat: cfg.Heartbeat,
 		maxBatch: cfg.MaxBatchBytes, high: r.high, logger: r.logger, metrics: r.metrics,
+		authorize: cfg.Authorize,
 	}
 	if cfg.Registerer != nil {
 		if err := r.metrics.register(cfg.Registerer, r); err != nil {
@@ -723,11 +733,6 @@ func (r *Replicator) targetShard(st *store.Stream, k store.OriginKey) int {
 	return int(k.Shard)
 }
 
-type recvd struct {
-	m   Msg
-	err error
-}
-
 // pull runs one pull from src until it fails or a better source appears.
 // It reports whether any record was applied.
 func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bool, err error) {
@@ -740,8 +745,10 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 	t.set(func(s *TaskStatus) {
 		s.Peer, s.State, s.Watermark = src.Name, "catching-up", after
 	})
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// The transport receives ahead of applying (up to the pull's credit),
+	// so the network and the next batches overlap the current fsync.
 	ps, err := r.cfg.Transport.Pull(pctx, src, PullRequest{
 		Requester: r.cfg.Self, Stream: t.key.stream, Origin: k, After: after,
 		Follow: true, MaxBatchBytes: uint64(r.cfg.MaxBatchBytes),
@@ -750,79 +757,75 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 		return false, err
 	}
 	defer ps.Close()
-	// Receiving runs ahead of applying, so the network and the next
-	// batch's decoding overlap the current batch's fsync.
-	msgs := make(chan recvd, 32)
-	go func() {
-		for {
-			m, err := ps.Recv()
-			select {
-			case msgs <- recvd{m, err}:
-			case <-pctx.Done():
-				return
+	if src.Name != k.Hub {
+		// Pulling from a relay: switch back to the origin when it is
+		// reachable again (reconciliation pokes the task).
+		watched := make(chan struct{})
+		defer func() { <-watched }()
+		go func() {
+			defer close(watched)
+			for {
+				select {
+				case <-t.wake:
+					if p, ok := r.chooseSource(t); ok && p.Name != src.Name && p.Name == k.Hub {
+						cancel(errReconsider)
+						return
+					}
+				case <-pctx.Done():
+					return
+				}
 			}
-			if err != nil {
-				return
-			}
+		}()
+		defer cancel(nil) // runs before the wait above
+	}
+	recv := func() (Msg, error) {
+		m, err := ps.Recv(pctx)
+		if err != nil && pctx.Err() != nil && ctx.Err() == nil {
+			err = context.Cause(pctx)
 		}
-	}()
+		return m, err
+	}
 	target := r.targetShard(st, k)
 	lim := r.limiter(src.Name)
-	var pending *recvd
+	var pending *Msg
 	wm := after
 	for {
-		var in recvd
+		var in Msg
 		if pending != nil {
 			in, pending = *pending, nil
-		} else {
-			select {
-			case in = <-msgs:
-			case <-t.wake:
-				if src.Name != k.Hub {
-					if p, ok := r.chooseSource(t); ok && p.Name != src.Name && p.Name == k.Hub {
-						return progressed, errReconsider
-					}
-				}
-				continue
-			case <-ctx.Done():
-				return progressed, ctx.Err()
-			}
+		} else if in, err = recv(); err != nil {
+			return progressed, err
 		}
-		if in.err != nil {
-			return progressed, in.err
-		}
-		switch in.m.Type {
+		switch in.Type {
 		case FramePullRecords:
 			// Coalesce the batches already received into one append: one
 			// fsync for all of them.
 			var recs []record.Record
-			high, size := in.m.Records.High, 0
+			high, size := in.Records.High, 0
 			cur := in
-		gather:
 			for {
 				before := len(recs)
-				recs, err = record.DecodeBatch(cur.m.Records.Batch, recs)
+				recs, err = record.DecodeBatch(cur.Records.Batch, recs)
 				if err != nil {
 					return progressed, fmt.Errorf("replicate: batch from %s: %w", src.Name, err)
 				}
-				size += len(cur.m.Records.Batch)
-				high = max(high, cur.m.Records.High)
+				size += len(cur.Records.Batch)
+				high = max(high, cur.Records.High)
 				if err := checkOrder(recs, before, k); err != nil {
 					return progressed, fmt.Errorf("replicate: batch from %s: %w", src.Name, err)
 				}
 				if len(recs) >= 64<<10 {
 					break
 				}
-				select {
-				case next := <-msgs:
-					if next.err == nil && next.m.Type == FramePullRecords {
-						cur = next
-						continue
-					}
-					pending = &next
-				default:
+				next, ok := ps.TryRecv()
+				if !ok {
+					break
 				}
-				break gather
+				if next.Type != FramePullRecords {
+					pending = &next
+					break
+				}
+				cur = next
 			}
 			if err := lim.wait(ctx, size); err != nil {
 				return progressed, err
@@ -878,14 +881,14 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 			}
 		case FramePullProgress:
 			t.mu.Lock()
-			t.status.High = max(in.m.Progress.High, wm)
+			t.status.High = max(in.Progress.High, wm)
 			t.status.Watermark = wm
 			if t.status.High <= wm {
 				t.status.State, t.status.LastError = "following", ""
 			}
 			t.mu.Unlock()
 		case FramePullGap:
-			g := in.m.Gap
+			g := in.Gap
 			t.mu.Lock()
 			news := g.To > t.gapThru
 			if news {
@@ -903,7 +906,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 					"stream", t.key.stream, "origin", k.Hub, "shard", k.Shard, "from", g.From, "to", g.To, "peer", src.Name)
 			}
 		case FramePullTrimmed:
-			return progressed, fmt.Errorf("%w: %s holds %s/%d only from %d, we need %d", ErrTrimmed, src.Name, k.Hub, k.Shard, in.m.Trimmed, wm+1)
+			return progressed, fmt.Errorf("%w: %s holds %s/%d only from %d, we need %d", ErrTrimmed, src.Name, k.Hub, k.Shard, in.Trimmed, wm+1)
 		}
 	}
 }

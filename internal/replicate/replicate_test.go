@@ -208,18 +208,54 @@ func (t *memTransport) Pull(ctx context.Context, peer Peer, req PullRequest) (Pu
 	return p, nil
 }
 
+type recvd struct {
+	m   Msg
+	err error
+}
+
 type memPull struct {
 	ch     chan recvd
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	mu  sync.Mutex
+	err error // the end, once Recv saw it
 }
 
-func (p *memPull) Recv() (Msg, error) {
+func (p *memPull) Recv(ctx context.Context) (Msg, error) {
+	p.mu.Lock()
+	err := p.err
+	p.mu.Unlock()
+	if err != nil {
+		return Msg{}, err
+	}
 	select {
 	case r := <-p.ch:
+		if r.err != nil {
+			p.mu.Lock()
+			p.err = r.err
+			p.mu.Unlock()
+		}
 		return r.m, r.err
 	case <-p.ctx.Done():
 		return Msg{}, p.ctx.Err()
+	case <-ctx.Done():
+		return Msg{}, ctx.Err()
+	}
+}
+
+func (p *memPull) TryRecv() (Msg, bool) {
+	select {
+	case r := <-p.ch:
+		if r.err != nil {
+			p.mu.Lock()
+			p.err = r.err
+			p.mu.Unlock()
+			return Msg{}, false
+		}
+		return r.m, true
+	default:
+		return Msg{}, false
 	}
 }
 

@@ -18,11 +18,6 @@ type Sender interface {
 	Send(t quic.FrameType, f quic.Appender) error
 }
 
-// FramePullTrimmed ends a pull at a relay that cannot serve the origin from
-// the requested point (see ErrTrimmed). Payload: uvarint first origin
-// sequence the relay still holds.
-const FramePullTrimmed quic.FrameType = 0x33
-
 // server serves pulls from the local store.
 type server struct {
 	self      string
@@ -33,13 +28,27 @@ type server struct {
 	high      *highCache
 	logger    *slog.Logger
 	metrics   *metrics
+	authorize Authorizer
 }
 
-// ServeQUIC implements quic.Handler for quic.OpReplicate.
+// ServeQUIC implements quic.Handler for quic.OpReplicate: a session
+// (version 2) or a single pull (version 1).
 func (s *server) ServeQUIC(ctx context.Context, req *quic.Request) error {
+	if len(req.Body) > 0 && req.Body[0] == sessionVersion2 {
+		var open SessionOpen
+		if err := open.Decode(req.Body); err != nil {
+			return quic.WireError(err)
+		}
+		return s.serveSession(ctx, req, open)
+	}
 	var pr PullRequest
 	if err := pr.Decode(req.Body); err != nil {
-		return err
+		return quic.WireError(err)
+	}
+	if s.authorize != nil {
+		if err := s.authorize(ctx, req, pr.Requester, pr.Stream); err != nil {
+			return err
+		}
 	}
 	return s.serve(ctx, pr, req.Stream)
 }
@@ -69,7 +78,7 @@ func (s *server) serve(ctx context.Context, pr PullRequest, out Sender) error {
 	}
 	maxBatch := s.maxBatch
 	if pr.MaxBatchBytes > 0 && pr.MaxBatchBytes < uint64(maxBatch) {
-		maxBatch = max(int(pr.MaxBatchBytes), 4<<10)
+		maxBatch = max(int(pr.MaxBatchBytes), minBatchBytes)
 	}
 	if pr.Origin.Hub == s.self {
 		if int(pr.Origin.Shard) >= st.Shards() {
@@ -90,10 +99,11 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 	var buf []byte
 	idle := false
 	for {
-		if err := ctx.Err(); err != nil {
+		limit, err := readLimit(ctx, out, maxBatch)
+		if err != nil {
 			return err
 		}
-		recs, err := st.Read(shard, pos+1, store.ReadOptions{MaxRecords: 16 << 10, MaxBytes: maxBatch})
+		recs, err := st.Read(shard, pos+1, store.ReadOptions{MaxRecords: 16 << 10, MaxBytes: limit})
 		if err != nil {
 			return serveErr(pr, err)
 		}
@@ -153,15 +163,16 @@ func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullReques
 	k := pr.Origin
 	pos := pr.After
 	compact := st.Config().Compact
-	perBatch := max(maxBatch/64, 64) // records; ReadOrigin bounds by count
 	var buf []byte
 	idle := false
 	checked := false
 	for {
-		if err := ctx.Err(); err != nil {
+		limit, err := readLimit(ctx, out, maxBatch)
+		if err != nil {
 			return err
 		}
-		recs, err := st.ReadOrigin(k, pos, perBatch)
+		// ReadOrigin bounds by count: assume records of 64 bytes or more.
+		recs, err := st.ReadOrigin(k, pos, max(limit/64, 64))
 		if err != nil {
 			return serveErr(pr, err)
 		}

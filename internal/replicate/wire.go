@@ -3,19 +3,22 @@ package replicate
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
 
-// Replication pulls travel on QUIC streams of operation quic.OpReplicate.
+// Replication pulls travel on QUIC streams of operation quic.OpReplicate,
+// in one of two forms chosen by the first byte (version) of the OPEN body.
 //
-// The client's OPEN body is a PullRequest. The server answers with a
-// sequence of frames, all of types reserved for OpReplicate:
+// Version 1, a single pull: the OPEN body is a PullRequest and the server
+// answers with a sequence of frames, all of types reserved for OpReplicate:
 //
 //	PULL_RECORDS  0x30  uvarint high, bytes batch
 //	PULL_PROGRESS 0x31  uvarint high, varint server time (unix nanos)
 //	PULL_GAP      0x32  uvarint from, uvarint to, string reason
+//	PULL_TRIMMED  0x33  uvarint first origin sequence held
 //
 // batch is a record batch (internal/record encoding, CRC-32C) whose records
 // all carry the pulled origin explicitly, in origin order. high is the
@@ -23,16 +26,51 @@ import (
 // frame, so the client knows its lag without waiting for gossip.
 // PULL_PROGRESS says "nothing more for now"; a following pull sends it
 // whenever it catches up and then at least every heartbeat while idle.
-// PULL_GAP says origin sequences from..to (inclusive) were deleted by
-// retention before the client pulled them: the client records the gap and
-// moves on. Errors end the stream with an ERROR frame (quic.Code).
+// PULL_GAP says origin sequences from..to (inclusive) are lost to the
+// client (deleted by retention before it pulled them): the client records
+// the gap and moves on. PULL_TRIMMED ends a pull at a relay that cannot
+// serve from the requested point (see ErrTrimmed). Errors end the stream
+// with an ERROR frame (quic.Code).
+//
+// Version 2, a session: the OPEN body is a SessionOpen, and one QUIC stream
+// carries any number of pulls ("follows"), each named by an id the client
+// picks, so a hub's per-connection stream limit does not bound how many
+// origin shards a peer can follow. Client frames:
+//
+//	PULL_FOLLOW   0x34  Follow: uvarint id, the pull, uvarint credit
+//	PULL_CREDIT   0x35  uvarint id, uvarint bytes
+//	PULL_CANCEL   0x36  uvarint id
+//
+// The server sends the version 1 frames above with the follow's uvarint id
+// before their payload, and ends a follow with
+//
+//	PULL_END      0x37  uvarint id, uvarint code, string message
+//
+// (code 0: the pull is complete; otherwise a quic.Code refusing or ending
+// it). Each follow has credit: record batch bytes the client can take. The
+// server sends PULL_RECORDS for a follow only while its credit is positive
+// and subtracts the batch's size (a batch may overdraw it); PULL_CREDIT
+// adds to it. The client grants credit as it consumes, so one busy follow
+// holds at most its window in flight and never blocks the others, whose
+// frames interleave on the stream. Other frames need no credit. Ids are
+// strictly increasing within a session and never reused; frames for a
+// follow the client cancelled are dropped. An ERROR frame ends the whole
+// session.
 const (
 	FramePullRecords  quic.FrameType = 0x30
 	FramePullProgress quic.FrameType = 0x31
 	FramePullGap      quic.FrameType = 0x32
+	FramePullTrimmed  quic.FrameType = 0x33
+	FramePullFollow   quic.FrameType = 0x34
+	FramePullCredit   quic.FrameType = 0x35
+	FramePullCancel   quic.FrameType = 0x36
+	FramePullEnd      quic.FrameType = 0x37
 )
 
-const pullVersion1 = 1
+const (
+	pullVersion1    = 1
+	sessionVersion2 = 2
+)
 
 // PullRequest asks a peer for the records of one origin shard of one
 // stream after a sequence.
@@ -171,6 +209,246 @@ func (f *Gap) Decode(p []byte) error {
 	return d.done()
 }
 
+// SessionOpen is the OPEN body of a replication session (version 2).
+type SessionOpen struct {
+	// Requester is the asking hub's name: the server checks each stream's
+	// policy against that hub's tags.
+	Requester string
+}
+
+// Append encodes o (quic.Appender): byte version (2), string requester.
+func (o *SessionOpen) Append(dst []byte) []byte {
+	dst = append(dst, sessionVersion2)
+	return appendString(dst, o.Requester)
+}
+
+// Decode parses an untrusted SessionOpen.
+func (o *SessionOpen) Decode(p []byte) error {
+	d := reader{buf: p, what: "session open"}
+	if v := d.byte(); v != sessionVersion2 && d.err == nil {
+		d.fail("version %d", v)
+	}
+	o.Requester = d.string(quic.MaxNameLength)
+	if d.err == nil && o.Requester == "" {
+		d.fail("empty requester")
+	}
+	return d.done()
+}
+
+// Follow is a PULL_FOLLOW payload: one pull within a session.
+type Follow struct {
+	ID     uint64
+	Stream string
+	Origin store.OriginKey
+	After  uint64
+	// Follow keeps the pull open after catching up.
+	Follow        bool
+	MaxBatchBytes uint64
+	// Credit is the record batch bytes the client can take at first.
+	Credit uint64
+}
+
+// Append encodes f (quic.Appender):
+//
+//	uvarint id, string stream, string origin hub, uvarint origin shard,
+//	uvarint after, byte flags (1 = follow), uvarint max batch bytes,
+//	uvarint credit
+func (f *Follow) Append(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, f.ID)
+	dst = appendString(dst, f.Stream)
+	dst = appendString(dst, f.Origin.Hub)
+	dst = binary.AppendUvarint(dst, uint64(f.Origin.Shard))
+	dst = binary.AppendUvarint(dst, f.After)
+	flags := byte(0)
+	if f.Follow {
+		flags |= 1
+	}
+	dst = append(dst, flags)
+	dst = binary.AppendUvarint(dst, f.MaxBatchBytes)
+	return binary.AppendUvarint(dst, f.Credit)
+}
+
+// Decode parses an untrusted PULL_FOLLOW payload.
+func (f *Follow) Decode(p []byte) error {
+	d := reader{buf: p, what: "PULL_FOLLOW"}
+	f.ID = d.uvarint()
+	f.Stream = d.string(quic.MaxNameLength)
+	f.Origin.Hub = d.string(quic.MaxNameLength)
+	shard := d.uvarint()
+	if shard > 1<<32-1 {
+		d.fail("origin shard %d", shard)
+	}
+	f.Origin.Shard = uint32(shard)
+	f.After = d.uvarint()
+	switch d.byte() {
+	case 0:
+		f.Follow = false
+	case 1:
+		f.Follow = true
+	default:
+		d.fail("unknown flags")
+	}
+	f.MaxBatchBytes = d.uvarint()
+	f.Credit = d.uvarint()
+	if d.err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
+		d.fail("zero id or empty name")
+	}
+	return d.done()
+}
+
+// request is the pull f asks for, on behalf of requester.
+func (f *Follow) request(requester string) PullRequest {
+	return PullRequest{Requester: requester, Stream: f.Stream, Origin: f.Origin, After: f.After,
+		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes}
+}
+
+// FollowCredit is a PULL_CREDIT payload.
+type FollowCredit struct {
+	ID    uint64
+	Bytes uint64
+}
+
+// Append implements quic.Appender.
+func (f *FollowCredit) Append(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, f.ID)
+	return binary.AppendUvarint(dst, f.Bytes)
+}
+
+// Decode parses a PULL_CREDIT payload.
+func (f *FollowCredit) Decode(p []byte) error {
+	d := reader{buf: p, what: "PULL_CREDIT"}
+	f.ID = d.uvarint()
+	f.Bytes = d.uvarint()
+	if d.err == nil && (f.ID == 0 || f.Bytes == 0) {
+		d.fail("zero id or credit")
+	}
+	return d.done()
+}
+
+// FollowCancel is a PULL_CANCEL payload.
+type FollowCancel struct{ ID uint64 }
+
+// Append implements quic.Appender.
+func (f *FollowCancel) Append(dst []byte) []byte { return binary.AppendUvarint(dst, f.ID) }
+
+// Decode parses a PULL_CANCEL payload.
+func (f *FollowCancel) Decode(p []byte) error {
+	d := reader{buf: p, what: "PULL_CANCEL"}
+	f.ID = d.uvarint()
+	if d.err == nil && f.ID == 0 {
+		d.fail("zero id")
+	}
+	return d.done()
+}
+
+// FollowEnd is a PULL_END payload: the follow is over, complete (CodeOK)
+// or refused or failed (any other code).
+type FollowEnd struct {
+	ID      uint64
+	Code    quic.Code
+	Message string
+}
+
+// Append implements quic.Appender.
+func (f *FollowEnd) Append(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, f.ID)
+	dst = binary.AppendUvarint(dst, uint64(f.Code))
+	return appendString(dst, f.Message)
+}
+
+// Decode parses a PULL_END payload.
+func (f *FollowEnd) Decode(p []byte) error {
+	d := reader{buf: p, what: "PULL_END"}
+	f.ID = d.uvarint()
+	f.Code = quic.Code(d.uvarint())
+	f.Message = d.string(quic.MaxMessageLength)
+	if d.err == nil && f.ID == 0 {
+		d.fail("zero id")
+	}
+	return d.done()
+}
+
+// Err is the follow's outcome as the client sees it: io.EOF when complete,
+// else a *quic.Error.
+func (f *FollowEnd) Err() error {
+	if f.Code == quic.CodeOK {
+		return io.EOF
+	}
+	return &quic.Error{Code: f.Code, Message: f.Message}
+}
+
+// tagged prefixes a server frame's payload with its follow id.
+type tagged struct {
+	id uint64
+	f  quic.Appender
+}
+
+func (t tagged) Append(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, t.id)
+	return t.f.Append(dst)
+}
+
+// sessionMsg is one server frame of a session.
+type sessionMsg struct {
+	ID  uint64
+	Msg Msg
+	// End is set for PULL_END.
+	End *FollowEnd
+}
+
+// decodeSessionMsg parses a server frame of a session (not ERROR, which
+// ends the whole session).
+func decodeSessionMsg(t quic.FrameType, p []byte) (sessionMsg, error) {
+	if t == FramePullEnd {
+		var e FollowEnd
+		if err := e.Decode(p); err != nil {
+			return sessionMsg{}, err
+		}
+		return sessionMsg{ID: e.ID, End: &e}, nil
+	}
+	switch t {
+	case FramePullRecords, FramePullProgress, FramePullGap, FramePullTrimmed:
+	default:
+		return sessionMsg{}, fmt.Errorf("%w: %s in a replication session", quic.ErrUnexpectedFrame, frameName(t))
+	}
+	d := reader{buf: p, what: frameName(t)}
+	id := d.uvarint()
+	if d.err == nil && id == 0 {
+		d.fail("zero id")
+	}
+	if d.err != nil {
+		return sessionMsg{}, d.err
+	}
+	m, err := decodeMsg(t, d.buf)
+	if err != nil {
+		return sessionMsg{}, err
+	}
+	return sessionMsg{ID: id, Msg: m}, nil
+}
+
+// frameName names the replication frame types in messages.
+func frameName(t quic.FrameType) string {
+	switch t {
+	case FramePullRecords:
+		return "PULL_RECORDS"
+	case FramePullProgress:
+		return "PULL_PROGRESS"
+	case FramePullGap:
+		return "PULL_GAP"
+	case FramePullTrimmed:
+		return "PULL_TRIMMED"
+	case FramePullFollow:
+		return "PULL_FOLLOW"
+	case FramePullCredit:
+		return "PULL_CREDIT"
+	case FramePullCancel:
+		return "PULL_CANCEL"
+	case FramePullEnd:
+		return "PULL_END"
+	}
+	return t.String()
+}
+
 func appendString(dst []byte, s string) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(s)))
 	return append(dst, s...)
@@ -191,12 +469,10 @@ func (d *reader) fail(format string, args ...any) {
 	d.buf = nil
 }
 
-func (d *reader) done() error {
-	if d.err == nil && len(d.buf) != 0 {
-		d.fail("%d trailing bytes", len(d.buf))
-	}
-	return d.err
-}
+// done ends a decode. Trailing bytes are ignored, as everywhere in the
+// wire protocol (docs/protocol.md, "Versioning"): later versions may append
+// fields.
+func (d *reader) done() error { return d.err }
 
 func (d *reader) byte() byte {
 	if d.err != nil {

@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"errors"
+	"io"
 	"reflect"
 	"testing"
 
@@ -49,7 +50,7 @@ func TestDecodeMsg(t *testing.T) {
 		{name: "trimmed", typ: FramePullTrimmed, payload: appendUvarint(nil, 77), want: Msg{Type: FramePullTrimmed, Trimmed: 77}},
 		{name: "empty records", typ: FramePullRecords, payload: appendUvarint(nil, 1), wantErr: quic.ErrMalformed},
 		{name: "reversed gap", typ: FramePullGap, payload: (&Gap{From: 9, To: 2}).Append(nil), wantErr: quic.ErrMalformed},
-		{name: "trailing", typ: FramePullProgress, payload: append((&Progress{High: 1}).Append(nil), 0), wantErr: quic.ErrMalformed},
+		{name: "trailing bytes ignored", typ: FramePullProgress, payload: append((&Progress{High: 1}).Append(nil), 0), want: Msg{Type: FramePullProgress, Progress: Progress{High: 1}}},
 		{name: "foreign frame", typ: quic.FrameCredit, payload: nil, wantErr: quic.ErrUnexpectedFrame},
 	}
 	for _, tt := range tests {
@@ -97,6 +98,119 @@ func FuzzPullMsg(f *testing.F) {
 		if m.Type == FramePullRecords {
 			// The batch is verified by its own decoder before use.
 			record.DecodeBatch(m.Records.Batch, nil)
+		}
+	})
+}
+
+func TestSessionFramesRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		in   interface {
+			quic.Appender
+			quic.Decoder
+		}
+		out interface{ quic.Decoder }
+	}{
+		{name: "open", in: &SessionOpen{Requester: "edge-1"}, out: &SessionOpen{}},
+		{name: "follow", in: &Follow{ID: 1 << 40, Stream: "s", Origin: store.OriginKey{Hub: "core", Shard: 15}, After: 99, Follow: true, MaxBatchBytes: 1 << 22, Credit: 1 << 23}, out: &Follow{}},
+		{name: "one-shot follow", in: &Follow{ID: 1, Stream: "s", Origin: store.OriginKey{Hub: "h"}}, out: &Follow{}},
+		{name: "credit", in: &FollowCredit{ID: 3, Bytes: 1 << 20}, out: &FollowCredit{}},
+		{name: "cancel", in: &FollowCancel{ID: 3}, out: &FollowCancel{}},
+		{name: "end", in: &FollowEnd{ID: 3, Code: quic.CodePermissionDenied, Message: "no"}, out: &FollowEnd{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.out.Decode(tt.in.Append(nil)); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(tt.in, tt.out) {
+				t.Fatalf("got %+v, want %+v", tt.out, tt.in)
+			}
+		})
+	}
+}
+
+func TestDecodeSessionMsg(t *testing.T) {
+	batch, err := record.AppendBatch(nil, []record.Record{{Value: []byte("v"), Origin: record.Origin{Hub: "a", Seq: 3}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		typ     quic.FrameType
+		payload []byte
+		want    sessionMsg
+		wantErr error
+	}{
+		{name: "records", typ: FramePullRecords, payload: tagged{7, &Records{High: 9, Batch: batch}}.Append(nil),
+			want: sessionMsg{ID: 7, Msg: Msg{Type: FramePullRecords, Records: Records{High: 9, Batch: batch}}}},
+		{name: "gap", typ: FramePullGap, payload: tagged{1, &Gap{From: 1, To: 2, Reason: "r"}}.Append(nil),
+			want: sessionMsg{ID: 1, Msg: Msg{Type: FramePullGap, Gap: Gap{From: 1, To: 2, Reason: "r"}}}},
+		{name: "end", typ: FramePullEnd, payload: (&FollowEnd{ID: 2, Code: quic.CodeOK}).Append(nil),
+			want: sessionMsg{ID: 2, End: &FollowEnd{ID: 2, Code: quic.CodeOK}}},
+		{name: "zero id", typ: FramePullProgress, payload: tagged{0, &Progress{}}.Append(nil), wantErr: quic.ErrMalformed},
+		{name: "no id", typ: FramePullProgress, payload: nil, wantErr: quic.ErrMalformed},
+		{name: "client frame", typ: FramePullCredit, payload: (&FollowCredit{ID: 1, Bytes: 1}).Append(nil), wantErr: quic.ErrUnexpectedFrame},
+		{name: "error frame", typ: quic.FrameError, payload: nil, wantErr: quic.ErrUnexpectedFrame},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decodeSessionMsg(tt.typ, tt.payload)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
+	}
+	if err := (&FollowEnd{ID: 1}).Err(); !errors.Is(err, io.EOF) {
+		t.Fatalf("PULL_END ok: %v, want io.EOF", err)
+	}
+}
+
+func FuzzFollow(f *testing.F) {
+	f.Add((&Follow{ID: 1, Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 3}, After: 10, Follow: true, Credit: 1 << 20}).Append(nil))
+	f.Add((&SessionOpen{Requester: "edge"}).Append(nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var fl Follow
+		if err := fl.Decode(b); err == nil {
+			var again Follow
+			if err := again.Decode(fl.Append(nil)); err != nil || again != fl {
+				t.Fatalf("re-decode: %+v %v, want %+v", again, err, fl)
+			}
+		}
+		var o SessionOpen
+		if err := o.Decode(b); err == nil {
+			var again SessionOpen
+			if err := again.Decode(o.Append(nil)); err != nil || again != o {
+				t.Fatalf("re-decode: %+v %v, want %+v", again, err, o)
+			}
+		}
+	})
+}
+
+func FuzzSessionFrame(f *testing.F) {
+	batch, _ := record.AppendBatch(nil, []record.Record{{Key: []byte("k"), Value: []byte("v"), Origin: record.Origin{Hub: "a", Shard: 1, Seq: 3}}})
+	f.Add(byte(FramePullRecords), tagged{1, &Records{High: 3, Batch: batch}}.Append(nil))
+	f.Add(byte(FramePullTrimmed), tagged{2, quic.RawPayload(appendUvarint(nil, 5))}.Append(nil))
+	f.Add(byte(FramePullEnd), (&FollowEnd{ID: 4, Code: quic.CodeNotFound, Message: "x"}).Append(nil))
+	f.Add(byte(FramePullCredit), (&FollowCredit{ID: 4, Bytes: 9}).Append(nil))
+	f.Add(byte(FramePullCancel), (&FollowCancel{ID: 4}).Append(nil))
+	f.Fuzz(func(t *testing.T, typ byte, b []byte) {
+		if m, err := decodeSessionMsg(quic.FrameType(typ), b); err == nil && m.Msg.Type == FramePullRecords {
+			record.DecodeBatch(m.Msg.Records.Batch, nil)
+		}
+		var c FollowCredit
+		if c.Decode(b) == nil && (c.ID == 0 || c.Bytes == 0) {
+			t.Fatalf("credit %+v accepted", c)
+		}
+		var x FollowCancel
+		if x.Decode(b) == nil && x.ID == 0 {
+			t.Fatal("cancel of id 0 accepted")
 		}
 	})
 }
