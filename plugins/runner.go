@@ -403,6 +403,12 @@ func (r *runner) processOne(ctx context.Context, rec record.Record) bool {
 
 // handleFailure applies the error policy to a record whose call failed.
 func (r *runner) handleFailure(ctx context.Context, rec record.Record, err error) bool {
+	if errors.Is(err, store.ErrStreamNotFound) {
+		// A deleted output stream is the operator's to fix, not the
+		// record's fault: no policy applies.
+		r.fatal(err.Error())
+		return false
+	}
 	for attempt := 1; ; attempt++ {
 		r.noteError(fmt.Sprintf("record %d: %v", rec.Seq, err))
 		switch r.def.OnError {
@@ -434,7 +440,12 @@ func (r *runner) handleFailure(ctx context.Context, rec record.Record, err error
 // and moves the checkpoint past it. Its origin (input seq, index 0xFFFF)
 // makes the copy exactly-once too.
 func (r *runner) deadLetter(ctx context.Context, rec record.Record, cause error) bool {
-	ob := r.outs[r.outIdx[r.def.DeadLetter]]
+	i, ok := r.outIdx[r.def.DeadLetter]
+	if !ok {
+		r.fatal(fmt.Sprintf("dead-letter stream %q is missing; record %d failed: %v", r.def.DeadLetter, rec.Seq, cause))
+		return false
+	}
+	ob := r.outs[i]
 	dl := rec.Clone()
 	dl.Seq, dl.IngestTime = 0, 0
 	reason := cause.Error()
@@ -734,6 +745,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 func (r *runner) Emit(stream []byte, rec wasmhost.OutputRecord, input, index int) error {
 	i, ok := r.outIdx[string(stream)]
 	if !ok || string(stream) == r.def.DeadLetter && !r.declared(string(stream)) {
+		if r.declared(string(stream)) {
+			return fmt.Errorf("plugins: output %q: %w", stream, store.ErrStreamNotFound)
+		}
 		return fmt.Errorf("%w: %q (declared outputs: %v)", ErrUndeclaredStream, stream, r.def.Outputs)
 	}
 	out := record.Record{Time: rec.Time, Key: r.copy(rec.Key), Value: r.copy(rec.Value)}
