@@ -264,7 +264,24 @@ func startChild(tb testing.TB, config string) *child {
 	}
 	go func() { c.done <- c.cmd.Wait() }()
 	tb.Cleanup(func() { c.kill() })
-	waitHealthy(tb, "http://"+c.admin)
+	// A start compiles plugin modules (or loads them from the cache): on a
+	// loaded machine that can take seconds, so the bound is generous.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get("http://" + c.admin + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-c.done:
+			tb.Fatalf("hub exited during start: %v\n%s", err, c.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("hub not healthy after a minute:\n%s", c.log)
+		}
+	}
 	return c
 }
 
