@@ -245,13 +245,14 @@ type child struct {
 	cmd   *exec.Cmd
 	admin string
 	quic  string
-	log   *bytes.Buffer
-	done  chan error
+	log   *syncBuffer
+	done  chan struct{} // closed when the process has exited
+	err   error         // its exit status, set before done closes
 }
 
 func startChild(tb testing.TB, config string) *child {
 	tb.Helper()
-	c := &child{tb: tb, log: &bytes.Buffer{}, done: make(chan error, 1)}
+	c := &child{tb: tb, log: &syncBuffer{}, done: make(chan struct{})}
 	cfg, err := LoadConfig(config)
 	if err != nil {
 		tb.Fatal(err)
@@ -262,7 +263,10 @@ func startChild(tb testing.TB, config string) *child {
 	if err := c.cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	go func() { c.done <- c.cmd.Wait() }()
+	go func() {
+		c.err = c.cmd.Wait()
+		close(c.done)
+	}()
 	tb.Cleanup(func() { c.kill() })
 	// A start compiles plugin modules (or loads them from the cache): on a
 	// loaded machine that can take seconds, so the bound is generous.
@@ -274,8 +278,8 @@ func startChild(tb testing.TB, config string) *child {
 			}
 		}
 		select {
-		case err := <-c.done:
-			tb.Fatalf("hub exited during start: %v\n%s", err, c.log)
+		case <-c.done:
+			tb.Fatalf("hub exited during start: %v\n%s", c.err, c.log)
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -285,10 +289,8 @@ func startChild(tb testing.TB, config string) *child {
 	return c
 }
 
+// kill sends SIGKILL (a no-op once the process has exited) and waits.
 func (c *child) kill() {
-	if c.cmd.ProcessState != nil || c.cmd.Process == nil {
-		return
-	}
 	c.cmd.Process.Signal(syscall.SIGKILL)
 	<-c.done
 }
@@ -297,9 +299,9 @@ func (c *child) stop() {
 	c.tb.Helper()
 	c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-c.done:
-		if err != nil {
-			c.tb.Fatalf("hub exited with %v:\n%s", err, c.log)
+	case <-c.done:
+		if c.err != nil {
+			c.tb.Fatalf("hub exited with %v:\n%s", c.err, c.log)
 		}
 	case <-time.After(60 * time.Second):
 		c.tb.Fatalf("hub did not stop:\n%s", c.log)
@@ -316,6 +318,25 @@ func (c *child) cli(args ...string) string {
 		c.tb.Fatalf("hub %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// syncBuffer collects a child's output; exec copies into it from its own
+// goroutines while a failing test may read it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func (c *child) describe(name string) plugins.Info {
