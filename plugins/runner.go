@@ -474,6 +474,7 @@ func (r *runner) ensureInstance(ctx context.Context) bool {
 			if err = inst.Init(ctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
 				inst.Close()
 			}
+			r.endTx() // eh_init may have read state
 		}
 		r.judge(err)
 		if err == nil {
