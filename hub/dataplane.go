@@ -820,6 +820,7 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	consumed := d.m.consumed.WithLabelValues(st.Name())
 	consumedB := d.m.consumedB.WithLabelValues(st.Name())
 	cases := make([]reflect.SelectCase, 0, len(shards)+2)
+	round := 0
 	for {
 		if credit.Load() <= 0 {
 			select {
@@ -833,10 +834,15 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 		// lands after the read still wakes us.
 		cases = cases[:0]
 		progress := false
-		for i, sh := range shards {
+		// Start each round at the next shard, so limited credit is shared
+		// fairly rather than spent on the first shard with a backlog.
+		round++
+		for k := range shards {
 			if credit.Load() <= 0 {
 				break
 			}
+			i := (k + round) % len(shards)
+			sh := shards[i]
 			_, last, _ := st.Bounds(sh)
 			if next[i] > last {
 				cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.Changed(sh))})

@@ -1095,3 +1095,48 @@ func TestDataPlane0RTT(t *testing.T) {
 		t.Fatalf("stream holds %d records, want 1", last)
 	}
 }
+
+// TestDataPlaneConsumeFairness gives a subscription to two shards with
+// backlogs less credit than either backlog: both shards must be served, not
+// the first one until it is drained.
+func TestDataPlaneConsumeFairness(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "two", Shards: 2})
+	c := d.raw(t, "")
+	prod, _ := produceRaw(t, c, quic.ProduceOpen{Stream: "two"})
+	values := make([]string, 1000)
+	for i := range values {
+		values[i] = strings.Repeat("v", 1024)
+	}
+	for i := range 4 {
+		for shard := range 2 {
+			if ack := sendBatch(t, prod, quic.Batch{ID: uint64(2*i + shard), Shard: int32(shard), Records: encode(t, values...)}); ack.Err() != nil {
+				t.Fatal(ack.Err())
+			}
+		}
+	}
+	prod.Close()
+	st, err := c.Open(testCtx(t), quic.OpConsume, &quic.ConsumeOpen{Stream: "two", Credit: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Cancel(quic.CodeCanceled)
+	var ready quic.ConsumeReady
+	if err := st.Expect(quic.FrameConsumeReady, &ready); err != nil {
+		t.Fatal(err)
+	}
+	served := map[uint32]int{}
+	for range 6 {
+		var r quic.Records
+		if err := st.Expect(quic.FrameRecords, &r); err != nil {
+			t.Fatal(err)
+		}
+		served[r.Shard]++
+		// Return what was consumed, as a consumer that keeps up does.
+		if err := st.Send(quic.FrameCredit, &quic.Credit{Bytes: uint64(len(r.Batch))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if served[0] == 0 || served[1] == 0 {
+		t.Fatalf("frames per shard %v: one shard starved", served)
+	}
+}
