@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
 )
 
 var quicAddrRE = regexp.MustCompile(`msg="data plane listening" addr=(\S+)`)
@@ -110,6 +112,33 @@ func TestEndToEndProduceConsume(t *testing.T) {
 	}
 	if len(keys) != 4 || keys["c"] != "3" {
 		t.Fatalf("keys %v", keys)
+	}
+
+	// --key puts every line under one key, so in one shard; --shard reads
+	// only that shard.
+	if code, _, errOut := runHubStdin(t, base, "k1\nk2\n", env, "produce", "events", "--key", "fixed"); code != 0 {
+		t.Fatalf("produce --key: %s", errOut)
+	}
+	shard := record.ShardForKey([]byte("fixed"), 3)
+	code, out, errOut = runHubIn(t, base, env, "consume", "events", "--shard", strconv.Itoa(shard), "--format", "json")
+	if code != 0 {
+		t.Fatalf("consume --shard: %s", errOut)
+	}
+	var fixed []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var r jsonRecord
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if r.Shard != shard {
+			t.Fatalf("--shard %d printed a record of shard %d", shard, r.Shard)
+		}
+		if r.Key != nil && *r.Key == "fixed" {
+			fixed = append(fixed, *r.Value)
+		}
+	}
+	if strings.Join(fixed, ",") != "k1,k2" {
+		t.Fatalf("records under key fixed: %v", fixed)
 	}
 
 	// A follower sees records produced after it started.
