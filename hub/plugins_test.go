@@ -308,11 +308,18 @@ func (c *child) stop() {
 	}
 }
 
-// cli runs the hub command against the child's admin API.
+// cli runs the hub command against the child's admin API and data plane.
 func (c *child) cli(args ...string) string {
 	c.tb.Helper()
+	return c.cliIn("", args...)
+}
+
+// cliIn is cli with stdin.
+func (c *child) cliIn(stdin string, args ...string) string {
+	c.tb.Helper()
 	cmd := exec.Command(buildHub(c.tb), args...)
-	cmd.Env = append(os.Environ(), "HUB_ADMIN="+c.admin)
+	cmd.Env = append(os.Environ(), "HUB_ADMIN="+c.admin, "HUB_ADDR="+c.quic)
+	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		c.tb.Fatalf("hub %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -533,6 +540,26 @@ url = %q
 			t.Fatalf("aggregate %s, want count/min/max %v", r.Value, want)
 		}
 	}
+	// The same with the CLI only: produce lines, consume the derived stream.
+	c.cliIn("s9|{\"value\": 100}\ns9|{\"value\": -300}\ns9|{\"value\": 0}\n", "produce", "readings", "--key-sep", "|", "--insecure")
+	out = c.cli("consume", "fahrenheit", "--from", "earliest", "-n", fmt.Sprint(len(recs)+3), "--follow", "--format", "value", "--insecure")
+	var fromCLI []float64
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("hub consume printed %q: %v", l, err)
+		}
+		if strings.HasPrefix(fmt.Sprint(m["source"]), "readings/") && len(fromCLI) < 3 && m["site"] == "plant-7" {
+			if v, ok := m["value"].(float64); ok && (v == 212 || v == -508 || v == 32) {
+				fromCLI = append(fromCLI, v)
+			}
+		}
+	}
+	slices.Sort(fromCLI)
+	if !slices.Equal(fromCLI, []float64{-508, 32, 212}) {
+		t.Fatalf("records produced with hub produce, derived and read with hub consume: %v\n%s", fromCLI, out)
+	}
+
 	desc := c.cli("plugin", "describe", "agg")
 	for _, want := range []string{"Status:", "running", "CHECKPOINT", "State:", "TIME/CALL"} {
 		if !strings.Contains(desc, want) {
