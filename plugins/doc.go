@@ -30,4 +30,13 @@
 // dead-letters (with the reason in headers) or answers by pausing the plugin.
 // Runners are independent goroutines: a stuck or failing plugin never blocks
 // ingest or other plugins.
+//
+// # Sharing the machine
+//
+// Compiled wasm is not preempted until a call returns, so runners take an
+// execution slot (Config.MaxConcurrentCalls, half the CPUs) for each step
+// (read, call, commit), keep a duty cycle (Config.BusyDutyCycle) while their
+// input is being written to, and move to a quarantine slot while their calls
+// fail. Plugins thus lag behind an ingest burst and catch up after it. See
+// docs/plugins.md and docs/performance.md.
 package plugins
