@@ -47,6 +47,8 @@ type PluginConfig struct {
 	BatchRecords  int          `toml:"batch_records" json:"batch_records,omitempty"`
 	BatchBytes    Size         `toml:"batch_bytes" json:"batch_bytes,omitempty"`
 	TimerInterval Duration     `toml:"timer_interval" json:"timer_interval,omitempty"`
+	// MaxWait is how long a partial batch may wait to fill (default 10ms).
+	MaxWait Duration `toml:"max_wait" json:"max_wait,omitempty"`
 }
 
 // PluginParams is a plugin's config table.
@@ -86,6 +88,7 @@ func (c PluginConfig) Definition() plugins.Definition {
 		BackoffMin: time.Duration(c.BackoffMin), BackoffMax: time.Duration(c.BackoffMax),
 		MemoryPages: uint32((int64(c.Memory) + 65535) / 65536), CallTimeout: time.Duration(c.CallTimeout),
 		BatchRecords: c.BatchRecords, BatchBytes: int(c.BatchBytes), TimerInterval: time.Duration(c.TimerInterval),
+		MaxWait: time.Duration(c.MaxWait),
 	}
 	if len(c.Config) > 0 {
 		d.Config = map[string]string(c.Config)
