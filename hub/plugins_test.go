@@ -820,3 +820,47 @@ func TestWebhookRetriesAndResumes(t *testing.T) {
 		t.Fatalf("delivery ids %v", ids)
 	}
 }
+
+// TestHostilePluginLeavesHubServing deploys a module that loops, bombs its
+// memory, traps and emits to an undeclared stream, and checks the hub keeps
+// answering and ingesting while the plugin's policy deals with each record.
+func TestHostilePluginLeavesHubServing(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Streams = []StreamConfig{{Name: "in", Shards: 1, Replicate: ReplicateLocal}, {Name: "other", Shards: 2, Replicate: ReplicateLocal}}
+	h, base := startHub(t, cfg)
+	wasm, err := os.ReadFile("../wasmhost/testdata/hostile.wasm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body := deployHTTP(t, base, PluginConfig{Name: "hostile", Inputs: []string{"in"}, Outputs: []string{"out"}, Start: "earliest",
+		OnError: "dead-letter", DeadLetter: "dead", CallTimeout: Duration(300 * time.Millisecond), Memory: 2 << 20}, wasm)
+	if status != http.StatusCreated {
+		t.Fatalf("deploy: %d %s", status, body)
+	}
+	in, other := mustStream(t, h, "in"), mustStream(t, h, "other")
+	var recs []record.Record
+	for _, v := range []string{"L", "M", "T", "U", "ok", "L", "T", "ok"} {
+		recs = append(recs, record.Record{Key: []byte("k"), Value: []byte(v)})
+	}
+	if _, err := in.Append(context.Background(), store.Batch{Shard: 0, Records: recs}); err != nil {
+		t.Fatal(err)
+	}
+	// While the plugin works through its deadlines, the hub serves.
+	for i := 0; i < 20; i++ {
+		if code, _ := call(t, "GET", base+"/healthz", ""); code != http.StatusOK {
+			t.Fatalf("healthz %d while the plugin misbehaves", code)
+		}
+		if _, err := other.Append(context.Background(), store.Batch{Shard: -1, Records: []record.Record{{Value: []byte("x")}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "policy applied to every record", func() bool {
+		_, b := call(t, "GET", base+"/v1/plugins/hostile", "")
+		var info plugins.Info
+		json.Unmarshal(b, &info)
+		return info.Lag == 0 && info.DeadLettered == 6 && info.RecordsOut == 2 && info.Status == plugins.StatusRunning
+	})
+	if _, b := call(t, "GET", base+"/metrics", ""); !strings.Contains(string(b), `edgehub_plugin_dead_lettered_total{input="in",plugin="hostile",shard="0"} 6`) {
+		t.Fatal("metrics do not show the dead letters")
+	}
+}
