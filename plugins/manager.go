@@ -496,10 +496,17 @@ func (m *Manager) setPaused(name string, paused bool, reason string) error {
 }
 
 // pauseAsync is how a runner pauses its own plugin: from another goroutine,
-// since Pause waits for the runner to return.
-func (m *Manager) pauseAsync(p *plugin, reason string) {
+// since Pause waits for the runner to return. version is the definition the
+// runner ran: a pause requested by an old version's runner does not pause
+// the upgrade that replaced it meanwhile.
+func (m *Manager) pauseAsync(p *plugin, version int, reason string) {
 	go func() {
-		if err := m.Pause(context.Background(), p.name, reason); err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrNotFound) {
+		m.opMu.Lock()
+		defer m.opMu.Unlock()
+		if cur, err := m.lookup(p.name); err != nil || cur != p || p.definition().Version != version {
+			return
+		}
+		if err := m.setPaused(p.name, true, reason); err != nil && !errors.Is(err, ErrClosed) {
 			p.logger.Error("pausing plugin failed", "err", err)
 		}
 	}()

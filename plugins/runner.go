@@ -696,7 +696,7 @@ func (r *runner) runTimer(ctx context.Context, seq uint64, now int64, replay boo
 // fatal pauses the plugin with reason.
 func (r *runner) fatal(reason string) {
 	r.noteError(reason)
-	r.m.pauseAsync(r.p, reason)
+	r.m.pauseAsync(r.p, r.def.Version, reason)
 }
 
 func (r *runner) noteError(msg string) {
