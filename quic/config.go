@@ -136,7 +136,9 @@ type ClientConfig struct {
 	// KeepAlive sends keep-alives this often (default IdleTimeout/3).
 	KeepAlive time.Duration
 	// Use0RTT resumes with early data when the TLS config has a session
-	// cache and a ticket for this server.
+	// cache and a ticket for this server. Caveat: opening streams before
+	// the handshake completes races inside quic-go (issue 4303); callers
+	// that cannot tolerate that wait for HandshakeComplete.
 	Use0RTT bool
 	// EnableDatagrams negotiates QUIC datagrams.
 	EnableDatagrams bool

@@ -64,6 +64,12 @@ type Options struct {
 	CertFile, KeyFile string
 	// Token is a bearer token sent when opening each operation.
 	Token string
+	// Use0RTT resumes reconnections with early data, saving a round trip.
+	// Off by default: quic-go has a data race when streams are opened
+	// while the handshake is still being processed (quic-go issue 4303).
+	// The hub accepts 0-RTT either way, and idempotent producers make
+	// replayed early data harmless.
+	Use0RTT bool
 	// DialTimeout bounds one connection attempt. Default 10s.
 	DialTimeout time.Duration
 	// ReconnectMin and ReconnectMax bound the exponential backoff between
@@ -126,7 +132,7 @@ func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 		qcfg: quic.ClientConfig{
 			TLS:             tlsConf,
 			Token:           opts.Token,
-			Use0RTT:         true,
+			Use0RTT:         opts.Use0RTT,
 			EnableDatagrams: true,
 		},
 	}
