@@ -133,6 +133,7 @@ type Producer struct {
 	fatal    error
 	loopDone chan struct{}
 	free     []*pbatch // completed batches whose buffers are reused
+	lastLen  []int     // per shard: records in the last sealed batch
 }
 
 type pbatch struct {
@@ -186,6 +187,7 @@ func (c *Client) Producer(ctx context.Context, stream string, opts ProducerOptio
 	}
 	p.space = sync.NewCond(&p.mu)
 	p.acc = make([]*pbatch, p.shards)
+	p.lastLen = make([]int, p.shards)
 	p.nextSeq = make([]uint64, p.shards)
 	p.inflight = make([]int, p.shards)
 	if err := p.openSession(ctx); err != nil {
@@ -280,7 +282,10 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 			b = p.free[n-1]
 			p.free = p.free[:n-1]
 		} else {
-			b = &pbatch{}
+			// Size a new batch like the shard's last one: full batches
+			// at high rates, small ones at low rates, and no regrowing.
+			n := p.lastLen[shard]
+			b = &pbatch{recs: make([]record.Record, 0, n), cbs: make([]func(Position, error), 0, n)}
 		}
 		b.shard, b.accepted = shard, time.Now()
 		p.acc[shard] = b
@@ -312,6 +317,7 @@ func (p *Producer) seal(shard int) {
 		return
 	}
 	p.acc[shard] = nil
+	p.lastLen[shard] = len(b.recs)
 	if b.recs[0].Key == nil {
 		p.sticky = (p.sticky + 1) % p.shards
 	}

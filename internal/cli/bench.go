@@ -217,6 +217,9 @@ func benchProduce(ctx context.Context, args []string) error {
 			return err
 		}
 		results[i] = &result{}
+		if total > 0 {
+			results[i].lat = make([]time.Duration, 0, total/int64(*producers)+1)
+		}
 	}
 	mode := "durable"
 	if *datagram {
