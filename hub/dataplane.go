@@ -301,6 +301,7 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 	st("edgehub_quic_auth_refused_total", "Streams refused as unauthenticated.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.AuthRefused) })
 	st("edgehub_quic_protocol_errors_total", "Streams closed for malformed or oversized frames.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.ProtocolErrors) })
 	st("edgehub_quic_datagrams_received_total", "QUIC datagrams received.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.DatagramsReceived) })
+	st("edgehub_quic_address_validations_total", "Handshakes answered with a Retry because of handshake load (limits.validate_address_above).", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.AddressValidations) })
 }
 
 // funcMetric is a metric read at scrape time.

@@ -58,7 +58,7 @@ type Config struct {
 	// IdleTimeout closes connections without traffic for this long.
 	IdleTimeout time.Duration
 	// ValidateAddressAbove makes clients prove their address with a Retry
-	// round trip when more than this many handshakes are in progress
+	// round trip when at least this many other handshakes are in progress
 	// (amplification and spoofing defence under load). 0 always validates.
 	ValidateAddressAbove int
 	// Allow0RTT accepts early data on resumed connections. Replays are

@@ -88,6 +88,7 @@ type Stats struct {
 	ProtocolErrors     uint64 // malformed or oversized frames
 	DatagramsReceived  uint64
 	DatagramsMalformed uint64
+	AddressValidations uint64 // handshakes answered with a Retry
 }
 
 // Server accepts QUIC connections and dispatches each stream to the handler
@@ -111,7 +112,7 @@ type Server struct {
 
 	connsActive, handshakes, streamsActive       atomic.Int64
 	accepted, refused, streams, failed, authFail atomic.Uint64
-	protoErr, dgrams, dgramBad                   atomic.Uint64
+	protoErr, dgrams, dgramBad, retries          atomic.Uint64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -144,7 +145,7 @@ func Listen(cfg Config) (*Server, error) {
 	s.tr = &quicgo.Transport{
 		Conn:                udp,
 		StatelessResetKey:   (*quicgo.StatelessResetKey)(cfg.StatelessResetKey),
-		VerifySourceAddress: func(net.Addr) bool { return s.handshakes.Load() > int64(cfg.ValidateAddressAbove) },
+		VerifySourceAddress: s.verifySourceAddress,
 		ConnContext:         s.connContext,
 	}
 	tlsConf := cfg.TLS.Clone()
@@ -194,6 +195,17 @@ func (s *Server) connContext(ctx context.Context, _ *quicgo.ClientInfo) (context
 
 type handshakeKey struct{}
 
+// verifySourceAddress asks quic-go to send a Retry (the client must echo a
+// token, proving it receives at its source address) when the server is
+// under handshake load: spoofed Initials then cost the server nothing.
+func (s *Server) verifySourceAddress(net.Addr) bool {
+	if s.handshakes.Load() >= int64(s.cfg.ValidateAddressAbove) {
+		s.retries.Add(1)
+		return true
+	}
+	return false
+}
+
 // Addr is the bound UDP address.
 func (s *Server) Addr() net.Addr { return s.udp.LocalAddr() }
 
@@ -222,6 +234,7 @@ func (s *Server) Stats() Stats {
 		HandshakesActive: s.handshakes.Load(), StreamsActive: s.streamsActive.Load(),
 		StreamsTotal: s.streams.Load(), StreamsFailed: s.failed.Load(), AuthRefused: s.authFail.Load(),
 		ProtocolErrors: s.protoErr.Load(), DatagramsReceived: s.dgrams.Load(), DatagramsMalformed: s.dgramBad.Load(),
+		AddressValidations: s.retries.Load(),
 	}
 }
 

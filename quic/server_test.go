@@ -314,3 +314,23 @@ func TestServerCloseIdempotent(t *testing.T) {
 		t.Fatalf("close reason %v", c.Err())
 	}
 }
+
+func TestServerAddressValidation(t *testing.T) {
+	tests := []struct {
+		name  string
+		above int
+		retry bool
+	}{
+		{"always", 0, true},
+		{"under load only", 64, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startServer(t, func(c *Config) { c.ValidateAddressAbove = tc.above })
+			echo(t, h.dial(t, nil)) // the Retry round trip is transparent
+			if got := h.srv.Stats().AddressValidations > 0; got != tc.retry {
+				t.Fatalf("address validated: %v, want %v", got, tc.retry)
+			}
+		})
+	}
+}

@@ -134,6 +134,7 @@ type Producer struct {
 	loopDone chan struct{}
 	free     []*pbatch // completed batches whose buffers are reused
 	lastLen  []int     // per shard: records in the last sealed batch
+	frameMax int       // the hub's largest BATCH payload (PRODUCE_READY)
 }
 
 type pbatch struct {
@@ -147,6 +148,28 @@ type pbatch struct {
 	accepted time.Time // of the oldest record
 	wire     bool      // sent on the current session, not yet acknowledged
 	sentAt   time.Time
+}
+
+// errResend marks a session ended on purpose, to resend its batches on a
+// new one (as opposed to a failure that resending cannot cure).
+var errResend = errors.New("sdk: resend on a new session")
+
+// permanent reports whether a session that broke with err must not be
+// retried: the hub refused the session itself.
+func permanent(err error) bool {
+	if errors.Is(err, errResend) || errors.Is(err, quic.ErrClosed) {
+		return false
+	}
+	var e *quic.Error
+	if !errors.As(err, &e) {
+		return quic.IsHandshakeFailure(err)
+	}
+	switch e.Code {
+	case quic.CodeProtocol, quic.CodeFrameTooLarge, quic.CodeUnauthenticated, quic.CodePermissionDenied,
+		quic.CodeNotFound, quic.CodeUnknownOp, quic.CodeInvalidArgument:
+		return true
+	}
+	return false
 }
 
 type session struct {
@@ -235,9 +258,13 @@ func (p *Producer) SendFuture(ctx context.Context, rec Record) (*Future, error) 
 // producer's buffer is full, until ctx ends. The record's byte slices must
 // not change until cb runs.
 func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, error)) error {
-	size := rec.Size()
+	size := rec.Size() + recordOverhead
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if limit := p.maxBatchBytes(); size > limit {
+		return &quic.Error{Code: quic.CodeRecordTooLarge,
+			Message: fmt.Sprintf("record of about %d bytes does not fit in a batch of at most %d", size, limit)}
+	}
 	if p.buffered+size > p.opts.BufferBytes && p.buffered > 0 {
 		stop := context.AfterFunc(ctx, func() {
 			p.mu.Lock()
@@ -276,6 +303,9 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 		}
 		shard, p.sticky = best, best
 	}
+	if b := p.acc[shard]; b != nil && b.bytes+size > p.maxBatchBytes() {
+		p.seal(shard) // the record would overflow the frame
+	}
 	b := p.acc[shard]
 	if b == nil {
 		if n := len(p.free); n > 0 {
@@ -302,12 +332,21 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 	return nil
 }
 
+// maxBatchBytes is the size at which a batch is sealed: the option, within
+// the hub's frame limit (or one QUIC datagram).
 func (p *Producer) maxBatchBytes() int {
 	if p.opts.Datagrams {
-		return 1000 // one QUIC datagram
+		return 1000
+	}
+	if p.frameMax > 0 {
+		return min(p.opts.BatchBytes, p.frameMax-256)
 	}
 	return p.opts.BatchBytes
 }
+
+// recordOverhead bounds what a record adds to an encoded batch beyond
+// Record.Size (its varint lengths and deltas).
+const recordOverhead = 32
 
 // seal closes shard's open batch: it gets the shard's next producer
 // sequences and is encoded once, for every retry. Called with p.mu held.
@@ -415,6 +454,7 @@ func (p *Producer) openSession(ctx context.Context) error {
 	}
 	s := &session{st: st, conn: conn, dgram: ready.DatagramSession, broken: make(chan struct{})}
 	p.mu.Lock()
+	p.frameMax = int(min(ready.MaxBatchBytes, 1<<30))
 	p.sess = s
 	for _, b := range p.unacked {
 		b.wire = false
@@ -450,6 +490,12 @@ func (p *Producer) loop() {
 			}
 			p.mu.Unlock()
 			return
+		}
+		if p.fatal != nil {
+			// Refused for good: nothing to send until Close.
+			p.mu.Unlock()
+			<-p.wake
+			continue
 		}
 		s := p.sess
 		if s == nil {
@@ -527,6 +573,10 @@ func (p *Producer) loop() {
 			attempt = 0
 		case <-lingerC:
 		case <-s.broken:
+			if permanent(s.err) {
+				p.c.logger.Warn("sdk: produce session refused", "stream", p.stream, "err", s.err)
+				p.setFatal(s.err)
+			}
 			p.mu.Lock()
 			if p.sess == s {
 				p.sess = nil
@@ -547,7 +597,7 @@ func (p *Producer) loop() {
 			}
 			p.mu.Unlock()
 			if stale {
-				s.fail(fmt.Errorf("sdk: produce to %q: no acknowledgement for %s", p.stream, p.opts.AckTimeout))
+				s.fail(fmt.Errorf("%w: no acknowledgement for %s", errResend, p.opts.AckTimeout))
 			}
 		}
 	}
@@ -626,7 +676,7 @@ func (p *Producer) readAcks(s *session) {
 		case quic.CodeOf(err).Retryable() || quic.CodeOf(err) == quic.CodeSequenceGap:
 			// Resend everything unacknowledged on a new session.
 			p.mu.Unlock()
-			s.fail(err)
+			s.fail(fmt.Errorf("%w: %w", errResend, err))
 			p.signal()
 			return
 		case p.id == 0:
@@ -648,7 +698,7 @@ func (p *Producer) readAcks(s *session) {
 			p.nextSeq[b.shard] -= n
 			p.complete(b, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, err))
 			p.mu.Unlock()
-			s.fail(err)
+			s.fail(fmt.Errorf("%w: %w", errResend, err))
 			p.signal()
 			return
 		}

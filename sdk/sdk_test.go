@@ -275,3 +275,60 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// TestProducerFrameLimit runs a hub with a small frame limit: the producer
+// keeps its batches within it, and refuses at once a record that cannot fit.
+func TestProducerFrameLimit(t *testing.T) {
+	th := newHub(t, func(c *hub.Config) { c.Limits.MaxFrameBytes = 64 << 10 }, store.StreamConfig{Name: "s", Shards: 1})
+	c := dial(t, th)
+	ctx := testCtx(t)
+	p, err := c.Producer(ctx, "s", sdk.ProducerOptions{BatchBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := make([]byte, 1000)
+	for range 500 { // 500 KB: several frames' worth
+		if err := p.SendAsync(ctx, sdk.Record{Value: value}, func(_ sdk.Position, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err = c.Producer(ctx, "s", sdk.ProducerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	if _, err := p.Send(ctx, sdk.Record{Value: make([]byte, 100<<10)}); sdk.CodeOf(err) != sdk.CodeRecordTooLarge {
+		t.Fatalf("oversized record: %v", err)
+	}
+	info, err := c.Info(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Shards[0].Last != 500 {
+		t.Fatalf("stored %d records, want 500", info.Shards[0].Last)
+	}
+}
+
+// TestProducerRefusedSession: a producer without permission fails its
+// records and further sends instead of retrying forever.
+func TestProducerRefusedSession(t *testing.T) {
+	th := newHub(t, func(c *hub.Config) {
+		c.Auth.Tokens = []hub.TokenGrant{{Name: "r", Token: "reader-0123456789", Consume: []string{"*"}}}
+	}, store.StreamConfig{Name: "s", Shards: 1})
+	ctx := testCtx(t)
+	c, err := sdk.Dial(ctx, th.addr, sdk.Options{CAFile: th.ca, Token: "reader-0123456789"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Producer(ctx, "s", sdk.ProducerOptions{}); sdk.CodeOf(err) != sdk.CodePermissionDenied {
+		t.Fatalf("producer without permission: %v", err)
+	}
+}
