@@ -23,6 +23,7 @@ import (
 //	peer_ca_file = "/etc/edgehub/peers-ca.pem"  # verifies peers' data plane certificates
 //	peer_token = "..."                  # bearer token presented to peers when pulling
 //	rate_limit = "256MiB"               # bytes per second pulled from one peer; "0" = unlimited
+//	gap_after = "10m"                   # an unreachable origin's records no live peer holds are a gap after this
 type GossipConfig struct {
 	Bind          string   `toml:"bind"`
 	Advertise     string   `toml:"advertise"`
@@ -42,6 +43,10 @@ type GossipConfig struct {
 	PeerToken string `toml:"peer_token"`
 	// RateLimit bounds the bytes per second pulled from one peer.
 	RateLimit *Size `toml:"rate_limit"`
+	// GapAfter is how long an origin must have been unreachable before
+	// its records that every live peer's retention deleted are declared a
+	// gap (replicate.Config.GapAfter); 0 means the default, 10m.
+	GapAfter Duration `toml:"gap_after"`
 
 	// Test hooks: adjust the gossip and replication configs the hub builds
 	// (fault-injecting transports, short intervals). Not in hub.toml.
@@ -100,6 +105,9 @@ func (c GossipConfig) Validate() error {
 	}
 	if c.RateLimit != nil && *c.RateLimit < 0 {
 		errs = append(errs, fieldErrorf("rate_limit", "%s is negative", *c.RateLimit))
+	}
+	if c.GapAfter < 0 {
+		errs = append(errs, fieldErrorf("gap_after", "%s is negative", c.GapAfter))
 	}
 	return errors.Join(errs...)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -21,6 +22,10 @@ import (
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
+
+// GapsFile, in the data directory, keeps the replication gaps this hub
+// reported, so each is counted once across restarts and relayed to peers.
+const GapsFile = "federation-gaps.json"
 
 // federation is the hub's membership (gossip) and replication (pulls over
 // the QUIC data plane), started when [gossip] bind is set.
@@ -81,6 +86,10 @@ func (h *Hub) addFederation() error {
 	if gc.RateLimit != nil {
 		rc.RateLimit = float64(*gc.RateLimit)
 	}
+	if gc.GapAfter > 0 {
+		rc.GapAfter = time.Duration(gc.GapAfter)
+	}
+	rc.StateFile = filepath.Join(h.cfg.Hub.DataDir, GapsFile)
 	if gc.tuneReplication != nil {
 		gc.tuneReplication(&rc)
 	}
@@ -266,6 +275,10 @@ type Peers struct {
 	Lag []replicate.Lag `json:"lag"`
 	// Pulls details every pull task (one per stream and origin shard).
 	Pulls []replicate.TaskStatus `json:"pulls"`
+	// Gaps lists, per stream and origin shard, the records this hub will
+	// never hold: deleted by retention before it pulled them, or held by
+	// no live peer any more while their origin was unreachable.
+	Gaps []replicate.GapStatus `json:"gaps"`
 }
 
 // PeerInfo describes one member.
@@ -284,7 +297,8 @@ type PeerInfo struct {
 }
 
 func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
-	out := Peers{Self: h.cfg.Hub.Name, Members: []PeerInfo{}, Lag: []replicate.Lag{}, Pulls: []replicate.TaskStatus{}}
+	out := Peers{Self: h.cfg.Hub.Name, Members: []PeerInfo{}, Lag: []replicate.Lag{}, Pulls: []replicate.TaskStatus{},
+		Gaps: []replicate.GapStatus{}}
 	f := h.federation
 	if f == nil {
 		out.Members = append(out.Members, PeerInfo{Name: h.cfg.Hub.Name, Self: true, State: string(gossip.StateAlive),
@@ -337,6 +351,7 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 	})
 	out.Lag = append(out.Lag, f.rep.Lag()...)
 	out.Pulls = append(out.Pulls, f.rep.Status()...)
+	out.Gaps = append(out.Gaps, f.rep.Gaps()...)
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

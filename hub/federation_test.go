@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -504,4 +507,110 @@ func TestFederationFollowsBeyondStreamLimit(t *testing.T) {
 	// New records still flow on the established sessions.
 	produceAt(t, hubs[2], "s2", 300, 16)
 	converged(t, "s2", 400+800+1200+300, hubs...)
+}
+
+// startStoppable starts a hub that the test can stop before its end.
+func startStoppable(tb testing.TB, cfg Config) (*Hub, func()) {
+	tb.Helper()
+	h, err := New(cfg)
+	if err != nil {
+		tb.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				tb.Errorf("Run: %v", err)
+			}
+			if err := h.Close(); err != nil {
+				tb.Errorf("Close: %v", err)
+			}
+		})
+	}
+	tb.Cleanup(stop)
+	waitHealthy(tb, "http://"+h.AdminAddr().String())
+	return h, stop
+}
+
+// TestFederationGapWhenOriginGone: the origin leaves for good after the
+// only other holder of its records trimmed the oldest. A hub that joins
+// later cannot get them from anyone: after gap_after it reports the gap
+// (/v1/peers, metrics, the gap file) and takes the rest from the relay,
+// instead of stalling.
+func TestFederationGapWhenOriginGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three federated hubs")
+	}
+	n := newFedNet(t)
+	origin, stopOrigin := startStoppable(t, n.config("gone", ""))
+	relay := n.start("relay")
+	createReplicated(t, origin, "hist", 1, "all")
+	for i := 1; i <= 4; i++ { // separate appends at the relay: chunks retention can drop one by one
+		produceAt(t, origin, "hist", 500, 64)
+		converged(t, "hist", 500*i, origin, relay)
+	}
+	st := mustStreamEventually(t, relay, "hist")
+	c := st.Config()
+	c.MaxBytes = st.Stats()[0].Bytes / 2 // drops the oldest chunks
+	if err := relay.Store().UpdateStream(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Enforce(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	k := store.OriginKey{Hub: "gone"}
+	held, err := st.ReadOrigin(k, 0, 1)
+	if err != nil || len(held) == 0 || held[0].Origin.Seq <= 1 {
+		t.Fatalf("relay retention kept %+v, %v", held, err)
+	}
+	first := held[0].Origin.Seq
+	stopOrigin()
+
+	lc := n.config("late", "")
+	lc.Gossip.GapAfter = Duration(300 * time.Millisecond)
+	n.mu.Lock()
+	lc.Gossip.Join = []string{n.addrs["relay"]} // the first member is gone
+	n.mu.Unlock()
+	late, admin := startHub(t, lc)
+	defer func() {
+		if t.Failed() {
+			p := getPeers(t, late)
+			t.Logf("late: pulls %+v; gaps %+v; members %+v", p.Pulls, p.Gaps, p.Members)
+		}
+	}()
+	waitFor(t, "late reports the gap", func() bool {
+		for _, g := range getPeers(t, late).Gaps {
+			if g.Stream == "hist" && g.Origin == "gone" && g.Gaps == 1 && g.Sequences == first-1 &&
+				strings.Contains(g.Last, "unreachable") {
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, "late holds what the relay holds of the origin", func() bool {
+		return equalContent(
+			map[store.OriginKey][]string{k: originContent(t, relay.Store(), "relay", "hist")[k]},
+			map[store.OriginKey][]string{k: originContent(t, late.Store(), "late", "hist")[k]})
+	})
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`edgehub_replication_gaps_total{origin="gone",stream="hist"} 1`,
+		fmt.Sprintf(`edgehub_replication_gap_sequences_total{origin="gone",stream="hist"} %d`, first-1),
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(lc.Hub.DataDir, GapsFile)); err != nil {
+		t.Errorf("gap file: %v", err)
+	}
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 
@@ -36,6 +37,11 @@ func peers(ctx context.Context, args []string) error {
 	if *asJSON {
 		return printJSON(stdout, p)
 	}
+	return printPeers(stdout, p, *pulls)
+}
+
+// printPeers renders GET /v1/peers as tables.
+func printPeers(stdout io.Writer, p hub.Peers, pulls bool) error {
 	if !p.Federated {
 		fmt.Fprintf(stdout, "%s is not federated (set [gossip] bind in hub.toml)\n", p.Self)
 		return nil
@@ -66,17 +72,13 @@ func peers(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	var gaps []string
-	for _, t := range p.Pulls {
-		if t.LastGap != "" {
-			gaps = append(gaps, fmt.Sprintf("  %s origin %s/%d: %d gap(s), %d sequences; last %s", t.Stream, t.Origin, t.Shard, t.Gaps, t.GapSeqs, t.LastGap))
+	if len(p.Gaps) > 0 {
+		fmt.Fprintln(stdout, "\nGaps (records this hub will never hold: deleted by retention before it pulled them, or held by no live peer):")
+		for _, g := range p.Gaps {
+			fmt.Fprintf(stdout, "  %s origin %s/%d: %d gap(s), %d sequences; last %s\n", g.Stream, g.Origin, g.Shard, g.Gaps, g.Sequences, g.Last)
 		}
 	}
-	if len(gaps) > 0 {
-		fmt.Fprintln(stdout, "\nGaps (records deleted by retention before this hub pulled them):")
-		fmt.Fprintln(stdout, strings.Join(gaps, "\n"))
-	}
-	if *pulls && len(p.Pulls) > 0 {
+	if pulls && len(p.Pulls) > 0 {
 		fmt.Fprintln(stdout)
 		tw = newTable(stdout)
 		fmt.Fprintln(tw, "STREAM\tORIGIN\tSHARD\tPEER\tSTATE\tWATERMARK\tPEER HIGH\tPULLED\tLAST ERROR")

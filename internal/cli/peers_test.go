@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/replicate"
 )
 
 // freePort returns a loopback port free for both UDP and TCP (memberlist
@@ -150,4 +151,46 @@ func runWithStdin(tb testing.TB, stdin string, args ...string) (code int, stdout
 		tb.Fatalf("hub %v: %v", args, err)
 	}
 	return code, o.String(), e.String()
+}
+
+// TestPrintPeersGaps renders a hub's peers document: gaps are listed per
+// origin shard, with what they cover and how the last one happened.
+func TestPrintPeersGaps(t *testing.T) {
+	tests := []struct {
+		name    string
+		p       hub.Peers
+		want    []string
+		notWant []string
+	}{
+		{
+			name: "gaps listed",
+			p: hub.Peers{Self: "late", Federated: true, Members: []hub.PeerInfo{{Name: "late", Self: true, State: "alive"}},
+				Gaps: []replicate.GapStatus{{Stream: "hist", Origin: "gone", Shard: 3, Gaps: 2, Sequences: 1500,
+					Last: "1..1000 at 2026-01-02T03:04:05Z from relay: origin gone unreachable"}}},
+			want: []string{"Gaps (records this hub will never hold", "hist origin gone/3: 2 gap(s), 1500 sequences; last 1..1000 at 2026-01-02T03:04:05Z from relay: origin gone unreachable"},
+		},
+		{
+			name:    "no gaps, no section",
+			p:       hub.Peers{Self: "a", Federated: true, Members: []hub.PeerInfo{{Name: "a", Self: true, State: "alive"}}},
+			notWant: []string{"Gaps"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := printPeers(&out, tt.p, false); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output has %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
 }

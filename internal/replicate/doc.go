@@ -39,15 +39,21 @@
 //
 // # Gaps
 //
-// A record deleted by retention at its origin before a peer pulled it is a
-// gap: the origin announces the range (PULL_GAP) and the puller counts it
-// (edgehub_replication_gaps_total), logs it and shows it in hub peers,
-// then continues after it. A relay (not the origin) cannot tell such a hole
-// from the origin's own numbering (origin shards interleave replicated
-// records), so if its retention ever trimmed the stream it refuses the pull
-// (PULL_TRIMMED) rather than skip silently; the puller then asks another
-// peer or waits for the origin. Compacted streams converge on the latest
-// record per key; holes there are expected and not reported.
+// A record this hub will never hold is a gap, never a silent skip: counted
+// (edgehub_replication_gaps_total), logged and shown in hub peers. The
+// origin announces records its retention deleted before the peer pulled
+// them (PULL_GAP). A relay (not the origin) cannot tell records its own
+// retention removed from a hole in the origin's numbering (origin shards
+// interleave replicated records) unless it still holds a record of the
+// origin at or below the puller's position, so otherwise, once it has ever
+// trimmed, it refuses (PULL_TRIMMED); the puller asks another peer or waits
+// for the origin. When the origin has been unreachable for GapAfter and
+// every live peer holding more of it refused, the puller records the gap up
+// to the least any of them lost and pulls the rest. Each hub keeps its gaps
+// in a gap book (Config.StateFile) so a gap counts once across reconnects
+// and restarts, pulls resume after it, and, as a relay, the hub announces
+// it to its own pullers. Compacted streams converge on the latest record
+// per key; holes there are expected and not reported.
 //
 // # Caveats
 //

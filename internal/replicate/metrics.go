@@ -38,7 +38,7 @@ func newMetrics() *metrics {
 		}, []string{"stream", "origin"}),
 		gaps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgehub_replication_gaps_total",
-			Help: "Gaps: ranges of an origin's records deleted by retention before this hub pulled them.",
+			Help: "Gaps: ranges of an origin's records this hub will never hold (deleted by retention before it pulled them, or held by no live peer while the origin was unreachable).",
 		}, []string{"stream", "origin"}),
 		gapSeqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgehub_replication_gap_sequences_total",

@@ -107,6 +107,15 @@ type Config struct {
 	Interval time.Duration
 	// RetryMin and RetryMax bound the backoff after a failed pull.
 	RetryMin, RetryMax time.Duration
+	// GapAfter is how long an origin must have been unreachable (not alive
+	// in membership) before records of it that no live peer can serve any
+	// more (every peer holding more of it trimmed them) are declared a
+	// gap, so that its later records, which relays hold, flow again. Until
+	// then the origin may come back with them, and its lag shows.
+	GapAfter time.Duration
+	// StateFile, if set, keeps the gaps this hub reported (see gapBook)
+	// across restarts, so a gap is counted once and relayed to peers.
+	StateFile string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, receives the replication metrics.
@@ -123,6 +132,7 @@ func DefaultConfig(self string) Config {
 		Interval:      250 * time.Millisecond,
 		RetryMin:      100 * time.Millisecond,
 		RetryMax:      5 * time.Second,
+		GapAfter:      10 * time.Minute,
 	}
 }
 
@@ -144,8 +154,9 @@ func (c Config) Validate() error {
 	if c.MaxBatchBytes < 4<<10 {
 		bad("max batch bytes %d below 4KiB", c.MaxBatchBytes)
 	}
-	if c.Heartbeat <= 0 || c.Interval <= 0 || c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
-		bad("intervals must be positive (heartbeat %s, interval %s, retry %s..%s)", c.Heartbeat, c.Interval, c.RetryMin, c.RetryMax)
+	if c.Heartbeat <= 0 || c.Interval <= 0 || c.RetryMin <= 0 || c.RetryMax < c.RetryMin || c.GapAfter <= 0 {
+		bad("intervals must be positive (heartbeat %s, interval %s, retry %s..%s, gap after %s)",
+			c.Heartbeat, c.Interval, c.RetryMin, c.RetryMax, c.GapAfter)
 	}
 	return errors.Join(errs...)
 }
@@ -162,12 +173,15 @@ type Replicator struct {
 	logger  *slog.Logger
 	metrics *metrics
 	high    *highCache
+	gaps    *gapBook
 	srv     *server
+	started time.Time
 
-	mu       sync.Mutex
-	tasks    map[taskKey]*task
-	limiters map[string]*limiter
-	warned   map[string]bool // one-time warnings (shard mismatch)
+	mu        sync.Mutex
+	tasks     map[taskKey]*task
+	limiters  map[string]*limiter
+	warned    map[string]bool      // one-time warnings (shard mismatch)
+	lastAlive map[string]time.Time // when membership last showed each peer alive
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -188,18 +202,25 @@ func New(cfg Config) (*Replicator, error) {
 		return nil, err
 	}
 	r := &Replicator{
-		cfg:      cfg,
-		logger:   cfg.Logger.With("component", "replicate"),
-		metrics:  newMetrics(),
-		high:     newHighCache(),
-		tasks:    map[taskKey]*task{},
-		limiters: map[string]*limiter{},
-		warned:   map[string]bool{},
-		closed:   make(chan struct{}),
+		cfg:       cfg,
+		logger:    cfg.Logger.With("component", "replicate"),
+		metrics:   newMetrics(),
+		high:      newHighCache(),
+		started:   time.Now(),
+		tasks:     map[taskKey]*task{},
+		limiters:  map[string]*limiter{},
+		warned:    map[string]bool{},
+		lastAlive: map[string]time.Time{},
+		closed:    make(chan struct{}),
 	}
+	gaps, err := newGapBook(cfg.StateFile)
+	if err != nil {
+		r.logger.Warn("replicate: starting with no gaps recorded; gaps already reported may be reported again", "err", err)
+	}
+	r.gaps = gaps
 	r.srv = &server{
 		self: cfg.Self, store: cfg.Store, tags: r.peerTags, heartbeat: cfg.Heartbeat,
-		maxBatch: cfg.MaxBatchBytes, high: r.high, logger: r.logger, metrics: r.metrics,
+		maxBatch: cfg.MaxBatchBytes, high: r.high, gaps: gaps, logger: r.logger, metrics: r.metrics,
 		authorize: cfg.Authorize,
 	}
 	if cfg.Registerer != nil {
@@ -271,6 +292,14 @@ func (r *Replicator) Close() error {
 // set of pull tasks match what peers hold.
 func (r *Replicator) reconcile(ctx context.Context) {
 	peers := r.cfg.Membership.Peers()
+	now := time.Now()
+	r.mu.Lock()
+	for _, p := range peers {
+		if p.Alive {
+			r.lastAlive[p.Name] = now
+		}
+	}
+	r.mu.Unlock()
 	r.syncDefs(ctx, peers)
 	streams := r.cfg.Store.Streams()
 	want := map[taskKey]bool{}
@@ -314,6 +343,11 @@ func (r *Replicator) reconcile(ctx context.Context) {
 		}
 	}
 	r.high.forget(func(st *store.Stream) bool { return slices.Contains(streams, st) })
+	if err := r.gaps.forget(func(name string) bool {
+		return slices.ContainsFunc(streams, func(st *store.Stream) bool { return st.Name() == name })
+	}); err != nil {
+		r.logger.Warn("replicate: forgetting the gaps of deleted streams", "err", err)
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -521,7 +555,11 @@ func (r *Replicator) Status() []TaskStatus {
 	r.mu.Unlock()
 	out := make([]TaskStatus, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, t.snapshot())
+		s := t.snapshot()
+		if e, ok := r.gaps.entry(t.key.stream, t.key.origin); ok {
+			s.Gaps, s.GapSeqs, s.LastGap = e.Gaps, e.Seqs, e.Last
+		}
+		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b TaskStatus) int {
 		if c := strings.Compare(a.Stream, b.Stream); c != 0 {
@@ -534,6 +572,11 @@ func (r *Replicator) Status() []TaskStatus {
 	})
 	return out
 }
+
+// Gaps lists what this hub lost, per stream and origin shard: records it
+// will never hold (deleted by retention before it pulled them, or that no
+// live peer could serve any more).
+func (r *Replicator) Gaps() []GapStatus { return r.gaps.all() }
 
 // Lag is replication lag for one origin hub of one stream, summed over its
 // shards, against the peer we pull it from.
@@ -575,8 +618,11 @@ type task struct {
 	mu       sync.Mutex
 	status   TaskStatus
 	lastAge  time.Duration // age of the newest record received, while behind
-	gapThru  uint64        // highest gap end reported (a reconnect may re-announce)
 	excluded map[string]time.Time
+	// trims are the first sequences peers answered they still hold
+	// (PULL_TRIMMED), valid while our watermark is trimsAt.
+	trims   map[string]uint64
+	trimsAt uint64
 }
 
 func (t *task) poke() {
@@ -608,13 +654,43 @@ func (t *task) set(f func(s *TaskStatus)) {
 // errReconsider ends a pull from a relay when the origin becomes reachable.
 var errReconsider = errors.New("replicate: a better peer is available")
 
+// trimmedError is a relay's PULL_TRIMMED.
+type trimmedError struct {
+	peer        string
+	k           store.OriginKey
+	first, need uint64
+}
+
+func (e *trimmedError) Error() string {
+	return fmt.Sprintf("%v: %s holds %s/%d only from %d, we need %d", ErrTrimmed, e.peer, e.k.Hub, e.k.Shard, e.first, e.need)
+}
+
+func (e *trimmedError) Unwrap() error { return ErrTrimmed }
+
+// source is where a task pulls from next.
+type source struct {
+	Peer
+	// gapTo, if set, declares origin sequences after our watermark up to
+	// gapTo lost: no live peer holds them (see chooseSource).
+	gapTo  uint64
+	reason string
+}
+
 func (r *Replicator) runTask(ctx context.Context, t *task) {
 	backoff := r.cfg.RetryMin
+	t.mu.Lock()
 	t.excluded = map[string]time.Time{}
+	t.trims = map[string]uint64{}
+	t.mu.Unlock()
 	for ctx.Err() == nil {
-		src, ok := r.chooseSource(t)
+		src, ok, why := r.chooseSource(t)
 		if !ok {
-			t.set(func(s *TaskStatus) { s.State, s.Peer = "waiting", "" })
+			t.set(func(s *TaskStatus) {
+				s.State, s.Peer = "waiting", ""
+				if why != "" {
+					s.LastError = why
+				}
+			})
 			select {
 			case <-ctx.Done():
 				return
@@ -643,13 +719,20 @@ func (r *Replicator) runTask(ctx context.Context, t *task) {
 		r.logger.Log(ctx, level, "replicate: pull failed; retrying", "stream", t.key.stream,
 			"origin", t.key.origin.Hub, "shard", t.key.origin.Shard, "peer", src.Name, "err", err, "backoff", backoff)
 		t.set(func(s *TaskStatus) { s.State, s.LastError = "retrying", err.Error() })
-		// Try another peer next time, if there is one.
-		exclude := backoff
-		if errors.Is(err, ErrTrimmed) {
-			exclude = time.Minute
-		}
 		t.mu.Lock()
-		t.excluded[src.Name] = time.Now().Add(exclude)
+		var te *trimmedError
+		if errors.As(err, &te) {
+			// It cannot serve us until we hold more: ask the others, and
+			// remember what it holds in case nobody can.
+			if t.trimsAt != te.need-1 {
+				clear(t.trims)
+				t.trimsAt = te.need - 1
+			}
+			t.trims[src.Name] = te.first
+		} else {
+			// Try another peer next time, if there is one.
+			t.excluded[src.Name] = time.Now().Add(backoff)
+		}
 		t.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -661,30 +744,48 @@ func (r *Replicator) runTask(ctx context.Context, t *task) {
 }
 
 // chooseSource picks the peer to pull t's origin from: the origin itself
-// when it is alive and admitted, else the admitted peer holding the most of
-// it beyond our watermark. Peers that failed recently are skipped while
-// another candidate exists.
-func (r *Replicator) chooseSource(t *task) (Peer, bool) {
+// when it is alive, else the peer holding the most of it beyond our
+// watermark. Peers that failed recently are skipped while another candidate
+// exists; peers that answered PULL_TRIMMED at our watermark are skipped.
+//
+// When every live peer holding more of the origin has trimmed the records
+// right after our watermark and the origin has been unreachable for
+// GapAfter, nobody can serve them: the source is then the peer that lost
+// the fewest, with a gap up to the first record it holds. Before GapAfter
+// the task waits (why says for what), and the origin's lag shows.
+func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 	st, err := r.cfg.Store.Stream(t.key.stream)
 	if err != nil {
-		return Peer{}, false
+		return source{}, false, ""
 	}
-	ours := st.Watermark(t.key.origin)
+	k := t.key.origin
+	ours := r.position(st, t.key)
 	now := time.Now()
 	t.mu.Lock()
-	excluded := func(name string) bool { return now.Before(t.excluded[name]) }
 	defer t.mu.Unlock()
-	var best, fallback Peer
+	if t.trimsAt != ours {
+		clear(t.trims)
+		t.trimsAt = ours
+	}
+	excluded := func(name string) bool { return now.Before(t.excluded[name]) }
+	var best, fallback, trimmedBest Peer
 	var bestSeq uint64
-	found, haveFallback := false, false
+	found, haveFallback, haveTrimmed, originAlive := false, false, false, false
 	for _, p := range r.cfg.Membership.Peers() {
 		ps, ok := p.Streams[t.key.stream]
 		if !ok || !p.Alive {
 			continue
 		}
-		seq := ps.Vector[t.key.origin]
-		isOrigin := p.Name == t.key.origin.Hub
+		seq := ps.Vector[k]
+		isOrigin := p.Name == k.Hub
+		originAlive = originAlive || isOrigin
 		if !isOrigin && seq <= ours {
+			continue
+		}
+		if first, ok := t.trims[p.Name]; ok && !isOrigin {
+			if !haveTrimmed || first < t.trims[trimmedBest.Name] || (first == t.trims[trimmedBest.Name] && p.Name < trimmedBest.Name) {
+				trimmedBest, haveTrimmed = p, true
+			}
 			continue
 		}
 		if excluded(p.Name) {
@@ -694,16 +795,64 @@ func (r *Replicator) chooseSource(t *task) (Peer, bool) {
 			continue
 		}
 		if isOrigin {
-			return p, true
+			return source{Peer: p}, true, ""
 		}
 		if !found || seq > bestSeq || (seq == bestSeq && p.Name < best.Name) {
 			best, bestSeq, found = p, seq, true
 		}
 	}
-	if found {
-		return best, true
+	switch {
+	case found:
+		return source{Peer: best}, true, ""
+	case haveFallback:
+		return source{Peer: fallback}, true, ""
+	case !haveTrimmed:
+		return source{}, false, ""
 	}
-	return fallback, haveFallback
+	// Every live holder trimmed what we need next.
+	first := t.trims[trimmedBest.Name]
+	if originAlive {
+		// It may still hold them (if it cannot, it says so with a gap).
+		return source{}, false, ""
+	}
+	r.mu.Lock()
+	down := r.started // not seen alive since we started
+	if seen := r.lastAlive[k.Hub]; seen.After(down) {
+		down = seen
+	}
+	r.mu.Unlock()
+	if wait := down.Add(r.cfg.GapAfter).Sub(now); wait > 0 {
+		return source{}, false, fmt.Sprintf("origin %s unreachable and every live peer holding more of it trimmed %d..%d "+
+			"(%s holds from %d): declaring them a gap in %s unless it returns", k.Hub, ours+1, first-1, trimmedBest.Name, first, wait.Round(time.Second))
+	}
+	return source{Peer: trimmedBest, gapTo: first - 1,
+		reason: fmt.Sprintf("origin %s unreachable since %s and every live peer holding more of it trimmed them", k.Hub, down.UTC().Format(time.RFC3339))}, true, ""
+}
+
+// position is where t's pulls resume: after the watermark, and after the
+// gaps recorded right above it (those records are lost for good; asking
+// past them spares the origin announcing them again).
+func (r *Replicator) position(st *store.Stream, k taskKey) uint64 {
+	return r.gaps.reach(k.stream, k.origin, st.Watermark(k.origin))
+}
+
+// recordGap records that origin sequences from..to of t's origin are lost
+// here: counted, logged and shown in hub peers once, however often
+// announced.
+func (r *Replicator) recordGap(t *task, from, to uint64, peer, reason string) {
+	k := t.key.origin
+	desc := fmt.Sprintf("%d..%d at %s from %s: %s", from, to, time.Now().UTC().Format(time.RFC3339), peer, reason)
+	fresh, err := r.gaps.add(t.key.stream, k, from, to, desc)
+	if err != nil {
+		r.logger.Warn("replicate: recording a gap", "stream", t.key.stream, "origin", k.Hub, "shard", k.Shard, "err", err)
+	}
+	if fresh == 0 {
+		return
+	}
+	r.metrics.gaps.WithLabelValues(t.key.stream, k.Hub).Inc()
+	r.metrics.gapSeqs.WithLabelValues(t.key.stream, k.Hub).Add(float64(fresh))
+	r.logger.Warn("replicate: gap: records of an origin this hub will never hold", "stream", t.key.stream,
+		"origin", k.Hub, "shard", k.Shard, "from", from, "to", to, "peer", peer, "reason", reason)
 }
 
 func (r *Replicator) limiter(peer string) *limiter {
@@ -735,13 +884,17 @@ func (r *Replicator) targetShard(st *store.Stream, k store.OriginKey) int {
 
 // pull runs one pull from src until it fails or a better source appears.
 // It reports whether any record was applied.
-func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bool, err error) {
+func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed bool, err error) {
 	st, err := r.cfg.Store.Stream(t.key.stream)
 	if err != nil {
 		return false, err
 	}
 	k := t.key.origin
-	after := st.Watermark(k)
+	after := r.position(st, t.key)
+	if src.gapTo > after {
+		r.recordGap(t, after+1, src.gapTo, src.Name, src.reason)
+		after = src.gapTo
+	}
 	t.set(func(s *TaskStatus) {
 		s.Peer, s.State, s.Watermark = src.Name, "catching-up", after
 	})
@@ -749,7 +902,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 	defer cancel(nil)
 	// The transport receives ahead of applying (up to the pull's credit),
 	// so the network and the next batches overlap the current fsync.
-	ps, err := r.cfg.Transport.Pull(pctx, src, PullRequest{
+	ps, err := r.cfg.Transport.Pull(pctx, src.Peer, PullRequest{
 		Requester: r.cfg.Self, Stream: t.key.stream, Origin: k, After: after,
 		Follow: true, MaxBatchBytes: uint64(r.cfg.MaxBatchBytes),
 	})
@@ -767,7 +920,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 			for {
 				select {
 				case <-t.wake:
-					if p, ok := r.chooseSource(t); ok && p.Name != src.Name && p.Name == k.Hub {
+					if p, ok, _ := r.chooseSource(t); ok && p.Name != src.Name && p.Name == k.Hub {
 						cancel(errReconsider)
 						return
 					}
@@ -888,25 +1041,12 @@ func (r *Replicator) pull(ctx context.Context, t *task, src Peer) (progressed bo
 			}
 			t.mu.Unlock()
 		case FramePullGap:
-			g := in.Gap
-			t.mu.Lock()
-			news := g.To > t.gapThru
-			if news {
-				from := max(g.From, t.gapThru+1)
-				t.gapThru = g.To
-				t.status.Gaps++
-				t.status.GapSeqs += g.To - from + 1
-				t.status.LastGap = fmt.Sprintf("%d..%d at %s: %s", from, g.To, time.Now().UTC().Format(time.RFC3339), g.Reason)
-			}
-			t.mu.Unlock()
-			if news {
-				r.metrics.gaps.WithLabelValues(t.key.stream, k.Hub).Inc()
-				r.metrics.gapSeqs.WithLabelValues(t.key.stream, k.Hub).Add(float64(g.To - max(g.From, 1) + 1))
-				r.logger.Warn("replicate: gap: records deleted by retention before this hub pulled them",
-					"stream", t.key.stream, "origin", k.Hub, "shard", k.Shard, "from", g.From, "to", g.To, "peer", src.Name)
+			// Only what lies beyond what we hold can be lost to us.
+			if from := max(in.Gap.From, wm+1); from <= in.Gap.To {
+				r.recordGap(t, from, in.Gap.To, src.Name, in.Gap.Reason)
 			}
 		case FramePullTrimmed:
-			return progressed, fmt.Errorf("%w: %s holds %s/%d only from %d, we need %d", ErrTrimmed, src.Name, k.Hub, k.Shard, in.Trimmed, wm+1)
+			return progressed, &trimmedError{peer: src.Name, k: k, first: in.Trimmed, need: wm + 1}
 		}
 	}
 }

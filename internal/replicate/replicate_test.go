@@ -33,6 +33,7 @@ type memNet struct {
 type memHub struct {
 	name  string
 	tags  []string
+	tune  func(*Config) // adjusts the replicator's config at each start
 	store *store.Store
 	rep   *Replicator
 	live  atomic.Pointer[Replicator] // rep while running; read by peers
@@ -72,13 +73,19 @@ func quietLogger() *slog.Logger {
 // addHub opens a store in a temp dir and starts a replicator on it.
 func (n *memNet) addHub(t testing.TB, name string, tags ...string) *memHub {
 	t.Helper()
+	return n.addHubWith(t, name, nil, tags...)
+}
+
+// addHubWith is addHub with tune applied to the replicator's config.
+func (n *memNet) addHubWith(t testing.TB, name string, tune func(*Config), tags ...string) *memHub {
+	t.Helper()
 	cfg := store.DefaultConfig(t.TempDir())
 	cfg.Logger = quietLogger()
 	st, err := store.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &memHub{name: name, tags: tags, store: st}
+	h := &memHub{name: name, tags: tags, tune: tune, store: st}
 	n.mu.Lock()
 	n.hubs[name] = h
 	n.mu.Unlock()
@@ -102,6 +109,9 @@ func (n *memNet) start(t testing.TB, h *memHub) {
 	rc.RetryMin = 10 * time.Millisecond
 	rc.RetryMax = 100 * time.Millisecond
 	rc.Logger = quietLogger()
+	if h.tune != nil {
+		h.tune(&rc)
+	}
 	h.reg = prometheus.NewRegistry()
 	rc.Registerer = h.reg
 	rep, err := New(rc)

@@ -26,6 +26,7 @@ type server struct {
 	heartbeat time.Duration
 	maxBatch  int
 	high      *highCache
+	gaps      *gapBook
 	logger    *slog.Logger
 	metrics   *metrics
 	authorize Authorizer
@@ -159,13 +160,38 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 
 // serveRelay serves records of a foreign origin held here, through the
 // store's origin index.
+//
+// The index has holes: the origin's own numbering skips the records its
+// shard replicated from others (normal), this hub's retention may have
+// removed records, and this hub may have accepted gaps (recorded in the
+// gap book). Recorded gaps are announced to the puller (PULL_GAP) where
+// they fall, so a gap travels down a chain of relays instead of becoming a
+// silent skip. For any other hole this hub cannot tell numbering from
+// trimming, except that retention removes an origin's records oldest
+// first: while we still hold a record of the origin at or below the
+// puller's position, nothing after it was trimmed. Otherwise, if our
+// retention ever trimmed the stream, we refuse (PULL_TRIMMED) rather than
+// risk a silent skip, and the puller asks the origin or another peer.
+// Compacted streams converge on the latest record per key; their holes
+// are expected and served as they are.
 func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullRequest, maxBatch int, out Sender) error {
 	k := pr.Origin
 	pos := pr.After
 	compact := st.Config().Compact
 	var buf []byte
 	idle := false
-	checked := false
+	// mayBeTrimmed reports whether records of k after pos may have been
+	// removed by our retention.
+	mayBeTrimmed := func() (bool, error) {
+		if compact || !trimmed(st) {
+			return false, nil
+		}
+		first, err := st.ReadOrigin(k, 0, 1)
+		if err != nil {
+			return false, err
+		}
+		return len(first) == 0 || first[0].Origin.Seq > pos, nil
+	}
 	for {
 		limit, err := readLimit(ctx, out, maxBatch)
 		if err != nil {
@@ -176,24 +202,27 @@ func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullReques
 		if err != nil {
 			return serveErr(pr, err)
 		}
-		if !checked && len(recs) > 0 {
-			checked = true
-			// We cannot tell a hole in the origin's numbering (its shard
-			// interleaves replicated records) from records our retention
-			// removed. If we ever trimmed, refuse rather than risk a
-			// silent skip: the requester asks the origin, which knows.
-			if recs[0].Origin.Seq > pos+1 && !compact && trimmed(st) {
-				if err := out.Send(FramePullTrimmed, quic.RawPayload(appendUvarint(nil, recs[0].Origin.Seq))); err != nil {
-					return err
-				}
-				return nil
+		if len(recs) > 0 && recs[0].Origin.Seq > pos+1 && !s.gaps.covers(pr.Stream, k, pos+1, recs[0].Origin.Seq-1) {
+			risky, err := mayBeTrimmed()
+			if err != nil {
+				return serveErr(pr, err)
+			}
+			if risky {
+				return out.Send(FramePullTrimmed, quic.RawPayload(appendUvarint(nil, recs[0].Origin.Seq)))
 			}
 		}
 		if len(recs) == 0 {
-			wm := st.Watermark(k)
-			if wm > pos && !checked {
-				// Everything after pos that we applied is gone.
-				if !compact && trimmed(st) {
+			if wm := st.Watermark(k); wm > pos {
+				// We applied records after pos and hold none of them.
+				switch {
+				case s.gaps.covers(pr.Stream, k, pos+1, wm):
+					if err := s.sendGaps(out, pr, pos, wm); err != nil {
+						return err
+					}
+					pos = wm
+				case compact:
+					pos = wm
+				default:
 					return out.Send(FramePullTrimmed, quic.RawPayload(appendUvarint(nil, wm+1)))
 				}
 			}
@@ -205,15 +234,55 @@ func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullReques
 			}
 			continue
 		}
-		checked, idle = true, false
+		idle = false
 		for i := range recs {
 			recs[i].Seq = 0
 		}
-		pos = recs[len(recs)-1].Origin.Seq
-		if buf, err = s.send(out, buf, recs, max(st.Watermark(k), pos)); err != nil {
-			return err
+		high := max(st.Watermark(k), recs[len(recs)-1].Origin.Seq)
+		// Send the records, with the recorded gaps where they fall.
+		i := 0
+		for _, g := range s.gaps.within(pr.Stream, k, pos+1, recs[len(recs)-1].Origin.Seq) {
+			j := i
+			for j < len(recs) && recs[j].Origin.Seq < g[0] {
+				j++
+			}
+			if j > i {
+				if buf, err = s.send(out, buf, recs[i:j], high); err != nil {
+					return err
+				}
+				pos = recs[j-1].Origin.Seq
+			}
+			to := g[1]
+			if j < len(recs) {
+				to = min(to, recs[j].Origin.Seq-1)
+			}
+			if err := s.sendGaps(out, pr, pos, to); err != nil {
+				return err
+			}
+			pos, i = max(pos, to), j
+		}
+		if i < len(recs) {
+			if buf, err = s.send(out, buf, recs[i:], high); err != nil {
+				return err
+			}
+			pos = recs[len(recs)-1].Origin.Seq
 		}
 	}
+}
+
+// sendGaps announces the recorded gaps of pr's origin within pos+1..to.
+func (s *server) sendGaps(out Sender, pr PullRequest, pos, to uint64) error {
+	for _, g := range s.gaps.within(pr.Stream, pr.Origin, pos+1, to) {
+		from, end := max(g[0], pos+1), min(g[1], to)
+		if from > end {
+			continue
+		}
+		if err := out.Send(FramePullGap, &Gap{From: from, To: end, Reason: "lost at " + s.self + " before it held them (reported there as a gap)"}); err != nil {
+			return err
+		}
+		s.metrics.servedGaps.Inc()
+	}
+	return nil
 }
 
 // idle runs when the puller has everything: it says so once, then waits

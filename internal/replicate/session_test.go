@@ -55,7 +55,7 @@ func startPullServer(tb testing.TB, maxStreams int, authorize Authorizer) *pullS
 		tb.Fatal(err)
 	}
 	srv := &server{self: "origin", store: st, tags: func(string) ([]string, bool) { return nil, true },
-		heartbeat: 50 * time.Millisecond, maxBatch: 4 << 20, high: newHighCache(), logger: quietLogger(),
+		heartbeat: 50 * time.Millisecond, maxBatch: 4 << 20, high: newHighCache(), gaps: &gapBook{entries: map[gapKey]*gapEntry{}}, logger: quietLogger(),
 		metrics: newMetrics(), authorize: authorize}
 	qs.Handle(quic.OpReplicate, srv)
 	ctx, cancel := context.WithCancel(context.Background())
