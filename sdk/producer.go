@@ -258,6 +258,36 @@ func (p *Producer) SendFuture(ctx context.Context, rec Record) (*Future, error) 
 // producer's buffer is full, until ctx ends. The record's byte slices must
 // not change until cb runs.
 func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, error)) error {
+	return p.sendAsync(ctx, -1, rec, cb)
+}
+
+// SendTo stores rec in the given shard, whatever its key, and returns its
+// position once it is durable.
+func (p *Producer) SendTo(ctx context.Context, shard int, rec Record) (Position, error) {
+	if shard < 0 || shard >= p.shards {
+		return Position{}, quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", shard, p.shards)
+	}
+	f := &Future{done: make(chan struct{})}
+	err := p.sendAsync(ctx, shard, rec, func(pos Position, err error) {
+		f.pos, f.err = pos, err
+		close(f.done)
+	})
+	if err != nil {
+		return Position{}, err
+	}
+	return f.Wait(ctx)
+}
+
+// SendAsyncTo is SendAsync to an explicit shard.
+func (p *Producer) SendAsyncTo(ctx context.Context, shard int, rec Record, cb func(Position, error)) error {
+	if shard < 0 || shard >= p.shards {
+		return quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", shard, p.shards)
+	}
+	return p.sendAsync(ctx, shard, rec, cb)
+}
+
+// sendAsync queues rec for shard, or routes it when shard is -1.
+func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func(Position, error)) error {
 	size := rec.Size() + recordOverhead
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -284,24 +314,25 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 	case ctx.Err() != nil:
 		return ctx.Err()
 	}
-	shard := p.sticky
-	if rec.Key != nil {
+	switch {
+	case shard >= 0:
+	case rec.Key != nil:
 		shard = record.ShardForKey(rec.Key, p.shards)
-	} else if p.acc[shard] == nil && p.inflight[shard] > 0 {
-		// A keyless record may go anywhere: start its batch in an idle
-		// shard, whose append can commit alongside the others, rather
-		// than queue behind a batch in flight.
-		best := shard
-		for i := 1; i < p.shards; i++ {
-			s := (shard + i) % p.shards
-			if p.acc[s] != nil {
-				continue
+	default:
+		shard = p.sticky
+		if p.acc[shard] == nil && p.inflight[shard] > 0 {
+			// A keyless record may go anywhere: start its batch in an
+			// idle shard, whose append can commit alongside the others,
+			// rather than queue behind a batch in flight.
+			best := shard
+			for i := 1; i < p.shards; i++ {
+				s := (shard + i) % p.shards
+				if p.acc[s] == nil && p.inflight[s] < p.inflight[best] {
+					best = s
+				}
 			}
-			if p.inflight[s] < p.inflight[best] {
-				best = s
-			}
+			shard, p.sticky = best, best
 		}
-		shard, p.sticky = best, best
 	}
 	if b := p.acc[shard]; b != nil && b.bytes+size > p.maxBatchBytes() {
 		p.seal(shard) // the record would overflow the frame

@@ -332,3 +332,40 @@ func TestProducerRefusedSession(t *testing.T) {
 		t.Fatalf("producer without permission: %v", err)
 	}
 }
+
+func TestProducerExplicitShard(t *testing.T) {
+	th := newHub(t, nil, store.StreamConfig{Name: "s", Shards: 3})
+	c := dial(t, th)
+	ctx := testCtx(t)
+	p, err := c.Producer(ctx, "s", sdk.ProducerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	tests := []struct {
+		name  string
+		shard int
+		key   string
+		code  sdk.Code
+	}{
+		{"keyless to shard 2", 2, "", 0},
+		{"key ignored", 0, "routes-elsewhere", 0},
+		{"out of range", 3, "", sdk.CodeInvalidArgument},
+		{"negative", -1, "", sdk.CodeInvalidArgument},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var key []byte
+			if tc.key != "" {
+				key = []byte(tc.key)
+			}
+			pos, err := p.SendTo(ctx, tc.shard, sdk.Record{Key: key, Value: []byte("v")})
+			if sdk.CodeOf(err) != tc.code {
+				t.Fatalf("SendTo: %v, want code %s", err, tc.code)
+			}
+			if err == nil && pos.Shard != tc.shard {
+				t.Fatalf("stored in shard %d, want %d", pos.Shard, tc.shard)
+			}
+		})
+	}
+}
