@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )
@@ -342,6 +343,11 @@ func TestProducerExplicitShard(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close(ctx)
+	// A key that routes elsewhere than shard 0.
+	elsewhere := "k0"
+	for i := 0; record.ShardForKey([]byte(elsewhere), 3) == 0; i++ {
+		elsewhere = fmt.Sprintf("k%d", i)
+	}
 	tests := []struct {
 		name  string
 		shard int
@@ -349,7 +355,7 @@ func TestProducerExplicitShard(t *testing.T) {
 		code  sdk.Code
 	}{
 		{"keyless to shard 2", 2, "", 0},
-		{"key ignored", 0, "routes-elsewhere", 0},
+		{"key ignored", 0, elsewhere, 0},
 		{"out of range", 3, "", sdk.CodeInvalidArgument},
 		{"negative", -1, "", sdk.CodeInvalidArgument},
 	}
