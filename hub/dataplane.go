@@ -347,8 +347,23 @@ func wireErr(err error) error {
 	return &quic.Error{Code: code, Message: err.Error()}
 }
 
+// clientErr is wireErr for what a client is told: hub-side failures keep
+// their details (file paths, say) in the hub's log.
+func (d *dataPlane) clientErr(err error) error {
+	e, ok := wireErr(err).(*quic.Error)
+	if !ok || (e.Code != quic.CodeInternal && e.Code != quic.CodeCorrupt) {
+		return wireErr(err)
+	}
+	d.logger.Error("data plane: operation failed", "code", e.Code.String(), "err", err)
+	msg := "hub-side failure; see the hub's log"
+	if e.Code == quic.CodeCorrupt {
+		msg = "stored data failed verification; see the hub's log"
+	}
+	return &quic.Error{Code: e.Code, Message: msg}
+}
+
 func (d *dataPlane) refuse(op quic.Op, err error) error {
-	err = wireErr(err)
+	err = d.clientErr(err)
 	d.m.refusals.WithLabelValues(op.String(), quic.CodeOf(err).String()).Inc()
 	return err
 }
@@ -531,7 +546,7 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 				return finish(err)
 			}
 			// A refusal of this batch alone.
-			e := wireErr(err).(*quic.Error)
+			e := d.clientErr(err).(*quic.Error)
 			pb.ack.Code, pb.ack.Message = e.Code, e.Message
 			ack(pb)
 			continue
@@ -592,7 +607,7 @@ func (d *dataPlane) appendBatch(ctx context.Context, st *store.Stream, pb *pendi
 	}
 	res, err := st.Append(ctx, pb.batch)
 	if err != nil {
-		e := wireErr(err).(*quic.Error)
+		e := d.clientErr(err).(*quic.Error)
 		pb.ack.Code, pb.ack.Message = e.Code, e.Message
 		return
 	}
