@@ -33,6 +33,7 @@ type Config struct {
 	TLS      TLSConfig       `toml:"tls"`
 	Auth     AuthConfig      `toml:"auth"`
 	Limits   LimitsConfig    `toml:"limits"`
+	Groups   GroupsConfig    `toml:"groups"`
 	Gossip   GossipConfig    `toml:"gossip"`
 	Plugins  []PluginConfig  `toml:"plugin"`
 	Webhooks []WebhookConfig `toml:"webhook"`
@@ -228,6 +229,7 @@ func (c Config) Validate() error {
 	errs = append(errs, inSection("tls", c.TLS.Validate()))
 	errs = append(errs, inSection("auth", c.Auth.Validate()))
 	errs = append(errs, inSection("limits", c.Limits.Validate()))
+	errs = append(errs, inSection("groups", c.Groups.Validate()))
 	errs = append(errs, inSection("gossip", c.Gossip.Validate()))
 	for i, p := range c.Plugins {
 		errs = append(errs, inSection(fmt.Sprintf("plugin[%d]", i), p.Validate()))

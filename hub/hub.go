@@ -83,6 +83,7 @@ func New(cfg Config) (*Hub, error) {
 		h.addAdmin,
 		h.addPlugins,
 		h.addDataPlane,
+		h.addGroups,
 		h.addFederation,
 		// Parts plug in here, one line each (e.g. h.addDataPlane).
 	} {

@@ -104,7 +104,7 @@ func toJSON(m sdk.Message) jsonRecord {
 }
 
 func consume(ctx context.Context, args []string) error {
-	fs := newFlags("consume", "consume STREAM [--from earliest|latest|SEQ|RFC3339] [--shard N] [-n COUNT] [--follow] [--format value|json]")
+	fs := newFlags("consume", "consume STREAM [--from earliest|latest|SEQ|RFC3339] [--shard N | --group NAME [--member ID]] [-n COUNT] [--follow] [--format value|json]")
 	df := addDataFlags(fs)
 	from := fs.String("from", "earliest", "start `POSITION`: earliest, latest, a sequence number or an RFC 3339 time")
 	var shards shardFlags
@@ -113,6 +113,8 @@ func consume(ctx context.Context, args []string) error {
 	follow := fs.Bool("follow", false, "keep waiting for new records (default: stop at the end)")
 	fs.BoolVar(follow, "f", false, "short for --follow")
 	format := fs.String("format", "value", "output `FORMAT`: value (one value per line) or json (one object per line)")
+	group := fs.String("group", "", "consume as a member of consumer `GROUP` (shards shared with its members, offsets committed; see docs/groups.md)")
+	member := fs.String("member", "", "member `ID` in --group (default: unique per process)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -127,11 +129,17 @@ func consume(ctx context.Context, args []string) error {
 	if *format != "value" && *format != "json" {
 		return usagef("invalid --format %q: want value or json", *format)
 	}
+	if *group != "" && len(shards) > 0 {
+		return usagef("--shard and --group exclude each other: the group assigns the shards")
+	}
 	c, err := df.dial(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if *group != "" {
+		return consumeGroup(ctx, c, pos[0], *group, *member, start, *count, *follow, *format)
+	}
 	sub, err := c.Subscribe(ctx, pos[0], sdk.ConsumeOptions{Shards: shards, From: start})
 	if err != nil {
 		return err
