@@ -40,7 +40,9 @@ type Config struct {
 	MaxConcurrentCalls int
 	// BusyDutyCycle is the share of wall time a runner may hold an
 	// execution slot while records keep arriving on its input shard; it
-	// waits out the rest. 1 disables the throttle. Default 0.5.
+	// waits out the rest. 1 disables the throttle. Default 1/3: during an
+	// ingest burst plugins take at most a third of a slot each, and catch up
+	// at full speed when it ends (docs/performance.md).
 	BusyDutyCycle float64
 	// Now is the wall clock; nil means time.Now.
 	Now func() time.Time
@@ -49,7 +51,7 @@ type Config struct {
 // DefaultConfig returns a Config for the data directory dir.
 func DefaultConfig(dir string) Config {
 	return Config{Dir: dir, HubName: "local", LogLines: 1000, GuestLogRate: 100,
-		MaxConcurrentCalls: max(1, runtime.GOMAXPROCS(0)/2), BusyDutyCycle: 0.5}
+		MaxConcurrentCalls: max(1, runtime.GOMAXPROCS(0)/2), BusyDutyCycle: 1.0 / 3}
 }
 
 // Validate reports every problem in c at once.

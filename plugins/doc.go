@@ -35,7 +35,7 @@
 //
 // Compiled wasm is not preempted until a call returns, so runners take an
 // execution slot (Config.MaxConcurrentCalls, half the CPUs) for each step
-// (read, call, commit), keep a duty cycle (Config.BusyDutyCycle) while their
+// (read, call, commit), keep a duty cycle (Config.BusyDutyCycle, 1/3) while their
 // input is being written to, and move to a quarantine slot while their calls
 // fail. Plugins thus lag behind an ingest burst and catch up after it. See
 // docs/plugins.md and docs/performance.md.
