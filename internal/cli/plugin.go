@@ -323,8 +323,13 @@ func pluginDescribe(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "On error:\t%s, backoff %s..%s\n", policy, i.BackoffMin, i.BackoffMax)
 	fmt.Fprintf(tw, "Limits:\t%s memory, %s per call, %d records / %s per batch, timer every %s\n",
 		humanBytes(int64(i.MemoryPages)*65536), i.CallTimeout, i.BatchRecords, humanBytes(int64(i.BatchBytes)), i.TimerInterval)
-	for k, v := range i.Config {
-		fmt.Fprintf(tw, "Config %s:\t%s\n", k, v)
+	keys := make([]string, 0, len(i.Config))
+	for k := range i.Config {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "Config %s:\t%s\n", k, i.Config[k])
 	}
 	fmt.Fprintf(tw, "Records:\t%d in, %d out, %d dead-lettered, %d lag\n", i.RecordsIn, i.RecordsOut, i.DeadLettered, i.Lag)
 	fmt.Fprintf(tw, "State:\t%s in %d keys\n", humanBytes(i.StateBytes), i.StateKeys)
