@@ -189,11 +189,15 @@ func (r *runner) run(ctx context.Context) {
 		if last-r.cp.Next+1 < uint64(r.def.BatchRecords) && !r.linger(ctx) {
 			return
 		}
-		began := time.Now()
-		if !r.withSlot(ctx, func() bool { return r.step(ctx) }) {
+		var took time.Duration // in the slot, not waiting for it
+		if !r.withSlot(ctx, func() bool {
+			began := time.Now()
+			defer func() { took = time.Since(began) }()
+			return r.step(ctx)
+		}) {
 			return
 		}
-		if !r.yieldToIngest(ctx, last, time.Since(began)) {
+		if !r.yieldToIngest(ctx, last, took) {
 			return
 		}
 		select {
