@@ -86,7 +86,8 @@ type GroupConsumer struct {
 	commitID uint64
 	leaving  bool
 
-	wake     chan struct{} // an assignment or a fatal error arrived (capacity 1)
+	wake     chan struct{} // an assignment, a new session or a fatal error (capacity 1)
+	up       atomic.Bool   // a session is established
 	loopDone chan struct{}
 	hbEvery  atomic.Int64  // heartbeat interval, ns
 	recvGen  atomic.Uint64 // generation of the newest assignment received
@@ -148,6 +149,7 @@ func (c *Client) JoinGroup(ctx context.Context, group, stream string, opts Group
 		g.cancel()
 		return nil, fmt.Errorf("sdk: join group %q: %w", group, err)
 	}
+	g.setSession(st)
 	g.deliver(a)
 	go g.run(st)
 	if err := g.maintain(ctx); err != nil {
@@ -255,6 +257,17 @@ func (g *GroupConsumer) await(ctx context.Context) error {
 	for {
 		if err := g.maintain(ctx); err != nil {
 			return err
+		}
+		if !g.up.Load() {
+			// Between sessions this member cannot know whether it still
+			// holds its shards (a hub restart or a session expiry moves
+			// them): hold records back until the rejoin's assignment.
+			select {
+			case <-g.wake:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		if g.sub != nil && g.sub.Buffered() > 0 {
 			return nil
@@ -531,18 +544,18 @@ func (g *GroupConsumer) run(st *quic.Stream) {
 	defer close(g.loopDone)
 	attempt := 0
 	for {
-		g.mu.Lock()
-		g.st = st
-		g.mu.Unlock()
+		g.setSession(st)
 		err := g.session(st)
 		g.mu.Lock()
 		g.st = nil
+		g.up.Store(false)
 		for id, ch := range g.waiters {
 			ch <- commitResult{err: fmt.Errorf("%w: %w", errNoSession, err)}
 			delete(g.waiters, id)
 		}
 		leaving := g.leaving
 		g.mu.Unlock()
+		g.signal() // stop handing out records until the rejoin
 		st.Cancel(quic.CodeCanceled)
 		if leaving || g.ctx.Err() != nil {
 			return
@@ -638,16 +651,30 @@ func (g *GroupConsumer) session(st *quic.Stream) error {
 	}
 }
 
+// setSession makes st the current session and wakes the application
+// goroutine, which holds records back while no session is up.
+func (g *GroupConsumer) setSession(st *quic.Stream) {
+	g.mu.Lock()
+	g.st = st
+	g.up.Store(true)
+	g.mu.Unlock()
+	g.signal()
+}
+
+func (g *GroupConsumer) signal() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
 // deliver hands a new assignment to the application goroutine.
 func (g *GroupConsumer) deliver(a *quic.GroupAssignment) {
 	g.recvGen.Store(a.Generation)
 	g.mu.Lock()
 	g.latest = a
 	g.mu.Unlock()
-	select {
-	case g.wake <- struct{}{}:
-	default:
-	}
+	g.signal()
 }
 
 func (g *GroupConsumer) setFatal(err error) {
@@ -656,10 +683,7 @@ func (g *GroupConsumer) setFatal(err error) {
 		g.fatal = err
 	}
 	g.mu.Unlock()
-	select {
-	case g.wake <- struct{}{}:
-	default:
-	}
+	g.signal()
 }
 
 // Close commits what was processed, leaves the group (its shards move to
