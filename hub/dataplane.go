@@ -404,11 +404,13 @@ func (d *dataPlane) info(ctx context.Context, req *quic.Request) error {
 
 // pendingBatch is one BATCH between its arrival and its ACK.
 type pendingBatch struct {
-	batch store.Batch
-	id    uint64
-	size  int64
-	start time.Time
-	ack   quic.Ack
+	batch   store.Batch
+	id      uint64
+	size    int64
+	start   time.Time
+	ack     quic.Ack
+	pending *store.Pending // the queued append
+	err     error          // or why it could not be queued
 }
 
 // produce serves a produce session. Batches are read ahead up to the
@@ -565,11 +567,15 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 			go func() {
 				defer laneWG.Done()
 				for pb := range lane {
-					d.appendBatch(ctx, st, pb)
+					d.finishAppend(pb)
 					ack(pb)
 				}
 			}()
 		}
+		// Queue the append now, in arrival order, so a shard's batches
+		// pipeline into the store's group commits instead of each waiting
+		// for the previous one's fsync; the lane waits and acks in order.
+		d.startAppend(ctx, st, pb)
 		lane <- pb
 	}
 }
@@ -600,12 +606,24 @@ func (d *dataPlane) decodeBatch(b *quic.Batch, shards int, producerID uint64) ([
 	return recs, nil
 }
 
-func (d *dataPlane) appendBatch(ctx context.Context, st *store.Stream, pb *pendingBatch) {
+// startAppend queues pb's append in the store without waiting for it.
+func (d *dataPlane) startAppend(ctx context.Context, st *store.Stream, pb *pendingBatch) {
 	if ctx.Err() != nil {
 		pb.ack.Code, pb.ack.Message = quic.CodeCanceled, "session ended"
 		return
 	}
-	res, err := st.Append(ctx, pb.batch)
+	pb.pending, pb.err = st.AppendAsync(ctx, pb.batch)
+}
+
+// finishAppend waits for pb's append and fills its ACK.
+func (d *dataPlane) finishAppend(pb *pendingBatch) {
+	if pb.pending == nil && pb.err == nil {
+		return // refused before it was queued
+	}
+	res, err := store.Result{}, pb.err
+	if err == nil {
+		res, err = pb.pending.Wait()
+	}
 	if err != nil {
 		e := d.clientErr(err).(*quic.Error)
 		pb.ack.Code, pb.ack.Message = e.Code, e.Message
