@@ -29,15 +29,17 @@ func totalRecords(st *store.Stream) int64 {
 
 // BenchmarkFederationCatchUp measures how fast a hub that joins late pulls
 // an origin's history: EDGEHUB_BENCH_RECORDS (default 1,000,000) records
-// of 128-byte values in 4 shards, over real QUIC on loopback, each batch
-// fsynced at the replica. Run with -benchtime=1x.
+// of 128-byte values in EDGEHUB_BENCH_SHARDS (default 4) shards, over real
+// QUIC on loopback (all shards followed in one replication session), each
+// batch fsynced at the replica. Run with -benchtime=1x.
 func BenchmarkFederationCatchUp(b *testing.B) {
 	n := benchEnv("EDGEHUB_BENCH_RECORDS", 1_000_000)
+	shards := benchEnv("EDGEHUB_BENCH_SHARDS", 4)
 	for range b.N {
 		b.StopTimer()
 		fn := newFedNet(b)
 		origin := fn.start("origin")
-		createReplicated(b, origin, "history", 4, "all")
+		createReplicated(b, origin, "history", shards, "all")
 		st := mustStreamEventually(b, origin, "history")
 		val := make([]byte, 128)
 		for i := 0; i < n; {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
@@ -98,13 +99,14 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 	compact := st.Config().Compact
 	pos := pr.After
 	var buf []byte
+	var recs []record.Record
 	idle := false
 	for {
 		limit, err := readLimit(ctx, out, maxBatch)
 		if err != nil {
 			return err
 		}
-		recs, err := st.Read(shard, pos+1, store.ReadOptions{MaxRecords: 16 << 10, MaxBytes: limit})
+		recs, err = readShard(st, shard, pos+1, limit, recs)
 		if err != nil {
 			return serveErr(pr, err)
 		}
@@ -156,6 +158,37 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 			return err
 		}
 	}
+}
+
+// readShard returns the records of shard from sequence from on, reading
+// about maxBytes of stored chunks (at least one), in dst's array. It is
+// Stream.Read sized once: appending chunk after chunk would copy the
+// growing result again for each small chunk.
+func readShard(st *store.Stream, shard int, from uint64, maxBytes int, dst []record.Record) ([]record.Record, error) {
+	chunks, err := st.ReadRaw(shard, from, maxBytes)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, c := range chunks {
+		info, err := record.ReadInfo(c)
+		if err != nil {
+			return nil, &store.CorruptError{File: st.Name(), Shard: shard, Err: err}
+		}
+		n += info.Count
+	}
+	clear(dst) // drop references to the previous chunks
+	recs := slices.Grow(dst[:0], n)
+	for _, c := range chunks {
+		if recs, err = record.DecodeBatch(c, recs); err != nil {
+			return nil, &store.CorruptError{File: st.Name(), Shard: shard, Err: err}
+		}
+	}
+	skip := 0 // the first chunk may begin before from
+	for skip < len(recs) && recs[skip].Seq < from {
+		skip++
+	}
+	return recs[skip:], nil
 }
 
 // serveRelay serves records of a foreign origin held here, through the
