@@ -505,7 +505,7 @@ func TestCompilationCacheSurvivesEngines(t *testing.T) {
 // call; without it this guest runs out of memory).
 func TestGoGuestCollectsGarbage(t *testing.T) {
 	e := newEngine(t)
-	m := compile(t, e, buildGo(t, "wasmhost/testdata/counter"), Limits{MemoryPages: 256})
+	m := compile(t, e, buildGo(t, "wasmhost/testdata/counter"), Limits{MemoryPages: 256, CallTimeout: 5 * time.Minute})
 	inst, err := m.Instantiate(context.Background(), newMemHost("out"))
 	if err != nil {
 		t.Fatal(err)
