@@ -216,3 +216,27 @@ func BenchmarkReadEarliest(b *testing.B) {
 	b.StopTimer()
 	reportRate(b, read)
 }
+
+// BenchmarkAppendForeign appends 1,000-record batches of records with a
+// foreign origin (replicated or plugin output): the origin watermark and the
+// origin index are maintained too.
+func BenchmarkAppendForeign(b *testing.B) {
+	const batch = 1000
+	st := benchStream(b, 4)
+	recs := make([]record.Record, batch)
+	b.SetBytes(benchValueSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for start := 0; start < b.N; start += batch {
+		n := min(batch, b.N-start)
+		for i := range recs[:n] {
+			recs[i] = benchRecord(i)
+			recs[i].Origin = record.Origin{Hub: "peer-hub", Shard: 0, Seq: uint64(start + i + 1)}
+		}
+		if _, err := st.Append(context.Background(), Batch{Shard: 0, Records: recs[:n]}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	reportRate(b, b.N)
+}
