@@ -158,8 +158,12 @@ func (h *Hub) addDataPlane() error {
 	}
 	h.dataPlane = d
 	h.add(d)
+	cert := h.cfg.TLS.CertFile
+	if cert == "" {
+		cert = filepath.Join(h.cfg.Hub.DataDir, SelfSignedCertFile) + " (self-signed: clients elsewhere use --ca with a copy)"
+	}
 	h.logger.Info("data plane listening", "addr", srv.Addr().String(), "auth", auth.enabled,
-		"mtls", tlsConf.ClientCAs != nil)
+		"mtls", tlsConf.ClientCAs != nil, "cert", cert)
 	return nil
 }
 
