@@ -267,8 +267,13 @@ func TestGroupShareAndTakeOver(t *testing.T) {
 	}
 	c.crash.Store(true)
 	produced = append(produced, produceOrders(t, p, 1600, 400)...)
-	if err := <-c.done; err != nil {
-		t.Fatalf("c: %v", err)
+	select {
+	case err := <-c.done:
+		if err != nil {
+			t.Fatalf("c: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("c did not take another batch")
 	}
 	c.done <- nil
 	waitFor(t, "b holding every shard after c's session timeout", func() bool { return split(t, d, map[string]int{"b": 4}) })
@@ -338,6 +343,7 @@ func joinRaw(tb testing.TB, d *dpHub, member string) *rawMember {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	st.SetReadDeadline(time.Now().Add(time.Minute)) // a missing frame fails the test instead of hanging it
 	return &rawMember{st: st}
 }
 

@@ -153,7 +153,9 @@ func (c *Client) JoinGroup(ctx context.Context, group, stream string, opts Group
 	g.deliver(a)
 	go g.run(st)
 	if err := g.maintain(ctx); err != nil {
-		g.Close(context.Background())
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Close(cctx)
 		return nil, fmt.Errorf("sdk: join group %q: %w", group, err)
 	}
 	g.lastCommit = time.Now()
@@ -597,6 +599,9 @@ func (g *GroupConsumer) run(st *quic.Stream) {
 
 // session serves one session stream until it ends, returning why.
 func (g *GroupConsumer) session(st *quic.Stream) error {
+	// Close may come while a rejoin opens this stream: end it then too.
+	stop := context.AfterFunc(g.ctx, func() { st.Cancel(quic.CodeCanceled) })
+	defer stop()
 	hbDone := make(chan struct{})
 	defer close(hbDone)
 	go func() {

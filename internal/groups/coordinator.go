@@ -47,6 +47,7 @@ type group struct {
 	epoch      uint64      // highest epoch granted (persisted)
 	offsets    []offsetRec // per shard
 	leases     []lease     // per shard
+	writing    []int       // per shard: accepted commits being written
 	members    map[string]*member
 	timer      *time.Timer // fires at the earliest member or revocation deadline
 	gone       error       // ErrDeleted or ErrClosed once the group is no more
@@ -113,6 +114,7 @@ func (c *Coordinator) newGroup(name string, def groupDef) *group {
 		c: c, name: name, def: def,
 		offsets: make([]offsetRec, def.Shards),
 		leases:  make([]lease, def.Shards),
+		writing: make([]int, def.Shards),
 		members: map[string]*member{},
 	}
 }
@@ -300,7 +302,9 @@ func (g *group) rebalance(now time.Time, force *member) error {
 		t := target[s]
 		switch {
 		case l.member == "":
-			if t != "" {
+			// A shard waits for its last holder's commit to be written:
+			// its new owner starts from that offset.
+			if t != "" && g.writing[s] == 0 {
 				grants = append(grants, s)
 			}
 		case l.member == t:
@@ -316,7 +320,7 @@ func (g *group) rebalance(now time.Time, force *member) error {
 				// Nobody can confirm a hand-over: the epoch fences
 				// whatever the holder might still commit.
 				g.leases[s] = lease{}
-				if t != "" {
+				if t != "" && g.writing[s] == 0 {
 					grants = append(grants, s)
 				}
 				continue
@@ -542,6 +546,11 @@ func (c *Coordinator) Reset(req ResetRequest) error {
 	}
 	if n := len(g.members); n > 0 {
 		return fmt.Errorf("%w: group %q has %d member(s); stop them before resetting offsets", ErrActive, g.name, n)
+	}
+	for s, n := range g.writing {
+		if n > 0 {
+			return fmt.Errorf("%w: group %q: a commit of shard %d is being written; try again", ErrActive, g.name, s)
+		}
 	}
 	now := time.Now().UnixNano()
 	err = c.db.Update(func(tx *bolt.Tx) error {

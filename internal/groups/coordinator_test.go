@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -547,4 +549,98 @@ func FuzzDecodeOffsetRec(f *testing.F) {
 			t.Fatalf("re-decode %+v: %+v %v", r, again, err)
 		}
 	})
+}
+
+// TestCommitsNeverRegress runs members that commit concurrently while they
+// join, leave, rejoin and expire (10ms session timeouts, so expiries land
+// in the middle of commits being written). Epochs grow with every grant, so
+// a lease must start at or after every offset accepted under an earlier
+// lease of its shard: a shard granted while its last holder's commit was
+// still being written would break that.
+func TestCommitsNeverRegress(t *testing.T) {
+	c := openTest(t, filepath.Join(t.TempDir(), "groups.db"))
+	type commit struct {
+		shard         int
+		epoch, offset uint64
+	}
+	var mu sync.Mutex
+	var accepted []commit
+	starts := map[[2]uint64]uint64{} // (shard, epoch) → the lease's start offset
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 7))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s, err := c.Join(JoinRequest{Group: "g", Stream: "events", Shards: 4, Member: fmt.Sprintf("w%d", w),
+					SessionTimeout: 10 * time.Millisecond})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				next := map[int]uint64{}
+				epoch := map[int]uint64{}
+				for range 1 + r.IntN(20) {
+					a := s.Assignment()
+					var cs []Commit
+					mu.Lock()
+					for _, l := range a.Leases {
+						starts[[2]uint64{uint64(l.Shard), l.Epoch}] = l.Offset
+						if epoch[l.Shard] != l.Epoch {
+							epoch[l.Shard], next[l.Shard] = l.Epoch, l.Offset
+						}
+						next[l.Shard] += 1 + uint64(r.IntN(100))
+						cs = append(cs, Commit{Shard: l.Shard, Epoch: l.Epoch, Offset: next[l.Shard]})
+					}
+					mu.Unlock()
+					for i, err := range s.Commit(cs) {
+						if err == nil {
+							mu.Lock()
+							accepted = append(accepted, commit{cs[i].Shard, cs[i].Epoch, cs[i].Offset})
+							mu.Unlock()
+						}
+					}
+					s.Sync(a.Generation)
+					if r.IntN(10) == 0 {
+						time.Sleep(time.Duration(r.IntN(15)) * time.Millisecond) // sometimes long enough to expire
+					}
+				}
+				switch r.IntN(3) {
+				case 0:
+					s.Leave()
+				case 1:
+					s.Detach()
+				}
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	later := 0
+	for _, a := range accepted {
+		for key, start := range starts {
+			if int(key[0]) == a.shard && key[1] > a.epoch {
+				later++
+				if start < a.offset {
+					t.Fatalf("shard %d: lease of epoch %d starts at %d, below offset %d accepted under epoch %d",
+						a.shard, key[1], start, a.offset, a.epoch)
+				}
+			}
+		}
+	}
+	st := c.Stats()
+	t.Logf("%d commits accepted, %d refused, %d expirations, %d later leases checked", len(accepted), st.CommitsRefused, st.Expirations, later)
+	if len(accepted) == 0 || later == 0 {
+		t.Fatal("the test checked nothing")
+	}
 }

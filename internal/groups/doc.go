@@ -39,7 +39,9 @@
 // directory): per group its definition, the highest epoch granted, and per
 // shard the committed offset with when, by whom and under which epoch it
 // was committed. Commits return after the transaction's fsync; concurrent
-// commits of different groups share transactions (bbolt's Batch).
+// commits share transactions (bbolt's Batch), and no lock is held while
+// they are written: a shard whose commit is being written is granted to
+// its next owner only once the write is done.
 // Membership is not persisted: after a hub restart members rejoin.
 //
 // # Caveats
@@ -47,6 +49,7 @@
 // Offsets are sequence numbers of this hub's shards: a group is local to one
 // hub and is not replicated.
 //
-// Lock order: Coordinator.mu before group.mu; no lock is held while calling
-// out, except Config.Resolve (called under group.mu; it must not call back).
+// Lock order: Coordinator.mu before group.mu. group.mu is held while
+// calling Config.Resolve (which must not call back) and while writing
+// grants, resets and deletions (rare), never while writing commits.
 package groups

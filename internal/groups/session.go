@@ -126,16 +126,23 @@ func (s *Session) touch(now time.Time) {
 // why it was refused (ErrStaleEpoch, ErrInvalid, or why the session ended).
 // An offset is accepted only with the epoch of the shard's current lease,
 // held by this session's member, including a lease it is handing over.
+//
+// The group's lock is not held during the write, so that commits of many
+// members share transactions and heartbeats do not wait for the disk. A
+// shard whose commit is being written is not granted to anyone until the
+// write is done: the next owner always starts from the last accepted
+// offset, and offsets of a shard are written in the order they were
+// accepted.
 func (s *Session) Commit(offsets []Commit) []error {
 	g := s.g
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	errs := make([]error, len(offsets))
+	g.mu.Lock()
 	if s.err != nil {
 		why := s.err
 		if why == errDetached {
 			why = ErrSessionExpired
 		}
+		g.mu.Unlock()
 		for i := range errs {
 			errs[i] = fmt.Errorf("groups: commit: %w", why)
 		}
@@ -162,10 +169,13 @@ func (s *Session) Commit(offsets []Commit) []error {
 			continue
 		}
 		ok = append(ok, i)
+		g.writing[o.Shard]++
 	}
+	g.mu.Unlock()
 	if len(ok) == 0 {
 		return errs
 	}
+
 	t := now.UnixNano()
 	err := g.c.db.Batch(func(tx *bolt.Tx) error {
 		for _, i := range ok {
@@ -176,14 +186,23 @@ func (s *Session) Commit(offsets []Commit) []error {
 		}
 		return nil
 	})
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	freed := false
 	for _, i := range ok {
+		o := offsets[i]
+		g.writing[o.Shard]--
+		freed = freed || (g.writing[o.Shard] == 0 && g.leases[o.Shard].member == "")
 		if err != nil {
 			errs[i] = fmt.Errorf("groups: commit: %w", err)
 			continue
 		}
-		o := offsets[i]
 		g.offsets[o.Shard] = offsetRec{Offset: o.Offset, Time: t, Epoch: o.Epoch, Member: s.m.id}
 		g.c.commits.Add(1)
+	}
+	if freed && g.gone == nil {
+		g.settle(time.Now()) // grant what waited for this write
 	}
 	return errs
 }
