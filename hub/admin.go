@@ -478,6 +478,8 @@ th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
 <div id="status" class="muted">loading…</div>
 <table><thead><tr><th>stream</th><th>shards</th><th>records</th><th>bytes</th><th>records/s</th><th>retention</th><th>replicate</th></tr></thead>
 <tbody id="streams"></tbody></table>
+<table><thead><tr><th>consumer group</th><th>stream</th><th>members</th><th>lag</th><th>rebalances</th></tr></thead>
+<tbody id="groups"></tbody></table>
 <div id="detail"></div>
 <script>
 "use strict";
@@ -500,6 +502,11 @@ async function tick() {
     }
     prevT = now;
     document.getElementById("streams").innerHTML = rows || "<tr><td colspan=7 class=muted>no streams</td></tr>";
+    const gl = await fetch("/v1/groups").then(r => r.json());
+    let grows = "";
+    for (const g of gl.groups) grows += "<tr><td>" + esc(g.name) + "</td><td>" + esc(g.stream) + "</td><td>" + g.members +
+      "</td><td>" + fmt(g.lag) + "</td><td>" + g.rebalances + "</td></tr>";
+    document.getElementById("groups").innerHTML = grows || "<tr><td colspan=5 class=muted>no consumer groups</td></tr>";
     document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
     document.getElementById("status").className = "muted";
   } catch (e) {
