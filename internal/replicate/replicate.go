@@ -181,7 +181,7 @@ type Replicator struct {
 	tasks     map[taskKey]*task
 	limiters  map[string]*limiter
 	warned    map[string]bool      // one-time warnings (shard mismatch)
-	lastAlive map[string]time.Time // when membership last showed each peer alive
+	lastAlive map[taskKey]time.Time // when membership last showed a hub alive with a stream (origin shard unused)
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -210,7 +210,7 @@ func New(cfg Config) (*Replicator, error) {
 		tasks:     map[taskKey]*task{},
 		limiters:  map[string]*limiter{},
 		warned:    map[string]bool{},
-		lastAlive: map[string]time.Time{},
+		lastAlive: map[taskKey]time.Time{},
 		closed:    make(chan struct{}),
 	}
 	gaps, err := newGapBook(cfg.StateFile)
@@ -296,7 +296,9 @@ func (r *Replicator) reconcile(ctx context.Context) {
 	r.mu.Lock()
 	for _, p := range peers {
 		if p.Alive {
-			r.lastAlive[p.Name] = now
+			for name := range p.Streams {
+				r.lastAlive[taskKey{name, store.OriginKey{Hub: p.Name}}] = now
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -770,7 +772,7 @@ func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 	excluded := func(name string) bool { return now.Before(t.excluded[name]) }
 	var best, fallback, trimmedBest Peer
 	var bestSeq uint64
-	found, haveFallback, haveTrimmed, originAlive := false, false, false, false
+	found, haveFallback, haveTrimmed := false, false, false
 	for _, p := range r.cfg.Membership.Peers() {
 		ps, ok := p.Streams[t.key.stream]
 		if !ok || !p.Alive {
@@ -778,7 +780,6 @@ func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 		}
 		seq := ps.Vector[k]
 		isOrigin := p.Name == k.Hub
-		originAlive = originAlive || isOrigin
 		if !isOrigin && seq <= ours {
 			continue
 		}
@@ -809,15 +810,12 @@ func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 	case !haveTrimmed:
 		return source{}, false, ""
 	}
-	// Every live holder trimmed what we need next.
+	// The origin is not alive with the stream (it would have been chosen),
+	// and every live peer holding more of it trimmed what we need next.
 	first := t.trims[trimmedBest.Name]
-	if originAlive {
-		// It may still hold them (if it cannot, it says so with a gap).
-		return source{}, false, ""
-	}
 	r.mu.Lock()
 	down := r.started // not seen alive since we started
-	if seen := r.lastAlive[k.Hub]; seen.After(down) {
+	if seen := r.lastAlive[taskKey{t.key.stream, store.OriginKey{Hub: k.Hub}}]; seen.After(down) {
 		down = seen
 	}
 	r.mu.Unlock()
