@@ -180,7 +180,7 @@ type Replicator struct {
 	mu        sync.Mutex
 	tasks     map[taskKey]*task
 	limiters  map[string]*limiter
-	warned    map[string]bool      // one-time warnings (shard mismatch)
+	warned    map[string]bool       // one-time warnings (shard mismatch)
 	lastAlive map[taskKey]time.Time // when membership last showed a hub alive with a stream (origin shard unused)
 
 	wg        sync.WaitGroup
