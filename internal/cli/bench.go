@@ -30,9 +30,11 @@ func init() {
 		return subcommand("bench", ctx, args, map[string]func(context.Context, []string) error{
 			"produce": benchProduce,
 			"consume": benchConsume,
+			"plugin":  pluginBench, // same as hub plugin bench
 		}, [][2]string{
 			{"produce", "send records as fast as allowed (or at --rate) and measure acknowledgement latency"},
 			{"consume", "read a stream from the earliest record and measure catch-up throughput"},
+			{"plugin", "run plugins through the host and measure records/s, memory and ingest impact (as hub plugin bench)"},
 		})
 	})
 }
