@@ -22,7 +22,7 @@
 // pull from that peer as a "follow" with its own credit, so the peer's
 // per-connection stream limit does not bound how many origin shards are
 // followed, a follow's order is kept, and a slow follow holds at most its
-// window without delaying the others (docs/protocol.md, section 5.4).
+// window without delaying the others (docs/protocol.md, section 5.5).
 //
 // Records of origin shard s go to local shard s when the stream has the
 // same shard count at the origin (streams created from a peer's definition
