@@ -199,7 +199,7 @@ func (g *GroupConsumer) Buffered() int {
 // CaughtUp reports whether every shard this member holds has been read up
 // to the last sequence it had when this member started reading it.
 func (g *GroupConsumer) CaughtUp() bool {
-	return g.applied && (g.sub == nil || g.sub.CaughtUp())
+	return g.applied && (len(g.leases) == 0 || (g.sub != nil && g.sub.CaughtUp()))
 }
 
 // Next returns the next record of the shards this member holds, waiting
