@@ -177,7 +177,9 @@ func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
 		return dst, d.err
 	}
 	if cap(dst)-len(dst) < d.info.Count {
-		grown := make([]Record, len(dst), len(dst)+d.info.Count)
+		// Grow geometrically: callers decode chunk after chunk into one
+		// slice, and exact growth would copy it again for every chunk.
+		grown := make([]Record, len(dst), max(len(dst)+d.info.Count, 2*cap(dst)))
 		copy(grown, dst)
 		dst = grown
 	}
