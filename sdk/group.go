@@ -301,20 +301,41 @@ func (g *GroupConsumer) wait(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// An idle member still commits what it processed, when the interval is
+	// up, instead of leaving it uncommitted until the next record.
+	var due <-chan time.Time
+	if g.opts.CommitInterval > 0 && g.uncommitted() {
+		t := time.NewTimer(max(time.Until(g.lastCommit.Add(g.opts.CommitInterval)), 0))
+		defer t.Stop()
+		due = t.C
+	}
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
 		select {
 		case <-g.wake:
 			cancel()
+		case <-due:
+			cancel()
 		case <-stop:
 		}
 	}()
 	err := g.sub.fill(wctx)
 	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
-		return nil // woken by an assignment; the next maintain applies it
+		return nil // woken for an assignment or a commit; maintain does it
 	}
 	return err
+}
+
+// uncommitted reports whether some shard has processed records not yet
+// committed.
+func (g *GroupConsumer) uncommitted() bool {
+	for _, l := range g.leases {
+		if l.processed > l.committed {
+			return true
+		}
+	}
+	return false
 }
 
 // maintain applies a new assignment and auto-commits when due.
