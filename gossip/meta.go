@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+
+	"github.com/edgehub/edgehub/internal/wire"
 )
 
 // NodeMeta is what a hub says about itself in its memberlist alive
@@ -48,36 +50,36 @@ func (m NodeMeta) encode() []byte {
 // decodeNodeMeta parses NodeMeta.encode. Unknown trailing bytes are errors:
 // a newer version must bump the version byte.
 func decodeNodeMeta(b []byte) (NodeMeta, error) {
-	d := reader{buf: b}
-	if v := d.byte(); v != metaVersion1 {
+	d := wire.Reader{Buf: b, Sentinel: ErrBadMessage}
+	if v := d.Byte(); v != metaVersion1 {
 		return NodeMeta{}, fmt.Errorf("%w: node meta version %d", ErrBadMessage, v)
 	}
 	var m NodeMeta
-	m.Site = d.string(maxNameLen)
-	m.Region = d.string(maxNameLen)
-	n := d.uvarint()
-	if n > uint64(len(d.buf)) {
-		d.fail("%d tags", n)
+	m.Site = d.String(maxNameLen)
+	m.Region = d.String(maxNameLen)
+	n := d.Uvarint()
+	if n > uint64(len(d.Buf)) {
+		d.Fail("%d tags", n)
 	}
-	if d.err == nil && n > 0 {
+	if d.Err == nil && n > 0 {
 		m.Tags = make([]string, n)
 		for i := range m.Tags {
-			m.Tags[i] = d.string(maxNameLen)
+			m.Tags[i] = d.String(maxNameLen)
 		}
 	}
-	m.QUIC = d.string(maxNameLen)
-	switch d.byte() {
+	m.QUIC = d.String(maxNameLen)
+	switch d.Byte() {
 	case 0:
 	case 1:
 		m.leaving = true
 	default:
-		d.fail("unknown flags")
+		d.Fail("unknown flags")
 	}
-	if d.err == nil && len(d.buf) != 0 {
-		d.fail("%d trailing bytes", len(d.buf))
+	if d.Err == nil && len(d.Buf) != 0 {
+		d.Fail("%d trailing bytes", len(d.Buf))
 	}
-	if d.err != nil {
-		return NodeMeta{}, d.err
+	if d.Err != nil {
+		return NodeMeta{}, d.Err
 	}
 	return m, nil
 }

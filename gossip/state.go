@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/edgehub/edgehub/internal/wire"
 )
 
 // Def is one hub's published definition of a replicated stream.
@@ -117,117 +119,63 @@ func appendString(dst []byte, s string) []byte {
 // decodeEntries parses a message made by appendEntries. It copies what it
 // keeps: memberlist reuses the buffer after NotifyMsg returns.
 func decodeEntries(buf []byte) ([]*entry, error) {
-	d := reader{buf: buf}
-	if t := d.byte(); t != msgEntries {
+	d := wire.Reader{Buf: buf, Sentinel: ErrBadMessage}
+	if t := d.Byte(); t != msgEntries {
 		return nil, fmt.Errorf("%w: message type %d", ErrBadMessage, t)
 	}
-	if v := d.byte(); v != msgVersion1 {
+	if v := d.Byte(); v != msgVersion1 {
 		return nil, fmt.Errorf("%w: message version %d", ErrBadMessage, v)
 	}
-	n := d.uvarint()
+	n := d.Uvarint()
 	// An entry takes at least 5 bytes: this bounds the allocation.
-	if n > uint64(len(d.buf))/5 || n > maxEntries {
-		return nil, fmt.Errorf("%w: %d entries in %d bytes", ErrBadMessage, n, len(d.buf))
+	if n > uint64(len(d.Buf))/5 || n > maxEntries {
+		return nil, fmt.Errorf("%w: %d entries in %d bytes", ErrBadMessage, n, len(d.Buf))
 	}
 	es := make([]*entry, 0, n)
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		e := &entry{kind: d.byte()}
-		e.hub = d.string(maxNameLen)
-		e.stream = d.string(maxNameLen)
-		e.version = d.uvarint()
+	for i := uint64(0); i < n && d.Err == nil; i++ {
+		e := &entry{kind: d.Byte()}
+		e.hub = d.String(maxNameLen)
+		e.stream = d.String(maxNameLen)
+		e.version = d.Uvarint()
 		switch e.kind {
 		case kindDef:
-			switch d.byte() {
+			switch d.Byte() {
 			case 0:
 			case 1:
 				e.def.Deleted = true
 			default:
-				d.fail("bad deleted flag")
+				d.Fail("bad deleted flag")
 			}
-			e.def.Version = d.uvarint()
-			if s := d.string(maxSpecLen); s != "" {
+			e.def.Version = d.Uvarint()
+			if s := d.String(maxSpecLen); s != "" {
 				e.def.Spec = []byte(s)
 			}
 		case kindVector:
-			e.origin = d.string(maxNameLen)
-			ns := d.uvarint()
-			if ns > maxShards || ns > uint64(len(d.buf)) {
-				d.fail("%d shards", ns)
+			e.origin = d.String(maxNameLen)
+			ns := d.Uvarint()
+			if ns > maxShards || ns > uint64(len(d.Buf)) {
+				d.Fail("%d shards", ns)
 				break
 			}
 			e.vector.Seqs = make([]uint64, ns)
 			for j := range e.vector.Seqs {
-				e.vector.Seqs[j] = d.uvarint()
+				e.vector.Seqs[j] = d.Uvarint()
 			}
 		default:
-			d.fail("entry kind %d", e.kind)
+			d.Fail("entry kind %d", e.kind)
 		}
-		if d.err == nil && (e.hub == "" || e.stream == "" || (e.kind == kindVector && e.origin == "")) {
-			d.fail("entry with an empty name")
+		if d.Err == nil && (e.hub == "" || e.stream == "" || (e.kind == kindVector && e.origin == "")) {
+			d.Fail("entry with an empty name")
 		}
 		es = append(es, e)
 	}
-	if d.err == nil && len(d.buf) != 0 {
-		d.fail("%d trailing bytes", len(d.buf))
+	if d.Err == nil && len(d.Buf) != 0 {
+		d.Fail("%d trailing bytes", len(d.Buf))
 	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, d.Err
 	}
 	return es, nil
-}
-
-// reader decodes fields; after the first error every read returns zero
-// values and err keeps the first failure.
-type reader struct {
-	buf []byte
-	err error
-}
-
-func (d *reader) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: "+format, append([]any{ErrBadMessage}, args...)...)
-	}
-	d.buf = nil
-}
-
-func (d *reader) byte() byte {
-	if d.err != nil {
-		return 0
-	}
-	if len(d.buf) == 0 {
-		d.fail("truncated")
-		return 0
-	}
-	b := d.buf[0]
-	d.buf = d.buf[1:]
-	return b
-}
-
-func (d *reader) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.buf)
-	if n <= 0 {
-		d.fail("bad uvarint")
-		return 0
-	}
-	d.buf = d.buf[n:]
-	return v
-}
-
-func (d *reader) string(max int) string {
-	n := d.uvarint()
-	if d.err != nil {
-		return ""
-	}
-	if n > uint64(max) || n > uint64(len(d.buf)) {
-		d.fail("string of %d bytes (max %d, %d left)", n, max, len(d.buf))
-		return ""
-	}
-	s := string(d.buf[:n])
-	d.buf = d.buf[n:]
-	return s
 }
 
 // table holds every entry known, keyed by entry.key. Not safe for

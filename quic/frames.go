@@ -112,10 +112,10 @@ func (f *Open) Append(dst []byte) []byte {
 }
 
 func (f *Open) Decode(p []byte) error {
-	d := decoder{buf: p, what: "OPEN"}
-	f.Op = Op(d.uvarint())
-	f.Token = d.string(MaxTokenLength)
-	f.Body = d.bytes(0)
+	d := newDecoder(p, "OPEN")
+	f.Op = Op(d.Uvarint())
+	f.Token = d.String(MaxTokenLength)
+	f.Body = d.Bytes(0)
 	return d.done()
 }
 
@@ -127,9 +127,9 @@ func AppendError(dst []byte, e *Error) []byte {
 
 // DecodeError decodes an ERROR frame payload.
 func DecodeError(p []byte) (*Error, error) {
-	d := decoder{buf: p, what: "ERROR"}
-	e := &Error{Code: Code(d.uvarint())}
-	e.Message = d.string(MaxMessageLength)
+	d := newDecoder(p, "ERROR")
+	e := &Error{Code: Code(d.Uvarint())}
+	e.Message = d.String(MaxMessageLength)
 	return e, d.done()
 }
 
@@ -148,8 +148,8 @@ type InfoRequest struct {
 func (f *InfoRequest) Append(dst []byte) []byte { return appendString(dst, f.Stream) }
 
 func (f *InfoRequest) Decode(p []byte) error {
-	d := decoder{buf: p, what: "INFO request"}
-	f.Stream = d.string(MaxNameLength)
+	d := newDecoder(p, "INFO request")
+	f.Stream = d.String(MaxNameLength)
 	return d.done()
 }
 
@@ -178,14 +178,14 @@ func (f *Info) Append(dst []byte) []byte {
 }
 
 func (f *Info) Decode(p []byte) error {
-	d := decoder{buf: p, what: "INFO"}
-	f.Stream = d.string(MaxNameLength)
-	n := d.count(2)
+	d := newDecoder(p, "INFO")
+	f.Stream = d.String(MaxNameLength)
+	n := d.Count(2)
 	f.Shards = make([]ShardBounds, n)
 	for i := range f.Shards {
-		f.Shards[i] = ShardBounds{First: d.uvarint(), Last: d.uvarint()}
+		f.Shards[i] = ShardBounds{First: d.Uvarint(), Last: d.Uvarint()}
 	}
-	f.MaxFrameBytes = d.uvarint()
+	f.MaxFrameBytes = d.Uvarint()
 	return d.done()
 }
 
@@ -215,10 +215,10 @@ func (f *ProduceOpen) Append(dst []byte) []byte {
 }
 
 func (f *ProduceOpen) Decode(p []byte) error {
-	d := decoder{buf: p, what: "PRODUCE open"}
-	f.Stream = d.string(MaxNameLength)
-	f.ProducerID = d.uvarint()
-	f.Flags = ProduceFlags(d.byte1())
+	d := newDecoder(p, "PRODUCE open")
+	f.Stream = d.String(MaxNameLength)
+	f.ProducerID = d.Uvarint()
+	f.Flags = ProduceFlags(d.Byte())
 	return d.done()
 }
 
@@ -242,11 +242,11 @@ func (f *ProduceReady) Append(dst []byte) []byte {
 }
 
 func (f *ProduceReady) Decode(p []byte) error {
-	d := decoder{buf: p, what: "PRODUCE_READY"}
-	f.Shards = d.u32("shards")
-	f.MaxBatchBytes = d.uvarint()
-	f.MaxInFlight = d.u32("max in flight")
-	f.DatagramSession = d.uvarint()
+	d := newDecoder(p, "PRODUCE_READY")
+	f.Shards = d.Uint32("shards")
+	f.MaxBatchBytes = d.Uvarint()
+	f.MaxInFlight = d.Uint32("max in flight")
+	f.DatagramSession = d.Uvarint()
 	return d.done()
 }
 
@@ -279,16 +279,16 @@ func (f *Batch) Append(dst []byte) []byte {
 }
 
 func (f *Batch) Decode(p []byte) error {
-	d := decoder{buf: p, what: "BATCH"}
-	f.ID = d.uvarint()
-	shard := d.varint()
+	d := newDecoder(p, "BATCH")
+	f.ID = d.Uvarint()
+	shard := d.Varint()
 	if shard < -1 || shard >= maxShards {
-		d.fail("shard %d out of range", shard)
+		d.Fail("shard %d out of range", shard)
 	}
 	f.Shard = int32(shard)
-	f.ProducerSeq = d.uvarint()
-	f.Codec = d.byte1()
-	f.Records = d.bytes(0)
+	f.ProducerSeq = d.Uvarint()
+	f.Codec = d.Byte()
+	f.Records = d.Bytes(0)
 	return d.done()
 }
 
@@ -332,15 +332,15 @@ func (f *Ack) Append(dst []byte) []byte {
 }
 
 func (f *Ack) Decode(p []byte) error {
-	d := decoder{buf: p, what: "ACK"}
-	f.ID = d.uvarint()
-	f.Code = Code(d.uvarint())
-	f.Message = d.string(MaxMessageLength)
-	f.Duplicate = d.byte1()&1 != 0
-	n := d.count(3)
+	d := newDecoder(p, "ACK")
+	f.ID = d.Uvarint()
+	f.Code = Code(d.Uvarint())
+	f.Message = d.String(MaxMessageLength)
+	f.Duplicate = d.Byte()&1 != 0
+	n := d.Count(3)
 	f.Runs = make([]Run, n)
 	for i := range f.Runs {
-		f.Runs[i] = Run{Shard: d.u32("shard"), FirstSeq: d.uvarint(), Count: d.u32("count")}
+		f.Runs[i] = Run{Shard: d.Uint32("shard"), FirstSeq: d.Uvarint(), Count: d.Uint32("count")}
 	}
 	return d.done()
 }
@@ -406,30 +406,30 @@ func (f *ConsumeOpen) Append(dst []byte) []byte {
 }
 
 func (f *ConsumeOpen) Decode(p []byte) error {
-	d := decoder{buf: p, what: "CONSUME open"}
-	f.Stream = d.string(MaxNameLength)
-	n := d.count(1)
+	d := newDecoder(p, "CONSUME open")
+	f.Stream = d.String(MaxNameLength)
+	n := d.Count(1)
 	if n > maxShards {
-		d.fail("%d shards", n)
+		d.Fail("%d shards", n)
 	}
 	f.Shards = make([]uint32, 0, n)
-	for i := 0; i < n && d.err == nil; i++ {
-		f.Shards = append(f.Shards, d.u32("shard"))
+	for i := 0; i < n && d.Err == nil; i++ {
+		f.Shards = append(f.Shards, d.Uint32("shard"))
 	}
-	f.Start.Kind = StartKind(d.byte1())
+	f.Start.Kind = StartKind(d.Byte())
 	if f.Start.Kind > StartTime {
-		d.fail("unknown start kind %d", f.Start.Kind)
+		d.Fail("unknown start kind %d", f.Start.Kind)
 	}
-	f.Start.Value = d.uvarint()
-	n = d.count(2)
+	f.Start.Value = d.Uvarint()
+	n = d.Count(2)
 	if n > maxShards {
-		d.fail("%d resume positions", n)
+		d.Fail("%d resume positions", n)
 	}
 	f.Resume = make([]Position, 0, n)
-	for i := 0; i < n && d.err == nil; i++ {
-		f.Resume = append(f.Resume, Position{Shard: d.u32("shard"), Seq: d.uvarint()})
+	for i := 0; i < n && d.Err == nil; i++ {
+		f.Resume = append(f.Resume, Position{Shard: d.Uint32("shard"), Seq: d.Uvarint()})
 	}
-	f.Credit = d.uvarint()
+	f.Credit = d.Uvarint()
 	return d.done()
 }
 
@@ -460,12 +460,12 @@ func (f *ConsumeReady) Append(dst []byte) []byte {
 }
 
 func (f *ConsumeReady) Decode(p []byte) error {
-	d := decoder{buf: p, what: "CONSUME_READY"}
-	f.Shards = d.u32("shards")
-	n := d.count(3)
+	d := newDecoder(p, "CONSUME_READY")
+	f.Shards = d.Uint32("shards")
+	n := d.Count(3)
 	f.Subs = make([]Subscription, n)
 	for i := range f.Subs {
-		f.Subs[i] = Subscription{Shard: d.u32("shard"), Start: d.uvarint(), Last: d.uvarint()}
+		f.Subs[i] = Subscription{Shard: d.Uint32("shard"), Start: d.Uvarint(), Last: d.Uvarint()}
 	}
 	return d.done()
 }
@@ -484,9 +484,9 @@ func (f *Records) Append(dst []byte) []byte {
 }
 
 func (f *Records) Decode(p []byte) error {
-	d := decoder{buf: p, what: "RECORDS"}
-	f.Shard = d.u32("shard")
-	f.Batch = d.bytes(0)
+	d := newDecoder(p, "RECORDS")
+	f.Shard = d.Uint32("shard")
+	f.Batch = d.Bytes(0)
 	return d.done()
 }
 
@@ -500,8 +500,8 @@ type Credit struct {
 func (f *Credit) Append(dst []byte) []byte { return binary.AppendUvarint(dst, f.Bytes) }
 
 func (f *Credit) Decode(p []byte) error {
-	d := decoder{buf: p, what: "CREDIT"}
-	f.Bytes = d.uvarint()
+	d := newDecoder(p, "CREDIT")
+	f.Bytes = d.Uvarint()
 	return d.done()
 }
 
@@ -525,16 +525,16 @@ func (f *Datagram) Append(dst []byte) []byte {
 }
 
 func (f *Datagram) Decode(p []byte) error {
-	d := decoder{buf: p, what: "datagram"}
-	if t := d.byte1(); d.err == nil && t != DatagramProduce {
-		d.fail("unknown datagram type 0x%02x", t)
+	d := newDecoder(p, "datagram")
+	if t := d.Byte(); d.Err == nil && t != DatagramProduce {
+		d.Fail("unknown datagram type 0x%02x", t)
 	}
-	f.Session = d.uvarint()
-	shard := d.varint()
+	f.Session = d.Uvarint()
+	shard := d.Varint()
 	if shard < -1 || shard >= maxShards {
-		d.fail("shard %d out of range", shard)
+		d.Fail("shard %d out of range", shard)
 	}
 	f.Shard = int32(shard)
-	f.Records = d.buf
+	f.Records = d.Buf
 	return d.done()
 }

@@ -95,19 +95,19 @@ func (f *GroupJoin) Append(dst []byte) []byte {
 }
 
 func (f *GroupJoin) Decode(p []byte) error {
-	d := decoder{buf: p, what: "GROUP join"}
-	f.Group = d.string(MaxNameLength)
-	f.Stream = d.string(MaxNameLength)
-	f.MemberID = d.string(MaxNameLength)
-	f.SessionTimeoutMillis = d.uvarint()
+	d := newDecoder(p, "GROUP join")
+	f.Group = d.String(MaxNameLength)
+	f.Stream = d.String(MaxNameLength)
+	f.MemberID = d.String(MaxNameLength)
+	f.SessionTimeoutMillis = d.Uvarint()
 	if f.SessionTimeoutMillis > maxMillis {
-		d.fail("session timeout %d ms out of range", f.SessionTimeoutMillis)
+		d.Fail("session timeout %d ms out of range", f.SessionTimeoutMillis)
 	}
-	f.Start.Kind = StartKind(d.byte1())
+	f.Start.Kind = StartKind(d.Byte())
 	if f.Start.Kind > StartTime {
-		d.fail("unknown start kind %d", f.Start.Kind)
+		d.Fail("unknown start kind %d", f.Start.Kind)
 	}
-	f.Start.Value = d.uvarint()
+	f.Start.Value = d.Uvarint()
 	return d.done()
 }
 
@@ -147,20 +147,20 @@ func (f *GroupAssignment) Append(dst []byte) []byte {
 }
 
 func (f *GroupAssignment) Decode(p []byte) error {
-	d := decoder{buf: p, what: "GROUP_ASSIGNMENT"}
-	f.Generation = d.uvarint()
-	f.SessionTimeoutMillis = d.uvarint()
+	d := newDecoder(p, "GROUP_ASSIGNMENT")
+	f.Generation = d.Uvarint()
+	f.SessionTimeoutMillis = d.Uvarint()
 	if f.SessionTimeoutMillis > maxMillis {
-		d.fail("session timeout %d ms out of range", f.SessionTimeoutMillis)
+		d.Fail("session timeout %d ms out of range", f.SessionTimeoutMillis)
 	}
-	f.Shards = d.u32("shards")
-	n := d.count(3)
+	f.Shards = d.Uint32("shards")
+	n := d.Count(3)
 	if n > maxShards {
-		d.fail("%d leases", n)
+		d.Fail("%d leases", n)
 	}
 	f.Leases = make([]GroupLease, 0, n)
-	for i := 0; i < n && d.err == nil; i++ {
-		f.Leases = append(f.Leases, GroupLease{Shard: d.u32("shard"), Epoch: d.uvarint(), Offset: d.uvarint()})
+	for i := 0; i < n && d.Err == nil; i++ {
+		f.Leases = append(f.Leases, GroupLease{Shard: d.Uint32("shard"), Epoch: d.Uvarint(), Offset: d.Uvarint()})
 	}
 	return d.done()
 }
@@ -174,8 +174,8 @@ type GroupHeartbeat struct {
 func (f *GroupHeartbeat) Append(dst []byte) []byte { return binary.AppendUvarint(dst, f.Generation) }
 
 func (f *GroupHeartbeat) Decode(p []byte) error {
-	d := decoder{buf: p, what: "GROUP_HEARTBEAT"}
-	f.Generation = d.uvarint()
+	d := newDecoder(p, "GROUP_HEARTBEAT")
+	f.Generation = d.Uvarint()
 	return d.done()
 }
 
@@ -206,15 +206,15 @@ func (f *GroupCommit) Append(dst []byte) []byte {
 }
 
 func (f *GroupCommit) Decode(p []byte) error {
-	d := decoder{buf: p, what: "GROUP_COMMIT"}
-	f.ID = d.uvarint()
-	n := d.count(3)
+	d := newDecoder(p, "GROUP_COMMIT")
+	f.ID = d.Uvarint()
+	n := d.Count(3)
 	if n > maxShards {
-		d.fail("%d offsets", n)
+		d.Fail("%d offsets", n)
 	}
 	f.Offsets = make([]GroupOffset, 0, n)
-	for i := 0; i < n && d.err == nil; i++ {
-		f.Offsets = append(f.Offsets, GroupOffset{Shard: d.u32("shard"), Epoch: d.uvarint(), Offset: d.uvarint()})
+	for i := 0; i < n && d.Err == nil; i++ {
+		f.Offsets = append(f.Offsets, GroupOffset{Shard: d.Uint32("shard"), Epoch: d.Uvarint(), Offset: d.Uvarint()})
 	}
 	return d.done()
 }
@@ -244,15 +244,15 @@ func (f *GroupCommitAck) Append(dst []byte) []byte {
 }
 
 func (f *GroupCommitAck) Decode(p []byte) error {
-	d := decoder{buf: p, what: "GROUP_COMMIT_ACK"}
-	f.ID = d.uvarint()
-	n := d.count(3)
+	d := newDecoder(p, "GROUP_COMMIT_ACK")
+	f.ID = d.Uvarint()
+	n := d.Count(3)
 	if n > maxShards {
-		d.fail("%d results", n)
+		d.Fail("%d results", n)
 	}
 	f.Results = make([]GroupCommitResult, 0, n)
-	for i := 0; i < n && d.err == nil; i++ {
-		f.Results = append(f.Results, GroupCommitResult{Shard: d.u32("shard"), Code: Code(d.uvarint()), Message: d.string(MaxMessageLength)})
+	for i := 0; i < n && d.Err == nil; i++ {
+		f.Results = append(f.Results, GroupCommitResult{Shard: d.Uint32("shard"), Code: Code(d.Uvarint()), Message: d.String(MaxMessageLength)})
 	}
 	return d.done()
 }
@@ -277,8 +277,8 @@ type GroupSync struct {
 func (f *GroupSync) Append(dst []byte) []byte { return binary.AppendUvarint(dst, f.Generation) }
 
 func (f *GroupSync) Decode(p []byte) error {
-	d := decoder{buf: p, what: "GROUP_SYNC"}
-	f.Generation = d.uvarint()
+	d := newDecoder(p, "GROUP_SYNC")
+	f.Generation = d.Uvarint()
 	return d.done()
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+
+	"github.com/edgehub/edgehub/internal/wire"
 )
 
 // Batch encoding, version 1. The same bytes are a store chunk on disk and a
@@ -169,12 +171,12 @@ func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
 	if err != nil {
 		return dst, err
 	}
-	origins := make([]string, d.uvarintMax(maxOrigins))
+	origins := make([]string, d.UvarintMax(maxOrigins))
 	for i := range origins {
-		origins[i] = string(d.bytes(d.uvarintMax(uint64(len(d.buf)))))
+		origins[i] = string(d.Next(d.UvarintMax(uint64(len(d.Buf)))))
 	}
-	if d.err != nil {
-		return dst, d.err
+	if d.Err != nil {
+		return dst, d.Err
 	}
 	if cap(dst)-len(dst) < d.info.Count {
 		// Grow geometrically: callers decode chunk after chunk into one
@@ -184,164 +186,108 @@ func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
 		dst = grown
 	}
 	prev := d.info.BaseSeq
-	for i := 0; i < d.info.Count && d.err == nil; i++ {
+	for i := 0; i < d.info.Count && d.Err == nil; i++ {
 		var r Record
-		r.Seq = d.info.BaseSeq + d.uvarint()
-		r.IngestTime = d.info.BaseIngest + d.varint()
+		r.Seq = d.info.BaseSeq + d.Uvarint()
+		r.IngestTime = d.info.BaseIngest + d.Varint()
 		if r.IngestTime > d.info.MaxIngest {
-			d.fail("record %d: ingest time above the batch's maximum", i)
+			d.Fail("record %d: ingest time above the batch's maximum", i)
 			break
 		}
-		r.Time = d.varint()
+		r.Time = d.Varint()
 		r.Key = d.nullable()
 		r.Value = d.nullable()
-		if nh := d.uvarintMax(maxHeaders); nh > 0 {
+		if nh := d.UvarintMax(maxHeaders); nh > 0 {
 			r.Headers = make([]Header, nh)
 			for j := range r.Headers {
-				r.Headers[j].Key = string(d.bytes(d.uvarintMax(uint64(len(d.buf)))))
-				r.Headers[j].Value = d.bytes(d.uvarintMax(uint64(len(d.buf))))
+				r.Headers[j].Key = string(d.Next(d.UvarintMax(uint64(len(d.Buf)))))
+				r.Headers[j].Value = d.Next(d.UvarintMax(uint64(len(d.Buf))))
 			}
 		}
-		if oi := d.uvarint(); oi > 0 {
+		if oi := d.Uvarint(); oi > 0 {
 			if oi > uint64(len(origins)) {
-				d.fail("origin index %d of %d", oi, len(origins))
+				d.Fail("origin index %d of %d", oi, len(origins))
 				break
 			}
 			r.Origin.Hub = origins[oi-1]
-			shard := d.uvarint()
+			shard := d.Uvarint()
 			if shard > 1<<32-1 {
-				d.fail("origin shard %d", shard)
+				d.Fail("origin shard %d", shard)
 				break
 			}
 			r.Origin.Shard = uint32(shard)
-			r.Origin.Seq = d.uvarint()
+			r.Origin.Seq = d.Uvarint()
 		}
 		if r.Seq < prev || r.Seq > d.info.LastSeq {
-			d.fail("record %d: sequence %d outside [%d, %d]", i, r.Seq, prev, d.info.LastSeq)
+			d.Fail("record %d: sequence %d outside [%d, %d]", i, r.Seq, prev, d.info.LastSeq)
 			break
 		}
 		prev = r.Seq
 		dst = append(dst, r)
 	}
-	if d.err == nil && len(d.buf) != 0 {
-		d.fail("%d trailing bytes", len(d.buf))
+	if d.Err == nil && len(d.Buf) != 0 {
+		d.Fail("%d trailing bytes", len(d.Buf))
 	}
-	if d.err == nil && len(dst) > 0 && dst[len(dst)-1].Seq != d.info.LastSeq {
-		d.fail("last sequence %d, header says %d", dst[len(dst)-1].Seq, d.info.LastSeq)
+	if d.Err == nil && len(dst) > 0 && dst[len(dst)-1].Seq != d.info.LastSeq {
+		d.Fail("last sequence %d, header says %d", dst[len(dst)-1].Seq, d.info.LastSeq)
 	}
-	if d.err != nil {
-		return dst, d.err
+	if d.Err != nil {
+		return dst, d.Err
 	}
 	return dst, nil
 }
 
-// decoder reads fields from a checksummed batch; after the first error every
-// read returns zero values and err keeps the first failure.
+// decoder reads fields from a checksummed batch; see wire.Reader for the
+// sticky-error rules.
 type decoder struct {
-	buf  []byte
-	err  error
+	wire.Reader
 	info Info
 }
 
-func newDecoder(buf []byte) (*decoder, error) {
+func newDecoder(buf []byte) (decoder, error) {
 	if len(buf) < headerMin+trailerLen {
-		return nil, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(buf))
+		return decoder{}, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(buf))
 	}
 	if buf[0] != Magic {
-		return nil, fmt.Errorf("%w: bad magic 0x%02x", ErrCorrupt, buf[0])
+		return decoder{}, fmt.Errorf("%w: bad magic 0x%02x", ErrCorrupt, buf[0])
 	}
 	if buf[1] != Version {
-		return nil, fmt.Errorf("%w: unsupported version %d", ErrCorrupt, buf[1])
+		return decoder{}, fmt.Errorf("%w: unsupported version %d", ErrCorrupt, buf[1])
 	}
 	if buf[2] != 0 {
-		return nil, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, buf[2])
+		return decoder{}, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, buf[2])
 	}
 	body := buf[:len(buf)-trailerLen]
 	want := binary.LittleEndian.Uint32(buf[len(body):])
 	if got := crc32.Checksum(body, castagnoli); got != want {
-		return nil, fmt.Errorf("%w: checksum 0x%08x, want 0x%08x", ErrCorrupt, got, want)
+		return decoder{}, fmt.Errorf("%w: checksum 0x%08x, want 0x%08x", ErrCorrupt, got, want)
 	}
-	d := &decoder{buf: body[3:]}
-	count := d.uvarint()
-	d.info.BaseSeq = d.uvarint()
-	lastDelta := d.uvarint()
-	d.info.BaseIngest = d.varint()
-	d.info.MaxIngest = d.info.BaseIngest + d.varint()
+	d := decoder{Reader: wire.Reader{Buf: body[3:], Sentinel: ErrCorrupt}}
+	count := d.Uvarint()
+	d.info.BaseSeq = d.Uvarint()
+	lastDelta := d.Uvarint()
+	d.info.BaseIngest = d.Varint()
+	d.info.MaxIngest = d.info.BaseIngest + d.Varint()
 	switch {
-	case d.err != nil:
-		return nil, d.err
+	case d.Err != nil:
+		return decoder{}, d.Err
 	case count == 0:
-		return nil, fmt.Errorf("%w: zero records", ErrCorrupt)
-	case count > uint64(len(d.buf)/minRecordLen+1):
-		return nil, fmt.Errorf("%w: %d records cannot fit in %d bytes", ErrCorrupt, count, len(d.buf))
+		return decoder{}, fmt.Errorf("%w: zero records", ErrCorrupt)
+	case count > uint64(len(d.Buf)/minRecordLen+1):
+		return decoder{}, fmt.Errorf("%w: %d records cannot fit in %d bytes", ErrCorrupt, count, len(d.Buf))
 	case d.info.BaseSeq+lastDelta < d.info.BaseSeq:
-		return nil, fmt.Errorf("%w: sequence range overflows", ErrCorrupt)
+		return decoder{}, fmt.Errorf("%w: sequence range overflows", ErrCorrupt)
 	}
 	d.info.Count = int(count)
 	d.info.LastSeq = d.info.BaseSeq + lastDelta
 	return d, nil
 }
 
-func (d *decoder) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: "+format, append([]any{ErrCorrupt}, args...)...)
-	}
-	d.buf = nil
-}
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.buf)
-	if n <= 0 {
-		d.fail("bad uvarint")
-		return 0
-	}
-	d.buf = d.buf[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.buf)
-	if n <= 0 {
-		d.fail("bad varint")
-		return 0
-	}
-	d.buf = d.buf[n:]
-	return v
-}
-
-// uvarintMax reads a uvarint that must not exceed max.
-func (d *decoder) uvarintMax(max uint64) uint64 {
-	v := d.uvarint()
-	if v > max {
-		d.fail("value %d exceeds %d", v, max)
-		return 0
-	}
-	return v
-}
-
-func (d *decoder) bytes(n uint64) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.buf)) {
-		d.fail("field of %d bytes runs past the end", n)
-		return nil
-	}
-	b := d.buf[:n:n]
-	d.buf = d.buf[n:]
-	return b
-}
-
+// nullable reads a field written by appendNullable: 0 is nil, n+1 is n bytes.
 func (d *decoder) nullable() []byte {
-	n := d.uvarint()
-	if n == 0 || d.err != nil {
+	n := d.Uvarint()
+	if n == 0 || d.Err != nil {
 		return nil
 	}
-	return d.bytes(n - 1)
+	return d.Next(n - 1)
 }

@@ -52,9 +52,9 @@ func decodeMsg(t quic.FrameType, p []byte) (Msg, error) {
 	case FramePullGap:
 		err = m.Gap.Decode(p)
 	case FramePullTrimmed:
-		d := reader{buf: p, what: "PULL_TRIMMED"}
-		m.Trimmed = d.uvarint()
-		err = d.done()
+		d := newReader(p, "PULL_TRIMMED")
+		m.Trimmed = d.Uvarint()
+		err = d.Err
 	case quic.FrameError:
 		e, derr := quic.DecodeError(p)
 		if derr != nil {

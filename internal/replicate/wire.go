@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/edgehub/edgehub/internal/wire"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
@@ -112,32 +113,32 @@ func (r *PullRequest) Append(dst []byte) []byte {
 
 // Decode parses an untrusted PullRequest.
 func (r *PullRequest) Decode(p []byte) error {
-	d := reader{buf: p, what: "pull request"}
-	if v := d.byte(); v != pullVersion1 && d.err == nil {
-		d.fail("version %d", v)
+	d := newReader(p, "pull request")
+	if v := d.Byte(); v != pullVersion1 && d.Err == nil {
+		d.Fail("version %d", v)
 	}
-	r.Requester = d.string(quic.MaxNameLength)
-	r.Stream = d.string(quic.MaxNameLength)
-	r.Origin.Hub = d.string(quic.MaxNameLength)
-	shard := d.uvarint()
+	r.Requester = d.String(quic.MaxNameLength)
+	r.Stream = d.String(quic.MaxNameLength)
+	r.Origin.Hub = d.String(quic.MaxNameLength)
+	shard := d.Uvarint()
 	if shard > 1<<32-1 {
-		d.fail("origin shard %d", shard)
+		d.Fail("origin shard %d", shard)
 	}
 	r.Origin.Shard = uint32(shard)
-	r.After = d.uvarint()
-	switch d.byte() {
+	r.After = d.Uvarint()
+	switch d.Byte() {
 	case 0:
 		r.Follow = false
 	case 1:
 		r.Follow = true
 	default:
-		d.fail("unknown flags")
+		d.Fail("unknown flags")
 	}
-	r.MaxBatchBytes = d.uvarint()
-	if d.err == nil && (r.Requester == "" || r.Stream == "" || r.Origin.Hub == "") {
-		d.fail("empty name")
+	r.MaxBatchBytes = d.Uvarint()
+	if d.Err == nil && (r.Requester == "" || r.Stream == "" || r.Origin.Hub == "") {
+		d.Fail("empty name")
 	}
-	return d.done()
+	return d.Err
 }
 
 // Records is a PULL_RECORDS payload.
@@ -155,13 +156,13 @@ func (f *Records) Append(dst []byte) []byte {
 // Decode parses a PULL_RECORDS payload; Batch aliases p and is verified
 // later by record.DecodeBatch.
 func (f *Records) Decode(p []byte) error {
-	d := reader{buf: p, what: "PULL_RECORDS"}
-	f.High = d.uvarint()
-	if d.err == nil && len(d.buf) == 0 {
-		d.fail("no batch")
+	d := newReader(p, "PULL_RECORDS")
+	f.High = d.Uvarint()
+	if d.Err == nil && len(d.Buf) == 0 {
+		d.Fail("no batch")
 	}
-	f.Batch, d.buf = d.buf, nil
-	return d.done()
+	f.Batch, d.Buf = d.Buf, nil
+	return d.Err
 }
 
 // Progress is a PULL_PROGRESS payload.
@@ -178,10 +179,10 @@ func (f *Progress) Append(dst []byte) []byte {
 
 // Decode parses a PULL_PROGRESS payload.
 func (f *Progress) Decode(p []byte) error {
-	d := reader{buf: p, what: "PULL_PROGRESS"}
-	f.High = d.uvarint()
-	f.Time = d.varint()
-	return d.done()
+	d := newReader(p, "PULL_PROGRESS")
+	f.High = d.Uvarint()
+	f.Time = d.Varint()
+	return d.Err
 }
 
 // Gap is a PULL_GAP payload.
@@ -199,14 +200,14 @@ func (f *Gap) Append(dst []byte) []byte {
 
 // Decode parses a PULL_GAP payload.
 func (f *Gap) Decode(p []byte) error {
-	d := reader{buf: p, what: "PULL_GAP"}
-	f.From = d.uvarint()
-	f.To = d.uvarint()
-	f.Reason = d.string(quic.MaxMessageLength)
-	if d.err == nil && (f.From == 0 || f.To < f.From) {
-		d.fail("range %d..%d", f.From, f.To)
+	d := newReader(p, "PULL_GAP")
+	f.From = d.Uvarint()
+	f.To = d.Uvarint()
+	f.Reason = d.String(quic.MaxMessageLength)
+	if d.Err == nil && (f.From == 0 || f.To < f.From) {
+		d.Fail("range %d..%d", f.From, f.To)
 	}
-	return d.done()
+	return d.Err
 }
 
 // SessionOpen is the OPEN body of a replication session (version 2).
@@ -224,15 +225,15 @@ func (o *SessionOpen) Append(dst []byte) []byte {
 
 // Decode parses an untrusted SessionOpen.
 func (o *SessionOpen) Decode(p []byte) error {
-	d := reader{buf: p, what: "session open"}
-	if v := d.byte(); v != sessionVersion2 && d.err == nil {
-		d.fail("version %d", v)
+	d := newReader(p, "session open")
+	if v := d.Byte(); v != sessionVersion2 && d.Err == nil {
+		d.Fail("version %d", v)
 	}
-	o.Requester = d.string(quic.MaxNameLength)
-	if d.err == nil && o.Requester == "" {
-		d.fail("empty requester")
+	o.Requester = d.String(quic.MaxNameLength)
+	if d.Err == nil && o.Requester == "" {
+		d.Fail("empty requester")
 	}
-	return d.done()
+	return d.Err
 }
 
 // Follow is a PULL_FOLLOW payload: one pull within a session.
@@ -270,30 +271,30 @@ func (f *Follow) Append(dst []byte) []byte {
 
 // Decode parses an untrusted PULL_FOLLOW payload.
 func (f *Follow) Decode(p []byte) error {
-	d := reader{buf: p, what: "PULL_FOLLOW"}
-	f.ID = d.uvarint()
-	f.Stream = d.string(quic.MaxNameLength)
-	f.Origin.Hub = d.string(quic.MaxNameLength)
-	shard := d.uvarint()
+	d := newReader(p, "PULL_FOLLOW")
+	f.ID = d.Uvarint()
+	f.Stream = d.String(quic.MaxNameLength)
+	f.Origin.Hub = d.String(quic.MaxNameLength)
+	shard := d.Uvarint()
 	if shard > 1<<32-1 {
-		d.fail("origin shard %d", shard)
+		d.Fail("origin shard %d", shard)
 	}
 	f.Origin.Shard = uint32(shard)
-	f.After = d.uvarint()
-	switch d.byte() {
+	f.After = d.Uvarint()
+	switch d.Byte() {
 	case 0:
 		f.Follow = false
 	case 1:
 		f.Follow = true
 	default:
-		d.fail("unknown flags")
+		d.Fail("unknown flags")
 	}
-	f.MaxBatchBytes = d.uvarint()
-	f.Credit = d.uvarint()
-	if d.err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
-		d.fail("zero id or empty name")
+	f.MaxBatchBytes = d.Uvarint()
+	f.Credit = d.Uvarint()
+	if d.Err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
+		d.Fail("zero id or empty name")
 	}
-	return d.done()
+	return d.Err
 }
 
 // request is the pull f asks for, on behalf of requester.
@@ -316,13 +317,13 @@ func (f *FollowCredit) Append(dst []byte) []byte {
 
 // Decode parses a PULL_CREDIT payload.
 func (f *FollowCredit) Decode(p []byte) error {
-	d := reader{buf: p, what: "PULL_CREDIT"}
-	f.ID = d.uvarint()
-	f.Bytes = d.uvarint()
-	if d.err == nil && (f.ID == 0 || f.Bytes == 0) {
-		d.fail("zero id or credit")
+	d := newReader(p, "PULL_CREDIT")
+	f.ID = d.Uvarint()
+	f.Bytes = d.Uvarint()
+	if d.Err == nil && (f.ID == 0 || f.Bytes == 0) {
+		d.Fail("zero id or credit")
 	}
-	return d.done()
+	return d.Err
 }
 
 // FollowCancel is a PULL_CANCEL payload.
@@ -333,12 +334,12 @@ func (f *FollowCancel) Append(dst []byte) []byte { return binary.AppendUvarint(d
 
 // Decode parses a PULL_CANCEL payload.
 func (f *FollowCancel) Decode(p []byte) error {
-	d := reader{buf: p, what: "PULL_CANCEL"}
-	f.ID = d.uvarint()
-	if d.err == nil && f.ID == 0 {
-		d.fail("zero id")
+	d := newReader(p, "PULL_CANCEL")
+	f.ID = d.Uvarint()
+	if d.Err == nil && f.ID == 0 {
+		d.Fail("zero id")
 	}
-	return d.done()
+	return d.Err
 }
 
 // FollowEnd is a PULL_END payload: the follow is over, complete (CodeOK)
@@ -358,14 +359,14 @@ func (f *FollowEnd) Append(dst []byte) []byte {
 
 // Decode parses a PULL_END payload.
 func (f *FollowEnd) Decode(p []byte) error {
-	d := reader{buf: p, what: "PULL_END"}
-	f.ID = d.uvarint()
-	f.Code = quic.Code(d.uvarint())
-	f.Message = d.string(quic.MaxMessageLength)
-	if d.err == nil && f.ID == 0 {
-		d.fail("zero id")
+	d := newReader(p, "PULL_END")
+	f.ID = d.Uvarint()
+	f.Code = quic.Code(d.Uvarint())
+	f.Message = d.String(quic.MaxMessageLength)
+	if d.Err == nil && f.ID == 0 {
+		d.Fail("zero id")
 	}
-	return d.done()
+	return d.Err
 }
 
 // Err is the follow's outcome as the client sees it: io.EOF when complete,
@@ -411,15 +412,15 @@ func decodeSessionMsg(t quic.FrameType, p []byte) (sessionMsg, error) {
 	default:
 		return sessionMsg{}, fmt.Errorf("%w: %s in a replication session", quic.ErrUnexpectedFrame, frameName(t))
 	}
-	d := reader{buf: p, what: frameName(t)}
-	id := d.uvarint()
-	if d.err == nil && id == 0 {
-		d.fail("zero id")
+	d := newReader(p, frameName(t))
+	id := d.Uvarint()
+	if d.Err == nil && id == 0 {
+		d.Fail("zero id")
 	}
-	if d.err != nil {
-		return sessionMsg{}, d.err
+	if d.Err != nil {
+		return sessionMsg{}, d.Err
 	}
-	m, err := decodeMsg(t, d.buf)
+	m, err := decodeMsg(t, d.Buf)
 	if err != nil {
 		return sessionMsg{}, err
 	}
@@ -454,75 +455,10 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
-// reader decodes payload fields; after the first failure every read
-// returns a zero value and err keeps the failure.
-type reader struct {
-	buf  []byte
-	what string
-	err  error
-}
-
-func (d *reader) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: %s: %s", quic.ErrMalformed, d.what, fmt.Sprintf(format, args...))
-	}
-	d.buf = nil
-}
-
-// done ends a decode. Trailing bytes are ignored, as everywhere in the
-// wire protocol (docs/protocol.md, "Versioning"): later versions may append
-// fields.
-func (d *reader) done() error { return d.err }
-
-func (d *reader) byte() byte {
-	if d.err != nil {
-		return 0
-	}
-	if len(d.buf) == 0 {
-		d.fail("truncated")
-		return 0
-	}
-	b := d.buf[0]
-	d.buf = d.buf[1:]
-	return b
-}
-
-func (d *reader) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.buf)
-	if n <= 0 {
-		d.fail("bad uvarint")
-		return 0
-	}
-	d.buf = d.buf[n:]
-	return v
-}
-
-func (d *reader) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.buf)
-	if n <= 0 {
-		d.fail("bad varint")
-		return 0
-	}
-	d.buf = d.buf[n:]
-	return v
-}
-
-func (d *reader) string(max int) string {
-	n := d.uvarint()
-	if d.err != nil {
-		return ""
-	}
-	if n > uint64(max) || n > uint64(len(d.buf)) {
-		d.fail("string of %d bytes", n)
-		return ""
-	}
-	s := string(d.buf[:n])
-	d.buf = d.buf[n:]
-	return s
+// newReader returns a reader for a frame payload: every failure wraps
+// quic.ErrMalformed and names the frame. Trailing bytes are ignored, as
+// everywhere in the wire protocol (docs/protocol.md, "Versioning"): later
+// versions may append fields.
+func newReader(p []byte, what string) wire.Reader {
+	return wire.Reader{Buf: p, Sentinel: quic.ErrMalformed, What: what}
 }
