@@ -91,6 +91,11 @@ type runner struct {
 	kind       callKind
 	seqs       []uint64 // input sequences of the batch in the current call
 	timerSeq   uint64
+	// inputClock is the newest ingest time delivered to the guest, and
+	// firedAt the last timer now: while the runner works through a backlog
+	// its timers follow the input, not the wall clock.
+	inputClock int64
+	firedAt    int64
 	tx         *bolt.Tx // read transaction for state reads during a call
 	batch      []byte
 	in         []wasmhost.InputRecord
@@ -178,6 +183,7 @@ func (r *runner) run(ctx context.Context) {
 			select {
 			case <-ch:
 			case <-tick:
+				// Caught up: the timer follows the wall clock.
 				if !r.withSlot(ctx, func() bool { return r.fireTimer(ctx, r.now().UnixNano()) }) {
 					return
 				}
@@ -202,7 +208,11 @@ func (r *runner) run(ctx context.Context) {
 		}
 		select {
 		case <-tick:
-			if !r.withSlot(ctx, func() bool { return r.fireTimer(ctx, r.now().UnixNano()) }) {
+			// Behind its input: the timer follows the input's ingest
+			// time, so "no input for a while" means the input was idle,
+			// not that this runner is slow.
+			now := max(r.firedAt, min(r.inputClock, r.now().UnixNano()))
+			if !r.withSlot(ctx, func() bool { return r.fireTimer(ctx, now) }) {
 				return
 			}
 		default:
@@ -527,6 +537,7 @@ func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record
 		for _, h := range rec.Headers {
 			r.hdrs = append(r.hdrs, wasmhost.Header{Key: []byte(h.Key), Value: h.Value})
 		}
+		r.inputClock = max(r.inputClock, rec.IngestTime)
 		r.in = append(r.in, wasmhost.InputRecord{Seq: rec.Seq, IngestTime: rec.IngestTime, Time: rec.Time,
 			Key: rec.Key, Value: rec.Value, Headers: r.hdrs[start:len(r.hdrs):len(r.hdrs)]})
 	}
@@ -642,6 +653,7 @@ func (r *runner) storeTrouble(ctx context.Context, op string, err error) bool {
 // checkpoint before they are appended, so that a crash replays it with the
 // same now and the same origins; a firing without effects costs no write.
 func (r *runner) fireTimer(ctx context.Context, now int64) bool {
+	r.firedAt = max(r.firedAt, now)
 	return r.runTimer(ctx, r.cp.TimerSeq+1, now, false)
 }
 
