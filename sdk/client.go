@@ -193,6 +193,11 @@ func (c *Client) connect(ctx context.Context) (*quic.Client, error) {
 	defer cancel()
 	conn, err := quic.Dial(dctx, c.addr, c.qcfg)
 	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// This attempt ran out of time, the caller's context did not:
+			// the hub may be restarting, so the failure is retryable.
+			return nil, fmt.Errorf("sdk: dial %s: no answer within %s", c.addr, c.opts.DialTimeout)
+		}
 		return nil, fmt.Errorf("sdk: dial %s: %w", c.addr, err)
 	}
 	c.conn = conn
