@@ -78,19 +78,19 @@ type runner struct {
 	shard  int
 	logger *slog.Logger
 
-	originHub  string
-	timerHub   string
-	inst       *wasmhost.Instance
-	instFails  int
-	cp         checkpoint
-	delta      *delta
-	outs       []*outBuf
-	outIdx     map[string]int
-	nOut       int
-	arena      []byte
-	kind       callKind
-	seqs       []uint64 // input sequences of the batch in the current call
-	timerSeq   uint64
+	originHub string
+	timerHub  string
+	inst      *wasmhost.Instance
+	instFails int
+	cp        checkpoint
+	delta     *delta
+	outs      []*outBuf
+	outIdx    map[string]int
+	nOut      int
+	arena     []byte
+	kind      callKind
+	seqs      []uint64 // input sequences of the batch in the current call
+	timerSeq  uint64
 	// inputClock is the newest ingest time delivered to the guest, and
 	// firedAt the last timer now: while the runner works through a backlog
 	// its timers follow the input, not the wall clock.
