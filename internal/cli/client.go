@@ -28,6 +28,22 @@ func adminFlag(fs *flag.FlagSet) *string {
 	return fs.String("admin", "", "admin API `URL` (env HUB_ADMIN, default "+DefaultAdminURL+")")
 }
 
+// adminCommand is the prelude of a management command: it adds --admin to
+// fs, parses args, checks that there are n positional arguments (named
+// names in the error) and returns a client for the admin API with them.
+func adminCommand(fs *flag.FlagSet, args []string, n int, names string) (*adminClient, []string, error) {
+	admin := adminFlag(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := wantArgs(pos, n, names); err != nil {
+		return nil, nil, err
+	}
+	c, err := newAdminClient(*admin)
+	return c, pos, err
+}
+
 // adminClient calls the hub's admin API, turning its JSON errors into
 // *apiError with the hub's message and code.
 type adminClient struct {

@@ -34,16 +34,8 @@ func init() {
 
 func groupList(ctx context.Context, args []string) error {
 	fs := newFlags("group list", "group list [--json]")
-	admin := adminFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, _, err := adminCommand(fs, args, 0, "")
 	if err != nil {
 		return err
 	}
@@ -68,16 +60,8 @@ func groupList(ctx context.Context, args []string) error {
 
 func groupDescribe(ctx context.Context, args []string) error {
 	fs := newFlags("group describe", "group describe NAME [--json]")
-	admin := adminFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "group NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "group NAME")
 	if err != nil {
 		return err
 	}
@@ -204,15 +188,7 @@ func containsInt(v []int, n int) bool {
 
 func groupDelete(ctx context.Context, args []string) error {
 	fs := newFlags("group delete", "group delete NAME")
-	admin := adminFlag(fs)
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "group NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "group NAME")
 	if err != nil {
 		return err
 	}

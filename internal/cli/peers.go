@@ -16,17 +16,9 @@ func init() {
 
 func peers(ctx context.Context, args []string) error {
 	fs := newFlags("peers", "peers [--pulls] [--json]")
-	admin := adminFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	pulls := fs.Bool("pulls", false, "also list every pull (one per stream and origin shard)")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, _, err := adminCommand(fs, args, 0, "")
 	if err != nil {
 		return err
 	}

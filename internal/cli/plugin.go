@@ -251,16 +251,8 @@ func (c *adminClient) deployPlugin(ctx context.Context, pc hub.PluginConfig, was
 
 func pluginList(ctx context.Context, args []string) error {
 	fs := newFlags("plugin list", "plugin list [--json]")
-	admin := adminFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, _, err := adminCommand(fs, args, 0, "")
 	if err != nil {
 		return err
 	}
@@ -283,16 +275,8 @@ func pluginList(ctx context.Context, args []string) error {
 
 func pluginDescribe(ctx context.Context, args []string) error {
 	fs := newFlags("plugin describe", "plugin describe NAME [--json]")
-	admin := adminFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "plugin NAME")
 	if err != nil {
 		return err
 	}
@@ -359,18 +343,10 @@ func pluginDescribe(ctx context.Context, args []string) error {
 
 func pluginLogs(ctx context.Context, args []string) error {
 	fs := newFlags("plugin logs", "plugin logs NAME [-n N] [--follow]")
-	admin := adminFlag(fs)
 	n := fs.Int("n", 100, "print the last `N` lines (0 = all the hub keeps)")
 	follow := fs.Bool("follow", false, "keep printing new lines")
 	asJSON := fs.Bool("json", false, "print JSON lines")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "plugin NAME")
 	if err != nil {
 		return err
 	}
@@ -416,16 +392,8 @@ func pluginLogs(ctx context.Context, args []string) error {
 
 func pluginPause(ctx context.Context, args []string) error {
 	fs := newFlags("plugin pause", "plugin pause NAME [--reason TEXT]")
-	admin := adminFlag(fs)
 	reason := fs.String("reason", "", "why (shown by describe)")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "plugin NAME")
 	if err != nil {
 		return err
 	}
@@ -439,15 +407,7 @@ func pluginPause(ctx context.Context, args []string) error {
 
 func pluginResume(ctx context.Context, args []string) error {
 	fs := newFlags("plugin resume", "plugin resume NAME")
-	admin := adminFlag(fs)
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "plugin NAME")
 	if err != nil {
 		return err
 	}
@@ -461,15 +421,7 @@ func pluginResume(ctx context.Context, args []string) error {
 
 func pluginDelete(ctx context.Context, args []string) error {
 	fs := newFlags("plugin delete", "plugin delete NAME")
-	admin := adminFlag(fs)
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "plugin NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "plugin NAME")
 	if err != nil {
 		return err
 	}

@@ -84,19 +84,11 @@ func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
 
 func streamCreate(ctx context.Context, args []string) error {
 	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--replicate POLICY]")
-	admin := adminFlag(fs)
 	shards := fs.Int("shards", 1, "number of `N` shards (1..1024; fixed once created)")
 	var s streamSettingFlags
 	s.add(fs)
 	asJSON := fs.Bool("json", false, "print the created stream as JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
 	if err != nil {
 		return err
 	}
@@ -149,16 +141,8 @@ func streamUpdate(ctx context.Context, args []string) error {
 
 func streamList(ctx context.Context, args []string) error {
 	fs := newFlags("stream list", "stream list [--json]")
-	admin := adminFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, _, err := adminCommand(fs, args, 0, "")
 	if err != nil {
 		return err
 	}
@@ -185,16 +169,8 @@ func streamList(ctx context.Context, args []string) error {
 
 func streamDescribe(ctx context.Context, args []string) error {
 	fs := newFlags("stream describe", "stream describe NAME [--json]")
-	admin := adminFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
 	if err != nil {
 		return err
 	}
@@ -239,15 +215,7 @@ func streamDescribe(ctx context.Context, args []string) error {
 
 func streamDelete(ctx context.Context, args []string) error {
 	fs := newFlags("stream delete", "stream delete NAME")
-	admin := adminFlag(fs)
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*admin)
+	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
 	if err != nil {
 		return err
 	}
