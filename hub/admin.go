@@ -401,11 +401,9 @@ func (h *Hub) createStream(w http.ResponseWriter, r *http.Request) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("create stream: %w", err)
 	}
-	// CreateStream is idempotent for config declarations; the API says 409.
-	if _, err := h.store.Stream(c.Name); err == nil {
-		return &apiError{http.StatusConflict, CodeExists, fmt.Errorf("create stream %q: %w", c.Name, store.ErrStreamExists)}
-	}
-	st, err := h.store.CreateStream(r.Context(), c)
+	// Unlike a config declaration, an API create of an existing name is a
+	// conflict (409), decided atomically by the store.
+	st, err := h.store.CreateNewStream(r.Context(), c)
 	if err != nil {
 		return err
 	}

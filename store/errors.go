@@ -13,7 +13,8 @@ var (
 	// ErrStreamNotFound: no stream has that name.
 	ErrStreamNotFound = errors.New("stream not found")
 	// ErrStreamExists: CreateStream with a name in use and a different shard
-	// count (other settings of an existing stream change with UpdateStream).
+	// count (other settings of an existing stream change with UpdateStream),
+	// or CreateNewStream with a name in use.
 	ErrStreamExists = errors.New("stream already exists")
 	// ErrInvalidName: a name outside the documented charset or length.
 	ErrInvalidName = errors.New("invalid name")

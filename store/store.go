@@ -101,6 +101,17 @@ func (s *Store) Close() error {
 // definition returns it (so declaring streams in config is idempotent); with
 // a different shard count it fails with ErrStreamExists.
 func (s *Store) CreateStream(ctx context.Context, cfg StreamConfig) (*Stream, error) {
+	return s.createStream(ctx, cfg, false)
+}
+
+// CreateNewStream creates a stream and fails with ErrStreamExists if the name
+// is taken, whatever its definition: an API's "create" that must not succeed
+// twice, even for two concurrent callers.
+func (s *Store) CreateNewStream(ctx context.Context, cfg StreamConfig) (*Stream, error) {
+	return s.createStream(ctx, cfg, true)
+}
+
+func (s *Store) createStream(ctx context.Context, cfg StreamConfig, exclusive bool) (*Stream, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("store: create stream: %w", err)
@@ -114,6 +125,9 @@ func (s *Store) CreateStream(ctx context.Context, cfg StreamConfig) (*Stream, er
 		return nil, ErrClosed
 	}
 	if st, ok := s.streams[cfg.Name]; ok {
+		if exclusive {
+			return nil, fmt.Errorf("store: create stream %q: %w", cfg.Name, ErrStreamExists)
+		}
 		if st.Config().Shards != cfg.Shards {
 			return nil, fmt.Errorf("store: create stream %q: %w with %d shards", cfg.Name, ErrStreamExists, st.Config().Shards)
 		}

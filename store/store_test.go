@@ -926,3 +926,28 @@ func TestAppendAsyncKeepsQueueOrder(t *testing.T) {
 		t.Fatalf("empty batch result %v %v", res, err)
 	}
 }
+
+func TestCreateNewStreamIsExclusive(t *testing.T) {
+	s := openStore(t, testConfig(t, t.TempDir()))
+	var wg sync.WaitGroup
+	var created, exists atomic.Int32
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.CreateNewStream(context.Background(), StreamConfig{Name: "once", Shards: 2})
+			switch {
+			case err == nil:
+				created.Add(1)
+			case errors.Is(err, ErrStreamExists):
+				exists.Add(1)
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if created.Load() != 1 || exists.Load() != 7 {
+		t.Fatalf("%d creates succeeded, %d refused", created.Load(), exists.Load())
+	}
+}
