@@ -236,19 +236,20 @@ peer_insecure_skip_verify = true
 	cmd, admin = child()
 	stop()
 	total := <-produced
-	last := time.Now()
+	progress := time.NewTicker(5 * time.Second) // log progress, for a slow machine's record
+	defer progress.Stop()
 	waitFor(t, "replica caught up after the crash", func() bool {
 		got := records(admin)
-		if time.Since(last) > 5*time.Second {
-			last = time.Now()
+		select {
+		case <-progress.C:
 			resp, err := http.Get("http://" + admin + "/v1/peers")
 			if err == nil {
 				var p Peers
 				json.NewDecoder(resp.Body).Decode(&p)
 				resp.Body.Close()
 				t.Logf("replica holds %d of %d; peers: %+v", got, total, p)
-
 			}
+		default:
 		}
 		return got == int64(total)
 	})
