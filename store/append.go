@@ -467,7 +467,7 @@ func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, er
 }
 
 // flush writes this commit's records as one chunk per shard (split at
-// maxChunkBytes), the time index, the origin index and watermarks, and the
+// maxChunkBytes), the origin index and watermarks, and the
 // touched shards' state.
 func (w *writer) flush(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
@@ -477,8 +477,6 @@ func (w *writer) flush(tx *bolt.Tx) error {
 		}
 		cb := tx.Bucket(chunkBucket(i))
 		cb.FillPercent = 1.0 // append-only: full pages
-		tb := tx.Bucket(timeBucket(i))
-		tb.FillPercent = 1.0
 		for len(recs) > 0 {
 			n, size := 0, 0
 			for n < len(recs) && (n == 0 || size < maxChunkBytes) {
@@ -495,10 +493,6 @@ func (w *writer) flush(tx *bolt.Tx) error {
 			}
 			chunk := w.buf[start:len(w.buf):len(w.buf)]
 			if err := cb.Put(u64(recs[0].Seq), chunk); err != nil {
-				return err
-			}
-			tk := binary.BigEndian.AppendUint64(u64(uint64(recs[0].IngestTime)), recs[0].Seq)
-			if err := tb.Put(tk, nil); err != nil {
 				return err
 			}
 			w.metas[i].Bytes += int64(len(chunk))

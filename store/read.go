@@ -143,53 +143,56 @@ func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]record.Record
 }
 
 // SeqAtTime returns the sequence of the first record of shard ingested at or
-// after t, or the next sequence to be assigned if there is none.
+// after t, or the next sequence to be assigned if there is none. Ingest
+// times never decrease within a shard, so it binary-searches the chunks by
+// sequence, reading one chunk header per step in its own short transaction.
 func (s *Stream) SeqAtTime(shard int, t time.Time) (uint64, error) {
 	if shard < 0 || shard >= len(s.shards) {
 		return 0, fmt.Errorf("store: read %q: %w %d", s.name, ErrInvalidShard, shard)
 	}
 	ts := t.UnixNano()
-	if ts < 0 {
-		ts = 0
-	}
-	next := s.shards[shard].next.Load()
-	var chunk []byte
-	err := s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(timeBucket(shard)).Cursor()
-		// The chunk that may hold t is the last one that starts at or
-		// before t; if none does, the first chunk.
-		k, _ := c.Seek(u64(uint64(ts) + 1))
-		if k == nil {
-			k, _ = c.Last()
-		} else if pk, _ := c.Prev(); pk != nil {
-			k = pk
+	first, last, _ := s.Bounds(shard)
+	// The answer's chunk starts in [lo, hi); found is the earliest chunk
+	// seen whose newest record is at or after ts.
+	lo, hi := first, last+1
+	var found []byte
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		chunks, err := s.readChunks(shard, mid, 1)
+		if err != nil {
+			return 0, err
+		}
+		if len(chunks) == 0 {
+			break // retention removed the rest meanwhile
+		}
+		c := chunks[0]
+		info, err := record.ReadInfo(c.data)
+		if err != nil {
+			return 0, &CorruptError{File: s.path, Shard: shard, Seq: c.seq, Err: err}
+		}
+		if info.BaseSeq >= hi {
+			hi = mid // mid fell in a gap left by compaction: no chunk starts in [mid, hi)
+			continue
+		}
+		if info.MaxIngest >= ts {
+			found, hi = c.data, min(hi, info.BaseSeq)
 		} else {
-			k, _ = c.First()
+			lo = info.LastSeq + 1
 		}
-		if k == nil {
-			return nil
-		}
-		seq := binary.BigEndian.Uint64(k[8:])
-		if v := tx.Bucket(chunkBucket(shard)).Get(u64(seq)); v != nil {
-			chunk = append([]byte(nil), v...)
-		}
-		return nil
-	})
-	if err != nil || chunk == nil {
-		return s.firstAtOrAfter(shard, next), err
 	}
-	recs, err := record.DecodeBatch(chunk, nil)
+	if found == nil {
+		return s.firstAtOrAfter(shard, last+1), nil
+	}
+	recs, err := record.DecodeBatch(found, nil)
 	if err != nil {
 		return 0, &CorruptError{File: s.path, Shard: shard, Err: err}
 	}
 	for _, r := range recs {
 		if r.IngestTime >= ts {
-			return r.Seq, nil
+			return s.firstAtOrAfter(shard, r.Seq), nil
 		}
 	}
-	// Every record of that chunk is older: the answer is the next chunk's
-	// first record, i.e. the first record after this chunk.
-	return s.firstAtOrAfter(shard, recs[len(recs)-1].Seq+1), nil
+	return s.firstAtOrAfter(shard, last+1), nil // unreachable: MaxIngest >= ts
 }
 
 func (s *Stream) firstAtOrAfter(shard int, seq uint64) uint64 {

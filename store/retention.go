@@ -207,7 +207,7 @@ func (s *Stream) trimBytes(ctx context.Context, maxBytes int64) error {
 	}
 }
 
-// deleteChunk removes a chunk with its time index and origin index entries.
+// deleteChunk removes a chunk with its origin index entries.
 func (s *Stream) deleteChunk(tx *bolt.Tx, shard int, k, v []byte, m *shardMeta) error {
 	recs, err := record.DecodeBatch(v, nil)
 	if err != nil {
@@ -215,10 +215,6 @@ func (s *Stream) deleteChunk(tx *bolt.Tx, shard int, k, v []byte, m *shardMeta) 
 	}
 	size := len(v)
 	if err := removeOrigins(tx, recs); err != nil {
-		return err
-	}
-	tk := binary.BigEndian.AppendUint64(u64(uint64(recs[0].IngestTime)), recs[0].Seq)
-	if err := tx.Bucket(timeBucket(shard)).Delete(tk); err != nil {
 		return err
 	}
 	if err := tx.Bucket(chunkBucket(shard)).Delete(k); err != nil {
@@ -364,10 +360,6 @@ func (s *Stream) putChunk(tx *bolt.Tx, shard int, recs []record.Record, m *shard
 		return err
 	}
 	if err := tx.Bucket(chunkBucket(shard)).Put(u64(recs[0].Seq), buf); err != nil {
-		return err
-	}
-	tk := binary.BigEndian.AppendUint64(u64(uint64(recs[0].IngestTime)), recs[0].Seq)
-	if err := tx.Bucket(timeBucket(shard)).Put(tk, nil); err != nil {
 		return err
 	}
 	w := &writer{s: s}

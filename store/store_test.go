@@ -951,3 +951,46 @@ func TestCreateNewStreamIsExclusive(t *testing.T) {
 		t.Fatalf("%d creates succeeded, %d refused", created.Load(), exists.Load())
 	}
 }
+
+// SeqAtTime over chunks with gaps left by compaction and retention.
+func TestSeqAtTimeAfterCompaction(t *testing.T) {
+	clock := &testClock{}
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock.ns.Store(base.UnixNano())
+	cfg := testConfig(t, t.TempDir())
+	cfg.Now = clock.Now
+	s := openStore(t, cfg)
+	st := newStream(t, s, StreamConfig{Name: "gaps", Shards: 1, Compact: true})
+	ctx := context.Background()
+	for i := 0; i < 200; i++ { // second i: a "hot" key, and every 20th a key of its own
+		key := "hot"
+		if i%20 == 0 {
+			key = fmt.Sprintf("cold%d", i)
+		}
+		if _, err := st.Append(ctx, Batch{Records: []record.Record{{Key: []byte(key), Value: []byte("v")}}}); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(time.Second)
+	}
+	if err := st.Enforce(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	survivors := readAll(t, st, 0)
+	if len(survivors) != 11 { // ten cold keys and the last hot one, with gaps between
+		t.Fatalf("%d survivors", len(survivors))
+	}
+	for i := 0; i < 200; i++ {
+		at := base.Add(time.Duration(i) * time.Second)
+		want := uint64(201) // none at or after: the next sequence
+		for _, r := range survivors {
+			if r.IngestTime >= at.UnixNano() {
+				want = r.Seq
+				break
+			}
+		}
+		got, err := st.SeqAtTime(0, at)
+		if err != nil || got != want {
+			t.Fatalf("SeqAtTime(+%ds) = %d, %v; want %d", i, got, err, want)
+		}
+	}
+}

@@ -24,7 +24,6 @@ import (
 //	m                 meta: "config" → JSON StreamConfig, "format" → 1,
 //	                  shardKey(i) → shardMeta
 //	c<i>              chunks of shard i: BE uint64 first seq → record batch
-//	t<i>              time index of shard i: BE first ingest ‖ BE first seq → nil
 //	p                 idempotent producers: BE id ‖ BE shard → producerState
 //	w                 origin watermarks: originKey → BE uint64 highest origin seq
 //	o                 origin index: originKey ‖ BE origin seq → BE shard ‖ BE seq
@@ -37,7 +36,9 @@ var (
 	keyFormat        = []byte("format")
 )
 
-const formatVersion = 1
+// formatVersion 2 dropped the per-shard time index: ingest times never
+// decrease within a shard, so SeqAtTime searches the chunks themselves.
+const formatVersion = 2
 
 // maxChunkBytes splits a shard's share of one group commit into chunks of
 // about this size, so a read never has to copy a huge value to return a few
@@ -45,7 +46,6 @@ const formatVersion = 1
 const maxChunkBytes = 256 << 10
 
 func chunkBucket(shard int) []byte { return fmt.Appendf(nil, "c%d", shard) }
-func timeBucket(shard int) []byte  { return fmt.Appendf(nil, "t%d", shard) }
 func shardKey(shard int) []byte    { return fmt.Appendf(nil, "shard/%d", shard) }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -246,9 +246,6 @@ func (s *Stream) create(cfg StreamConfig) error {
 			if _, err := tx.CreateBucket(chunkBucket(i)); err != nil {
 				return err
 			}
-			if _, err := tx.CreateBucket(timeBucket(i)); err != nil {
-				return err
-			}
 			if err := m.Put(shardKey(i), shardMeta{Next: 1}.encode()); err != nil {
 				return err
 			}
@@ -291,7 +288,7 @@ func (s *Stream) load() (err error) {
 		for i := range s.shards {
 			meta, err := decodeShardMeta(m.Get(shardKey(i)))
 			c := tx.Bucket(chunkBucket(i))
-			if err != nil || c == nil || tx.Bucket(timeBucket(i)) == nil {
+			if err != nil || c == nil {
 				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("shard %d: missing state (%v)", i, err)}
 			}
 			first := meta.Next
