@@ -99,16 +99,7 @@ type PullRequest struct {
 func (r *PullRequest) Append(dst []byte) []byte {
 	dst = append(dst, pullVersion1)
 	dst = appendString(dst, r.Requester)
-	dst = appendString(dst, r.Stream)
-	dst = appendString(dst, r.Origin.Hub)
-	dst = binary.AppendUvarint(dst, uint64(r.Origin.Shard))
-	dst = binary.AppendUvarint(dst, r.After)
-	flags := byte(0)
-	if r.Follow {
-		flags |= 1
-	}
-	dst = append(dst, flags)
-	return binary.AppendUvarint(dst, r.MaxBatchBytes)
+	return appendPull(dst, r.Stream, r.Origin, r.After, r.Follow, r.MaxBatchBytes)
 }
 
 // Decode parses an untrusted PullRequest.
@@ -118,23 +109,7 @@ func (r *PullRequest) Decode(p []byte) error {
 		d.Fail("version %d", v)
 	}
 	r.Requester = d.String(quic.MaxNameLength)
-	r.Stream = d.String(quic.MaxNameLength)
-	r.Origin.Hub = d.String(quic.MaxNameLength)
-	shard := d.Uvarint()
-	if shard > 1<<32-1 {
-		d.Fail("origin shard %d", shard)
-	}
-	r.Origin.Shard = uint32(shard)
-	r.After = d.Uvarint()
-	switch d.Byte() {
-	case 0:
-		r.Follow = false
-	case 1:
-		r.Follow = true
-	default:
-		d.Fail("unknown flags")
-	}
-	r.MaxBatchBytes = d.Uvarint()
+	readPull(&d, &r.Stream, &r.Origin, &r.After, &r.Follow, &r.MaxBatchBytes)
 	if d.Err == nil && (r.Requester == "" || r.Stream == "" || r.Origin.Hub == "") {
 		d.Fail("empty name")
 	}
@@ -256,16 +231,7 @@ type Follow struct {
 //	uvarint credit
 func (f *Follow) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, f.ID)
-	dst = appendString(dst, f.Stream)
-	dst = appendString(dst, f.Origin.Hub)
-	dst = binary.AppendUvarint(dst, uint64(f.Origin.Shard))
-	dst = binary.AppendUvarint(dst, f.After)
-	flags := byte(0)
-	if f.Follow {
-		flags |= 1
-	}
-	dst = append(dst, flags)
-	dst = binary.AppendUvarint(dst, f.MaxBatchBytes)
+	dst = appendPull(dst, f.Stream, f.Origin, f.After, f.Follow, f.MaxBatchBytes)
 	return binary.AppendUvarint(dst, f.Credit)
 }
 
@@ -273,23 +239,7 @@ func (f *Follow) Append(dst []byte) []byte {
 func (f *Follow) Decode(p []byte) error {
 	d := newReader(p, "PULL_FOLLOW")
 	f.ID = d.Uvarint()
-	f.Stream = d.String(quic.MaxNameLength)
-	f.Origin.Hub = d.String(quic.MaxNameLength)
-	shard := d.Uvarint()
-	if shard > 1<<32-1 {
-		d.Fail("origin shard %d", shard)
-	}
-	f.Origin.Shard = uint32(shard)
-	f.After = d.Uvarint()
-	switch d.Byte() {
-	case 0:
-		f.Follow = false
-	case 1:
-		f.Follow = true
-	default:
-		d.Fail("unknown flags")
-	}
-	f.MaxBatchBytes = d.Uvarint()
+	readPull(&d, &f.Stream, &f.Origin, &f.After, &f.Follow, &f.MaxBatchBytes)
 	f.Credit = d.Uvarint()
 	if d.Err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
 		d.Fail("zero id or empty name")
@@ -459,6 +409,43 @@ func appendString(dst []byte, s string) []byte {
 // quic.ErrMalformed and names the frame. Trailing bytes are ignored, as
 // everywhere in the wire protocol (docs/protocol.md, "Versioning"): later
 // versions may append fields.
+// appendPull and readPull encode what a PULL and a PULL_FOLLOW share:
+//
+//	string stream, string origin hub, uvarint origin shard, uvarint after,
+//	byte flags (1 = follow), uvarint max batch bytes
+func appendPull(dst []byte, stream string, origin store.OriginKey, after uint64, follow bool, maxBatch uint64) []byte {
+	dst = appendString(dst, stream)
+	dst = appendString(dst, origin.Hub)
+	dst = binary.AppendUvarint(dst, uint64(origin.Shard))
+	dst = binary.AppendUvarint(dst, after)
+	flags := byte(0)
+	if follow {
+		flags |= 1
+	}
+	dst = append(dst, flags)
+	return binary.AppendUvarint(dst, maxBatch)
+}
+
+func readPull(d *wire.Reader, stream *string, origin *store.OriginKey, after *uint64, follow *bool, maxBatch *uint64) {
+	*stream = d.String(quic.MaxNameLength)
+	origin.Hub = d.String(quic.MaxNameLength)
+	shard := d.Uvarint()
+	if shard > 1<<32-1 {
+		d.Fail("origin shard %d", shard)
+	}
+	origin.Shard = uint32(shard)
+	*after = d.Uvarint()
+	switch d.Byte() {
+	case 0:
+		*follow = false
+	case 1:
+		*follow = true
+	default:
+		d.Fail("unknown flags")
+	}
+	*maxBatch = d.Uvarint()
+}
+
 func newReader(p []byte, what string) wire.Reader {
 	return wire.Reader{Buf: p, Sentinel: quic.ErrMalformed, What: what}
 }
