@@ -496,7 +496,7 @@ func (w *writer) flush(tx *bolt.Tx) error {
 				return err
 			}
 			w.metas[i].Bytes += int64(len(chunk))
-			if err := w.indexOrigins(tx, i, recs[:n]); err != nil {
+			if err := indexOrigins(tx, i, recs[:n]); err != nil {
 				return err
 			}
 			recs = recs[n:]
@@ -514,9 +514,15 @@ func (w *writer) flush(tx *bolt.Tx) error {
 	return nil
 }
 
+// originIndexKey is a record's key in the origin index: origin shard ‖ BE
+// origin seq.
+func originIndexKey(o record.Origin) []byte {
+	return binary.BigEndian.AppendUint64(OriginKey{Hub: o.Hub, Shard: o.Shard}.bytes(), o.Seq)
+}
+
 // indexOrigins maps each foreign record's origin to its position here, so a
 // peer can pull an origin's records after a watermark.
-func (w *writer) indexOrigins(tx *bolt.Tx, shard int, recs []record.Record) error {
+func indexOrigins(tx *bolt.Tx, shard int, recs []record.Record) error {
 	var ob *bolt.Bucket
 	for i := range recs {
 		o := recs[i].Origin
@@ -526,7 +532,7 @@ func (w *writer) indexOrigins(tx *bolt.Tx, shard int, recs []record.Record) erro
 		if ob == nil {
 			ob = tx.Bucket(bucketOrigins)
 		}
-		k := binary.BigEndian.AppendUint64(OriginKey{Hub: o.Hub, Shard: o.Shard}.bytes(), o.Seq)
+		k := originIndexKey(o)
 		v := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(make([]byte, 0, 12), uint32(shard)), recs[i].Seq)
 		if err := ob.Put(k, v); err != nil {
 			return err

@@ -234,8 +234,7 @@ func removeOrigins(tx *bolt.Tx, recs []record.Record) error {
 		if ob == nil {
 			ob = tx.Bucket(bucketOrigins)
 		}
-		k := binary.BigEndian.AppendUint64(OriginKey{Hub: r.Origin.Hub, Shard: r.Origin.Shard}.bytes(), r.Origin.Seq)
-		if err := ob.Delete(k); err != nil {
+		if err := ob.Delete(originIndexKey(r.Origin)); err != nil {
 			return err
 		}
 	}
@@ -362,8 +361,7 @@ func (s *Stream) putChunk(tx *bolt.Tx, shard int, recs []record.Record, m *shard
 	if err := tx.Bucket(chunkBucket(shard)).Put(u64(recs[0].Seq), buf); err != nil {
 		return err
 	}
-	w := &writer{s: s}
-	if err := w.indexOrigins(tx, shard, recs); err != nil {
+	if err := indexOrigins(tx, shard, recs); err != nil {
 		return err
 	}
 	m.Bytes += int64(len(buf))
