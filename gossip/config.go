@@ -39,8 +39,12 @@ type Config struct {
 	Join []string
 	// SecretKeyFile holds the federation's AES-GCM keys, one base64 key per
 	// line, the first one primary (see LoadKeyFile). Empty disables
-	// encryption, which only tests and demos should do.
+	// encryption, which only tests and demos should do: Validate refuses it
+	// on a non-loopback Bind unless AllowUnencrypted is set.
 	SecretKeyFile string
+	// AllowUnencrypted permits a non-loopback Bind without SecretKeyFile
+	// (ErrUnencrypted otherwise). Loopback binds never need it.
+	AllowUnencrypted bool
 	// Label is stamped on every packet and stream; members with another
 	// label are ignored, so unrelated federations never merge.
 	Label string
@@ -100,6 +104,10 @@ func (c Config) Validate() error {
 			bad("join %q: %v", j, err)
 		}
 	}
+	if c.SecretKeyFile == "" && !c.AllowUnencrypted && !IsLoopback(c.Bind) {
+		errs = append(errs, fmt.Errorf("%w: bind %q is not a loopback address and no secret key file is set "+
+			"(set a key file, or allow unencrypted gossip explicitly)", ErrUnencrypted, c.Bind))
+	}
 	switch c.Profile {
 	case ProfileWAN, ProfileLAN, ProfileLocal:
 	default:
@@ -115,6 +123,22 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%w: %d bytes (max %d): fewer or shorter tags", ErrMetaTooLarge, len(c.Meta.encode()), memberlist.MetaMaxSize))
 	}
 	return errors.Join(errs...)
+}
+
+// IsLoopback reports whether the host of addr (host:port) is a loopback
+// address or "localhost". A wildcard ("", "0.0.0.0", "::") or any other
+// name is not: names are not resolved, since what a name resolves to can
+// change after the check.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func splitHostPort(s string) (string, int, error) {

@@ -14,6 +14,11 @@ var (
 	ErrBadMessage = errors.New("gossip: malformed message")
 	// ErrMetaTooLarge: the node metadata does not fit memberlist's limit.
 	ErrMetaTooLarge = errors.New("gossip: node metadata too large")
+	// ErrUnencrypted: gossip would bind a non-loopback address without a
+	// secret key file, and Config.AllowUnencrypted does not say that this is
+	// intended. Unencrypted gossip lets anyone who can reach the port read
+	// and forge membership and replication metadata.
+	ErrUnencrypted = errors.New("gossip: unencrypted gossip on a non-loopback address")
 	// ErrClosed is returned by operations on a closed Gossip.
 	ErrClosed = errors.New("gossip: closed")
 )

@@ -371,7 +371,15 @@ func TestConfigValidate(t *testing.T) {
 		mutate  func(*Config)
 		wantErr error
 	}{
-		{name: "default", mutate: func(*Config) {}},
+		{name: "default", mutate: func(*Config) {}, wantErr: ErrUnencrypted},
+		{name: "default, unencrypted allowed", mutate: func(c *Config) { c.AllowUnencrypted = true }},
+		{name: "loopback without key", mutate: func(c *Config) { c.Bind = "127.0.0.1:7946" }},
+		{name: "localhost without key", mutate: func(c *Config) { c.Bind = "localhost:0" }},
+		{name: "ipv6 loopback without key", mutate: func(c *Config) { c.Bind = "[::1]:7946" }},
+		{name: "wildcard host without key", mutate: func(c *Config) { c.Bind = ":7946" }, wantErr: ErrUnencrypted},
+		{name: "lan address without key", mutate: func(c *Config) { c.Bind = "10.0.0.5:7946" }, wantErr: ErrUnencrypted},
+		{name: "name without key", mutate: func(c *Config) { c.Bind = "hub-a.example:7946" }, wantErr: ErrUnencrypted},
+		{name: "lan address with key file", mutate: func(c *Config) { c.Bind = "10.0.0.5:7946"; c.SecretKeyFile = "keys" }},
 		{name: "no name", mutate: func(c *Config) { c.Name = "" }, wantErr: ErrInvalidConfig},
 		{name: "bad bind", mutate: func(c *Config) { c.Bind = "nowhere" }, wantErr: ErrInvalidConfig},
 		{name: "bad advertise", mutate: func(c *Config) { c.Advertise = "1.2.3.4:99999" }, wantErr: ErrInvalidConfig},

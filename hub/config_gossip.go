@@ -17,6 +17,7 @@ import (
 //	advertise = "203.0.113.5:7946"      # what peers dial, if not bind
 //	join = ["hub-a.example:7946"]       # any member; retried until one answers
 //	secret_key_file = "/etc/edgehub/federation.keys"  # AES-GCM keys, base64, primary first
+//	allow_unencrypted = false           # needed to gossip in clear text on a non-loopback bind
 //	label = "acme-prod"                 # federations with other labels never merge
 //	profile = "wan"                     # "wan" (default), "lan" or "local"
 //	quic_advertise = "203.0.113.5:7440" # data plane address peers pull from, if not listen.quic
@@ -29,6 +30,11 @@ type GossipConfig struct {
 	Advertise     string   `toml:"advertise"`
 	Join          []string `toml:"join"`
 	SecretKeyFile string   `toml:"secret_key_file"`
+	// AllowUnencrypted permits gossip without secret_key_file on a bind
+	// that is not loopback. Without a key anyone who reaches the port can
+	// read the federation's metadata and forge members, stream definitions
+	// and vectors, so the hub refuses to start unless this says it is meant.
+	AllowUnencrypted bool `toml:"allow_unencrypted"`
 	Label         string   `toml:"label"`
 	Profile       string   `toml:"profile"`
 	QUICAdvertise string   `toml:"quic_advertise"`
@@ -63,7 +69,7 @@ func (c GossipConfig) Validate() error {
 		var errs []error
 		for key, set := range map[string]bool{
 			"advertise": c.Advertise != "", "join": len(c.Join) > 0, "secret_key_file": c.SecretKeyFile != "",
-			"label": c.Label != "", "quic_advertise": c.QUICAdvertise != "",
+			"label": c.Label != "", "quic_advertise": c.QUICAdvertise != "", "allow_unencrypted": c.AllowUnencrypted,
 		} {
 			if set {
 				errs = append(errs, fieldErrorf(key, "needs bind: set gossip.bind to federate"))
@@ -92,6 +98,12 @@ func (c GossipConfig) Validate() error {
 	}
 	if len(c.Label) > 255 {
 		errs = append(errs, fieldErrorf("label", "longer than 255 bytes"))
+	}
+	if c.SecretKeyFile == "" && !c.AllowUnencrypted && !gossip.IsLoopback(c.Bind) {
+		errs = append(errs, fieldErrorf("bind", "%q is not a loopback address, and without gossip.secret_key_file "+
+			"gossip is unencrypted: anyone who reaches it can read and forge federation metadata. Set "+
+			"gossip.secret_key_file (docs/federation.md, \"Key rotation\"), bind to loopback, or set "+
+			"gossip.allow_unencrypted = true to accept this: %w", c.Bind, gossip.ErrUnencrypted))
 	}
 	if c.SecretKeyFile != "" {
 		if _, err := gossip.LoadKeyFile(c.SecretKeyFile); err != nil {

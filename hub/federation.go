@@ -58,6 +58,7 @@ func (h *Hub) addFederation() error {
 	gcfg := gossip.DefaultConfig(h.cfg.Hub.Name)
 	gcfg.Bind, gcfg.Advertise, gcfg.Join = gc.Bind, gc.Advertise, gc.Join
 	gcfg.SecretKeyFile, gcfg.Label, gcfg.Profile = gc.SecretKeyFile, gc.Label, profile
+	gcfg.AllowUnencrypted = gc.AllowUnencrypted
 	gcfg.Meta = gossip.NodeMeta{Site: h.cfg.Hub.Site, Region: h.cfg.Hub.Region, Tags: h.cfg.Hub.Tags, QUIC: quicAddr}
 	gcfg.Logger = h.logger
 	if gc.tune != nil {
