@@ -214,7 +214,7 @@ func (s *Stream) deleteChunk(tx *bolt.Tx, shard int, k, v []byte, m *shardMeta) 
 		return &CorruptError{File: s.path, Shard: shard, Seq: binary.BigEndian.Uint64(k), Err: err}
 	}
 	size := len(v)
-	if err := removeOrigins(tx, recs); err != nil {
+	if err := removeOrigins(tx, shard, recs); err != nil {
 		return err
 	}
 	if err := tx.Bucket(chunkBucket(shard)).Delete(k); err != nil {
@@ -225,7 +225,11 @@ func (s *Stream) deleteChunk(tx *bolt.Tx, shard int, k, v []byte, m *shardMeta) 
 	return nil
 }
 
-func removeOrigins(tx *bolt.Tx, recs []record.Record) error {
+// removeOrigins deletes the origin index entries of recs (stored in shard)
+// that still point at them: after an origin's stream was recreated
+// (SetOriginIncarnation), an entry of the same origin sequence may belong to
+// a record of the new incarnation.
+func removeOrigins(tx *bolt.Tx, shard int, recs []record.Record) error {
 	var ob *bolt.Bucket
 	for _, r := range recs {
 		if r.Origin.IsLocal() {
@@ -234,7 +238,11 @@ func removeOrigins(tx *bolt.Tx, recs []record.Record) error {
 		if ob == nil {
 			ob = tx.Bucket(bucketOrigins)
 		}
-		if err := ob.Delete(originIndexKey(r.Origin)); err != nil {
+		k := originIndexKey(r.Origin)
+		if v := ob.Get(k); len(v) != 12 || binary.BigEndian.Uint32(v) != uint32(shard) || binary.BigEndian.Uint64(v[4:]) != r.Seq {
+			continue
+		}
+		if err := ob.Delete(k); err != nil {
 			return err
 		}
 	}

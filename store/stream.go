@@ -21,8 +21,9 @@ import (
 // File layout of one stream (one bbolt file, so that records, producer state
 // and origin watermarks of every shard commit in one transaction):
 //
-//	m                 meta: "config" → JSON StreamConfig, "format" → 1,
-//	                  shardKey(i) → shardMeta
+//	m                 meta: "config" → JSON StreamConfig, "format" → 2,
+//	                  "incarnation" → 16 bytes, "origin-inc/" ‖ hub → 16
+//	                  bytes (incarnation.go), shardKey(i) → shardMeta
 //	c<i>              chunks of shard i: BE uint64 first seq → record batch
 //	p                 idempotent producers: BE id ‖ BE shard → producerState
 //	w                 origin watermarks: originKey → BE uint64 highest origin seq
@@ -129,8 +130,11 @@ type Stream struct {
 	shards []*shard
 	rr     atomic.Uint64 // round-robin cursor for keyless records
 
+	incarnation string // hex; fixed after open
+
 	wmMu       sync.RWMutex
 	watermarks map[OriginKey]uint64
+	originIncs map[string]string // origin hub → hex incarnation (incarnation.go)
 
 	commits   atomic.Uint64 // group commits, for metrics
 	committed atomic.Uint64 // records appended by those commits
@@ -199,6 +203,7 @@ func openStream(s *Store, name string, cfg *StreamConfig) (*Stream, error) {
 		db:         db,
 		logger:     s.logger.With("stream", name),
 		watermarks: map[OriginKey]uint64{},
+		originIncs: map[string]string{},
 		reqs:       make(chan *request, 1024),
 		quit:       make(chan struct{}),
 		done:       make(chan struct{}),
@@ -206,8 +211,8 @@ func openStream(s *Store, name string, cfg *StreamConfig) (*Stream, error) {
 	}
 	if cfg != nil {
 		err = st.create(*cfg)
-	} else {
-		err = st.load()
+	} else if err = st.load(); err == nil {
+		err = st.ensureIncarnation()
 	}
 	if err != nil {
 		db.Close()
@@ -235,6 +240,9 @@ func (s *Stream) create(cfg StreamConfig) error {
 			return err
 		}
 		if err := m.Put(keyFormat, u64(formatVersion)); err != nil {
+			return err
+		}
+		if err := m.Put(keyIncarnation, newIncarnation(s.st.cfg.Now())); err != nil {
 			return err
 		}
 		for _, b := range [][]byte{bucketProducers, bucketWatermarks, bucketOrigins} {
@@ -284,6 +292,9 @@ func (s *Stream) load() (err error) {
 			return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("config for %q does not match: %v", cfg.Name, err)}
 		}
 		s.cfg.Store(&cfg)
+		if err := s.loadIncarnations(m); err != nil {
+			return err
+		}
 		s.shards = make([]*shard, cfg.Shards)
 		for i := range s.shards {
 			meta, err := decodeShardMeta(m.Get(shardKey(i)))
