@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +36,7 @@ const (
 	CodeMethod      = "method_not_allowed" // 405
 	CodeExists      = "already_exists"     // 409
 	CodeConflict    = "conflict"           // 409
+	CodeInUse       = "in_use"             // 409: a stream others use, deleted without force
 	CodeTooLarge    = "too_large"          // 413
 	CodeInternal    = "internal"           // 500
 	CodeCorrupt     = "data_corrupt"       // 500
@@ -276,11 +279,18 @@ type StreamSettings struct {
 // StreamInfo describes a stream: GET /v1/streams lists them without Shards,
 // GET /v1/streams/{name} includes them.
 type StreamInfo struct {
-	Name    string         `json:"name"`
-	Config  StreamSettings `json:"config"`
-	Records int64          `json:"records"`
-	Bytes   int64          `json:"bytes"`
-	Shards  []ShardInfo    `json:"shards,omitempty"`
+	Name string `json:"name"`
+	// Incarnation is the stream's unique id, new each time a stream of this
+	// name is created (32 hex digits; docs/store.md, "Incarnations").
+	Incarnation string         `json:"incarnation"`
+	Config      StreamSettings `json:"config"`
+	Records     int64          `json:"records"`
+	Bytes       int64          `json:"bytes"`
+	Shards      []ShardInfo    `json:"shards,omitempty"`
+	// Users lists what keeps a position in the stream ("plugin agg
+	// (input)", "group billing", "webhook audit"); GET /v1/streams/{name}
+	// only.
+	Users []string `json:"users,omitempty"`
 }
 
 // ShardInfo describes one shard. Hash bounds are 16 hex digits (inclusive),
@@ -315,7 +325,7 @@ func streamInfo(st *store.Stream, withShards bool) StreamInfo {
 		meta = nil
 	}
 	info := StreamInfo{
-		Name: st.Name(),
+		Name: st.Name(), Incarnation: st.Incarnation(),
 		Config: StreamSettings{
 			Shards: c.Shards, Retention: Duration(c.Retention), MaxBytes: Size(c.MaxBytes),
 			Compact: c.Compact, TombstoneRetention: Duration(c.TombstoneRetention),
@@ -416,7 +426,9 @@ func (h *Hub) describeStream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, streamInfo(st, true))
+	info := streamInfo(st, true)
+	info.Users = h.streamUsers(st.Name())
+	writeJSON(w, http.StatusOK, info)
 	return nil
 }
 
@@ -445,12 +457,58 @@ func (h *Hub) updateStream(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// StreamInUseBody is the 409 body of DELETE /v1/streams/{name} without
+// ?force=true for a stream that plugins, groups or webhooks use.
+type StreamInUseBody struct {
+	ErrorBody
+	Users []string `json:"users"`
+}
+
 func (h *Hub) deleteStream(w http.ResponseWriter, r *http.Request) error {
-	if err := h.store.DeleteStream(r.Context(), r.PathValue("name")); err != nil {
+	name := r.PathValue("name")
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			return badRequest("delete stream %q: force=%q: want true or false", name, v)
+		}
+	}
+	if _, err := h.store.Stream(name); err != nil {
+		return err
+	}
+	if users := h.streamUsers(name); len(users) > 0 {
+		if !force {
+			writeJSON(w, http.StatusConflict, StreamInUseBody{
+				ErrorBody: ErrorBody{Code: CodeInUse, Error: fmt.Sprintf("delete stream %q: used by %s; delete with ?force=true "+
+					"(they start from the beginning of a stream created again under this name)", name, strings.Join(users, ", "))},
+				Users: users,
+			})
+			return nil
+		}
+		h.logger.Warn("deleting a stream in use", "stream", name, "users", users)
+	}
+	if err := h.store.DeleteStream(r.Context(), name); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// streamUsers lists what keeps a position in stream, from every part that
+// registered a lister with addStreamUsers, sorted.
+func (h *Hub) streamUsers(stream string) []string {
+	var out []string
+	for _, f := range h.userListers {
+		out = append(out, f(stream)...)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// addStreamUsers registers a part's lister of the users of a stream (a
+// plugin reading or writing it, a group consuming it).
+func (h *Hub) addStreamUsers(f func(stream string) []string) {
+	h.userListers = append(h.userListers, f)
 }
 
 func serveStatusPage(w http.ResponseWriter, r *http.Request) {

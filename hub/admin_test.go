@@ -200,3 +200,43 @@ func TestErrorStatus(t *testing.T) {
 		})
 	}
 }
+
+// DELETE of a stream a consumer group uses is refused with 409 in_use and
+// the users listed, unless ?force=true; GET shows the incarnation and the
+// users; a stream created again gets a new incarnation.
+func TestAdminDeleteStreamInUse(t *testing.T) {
+	_, base := startHub(t, testConfig(t))
+	if st, b := call(t, "POST", base+"/v1/streams", `{"name":"orders","shards":2}`); st != 201 {
+		t.Fatalf("create: %d %s", st, b)
+	}
+	if st, b := call(t, "POST", base+"/v1/groups/billing/reset", `{"stream":"orders","to":"earliest"}`); st != 200 {
+		t.Fatalf("reset (creates the group): %d %s", st, b)
+	}
+	var info StreamInfo
+	_, b := call(t, "GET", base+"/v1/streams/orders", "")
+	if err := json.Unmarshal(b, &info); err != nil || len(info.Incarnation) != 32 || fmt.Sprint(info.Users) != "[group billing]" {
+		t.Fatalf("describe: %v %s", err, b)
+	}
+	st, b := call(t, "DELETE", base+"/v1/streams/orders", "")
+	var refused StreamInUseBody
+	if err := json.Unmarshal(b, &refused); err != nil || st != 409 || refused.Code != CodeInUse || fmt.Sprint(refused.Users) != "[group billing]" {
+		t.Fatalf("delete in use: %d %s (%v)", st, b, err)
+	}
+	if st, _ := call(t, "GET", base+"/v1/streams/orders", ""); st != 200 {
+		t.Fatalf("the refused delete deleted the stream: %d", st)
+	}
+	if st, b := call(t, "DELETE", base+"/v1/streams/orders?force=maybe", ""); st != 400 {
+		t.Fatalf("force=maybe: %d %s", st, b)
+	}
+	if st, b := call(t, "DELETE", base+"/v1/streams/orders?force=true", ""); st != 204 {
+		t.Fatalf("forced delete: %d %s", st, b)
+	}
+	if st, _ := call(t, "DELETE", base+"/v1/streams/orders?force=true", ""); st != 404 {
+		t.Fatalf("delete of a deleted stream: %d", st)
+	}
+	_, b = call(t, "POST", base+"/v1/streams", `{"name":"orders","shards":2}`)
+	var again StreamInfo
+	if err := json.Unmarshal(b, &again); err != nil || again.Incarnation == info.Incarnation || len(again.Incarnation) != 32 {
+		t.Fatalf("recreated: %v, incarnation %q (was %q)", err, again.Incarnation, info.Incarnation)
+	}
+}

@@ -60,6 +60,15 @@ func (h *Hub) addGroups() error {
 	h.route("GET /v1/groups/{name}", gp.describe)
 	h.route("DELETE /v1/groups/{name}", gp.delete)
 	h.route("POST /v1/groups/{name}/reset", gp.reset)
+	h.addStreamUsers(func(stream string) []string {
+		var out []string
+		for _, g := range coord.Groups() {
+			if g.Stream == stream {
+				out = append(out, "group "+g.Name)
+			}
+		}
+		return out
+	})
 	return gp.registerMetrics(h.metrics)
 }
 

@@ -40,7 +40,8 @@ type Hub struct {
 	mux     *http.ServeMux       // admin API routes; patterns "METHOD /v1/..."
 	metrics *prometheus.Registry // served at /metrics
 
-	components []component
+	components  []component
+	userListers []func(stream string) []string // see addStreamUsers
 	admin      *adminServer
 	dataPlane  *dataPlane  // QUIC server; see dataplane.go
 	federation *federation // gossip and replication, nil alone; see federation.go

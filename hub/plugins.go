@@ -62,6 +62,20 @@ func (h *Hub) addPlugins() error {
 		return fmt.Errorf("hub: register plugin metrics: %w", err)
 	}
 	h.routePlugins(m)
+	h.addStreamUsers(func(stream string) []string {
+		var out []string
+		for _, p := range m.List() {
+			switch {
+			case slices.Contains(p.Inputs, stream):
+				out = append(out, "plugin "+p.Name+" (input)")
+			case slices.Contains(p.Outputs, stream):
+				out = append(out, "plugin "+p.Name+" (output)")
+			case p.DeadLetter == stream:
+				out = append(out, "plugin "+p.Name+" (dead letter)")
+			}
+		}
+		return out
+	})
 	return h.addWebhooks()
 }
 

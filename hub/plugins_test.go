@@ -574,7 +574,7 @@ url = %q
 	if logs := c.cli("plugin", "logs", "derive"); !strings.Contains(logs, "deployed version 1") {
 		t.Fatalf("logs:\n%s", logs)
 	}
-	c.cli("plugin", "delete", "derive")
+	c.cli("plugin", "delete", "derive", "--yes")
 	if out := c.cli("plugin", "list"); strings.Contains(out, "derive") {
 		t.Fatalf("derive still listed:\n%s", out)
 	}

@@ -105,6 +105,15 @@ func (h *Hub) addWebhooks() error {
 	for _, w := range hooks {
 		h.add(w)
 	}
+	h.addStreamUsers(func(stream string) []string {
+		var out []string
+		for _, w := range hooks {
+			if w.cfg.Stream == stream {
+				out = append(out, "webhook "+w.cfg.Name)
+			}
+		}
+		return out
+	})
 	return nil
 }
 

@@ -195,8 +195,8 @@ func TestEndToEndStreams(t *testing.T) {
 				"0000000000000000", "3fffffffffffffff", "c000000000000000", "ffffffffffffffff"}},
 		{name: "update", env: viaEnv, args: []string{"stream", "update", "orders", "--retention", "24h"}, stdout: []string{"updated stream orders"}},
 		{name: "describe missing", env: viaEnv, args: []string{"stream", "describe", "nope"}, code: 1, stderr: "not found"},
-		{name: "delete", env: viaEnv, args: []string{"stream", "delete", "events"}, stdout: []string{"deleted stream events"}},
-		{name: "delete again", env: viaEnv, args: []string{"stream", "delete", "events"}, code: 1, stderr: "not found"},
+		{name: "delete", env: viaEnv, args: []string{"stream", "delete", "events", "--yes"}, stdout: []string{"deleted stream events"}},
+		{name: "delete again", env: viaEnv, args: []string{"stream", "delete", "events", "--yes"}, code: 1, stderr: "not found"},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {

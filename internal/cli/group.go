@@ -126,13 +126,14 @@ func ints(v []int) string {
 }
 
 func groupReset(ctx context.Context, args []string) error {
-	fs := newFlags("group reset", "group reset NAME --stream STREAM --to earliest|latest|SEQ|RFC3339 [--shard N]...")
+	fs := newFlags("group reset", "group reset NAME --stream STREAM --to earliest|latest|SEQ|RFC3339 [--shard N]... [--yes]")
 	admin := adminFlag(fs)
 	stream := fs.String("stream", "", "`STREAM` the group consumes (required)")
 	to := fs.String("to", "", "new `POSITION` of each shard: earliest, latest, a sequence number or an RFC 3339 time (required)")
 	var shards shardFlags
 	fs.Var(&shards, "shard", "reset only shard `N` (repeatable; default all)")
 	asJSON := fs.Bool("json", false, "print the group as JSON")
+	yes := yesFlag(fs)
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -153,6 +154,13 @@ func groupReset(ctx context.Context, args []string) error {
 				return usagef("invalid --to %q: want earliest, latest, a sequence number or an RFC 3339 time", *to)
 			}
 		}
+	}
+	what := "reset the committed offsets of group " + pos[0] + " to " + *to
+	if len(shards) > 0 {
+		what += " on shards " + ints(shards)
+	}
+	if err := confirm(*yes, what); err != nil {
+		return err
 	}
 	c, err := newAdminClient(*admin)
 	if err != nil {
@@ -187,9 +195,13 @@ func containsInt(v []int, n int) bool {
 }
 
 func groupDelete(ctx context.Context, args []string) error {
-	fs := newFlags("group delete", "group delete NAME")
+	fs := newFlags("group delete", "group delete NAME [--yes]")
+	yes := yesFlag(fs)
 	c, pos, err := adminCommand(fs, args, 1, "group NAME")
 	if err != nil {
+		return err
+	}
+	if err := confirm(*yes, "delete group "+pos[0]+" and its committed offsets"); err != nil {
 		return err
 	}
 	if err := c.del(ctx, "/v1/groups/"+url.PathEscape(pos[0])); err != nil {

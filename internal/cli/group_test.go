@@ -66,7 +66,7 @@ func TestEndToEndGroups(t *testing.T) {
 	}
 
 	// Rewind: everything again.
-	out, _ = run(t, 0, "group", "reset", "billing", "--stream", "events", "--to", "earliest")
+	out, _ = run(t, 0, "group", "reset", "billing", "--stream", "events", "--to", "earliest", "--yes")
 	if !strings.Contains(out, "reset group billing on stream events") {
 		t.Fatalf("reset:\n%s", out)
 	}
@@ -74,7 +74,7 @@ func TestEndToEndGroups(t *testing.T) {
 	if !slices.Equal(slices.Sorted(slices.Values(strings.Fields(again))), all) {
 		t.Fatalf("after reset to earliest: %q", again)
 	}
-	run(t, 0, "group", "reset", "billing", "--stream", "events", "--to", "1", "--shard", "0")
+	run(t, 0, "group", "reset", "billing", "--stream", "events", "--to", "1", "--shard", "0", "--yes")
 
 	for _, tc := range []struct {
 		name   string
@@ -84,10 +84,16 @@ func TestEndToEndGroups(t *testing.T) {
 	}{
 		{"reset without stream", 2, []string{"group", "reset", "billing", "--to", "earliest"}, "missing --stream"},
 		{"reset bad position", 2, []string{"group", "reset", "billing", "--stream", "events", "--to", "soon"}, "invalid --to"},
-		{"reset for another stream", 1, []string{"group", "reset", "billing", "--stream", "nope", "--to", "earliest"}, "not found"},
+		{"reset for another stream", 1, []string{"group", "reset", "billing", "--stream", "nope", "--to", "earliest", "--yes"}, "not found"},
 		{"group and shard", 2, []string{"consume", "events", "--group", "billing", "--shard", "1"}, "exclude each other"},
 		{"describe unknown", 1, []string{"group", "describe", "nope"}, "not found"},
 		{"bad group name", 1, []string{"consume", "events", "--group", "no good"}, "invalid_argument"},
+		// Destructive commands refuse without a terminal or --yes, and a
+		// stream the group uses is not deleted without --force.
+		{"reset without --yes", 2, []string{"group", "reset", "billing", "--stream", "events", "--to", "earliest"}, "pass --yes"},
+		{"group delete without --yes", 2, []string{"group", "delete", "billing"}, "pass --yes"},
+		{"stream delete in use", 1, []string{"stream", "delete", "events", "--yes"}, "used by group billing: pass --force"},
+		{"stream delete --force without --yes", 2, []string{"stream", "delete", "events", "--force"}, "pass --yes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, errOut := run(t, tc.code, tc.args...)
@@ -97,7 +103,16 @@ func TestEndToEndGroups(t *testing.T) {
 		})
 	}
 
-	out, _ = run(t, 0, "group", "delete", "billing")
+	// Nothing was deleted or reset by the refused commands.
+	out, _ = run(t, 0, "group", "describe", "billing", "--json")
+	if err := json.Unmarshal([]byte(out), &g); err != nil || g.Shards[0].Committed != 1 || g.Shards[1].Committed == 1 {
+		t.Fatalf("after refused commands: %v\n%s", err, out)
+	}
+	if out, _ := run(t, 0, "stream", "describe", "events"); !strings.Contains(out, "12") || !strings.Contains(out, "group billing") {
+		t.Fatalf("stream describe after a refused delete:\n%s", out)
+	}
+
+	out, _ = run(t, 0, "group", "delete", "billing", "--yes")
 	if !strings.Contains(out, "deleted group billing") {
 		t.Fatalf("delete: %s", out)
 	}

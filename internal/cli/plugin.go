@@ -420,9 +420,13 @@ func pluginResume(ctx context.Context, args []string) error {
 }
 
 func pluginDelete(ctx context.Context, args []string) error {
-	fs := newFlags("plugin delete", "plugin delete NAME")
+	fs := newFlags("plugin delete", "plugin delete NAME [--yes]")
+	yes := yesFlag(fs)
 	c, pos, err := adminCommand(fs, args, 1, "plugin NAME")
 	if err != nil {
+		return err
+	}
+	if err := confirm(*yes, "delete plugin "+pos[0]+" with its state and checkpoints"); err != nil {
 		return err
 	}
 	if err := c.del(ctx, "/v1/plugins/"+url.PathEscape(pos[0])); err != nil {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
@@ -24,7 +25,7 @@ func init() {
 			{"list", "list streams"},
 			{"describe NAME", "show a stream's shards, sequences, counts and settings"},
 			{"update NAME", "change a stream's retention, size limit, compaction or replication"},
-			{"delete NAME", "delete a stream and all its records"},
+			{"delete NAME [--force] [--yes]", "delete a stream and all its records (refused while plugins, groups or webhooks use it, unless --force)"},
 		})
 	})
 }
@@ -183,6 +184,7 @@ func streamDescribe(ctx context.Context, args []string) error {
 	}
 	tw := newTable(stdout)
 	fmt.Fprintf(tw, "Name:\t%s\n", s.Name)
+	fmt.Fprintf(tw, "Incarnation:\t%s\n", s.Incarnation)
 	fmt.Fprintf(tw, "Shards:\t%d\n", s.Config.Shards)
 	fmt.Fprintf(tw, "Records:\t%d\n", s.Records)
 	fmt.Fprintf(tw, "Bytes:\t%s (%d)\n", humanBytes(s.Bytes), s.Bytes)
@@ -194,6 +196,7 @@ func streamDescribe(ctx context.Context, args []string) error {
 	for k, v := range s.Config.Meta {
 		fmt.Fprintf(tw, "Meta %s:\t%s\n", k, v)
 	}
+	fmt.Fprintf(tw, "Used by:\t%s\n", orDash(strings.Join(s.Users, ", "), len(s.Users) == 0))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -214,12 +217,32 @@ func streamDescribe(ctx context.Context, args []string) error {
 }
 
 func streamDelete(ctx context.Context, args []string) error {
-	fs := newFlags("stream delete", "stream delete NAME")
+	fs := newFlags("stream delete", "stream delete NAME [--force] [--yes]")
+	force := fs.Bool("force", false, "delete even if plugins, groups or webhooks use the stream (they start over when it is created again)")
+	yes := yesFlag(fs)
 	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
 	if err != nil {
 		return err
 	}
-	if err := c.del(ctx, "/v1/streams/"+url.PathEscape(pos[0])); err != nil {
+	var s hub.StreamInfo
+	if err := c.get(ctx, "/v1/streams/"+url.PathEscape(pos[0]), &s); err != nil {
+		return err
+	}
+	if len(s.Users) > 0 && !*force {
+		return fmt.Errorf("stream %s is used by %s: pass --force to delete it anyway", pos[0], strings.Join(s.Users, ", "))
+	}
+	what := fmt.Sprintf("delete stream %s and its %d record%s", pos[0], s.Records, plural(int(s.Records)))
+	if len(s.Users) > 0 {
+		what += " (used by " + strings.Join(s.Users, ", ") + ")"
+	}
+	if err := confirm(*yes, what); err != nil {
+		return err
+	}
+	path := "/v1/streams/" + url.PathEscape(pos[0])
+	if *force {
+		path += "?force=true"
+	}
+	if err := c.del(ctx, path); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "deleted stream %s\n", pos[0])
