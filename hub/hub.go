@@ -42,10 +42,10 @@ type Hub struct {
 
 	components  []component
 	userListers []func(stream string) []string // see addStreamUsers
-	admin      *adminServer
-	dataPlane  *dataPlane  // QUIC server; see dataplane.go
-	federation *federation // gossip and replication, nil alone; see federation.go
-	ready      atomic.Bool
+	admin       *adminServer
+	dataPlane   *dataPlane  // QUIC server; see dataplane.go
+	federation  *federation // gossip and replication, nil alone; see federation.go
+	ready       atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
