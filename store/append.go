@@ -3,10 +3,12 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgehub/edgehub/internal/record"
@@ -268,6 +270,8 @@ type writer struct {
 	touched []bool
 	wm      map[OriginKey]uint64 // watermarks changed in this commit
 	buf     []byte
+	digest  *xxhash.Digest // batchDigest's hash state
+	scratch []byte
 }
 
 func (w *writer) commit(reqs []*request) error {
@@ -381,13 +385,15 @@ func (w *writer) watermark(tx *bolt.Tx, k OriginKey) uint64 {
 }
 
 // Idempotent producer state: the last batches of (producer, shard), enough to
-// answer a retried batch with its original positions.
+// answer a retried batch with its original positions and to tell a retry
+// from a different batch sent under the same sequence.
 const producerWindow = 16
 
 type producerBatch struct {
-	seq   uint64 // producer sequence of the first record
-	count uint32
-	first uint64 // stream sequence of the first record
+	seq    uint64 // producer sequence of the first record
+	count  uint32
+	first  uint64 // stream sequence of the first record
+	digest uint64 // batchDigest of the records; 0: unknown (written before digests)
 }
 
 func producerKey(id uint64, shard int) []byte {
@@ -395,43 +401,123 @@ func producerKey(id uint64, shard int) []byte {
 	return binary.BigEndian.AppendUint32(k, uint32(shard))
 }
 
-// producer state encoding: BE last-used unix nanos ‖ n × (seq, count, first).
-func decodeProducer(v []byte) (lastUsed int64, batches []producerBatch) {
-	if len(v) < 8 {
-		return 0, nil
+// Producer state encodings. Version 1 (no digests) is still read; every
+// write uses version 2. The lengths cannot be confused: version 1 values
+// are even, version 2 values odd.
+//
+//	v1: BE last-used unix nanos ‖ n × (BE seq, BE count u32, BE first)
+//	v2: 0xF2 ‖ BE last-used unix nanos ‖ n × (BE seq, BE count u32, BE first, BE digest)
+const (
+	producerV2      = 0xF2
+	producerEntryV1 = 20
+	producerEntryV2 = 28
+)
+
+// errBadProducer is wrapped by decodeProducer's errors; callers wrap it in a
+// CorruptError with the file.
+var errBadProducer = errors.New("bad producer state")
+
+// decodeProducer decodes a producer-table value. A damaged value is an
+// error, never an empty state: that would silently drop idempotence.
+func decodeProducer(v []byte) (lastUsed int64, batches []producerBatch, err error) {
+	entry := producerEntryV1
+	if len(v)%2 == 1 {
+		if v[0] != producerV2 {
+			return 0, nil, fmt.Errorf("%w: %d bytes, version byte 0x%02x", errBadProducer, len(v), v[0])
+		}
+		v, entry = v[1:], producerEntryV2
+	}
+	if len(v) < 8 || (len(v)-8)%entry != 0 || (len(v)-8)/entry > producerWindow {
+		return 0, nil, fmt.Errorf("%w: %d bytes", errBadProducer, len(v))
 	}
 	lastUsed = int64(binary.BigEndian.Uint64(v))
-	for v = v[8:]; len(v) >= 20; v = v[20:] {
-		batches = append(batches, producerBatch{
-			seq: binary.BigEndian.Uint64(v), count: binary.BigEndian.Uint32(v[8:]), first: binary.BigEndian.Uint64(v[12:]),
-		})
+	batches = make([]producerBatch, 0, (len(v)-8)/entry)
+	for v = v[8:]; len(v) > 0; v = v[entry:] {
+		pb := producerBatch{seq: binary.BigEndian.Uint64(v), count: binary.BigEndian.Uint32(v[8:]), first: binary.BigEndian.Uint64(v[12:])}
+		if entry == producerEntryV2 {
+			pb.digest = binary.BigEndian.Uint64(v[20:])
+		}
+		if pb.count == 0 || pb.seq+uint64(pb.count) < pb.seq {
+			return 0, nil, fmt.Errorf("%w: batch at producer sequence %d has %d records", errBadProducer, pb.seq, pb.count)
+		}
+		if n := len(batches); n > 0 && pb.seq != batches[n-1].seq+uint64(batches[n-1].count) {
+			return 0, nil, fmt.Errorf("%w: batch at producer sequence %d does not follow %d+%d", errBadProducer, pb.seq, batches[n-1].seq, batches[n-1].count)
+		}
+		batches = append(batches, pb)
 	}
-	return lastUsed, batches
+	return lastUsed, batches, nil
 }
 
 func encodeProducer(now int64, batches []producerBatch) []byte {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, 8+20*len(batches)), uint64(now))
+	b := append(make([]byte, 0, 9+producerEntryV2*len(batches)), producerV2)
+	b = binary.BigEndian.AppendUint64(b, uint64(now))
 	for _, pb := range batches {
 		b = binary.BigEndian.AppendUint64(b, pb.seq)
 		b = binary.BigEndian.AppendUint32(b, pb.count)
 		b = binary.BigEndian.AppendUint64(b, pb.first)
+		b = binary.BigEndian.AppendUint64(b, pb.digest)
 	}
 	return b
 }
 
+// batchDigest is an XXH64 of what a producer chose for each record (time,
+// key, value, headers, length-prefixed so that fields cannot shift into
+// each other); never 0, which marks an unknown digest.
+func batchDigest(recs []record.Record, h *xxhash.Digest, scratch []byte) uint64 {
+	h.Reset()
+	field := func(b []byte, present bool) {
+		n := uint64(0)
+		if present {
+			n = uint64(len(b)) + 1
+		}
+		scratch = binary.AppendUvarint(scratch[:0], n)
+		h.Write(scratch)
+		h.Write(b)
+	}
+	for i := range recs {
+		r := &recs[i]
+		scratch = binary.AppendVarint(scratch[:0], r.Time)
+		scratch = binary.AppendUvarint(scratch, uint64(len(r.Headers)))
+		h.Write(scratch)
+		field(r.Key, r.Key != nil)
+		field(r.Value, r.Value != nil)
+		for _, hd := range r.Headers {
+			field([]byte(hd.Key), true)
+			field(hd.Value, true)
+		}
+	}
+	if d := h.Sum64(); d != 0 {
+		return d
+	}
+	return 1
+}
+
 // checkProducer decides whether r is new (records its batch), a duplicate
-// (fills r.res from the remembered batch), or a gap (sets r.err).
+// (fills r.res from the remembered batch), or refused (sets r.err): a gap,
+// a conflict (the sequence was used by a different batch), a batch older
+// than the window, or damaged producer state. A refusal concerns r alone.
 func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, err error) {
 	b := &r.batch
 	pb := tx.Bucket(bucketProducers)
 	key := producerKey(b.ProducerID, b.Shard)
-	_, batches := decodeProducer(pb.Get(key))
+	var batches []producerBatch
+	if v := pb.Get(key); v != nil {
+		if _, batches, err = decodeProducer(v); err != nil {
+			r.err = &CorruptError{File: w.s.path, Shard: b.Shard,
+				Err: fmt.Errorf("producer table entry of producer %016x: %w", b.ProducerID, err)}
+			return true, nil
+		}
+	}
 	next := uint64(0)
 	if len(batches) > 0 {
 		last := batches[len(batches)-1]
 		next = last.seq + uint64(last.count)
 	}
 	count := uint32(len(b.Records))
+	if w.digest == nil {
+		w.digest = xxhash.New()
+	}
+	digest := batchDigest(b.Records, w.digest, w.scratch[:0])
 	switch {
 	case len(batches) == 0 || b.ProducerSeq == next:
 		// New batch. A producer's first batch may start anywhere, so a
@@ -442,7 +528,7 @@ func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, er
 				return true, nil
 			}
 		}
-		batches = append(batches, producerBatch{seq: b.ProducerSeq, count: count, first: w.metas[b.Shard].Next})
+		batches = append(batches, producerBatch{seq: b.ProducerSeq, count: count, first: w.metas[b.Shard].Next, digest: digest})
 		if len(batches) > producerWindow {
 			batches = batches[len(batches)-producerWindow:]
 		}
@@ -451,18 +537,32 @@ func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, er
 		r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sent sequence %d, expected %d",
 			w.s.name, b.Shard, ErrSequenceGap, b.ProducerID, b.ProducerSeq, next)
 		return true, nil
+	case b.ProducerSeq < batches[0].seq:
+		r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sequence %d is older than the last %d batches (they start at sequence %d)",
+			w.s.name, b.Shard, ErrDuplicateTooOld, b.ProducerID, b.ProducerSeq, len(batches), batches[0].seq)
+		return true, nil
 	}
 	for _, old := range batches {
-		if old.seq == b.ProducerSeq && old.count == count {
+		if old.seq != b.ProducerSeq {
+			continue
+		}
+		if old.count == count && (old.digest == 0 || old.digest == digest) {
 			for i := range r.res.Positions {
 				r.res.Positions[i] = Position{Shard: uint32(b.Shard), Seq: old.first + uint64(i)}
 			}
 			r.res.Duplicate = true
 			return true, nil
 		}
+		what := "different records"
+		if old.count != count {
+			what = fmt.Sprintf("%d records, this one %d", old.count, count)
+		}
+		r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sequence %d was stored by a batch with %s",
+			w.s.name, b.Shard, ErrSequenceConflict, b.ProducerID, b.ProducerSeq, what)
+		return true, nil
 	}
-	r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sequence %d (window starts at %d)",
-		w.s.name, b.Shard, ErrDuplicateTooOld, b.ProducerID, b.ProducerSeq, batches[0].seq)
+	r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sequence %d falls inside a stored batch, not at its start",
+		w.s.name, b.Shard, ErrSequenceConflict, b.ProducerID, b.ProducerSeq)
 	return true, nil
 }
 

@@ -31,6 +31,12 @@ var (
 	// the window of batches the store remembers; it was stored before, but
 	// its sequence numbers can no longer be reported.
 	ErrDuplicateTooOld = errors.New("duplicate batch too old to answer")
+	// ErrSequenceConflict: an idempotent producer sent a batch under a
+	// producer sequence that a remembered batch with a different record
+	// count or content (or a different start) was stored under. Nothing of
+	// it is stored: the producer's numbering disagrees with the store's
+	// (two producers sharing an id, or a reused sequence).
+	ErrSequenceConflict = errors.New("producer sequence conflict")
 	// ErrLocked: another process holds the data directory.
 	ErrLocked = errors.New("data directory in use by another process")
 	// ErrCorrupt is wrapped by CorruptError.

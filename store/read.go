@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"time"
@@ -82,7 +83,11 @@ func (s *Stream) readChunks(shard int, from uint64, maxBytes int) ([]chunk, erro
 		c := tx.Bucket(chunkBucket(shard)).Cursor()
 		k, v := seekChunk(c, from)
 		for total := 0; k != nil && (total == 0 || total+len(v) <= maxBytes); k, v = c.Next() {
-			out = append(out, chunk{seq: binary.BigEndian.Uint64(k), data: append([]byte(nil), v...)})
+			seq, err := decodeChunkKey(k)
+			if err != nil {
+				return &CorruptError{File: s.path, Shard: shard, Err: err}
+			}
+			out = append(out, chunk{seq: seq, data: append([]byte(nil), v...)})
 			total += len(v)
 		}
 		return nil
@@ -217,13 +222,14 @@ func (s *Stream) ReadOrigin(k OriginKey, after uint64, max int) ([]record.Record
 	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketOrigins).Cursor()
 		for key, v := c.Seek(binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), after+1)); key != nil && len(want) < max; key, v = c.Next() {
-			if len(key) != len(prefix)+8 || string(key[:len(prefix)]) != string(prefix) {
+			if !bytes.HasPrefix(key, prefix) {
 				break
 			}
-			if len(v) != 12 {
-				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("origin index entry %x", key)}
+			_, _, shard, seq, err := decodeOriginEntry(key, v)
+			if err != nil {
+				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("origin index of %s/%d: %w", k.Hub, k.Shard, err)}
 			}
-			want = append(want, pos{int(binary.BigEndian.Uint32(v)), binary.BigEndian.Uint64(v[4:])})
+			want = append(want, pos{int(shard), seq})
 		}
 		return nil
 	})

@@ -384,12 +384,23 @@ func (s *Stream) expireProducers(ctx context.Context, now time.Time) error {
 	return s.maintain(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketProducers)
 		var idle [][]byte
+		damaged := 0
 		b.ForEach(func(k, v []byte) error {
-			if used, _ := decodeProducer(v); used < cutoff {
+			used, _, err := decodeProducer(v)
+			switch {
+			case err != nil:
+				// Kept: deleting it would quietly end the producer's
+				// idempotence. Its appends are refused as corrupt.
+				damaged++
+			case used < cutoff:
 				idle = append(idle, append([]byte(nil), k...))
 			}
 			return nil
 		})
+		if damaged > 0 && s.producerDamage.Swap(int64(damaged)) != int64(damaged) {
+			s.logger.Error("store: damaged producer table entries; those producers' appends are refused",
+				"err", &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("%d producer table entries: %w", damaged, errBadProducer)})
+		}
 		for _, k := range idle {
 			if err := b.Delete(k); err != nil {
 				return err

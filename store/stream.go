@@ -72,12 +72,43 @@ func decodeShardMeta(b []byte) (shardMeta, error) {
 	if len(b) != 32 {
 		return shardMeta{}, fmt.Errorf("shard meta is %d bytes, want 32", len(b))
 	}
-	return shardMeta{
+	m := shardMeta{
 		Next:       binary.BigEndian.Uint64(b),
 		LastIngest: int64(binary.BigEndian.Uint64(b[8:])),
 		Bytes:      int64(binary.BigEndian.Uint64(b[16:])),
 		Records:    int64(binary.BigEndian.Uint64(b[24:])),
-	}, nil
+	}
+	if m.Next == 0 {
+		return shardMeta{}, errors.New("shard meta says the next sequence is 0")
+	}
+	return m, nil
+}
+
+// decodeChunkKey decodes a chunk's key: its first sequence.
+func decodeChunkKey(k []byte) (uint64, error) {
+	if len(k) != 8 || binary.BigEndian.Uint64(k) == 0 {
+		return 0, fmt.Errorf("chunk key %x is not a sequence", k)
+	}
+	return binary.BigEndian.Uint64(k), nil
+}
+
+// decodeWatermark decodes one entry of the watermark bucket.
+func decodeWatermark(k, v []byte) (OriginKey, uint64, error) {
+	ok, rest, err := decodeOriginKey(k)
+	if err != nil || len(rest) != 0 || ok.Hub == "" || len(v) != 8 {
+		return OriginKey{}, 0, fmt.Errorf("watermark %x → %x: bad entry", k, v)
+	}
+	return ok, binary.BigEndian.Uint64(v), nil
+}
+
+// decodeOriginEntry decodes one origin-index entry: origin key ‖ BE origin
+// seq → BE shard ‖ BE seq.
+func decodeOriginEntry(k, v []byte) (o OriginKey, originSeq uint64, shard uint32, seq uint64, err error) {
+	o, rest, err := decodeOriginKey(k)
+	if err != nil || len(rest) != 8 || o.Hub == "" || len(v) != 12 || binary.BigEndian.Uint64(v[4:]) == 0 {
+		return OriginKey{}, 0, 0, 0, fmt.Errorf("origin index entry %x → %x: bad entry", k, v)
+	}
+	return o, binary.BigEndian.Uint64(rest), binary.BigEndian.Uint32(v), binary.BigEndian.Uint64(v[4:]), nil
 }
 
 // shard is the in-memory state of one shard. The writer goroutine owns meta;
@@ -136,16 +167,17 @@ type Stream struct {
 	watermarks map[OriginKey]uint64
 	originIncs map[string]string // origin hub → hex incarnation (incarnation.go)
 
-	commits   atomic.Uint64 // group commits, for metrics
-	committed atomic.Uint64 // records appended by those commits
-	reqs      chan *request
-	quit      chan struct{}
-	done      chan struct{} // writer stopped
-	maintDone chan struct{} // maintenance stopped
-	maintMu   sync.Mutex    // one retention/compaction pass at a time
-	closeOnce sync.Once
-	closeErr  error
-	closed    atomic.Bool
+	commits        atomic.Uint64 // group commits, for metrics
+	producerDamage atomic.Int64  // damaged producer entries last logged by expiry
+	committed      atomic.Uint64 // records appended by those commits
+	reqs           chan *request
+	quit           chan struct{}
+	done           chan struct{} // writer stopped
+	maintDone      chan struct{} // maintenance stopped
+	maintMu        sync.Mutex    // one retention/compaction pass at a time
+	closeOnce      sync.Once
+	closeErr       error
+	closed         atomic.Bool
 }
 
 // OriginKey names one origin shard: a hub (or plugin) and its shard.
@@ -305,14 +337,20 @@ func (s *Stream) load() (err error) {
 			first := meta.Next
 			cur := c.Cursor()
 			if k, _ := cur.First(); k != nil {
-				first = binary.BigEndian.Uint64(k)
+				if first, err = decodeChunkKey(k); err != nil {
+					return &CorruptError{File: s.path, Shard: i, Err: err}
+				}
 			}
 			if k, v := cur.Last(); k != nil {
+				seq, err := decodeChunkKey(k)
+				if err != nil {
+					return &CorruptError{File: s.path, Shard: i, Err: err}
+				}
 				info, err := record.ReadInfo(v)
 				if err != nil {
-					return &CorruptError{File: s.path, Shard: i, Seq: binary.BigEndian.Uint64(k), Err: err}
+					return &CorruptError{File: s.path, Shard: i, Seq: seq, Err: err}
 				}
-				if info.LastSeq >= meta.Next || info.BaseSeq != binary.BigEndian.Uint64(k) {
+				if info.LastSeq >= meta.Next || info.BaseSeq != seq {
 					return &CorruptError{File: s.path, Shard: i, Seq: info.BaseSeq,
 						Err: fmt.Errorf("last chunk ends at %d, shard state says next is %d", info.LastSeq, meta.Next)}
 				}
@@ -322,12 +360,17 @@ func (s *Stream) load() (err error) {
 			sh.publish(meta, first)
 			s.shards[i] = sh
 		}
-		return tx.Bucket(bucketWatermarks).ForEach(func(k, v []byte) error {
-			ok, _, err := decodeOriginKey(k)
-			if err != nil || len(v) != 8 {
-				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("watermark %x: bad entry", k)}
+		for _, b := range [][]byte{bucketProducers, bucketOrigins, bucketWatermarks} {
+			if tx.Bucket(b) == nil {
+				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("no %q bucket", b)}
 			}
-			s.watermarks[ok] = binary.BigEndian.Uint64(v)
+		}
+		return tx.Bucket(bucketWatermarks).ForEach(func(k, v []byte) error {
+			ok, wm, err := decodeWatermark(k, v)
+			if err != nil {
+				return &CorruptError{File: s.path, Shard: -1, Err: err}
+			}
+			s.watermarks[ok] = wm
 			return nil
 		})
 	})
