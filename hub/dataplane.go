@@ -343,6 +343,8 @@ func wireErr(err error) error {
 		code = quic.CodeSequenceGap
 	case errors.Is(err, store.ErrDuplicateTooOld):
 		code = quic.CodeDuplicateTooOld
+	case errors.Is(err, store.ErrSequenceConflict):
+		code = quic.CodeSequenceConflict
 	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		code = quic.CodeUnavailable
 	case errors.Is(err, store.ErrCorrupt):

@@ -43,6 +43,10 @@ const (
 	CodeInternal         Code = 0x0d // hub-side failure
 	CodeCorrupt          Code = 0x0e // stored data failed verification
 	CodeCanceled         Code = 0x0f // the peer gave up on the operation
+	// CodeSequenceConflict refuses an idempotent batch whose producer
+	// sequence the hub remembers for a batch with other records: nothing of
+	// it was stored. 0x10 and 0x11 are the group codes (group.go).
+	CodeSequenceConflict Code = 0x12
 )
 
 var codeNames = map[Code]string{
@@ -52,7 +56,7 @@ var codeNames = map[Code]string{
 	CodeSequenceGap: "sequence_gap", CodeDuplicateTooOld: "duplicate_too_old",
 	CodeRecordTooLarge: "record_too_large", CodeUnknownOp: "unknown_op", CodeLimit: "limit",
 	CodeUnavailable: "unavailable", CodeInternal: "internal", CodeCorrupt: "corrupt",
-	CodeCanceled: "canceled",
+	CodeCanceled: "canceled", CodeSequenceConflict: "sequence_conflict",
 }
 
 func (c Code) String() string {

@@ -35,6 +35,7 @@ const (
 	CodeInvalidArgument  = quic.CodeInvalidArgument
 	CodeRecordTooLarge   = quic.CodeRecordTooLarge
 	CodeUnavailable      = quic.CodeUnavailable
+	CodeSequenceConflict = quic.CodeSequenceConflict
 )
 
 // Sentinel errors.

@@ -135,6 +135,7 @@ type Producer struct {
 	free     []*pbatch // completed batches whose buffers are reused
 	lastLen  []int     // per shard: records in the last sealed batch
 	frameMax int       // the hub's largest BATCH payload (PRODUCE_READY)
+	conflict bool      // stopped by a sequence_conflict
 }
 
 type pbatch struct {
@@ -634,6 +635,34 @@ func (p *Producer) loop() {
 	}
 }
 
+// conflicted stops the producer after a sequence_conflict: further sends
+// and the batches not yet sent fail with the error (they are certainly not
+// stored); batches already sent keep waiting for their ACKs, which report
+// what the hub did with each. Called with p.mu held.
+func (p *Producer) conflicted(err error) {
+	p.conflict = true
+	if p.fatal == nil {
+		p.fatal = fmt.Errorf("sdk: producer %q stopped: %w", p.stream, err)
+	}
+	kept := p.unacked[:0]
+	for _, u := range p.unacked {
+		if u.wire {
+			kept = append(kept, u)
+		} else {
+			p.complete(u, nil, p.fatal)
+		}
+	}
+	clear(p.unacked[len(kept):])
+	p.unacked = kept
+	for i, u := range p.acc {
+		if u != nil {
+			p.complete(u, nil, p.fatal)
+			p.acc[i] = nil
+		}
+	}
+	p.space.Broadcast()
+}
+
 func (p *Producer) isClosedHard() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -704,6 +733,13 @@ func (p *Producer) readAcks(s *session) {
 			// Stored before; the hub no longer knows where.
 			p.removeSent(b)
 			p.complete(b, make([]Position, len(b.recs)), nil)
+		case quic.CodeOf(err) == quic.CodeSequenceConflict || p.conflict:
+			// The hub stored other records under this producer id and
+			// sequence: nothing of b was stored, and the producer's
+			// numbering can no longer be trusted. Stop (see conflicted).
+			p.removeSent(b)
+			p.complete(b, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, err))
+			p.conflicted(err)
 		case quic.CodeOf(err).Retryable() || quic.CodeOf(err) == quic.CodeSequenceGap:
 			// Resend everything unacknowledged on a new session.
 			p.mu.Unlock()
