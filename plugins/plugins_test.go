@@ -25,7 +25,7 @@ var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Le
 func TestMain(m *testing.M) {
 	code := m.Run()
 	plugintest.Cleanup()
-	os.Exit(code)
+	os.Exit(leakCheck(code))
 }
 
 // env is a store and a running manager in one data directory.

@@ -274,7 +274,7 @@ func TestMain(m *testing.M) {
 		exampleHub.stop()
 		os.RemoveAll(exampleHub.dir)
 	}
-	os.Exit(code)
+	os.Exit(leakCheck(code))
 }
 
 // TestProducerFrameLimit runs a hub with a small frame limit: the producer

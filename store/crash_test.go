@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 		crashChild(dir)
 		return
 	}
-	os.Exit(m.Run())
+	os.Exit(leakCheck(m.Run()))
 }
 
 // crashChild appends forever from 16 writers (single records and batches)

@@ -158,7 +158,7 @@ func TestMain(m *testing.M) {
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
-	os.Exit(code)
+	os.Exit(leakCheck(code))
 }
 
 func inputs(values ...string) []InputRecord {
