@@ -43,8 +43,15 @@ type Config struct {
 	// ProducerExpiry forgets an idempotent producer's state after this long
 	// without appends.
 	ProducerExpiry time.Duration
-	// Now returns the current time; tests substitute a clock.
+	// Now returns the wall clock, which stamps ingest times (and producer
+	// activity). Default time.Now; tests substitute a clock.
 	Now func() time.Time
+	// Ticks measures elapsed time for age decisions (retention, tombstone
+	// expiry, producer expiry): only differences of its readings are used,
+	// so a step of the wall clock while the store is open cannot age a
+	// record (see ageNow). Default: time.Now's monotonic reading if Now is
+	// the default, else Now itself (a test clock is then the whole truth).
+	Ticks func() time.Time
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }

@@ -56,7 +56,7 @@ func (s *Stream) enforce(ctx context.Context, forceCompact bool) error {
 	s.maintMu.Lock()
 	defer s.maintMu.Unlock()
 	cfg := s.Config()
-	now := s.st.cfg.Now()
+	now := s.st.ageNow() // a clock step must not delete records (docs/store.md)
 	if cfg.Retention > 0 {
 		cutoff := now.Add(-cfg.Retention).UnixNano()
 		for i := range s.shards {

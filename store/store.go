@@ -23,6 +23,25 @@ type Store struct {
 	mu      sync.RWMutex // guards streams and closed
 	streams map[string]*Stream
 	closed  bool
+
+	// The wall clock and Ticks at open: ageNow's anchor.
+	openWall, openTicks time.Time
+}
+
+// ageNow is the time that ages are measured against: the wall clock, but
+// never later than the wall clock at open plus the elapsed time since (by
+// Ticks, which wall-clock steps do not move). A forward step of the wall
+// clock therefore ages nothing: records are deleted only after they were
+// really held for their retention; a backward step delays expiry. Ingest
+// times still follow the wall clock (never going back within a shard), so
+// records ingested after a forward step are kept longer, by up to the
+// step, until the next start anchors ageNow to the new wall clock.
+func (s *Store) ageNow() time.Time {
+	wall := s.cfg.Now()
+	if held := s.openWall.Add(s.cfg.Ticks().Sub(s.openTicks)); held.Before(wall) {
+		return held
+	}
+	return wall
 }
 
 // Open opens (creating if needed) the store in cfg.Dir and every stream in
@@ -35,6 +54,12 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+		if cfg.Ticks == nil {
+			cfg.Ticks = time.Now
+		}
+	}
+	if cfg.Ticks == nil {
+		cfg.Ticks = cfg.Now
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -46,7 +71,8 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, logger: cfg.Logger, lock: lock, streams: map[string]*Stream{}}
+	s := &Store{cfg: cfg, logger: cfg.Logger, lock: lock, streams: map[string]*Stream{},
+		openWall: cfg.Now(), openTicks: cfg.Ticks()}
 	entries, err := os.ReadDir(filepath.Join(cfg.Dir, "streams"))
 	if err != nil {
 		lock.release()
