@@ -154,6 +154,9 @@ func (c Config) StoreOptions() store.Config {
 	if c.Store.MaxRecordBytes > 0 {
 		sc.MaxRecordBytes = int(c.Store.MaxRecordBytes)
 	}
+	if chaosClock != nil {
+		sc.Now, sc.Ticks = chaosClock, time.Now
+	}
 	sc.Logger = c.Logger
 	return sc
 }

@@ -36,8 +36,11 @@ type Store struct {
 // times still follow the wall clock (never going back within a shard), so
 // records ingested after a forward step are kept longer, by up to the
 // step, until the next start anchors ageNow to the new wall clock.
+//
+// Both sides are wall readings (Round(0) drops time.Now's monotonic
+// reading, which Before would otherwise compare and so miss the step).
 func (s *Store) ageNow() time.Time {
-	wall := s.cfg.Now()
+	wall := s.cfg.Now().Round(0)
 	if held := s.openWall.Add(s.cfg.Ticks().Sub(s.openTicks)); held.Before(wall) {
 		return held
 	}
@@ -72,7 +75,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, logger: cfg.Logger, lock: lock, streams: map[string]*Stream{},
-		openWall: cfg.Now(), openTicks: cfg.Ticks()}
+		openWall: cfg.Now().Round(0), openTicks: cfg.Ticks()}
 	entries, err := os.ReadDir(filepath.Join(cfg.Dir, "streams"))
 	if err != nil {
 		lock.release()
