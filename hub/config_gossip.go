@@ -34,10 +34,10 @@ type GossipConfig struct {
 	// that is not loopback. Without a key anyone who reaches the port can
 	// read the federation's metadata and forge members, stream definitions
 	// and vectors, so the hub refuses to start unless this says it is meant.
-	AllowUnencrypted bool `toml:"allow_unencrypted"`
-	Label         string   `toml:"label"`
-	Profile       string   `toml:"profile"`
-	QUICAdvertise string   `toml:"quic_advertise"`
+	AllowUnencrypted bool   `toml:"allow_unencrypted"`
+	Label            string `toml:"label"`
+	Profile          string `toml:"profile"`
+	QUICAdvertise    string `toml:"quic_advertise"`
 	// PeerCAFile holds the certificates (PEM) that peers' data plane
 	// certificates must chain to. Empty: the system roots.
 	PeerCAFile string `toml:"peer_ca_file"`

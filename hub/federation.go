@@ -35,6 +35,7 @@ type federation struct {
 	rep       *replicate.Replicator
 	transport *replicate.QUICTransport
 	members   *membership
+	tls       *tlsWatch
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -68,17 +69,23 @@ func (h *Hub) addFederation() error {
 	if err != nil {
 		return fmt.Errorf("hub: federation: %w", err)
 	}
-	tlsConf, err := peerTLS(gc)
+	own, err := h.serverTLS() // the data plane's certificate, loaded again
+	if err != nil {
+		g.Close()
+		return fmt.Errorf("hub: federation: %w", err)
+	}
+	tlsConf, err := peerTLS(gc, own.Certificates[0], h.logger)
 	if err != nil {
 		g.Close()
 		return fmt.Errorf("hub: federation: %w", err)
 	}
 	transport := replicate.NewQUICTransport(quic.ClientConfig{TLS: tlsConf, Token: gc.PeerToken})
+	watch := newTLSWatch(h.logger, h.metrics)
 	m := &membership{g: g, self: h.cfg.Hub.Name, logger: h.logger}
 	rc := replicate.DefaultConfig(h.cfg.Hub.Name)
 	rc.Tags = h.cfg.Hub.Tags
 	rc.Store = h.store
-	rc.Transport = transport
+	rc.Transport = &tlsWatchTransport{Transport: transport, w: watch}
 	rc.Membership = m
 	rc.Publisher = m
 	rc.Logger = h.logger
@@ -101,7 +108,7 @@ func (h *Hub) addFederation() error {
 		return fmt.Errorf("hub: federation: %w", err)
 	}
 	h.dataPlane.srv.Handle(quic.OpReplicate, rep.Handler())
-	h.federation = &federation{logger: h.logger, gossip: g, rep: rep, transport: transport, members: m}
+	h.federation = &federation{logger: h.logger, gossip: g, rep: rep, transport: transport, members: m, tls: watch}
 	h.add(h.federation)
 	h.logger.Info("federation: gossip listening", "gossip", g.Addr(), "quic", quicAddr, "profile", profile,
 		"encrypted", gc.SecretKeyFile != "", "label", gc.Label)
@@ -138,10 +145,18 @@ func advertisable(addr string) string {
 }
 
 // peerTLS is the client TLS of pulls: peers' certificates verified against
-// peer_ca_file (or the system roots), and our own certificate offered for
-// peers that require client certificates.
-func peerTLS(gc GossipConfig) (*tls.Config, error) {
-	c := &tls.Config{InsecureSkipVerify: gc.PeerInsecure}
+// peer_ca_file (or the system roots), and own (the hub's data plane
+// certificate) offered to peers that ask for a client certificate, so a
+// peer with require_client_cert can be pulled from and can identify this
+// hub by its certificate in [[auth.client]].
+//
+// The certificate is offered only when the peer's list of acceptable CAs
+// admits it (or the peer lists none): a peer with optional client
+// certificates (client_ca_file without require_client_cert) would fail the
+// handshake on a certificate it cannot verify, where without one it would
+// have accepted our peer_token.
+func peerTLS(gc GossipConfig, own tls.Certificate, logger *slog.Logger) (*tls.Config, error) {
+	c := &tls.Config{InsecureSkipVerify: gc.PeerInsecure, MinVersion: tls.VersionTLS13}
 	if gc.PeerCAFile != "" {
 		pem, err := os.ReadFile(gc.PeerCAFile)
 		if err != nil {
@@ -152,6 +167,13 @@ func peerTLS(gc GossipConfig) (*tls.Config, error) {
 			return nil, fmt.Errorf("peer_ca_file %s: no PEM certificate", gc.PeerCAFile)
 		}
 		c.RootCAs = pool
+	}
+	c.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if err := cri.SupportsCertificate(&own); err != nil {
+			logger.Debug("federation: a peer asks for a client certificate this hub's does not satisfy; sending none", "err", err)
+			return &tls.Certificate{}, nil
+		}
+		return &own, nil
 	}
 	return c, nil
 }
@@ -295,6 +317,10 @@ type PeerInfo struct {
 	// Behind maps stream → origin hub → records this member holds that we
 	// do not (from gossiped vectors; 0 entries omitted).
 	Behind map[string]map[string]uint64 `json:"behind,omitempty"`
+	// TLSError is the last TLS failure pulling from this member (its
+	// certificate not trusted here, or ours refused there) with a hint,
+	// until a pull from it succeeds; omitted when none.
+	TLSError string `json:"tls_error,omitempty"`
 }
 
 func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
@@ -318,7 +344,7 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 	}
 	for _, m := range f.gossip.Members() {
 		info := PeerInfo{Name: m.Name, Self: m.Self, State: string(m.State), Gossip: m.Addr, QUIC: m.Meta.QUIC,
-			Site: m.Meta.Site, Region: m.Meta.Region, Tags: m.Meta.Tags}
+			Site: m.Meta.Site, Region: m.Meta.Region, Tags: m.Meta.Tags, TLSError: f.tls.problem(m.Name)}
 		if p, ok := peers[m.Name]; ok {
 			for name, ps := range p.Streams {
 				have, ok := ours[name]
