@@ -113,7 +113,8 @@ func groupWireErr(err error) error {
 		return nil
 	case errors.Is(err, groups.ErrStaleEpoch):
 		code = quic.CodeStaleEpoch
-	case errors.Is(err, groups.ErrSessionExpired), errors.Is(err, groups.ErrReplaced), errors.Is(err, groups.ErrLeft):
+	case errors.Is(err, groups.ErrSessionExpired), errors.Is(err, groups.ErrReplaced), errors.Is(err, groups.ErrLeft),
+		errors.Is(err, groups.ErrStreamRecreated):
 		code = quic.CodeSessionExpired
 	case errors.Is(err, groups.ErrInvalid), errors.Is(err, groups.ErrStreamMismatch), errors.Is(err, groups.ErrShardsChanged):
 		code = quic.CodeInvalidArgument
@@ -145,7 +146,7 @@ func (gp *groupPlane) serve(ctx context.Context, req *quic.Request) error {
 		return wireErr(err)
 	}
 	sess, err := gp.coord.Join(groups.JoinRequest{
-		Group: join.Group, Stream: join.Stream, Shards: st.Shards(), Member: join.MemberID,
+		Group: join.Group, Stream: join.Stream, Shards: st.Shards(), Incarnation: st.Incarnation(), Member: join.MemberID,
 		SessionTimeout: time.Duration(join.SessionTimeoutMillis) * time.Millisecond,
 		Start:          groups.Start{Kind: groups.StartKind(join.Start.Kind), Value: join.Start.Value},
 		Remote:         req.Conn.RemoteAddr().String(),
@@ -182,6 +183,12 @@ func (gp *groupPlane) serve(ctx context.Context, req *quic.Request) error {
 		select {
 		case <-ctx.Done():
 			return wireErr(ctx.Err())
+		case <-st.Done():
+			// Deleted (or the hub is stopping): the member must not go on
+			// with offsets of a stream that is gone; its rejoin finds the
+			// stream created again (the group starts over) or not at all.
+			log.Info("group session ended: stream closed", "stream", join.Stream)
+			return quic.Errorf(quic.CodeUnavailable, "stream %q was deleted", join.Stream)
 		case <-sess.Done():
 			if err := sess.Err(); err != nil && !errors.Is(err, groups.ErrLeft) {
 				log.Info("group session ended", "err", err)
@@ -293,11 +300,17 @@ type GroupInfo struct {
 	Stream  string    `json:"stream"`
 	Created time.Time `json:"created"`
 	// Epoch is the highest lease epoch granted so far.
-	Epoch      uint64        `json:"epoch"`
-	Rebalances uint64        `json:"rebalances"`
-	Lag        int64         `json:"lag"`
-	Members    []GroupMember `json:"members"`
-	Shards     []GroupShard  `json:"shards"`
+	Epoch      uint64 `json:"epoch"`
+	Rebalances uint64 `json:"rebalances"`
+	// Incarnation is the stream incarnation the committed offsets belong
+	// to. Stale says the stream was deleted and created again since: the
+	// offsets are void, lag counts every live record, and the group starts
+	// over at its next join (or reset).
+	Incarnation string        `json:"incarnation,omitempty"`
+	Stale       bool          `json:"stale,omitempty"`
+	Lag         int64         `json:"lag"`
+	Members     []GroupMember `json:"members"`
+	Shards      []GroupShard  `json:"shards"`
 }
 
 // GroupMember is a member of a group.
@@ -367,6 +380,8 @@ func (gp *groupPlane) info(gi groups.GroupInfo) GroupInfo {
 			Generation: m.Generation, Shards: m.Shards, HandingOver: m.HandingOver})
 	}
 	st, _ := gp.h.store.Stream(gi.Stream)
+	out.Incarnation = gi.Incarnation
+	out.Stale = st != nil && gi.Incarnation != "" && gi.Incarnation != st.Incarnation()
 	for _, s := range gi.Offsets {
 		gs := GroupShard{Shard: s.Shard, State: s.State, Committed: s.Offset, CommittedBy: s.CommittedBy}
 		if s.State != groups.StateUnassigned {
@@ -379,7 +394,11 @@ func (gp *groupPlane) info(gi groups.GroupInfo) GroupInfo {
 		if st != nil && s.Shard < st.Shards() {
 			first, last, _ := st.Bounds(s.Shard)
 			gs.LastSeq = last
-			gs.Lag = int64(last+1) - int64(max(s.Offset, first))
+			committed := s.Offset
+			if out.Stale {
+				committed = 0
+			}
+			gs.Lag = int64(last+1) - int64(max(committed, first))
 			gs.Lag = max(gs.Lag, 0)
 		}
 		out.Lag += gs.Lag
@@ -462,7 +481,7 @@ func (gp *groupPlane) reset(w http.ResponseWriter, r *http.Request) error {
 		}
 		offsets[sh] = max(pos, 1)
 	}
-	err = gp.coord.Reset(groups.ResetRequest{Group: name, Stream: req.Stream, Shards: st.Shards(), Offsets: offsets})
+	err = gp.coord.Reset(groups.ResetRequest{Group: name, Stream: req.Stream, Shards: st.Shards(), Incarnation: st.Incarnation(), Offsets: offsets})
 	if err != nil {
 		return groupAPIError(err)
 	}

@@ -523,6 +523,11 @@ func (s *Stream) Wait(ctx context.Context, shard int, seq uint64) error {
 	}
 }
 
+// Done returns a channel closed when the stream is closed: deleted, or its
+// store closed. Whoever holds the stream (plugins, group sessions,
+// webhooks) notices a deletion at once through it.
+func (s *Stream) Done() <-chan struct{} { return s.quit }
+
 // Changed returns a channel closed at the next commit to shard. Consumers
 // watching many shards select on several of them.
 func (s *Stream) Changed(shard int) <-chan struct{} { return s.shards[shard].changed() }

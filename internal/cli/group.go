@@ -75,6 +75,9 @@ func groupDescribe(ctx context.Context, args []string) error {
 	tw := newTable(stdout)
 	fmt.Fprintf(tw, "Name:\t%s\n", g.Name)
 	fmt.Fprintf(tw, "Stream:\t%s\n", g.Stream)
+	if g.Stale {
+		fmt.Fprintf(tw, "Offsets:\tstale: the stream was deleted and created again; the group starts over at its next join\n")
+	}
 	fmt.Fprintf(tw, "Created:\t%s\n", g.Created.Local().Format(time.RFC3339))
 	fmt.Fprintf(tw, "Members:\t%d\n", len(g.Members))
 	fmt.Fprintf(tw, "Lag:\t%d\n", g.Lag)

@@ -171,6 +171,9 @@ type JoinRequest struct {
 	Stream string
 	// Shards is the stream's shard count now.
 	Shards int
+	// Incarnation is the stream's incarnation now; "" skips the check. A
+	// group whose offsets belong to another incarnation starts over.
+	Incarnation string
 	// Member is the member id, stable across the member's reconnects.
 	Member string
 	// SessionTimeout: 0 takes Config.DefaultSessionTimeout.
@@ -205,7 +208,7 @@ func (c *Coordinator) Join(req JoinRequest) (*Session, error) {
 	case req.Start.Kind > StartTime:
 		return nil, fmt.Errorf("%w: start kind %d", ErrInvalid, req.Start.Kind)
 	}
-	g, err := c.group(req.Group, req.Stream, req.Shards, true)
+	g, err := c.group(req.Group, req.Stream, req.Shards, req.Incarnation, true)
 	if err != nil {
 		return nil, err
 	}
@@ -244,8 +247,11 @@ func (c *Coordinator) Join(req JoinRequest) (*Session, error) {
 }
 
 // group returns the named group, creating it (durably) when create is set.
-// It checks that the group consumes stream with shards shards.
-func (c *Coordinator) group(name, stream string, shards int, create bool) (*group, error) {
+// It checks that the group consumes stream with shards shards. A group
+// whose offsets belong to another incarnation of the stream (it was deleted
+// and created again) is replaced by a fresh one first, whatever the shard
+// count; inc == "" skips that check.
+func (c *Coordinator) group(name, stream string, shards int, inc string, create bool) (*group, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -256,7 +262,7 @@ func (c *Coordinator) group(name, stream string, shards int, create bool) (*grou
 		if !create {
 			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
 		}
-		def := groupDef{Stream: stream, Shards: shards, Created: time.Now().UTC()}
+		def := groupDef{Stream: stream, Shards: shards, Created: time.Now().UTC(), Incarnation: inc}
 		if err := c.db.Update(func(tx *bolt.Tx) error { return putDef(tx, name, def) }); err != nil {
 			return nil, fmt.Errorf("groups: create %q: %w", name, err)
 		}
@@ -267,11 +273,59 @@ func (c *Coordinator) group(name, stream string, shards int, create bool) (*grou
 	if g.def.Stream != stream {
 		return nil, fmt.Errorf("%w: group %q consumes stream %q, not %q", ErrStreamMismatch, name, g.def.Stream, stream)
 	}
+	if inc != "" && g.def.Incarnation != inc {
+		var err error
+		if g, err = c.rebind(g, shards, inc); err != nil {
+			return nil, err
+		}
+	}
 	if g.def.Shards != shards {
 		return nil, fmt.Errorf("%w: group %q has offsets for %d shards, stream %q has %d now; delete the group to start over",
 			ErrShardsChanged, name, g.def.Shards, stream, shards)
 	}
 	return g, nil
+}
+
+// rebind binds g to incarnation inc of its stream (caller holds c.mu). A
+// group from before incarnations adopts it and keeps its offsets; a group
+// bound to another incarnation is replaced by a fresh group of the same
+// name: offsets dropped, members' sessions ended with ErrStreamRecreated
+// (they rejoin and start at their start positions), epochs continuing so
+// a lease of the old group never matches one of the new.
+func (c *Coordinator) rebind(g *group, shards int, inc string) (*group, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gone != nil {
+		return nil, fmt.Errorf("groups: %q: %w", g.name, g.gone)
+	}
+	def := g.def
+	def.Incarnation = inc
+	if g.def.Incarnation == "" {
+		if err := c.db.Update(func(tx *bolt.Tx) error { return putDef(tx, g.name, def) }); err != nil {
+			return nil, fmt.Errorf("groups: %q: record the stream incarnation: %w", g.name, err)
+		}
+		g.def = def
+		c.logger.Info("group bound to its stream's incarnation", "group", g.name, "stream", def.Stream, "incarnation", inc)
+		return g, nil
+	}
+	def.Shards = shards
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		if err := dropOffsets(tx, g.name); err != nil {
+			return err
+		}
+		return putDef(tx, g.name, def)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("groups: %q: start over on the recreated stream: %w", g.name, err)
+	}
+	c.logger.Warn("group's stream was deleted and created again: committed offsets dropped, the group starts over",
+		"group", g.name, "stream", def.Stream, "old_incarnation", g.def.Incarnation, "new_incarnation", inc,
+		"members_ended", len(g.members))
+	g.shutdown(ErrStreamRecreated)
+	ng := c.newGroup(g.name, def)
+	ng.epoch = g.epoch
+	c.groups[g.name] = ng
+	return ng, nil
 }
 
 // rebalance moves the group towards the balanced, sticky assignment of its
@@ -515,6 +569,9 @@ type ResetRequest struct {
 	Group  string
 	Stream string
 	Shards int // the stream's shard count now
+	// Incarnation is the stream's incarnation now ("" skips the check): a
+	// group bound to another one starts over before the reset applies.
+	Incarnation string
 	// Offsets maps shards to the next sequence to process (at least 1).
 	// Shards not listed keep their offsets.
 	Offsets map[int]uint64
@@ -535,7 +592,7 @@ func (c *Coordinator) Reset(req ResetRequest) error {
 			return fmt.Errorf("%w: offset %d for shard %d of %d", ErrInvalid, off, s, req.Shards)
 		}
 	}
-	g, err := c.group(req.Group, req.Stream, req.Shards, true)
+	g, err := c.group(req.Group, req.Stream, req.Shards, req.Incarnation, true)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,8 @@ import (
 //
 //	meta/version             formatVersion
 //	groups/<name>/def        JSON groupDef
+//	groups/<name>/incarnation the stream incarnation the offsets belong to
+//	                         (also in def; commits check this copy cheaply)
 //	groups/<name>/epoch      uint64 big endian: the highest epoch granted
 //	groups/<name>/offsets/   uint32 big endian shard → offsetRec
 //
@@ -28,6 +30,7 @@ var (
 	keyVersion    = []byte("version")
 	keyDef        = []byte("def")
 	keyEpoch      = []byte("epoch")
+	keyInc        = []byte("incarnation")
 )
 
 const formatVersion = 1
@@ -37,6 +40,9 @@ type groupDef struct {
 	Stream  string    `json:"stream"`
 	Shards  int       `json:"shards"`
 	Created time.Time `json:"created"`
+	// Incarnation is the incarnation of the stream the offsets belong to
+	// ("" in files from before incarnations: adopted at the next join).
+	Incarnation string `json:"incarnation,omitempty"`
 }
 
 // offsetRec is a shard's committed offset and where it came from.
@@ -200,7 +206,30 @@ func putDef(tx *bolt.Tx, name string, def groupDef) error {
 	if err != nil {
 		return err
 	}
+	if err := b.Put(keyInc, []byte(def.Incarnation)); err != nil {
+		return err
+	}
 	return b.Put(keyDef, v)
+}
+
+// sameIncarnation reports whether group name's stored offsets still belong
+// to incarnation inc: a commit accepted just before the stream was
+// recreated must not land in the offsets of the group that replaced it.
+func sameIncarnation(tx *bolt.Tx, name, inc string) bool {
+	b, err := groupBucket(tx, name, false)
+	return err == nil && string(b.Get(keyInc)) == inc
+}
+
+// dropOffsets deletes every committed offset of group name.
+func dropOffsets(tx *bolt.Tx, name string) error {
+	b, err := groupBucket(tx, name, false)
+	if err != nil {
+		return err
+	}
+	if b.Bucket(bucketOffsets) == nil {
+		return nil
+	}
+	return b.DeleteBucket(bucketOffsets)
 }
 
 func putEpoch(tx *bolt.Tx, name string, epoch uint64) error {

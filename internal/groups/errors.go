@@ -28,6 +28,10 @@ var (
 	ErrReplaced = errors.New("groups: session replaced by a newer join of the same member")
 	// ErrDeleted: the group was deleted.
 	ErrDeleted = errors.New("groups: group deleted")
+	// ErrStreamRecreated: the group's stream was deleted and created again
+	// (a new incarnation): the group's offsets were dropped and the
+	// sessions of its members ended; they rejoin and start over.
+	ErrStreamRecreated = errors.New("groups: the stream was deleted and created again; the group starts over")
 	// ErrLeft: the session ended with Leave.
 	ErrLeft = errors.New("groups: member left")
 	// ErrClosed: the coordinator is closed.

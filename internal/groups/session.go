@@ -178,6 +178,9 @@ func (s *Session) Commit(offsets []Commit) []error {
 
 	t := now.UnixNano()
 	err := g.c.db.Batch(func(tx *bolt.Tx) error {
+		if !sameIncarnation(tx, g.name, g.def.Incarnation) {
+			return fmt.Errorf("%w: %w", ErrSessionExpired, ErrStreamRecreated)
+		}
 		for _, i := range ok {
 			o := offsets[i]
 			if err := putOffset(tx, g.name, o.Shard, offsetRec{Offset: o.Offset, Time: t, Epoch: o.Epoch, Member: s.m.id}); err != nil {
@@ -278,10 +281,13 @@ const (
 
 // GroupInfo describes a group.
 type GroupInfo struct {
-	Name    string
-	Stream  string
-	Shards  int
-	Created time.Time
+	Name   string
+	Stream string
+	// Incarnation is the stream incarnation the offsets belong to ("" if
+	// not known yet: a group from before incarnations).
+	Incarnation string
+	Shards      int
+	Created     time.Time
 	// Epoch is the highest epoch granted so far.
 	Epoch uint64
 	// Rebalances since the hub started.
@@ -360,7 +366,7 @@ func (c *Coordinator) Group(name string) (GroupInfo, error) {
 func (g *group) info() GroupInfo {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	gi := GroupInfo{Name: g.name, Stream: g.def.Stream, Shards: g.def.Shards, Created: g.def.Created,
+	gi := GroupInfo{Name: g.name, Stream: g.def.Stream, Incarnation: g.def.Incarnation, Shards: g.def.Shards, Created: g.def.Created,
 		Epoch: g.epoch, Rebalances: g.rebalances, Members: []MemberInfo{}, Offsets: make([]ShardInfo, len(g.leases))}
 	byID := map[string]*MemberInfo{}
 	for _, m := range g.members {
