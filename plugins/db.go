@@ -23,6 +23,8 @@ import (
 //	runs/<name>/<input>/<shard>
 //	    "cp"             checkpoint (see checkpoint.encode)
 //	    state/           keyed state of that input shard: key → value
+//	bindings             name ‖ 0 ‖ input → incarnation of the input stream
+//	                     the checkpoints belong to (binding.go)
 //
 // A runner's state and checkpoint change in one transaction: that, and
 // outputs being stored before it, is the exactly-once argument.
@@ -44,7 +46,7 @@ func openDB(dir string, timeout time.Duration) (*bolt.DB, error) {
 		return nil, fmt.Errorf("plugins: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDefs, bucketModules, bucketRuns} {
+		for _, b := range [][]byte{bucketDefs, bucketModules, bucketRuns, bucketBindings} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

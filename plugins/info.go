@@ -16,7 +16,11 @@ const (
 // Info describes a plugin: its definition, status and per-shard progress.
 type Info struct {
 	Definition
-	Status       string      `json:"status"`
+	Status string `json:"status"`
+	// Waiting says why a plugin with status "waiting" does not run: a
+	// stream it reads or writes is missing (deleted); it starts by itself
+	// once the stream exists again.
+	Waiting      string      `json:"waiting,omitempty"`
 	RecordsIn    uint64      `json:"records_in"`
 	RecordsOut   uint64      `json:"records_out"`
 	DeadLettered uint64      `json:"dead_lettered"`
@@ -83,12 +87,15 @@ func (m *Manager) info(p *plugin) Info {
 	p.mu.Lock()
 	def := p.def.clone()
 	running := p.cancel != nil
+	waiting := p.waiting
 	runners := slices.Clone(p.runners)
 	p.mu.Unlock()
 	info := Info{Definition: def, Status: StatusStopped}
 	switch {
 	case def.Paused:
 		info.Status = StatusPaused
+	case running && waiting != "":
+		info.Status, info.Waiting = StatusWaiting, waiting
 	case running:
 		info.Status = StatusRunning
 	}

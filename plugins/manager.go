@@ -61,6 +61,7 @@ type plugin struct {
 	mod     *wasmhost.Module
 	cancel  context.CancelFunc // stops the runners; nil when stopped
 	runners []*runner
+	waiting string // why it waits for a stream (binding.go); "" when not
 	wg      sync.WaitGroup
 	lim     *limiter // guest log lines forwarded to the hub's logger
 }
@@ -197,6 +198,8 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 // start launches p's runners under the run context (caller holds opMu).
+// A plugin whose streams are not all there waits for them instead
+// (binding.go); inputs created again since the last start are rebound.
 func (m *Manager) start(p *plugin) {
 	m.mu.RLock()
 	parent := m.runCtx
@@ -209,13 +212,34 @@ func (m *Manager) start(p *plugin) {
 	ctx, cancel := context.WithCancel(parent)
 	p.cancel = cancel
 	p.runners = p.runners[:0]
-	for _, in := range p.def.Inputs {
-		s, err := m.st.Stream(in)
-		if err != nil {
-			p.logger.Error("plugin input is missing; not started", "input", in, "err", err)
-			p.logs.add(LevelError, in, -1, "input stream missing: "+err.Error())
-			continue
+	def := p.def
+	ins, outs, missing := m.streamsOf(def)
+	for _, in := range ins {
+		if missing != "" {
+			break
 		}
+		if err := m.bind(ctx, p, in, outs); err != nil {
+			missing = "binding input " + in.Name() + ": " + err.Error()
+		}
+	}
+	if missing != "" {
+		if p.waiting != missing {
+			p.logger.Warn("plugin waits: "+missing, "version", def.Version)
+			p.logs.add(LevelWarn, "", -1, "waiting: "+missing)
+		}
+		p.waiting = missing
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			m.await(ctx, p, def.Version, def)
+		}()
+		return
+	}
+	p.waiting = ""
+	var watched []*store.Stream
+	var roles []string
+	for _, s := range ins {
+		watched, roles = append(watched, s), append(roles, "input")
 		for shard := 0; shard < s.Shards(); shard++ {
 			r := newRunner(m, p, p.def, p.mod, s, shard)
 			p.runners = append(p.runners, r)
@@ -226,6 +250,14 @@ func (m *Manager) start(p *plugin) {
 			}()
 		}
 	}
+	for _, s := range outs {
+		watched, roles = append(watched, s), append(roles, "output")
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		m.watch(ctx, p, def.Version, watched, roles)
+	}()
 	p.logger.Info("plugin started", "runners", len(p.runners), "version", p.def.Version)
 }
 
@@ -429,6 +461,9 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 			if err := tx.Bucket(bucketRuns).DeleteBucket([]byte(name)); err != nil {
 				return err
 			}
+		}
+		if err := deleteBindings(tx, name); err != nil {
+			return err
 		}
 		return gcModules(tx)
 	})

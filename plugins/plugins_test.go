@@ -621,19 +621,3 @@ func TestDefinitionDurable(t *testing.T) {
 		t.Fatalf("no compilation cache: %v", err)
 	}
 }
-
-func TestDeletedOutputPausesPlugin(t *testing.T) {
-	e := newEnv(t)
-	in := e.stream("in", 1)
-	e.deploy(Definition{Name: "copy", Inputs: []string{"in"}, Outputs: []string{"out"}, Config: map[string]string{"output": "out"},
-		Start: StartEarliest, OnError: PolicyDeadLetter, DeadLetter: "dead"}, readTestdata(t, watPassThrough))
-	if err := e.st.DeleteStream(context.Background(), "out"); err != nil {
-		t.Fatal(err)
-	}
-	e.produce(in, rec("k", "v"))
-	waitFor(t, "pause", func() bool { i, _ := e.m.Describe("copy"); return i.Status == StatusPaused })
-	info, _ := e.m.Describe("copy")
-	if !strings.Contains(info.PauseReason, "out") || info.DeadLettered != 0 {
-		t.Fatalf("paused with %q, %d dead letters: a missing output is not the record's fault", info.PauseReason, info.DeadLettered)
-	}
-}

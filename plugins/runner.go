@@ -639,10 +639,9 @@ func (r *runner) storeTrouble(ctx context.Context, op string, err error) bool {
 	}
 	if errors.Is(err, store.ErrStreamNotFound) || errors.Is(err, store.ErrClosed) {
 		// A closed stream is either a hub shutdown (ctx ends too) or a
-		// deleted stream.
-		if r.sleep(ctx, 100*time.Millisecond) {
-			r.fatal(op + ": " + err.Error())
-		}
+		// deleted stream, which the manager's watcher (binding.go) has
+		// seen too: it restarts the plugin, which waits for the stream.
+		r.noteError(op + ": " + err.Error())
 		return false
 	}
 	r.noteError(op + ": " + err.Error())
