@@ -293,6 +293,9 @@ func pluginDescribe(ctx context.Context, args []string) error {
 	if i.Paused {
 		fmt.Fprintf(tw, "Pause reason:\t%s\n", i.PauseReason)
 	}
+	if i.Waiting != "" {
+		fmt.Fprintf(tw, "Waiting:\t%s (starts by itself once the stream exists)\n", i.Waiting)
+	}
 	fmt.Fprintf(tw, "Version:\t%d (sha256 %s, %s)\n", i.Version, i.SHA256, humanBytes(int64(i.ModuleSize)))
 	fmt.Fprintf(tw, "Deployed:\t%s, updated %s\n", i.Created.Local().Format(time.RFC3339), i.Updated.Local().Format(time.RFC3339))
 	fmt.Fprintf(tw, "Inputs:\t%s (start %s)\n", strings.Join(i.Inputs, ", "), i.Start)
