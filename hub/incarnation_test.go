@@ -1,0 +1,155 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/plugins"
+	"github.com/edgehub/edgehub/sdk"
+)
+
+// groupRead joins group g1 on orders, reads n records (failing on more
+// within a short grace), commits them and leaves.
+func groupRead(tb testing.TB, d *dpHub, n int) []string {
+	tb.Helper()
+	c := d.client(tb, nil)
+	ctx := testCtx(tb)
+	g, err := c.JoinGroup(ctx, "g1", "orders", sdk.GroupOptions{MemberID: "m1", SessionTimeout: survivorTimeout, CommitInterval: -1})
+	if err != nil {
+		tb.Fatalf("join: %v", err)
+	}
+	var got []string
+	for len(got) < n {
+		_, recs, err := g.NextBatch(ctx)
+		if err != nil {
+			tb.Fatalf("group read %d of %d: %v", len(got), n, err)
+		}
+		for _, r := range recs {
+			got = append(got, string(r.Value))
+		}
+	}
+	if err := g.Commit(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	// Nothing more arrives.
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if _, recs, err := g.NextBatch(short); err == nil {
+		tb.Fatalf("group read %d records more than the %d produced", len(recs), n)
+	}
+	cancel()
+	if err := g.Close(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	return got
+}
+
+func orderRecords(prefix string, n int) ([]record.Record, []string) {
+	var recs []record.Record
+	var vals []string
+	for i := range n {
+		v := fmt.Sprintf("%s-%d", prefix, i)
+		recs = append(recs, record.Record{Key: []byte(fmt.Sprintf("k%d", i)), Value: []byte(v)})
+		vals = append(vals, v)
+	}
+	return recs, vals
+}
+
+func pluginInfo(tb testing.TB, d *dpHub, name string) plugins.Info {
+	tb.Helper()
+	_, b := call(tb, "GET", d.adminURL()+"/v1/plugins/"+name, "")
+	var info plugins.Info
+	if err := json.Unmarshal(b, &info); err != nil {
+		tb.Fatalf("plugin describe: %v\n%s", err, b)
+	}
+	return info
+}
+
+// The scenario of issue 8, defect 2: a plugin and a consumer group on a
+// stream; records produced, copied and consumed; the stream deleted (with
+// force) and created again; 40 records produced. Before incarnations the
+// plugin copied only the records after its old checkpoint and the group
+// kept its offsets (22/22/22/58), read nothing and showed lag 0. Now the
+// plugin copies all 40, the group shows lag 40, reads all 40, and ends at
+// lag 0.
+func TestStreamRecreatedPluginAndGroupStartOver(t *testing.T) {
+	d := groupHub(t)
+	base := d.adminURL()
+	wasm, err := os.ReadFile(watPassThroughModule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, b := deployHTTP(t, base, PluginConfig{Name: "copy", Inputs: []string{"orders"}, Outputs: []string{"copied"}, Start: "earliest",
+		Config: PluginParams{"output": "copied"}, CallTimeout: Duration(time.Second)}, wasm); st != http.StatusCreated {
+		t.Fatalf("deploy: %d %s", st, b)
+	}
+	cl := d.client(t, nil)
+	recs, oldVals := orderRecords("old", 124)
+	produceSDK(t, cl, "orders", recs)
+	if got := groupRead(t, d, len(oldVals)); !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(oldVals))) {
+		t.Fatalf("group read %d records, want the %d produced", len(got), len(oldVals))
+	}
+	waitFor(t, "plugin copied", func() bool { return pluginInfo(t, d, "copy").RecordsOut == uint64(len(oldVals)) })
+	gi, _ := describeGroup(t, d, "g1")
+	if gi.Lag != 0 || gi.Stale {
+		t.Fatalf("before the delete: %+v", gi)
+	}
+
+	// Refused without force, naming the users.
+	st, b := call(t, "DELETE", base+"/v1/streams/orders", "")
+	if st != http.StatusConflict || !strings.Contains(string(b), "group g1") || !strings.Contains(string(b), "plugin copy (input)") {
+		t.Fatalf("delete without force: %d %s", st, b)
+	}
+	if st, b := call(t, "DELETE", base+"/v1/streams/orders?force=true", ""); st != http.StatusNoContent {
+		t.Fatalf("forced delete: %d %s", st, b)
+	}
+	waitFor(t, "plugin waiting", func() bool { return pluginInfo(t, d, "copy").Status == plugins.StatusWaiting })
+	if st, b := call(t, "POST", base+"/v1/streams", `{"name":"orders","shards":4}`); st != http.StatusCreated {
+		t.Fatalf("create again: %d %s", st, b)
+	}
+	recs, newVals := orderRecords("new", 40)
+	produceSDK(t, cl, "orders", recs)
+
+	// The group's old offsets are void: lag counts all 40.
+	gi, _ = describeGroup(t, d, "g1")
+	if gi.Lag != 40 || !gi.Stale {
+		t.Fatalf("after the recreate: lag %d, stale %v, want 40 and true (%+v)", gi.Lag, gi.Stale, gi.Shards)
+	}
+	got := groupRead(t, d, 40)
+	if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(newVals))) {
+		t.Fatalf("group read %v, want the 40 new records", got)
+	}
+	gi, _ = describeGroup(t, d, "g1")
+	if gi.Lag != 0 || gi.Stale {
+		t.Fatalf("after reading: %+v", gi)
+	}
+
+	// The plugin copied every new record once, after the old ones.
+	waitFor(t, "plugin copied the new stream", func() bool {
+		i := pluginInfo(t, d, "copy")
+		return i.Status == plugins.StatusRunning && i.Lag == 0 && i.RecordsIn == 40
+	})
+	out := consumeSDK(t, cl, "copied", len(oldVals)+40)
+	var copied []string
+	for _, r := range out {
+		copied = append(copied, string(r.Value))
+	}
+	wantAll := slices.Sorted(slices.Values(append(slices.Clone(oldVals), newVals...)))
+	if slices.Sort(copied); !slices.Equal(copied, wantAll) {
+		t.Fatalf("copied %d records, want %d: each old and new record once", len(copied), len(wantAll))
+	}
+	var held int64
+	for _, s := range mustStream(t, d.h, "copied").Stats() {
+		held += s.Records
+	}
+	if held != int64(len(wantAll)) {
+		t.Fatalf("copied stream holds %d records, want %d", held, len(wantAll))
+	}
+}
