@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -99,6 +100,14 @@ const (
 	DefaultSyncInterval   = 100 * time.Millisecond
 	DefaultTombstoneRet   = 24 * time.Hour
 )
+
+// minFrameBytes is the smallest limits.max_frame_bytes that carries a BATCH
+// of one record of maxRecord bytes: the record, its encoding, and the 64
+// bytes PRODUCE_READY reserves for the BATCH fields (max_batch_bytes is
+// max_frame_bytes - 64).
+func minFrameBytes(maxRecord Size) int64 {
+	return int64(maxRecord) + int64(record.MaxEncodingOverhead(int(maxRecord))) + 64
+}
 
 // MetaReplicate is the store.StreamConfig.Meta key holding a stream's
 // replication policy in canonical form (see Replicate).
@@ -200,6 +209,10 @@ func (c Config) Validate() error {
 	}
 	if c.Store.MaxRecordBytes <= 0 || c.Store.MaxRecordBytes > 64<<20 {
 		bad("store.max_record_bytes", "%s outside 1B..64MiB", c.Store.MaxRecordBytes)
+	} else if frame := c.Limits.withDefaults().MaxFrameBytes; int64(frame) < minFrameBytes(c.Store.MaxRecordBytes) {
+		// Any record the store accepts must fit a BATCH alone.
+		bad("limits.max_frame_bytes", "%s cannot carry a record of store.max_record_bytes %s; set it to at least %s",
+			frame, c.Store.MaxRecordBytes, Size((minFrameBytes(c.Store.MaxRecordBytes)+1<<20-1)&^(1<<20-1)))
 	}
 
 	seen := map[string]int{}

@@ -447,6 +447,9 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 		Shards:        uint32(st.Shards()),
 		MaxBatchBytes: uint64(d.limits.MaxFrameBytes) - 64,
 		MaxInFlight:   uint32(d.limits.MaxInflightBatches),
+		// Announced so that clients refuse a record above it at once,
+		// not after a round trip.
+		MaxRecordBytes: uint64(d.st.Config().MaxRecordBytes),
 	}
 	if open.Flags&quic.ProduceDatagrams != 0 {
 		if err := req.Conn.HandshakeComplete(ctx); err != nil {

@@ -659,7 +659,7 @@ func TestLimitsConfigTOML(t *testing.T) {
 	cfg, err := ParseConfig("hub.toml", []byte(`
 [limits]
 max_connections = 5
-max_frame_bytes = "1MiB"
+max_frame_bytes = "2MiB"
 allow_0rtt = false
 
 [tls]
@@ -674,7 +674,7 @@ produce = ["*"]
 		t.Fatal(err)
 	}
 	l := cfg.Limits.withDefaults()
-	if l.MaxConnections != 5 || l.MaxFrameBytes != 1<<20 || *l.Allow0RTT || !*l.Datagrams || l.MaxInflightBatches != DefaultMaxInflightBatches {
+	if l.MaxConnections != 5 || l.MaxFrameBytes != 2<<20 || *l.Allow0RTT || !*l.Datagrams || l.MaxInflightBatches != DefaultMaxInflightBatches {
 		t.Fatalf("limits %+v", l)
 	}
 	if len(cfg.Auth.Tokens) != 1 || cfg.Auth.Tokens[0].Produce[0] != "*" || cfg.TLS.Hosts[0] != "edge.local" {

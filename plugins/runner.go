@@ -778,8 +778,8 @@ func (r *runner) Emit(stream []byte, rec wasmhost.OutputRecord, input, index int
 	} else {
 		out.Origin = record.Origin{Hub: r.originHub, Shard: uint32(r.shard), Seq: r.seqs[input]<<16 | uint64(index)}
 	}
-	if out.Size() > r.maxRecord {
-		return fmt.Errorf("%w: output of %d bytes exceeds the store's record limit %d", wasmhost.ErrABI, out.Size(), r.maxRecord)
+	if n := out.PayloadSize(); n > r.maxRecord {
+		return fmt.Errorf("%w: output of %d bytes (key, value and headers) exceeds the store's record limit %d", wasmhost.ErrABI, n, r.maxRecord)
 	}
 	o := r.outs[i]
 	o.recs = append(o.recs, out)

@@ -232,13 +232,18 @@ type ProduceReady struct {
 	MaxInFlight uint32
 	// DatagramSession identifies the session in datagrams (0: none).
 	DatagramSession uint64
+	// MaxRecordBytes is the hub's store.max_record_bytes: the largest
+	// record.PayloadSize it accepts. 0: not announced (a hub older than
+	// the field, which appends it last).
+	MaxRecordBytes uint64
 }
 
 func (f *ProduceReady) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(f.Shards))
 	dst = binary.AppendUvarint(dst, f.MaxBatchBytes)
 	dst = binary.AppendUvarint(dst, uint64(f.MaxInFlight))
-	return binary.AppendUvarint(dst, f.DatagramSession)
+	dst = binary.AppendUvarint(dst, f.DatagramSession)
+	return binary.AppendUvarint(dst, f.MaxRecordBytes)
 }
 
 func (f *ProduceReady) Decode(p []byte) error {
@@ -247,6 +252,10 @@ func (f *ProduceReady) Decode(p []byte) error {
 	f.MaxBatchBytes = d.Uvarint()
 	f.MaxInFlight = d.Uint32("max in flight")
 	f.DatagramSession = d.Uvarint()
+	f.MaxRecordBytes = 0
+	if d.Err == nil && len(d.Buf) > 0 {
+		f.MaxRecordBytes = d.Uvarint()
+	}
 	return d.done()
 }
 

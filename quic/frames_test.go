@@ -25,7 +25,7 @@ func frameCases() []frameCase {
 		{"info request", &InfoRequest{Stream: "sensors"}, &InfoRequest{}},
 		{"info", &Info{Stream: "s", Shards: []ShardBounds{{1, 10}, {11, 10}}, MaxFrameBytes: 8 << 20}, &Info{}},
 		{"produce open", &ProduceOpen{Stream: "s", ProducerID: 1<<63 + 5, Flags: ProduceDatagrams}, &ProduceOpen{}},
-		{"produce ready", &ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 64, DatagramSession: 9}, &ProduceReady{}},
+		{"produce ready", &ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 64, DatagramSession: 9, MaxRecordBytes: 1 << 20}, &ProduceReady{}},
 		{"batch", &Batch{ID: 7, Shard: -1, ProducerSeq: 100, Records: []byte("xyz")}, &Batch{}},
 		{"batch shard", &Batch{ID: 1<<40 + 1, Shard: 3, ProducerSeq: 0, Records: []byte{}}, &Batch{}},
 		{"ack ok", &Ack{ID: 7, Runs: []Run{{Shard: 1, FirstSeq: 5, Count: 10}, {Shard: 2, FirstSeq: 0, Count: 1}}}, &Ack{}},

@@ -62,7 +62,8 @@ func FuzzProduceOpen(f *testing.F) {
 }
 
 func FuzzProduceReady(f *testing.F) {
-	fuzzDecoder(f, &ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 8, DatagramSession: 1})
+	fuzzDecoder(f, &ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 8, DatagramSession: 1, MaxRecordBytes: 1 << 20})
+	f.Add([]byte{4, 0x80, 0x80, 0x04, 8, 1}) // a hub that does not announce max_record_bytes
 }
 
 func FuzzBatch(f *testing.F) {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"time"
@@ -25,8 +26,11 @@ type ProducerOptions struct {
 	// id across process restarts continues its sequences only if the
 	// process also remembers them; leave it 0 unless you do.
 	ProducerID uint64
-	// BatchRecords and BatchBytes seal a batch once reached. Defaults 1000
-	// and 512 KiB.
+	// BatchRecords and BatchBytes (of encoded records) seal a batch once
+	// reached. Defaults 1000 and 512 KiB. They do not limit records: one
+	// larger than BatchBytes travels in a batch of its own. What limits
+	// records is the hub's store.max_record_bytes, announced when the
+	// producer opens its session (see MaxRecordBytes).
 	BatchRecords int
 	BatchBytes   int
 	// Linger holds a batch open this long for more records. 0 (the default)
@@ -118,24 +122,25 @@ type Producer struct {
 	id     uint64
 	shards int
 
-	mu       sync.Mutex
-	space    *sync.Cond // signalled when buffered bytes drop or the producer closes
-	wake     chan struct{}
-	acc      []*pbatch // per shard: the open batch
-	sticky   int       // shard for keyless records
-	nextSeq  []uint64  // per shard: producer sequence of the next batch
-	nextID   uint64
-	unacked  []*pbatch // sealed, in seal order
-	inflight []int     // per shard: sent and unacknowledged
-	buffered int
-	sess     *session
-	closed   bool
-	fatal    error
-	loopDone chan struct{}
-	free     []*pbatch // completed batches whose buffers are reused
-	lastLen  []int     // per shard: records in the last sealed batch
-	frameMax int       // the hub's largest BATCH payload (PRODUCE_READY)
-	conflict bool      // stopped by a sequence_conflict
+	mu        sync.Mutex
+	space     *sync.Cond // signalled when buffered bytes drop or the producer closes
+	wake      chan struct{}
+	acc       []*pbatch // per shard: the open batch
+	sticky    int       // shard for keyless records
+	nextSeq   []uint64  // per shard: producer sequence of the next batch
+	nextID    uint64
+	unacked   []*pbatch // sealed, in seal order
+	inflight  []int     // per shard: sent and unacknowledged
+	buffered  int
+	sess      *session
+	closed    bool
+	fatal     error
+	loopDone  chan struct{}
+	free      []*pbatch // completed batches whose buffers are reused
+	lastLen   []int     // per shard: records in the last sealed batch
+	frameMax  int       // the hub's max_batch_bytes (PRODUCE_READY)
+	maxRecord int       // the hub's max_record_bytes (PRODUCE_READY), 0 if not announced
+	conflict  bool      // stopped by a sequence_conflict
 }
 
 type pbatch struct {
@@ -287,14 +292,44 @@ func (p *Producer) SendAsyncTo(ctx context.Context, shard int, rec Record, cb fu
 	return p.sendAsync(ctx, shard, rec, cb)
 }
 
-// sendAsync queues rec for shard, or routes it when shard is -1.
-func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func(Position, error)) error {
-	size := rec.Size() + recordOverhead
+// MaxRecordBytes is the hub's record limit (store.max_record_bytes), as
+// its produce session announced it: the largest Record.PayloadSize (key,
+// value, and each header's key and value plus 2 bytes) it stores. Sends of
+// larger records fail at once with CodeRecordTooLarge. 0: the hub did not
+// announce it (a hub older than the field); the hub then refuses such a
+// record in its acknowledgement.
+func (p *Producer) MaxRecordBytes() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if limit := p.maxBatchBytes(); size > limit {
-		return &quic.Error{Code: quic.CodeRecordTooLarge,
-			Message: fmt.Sprintf("record of about %d bytes does not fit in a batch of at most %d", size, limit)}
+	return p.maxRecord
+}
+
+// checkSize refuses a record the hub would not store, or that could not
+// travel in a batch of its own. Called with p.mu held.
+func (p *Producer) checkSize(rec *Record, size int) error {
+	if n := rec.PayloadSize(); p.maxRecord > 0 && n > p.maxRecord {
+		return &quic.Error{Code: quic.CodeRecordTooLarge, Message: fmt.Sprintf(
+			"record of %d bytes (key, value, and each header's key and value plus 2) is above the hub's max_record_bytes %d", n, p.maxRecord)}
+	}
+	if limit := p.batchLimit(); size > limit {
+		what := fmt.Sprintf("the hub's max_batch_bytes %d", p.frameMax)
+		if p.opts.Datagrams {
+			what = "a datagram"
+		}
+		return &quic.Error{Code: quic.CodeRecordTooLarge, Message: fmt.Sprintf(
+			"record encodes to %d bytes: a batch of it alone would not fit %s", size, what)}
+	}
+	return nil
+}
+
+// sendAsync queues rec for shard, or routes it when shard is -1.
+func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func(Position, error)) error {
+	rec.Seq, rec.IngestTime, rec.Origin = 0, 0, record.Origin{}
+	size := rec.ProducerLen()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.checkSize(&rec, size); err != nil {
+		return err
 	}
 	if p.buffered+size > p.opts.BufferBytes && p.buffered > 0 {
 		stop := context.AfterFunc(ctx, func() {
@@ -335,8 +370,8 @@ func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func
 			shard, p.sticky = best, best
 		}
 	}
-	if b := p.acc[shard]; b != nil && b.bytes+size > p.maxBatchBytes() {
-		p.seal(shard) // the record would overflow the frame
+	if b := p.acc[shard]; b != nil && b.bytes+size > p.sealBytes() {
+		p.seal(shard) // the record goes in the next batch
 	}
 	b := p.acc[shard]
 	if b == nil {
@@ -352,33 +387,33 @@ func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func
 		b.shard, b.accepted = shard, time.Now()
 		p.acc[shard] = b
 	}
-	rec.Seq, rec.IngestTime, rec.Origin = 0, 0, record.Origin{}
 	b.recs = append(b.recs, rec)
 	b.cbs = append(b.cbs, cb)
 	b.bytes += size
 	p.buffered += size
-	if len(b.recs) >= p.opts.BatchRecords || b.bytes >= p.maxBatchBytes() {
+	if len(b.recs) >= p.opts.BatchRecords || b.bytes >= p.sealBytes() {
 		p.seal(shard)
 	}
 	p.signal()
 	return nil
 }
 
-// maxBatchBytes is the size at which a batch is sealed: the option, within
-// the hub's frame limit (or one QUIC datagram).
-func (p *Producer) maxBatchBytes() int {
-	if p.opts.Datagrams {
-		return 1000
+// batchLimit is the most bytes of encoded records (Record.ProducerLen) one
+// batch may carry: the hub's max_batch_bytes, or what fits one QUIC
+// datagram, less the batch's own header.
+func (p *Producer) batchLimit() int {
+	switch {
+	case p.opts.Datagrams:
+		return 1000 - record.BatchHeaderMax
+	case p.frameMax > 0:
+		return p.frameMax - record.BatchHeaderMax
 	}
-	if p.frameMax > 0 {
-		return min(p.opts.BatchBytes, p.frameMax-256)
-	}
-	return p.opts.BatchBytes
+	return math.MaxInt
 }
 
-// recordOverhead bounds what a record adds to an encoded batch beyond
-// Record.Size (its varint lengths and deltas).
-const recordOverhead = 32
+// sealBytes is the size at which a batch is sealed: the option, within the
+// batch limit.
+func (p *Producer) sealBytes() int { return min(p.opts.BatchBytes, p.batchLimit()) }
 
 // seal closes shard's open batch: it gets the shard's next producer
 // sequences and is encoded once, for every retry. Called with p.mu held.
@@ -398,7 +433,7 @@ func (p *Producer) seal(shard int) {
 	p.nextSeq[shard] += uint64(len(b.recs))
 	// Size the buffer once: growing it record by record dominated the
 	// producer's profile.
-	payload, err := record.AppendBatch(make([]byte, 0, b.bytes+24*len(b.recs)+64), b.recs)
+	payload, err := record.AppendBatch(make([]byte, 0, b.bytes+record.BatchHeaderMax), b.recs)
 	if err != nil {
 		p.nextSeq[shard] -= uint64(len(b.recs))
 		p.complete(b, nil, fmt.Errorf("sdk: encode batch: %w", err))
@@ -487,6 +522,7 @@ func (p *Producer) openSession(ctx context.Context) error {
 	s := &session{st: st, conn: conn, dgram: ready.DatagramSession, broken: make(chan struct{})}
 	p.mu.Lock()
 	p.frameMax = int(min(ready.MaxBatchBytes, 1<<30))
+	p.maxRecord = int(min(ready.MaxRecordBytes, 1<<30))
 	p.sess = s
 	for _, b := range p.unacked {
 		b.wire = false

@@ -120,10 +120,11 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
-// TestProducerRefusedBatch checks that a batch the hub refuses for good
-// fails only its own records: later batches of the same shard, already
-// numbered after it, are renumbered and stored.
-func TestProducerRefusedBatch(t *testing.T) {
+// TestProducerRefusedRecord checks that a record above the hub's limit is
+// refused at once and the others are stored in order. (A hub that does not
+// announce its limit refuses it in the ACK: TestProducerRefusedBatch in
+// the package's own tests.)
+func TestProducerRefusedRecord(t *testing.T) {
 	th := newHub(t, func(c *hub.Config) { c.Store.MaxRecordBytes = 1024 }, store.StreamConfig{Name: "s", Shards: 1})
 	c := dial(t, th)
 	ctx := testCtx(t)
@@ -133,21 +134,23 @@ func TestProducerRefusedBatch(t *testing.T) {
 	}
 	defer p.Close(ctx)
 	values := []string{"a", strings.Repeat("x", 2048), "b", "c", strings.Repeat("y", 2048), "d"}
-	futures := make([]*sdk.Future, len(values))
+	var futures []*sdk.Future
 	for i, v := range values {
-		if futures[i], err = p.SendFuture(ctx, sdk.Record{Value: []byte(v)}); err != nil {
+		f, err := p.SendFuture(ctx, sdk.Record{Value: []byte(v)})
+		if len(v) > 1024 {
+			if sdk.CodeOf(err) != sdk.CodeRecordTooLarge || !strings.Contains(err.Error(), "max_record_bytes 1024") {
+				t.Fatalf("record %d: %v, want record_too_large naming the limit", i, err)
+			}
+			continue
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
+		futures = append(futures, f)
 	}
 	var stored []uint64
 	for i, f := range futures {
 		pos, err := f.Wait(ctx)
-		if len(values[i]) > 1024 {
-			if sdk.CodeOf(err) != sdk.CodeRecordTooLarge {
-				t.Fatalf("record %d: %v, want record_too_large", i, err)
-			}
-			continue
-		}
 		if err != nil {
 			t.Fatalf("record %d: %v", i, err)
 		}
@@ -280,7 +283,10 @@ func TestMain(m *testing.M) {
 // TestProducerFrameLimit runs a hub with a small frame limit: the producer
 // keeps its batches within it, and refuses at once a record that cannot fit.
 func TestProducerFrameLimit(t *testing.T) {
-	th := newHub(t, func(c *hub.Config) { c.Limits.MaxFrameBytes = 64 << 10 }, store.StreamConfig{Name: "s", Shards: 1})
+	th := newHub(t, func(c *hub.Config) {
+		c.Limits.MaxFrameBytes = 64 << 10
+		c.Store.MaxRecordBytes = 60 << 10 // the largest a 64 KiB frame carries is a little more
+	}, store.StreamConfig{Name: "s", Shards: 1})
 	c := dial(t, th)
 	ctx := testCtx(t)
 	p, err := c.Producer(ctx, "s", sdk.ProducerOptions{BatchBytes: 1 << 20})

@@ -120,8 +120,8 @@ func (s *Stream) AppendAsync(ctx context.Context, b Batch) (*Pending, error) {
 	max := s.st.cfg.MaxRecordBytes
 	for i := range b.Records {
 		r := &b.Records[i]
-		if sz := r.Size(); sz > max {
-			return nil, fmt.Errorf("store: append to %q: record %d: %w: %d bytes (max %d)", s.name, i, ErrRecordTooLarge, sz, max)
+		if sz := r.PayloadSize(); sz > max {
+			return nil, fmt.Errorf("store: append to %q: record %d: %w: key, value and headers are %d bytes, above max_record_bytes %d", s.name, i, ErrRecordTooLarge, sz, max)
 		}
 		if len(r.Origin.Hub) > MaxOriginHubLength {
 			return nil, fmt.Errorf("store: append to %q: record %d: origin hub name is %d bytes (max %d)", s.name, i, len(r.Origin.Hub), MaxOriginHubLength)

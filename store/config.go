@@ -31,7 +31,8 @@ type Config struct {
 	Sync SyncMode
 	// SyncInterval is the fsync period under SyncInterval.
 	SyncInterval time.Duration
-	// MaxRecordBytes bounds one record's encoded size (key, value, headers).
+	// MaxRecordBytes bounds one record's record.PayloadSize: the bytes of
+	// its key, value and header keys and values.
 	MaxRecordBytes int
 	// MaxBatchRecords bounds the records a group commit may gather into one
 	// transaction; larger appends are still accepted whole.

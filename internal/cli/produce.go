@@ -108,7 +108,7 @@ func produce(ctx context.Context, args []string) error {
 	keySep := fs.String("key-sep", "", "split each line at the first `SEP` into key and value")
 	var headers headerFlags
 	fs.Var(&headers, "header", "record header `K=V` (repeatable)")
-	maxLine := fs.Int("max-line", 1<<20, "longest accepted input line in `BYTES`")
+	maxLine := fs.Int("max-line", 0, "longest accepted input line in `BYTES` (default: what the hub's max_record_bytes allows)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -138,10 +138,23 @@ func produce(ctx context.Context, args []string) error {
 		}
 		acked.Add(1)
 	}
+	// A line may be as long as the largest record the hub stores (plus a
+	// key separator and a CR LF): longer lines fail with a message naming
+	// the limit, and so do records the producer refuses as too large.
+	limit := p.MaxRecordBytes()
+	if limit == 0 {
+		limit = hub.DefaultMaxRecordBytes // a hub that does not announce it
+	}
+	lineMax := *maxLine
+	if lineMax <= 0 {
+		lineMax = limit + len(*keySep) + 2
+	}
 	sc := bufio.NewScanner(stdin)
-	sc.Buffer(make([]byte, 64<<10), *maxLine)
+	sc.Buffer(make([]byte, 0, min(64<<10, lineMax)), lineMax)
 	var readErr error
+	lineNo := 0
 	for sc.Scan() {
+		lineNo++
 		line := sc.Bytes()
 		rec := sdk.Record{Time: time.Now().UnixNano(), Headers: headers}
 		switch {
@@ -158,11 +171,15 @@ func produce(ctx context.Context, args []string) error {
 			rec.Value = append([]byte(nil), line...)
 		}
 		if err := p.SendAsync(ctx, rec, cb); err != nil {
-			readErr = err
+			readErr = fmt.Errorf("line %d: %w", lineNo, err)
 			break
 		}
 	}
-	if err := sc.Err(); err != nil && readErr == nil {
+	switch err := sc.Err(); {
+	case readErr != nil:
+	case errors.Is(err, bufio.ErrTooLong):
+		readErr = fmt.Errorf("line %d: longer than %d bytes (records are limited to the hub's max_record_bytes %d; --max-line)", lineNo+1, lineMax, limit)
+	case err != nil:
 		readErr = fmt.Errorf("read stdin: %w", err)
 	}
 	// Wait for the acknowledgements even after an interrupt, briefly.

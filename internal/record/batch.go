@@ -129,6 +129,46 @@ func AppendBatch(dst []byte, recs []Record) ([]byte, error) {
 	return binary.LittleEndian.AppendUint32(dst, sum), nil
 }
 
+// MaxEncodingOverhead bounds what AppendBatch adds to the PayloadSize p
+// of a record alone in a batch as a producer sends it (sequence, ingest
+// time and origin 0): the batch header and checksum and the record's fixed
+// fields take at most 64 bytes, and a length prefix takes more than the
+// byte PayloadSize counts for it only for a field of at least 128 bytes,
+// by at most 1 byte per 128. A BATCH frame that holds p +
+// MaxEncodingOverhead(p) bytes of records holds any record of size p.
+func MaxEncodingOverhead(p int) int { return 64 + p/128 }
+
+// BatchHeaderMax bounds the bytes a producer batch adds to its records'
+// ProducerLen: its header and checksum.
+const BatchHeaderMax = 3 + binary.MaxVarintLen64 + 5 + 1 + trailerLen
+
+// ProducerLen is the exact number of bytes r takes in a batch sent by a
+// producer: sequence and ingest deltas 0, a local origin.
+func (r *Record) ProducerLen() int {
+	n := 2 + varintLen(r.Time) + nullableLen(r.Key) + nullableLen(r.Value) + uvarintLen(uint64(len(r.Headers))) + 1
+	for _, h := range r.Headers {
+		n += uvarintLen(uint64(len(h.Key))) + len(h.Key) + uvarintLen(uint64(len(h.Value))) + len(h.Value)
+	}
+	return n
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for ; v >= 0x80; v >>= 7 {
+		n++
+	}
+	return n
+}
+
+func varintLen(v int64) int { return uvarintLen(uint64(v<<1) ^ uint64(v>>63)) }
+
+func nullableLen(b []byte) int {
+	if b == nil {
+		return 1
+	}
+	return uvarintLen(uint64(len(b))+1) + len(b)
+}
+
 func indexOf(s []string, v string) int {
 	for i := range s {
 		if s[i] == v {

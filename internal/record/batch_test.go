@@ -3,6 +3,7 @@ package record
 import (
 	"bytes"
 	"errors"
+	"math/rand/v2"
 	"reflect"
 	"testing"
 )
@@ -164,5 +165,84 @@ func BenchmarkDecode128(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		dst, _ = DecodeBatch(buf, dst[:0])
+	}
+}
+
+// TestProducerLen checks ProducerLen against the encoder, and
+// MaxEncodingOverhead and BatchHeaderMax against the worst cases.
+func TestProducerLen(t *testing.T) {
+	manyHeaders := make([]Header, maxHeaders)
+	for i := range manyHeaders {
+		manyHeaders[i] = Header{Key: "", Value: nil}
+	}
+	bigHeaders := make([]Header, 3)
+	for i := range bigHeaders {
+		bigHeaders[i] = Header{Key: string(make([]byte, 300)), Value: make([]byte, 20000)}
+	}
+	tests := []struct {
+		name string
+		recs []Record
+	}{
+		{"empty", []Record{{}}},
+		{"value", []Record{{Value: []byte("hello")}}},
+		{"empty key and value", []Record{{Key: []byte{}, Value: []byte{}}}},
+		{"negative time", []Record{{Time: -1 << 62, Value: make([]byte, 200)}}},
+		{"time", []Record{{Time: 1764633600123456789, Key: []byte("k"), Value: make([]byte, 1<<20)}}},
+		{"headers", []Record{{Headers: bigHeaders, Value: make([]byte, 127)}, {Value: make([]byte, 128)}}},
+		{"65536 empty headers", []Record{{Headers: manyHeaders}}},
+		{"headers of 128 bytes", []Record{{Headers: []Header{{Key: string(make([]byte, 128)), Value: make([]byte, 128)}}}}},
+		{"key of 16384 bytes", []Record{{Key: make([]byte, 16384), Value: make([]byte, 127)}}},
+		{"many records", make([]Record, 1000)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			enc, err := AppendBatch(nil, tc.recs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := 0
+			for i := range tc.recs {
+				sum += tc.recs[i].ProducerLen()
+			}
+			if hdr := len(enc) - sum; hdr <= 0 || hdr > BatchHeaderMax {
+				t.Fatalf("batch of %d bytes, records %d: header %d outside 1..%d", len(enc), sum, hdr, BatchHeaderMax)
+			}
+			if len(tc.recs) == 1 {
+				p := tc.recs[0].PayloadSize()
+				if over := len(enc) - p; over > MaxEncodingOverhead(p) {
+					t.Fatalf("overhead %d above MaxEncodingOverhead(%d) = %d", over, p, MaxEncodingOverhead(p))
+				}
+			}
+		})
+	}
+}
+
+// TestMaxEncodingOverheadRandom checks the bound on random records whose
+// field lengths cluster around the varint steps.
+func TestMaxEncodingOverheadRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	length := func() int {
+		steps := []int{0, 1, 127, 128, 129, 16383, 16384, 16385}
+		return max(0, steps[rng.IntN(len(steps))]+rng.IntN(3)-1)
+	}
+	for i := 0; i < 2000; i++ {
+		r := Record{Time: rng.Int64() - 1<<62, Value: make([]byte, length())}
+		if rng.IntN(2) == 0 {
+			r.Key = make([]byte, length())
+		}
+		for range rng.IntN(6) {
+			r.Headers = append(r.Headers, Header{Key: string(make([]byte, length())), Value: make([]byte, length())})
+		}
+		enc, err := AppendBatch(nil, []Record{r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := r.PayloadSize()
+		if over := len(enc) - p; over > MaxEncodingOverhead(p) {
+			t.Fatalf("record %d: overhead %d above MaxEncodingOverhead(%d) = %d", i, over, p, MaxEncodingOverhead(p))
+		}
+		if len(enc) > r.ProducerLen()+BatchHeaderMax {
+			t.Fatalf("record %d: batch of %d bytes above ProducerLen %d + BatchHeaderMax", i, len(enc), r.ProducerLen())
+		}
 	}
 }
