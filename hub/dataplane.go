@@ -229,26 +229,26 @@ func (h *Hub) serverTLS() (*tls.Config, error) {
 func (h *Hub) resetKey() (*[32]byte, error) {
 	path := filepath.Join(h.cfg.Hub.DataDir, "tls", "reset.key")
 	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		b = make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			return nil, fmt.Errorf("hub: reset key: %w", err)
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			return nil, fmt.Errorf("hub: reset key: %w", err)
-		}
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, b, 0o600); err != nil {
-			return nil, fmt.Errorf("hub: reset key: %w", err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return nil, fmt.Errorf("hub: reset key: %w", err)
-		}
-	} else if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("hub: reset key: %w", err)
 	}
-	if len(b) != 32 {
-		return nil, fmt.Errorf("hub: reset key %s: %d bytes, want 32", path, len(b))
+	if err == nil && len(b) == 32 {
+		return (*[32]byte)(b), nil
+	}
+	if err == nil {
+		// The key only lets a restarted hub reset connections of its
+		// previous life faster: a damaged one is replaced, not fatal.
+		h.logger.Warn("hub: replacing damaged stateless reset key", "file", path, "bytes", len(b))
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("hub: reset key: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("hub: reset key: %w", err)
+	}
+	if err := writeFileAtomic(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("hub: reset key %s: %w", path, err)
 	}
 	return (*[32]byte)(b), nil
 }
