@@ -513,9 +513,10 @@ func checkReads(r *Report, ops []Op, reads []int, writes map[string]*write, fina
 		if !had && op.Group == "" {
 			continue // a plain subscription starts where it was told to
 		}
-		// A jump (or a group member's first read): it must resume at a
-		// committed offset (or the start), and not before an offset whose
-		// commit was acknowledged.
+		// A jump (or a group member's first read): forward, it must land
+		// on a committed offset (or the start); backward, only a group
+		// member may go, and never before an offset whose commit was
+		// acknowledged.
 		justified, floor := false, uint64(0)
 		resumeAt := func(off uint64) (uint64, bool) {
 			if f == nil {
@@ -541,6 +542,12 @@ func checkReads(r *Report, ops []Op, reads []int, writes map[string]*write, fina
 					floor = max(floor, c.offset)
 				}
 			}
+		}
+		if op.Group != "" && had && op.Seq <= p {
+			// A group delivers at least once: a member may go back to
+			// any position its group has not committed past (its
+			// own uncommitted work is delivered again).
+			justified = true
 		}
 		switch {
 		case justified && op.Seq < floor:

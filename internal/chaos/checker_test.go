@@ -204,6 +204,19 @@ func TestCheckAnomalies(t *testing.T) {
 			clean(h, func(s string) bool { return false })
 			h.read("g1", "grp", 1, 1, "b", "b1")
 		}, map[AnomalyKind]int{NonMonotonicRead: 1}},
+		{"group member goes back, not before its acknowledged commit", func(h *hist) {
+			for i := 1; i <= 4; i++ {
+				h.acked("p", "k", fmt.Sprint("v", i), 0, uint64(i))
+				h.final(0, uint64(i), "k", fmt.Sprint("v", i))
+			}
+			h.read("g1", "grp", 0, 1, "k", "v1")
+			h.commit("g1", "grp", 0, 2).OK(0, 0)
+			h.read("g1", "grp", 0, 2, "k", "v2")
+			h.read("g1", "grp", 0, 3, "k", "v3")
+			h.read("g1", "grp", 0, 2, "k", "v2") // redelivered: allowed
+			h.read("g1", "grp", 0, 3, "k", "v3")
+			h.read("g1", "grp", 0, 1, "k", "v1") // before the commit: not
+		}, map[AnomalyKind]int{NonMonotonicRead: 1}},
 		{"group member starts past the start without a commit", func(h *hist) {
 			for i := 1; i <= 3; i++ {
 				h.acked("p", "k", fmt.Sprint("v", i), 0, uint64(i))

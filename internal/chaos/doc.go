@@ -55,10 +55,11 @@
 // read-back holds something else (or nothing) at that shard and sequence;
 // per client and shard, skipped-read when it jumps over stored records and
 // non-monotonic-read when it goes back. A group member (Op.Group set) may
-// jump, back or forward, only to a committed offset (a commit invoked
-// before, not failed) or the start, and never before an offset whose commit
-// was acknowledged before the read; and every record of a shard up to the
-// furthest read of the group must have been read by some member.
+// jump forward only to a committed offset (a commit invoked before, not
+// failed) or the start, may go back (delivery is at least once), and never
+// reads before an offset whose commit was acknowledged before the read;
+// and every record of a shard up to the furthest read of the group must
+// have been read by some member.
 //
 // # Caveats
 //
