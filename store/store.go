@@ -91,6 +91,15 @@ func Open(cfg Config) (*Store, error) {
 			continue
 		}
 		st, err := openStream(s, name, nil)
+		if errors.Is(err, errInterruptedCreate) {
+			path := s.streamPath(name)
+			s.logger.Warn("store: removing the empty file of a stream whose creation was interrupted", "file", path)
+			if err := os.Remove(path); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("store: open %s: %w", path, err)
+			}
+			continue
+		}
 		if err != nil {
 			s.Close()
 			return nil, err

@@ -243,6 +243,8 @@ func openStream(s *Store, name string, cfg *StreamConfig) (*Stream, error) {
 	}
 	if cfg != nil {
 		err = st.create(*cfg)
+	} else if empty, eerr := st.empty(); eerr == nil && empty {
+		err = errInterruptedCreate
 	} else if err = st.load(); err == nil {
 		err = st.ensureIncarnation()
 	}
@@ -295,7 +297,44 @@ func (s *Stream) create(cfg StreamConfig) error {
 	if err != nil {
 		return fmt.Errorf("store: create stream %q: %w", s.name, err)
 	}
+	// A creation is acknowledged durable whatever the sync mode: under
+	// SyncInterval the commit above was not fsynced.
+	if err := s.syncIfRelaxed(); err != nil {
+		return fmt.Errorf("store: create stream %q: %w", s.name, err)
+	}
 	return s.load()
+}
+
+// syncIfRelaxed fsyncs the file when commits do not (SyncInterval), for
+// changes that are acknowledged durable in every mode.
+func (s *Stream) syncIfRelaxed() error {
+	if s.st.cfg.Sync != SyncInterval {
+		return nil
+	}
+	return s.db.Sync()
+}
+
+// errInterruptedCreate: the stream file holds no bucket at all, so the
+// transaction that creates a stream never committed (a crash between
+// bbolt's creation of the file and that commit); CreateStream had not
+// returned, and the file holds nothing.
+var errInterruptedCreate = errors.New("stream file is empty: its creation was interrupted")
+
+// empty reports whether the file holds no bucket at all.
+func (s *Stream) empty() (empty bool, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	errSome := errors.New("not empty")
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func([]byte, *bolt.Bucket) error { return errSome })
+	})
+	if errors.Is(err, errSome) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // load reads the stream's config and shard state and verifies the last chunk
@@ -406,6 +445,9 @@ func (s *Stream) update(ctx context.Context, cfg StreamConfig) error {
 	err = s.maintain(ctx, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put(keyConfig, raw)
 	}, nil)
+	if err == nil {
+		err = s.syncIfRelaxed()
+	}
 	if err != nil {
 		return fmt.Errorf("store: update stream %q: %w", s.name, err)
 	}
