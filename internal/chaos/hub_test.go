@@ -266,4 +266,3 @@ func dial(tb testing.TB, addr string) *sdk.Client {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-

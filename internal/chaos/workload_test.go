@@ -40,16 +40,16 @@ type workload struct {
 	pcancel context.CancelFunc
 	wg      sync.WaitGroup
 	pwg     sync.WaitGroup
-	acked  atomic.Int64
-	failed atomic.Int64
-	unk    atomic.Int64
-	reads  atomic.Int64
-	stalls atomic.Int64 // subscriptions reopened after a stall
+	acked   atomic.Int64
+	failed  atomic.Int64
+	unk     atomic.Int64
+	reads   atomic.Int64
+	stalls  atomic.Int64 // subscriptions reopened after a stall
 
 	infoOnce sync.Once
 	info     *sdk.Client
-	errMu  sync.Mutex
-	errs   map[string]int // producer error texts, for the log
+	errMu    sync.Mutex
+	errs     map[string]int // producer error texts, for the log
 
 	// lastRead is what the consumers have read, per client and shard,
 	// for the catch-up wait.
