@@ -248,7 +248,11 @@ type child struct {
 	log   *syncBuffer
 	done  chan struct{} // closed when the process has exited
 	err   error         // its exit status, set before done closes
+	// wasmDir is where TestExampleReadmes builds the example's module.
+	wasmDir string
 }
+
+func (c *child) wasm(name string) string { return filepath.Join(c.wasmDir, name) }
 
 func startChild(tb testing.TB, config string) *child {
 	tb.Helper()

@@ -363,6 +363,9 @@ func (m *Manager) Deploy(ctx context.Context, def Definition, wasm []byte) (Info
 		if err := dropRunsExcept(tx, def.Name, def.Inputs); err != nil {
 			return err
 		}
+		if err := m.pinStarts(tx, def); err != nil {
+			return err
+		}
 		return gcModules(tx)
 	})
 	if err != nil {
@@ -395,6 +398,36 @@ func (m *Manager) Deploy(ctx context.Context, def Definition, wasm []byte) (Info
 	p.logger.Info("plugin "+verb, "version", def.Version, "sha256", def.SHA256[:12], "inputs", def.Inputs, "outputs", def.Outputs)
 	m.start(p)
 	return m.info(p), nil
+}
+
+// pinStarts writes the first checkpoint of every input shard the plugin
+// has none for, so that "latest" means the end of the input when Deploy
+// returns: a record produced after that is processed even if it is stored
+// before the runner first runs.
+func (m *Manager) pinStarts(tx *bolt.Tx, def Definition) error {
+	for _, in := range def.Inputs {
+		s, err := m.st.Stream(in)
+		if err != nil {
+			return err
+		}
+		for shard := 0; shard < s.Shards(); shard++ {
+			rb, err := runBucket(tx, def.Name, in, shard, true)
+			if err != nil {
+				return err
+			}
+			if rb.Get(keyCheckpoint) != nil {
+				continue
+			}
+			cp, err := startCheckpoint(s, shard, def.Start)
+			if err != nil {
+				return err
+			}
+			if err := rb.Put(keyCheckpoint, cp.encode()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // dropRunsExcept deletes the checkpoints and state of inputs a plugin no

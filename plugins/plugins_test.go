@@ -621,3 +621,35 @@ func TestDefinitionDurable(t *testing.T) {
 		t.Fatalf("no compilation cache: %v", err)
 	}
 }
+
+// TestStartLatestIsPinnedAtDeploy: "latest" is the end of the input when
+// Deploy returns, not when the runner first runs. The manager here is not
+// running yet, so the record produced after the deploy is stored before
+// any runner exists; it was skipped when the runner chose its start.
+func TestStartLatestIsPinnedAtDeploy(t *testing.T) {
+	e := newEnv(t)
+	in := e.stream("in", 1)
+	e.produce(in, rec("old", "1"))
+	e.stop()
+	cfg := DefaultConfig(e.dir)
+	cfg.Store, cfg.HubName, cfg.Logger = e.st, "test", testLogger
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Deploy(context.Background(), Definition{Name: "copy", Inputs: []string{"in"}, Outputs: []string{"out"},
+		Config: map[string]string{"output": "out"}}, readTestdata(t, watPassThrough)); err != nil {
+		t.Fatal(err)
+	}
+	e.produce(in, rec("new", "2"))
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	out, _ := e.st.Stream("out")
+	got := readAll(t, out, 1)
+	waitFor(t, "caught up", func() bool { i, _ := e.m.Describe("copy"); return i.Lag == 0 })
+	if got = readAll(t, out, 1); len(got) != 1 || string(got[0].Value) != "2" {
+		t.Fatalf("outputs %d, first %q: want exactly the record produced after the deploy", len(got), got[0].Value)
+	}
+}

@@ -341,16 +341,10 @@ func (r *runner) restore(ctx context.Context) error {
 		return err
 	}
 	if !ok {
-		first, last, err := r.input.Bounds(r.shard)
-		if err != nil {
+		// Deploy pins the start of every input shard it knows; this covers
+		// one it did not (shards added since).
+		if cp, err = startCheckpoint(r.input, r.shard, r.def.Start); err != nil {
 			return err
-		}
-		cp = checkpoint{Next: first}
-		if r.def.Start == StartLatest {
-			cp.Next = last + 1
-		}
-		if cp.Next == 0 {
-			cp.Next = 1
 		}
 		if cp, err = r.m.commit(r.def.Name, r.input.Name(), r.shard, cp, nil); err != nil {
 			return err
@@ -364,6 +358,23 @@ func (r *runner) restore(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// startCheckpoint is the first checkpoint of a plugin on an input shard:
+// its first record, or for StartLatest the record after its last.
+func startCheckpoint(in *store.Stream, shard int, start string) (checkpoint, error) {
+	first, last, err := in.Bounds(shard)
+	if err != nil {
+		return checkpoint{}, err
+	}
+	cp := checkpoint{Next: first}
+	if start == StartLatest {
+		cp.Next = last + 1
+	}
+	if cp.Next == 0 {
+		cp.Next = 1
+	}
+	return cp, nil
 }
 
 func (r *runner) setCheckpoint(cp checkpoint) {

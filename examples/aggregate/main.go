@@ -70,12 +70,38 @@ func windowKey(end int64, key []byte) []byte {
 	return keyBuf
 }
 
+// noEvent is the max event time of a shard that has seen no reading yet.
+const noEvent = math.MinInt64
+
 func loadMeta() (maxEvent, lastIngest int64) {
 	var ok bool
 	if metaBuf, ok = plugin.State.AppendValue(metaBuf[:0], metaKey); ok && len(metaBuf) == 16 {
 		return int64(binary.BigEndian.Uint64(metaBuf)), int64(binary.BigEndian.Uint64(metaBuf[8:]))
 	}
-	return math.MinInt64, 0
+	return noEvent, 0
+}
+
+// watermark is the event time up to which windows are closed: the largest
+// timestamp seen minus the allowed lateness. It saturates instead of
+// wrapping: with no reading yet (noEvent) nothing is closed, and a
+// subtraction that wrapped to a huge positive value would close every
+// window and drop every reading as late.
+func watermark(maxEvent int64) int64 {
+	if maxEvent < math.MinInt64+int64(lateness) {
+		return math.MinInt64
+	}
+	return maxEvent - int64(lateness)
+}
+
+// windowEnd is the end of the window holding event time t, saturated at
+// math.MaxInt64 for timestamps in the last window before it.
+func windowEnd(t int64) int64 {
+	size := int64(window)
+	start := t - mod(t, size)
+	if start > math.MaxInt64-size {
+		return math.MaxInt64
+	}
+	return start + size
 }
 
 func storeMeta(maxEvent, lastIngest int64) {
@@ -108,9 +134,8 @@ func onRecord(r *plugin.Record) error {
 		t = r.IngestTime
 	}
 	maxEvent, _ := loadMeta()
-	size := int64(window)
-	end := t - mod(t, size) + size
-	if end <= maxEvent-int64(lateness) {
+	end := windowEnd(t)
+	if end <= watermark(maxEvent) {
 		// Its window has closed already: counting it would change an
 		// aggregate that was published.
 		plugin.Logf(plugin.LevelDebug, "late reading for %s at %d dropped", r.Key, t)
@@ -135,6 +160,14 @@ func onRecord(r *plugin.Record) error {
 	return nil
 }
 
+// satAdd is a+b (b >= 0) saturated at math.MaxInt64.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
 func mod(a, b int64) int64 {
 	m := a % b
 	if m < 0 {
@@ -152,12 +185,12 @@ func onTimer(now time.Time) error {
 	if lastIngest == 0 {
 		return nil
 	}
-	watermark := maxEvent - int64(lateness)
+	wm := watermark(maxEvent)
 	flushAll := now.UnixNano()-lastIngest >= int64(idle)
 	closedEnd := int64(math.MinInt64)
 	for k := range plugin.State.Keys([]byte{'w'}) {
 		end := int64(binary.BigEndian.Uint64(k[1:9]))
-		if end > watermark && !flushAll {
+		if end > wm && !flushAll {
 			break
 		}
 		closedEnd = max(closedEnd, end)
@@ -181,10 +214,10 @@ func onTimer(now time.Time) error {
 			return err
 		}
 	}
-	if closedEnd > watermark {
+	if closedEnd > wm {
 		// Windows flushed early (idle input): readings that still belong
 		// to them are late from now on, or they would be published twice.
-		storeMeta(closedEnd+int64(lateness), lastIngest)
+		storeMeta(satAdd(closedEnd, int64(lateness)), lastIngest)
 	}
 	return nil
 }
