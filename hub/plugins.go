@@ -318,11 +318,13 @@ var (
 	descPluginState  = prometheus.NewDesc("edgehub_plugin_state_bytes", "Size of the plugin's keyed state (keys and values).", pluginLabels, nil)
 	descPluginMem    = prometheus.NewDesc("edgehub_plugin_memory_bytes", "Linear memory of the plugin's instance.", pluginLabels, nil)
 	descPluginPaused = prometheus.NewDesc("edgehub_plugin_paused", "1 if the plugin is paused.", []string{"plugin"}, nil)
+	descPluginQuar   = prometheus.NewDesc("edgehub_plugin_quarantined", "1 if the plugin's runner runs in the quarantine slot (recent failures or slot-lease overruns).", pluginLabels, nil)
+	descPluginTO     = prometheus.NewDesc("edgehub_plugin_timeouts_total", "Calls stopped at their deadline since the hub started.", pluginLabels, nil)
 )
 
 func (c *pluginCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPluginIn, descPluginOut, descPluginDead, descPluginErrors, descPluginCalls,
-		descPluginTime, descPluginLag, descPluginState, descPluginMem, descPluginPaused} {
+		descPluginTime, descPluginLag, descPluginState, descPluginMem, descPluginPaused, descPluginQuar, descPluginTO} {
 		ch <- d
 	}
 }
@@ -345,6 +347,12 @@ func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descPluginLag, prometheus.GaugeValue, float64(s.Lag), l...)
 			ch <- prometheus.MustNewConstMetric(descPluginState, prometheus.GaugeValue, float64(s.StateBytes), l...)
 			ch <- prometheus.MustNewConstMetric(descPluginMem, prometheus.GaugeValue, float64(s.MemoryBytes), l...)
+			quar := 0.0
+			if s.Quarantined {
+				quar = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descPluginQuar, prometheus.GaugeValue, quar, l...)
+			ch <- prometheus.MustNewConstMetric(descPluginTO, prometheus.CounterValue, float64(s.Timeouts), l...)
 		}
 	}
 }

@@ -862,9 +862,46 @@ func TestHostilePluginLeavesHubServing(t *testing.T) {
 		_, b := call(t, "GET", base+"/v1/plugins/hostile", "")
 		var info plugins.Info
 		json.Unmarshal(b, &info)
-		return info.Lag == 0 && info.DeadLettered == 6 && info.RecordsOut == 2 && info.Status == plugins.StatusRunning
+		return info.Lag == 0 && info.DeadLettered == 6 && info.RecordsOut == 2 && info.Status == plugins.StatusQuarantined
 	})
 	if _, b := call(t, "GET", base+"/metrics", ""); !strings.Contains(string(b), `edgehub_plugin_dead_lettered_total{input="in",plugin="hostile",shard="0"} 6`) {
 		t.Fatal("metrics do not show the dead letters")
 	}
+}
+
+// TestPluginQuarantineShownAndRemembered: `hub plugin list` and `describe`
+// say that a looping plugin is quarantined and why, and a restarted hub
+// still has it quarantined before it has made a single call.
+func TestPluginQuarantineShownAndRemembered(t *testing.T) {
+	dir := t.TempDir()
+	config := writeHubToml(t, dir, "[[stream]]\nname = \"in\"\nshards = 1\n")
+	c := startChild(t, config)
+	hostile, err := filepath.Abs("../wasmhost/testdata/hostile.wasm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cli("plugin", "deploy", hostile, "--name", "loop", "--input", "in", "--output", "out", "--from", "earliest", "--call-timeout", "30s")
+	c.cliIn("k|L\n", "produce", "in", "--key-sep", "|", "--insecure")
+	waitFor(t, "quarantine", func() bool { return c.describe("loop").Status == plugins.StatusQuarantined })
+	list := c.cli("plugin", "list")
+	if !strings.Contains(list, "quarantined") || !strings.Contains(list, "slot lease") {
+		t.Fatalf("plugin list does not show the quarantine and its reason:\n%s", list)
+	}
+	if desc := c.cli("plugin", "describe", "loop"); !strings.Contains(desc, "Quarantined:") || !strings.Contains(desc, "In a call on in/0 since") {
+		t.Fatalf("describe:\n%s", desc)
+	}
+	var infos []plugins.Info
+	if err := json.Unmarshal([]byte(c.cli("plugin", "list", "--json")), &infos); err != nil || len(infos) != 1 ||
+		infos[0].Status != plugins.StatusQuarantined || !infos[0].Shards[0].Quarantined {
+		t.Fatalf("plugin list --json: %+v (%v)", infos, err)
+	}
+	since := infos[0].Shards[0].QuarantinedSince
+	c.stop()
+	c = startChild(t, config)
+	waitFor(t, "runners started", func() bool { return c.describe("loop").Status != plugins.StatusStopped })
+	// The same quarantine, not a new one: it was remembered.
+	if info := c.describe("loop"); info.Status != plugins.StatusQuarantined || !info.Shards[0].QuarantinedSince.Equal(since) {
+		t.Fatalf("after restart: status %q, quarantined since %s, want since %s", info.Status, info.Shards[0].QuarantinedSince, since)
+	}
+	c.stop()
 }

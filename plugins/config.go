@@ -44,14 +44,23 @@ type Config struct {
 	// ingest burst plugins take at most a third of a slot each, and catch up
 	// at full speed when it ends (docs/performance.md).
 	BusyDutyCycle float64
+	// SlotLease is how long one step (read, call, commit) may hold a slot
+	// of the shared pool. A step that holds it longer — a plugin looping
+	// until its call_timeout, a trap storm — gives the slot back while it
+	// goes on, and its runner moves to the quarantine slot: healthy
+	// plugins wait at most SlotLease for a hostile one. Default 200ms.
+	SlotLease time.Duration
 	// Now is the wall clock; nil means time.Now.
 	Now func() time.Time
 }
 
+// DefaultSlotLease is Config.SlotLease's default.
+const DefaultSlotLease = 200 * time.Millisecond
+
 // DefaultConfig returns a Config for the data directory dir.
 func DefaultConfig(dir string) Config {
 	return Config{Dir: dir, HubName: "local", LogLines: 1000, GuestLogRate: 100,
-		MaxConcurrentCalls: max(1, runtime.GOMAXPROCS(0)/2), BusyDutyCycle: 1.0 / 3}
+		MaxConcurrentCalls: max(1, runtime.GOMAXPROCS(0)/2), BusyDutyCycle: 1.0 / 3, SlotLease: DefaultSlotLease}
 }
 
 // Validate reports every problem in c at once.
@@ -74,6 +83,9 @@ func (c Config) Validate() error {
 	}
 	if c.BusyDutyCycle <= 0 || c.BusyDutyCycle > 1 {
 		errs = append(errs, fmt.Errorf("plugins: config: BusyDutyCycle %g outside (0, 1]", c.BusyDutyCycle))
+	}
+	if c.SlotLease <= 0 {
+		errs = append(errs, fmt.Errorf("plugins: config: SlotLease %s must be positive", c.SlotLease))
 	}
 	if c.GuestLogRate < 0 {
 		errs = append(errs, fmt.Errorf("plugins: config: GuestLogRate %d is negative", c.GuestLogRate))

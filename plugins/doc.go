@@ -37,6 +37,10 @@
 // execution slot (Config.MaxConcurrentCalls, half the CPUs) for each step
 // (read, call, commit), keep a duty cycle (Config.BusyDutyCycle, 1/3) while their
 // input is being written to, and move to a quarantine slot while their calls
-// fail. Plugins thus lag behind an ingest burst and catch up after it. See
+// fail. A call in a shared slot has a lease (Config.SlotLease): one that runs
+// longer moves to the quarantine slot, or is cancelled and made again there,
+// so a looping plugin holds up healthy ones for at most the lease. The
+// quarantine is stored with the checkpoint and survives restarts. Plugins
+// thus lag behind an ingest burst and catch up after it. See
 // docs/plugins.md and docs/performance.md.
 package plugins

@@ -1,6 +1,7 @@
 package plugins
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -10,7 +11,11 @@ import (
 const (
 	StatusRunning = "running"
 	StatusPaused  = "paused"
-	StatusStopped = "stopped" // deployed, but the manager is not running
+	// StatusQuarantined: running, but at least one runner's calls failed
+	// or overran the slot lease recently; it runs in the quarantine slot
+	// (see QuarantineReason) until it has made 16 good calls in a row.
+	StatusQuarantined = "quarantined"
+	StatusStopped     = "stopped" // deployed, but the manager is not running
 )
 
 // Info describes a plugin: its definition, status and per-shard progress.
@@ -20,16 +25,20 @@ type Info struct {
 	// Waiting says why a plugin with status "waiting" does not run: a
 	// stream it reads or writes is missing (deleted); it starts by itself
 	// once the stream exists again.
-	Waiting      string      `json:"waiting,omitempty"`
-	RecordsIn    uint64      `json:"records_in"`
-	RecordsOut   uint64      `json:"records_out"`
-	DeadLettered uint64      `json:"dead_lettered"`
-	Errors       uint64      `json:"errors"`
-	Lag          uint64      `json:"lag"`
-	StateBytes   int64       `json:"state_bytes"`
-	StateKeys    int64       `json:"state_keys"`
-	MemoryBytes  int64       `json:"memory_bytes"`
-	Shards       []ShardInfo `json:"shards"`
+	Waiting string `json:"waiting,omitempty"`
+	// QuarantineReason says why the plugin is quarantined: the first
+	// quarantined runner's input/shard and reason.
+	QuarantineReason string      `json:"quarantine_reason,omitempty"`
+	RecordsIn        uint64      `json:"records_in"`
+	RecordsOut       uint64      `json:"records_out"`
+	DeadLettered     uint64      `json:"dead_lettered"`
+	Errors           uint64      `json:"errors"`
+	Timeouts         uint64      `json:"timeouts"`
+	Lag              uint64      `json:"lag"`
+	StateBytes       int64       `json:"state_bytes"`
+	StateKeys        int64       `json:"state_keys"`
+	MemoryBytes      int64       `json:"memory_bytes"`
+	Shards           []ShardInfo `json:"shards"`
 }
 
 // ShardInfo is one runner's progress. Counters other than those persisted
@@ -56,6 +65,18 @@ type ShardInfo struct {
 	MemoryBytes  int64         `json:"memory_bytes"`
 	LastError    string        `json:"last_error,omitempty"`
 	LastErrorAt  time.Time     `json:"last_error_at,omitzero"`
+	// Timeouts counts calls stopped at their deadline; Overruns steps
+	// that held an execution slot past the slot lease.
+	Timeouts uint64 `json:"timeouts"`
+	Overruns uint64 `json:"slot_overruns"`
+	// InCallSince is when the call in progress began (unset when none):
+	// a plugin stuck in a loop shows here before its deadline.
+	InCallSince time.Time `json:"in_call_since,omitzero"`
+	// Quarantined runners run in the quarantine slot (durable across
+	// restarts, cleared by an upgrade or 16 good calls in a row).
+	Quarantined      bool      `json:"quarantined,omitempty"`
+	QuarantineReason string    `json:"quarantine_reason,omitempty"`
+	QuarantinedSince time.Time `json:"quarantined_since,omitzero"`
 }
 
 // List describes every plugin, sorted by name.
@@ -123,11 +144,24 @@ func (m *Manager) info(p *plugin) Info {
 				if si.Calls > 0 {
 					si.CallTime = time.Duration(st.callNanos.Load() / si.Calls)
 				}
+				si.Timeouts, si.Overruns = st.timeouts.Load(), st.overruns.Load()
+				if t := st.callStart.Load(); t != 0 {
+					si.InCallSince = time.Unix(0, t).UTC()
+				}
 				st.mu.Lock()
 				si.LastError, si.LastErrorAt = st.lastErr, st.lastErrAt
+				si.Quarantined, si.QuarantineReason, si.QuarantinedSince = st.quarantined, st.qReason, st.qSince
 				st.mu.Unlock()
-			} else if c, ok, _ := loadCheckpoint(m.db, def.Name, in, shard); ok {
-				cp = c
+			} else {
+				if c, ok, _ := loadCheckpoint(m.db, def.Name, in, shard); ok {
+					cp = c
+				}
+				if q, ok, _ := loadQuarantine(m.db, def.Name, in, shard); ok {
+					si.Quarantined, si.QuarantineReason, si.QuarantinedSince = true, q.Reason, q.Since
+				}
+			}
+			if si.Quarantined && info.QuarantineReason == "" {
+				info.QuarantineReason = fmt.Sprintf("%s/%d: %s", in, shard, si.QuarantineReason)
 			}
 			si.Checkpoint = cp.Next
 			si.RecordsIn, si.RecordsOut, si.DeadLettered = cp.RecordsIn, cp.RecordsOut, cp.Dead
@@ -139,12 +173,16 @@ func (m *Manager) info(p *plugin) Info {
 			info.RecordsOut += si.RecordsOut
 			info.DeadLettered += si.DeadLettered
 			info.Errors += si.Errors
+			info.Timeouts += si.Timeouts
 			info.Lag += si.Lag
 			info.StateBytes += si.StateBytes
 			info.StateKeys += si.StateKeys
 			info.MemoryBytes += si.MemoryBytes
 			info.Shards = append(info.Shards, si)
 		}
+	}
+	if info.Status == StatusRunning && info.QuarantineReason != "" {
+		info.Status = StatusQuarantined
 	}
 	return info
 }

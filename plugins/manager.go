@@ -366,6 +366,9 @@ func (m *Manager) Deploy(ctx context.Context, def Definition, wasm []byte) (Info
 		if err := m.pinStarts(tx, def); err != nil {
 			return err
 		}
+		if err := clearQuarantines(tx, def.Name); err != nil {
+			return err
+		}
 		return gcModules(tx)
 	})
 	if err != nil {

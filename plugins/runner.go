@@ -102,8 +102,11 @@ type runner struct {
 	hdrs       []wasmhost.Header
 	slots      chan struct{}    // guest-execution slots shared by all runners; nil = unbounded
 	quarantine chan struct{}    // the slot for runners whose calls fail
-	held       chan struct{}    // the slot held during a call
+	held       *slot            // the slot held during a step
+	lease      time.Duration    // Config.SlotLease
 	suspect    int              // calls left in quarantine
+	persisted  bool             // a quarantine record is stored
+	overran    bool             // the last call overran the slot lease
 	duty       float64          // Config.BusyDutyCycle
 	maxRecord  int              // the store's record size limit
 	now        func() time.Time // the hub's wall clock
@@ -114,11 +117,17 @@ type runner struct {
 // runnerStats are read by Describe and the metrics while the runner runs.
 type runnerStats struct {
 	calls, callNanos, errors, retries, restarts, firings, gaps atomic.Uint64
+	timeouts, overruns                                         atomic.Uint64
 	memory                                                     atomic.Int64
+	callStart                                                  atomic.Int64 // Unix nanos of the call in progress, 0 = none
 	cp                                                         atomic.Pointer[checkpoint]
-	mu                                                         sync.Mutex
-	lastErr                                                    string
-	lastErrAt                                                  time.Time
+
+	mu          sync.Mutex
+	lastErr     string
+	lastErrAt   time.Time
+	quarantined bool
+	qReason     string
+	qSince      time.Time
 }
 
 func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *store.Stream, shard int) *runner {
@@ -131,6 +140,7 @@ func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *
 		maxRecord:  m.st.Config().MaxRecordBytes,
 		slots:      m.slots,
 		quarantine: m.quarantine,
+		lease:      m.cfg.SlotLease,
 		duty:       m.cfg.BusyDutyCycle,
 		now:        m.now,
 	}
@@ -262,8 +272,10 @@ func (r *runner) withSlot(ctx context.Context, fn func() bool) bool {
 	if !r.acquire(ctx) {
 		return false
 	}
-	defer r.release()
-	return fn()
+	ok := fn()
+	r.release()
+	r.persistStanding()
+	return ok
 }
 
 // sleep waits d without holding an execution slot.
@@ -274,45 +286,6 @@ func (r *runner) sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 	return !held || r.acquire(ctx)
-}
-
-// acquire takes a guest-execution slot (see Config.MaxConcurrentCalls); it
-// returns false if ctx ends first. A runner whose calls have been failing
-// (a plugin looping until its deadline, a trap storm) takes the quarantine
-// slot instead, so a hostile plugin never holds up healthy ones.
-func (r *runner) acquire(ctx context.Context) bool {
-	r.held = r.slots
-	if r.suspect > 0 {
-		r.held = r.quarantine
-	}
-	if r.held == nil {
-		return true
-	}
-	select {
-	case r.held <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		r.held = nil
-		return false
-	}
-}
-
-func (r *runner) release() {
-	if r.held != nil {
-		<-r.held
-		r.held = nil
-	}
-}
-
-// judge updates the runner's standing after a call: a failure makes it a
-// suspect for the next suspectCalls calls.
-func (r *runner) judge(err error) {
-	switch {
-	case err != nil:
-		r.suspect = suspectCalls
-	case r.suspect > 0:
-		r.suspect--
-	}
 }
 
 // linger waits up to MaxWait for a partial batch to fill, so that under a
@@ -336,6 +309,9 @@ func (r *runner) linger(ctx context.Context) bool {
 // restore loads the checkpoint (creating it from the start position for a
 // new plugin) and replays a timer firing that was recorded but not finished.
 func (r *runner) restore(ctx context.Context) error {
+	if err := r.restoreStanding(); err != nil {
+		return err
+	}
 	cp, ok, err := loadCheckpoint(r.m.db, r.def.Name, r.input.Name(), r.shard)
 	if err != nil {
 		return err
@@ -494,12 +470,23 @@ func (r *runner) deadLetter(ctx context.Context, rec record.Record, cause error)
 // repeated failures.
 func (r *runner) ensureInstance(ctx context.Context) bool {
 	for r.inst == nil {
-		inst, err := r.mod.Instantiate(ctx, r)
+		cctx, end := r.watchFor(ctx, instanceLeaseFactor*r.lease)
+		inst, err := r.mod.Instantiate(cctx, r)
 		if err == nil {
-			if err = inst.Init(ctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
+			if err = inst.Init(cctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
 				inst.Close()
 			}
 			r.endTx() // eh_init may have read state
+		}
+		if end() {
+			if err == nil {
+				inst.Close() // cancelled after it finished: redo it in quarantine anyway
+			}
+			r.suspect = suspectCalls
+			if !r.sleep(ctx, 0) {
+				return false
+			}
+			continue
 		}
 		r.judge(err)
 		if err == nil {
@@ -553,11 +540,25 @@ func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record
 			Key: rec.Key, Value: rec.Value, Headers: r.hdrs[start:len(r.hdrs):len(r.hdrs)]})
 	}
 	r.batch = wasmhost.AppendBatch(r.batch[:0], input, uint32(r.shard), r.in)
-	t0 := time.Now()
-	err := r.inst.OnBatch(ctx, r.batch, len(recs))
-	r.judge(err)
-	r.afterCall(t0)
-	return err
+	for {
+		cctx, end := r.watch(ctx)
+		t0 := time.Now()
+		r.stats.callStart.Store(t0.UnixNano())
+		err := r.inst.OnBatch(cctx, r.batch, len(recs))
+		r.stats.callStart.Store(0)
+		preempted := end()
+		if !preempted {
+			r.judge(err)
+		}
+		r.afterCall(t0)
+		if !preempted {
+			return err
+		}
+		r.discard()
+		if !r.requeue(ctx) {
+			return fmt.Errorf("plugins: requeue: %w", context.Cause(ctx))
+		}
+	}
 }
 
 func (r *runner) afterCall(t0 time.Time) {
@@ -671,11 +672,27 @@ func (r *runner) runTimer(ctx context.Context, seq uint64, now int64, replay boo
 	if !r.ensureInstance(ctx) {
 		return false
 	}
-	r.kind, r.timerSeq = kindTimer, seq
-	t0 := time.Now()
-	err := r.inst.OnTimer(ctx, now)
-	r.judge(err)
-	r.afterCall(t0)
+	var err error
+	for {
+		r.kind, r.timerSeq = kindTimer, seq
+		cctx, end := r.watch(ctx)
+		t0 := time.Now()
+		r.stats.callStart.Store(t0.UnixNano())
+		err = r.inst.OnTimer(cctx, now)
+		r.stats.callStart.Store(0)
+		preempted := end()
+		if !preempted {
+			r.judge(err)
+		}
+		r.afterCall(t0)
+		if !preempted {
+			break
+		}
+		r.discard()
+		if !r.requeue(ctx) {
+			return false
+		}
+	}
 	r.stats.firings.Add(1)
 	if err != nil {
 		r.discard()

@@ -264,11 +264,15 @@ func pluginList(ctx context.Context, args []string) error {
 		return printJSON(stdout, infos)
 	}
 	tw := newTable(stdout)
-	fmt.Fprintln(tw, "NAME\tVERSION\tSTATUS\tINPUTS\tOUTPUTS\tIN\tOUT\tLAG\tERRORS\tDEAD\tSTATE")
+	fmt.Fprintln(tw, "NAME\tVERSION\tSTATUS\tINPUTS\tOUTPUTS\tIN\tOUT\tLAG\tERRORS\tDEAD\tSTATE\tWHY")
 	for _, i := range infos {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", i.Name, i.Version, i.Status,
+		why := i.PauseReason
+		if why == "" {
+			why = i.QuarantineReason
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", i.Name, i.Version, i.Status,
 			strings.Join(i.Inputs, ","), orDash(strings.Join(i.Outputs, ","), len(i.Outputs) == 0),
-			i.RecordsIn, i.RecordsOut, i.Lag, i.Errors, i.DeadLettered, humanBytes(i.StateBytes))
+			i.RecordsIn, i.RecordsOut, i.Lag, i.Errors, i.DeadLettered, humanBytes(i.StateBytes), orDash(truncate(why, 80), why == ""))
 	}
 	return tw.Flush()
 }
@@ -296,6 +300,9 @@ func pluginDescribe(ctx context.Context, args []string) error {
 	if i.Waiting != "" {
 		fmt.Fprintf(tw, "Waiting:\t%s (starts by itself once the stream exists)\n", i.Waiting)
 	}
+	if i.QuarantineReason != "" {
+		fmt.Fprintf(tw, "Quarantined:\t%s\n", i.QuarantineReason)
+	}
 	fmt.Fprintf(tw, "Version:\t%d (sha256 %s, %s)\n", i.Version, i.SHA256, humanBytes(int64(i.ModuleSize)))
 	fmt.Fprintf(tw, "Deployed:\t%s, updated %s\n", i.Created.Local().Format(time.RFC3339), i.Updated.Local().Format(time.RFC3339))
 	fmt.Fprintf(tw, "Inputs:\t%s (start %s)\n", strings.Join(i.Inputs, ", "), i.Start)
@@ -321,22 +328,32 @@ func pluginDescribe(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "Records:\t%d in, %d out, %d dead-lettered, %d lag\n", i.RecordsIn, i.RecordsOut, i.DeadLettered, i.Lag)
 	fmt.Fprintf(tw, "State:\t%s in %d keys\n", humanBytes(i.StateBytes), i.StateKeys)
 	fmt.Fprintf(tw, "Memory:\t%s\n", humanBytes(i.MemoryBytes))
-	fmt.Fprintf(tw, "Errors:\t%d\n", i.Errors)
+	fmt.Fprintf(tw, "Errors:\t%d (%d calls stopped at their deadline)\n", i.Errors, i.Timeouts)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout)
 	tw = newTable(stdout)
-	fmt.Fprintln(tw, "INPUT\tSHARD\tCHECKPOINT\tLAST SEQ\tLAG\tIN\tOUT\tDEAD\tSTATE\tKEYS\tCALLS\tTIME/CALL\tERRORS\tRESTARTS\tMEMORY")
+	fmt.Fprintln(tw, "INPUT\tSHARD\tSTATUS\tCHECKPOINT\tLAST SEQ\tLAG\tIN\tOUT\tDEAD\tSTATE\tKEYS\tCALLS\tTIME/CALL\tERRORS\tTIMEOUTS\tRESTARTS\tMEMORY")
 	for _, s := range i.Shards {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%s\t%d\t%d\t%s\n", s.Input, s.Shard, s.Checkpoint, s.LastSeq,
+		status := "ok"
+		if s.Quarantined {
+			status = "quarantined"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", s.Input, s.Shard, status, s.Checkpoint, s.LastSeq,
 			s.Lag, s.RecordsIn, s.RecordsOut, s.DeadLettered, humanBytes(s.StateBytes), s.StateKeys, s.Calls, s.CallTime,
-			s.Errors, s.Restarts, humanBytes(s.MemoryBytes))
+			s.Errors, s.Timeouts, s.Restarts, humanBytes(s.MemoryBytes))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	for _, s := range i.Shards {
+		if s.Quarantined {
+			fmt.Fprintf(stdout, "\nQuarantined %s/%d since %s:\n  %s\n", s.Input, s.Shard, s.QuarantinedSince.Local().Format(time.RFC3339), s.QuarantineReason)
+		}
+		if !s.InCallSince.IsZero() {
+			fmt.Fprintf(stdout, "\nIn a call on %s/%d since %s\n", s.Input, s.Shard, s.InCallSince.Local().Format(time.RFC3339Nano))
+		}
 		if s.LastError != "" {
 			fmt.Fprintf(stdout, "\nLast error on %s/%d at %s:\n  %s\n", s.Input, s.Shard, s.LastErrorAt.Local().Format(time.RFC3339), s.LastError)
 		}
@@ -625,4 +642,12 @@ func benchIngest(ctx context.Context, mods [][]byte, defs []plugins.Definition, 
 	fmt.Fprintf(stdout, "ingest with %d plugins: median %.0f%% of ingest without plugins (%d records of %d bytes, %d producers, %d rounds)\n",
 		len(defs), 100*ratios[len(ratios)/2], records, valueSize, producers, rounds)
 	return nil
+}
+
+// truncate shortens s to n bytes for a table cell.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }

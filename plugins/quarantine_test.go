@@ -1,0 +1,99 @@
+package plugins
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/store"
+)
+
+// hostileTimeouts sums the hostile plugin's calls stopped at their
+// deadline (since this manager started).
+func hostileTimeouts(tb testing.TB, m *Manager, name string) uint64 {
+	tb.Helper()
+	info, err := m.Describe(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return info.Timeouts
+}
+
+// TestLoopingPluginDoesNotHoldUpHealthy runs a plugin that loops until its
+// deadline next to a healthy one on the same input, with one and with two
+// input shards, and again across a restart. The healthy plugin must process
+// every record while the hostile one is still inside its first call: its
+// deadline (10 s) has not expired once when the healthy plugin is done. A
+// hostile runner used to hold the shared execution slot for its whole
+// deadline (5 s by default per shard, and again after every restart since
+// quarantine was not remembered).
+func TestLoopingPluginDoesNotHoldUpHealthy(t *testing.T) {
+	for _, shards := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d shards", shards), func(t *testing.T) {
+			e := newEnv(t)
+			in := e.stream("in", shards)
+			e.deploy(Definition{Name: "loop", Inputs: []string{"in"}, Outputs: []string{"loop-out"}, Start: StartEarliest,
+				CallTimeout: 10 * time.Second, BackoffMin: 10 * time.Millisecond, BackoffMax: 10 * time.Millisecond},
+				readTestdata(t, watHostile))
+			e.deploy(Definition{Name: "copy", Inputs: []string{"in"}, Outputs: []string{"copied"}, Start: StartEarliest,
+				Config: map[string]string{"output": "copied"}}, readTestdata(t, watPassThrough))
+			for shard := 0; shard < shards; shard++ {
+				if _, err := in.Append(context.Background(), store.Batch{Shard: shard, Records: []record.Record{rec("k", "L")}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			copied, _ := e.st.Stream("copied")
+			n := shards // the L records are copied too
+			phase := func(what string, more int) {
+				t.Helper()
+				// A hostile runner is inside a looping call (with the
+				// fix, its other shard waits for the quarantine slot)...
+				waitFor(t, "a hostile runner looping", func() bool {
+					info, _ := e.m.Describe("loop")
+					for _, s := range info.Shards {
+						if !s.InCallSince.IsZero() {
+							return true
+						}
+					}
+					return false
+				})
+				// ...when records arrive for the healthy plugin.
+				for i := 0; i < more; i++ {
+					e.produce(in, rec("k"+strconv.Itoa(i%5), "ok"))
+				}
+				n += more
+				readAll(t, copied, n)
+				waitFor(t, "healthy plugin caught up", func() bool { i, _ := e.m.Describe("copy"); return i.RecordsIn == uint64(n) })
+				if got := hostileTimeouts(t, e.m, "loop"); got != 0 {
+					t.Fatalf("%s: the healthy plugin finished only after %d of the hostile plugin's deadlines expired", what, got)
+				}
+				info, _ := e.m.Describe("loop")
+				if info.Status != StatusQuarantined || !strings.Contains(info.QuarantineReason, "slot") {
+					t.Fatalf("%s: hostile plugin status %q, reason %q", what, info.Status, info.QuarantineReason)
+				}
+				if hi, _ := e.m.Describe("copy"); hi.Status != StatusRunning {
+					t.Fatalf("%s: healthy plugin status %q (%s)", what, hi.Status, hi.QuarantineReason)
+				}
+			}
+			phase("after deploy", 200)
+
+			// The quarantine is durable: after a restart the hostile
+			// runners start in the quarantine slot.
+			e.stop()
+			e.start()
+			info, _ := e.m.Describe("loop")
+			if !strings.Contains(info.QuarantineReason, "slot lease") {
+				t.Fatalf("after restart the hostile plugin's quarantine is forgotten: %q", info.QuarantineReason)
+			}
+			waitFor(t, "runners started", func() bool { i, _ := e.m.Describe("loop"); return i.Status != StatusStopped })
+			if info, _ = e.m.Describe("loop"); info.Status != StatusQuarantined {
+				t.Fatalf("after restart the hostile plugin is %q, want it still quarantined", info.Status)
+			}
+			phase("after restart", 200)
+		})
+	}
+}
