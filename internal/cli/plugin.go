@@ -268,6 +268,9 @@ func pluginList(ctx context.Context, args []string) error {
 	for _, i := range infos {
 		why := i.PauseReason
 		if why == "" {
+			why = i.Waiting
+		}
+		if why == "" {
 			why = i.QuarantineReason
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", i.Name, i.Version, i.Status,
