@@ -103,11 +103,8 @@ func (m *Manager) streamsOf(def Definition) (ins, outs []*store.Stream, missing 
 // dropped, so a crash in between repeats the whole step at the next start.
 func (m *Manager) bind(ctx context.Context, p *plugin, in *store.Stream, outs []*store.Stream) error {
 	inc := in.Incarnation()
-	var old string
-	if err := m.db.View(func(tx *bolt.Tx) error {
-		old = string(tx.Bucket(bucketBindings).Get(bindingKey(p.name, in.Name())))
-		return nil
-	}); err != nil {
+	old, err := loadBinding(m.db, p.name, in.Name())
+	if err != nil {
 		return err
 	}
 	if old == inc {
@@ -125,7 +122,7 @@ func (m *Manager) bind(ctx context.Context, p *plugin, in *store.Stream, outs []
 			}
 		}
 	}
-	err := m.db.Update(func(tx *bolt.Tx) error {
+	err = m.db.Update(func(tx *bolt.Tx) error {
 		if recreated {
 			if err := dropRunsOf(tx, p.name, in.Name()); err != nil {
 				return err

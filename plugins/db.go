@@ -13,6 +13,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/edgehub/edgehub/store"
 )
 
 // Layout of plugins.db (one bbolt file for every plugin, so that a group
@@ -94,6 +96,28 @@ func decodeCheckpoint(b []byte) (checkpoint, error) {
 	v := func(i int) uint64 { return binary.BigEndian.Uint64(b[1+8*i:]) }
 	return checkpoint{Next: v(0), TimerSeq: v(1), PendingSeq: v(2), PendingNow: int64(v(3)), StateBytes: int64(v(4)),
 		StateKeys: int64(v(5)), RecordsIn: v(6), RecordsOut: v(7), Dead: v(8)}, nil
+}
+
+// decodeBinding decodes a binding value: the input stream's incarnation as
+// lowercase hex (store.Stream.Incarnation). A damaged value must not read
+// as another incarnation: that would drop the plugin's checkpoints and
+// start it over.
+func decodeBinding(v []byte) (string, error) {
+	if len(v) != 2*store.IncarnationLen {
+		return "", fmt.Errorf("%w: binding of %d bytes", ErrCorrupt, len(v))
+	}
+	for _, c := range v {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return "", fmt.Errorf("%w: binding %q is not lowercase hex", ErrCorrupt, v)
+		}
+	}
+	return string(v), nil
+}
+
+// corrupt names plugins.db and the damaged value in a *store.CorruptError
+// (which still matches ErrCorrupt through err).
+func corrupt(db *bolt.DB, what string, err error) error {
+	return &store.CorruptError{File: db.Path(), Shard: -1, Err: fmt.Errorf("%s: %w", what, err)}
 }
 
 func firstByte(b []byte) int {
@@ -314,11 +338,31 @@ func loadCheckpoint(db *bolt.DB, plugin, input string, shard int) (cp checkpoint
 		if v == nil {
 			return nil
 		}
-		cp, err = decodeCheckpoint(v)
-		ok = err == nil
-		return err
+		if cp, err = decodeCheckpoint(v); err != nil {
+			return corrupt(db, fmt.Sprintf("checkpoint of plugin %q input %q shard %d", plugin, input, shard), err)
+		}
+		ok = true
+		return nil
 	})
 	return cp, ok, err
+}
+
+// loadBinding returns the incarnation plugin's checkpoints of input belong
+// to, "" if none is recorded.
+func loadBinding(db *bolt.DB, plugin, input string) (string, error) {
+	var inc string
+	err := db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketBindings).Get(bindingKey(plugin, input))
+		if v == nil {
+			return nil
+		}
+		var err error
+		if inc, err = decodeBinding(v); err != nil {
+			return corrupt(db, fmt.Sprintf("binding of plugin %q input %q", plugin, input), err)
+		}
+		return nil
+	})
+	return inc, err
 }
 
 func putDefinition(tx *bolt.Tx, d Definition) error {

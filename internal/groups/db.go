@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/edgehub/edgehub/store"
 )
 
 // Layout of groups.db:
@@ -144,11 +147,12 @@ func loadGroups(db *bolt.DB) (map[string]stored, error) {
 		return tx.Bucket(bucketGroups).ForEachBucket(func(name []byte) error {
 			b := tx.Bucket(bucketGroups).Bucket(name)
 			var s stored
-			if err := json.Unmarshal(b.Get(keyDef), &s.def); err != nil {
-				return fmt.Errorf("%w: group %q: definition: %w", ErrCorrupt, name, err)
+			var err error
+			if s.def, err = decodeGroupDef(b.Get(keyDef)); err != nil {
+				return fmt.Errorf("group %q: %w", name, err)
 			}
-			if s.def.Shards <= 0 || s.def.Shards > math.MaxUint16+1 || s.def.Stream == "" {
-				return fmt.Errorf("%w: group %q: definition %+v", ErrCorrupt, name, s.def)
+			if inc := string(b.Get(keyInc)); inc != s.def.Incarnation {
+				return fmt.Errorf("%w: group %q: incarnation %q, definition says %q", ErrCorrupt, name, inc, s.def.Incarnation)
 			}
 			if v := b.Get(keyEpoch); v != nil {
 				if len(v) != 8 {
@@ -181,7 +185,28 @@ func loadGroups(db *bolt.DB) (map[string]stored, error) {
 			return nil
 		})
 	})
+	if errors.Is(err, ErrCorrupt) {
+		// Name the file; the error still matches ErrCorrupt.
+		err = &store.CorruptError{File: db.Path(), Shard: -1, Err: err}
+	}
 	return out, err
+}
+
+// decodeGroupDef decodes and checks a group's stored definition.
+func decodeGroupDef(v []byte) (groupDef, error) {
+	var def groupDef
+	if err := json.Unmarshal(v, &def); err != nil {
+		return groupDef{}, fmt.Errorf("%w: definition: %w", ErrCorrupt, err)
+	}
+	if def.Shards <= 0 || def.Shards > math.MaxUint16+1 || def.Stream == "" || store.ValidateName(def.Stream) != nil {
+		return groupDef{}, fmt.Errorf("%w: definition %+v", ErrCorrupt, def)
+	}
+	// An incarnation is lowercase hex (store.Stream.Incarnation; tests
+	// use short ones).
+	if inc := def.Incarnation; len(inc) > 2*store.IncarnationLen || strings.Trim(inc, "0123456789abcdef") != "" {
+		return groupDef{}, fmt.Errorf("%w: definition: incarnation %q", ErrCorrupt, inc)
+	}
+	return def, nil
 }
 
 // groupBucket returns the bucket of group name, creating it if asked.
