@@ -128,7 +128,8 @@ type ClientConfig struct {
 	TLS *tls.Config
 	// Token is sent in every OPEN frame.
 	Token string
-	// MaxFrameBytes bounds frames the client accepts (default 64 MiB).
+	// MaxFrameBytes bounds frames the client accepts (default
+	// DefaultClientMaxFrameBytes).
 	MaxFrameBytes int
 	// HandshakeTimeout and IdleTimeout as in Config; defaults 10s and 60s.
 	HandshakeTimeout time.Duration
@@ -148,9 +149,16 @@ type ClientConfig struct {
 	ConnReceiveWindow   uint64
 }
 
+// DefaultClientMaxFrameBytes is the largest frame a client accepts by
+// default. A hub sends stored chunks as they are: up to 256 KiB of records
+// plus one more, which may be as large as the largest record limit a hub
+// can be given (64 MiB) with its encoding, so the client must accept a
+// little more than that.
+const DefaultClientMaxFrameBytes = 80 << 20
+
 func (c ClientConfig) withDefaults() ClientConfig {
 	if c.MaxFrameBytes == 0 {
-		c.MaxFrameBytes = 64 << 20
+		c.MaxFrameBytes = DefaultClientMaxFrameBytes
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = 10 * time.Second

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )
@@ -62,18 +64,25 @@ func TestProducerRecordLimit(t *testing.T) {
 			t.Fatalf("record %d of %d bytes: %v, want record_too_large naming max_record_bytes", i, r.PayloadSize(), err)
 		}
 	}
-	st, _ := th.h.Store().Stream("big")
-	recs, err := st.Read(0, 1, store.ReadOptions{MaxBytes: 8 << 20})
+	// What was acknowledged is stored and reads back through the SDK.
+	sub, err := c.Subscribe(ctx, "big", sdk.ConsumeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != len(accepted) {
-		t.Fatalf("stored %d records, want %d", len(recs), len(accepted))
-	}
-	for i, r := range recs {
-		if !bytes.Equal(r.Value, accepted[i].Value) || !bytes.Equal(r.Key, accepted[i].Key) || len(r.Headers) != len(accepted[i].Headers) {
-			t.Fatalf("record %d stored differently", i)
+	defer sub.Close()
+	for i, want := range accepted {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
+		r := m.Record
+		if r.Seq != uint64(i+1) || !bytes.Equal(r.Value, want.Value) || !bytes.Equal(r.Key, want.Key) || len(r.Headers) != len(want.Headers) {
+			t.Fatalf("record %d read back differently (seq %d, %d bytes)", i, r.Seq, r.PayloadSize())
+		}
+	}
+	st, _ := th.h.Store().Stream("big")
+	if _, last, _ := st.Bounds(0); last != uint64(len(accepted)) {
+		t.Fatalf("stored %d records, want %d", last, len(accepted))
 	}
 }
 
@@ -110,5 +119,32 @@ func TestProducerRecordLimitRaised(t *testing.T) {
 	}
 	if _, err := p.Send(ctx, withPayload(16<<20+1)); sdk.CodeOf(err) != sdk.CodeRecordTooLarge {
 		t.Fatalf("16 MiB + 1: %v", err)
+	}
+	sub, err := c.Subscribe(ctx, "big", sdk.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	m, err := sub.Next(ctx)
+	if err != nil || m.Record.PayloadSize() != 16<<20 {
+		t.Fatalf("read back: %v", err)
+	}
+}
+
+// TestClientFrameLimitCarriesLargestRecord: a consumer must be able to
+// receive a stored chunk holding a record of the largest max_record_bytes
+// a hub accepts (64 MiB): up to 256 KiB of other records, the record and
+// its encoding. The client's default of 64 MiB could not.
+func TestClientFrameLimitCarriesLargestRecord(t *testing.T) {
+	const largest = 64 << 20
+	if _, err := hub.ParseConfig("hub.toml", []byte("[store]\nmax_record_bytes = \"64MiB\"\n[limits]\nmax_frame_bytes = \"65MiB\"\n")); err != nil {
+		t.Fatalf("the largest record limit does not load: %v", err)
+	}
+	if _, err := hub.ParseConfig("hub.toml", []byte("[store]\nmax_record_bytes = \"65MiB\"\n[limits]\nmax_frame_bytes = \"66MiB\"\n")); err == nil {
+		t.Fatal("a record limit above 64 MiB loads: raise DefaultClientMaxFrameBytes with it")
+	}
+	need := 2*(256<<10) + largest + record.MaxEncodingOverhead(largest) + 1<<10 // chunk, record, frame fields
+	if quic.DefaultClientMaxFrameBytes < need {
+		t.Fatalf("clients accept frames up to %d bytes; a chunk with a %d-byte record needs %d", quic.DefaultClientMaxFrameBytes, largest, need)
 	}
 }
