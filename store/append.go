@@ -462,34 +462,49 @@ func encodeProducer(now int64, batches []producerBatch) []byte {
 
 // batchDigest is an XXH64 of what a producer chose for each record (time,
 // key, value, headers, length-prefixed so that fields cannot shift into
-// each other); never 0, which marks an unknown digest.
-func batchDigest(recs []record.Record, h *xxhash.Digest, scratch []byte) uint64 {
+// each other); never 0, which marks an unknown digest. Fields are gathered
+// in scratch and hashed in large writes: a Write per field cost more than
+// the hashing.
+func batchDigest(recs []record.Record, h *xxhash.Digest, scratch *[]byte) uint64 {
 	h.Reset()
-	field := func(b []byte, present bool) {
-		n := uint64(0)
-		if present {
-			n = uint64(len(b)) + 1
-		}
-		scratch = binary.AppendUvarint(scratch[:0], n)
-		h.Write(scratch)
-		h.Write(b)
-	}
+	buf := (*scratch)[:0]
 	for i := range recs {
 		r := &recs[i]
-		scratch = binary.AppendVarint(scratch[:0], r.Time)
-		scratch = binary.AppendUvarint(scratch, uint64(len(r.Headers)))
-		h.Write(scratch)
-		field(r.Key, r.Key != nil)
-		field(r.Value, r.Value != nil)
+		buf = binary.AppendVarint(buf, r.Time)
+		buf = binary.AppendUvarint(buf, uint64(len(r.Headers)))
+		buf = appendDigestField(h, buf, r.Key, r.Key != nil)
+		buf = appendDigestField(h, buf, r.Value, r.Value != nil)
 		for _, hd := range r.Headers {
-			field([]byte(hd.Key), true)
-			field(hd.Value, true)
+			buf = binary.AppendUvarint(buf, uint64(len(hd.Key))+1)
+			buf = append(buf, hd.Key...)
+			buf = appendDigestField(h, buf, hd.Value, true)
+		}
+		if len(buf) > 32<<10 {
+			h.Write(buf)
+			buf = buf[:0]
 		}
 	}
+	h.Write(buf)
+	*scratch = buf[:0]
 	if d := h.Sum64(); d != 0 {
 		return d
 	}
 	return 1
+}
+
+// appendDigestField adds one length-prefixed field to buf, hashing large
+// fields in place rather than copying them.
+func appendDigestField(h *xxhash.Digest, buf, b []byte, present bool) []byte {
+	if !present {
+		return append(buf, 0)
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(b))+1)
+	if len(b) > 4<<10 {
+		h.Write(buf)
+		h.Write(b)
+		return buf[:0]
+	}
+	return append(buf, b...)
 }
 
 // checkProducer decides whether r is new (records its batch), a duplicate
@@ -517,7 +532,7 @@ func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, er
 	if w.digest == nil {
 		w.digest = xxhash.New()
 	}
-	digest := batchDigest(b.Records, w.digest, w.scratch[:0])
+	digest := batchDigest(b.Records, w.digest, &w.scratch)
 	switch {
 	case len(batches) == 0 || b.ProducerSeq == next:
 		// New batch. A producer's first batch may start anywhere, so a
