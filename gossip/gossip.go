@@ -385,7 +385,7 @@ func (g *Gossip) PublishDef(stream string, d Def) {
 func (g *Gossip) PublishVector(stream, origin string, v Vector) {
 	v.Seqs = slices.Clone(v.Seqs)
 	g.publish(&entry{kind: kindVector, hub: g.cfg.Name, stream: stream, origin: origin, vector: v}, func(old *entry) bool {
-		return slices.Equal(old.vector.Seqs, v.Seqs)
+		return slices.Equal(old.vector.Seqs, v.Seqs) && old.vector.Incarnation == v.Incarnation
 	})
 }
 
@@ -432,7 +432,7 @@ func (g *Gossip) Streams() map[string]StreamView {
 			if v.Vectors[e.hub] == nil {
 				v.Vectors[e.hub] = map[string]Vector{}
 			}
-			v.Vectors[e.hub][e.origin] = Vector{Seqs: slices.Clone(e.vector.Seqs)}
+			v.Vectors[e.hub][e.origin] = Vector{Seqs: slices.Clone(e.vector.Seqs), Incarnation: e.vector.Incarnation}
 		}
 	}
 	return out

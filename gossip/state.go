@@ -33,6 +33,11 @@ func (d Def) Newer(o Def) bool {
 // the highest contiguous origin sequence of origin shard s it holds.
 type Vector struct {
 	Seqs []uint64
+	// Incarnation is the incarnation of the origin's stream these
+	// sequences count in (hex; "" if the publisher knows none). A stream
+	// deleted and created again at its origin numbers from 1 again under a
+	// new incarnation.
+	Incarnation string
 }
 
 // entry kinds on the wire.
@@ -67,14 +72,16 @@ const (
 	maxSpecLen  = 16 << 10
 	maxShards   = 1 << 16
 	msgEntries  = 1 // message type: a list of entries
-	msgVersion1 = 1
+	msgVersion1 = 1 // vectors without an incarnation (read, no longer written)
+	msgVersion2 = 2 // vectors end with their incarnation
+	maxIncLen   = 64
 	maxEntries  = 1 << 20
 )
 
 // appendEntries encodes entries as one message:
 //
 //	byte     message type (1 = entries)
-//	byte     version (1)
+//	byte     version (2; version 1 lacks the vector's incarnation)
 //	uvarint  count
 //	count ×  entry:
 //	  byte     kind (1 = def, 2 = vector)
@@ -82,9 +89,10 @@ const (
 //	  string   stream
 //	  uvarint  version
 //	  def:     byte deleted (0/1), uvarint def version, string spec
-//	  vector:  string origin hub, uvarint shards, shards × uvarint seq
+//	  vector:  string origin hub, uvarint shards, shards × uvarint seq,
+//	           string incarnation (version 2)
 func appendEntries(dst []byte, es []*entry) []byte {
-	dst = append(dst, msgEntries, msgVersion1)
+	dst = append(dst, msgEntries, msgVersion2)
 	dst = binary.AppendUvarint(dst, uint64(len(es)))
 	for _, e := range es {
 		dst = append(dst, e.kind)
@@ -106,6 +114,7 @@ func appendEntries(dst []byte, es []*entry) []byte {
 			for _, s := range e.vector.Seqs {
 				dst = binary.AppendUvarint(dst, s)
 			}
+			dst = appendString(dst, e.vector.Incarnation)
 		}
 	}
 	return dst
@@ -123,8 +132,9 @@ func decodeEntries(buf []byte) ([]*entry, error) {
 	if t := d.Byte(); t != msgEntries {
 		return nil, fmt.Errorf("%w: message type %d", ErrBadMessage, t)
 	}
-	if v := d.Byte(); v != msgVersion1 {
-		return nil, fmt.Errorf("%w: message version %d", ErrBadMessage, v)
+	version := d.Byte()
+	if version != msgVersion1 && version != msgVersion2 {
+		return nil, fmt.Errorf("%w: message version %d", ErrBadMessage, version)
 	}
 	n := d.Uvarint()
 	// An entry takes at least 5 bytes: this bounds the allocation.
@@ -160,6 +170,9 @@ func decodeEntries(buf []byte) ([]*entry, error) {
 			e.vector.Seqs = make([]uint64, ns)
 			for j := range e.vector.Seqs {
 				e.vector.Seqs[j] = d.Uvarint()
+			}
+			if version >= msgVersion2 {
+				e.vector.Incarnation = d.String(maxIncLen)
 			}
 		default:
 			d.Fail("entry kind %d", e.kind)

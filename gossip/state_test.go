@@ -11,6 +11,8 @@ func sampleEntries() []*entry {
 		{kind: kindDef, hub: "edge-1", stream: "temps", version: 42, def: Def{Version: 7, Spec: []byte(`{"name":"temps","shards":4}`)}},
 		{kind: kindDef, hub: "edge-2", stream: "gone", version: 1, def: Def{Version: 9, Deleted: true}},
 		{kind: kindVector, hub: "edge-1", stream: "temps", origin: "edge-2", version: 43, vector: Vector{Seqs: []uint64{0, 1, 1 << 40, 5}}},
+		{kind: kindVector, hub: "edge-1", stream: "temps", origin: "edge-3", version: 44,
+			vector: Vector{Seqs: []uint64{}, Incarnation: "0192f3a4b5c6d7e8f901122334455667"}},
 	}
 }
 
@@ -43,7 +45,9 @@ func TestDecodeEntriesRejects(t *testing.T) {
 	}{
 		{name: "empty", buf: nil},
 		{name: "wrong type", buf: append([]byte{9}, good[1:]...)},
-		{name: "wrong version", buf: append([]byte{msgEntries, 2}, good[2:]...)},
+		{name: "wrong version", buf: append([]byte{msgEntries, 3}, good[2:]...)},
+		{name: "long incarnation", buf: appendEntries(nil, []*entry{{kind: kindVector, hub: "h", stream: "s", origin: "o", version: 1,
+			vector: Vector{Seqs: []uint64{1}, Incarnation: string(make([]byte, maxIncLen+1))}}})},
 		{name: "truncated", buf: good[:len(good)-1]},
 		{name: "trailing", buf: append(append([]byte(nil), good...), 0)},
 		{name: "huge count", buf: []byte{msgEntries, msgVersion1, 0xff, 0xff, 0xff, 0xff, 0x0f}},
@@ -56,6 +60,16 @@ func TestDecodeEntriesRejects(t *testing.T) {
 				t.Fatalf("err = %v, want ErrBadMessage", err)
 			}
 		})
+	}
+}
+
+// A version 1 message (from a hub before incarnations) still decodes: its
+// vectors have no incarnation.
+func TestDecodeVersion1(t *testing.T) {
+	v1 := []byte{msgEntries, msgVersion1, 1, kindVector, 1, 'h', 1, 's', 1, 1, 'o', 3, 1, 2, 3}
+	es, err := decodeEntries(v1)
+	if err != nil || len(es) != 1 || es[0].vector.Incarnation != "" || len(es[0].vector.Seqs) != 3 || es[0].vector.Seqs[2] != 3 {
+		t.Fatalf("version 1: %+v, %v", es, err)
 	}
 }
 

@@ -239,7 +239,7 @@ func (m *membership) Peers() []replicate.Peer {
 			if !hasDef && !hasVec {
 				continue
 			}
-			ps := replicate.PeerStream{Vector: map[store.OriginKey]uint64{}}
+			ps := replicate.PeerStream{Vector: map[store.OriginKey]uint64{}, Incarnations: map[string]string{}}
 			if hasDef && !d.Deleted {
 				if c, err := replicate.DecodeDef(d.Spec); err == nil {
 					ps.Def = &replicate.Def{Config: c, Version: d.Version}
@@ -248,6 +248,9 @@ func (m *membership) Peers() []replicate.Peer {
 				}
 			}
 			for origin, vec := range vecs {
+				if vec.Incarnation != "" {
+					ps.Incarnations[origin] = vec.Incarnation
+				}
 				for s, seq := range vec.Seqs {
 					if seq > 0 {
 						ps.Vector[store.OriginKey{Hub: origin, Shard: uint32(s)}] = seq
@@ -271,9 +274,14 @@ func (m *membership) PublishDef(stream string, d replicate.Def) {
 }
 
 // PublishVector implements replicate.Publisher: one gossip entry per
-// origin hub, indexed by origin shard.
-func (m *membership) PublishVector(stream string, v map[store.OriginKey]uint64) {
+// origin hub, indexed by origin shard, with the incarnation of the origin's
+// stream it counts in (an entry with no sequences yet says which
+// incarnation a hub now follows).
+func (m *membership) PublishVector(stream string, v map[store.OriginKey]uint64, incs map[string]string) {
 	by := map[string][]uint64{}
+	for origin := range incs {
+		by[origin] = []uint64{}
+	}
 	for k, seq := range v {
 		s := by[k.Hub]
 		if int(k.Shard) >= len(s) {
@@ -283,7 +291,7 @@ func (m *membership) PublishVector(stream string, v map[store.OriginKey]uint64) 
 		by[k.Hub] = s
 	}
 	for origin, seqs := range by {
-		m.g.PublishVector(stream, origin, gossip.Vector{Seqs: seqs})
+		m.g.PublishVector(stream, origin, gossip.Vector{Seqs: seqs, Incarnation: incs[origin]})
 	}
 }
 

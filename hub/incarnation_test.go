@@ -14,6 +14,7 @@ import (
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/plugins"
 	"github.com/edgehub/edgehub/sdk"
+	"github.com/edgehub/edgehub/store"
 )
 
 // groupRead joins group g1 on orders, reads n records (failing on more
@@ -151,5 +152,80 @@ func TestStreamRecreatedPluginAndGroupStartOver(t *testing.T) {
 	}
 	if held != int64(len(wantAll)) {
 		t.Fatalf("copied stream holds %d records, want %d", held, len(wantAll))
+	}
+}
+
+// originCount counts h's records of origin hub in stream, and how many of
+// them have values with prefix.
+func originCount(tb testing.TB, h *Hub, stream, origin, prefix string) (all, prefixed int) {
+	tb.Helper()
+	st, err := h.Store().Stream(stream)
+	if err != nil {
+		return 0, 0
+	}
+	seen := map[string]bool{}
+	for s := 0; s < st.Shards(); s++ {
+		recs, err := st.Read(s, 1, store.ReadOptions{MaxRecords: 1 << 20, MaxBytes: 1 << 30})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.Origin.Hub != origin && !(r.Origin.IsLocal() && h.cfg.Hub.Name == origin) {
+				continue
+			}
+			if seen[string(r.Value)] {
+				tb.Fatalf("%s holds %q twice", h.cfg.Hub.Name, r.Value)
+			}
+			seen[string(r.Value)] = true
+			all++
+			if strings.HasPrefix(string(r.Value), prefix) {
+				prefixed++
+			}
+		}
+	}
+	return all, prefixed
+}
+
+// Two real hubs (memberlist gossip, QUIC pulls): the origin deletes its
+// replicated stream and creates it again (the federation's definition may
+// recreate it first) and produces 40 records. The peer learns the new
+// incarnation by gossip and pulls all 40, keeping the old records once.
+func TestFederationRecreatedStreamReplicates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("federation over loopback")
+	}
+	n := newFedNet(t)
+	a := n.start("hub-a")
+	b := n.start("hub-b")
+	createReplicated(t, a, "events", 2, "all")
+	produceAt(t, a, "events", 500, 8)
+	waitFor(t, "b holds a's records", func() bool { all, _ := originCount(t, b, "events", "hub-a", ""); return all == 500 })
+
+	old := mustStreamEventually(t, a, "events").Incarnation()
+	if err := a.Store().DeleteStream(context.Background(), "events"); err != nil {
+		t.Fatal(err)
+	}
+	var st *store.Stream
+	waitFor(t, "events exists again at a", func() bool {
+		var err error
+		if st, err = a.Store().Stream("events"); err == nil {
+			return true
+		}
+		st, err = a.Store().CreateStream(context.Background(), store.StreamConfig{Name: "events", Shards: 2, Meta: map[string]string{MetaReplicate: "all"}})
+		return err == nil
+	})
+	if st.Incarnation() == old {
+		t.Fatal("same incarnation after recreating")
+	}
+	recs, _ := orderRecords("new", 40)
+	if _, err := st.Append(context.Background(), store.Batch{Shard: -1, Records: recs}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b holds the 40 new records", func() bool {
+		all, fresh := originCount(t, b, "events", "hub-a", "new-")
+		return all == 540 && fresh == 40
+	})
+	if got := mustStreamEventually(t, b, "events").OriginIncarnation("hub-a"); got != st.Incarnation() {
+		t.Fatalf("b follows incarnation %q of hub-a, want %q", got, st.Incarnation())
 	}
 }

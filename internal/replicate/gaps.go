@@ -251,6 +251,24 @@ func (b *gapBook) forget(keep func(stream string) bool) error {
 	return b.saveLocked()
 }
 
+// forgetOrigin drops the gaps of origin hub's shards in stream: they were
+// counted in an incarnation of its stream that is gone.
+func (b *gapBook) forgetOrigin(stream, hub string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	changed := false
+	for k := range b.entries {
+		if k.stream == stream && k.origin.Hub == hub {
+			delete(b.entries, k)
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	return b.saveLocked()
+}
+
 func (b *gapBook) saveLocked() error {
 	if b.path == "" {
 		return nil

@@ -39,6 +39,11 @@ type PeerStream struct {
 	// Vector maps origin shard → highest contiguous origin sequence the
 	// peer holds.
 	Vector map[store.OriginKey]uint64
+	// Incarnations maps origin hub → the incarnation of that origin's
+	// stream the peer's Vector entries count in ("" or absent: unknown, a
+	// peer from before incarnations). For the peer's own records it is its
+	// stream's incarnation.
+	Incarnations map[string]string
 }
 
 // Def is a replicated stream's definition as hubs publish it. Shards,
@@ -63,7 +68,9 @@ type Membership interface {
 // with unchanged values must be cheap no-ops.
 type Publisher interface {
 	PublishDef(stream string, d Def)
-	PublishVector(stream string, v map[store.OriginKey]uint64)
+	// PublishVector publishes v with, per origin hub, the incarnation of
+	// its stream v counts in (incs may name hubs v has no entry for yet).
+	PublishVector(stream string, v map[store.OriginKey]uint64, incs map[string]string)
 }
 
 // Authorizer checks that the peer behind req (its principal), which says it
@@ -180,6 +187,7 @@ type Replicator struct {
 	mu        sync.Mutex
 	tasks     map[taskKey]*task
 	limiters  map[string]*limiter
+	streamInc map[string]string     // stream → its incarnation when last reconciled
 	warned    map[string]bool       // one-time warnings (shard mismatch)
 	lastAlive map[taskKey]time.Time // when membership last showed a hub alive with a stream (origin shard unused)
 
@@ -209,6 +217,7 @@ func New(cfg Config) (*Replicator, error) {
 		started:   time.Now(),
 		tasks:     map[taskKey]*task{},
 		limiters:  map[string]*limiter{},
+		streamInc: map[string]string{},
 		warned:    map[string]bool{},
 		lastAlive: map[taskKey]time.Time{},
 		closed:    make(chan struct{}),
@@ -311,13 +320,21 @@ func (r *Replicator) reconcile(ctx context.Context) {
 		if pol.Local() {
 			continue
 		}
+		r.noticeRecreated(st)
+		if pol.Admits(r.cfg.Tags) {
+			if err := r.syncIncarnations(ctx, st, peers); err != nil {
+				r.logger.Warn("replicate: following a peer's stream incarnation", "stream", st.Name(), "err", err)
+				continue
+			}
+		}
 		ours, err := localVector(r.cfg.Self, st, r.high)
 		if err != nil {
 			r.logger.Warn("replicate: computing our vector", "stream", st.Name(), "err", err)
 			continue
 		}
+		incs := localIncarnations(r.cfg.Self, st)
 		if r.cfg.Publisher != nil {
-			r.cfg.Publisher.PublishVector(st.Name(), ours)
+			r.cfg.Publisher.PublishVector(st.Name(), ours, incs)
 		}
 		if !pol.Admits(r.cfg.Tags) {
 			continue // we serve our records of it but do not collect others'
@@ -331,9 +348,11 @@ func (r *Replicator) reconcile(ctx context.Context) {
 				continue
 			}
 			// Follow every peer's own shards, so new records arrive as
-			// they commit; pull other origins a peer holds more of.
+			// they commit; pull other origins a peer holds more of (in
+			// the incarnation we hold: a peer still holding an older one
+			// of an origin is no source of it).
 			for k, seq := range ps.Vector {
-				if k.Hub != r.cfg.Self && (k.Hub == p.Name || seq > ours[k]) {
+				if k.Hub != r.cfg.Self && (k.Hub == p.Name || seq > ours[k]) && sameIncarnation(ps, k.Hub, incs[k.Hub]) {
 					want[taskKey{st.Name(), k}] = true
 				}
 			}
@@ -369,12 +388,13 @@ func (r *Replicator) reconcile(ctx context.Context) {
 			continue
 		}
 		tctx, cancel := context.WithCancel(ctx)
-		t := &task{key: k, cancel: cancel, wake: make(chan struct{}, 1),
+		t := &task{key: k, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{}),
 			status: TaskStatus{Stream: k.stream, Origin: k.origin.Hub, Shard: k.origin.Shard, State: "starting"}}
 		r.tasks[k] = t
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
+			defer close(t.done)
 			r.runTask(tctx, t)
 		}()
 	}
@@ -616,6 +636,7 @@ type task struct {
 	key    taskKey
 	cancel context.CancelFunc
 	wake   chan struct{}
+	done   chan struct{} // closed when runTask returns
 
 	mu       sync.Mutex
 	status   TaskStatus
@@ -783,6 +804,9 @@ func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 		if !isOrigin && seq <= ours {
 			continue
 		}
+		if !sameIncarnation(ps, k.Hub, st.OriginIncarnation(k.Hub)) {
+			continue // it holds another incarnation of the origin's stream
+		}
 		if first, ok := t.trims[p.Name]; ok && !isOrigin {
 			if !haveTrimmed || first < t.trims[trimmedBest.Name] || (first == t.trims[trimmedBest.Name] && p.Name < trimmedBest.Name) {
 				trimmedBest, haveTrimmed = p, true
@@ -903,6 +927,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed 
 	ps, err := r.cfg.Transport.Pull(pctx, src.Peer, PullRequest{
 		Requester: r.cfg.Self, Stream: t.key.stream, Origin: k, After: after,
 		Follow: true, MaxBatchBytes: uint64(r.cfg.MaxBatchBytes),
+		Incarnation: st.OriginIncarnation(k.Hub),
 	})
 	if err != nil {
 		return false, err

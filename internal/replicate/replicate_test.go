@@ -172,6 +172,7 @@ func (m *memMembership) Peers() []Peer {
 				if err == nil {
 					ps.Vector = vec
 				}
+				ps.Incarnations = localIncarnations(h.name, st)
 			}
 			p.Streams[st.Name()] = ps
 		}

@@ -78,6 +78,9 @@ func (s *server) serve(ctx context.Context, pr PullRequest, out Sender) error {
 			return quic.Errorf(quic.CodePermissionDenied, "stream %q (replicate = %q) does not go to hub %q", pr.Stream, pol, pr.Requester)
 		}
 	}
+	if err := checkIncarnation(st, pr, s.self); err != nil {
+		return err
+	}
 	maxBatch := s.maxBatch
 	if pr.MaxBatchBytes > 0 && pr.MaxBatchBytes < uint64(maxBatch) {
 		maxBatch = max(int(pr.MaxBatchBytes), minBatchBytes)

@@ -124,3 +124,12 @@ func localVector(self string, st *store.Stream, hc *highCache) (map[store.Origin
 	}
 	return v, nil
 }
+
+// localIncarnations returns, for each origin hub of st's vector, the
+// incarnation of its stream our sequences count in: our own stream's for
+// self, the recorded origin incarnations for the others.
+func localIncarnations(self string, st *store.Stream) map[string]string {
+	incs := st.OriginIncarnations()
+	incs[self] = st.Incarnation()
+	return incs
+}

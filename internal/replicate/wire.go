@@ -89,17 +89,25 @@ type PullRequest struct {
 	Follow bool
 	// MaxBatchBytes bounds one PULL_RECORDS frame (0: the server's default).
 	MaxBatchBytes uint64
+	// Incarnation is the incarnation of the origin's stream After counts
+	// in (hex; "" when the requester knows none): a server holding another
+	// incarnation of the origin refuses the pull instead of serving records
+	// under positions that mean something else (docs/federation.md,
+	// "Incarnations").
+	Incarnation string
 }
 
 // Append encodes r (quic.Appender):
 //
 //	byte version (1), string requester, string stream, string origin hub,
 //	uvarint origin shard, uvarint after, byte flags (1 = follow),
-//	uvarint max batch bytes
+//	uvarint max batch bytes, string incarnation (optional: absent in
+//	requests from hubs before incarnations, read as "")
 func (r *PullRequest) Append(dst []byte) []byte {
 	dst = append(dst, pullVersion1)
 	dst = appendString(dst, r.Requester)
-	return appendPull(dst, r.Stream, r.Origin, r.After, r.Follow, r.MaxBatchBytes)
+	dst = appendPull(dst, r.Stream, r.Origin, r.After, r.Follow, r.MaxBatchBytes)
+	return appendString(dst, r.Incarnation)
 }
 
 // Decode parses an untrusted PullRequest.
@@ -110,6 +118,7 @@ func (r *PullRequest) Decode(p []byte) error {
 	}
 	r.Requester = d.String(quic.MaxNameLength)
 	readPull(&d, &r.Stream, &r.Origin, &r.After, &r.Follow, &r.MaxBatchBytes)
+	r.Incarnation = readIncarnation(&d)
 	if d.Err == nil && (r.Requester == "" || r.Stream == "" || r.Origin.Hub == "") {
 		d.Fail("empty name")
 	}
@@ -222,17 +231,20 @@ type Follow struct {
 	MaxBatchBytes uint64
 	// Credit is the record batch bytes the client can take at first.
 	Credit uint64
+	// Incarnation: as in PullRequest.
+	Incarnation string
 }
 
 // Append encodes f (quic.Appender):
 //
 //	uvarint id, string stream, string origin hub, uvarint origin shard,
 //	uvarint after, byte flags (1 = follow), uvarint max batch bytes,
-//	uvarint credit
+//	uvarint credit, string incarnation (optional, as in PullRequest)
 func (f *Follow) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, f.ID)
 	dst = appendPull(dst, f.Stream, f.Origin, f.After, f.Follow, f.MaxBatchBytes)
-	return binary.AppendUvarint(dst, f.Credit)
+	dst = binary.AppendUvarint(dst, f.Credit)
+	return appendString(dst, f.Incarnation)
 }
 
 // Decode parses an untrusted PULL_FOLLOW payload.
@@ -241,6 +253,7 @@ func (f *Follow) Decode(p []byte) error {
 	f.ID = d.Uvarint()
 	readPull(&d, &f.Stream, &f.Origin, &f.After, &f.Follow, &f.MaxBatchBytes)
 	f.Credit = d.Uvarint()
+	f.Incarnation = readIncarnation(&d)
 	if d.Err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
 		d.Fail("zero id or empty name")
 	}
@@ -250,7 +263,7 @@ func (f *Follow) Decode(p []byte) error {
 // request is the pull f asks for, on behalf of requester.
 func (f *Follow) request(requester string) PullRequest {
 	return PullRequest{Requester: requester, Stream: f.Stream, Origin: f.Origin, After: f.After,
-		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes}
+		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes, Incarnation: f.Incarnation}
 }
 
 // FollowCredit is a PULL_CREDIT payload.
@@ -444,6 +457,18 @@ func readPull(d *wire.Reader, stream *string, origin *store.OriginKey, after *ui
 		d.Fail("unknown flags")
 	}
 	*maxBatch = d.Uvarint()
+}
+
+// maxIncarnationLen bounds an incarnation on the wire (32 hex digits today).
+const maxIncarnationLen = 64
+
+// readIncarnation reads the optional trailing incarnation of a pull: absent
+// (a hub from before incarnations) is "".
+func readIncarnation(d *wire.Reader) string {
+	if d.Err != nil || len(d.Buf) == 0 {
+		return ""
+	}
+	return d.String(maxIncarnationLen)
 }
 
 func newReader(p []byte, what string) wire.Reader {

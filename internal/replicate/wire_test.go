@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/edgehub/edgehub/internal/record"
@@ -18,6 +19,8 @@ func TestPullRequestRoundTrip(t *testing.T) {
 	}{
 		{name: "follow", req: PullRequest{Requester: "edge-1", Stream: "temps", Origin: store.OriginKey{Hub: "core", Shard: 7}, After: 1 << 40, Follow: true, MaxBatchBytes: 1 << 20}},
 		{name: "once", req: PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}}},
+		{name: "incarnation", req: PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 1}, After: 5, Follow: true,
+			Incarnation: "0192f3a4b5c6d7e8f90112233445566"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -29,6 +32,25 @@ func TestPullRequestRoundTrip(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, tt.req)
 			}
 		})
+	}
+}
+
+// A pull from a hub before incarnations ends after max batch bytes: it
+// decodes with no incarnation, which servers do not check.
+func TestPullWithoutIncarnation(t *testing.T) {
+	old := []byte{1, 1, 'a', 1, 's', 1, 'b', 3, 10, 1, 0}
+	var r PullRequest
+	if err := r.Decode(old); err != nil || r.Incarnation != "" || r.After != 10 || !r.Follow {
+		t.Fatalf("old pull: %+v, %v", r, err)
+	}
+	oldFollow := []byte{1, 1, 's', 1, 'b', 0, 0, 0, 0, 9}
+	var f Follow
+	if err := f.Decode(oldFollow); err != nil || f.Incarnation != "" || f.Credit != 9 {
+		t.Fatalf("old follow: %+v, %v", f, err)
+	}
+	long := (&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}, Incarnation: strings.Repeat("f", maxIncarnationLen+1)}).Append(nil)
+	if err := r.Decode(long); !errors.Is(err, quic.ErrMalformed) {
+		t.Fatalf("an incarnation of %d bytes: %v", maxIncarnationLen+1, err)
 	}
 }
 
@@ -114,6 +136,7 @@ func TestSessionFramesRoundTrip(t *testing.T) {
 		{name: "open", in: &SessionOpen{Requester: "edge-1"}, out: &SessionOpen{}},
 		{name: "follow", in: &Follow{ID: 1 << 40, Stream: "s", Origin: store.OriginKey{Hub: "core", Shard: 15}, After: 99, Follow: true, MaxBatchBytes: 1 << 22, Credit: 1 << 23}, out: &Follow{}},
 		{name: "one-shot follow", in: &Follow{ID: 1, Stream: "s", Origin: store.OriginKey{Hub: "h"}}, out: &Follow{}},
+		{name: "follow with incarnation", in: &Follow{ID: 2, Stream: "s", Origin: store.OriginKey{Hub: "h"}, Credit: 1, Incarnation: "ab12"}, out: &Follow{}},
 		{name: "credit", in: &FollowCredit{ID: 3, Bytes: 1 << 20}, out: &FollowCredit{}},
 		{name: "cancel", in: &FollowCancel{ID: 3}, out: &FollowCancel{}},
 		{name: "end", in: &FollowEnd{ID: 3, Code: quic.CodePermissionDenied, Message: "no"}, out: &FollowEnd{}},
