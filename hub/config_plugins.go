@@ -49,6 +49,10 @@ type PluginConfig struct {
 	TimerInterval Duration     `toml:"timer_interval" json:"timer_interval,omitempty"`
 	// MaxWait is how long a partial batch may wait to fill (default 10ms).
 	MaxWait Duration `toml:"max_wait" json:"max_wait,omitempty"`
+	// MaxStateDelta bounds the keyed state one call may write (default
+	// 16MiB); StateQuota the plugin's whole keyed state (default 256MiB).
+	MaxStateDelta Size `toml:"max_state_delta" json:"max_state_delta,omitempty"`
+	StateQuota    Size `toml:"state_quota" json:"state_quota,omitempty"`
 }
 
 // PluginParams is a plugin's config table.
@@ -88,7 +92,7 @@ func (c PluginConfig) Definition() plugins.Definition {
 		BackoffMin: time.Duration(c.BackoffMin), BackoffMax: time.Duration(c.BackoffMax),
 		MemoryPages: uint32((int64(c.Memory) + 65535) / 65536), CallTimeout: time.Duration(c.CallTimeout),
 		BatchRecords: c.BatchRecords, BatchBytes: int(c.BatchBytes), TimerInterval: time.Duration(c.TimerInterval),
-		MaxWait: time.Duration(c.MaxWait),
+		MaxWait: time.Duration(c.MaxWait), MaxStateDelta: int(c.MaxStateDelta), StateQuota: int64(c.StateQuota),
 	}
 	if len(c.Config) > 0 {
 		d.Config = map[string]string(c.Config)

@@ -171,6 +171,8 @@ outputs = ["out"]
 start = "earliest"
 memory = "1MiB"
 timer_interval = "250ms"
+state_quota = "2MiB"
+max_state_delta = "64KiB"
 [plugin.config]
 output = "out"
 retries = 3
@@ -192,7 +194,8 @@ retries = 3
 			t.Fatal(err)
 		}
 		// The second start finds the same module and settings: no upgrade.
-		if info.Version != 1 || info.MemoryPages != 16 || info.Config["retries"] != "3" || info.TimerInterval != 250*time.Millisecond {
+		if info.Version != 1 || info.MemoryPages != 16 || info.Config["retries"] != "3" || info.TimerInterval != 250*time.Millisecond ||
+			info.StateQuota != 2<<20 || info.MaxStateDelta != 64<<10 {
 			t.Fatalf("round %d: %+v", round, info.Definition)
 		}
 		h.Close()

@@ -140,6 +140,13 @@ type Definition struct {
 	// the plugin: latency traded for fewer commits under a trickle.
 	MaxWait       time.Duration `json:"max_wait"`
 	TimerInterval time.Duration `json:"timer_interval"`
+	// MaxStateDelta bounds the keyed state one call may write: the sum of
+	// key and value bytes of its state_set calls and key bytes of its
+	// state_delete calls. StateQuota bounds the plugin's committed state
+	// (keys and values, all inputs and shards together). A call that goes
+	// past either fails with ErrStateLimit and the error policy applies.
+	MaxStateDelta int   `json:"max_state_delta"`
+	StateQuota    int64 `json:"state_quota"`
 
 	// Set by the manager.
 	SHA256      string    `json:"sha256"`
@@ -159,6 +166,8 @@ const (
 	DefaultMaxWait       = 10 * time.Millisecond
 	DefaultBackoffMin    = 100 * time.Millisecond
 	DefaultBackoffMax    = 30 * time.Second
+	DefaultMaxStateDelta = 16 << 20
+	DefaultStateQuota    = 256 << 20
 )
 
 // WithDefaults fills zero fields with the defaults.
@@ -196,6 +205,12 @@ func (d Definition) WithDefaults() Definition {
 	}
 	if d.MaxWait == 0 {
 		d.MaxWait = DefaultMaxWait
+	}
+	if d.MaxStateDelta == 0 {
+		d.MaxStateDelta = DefaultMaxStateDelta
+	}
+	if d.StateQuota == 0 {
+		d.StateQuota = DefaultStateQuota
 	}
 	return d
 }
@@ -275,6 +290,12 @@ func (d Definition) Validate() error {
 	}
 	if d.MaxWait < 0 || d.MaxWait > time.Minute {
 		add("max_wait %s outside 0..1m", d.MaxWait)
+	}
+	if d.MaxStateDelta < 1024 || d.MaxStateDelta > 1<<30 {
+		add("max_state_delta %d outside 1KiB..1GiB", d.MaxStateDelta)
+	}
+	if d.StateQuota < 1024 || d.StateQuota > 1<<40 {
+		add("state_quota %d outside 1KiB..1TiB", d.StateQuota)
 	}
 	if d.TimerInterval < 10*time.Millisecond {
 		add("timer_interval %s is below 10ms", d.TimerInterval)

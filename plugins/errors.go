@@ -13,6 +13,10 @@ var (
 	ErrUndeclaredStream = errors.New("emit to undeclared stream")
 	// ErrClosed: the manager is closed.
 	ErrClosed = errors.New("plugin manager closed")
+	// ErrStateLimit: a call wrote more keyed state than max_state_delta, or
+	// would take the plugin's state past its state_quota. The call is
+	// stopped, its effects dropped, and the error policy applies.
+	ErrStateLimit = errors.New("state limit exceeded")
 	// ErrCorrupt: plugins.db holds data the manager cannot read.
 	ErrCorrupt = errors.New("corrupt plugin data")
 )

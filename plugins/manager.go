@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,6 +65,9 @@ type plugin struct {
 	waiting string // why it waits for a stream (binding.go); "" when not
 	wg      sync.WaitGroup
 	lim     *limiter // guest log lines forwarded to the hub's logger
+	// stateUsed is the committed keyed state of the running runners (keys
+	// and values), checked against Definition.StateQuota.
+	stateUsed atomic.Int64
 }
 
 func (p *plugin) definition() Definition {
@@ -127,7 +131,9 @@ func (m *Manager) load() error {
 			if sum := sha256.Sum256(wasm); hex.EncodeToString(sum[:]) != d.SHA256 {
 				return fmt.Errorf("%w: module of plugin %q does not match its SHA-256", ErrCorrupt, d.Name)
 			}
-			defs = append(defs, stored{d, slices.Clone(wasm)})
+			// Settings added since the definition was stored take
+			// their defaults.
+			defs = append(defs, stored{d.WithDefaults(), slices.Clone(wasm)})
 			return nil
 		})
 	})
@@ -459,7 +465,7 @@ func dropRunsExcept(tx *bolt.Tx, name string, inputs []string) error {
 // checkInit instantiates the module once and runs eh_init with the config,
 // so deploy reports a config the plugin rejects.
 func checkInit(ctx context.Context, mod *wasmhost.Module, def Definition) error {
-	h := &initHost{}
+	h := &initHost{input: def.Inputs[0]}
 	inst, err := mod.Instantiate(ctx, h)
 	if err != nil {
 		return err
@@ -469,7 +475,7 @@ func checkInit(ctx context.Context, mod *wasmhost.Module, def Definition) error 
 }
 
 // initHost serves eh_init at deploy: no state exists yet for a new plugin.
-type initHost struct{}
+type initHost struct{ input string }
 
 func (initHost) Emit([]byte, wasmhost.OutputRecord, int, int) error { return nil }
 func (initHost) StateGet([]byte) ([]byte, bool, error)              { return nil, false, nil }
@@ -478,6 +484,10 @@ func (initHost) StateDelete([]byte) error                           { return nil
 func (initHost) StateNext(_, _ []byte) ([]byte, bool, error)        { return nil, false, nil }
 func (initHost) Log(wasmhost.Level, []byte)                         {}
 func (initHost) Now() int64                                         { return time.Now().UnixNano() }
+
+// Input: the deploy-time eh_init serves no shard; it is told the first
+// input and shard 0 (docs/plugin-abi.md).
+func (h initHost) Input() (string, uint32) { return h.input, 0 }
 
 // Delete stops a plugin and removes its definition, module, checkpoints and
 // state. Its output streams are kept.

@@ -97,3 +97,63 @@ func TestLoopingPluginDoesNotHoldUpHealthy(t *testing.T) {
 		})
 	}
 }
+
+// TestStateLimits: a call that writes more keyed state than max_state_delta,
+// and records that would take the plugin's state past its state_quota, fail
+// with ErrStateLimit and follow the error policy (here: dead-letter), while
+// the state already committed stays within the quota.
+func TestStateLimits(t *testing.T) {
+	e := newEnv(t)
+	in := e.stream("in", 1)
+	const quota = 64 << 10
+	e.deploy(Definition{Name: "grow", Inputs: []string{"in"}, Outputs: []string{"out"}, Start: StartEarliest,
+		OnError: PolicyDeadLetter, DeadLetter: "dlq", MaxStateDelta: 32 << 10, StateQuota: quota}, readTestdata(t, watHostile))
+	// S writes 32 KiB values until stopped: past the per-call cap at once.
+	// Each G adds one 10 KiB value (+ an 8-byte key): six fit in 64 KiB.
+	values := []string{"S"}
+	for i := 0; i < 10; i++ {
+		values = append(values, "G")
+	}
+	values = append(values, "ok")
+	for _, v := range values {
+		e.produce(in, rec("k", v))
+	}
+	outS, _ := e.st.Stream("out")
+	dlq, _ := e.st.Stream("dlq")
+	got := readAll(t, outS, 7)
+	dead := readAll(t, dlq, 5)
+	waitFor(t, "caught up", func() bool { i, _ := e.m.Describe("grow"); return i.Lag == 0 })
+	if got = readAll(t, outS, 7); len(got) != 7 {
+		t.Fatalf("%d outputs, want the six G records that fit and ok", len(got))
+	}
+	reasons := map[string]int{}
+	for _, r := range dead {
+		for _, h := range r.Headers {
+			if h.Key == HeaderError {
+				switch s := string(h.Value); {
+				case strings.Contains(s, "max_state_delta") && string(r.Value) == "S":
+					reasons["delta"]++
+				case strings.Contains(s, "state_quota") && string(r.Value) == "G":
+					reasons["quota"]++
+				default:
+					t.Errorf("dead letter %q: %s", r.Value, s)
+				}
+			}
+		}
+	}
+	if reasons["delta"] != 1 || reasons["quota"] != 4 {
+		t.Fatalf("dead letters by reason %v, want 1 over max_state_delta and 4 over state_quota", reasons)
+	}
+	info, _ := e.m.Describe("grow")
+	if info.StateBytes > quota || info.StateKeys != 6 {
+		t.Fatalf("state %d bytes in %d keys, want 6 keys within %d bytes", info.StateBytes, info.StateKeys, quota)
+	}
+	// The quota counts committed state across a restart.
+	e.stop()
+	e.start()
+	e.produce(in, rec("k", "G"))
+	dead = readAll(t, dlq, 6)
+	if len(dead) != 6 {
+		t.Fatalf("%d dead letters after restart, want 6", len(dead))
+	}
+}

@@ -107,6 +107,8 @@ type runner struct {
 	suspect    int              // calls left in quarantine
 	persisted  bool             // a quarantine record is stored
 	overran    bool             // the last call overran the slot lease
+	written    int              // state bytes written by the call in progress (MaxStateDelta)
+	growth     int64            // net state growth of the uncommitted delta (StateQuota)
 	duty       float64          // Config.BusyDutyCycle
 	maxRecord  int              // the store's record size limit
 	now        func() time.Time // the hub's wall clock
@@ -164,6 +166,7 @@ func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *
 
 func (r *runner) run(ctx context.Context) {
 	defer r.closeInstance()
+	defer func() { r.p.stateUsed.Add(-r.cp.StateBytes) }()
 	if err := r.restore(ctx); err != nil {
 		if ctx.Err() == nil {
 			r.fatal(fmt.Sprintf("restore %s/%d: %v", r.input.Name(), r.shard, err))
@@ -354,6 +357,7 @@ func startCheckpoint(in *store.Stream, shard int, start string) (checkpoint, err
 }
 
 func (r *runner) setCheckpoint(cp checkpoint) {
+	r.p.stateUsed.Add(cp.StateBytes - r.cp.StateBytes)
 	r.cp = cp
 	c := cp
 	r.stats.cp.Store(&c)
@@ -543,6 +547,7 @@ func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record
 	for {
 		cctx, end := r.watch(ctx)
 		t0 := time.Now()
+		r.written = 0
 		r.stats.callStart.Store(t0.UnixNano())
 		err := r.inst.OnBatch(cctx, r.batch, len(recs))
 		r.stats.callStart.Store(0)
@@ -583,6 +588,7 @@ func (r *runner) discard() {
 	}
 	r.nOut = 0
 	r.arena = r.arena[:0]
+	r.growth = 0
 }
 
 // commitProgress makes the effects of the calls since the last commit
@@ -677,6 +683,7 @@ func (r *runner) runTimer(ctx context.Context, seq uint64, now int64, replay boo
 		r.kind, r.timerSeq = kindTimer, seq
 		cctx, end := r.watch(ctx)
 		t0 := time.Now()
+		r.written = 0
 		r.stats.callStart.Store(t0.UnixNano())
 		err = r.inst.OnTimer(cctx, now)
 		r.stats.callStart.Store(0)
@@ -877,13 +884,49 @@ func (r *runner) StateGet(key []byte) ([]byte, bool, error) {
 
 // StateSet records a change in the delta; it commits with the checkpoint.
 func (r *runner) StateSet(key, value []byte) error {
+	if err := r.chargeState(key, len(key)+len(value), int64(len(key)+len(value))); err != nil {
+		return err
+	}
 	r.delta.set(string(key), bytes.Clone(value))
 	return nil
 }
 
 // StateDelete records a deletion in the delta.
 func (r *runner) StateDelete(key []byte) error {
+	if err := r.chargeState(key, len(key), 0); err != nil {
+		return err
+	}
 	r.delta.remove(string(key))
+	return nil
+}
+
+// chargeState accounts a state write of written bytes that leaves key with
+// size bytes (0: deleted) against the per-call cap and the plugin's quota.
+// Shrinking state is always allowed; the quota is checked against the
+// committed state of every running shard plus this shard's uncommitted
+// changes, so shards writing at once may pass it by one call's delta each.
+func (r *runner) chargeState(key []byte, written int, size int64) error {
+	if r.def.MaxStateDelta > 0 && r.written+written > r.def.MaxStateDelta {
+		return fmt.Errorf("plugins: %w: the call wrote more than max_state_delta (%d bytes) of keyed state", ErrStateLimit, r.def.MaxStateDelta)
+	}
+	var old int64
+	if v, exists, found := r.delta.get(key); found {
+		if exists {
+			old = int64(len(key) + len(v))
+		}
+	} else if st := r.stateBucket(); st != nil {
+		if v := st.Get(key); v != nil {
+			old = int64(len(key) + len(v))
+		}
+	}
+	growth := r.growth + size - old
+	if size > old && r.def.StateQuota > 0 {
+		if used := r.p.stateUsed.Load(); used+growth > r.def.StateQuota {
+			return fmt.Errorf("plugins: %w: keyed state would grow to %d bytes, past state_quota (%d bytes)", ErrStateLimit, used+growth, r.def.StateQuota)
+		}
+	}
+	r.written += written
+	r.growth = growth
 	return nil
 }
 
@@ -948,3 +991,11 @@ func (r *runner) Log(level wasmhost.Level, msg []byte) {
 
 // Now is the hub's wall clock.
 func (r *runner) Now() int64 { return r.now().UnixNano() }
+
+// Input names the runner's input shard.
+func (r *runner) Input() (string, uint32) {
+	if r.input == nil {
+		return r.def.Inputs[0], uint32(r.shard) // HostBenchmark
+	}
+	return r.input.Name(), uint32(r.shard)
+}

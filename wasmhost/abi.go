@@ -32,6 +32,8 @@ const (
 	BatchHeaderLen = 16
 	// RecordPrefixLen is the part of an input record before its
 	// output-compatible tail: record_len (4), seq (8), ingest_time (8).
+	// v1 never appends to a record, so the tail is exactly an output
+	// record (the pass-through shortcut of docs/plugin-abi.md).
 	RecordPrefixLen = 20
 	// OutputFixedLen is the fixed part of an output record: time (8),
 	// key_len (4), value_len (4), header_count (4).

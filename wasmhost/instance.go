@@ -35,6 +35,9 @@ type Host interface {
 	Log(level Level, msg []byte)
 	// Now is the host's wall clock in Unix nanoseconds.
 	Now() int64
+	// Input names the input stream and shard the instance serves
+	// (input_stream, input_shard imports).
+	Input() (stream string, shard uint32)
 }
 
 type callKind int
@@ -289,6 +292,8 @@ var hostFuncs = map[string]sig{
 	"state_next":   {[]api.ValueType{i32, i32, i32, i32, i32, i32}, []api.ValueType{i32}},
 	"log":          {[]api.ValueType{i32, i32, i32}, nil},
 	"now":          {nil, []api.ValueType{i64}},
+	"input_shard":  {nil, []api.ValueType{i32}},
+	"input_stream": {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
 }
 
 var hostImpls = map[string]api.GoModuleFunc{
@@ -299,6 +304,8 @@ var hostImpls = map[string]api.GoModuleFunc{
 	"state_next":   hostStateNext,
 	"log":          hostLog,
 	"now":          hostNow,
+	"input_shard":  hostInputShard,
+	"input_stream": hostInputStream,
 }
 
 func instantiateHostModule(ctx context.Context, rt wazero.Runtime) error {
@@ -434,6 +441,20 @@ func hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 // now() -> i64
 func hostNow(ctx context.Context, _ api.Module, stack []uint64) {
 	stack[0] = uint64(instanceFrom(ctx).host.Now())
+}
+
+// input_shard() -> shard
+func hostInputShard(ctx context.Context, _ api.Module, stack []uint64) {
+	_, shard := instanceFrom(ctx).host.Input()
+	stack[0] = uint64(shard)
+}
+
+// input_stream(buf_ptr, buf_cap) -> len: the stream's name, copied if it
+// fits (the state_get convention).
+func hostInputStream(ctx context.Context, mod api.Module, stack []uint64) {
+	i := instanceFrom(ctx)
+	stream, _ := i.host.Input()
+	stack[0] = i.copyOut(mod, []byte(stream), true, uint32(stack[0]), uint32(stack[1]))
 }
 
 // tail keeps the first and the last n/2 bytes written to it: a Go guest

@@ -75,8 +75,9 @@ func (h *memHost) StateNext(prefix, after []byte) ([]byte, bool, error) {
 	}
 	return nil, false, nil
 }
-func (h *memHost) Log(level Level, msg []byte) { h.logs = append(h.logs, string(msg)) }
-func (h *memHost) Now() int64                  { return h.now }
+func (h *memHost) Log(level Level, msg []byte)          { h.logs = append(h.logs, string(msg)) }
+func (h *memHost) Now() int64                           { return h.now }
+func (h *memHost) Input() (stream string, shard uint32) { return "in", 7 }
 
 func newEngine(tb testing.TB) *Engine {
 	tb.Helper()
@@ -403,6 +404,15 @@ func TestCompileRejects(t *testing.T) {
 		{name: "memory above limit", wasm: wat(`(memory (export "memory") 100)
 			(func (export "eh_alloc") (param i32) (result i32) i32.const 0)
 			(func (export "eh_on_batch") (param i32 i32) (result i32) i32.const 0)`), lim: Limits{MemoryPages: 10}, want: ErrInvalidModule},
+		// A declared maximum above the cap is lowered to the cap: growing
+		// past it returns -1 (the batch handler fails unless it does).
+		{name: "declared maximum above limit is capped", wasm: wat(`(memory (export "memory") 1 100)
+			(func (export "eh_alloc") (param i32) (result i32) i32.const 1024)
+			(func (export "eh_on_batch") (param i32 i32) (result i32)
+				(i32.ne (memory.grow (i32.const 10)) (i32.const -1)))`), lim: Limits{MemoryPages: 10}},
+		{name: "no imports at all is valid", wasm: wat(`(memory (export "memory") 1)
+			(func (export "eh_alloc") (param i32) (result i32) i32.const 1024)
+			(func (export "eh_on_batch") (param i32 i32) (result i32) i32.const 0)`)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -411,7 +421,21 @@ func TestCompileRejects(t *testing.T) {
 			}
 			m, err := e.Compile(context.Background(), tt.wasm, tt.lim)
 			if err == nil {
-				m.Close()
+				defer m.Close()
+			}
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("err = %v, want the module accepted", err)
+				}
+				inst, err := m.Instantiate(context.Background(), newMemHost())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer inst.Close()
+				if err := inst.OnBatch(context.Background(), AppendBatch(nil, "in", 0, inputs("x")), 1); err != nil {
+					t.Fatalf("OnBatch: %v", err)
+				}
+				return
 			}
 			if !errors.Is(err, tt.want) || (tt.msg != "" && !strings.Contains(err.Error(), tt.msg)) {
 				t.Fatalf("err = %v, want %v mentioning %q", err, tt.want, tt.msg)
@@ -528,5 +552,44 @@ func TestGoGuestCollectsGarbage(t *testing.T) {
 	}
 	if mem := inst.MemoryBytes(); mem > 8<<20 {
 		t.Errorf("memory grew to %d bytes", mem)
+	}
+}
+
+// TestInputImports: input_shard and input_stream tell any call, a timer
+// included, which input shard the instance serves.
+func TestInputImports(t *testing.T) {
+	wasm := watModule(t, `
+		(import "edgehub_v1" "input_shard" (func $shard (result i32)))
+		(import "edgehub_v1" "input_stream" (func $stream (param i32 i32) (result i32)))
+		(import "edgehub_v1" "state_set" (func $set (param i32 i32 i32 i32)))
+		(memory (export "memory") 1)
+		(data (i32.const 0) "s")
+		(func (export "eh_alloc") (param i32) (result i32) i32.const 1024)
+		(func (export "eh_on_batch") (param i32 i32) (result i32) i32.const 0)
+		;; state "s" = u32 shard ‖ stream name; a 1-byte buffer first, to
+		;; check the length-only answer when the name does not fit.
+		(func (export "eh_on_timer") (param i64) (result i32)
+			(local $n i32)
+			(i32.store (i32.const 100) (call $shard))
+			(local.set $n (call $stream (i32.const 104) (i32.const 1)))
+			(if (i32.ne (local.get $n) (i32.const 2)) (then (return (i32.const 1))))
+			(drop (call $stream (i32.const 104) (i32.const 64)))
+			(call $set (i32.const 0) (i32.const 1) (i32.const 100) (i32.add (i32.const 4) (local.get $n)))
+			(i32.const 0))`)
+	if wasm == nil {
+		t.Skip("wat2wasm not installed")
+	}
+	m := compile(t, newEngine(t), wasm, Limits{})
+	h := newMemHost()
+	inst, err := m.Instantiate(context.Background(), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Close()
+	if err := inst.OnTimer(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.state["s"]; !bytes.Equal(got, []byte{7, 0, 0, 0, 'i', 'n'}) {
+		t.Fatalf("state %q, want shard 7 and stream \"in\"", got)
 	}
 }

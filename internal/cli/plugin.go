@@ -98,6 +98,8 @@ func pluginDeploy(ctx context.Context, args []string) error {
 	memory := fs.String("memory", "", "linear memory cap `SIZE` per instance (default 16MiB)")
 	fs.String("call-timeout", "", "deadline per call `DURATION` (default 5s)")
 	batch := fs.Int("batch", 0, "max records per call `N` (default 1000)")
+	fs.String("state-quota", "", "keyed state `SIZE` of the whole plugin (default 256MiB)")
+	fs.String("max-state-delta", "", "keyed state `SIZE` one call may write (default 16MiB)")
 	fs.String("timer-interval", "", "timer period `DURATION` (default 1s)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parseFlags(fs, args)
@@ -164,6 +166,15 @@ func pluginDeploy(ctx context.Context, args []string) error {
 			}
 		case "batch":
 			pc.BatchRecords = *batch
+		case "state-quota", "max-state-delta":
+			n, err := hub.ParseSize(f.Value.String())
+			if err != nil {
+				errs = append(errs, usagef("--%s: %v", f.Name, err))
+			} else if f.Name == "state-quota" {
+				pc.StateQuota = n
+			} else {
+				pc.MaxStateDelta = n
+			}
 		}
 	})
 	if len(errs) > 0 {
@@ -320,6 +331,7 @@ func pluginDescribe(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "On error:\t%s, backoff %s..%s\n", policy, i.BackoffMin, i.BackoffMax)
 	fmt.Fprintf(tw, "Limits:\t%s memory, %s per call, %d records / %s per batch, timer every %s\n",
 		humanBytes(int64(i.MemoryPages)*65536), i.CallTimeout, i.BatchRecords, humanBytes(int64(i.BatchBytes)), i.TimerInterval)
+	fmt.Fprintf(tw, "State limits:\t%s quota, %s per call\n", humanBytes(i.StateQuota), humanBytes(int64(i.MaxStateDelta)))
 	keys := make([]string, 0, len(i.Config))
 	for k := range i.Config {
 		keys = append(keys, k)

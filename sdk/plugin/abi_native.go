@@ -84,3 +84,19 @@ func hostLog(level Level, msg string) {
 }
 
 func hostNow() int64 { return time.Now().UnixNano() }
+
+// nativeInput is what Input reports outside a wasm guest (tests set it).
+var nativeInput = struct {
+	Stream string
+	Shard  uint32
+}{Stream: "in"}
+
+func hostInputShard() int32 { return int32(nativeInput.Shard) }
+
+func hostInputStream(buf []byte) int32 {
+	n := copy(buf, nativeInput.Stream)
+	if len(nativeInput.Stream) > len(buf) {
+		return int32(len(nativeInput.Stream))
+	}
+	return int32(n)
+}

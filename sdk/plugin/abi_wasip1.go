@@ -47,6 +47,12 @@ func wasmLog(level int32, msg unsafe.Pointer, msgLen uint32)
 //go:wasmimport edgehub_v1 now
 func wasmNow() int64
 
+//go:wasmimport edgehub_v1 input_shard
+func wasmInputShard() int32
+
+//go:wasmimport edgehub_v1 input_stream
+func wasmInputStream(buf unsafe.Pointer, bufCap uint32) int32
+
 func hostEmit(stream string, rec []byte, input uint32) {
 	wasmEmit(unsafe.Pointer(unsafe.StringData(stream)), uint32(len(stream)),
 		unsafe.Pointer(unsafe.SliceData(rec)), uint32(len(rec)), input)
@@ -77,3 +83,9 @@ func hostLog(level Level, msg string) {
 }
 
 func hostNow() int64 { return wasmNow() }
+
+func hostInputShard() int32 { return wasmInputShard() }
+
+func hostInputStream(buf []byte) int32 {
+	return wasmInputStream(unsafe.Pointer(unsafe.SliceData(buf)), uint32(len(buf)))
+}

@@ -161,6 +161,33 @@ func EmitFor(r *Record, stream string, out Output) error {
 	return Emit(stream, out)
 }
 
+// Input returns the input stream and shard this instance serves (one
+// instance serves one input shard, for all its calls: a timer handler uses
+// it to know its shard). Hubs older than the input_shard and input_stream
+// imports refuse a module that calls it.
+func Input() (stream string, shard uint32) {
+	if !inputKnown {
+		inputShard = uint32(hostInputShard())
+		buf := make([]byte, 64)
+		for {
+			n := hostInputStream(buf)
+			if int(n) <= len(buf) {
+				inputStream = string(buf[:n])
+				break
+			}
+			buf = make([]byte, n)
+		}
+		inputKnown = true
+	}
+	return inputStream, inputShard
+}
+
+var (
+	inputKnown  bool
+	inputStream string
+	inputShard  uint32
+)
+
 // Now returns the host's clock. time.Now inside a guest is a fake clock.
 func Now() time.Time { return time.Unix(0, hostNow()) }
 
@@ -389,7 +416,8 @@ func decodeBatch(b []byte, recs []Record) ([]Record, error) {
 		if nh > 0 {
 			r.Headers = hdrs[start:len(hdrs):len(hdrs)]
 		}
-		// Bytes left in fb are fields a newer host added: skipped.
+		// A v1 record ends with its headers (docs/plugin-abi.md,
+		// Versioning); bytes left over are skipped, never misread.
 		recs = append(recs, r)
 	}
 	batchHdrs = hdrs

@@ -4,11 +4,18 @@
 ;;   'T' trap (unreachable)      'U' emit to the undeclared stream "secret"
 ;;   'B' emit a malformed record 'E' return a failure status after logging
 ;;   'O' emit for an input index past the batch
+;;   'S' set 32 KiB state values under new keys forever (per-call state cap)
+;;   'G' set one 10 KiB state value under the record's seq, then pass through
+;;       (state that grows by 10 KiB a record: the state quota)
+;;   'H' call the host (now) forever       'W' grow memory to the cap, succeed
+;;   'X' emit the record again and again (until an output limit stops it)
 ;;
 ;; Build: wat2wasm hostile.wat -o hostile.wasm
 (module
   (import "edgehub_v1" "emit" (func $emit (param i32 i32 i32 i32 i32)))
   (import "edgehub_v1" "log" (func $log (param i32 i32 i32)))
+  (import "edgehub_v1" "state_set" (func $state_set (param i32 i32 i32 i32)))
+  (import "edgehub_v1" "now" (func $now (result i64)))
   (memory (export "memory") 1)
   (data (i32.const 0) "out")
   (data (i32.const 8) "secret")
@@ -30,7 +37,7 @@
 
   (func (export "eh_on_batch") (param $p i32) (param $n i32) (result i32)
     (local $count i32) (local $i i32) (local $rec i32) (local $len i32)
-    (local $klen i32) (local $vlen i32) (local $op i32)
+    (local $klen i32) (local $vlen i32) (local $op i32) (local $j i32)
     (local.set $count (i32.load offset=4 (local.get $p)))
     (local.set $rec (i32.add (local.get $p) (i32.load (local.get $p))))
     (block $done
@@ -56,6 +63,34 @@
         ;; 'T'
         (if (i32.eq (local.get $op) (i32.const 84))
           (then unreachable))
+        ;; 'S': key = i32 counter at 48, value = memory [0, 32768)
+        (if (i32.eq (local.get $op) (i32.const 83))
+          (then
+            (loop $spam
+              (i32.store (i32.const 48) (local.get $j))
+              (call $state_set (i32.const 48) (i32.const 4) (i32.const 0) (i32.const 32768))
+              (local.set $j (i32.add (local.get $j) (i32.const 1)))
+              (br $spam))))
+        ;; 'G': key = the record's seq (8 bytes), value = memory [0, 10240)
+        (if (i32.eq (local.get $op) (i32.const 71))
+          (then
+            (call $state_set (i32.add (local.get $rec) (i32.const 4)) (i32.const 8) (i32.const 0) (i32.const 10240))))
+        ;; 'H'
+        (if (i32.eq (local.get $op) (i32.const 72))
+          (then (loop $calls (drop (call $now)) (br $calls))))
+        ;; 'W': grow one page at a time until memory.grow fails, then go on
+        (if (i32.eq (local.get $op) (i32.const 87))
+          (then
+            (loop $grow
+              (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))))
+        ;; 'X'
+        (if (i32.eq (local.get $op) (i32.const 88))
+          (then
+            (loop $again
+              (call $emit (i32.const 0) (i32.const 3)
+                (i32.add (local.get $rec) (i32.const 20)) (i32.sub (local.get $len) (i32.const 16))
+                (local.get $i))
+              (br $again))))
         ;; 'E'
         (if (i32.eq (local.get $op) (i32.const 69))
           (then
