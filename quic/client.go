@@ -86,7 +86,7 @@ func (c *Client) Open(ctx context.Context, op Op, body Appender) (*Stream, error
 	if err != nil {
 		return nil, fmt.Errorf("quic: open %s: %w", op, mapQUICErr(err))
 	}
-	st := newStream(qs, c.cfg.MaxFrameBytes)
+	st := newStream(qs, c.cfg.MaxFrameBytes, 0)
 	var b []byte
 	if body != nil {
 		b = body.Append(nil)

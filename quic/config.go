@@ -35,6 +35,13 @@ type AuthInfo struct {
 // anything else becomes CodeUnauthenticated.
 type Authenticator func(ctx context.Context, info AuthInfo) (Principal, error)
 
+// Budget is a pool of bytes. TryAcquire takes n if it is free and reports
+// whether it did; Release returns n. It must be safe for concurrent use.
+type Budget interface {
+	TryAcquire(n int64) bool
+	Release(n int64)
+}
+
 // Config configures a Server. Fill defaults with DefaultConfig; Validate
 // checks it.
 type Config struct {
@@ -57,6 +64,18 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes connections without traffic for this long.
 	IdleTimeout time.Duration
+	// FrameTimeout bounds a frame once begun: a stream whose peer sends
+	// part of a frame and not the rest within it, or whose peer's flow
+	// control takes no frame the server writes within it, fails with
+	// CodeLimit. Between frames a stream may idle. 0: no bound.
+	FrameTimeout time.Duration
+	// Budget, when set, is charged for OPEN frames above 1 KiB while they
+	// are read (before authentication); a stream it cannot cover is
+	// refused with CodeLimit. Handlers charge it for what they hold.
+	Budget Budget
+	// RefusalLogInterval: a refusal reason is logged at most once per
+	// interval, with a count of the others (default 10s).
+	RefusalLogInterval time.Duration
 	// ValidateAddressAbove makes clients prove their address with a Retry
 	// round trip when at least this many other handshakes are in progress
 	// (amplification and spoofing defence under load). 0 always validates.
@@ -89,6 +108,7 @@ func DefaultConfig(addr string) Config {
 		MaxFrameBytes:        8 << 20,
 		HandshakeTimeout:     10 * time.Second,
 		IdleTimeout:          60 * time.Second,
+		FrameTimeout:         30 * time.Second,
 		ValidateAddressAbove: 64,
 		Allow0RTT:            true,
 		EnableDatagrams:      true,
@@ -114,6 +134,9 @@ func (c Config) Validate() error {
 	}
 	if c.HandshakeTimeout <= 0 || c.IdleTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("quic: config: timeouts must be positive (handshake %s, idle %s)", c.HandshakeTimeout, c.IdleTimeout))
+	}
+	if c.FrameTimeout < 0 {
+		errs = append(errs, fmt.Errorf("quic: config: frame timeout %s is negative", c.FrameTimeout))
 	}
 	if c.ValidateAddressAbove < 0 {
 		errs = append(errs, fmt.Errorf("quic: config: validate address above %d is negative", c.ValidateAddressAbove))

@@ -1,8 +1,11 @@
 package quic
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 )
 
 // Sentinel errors. Frame decoders wrap ErrMalformed; transports wrap the rest
@@ -17,6 +20,16 @@ var (
 	// ErrUnexpectedFrame: a valid frame of a type the operation does not
 	// allow at this point.
 	ErrUnexpectedFrame = errors.New("quic: unexpected frame")
+	// ErrFrameTimeout: a frame was begun and not completed within the frame
+	// timeout (a half-sent frame), or the peer's flow control did not take
+	// a frame in that time.
+	ErrFrameTimeout = errors.New("quic: frame timeout")
+	// ErrOpenTimeout: a stream's OPEN frame did not arrive within the
+	// handshake timeout.
+	ErrOpenTimeout = errors.New("quic: no OPEN frame in time")
+	// ErrBudget: the hub's memory budget cannot cover what an operation
+	// needs now.
+	ErrBudget = errors.New("quic: hub memory budget exhausted")
 )
 
 // Code is an application error code. It is carried in ERROR frames and ACK
@@ -96,6 +109,50 @@ func (e *Error) Is(target error) bool {
 // Errorf returns an *Error with a formatted message.
 func Errorf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// codeTable is the one mapping from this package's sentinels (and the
+// standard library's) to the code a peer sees. Other packages map their own
+// sentinels first and fall back on ToError.
+var codeTable = []struct {
+	err  error
+	code Code
+}{
+	{ErrFrameTooLarge, CodeFrameTooLarge},
+	{ErrMalformed, CodeProtocol},
+	{ErrUnexpectedFrame, CodeProtocol},
+	{io.EOF, CodeProtocol},
+	{io.ErrUnexpectedEOF, CodeProtocol},
+	{ErrFrameTimeout, CodeLimit},
+	{ErrOpenTimeout, CodeLimit},
+	{ErrBudget, CodeLimit},
+	{ErrClosed, CodeUnavailable},
+	{context.Canceled, CodeUnavailable},
+	{context.DeadlineExceeded, CodeUnavailable},
+}
+
+// ToError returns err as the *Error a peer should see: the first *Error in
+// its chain, else the code of the first sentinel of codeTable it wraps, else
+// CodeInternal; the message is err's text. It is total: nil gives nil and
+// every other error an *Error.
+func ToError(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	for _, m := range codeTable {
+		if errors.Is(err, m.err) {
+			return &Error{Code: m.code, Message: err.Error()}
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &Error{Code: CodeLimit, Message: err.Error()}
+	}
+	return &Error{Code: CodeInternal, Message: err.Error()}
 }
 
 // CodeOf returns the code of the first *Error in err's chain, CodeOK for nil,

@@ -5,9 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +39,19 @@ type Request struct {
 	Principal Principal
 	Conn      *Conn
 	Stream    *Stream
+
+	srv *Server
+	log *slog.Logger
+}
+
+// Go runs fn in a new goroutine that belongs to the request: a panic in it
+// is recovered like one in the handler (logged with its stack, counted, and
+// the stream failed with CodeInternal) instead of ending the process.
+func (r *Request) Go(fn func()) {
+	go func() {
+		defer r.srv.recoverStream(r.Stream, r.log)
+		fn()
+	}()
 }
 
 // Conn is a client connection as handlers see it.
@@ -89,6 +102,12 @@ type Stats struct {
 	DatagramsReceived  uint64
 	DatagramsMalformed uint64
 	AddressValidations uint64 // handshakes answered with a Retry
+	Panics             uint64 // handler panics recovered
+	// OpenBytes is the payload buffer allocated for OPEN frames, which are
+	// read before authentication: what unauthenticated clients made the
+	// server allocate, beyond QUIC's own state.
+	OpenBytes   uint64
+	BudgetLimit uint64 // streams refused because Config.Budget was exhausted
 }
 
 // Server accepts QUIC connections and dispatches each stream to the handler
@@ -113,6 +132,9 @@ type Server struct {
 	connsActive, handshakes, streamsActive       atomic.Int64
 	accepted, refused, streams, failed, authFail atomic.Uint64
 	protoErr, dgrams, dgramBad, retries          atomic.Uint64
+	panics, openBytes, budgetRefused             atomic.Uint64
+
+	refusals *rateLog
 
 	closeOnce sync.Once
 	closeErr  error
@@ -140,6 +162,7 @@ func Listen(cfg Config) (*Server, error) {
 		udp:      udp,
 		handlers: map[Op]Handler{},
 		conns:    map[*quicgo.Conn]struct{}{},
+		refusals: newRateLog(cfg.Logger, cfg.RefusalLogInterval),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.tr = &quicgo.Transport{
@@ -234,7 +257,8 @@ func (s *Server) Stats() Stats {
 		HandshakesActive: s.handshakes.Load(), StreamsActive: s.streamsActive.Load(),
 		StreamsTotal: s.streams.Load(), StreamsFailed: s.failed.Load(), AuthRefused: s.authFail.Load(),
 		ProtocolErrors: s.protoErr.Load(), DatagramsReceived: s.dgrams.Load(), DatagramsMalformed: s.dgramBad.Load(),
-		AddressValidations: s.retries.Load(),
+		AddressValidations: s.retries.Load(), Panics: s.panics.Load(), OpenBytes: s.openBytes.Load(),
+		BudgetLimit: s.budgetRefused.Load(),
 	}
 }
 
@@ -243,6 +267,7 @@ func (s *Server) Stats() Stats {
 func (s *Server) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
+	go s.refusals.run(s.ctx)
 	s.logger.Info("quic: listening", "addr", s.Addr().String(), "alpn", ALPN)
 	for {
 		qc, err := s.ln.Accept(s.ctx)
@@ -323,7 +348,7 @@ func (s *Server) serveConn(qc *quicgo.Conn) {
 		go func() {
 			defer wg.Done()
 			defer s.streamsActive.Add(-1)
-			s.serveStream(ctx, c, newStream(qs, s.cfg.MaxFrameBytes), log)
+			s.serveStream(ctx, c, newStream(qs, s.cfg.MaxFrameBytes, s.cfg.FrameTimeout), log)
 		}()
 	}
 }
@@ -335,21 +360,50 @@ func (s *Server) readDatagrams(ctx context.Context, c *Conn, h DatagramHandler, 
 			return
 		}
 		s.dgrams.Add(1)
-		if err := h(c, b); err != nil {
+		if err := s.serveDatagram(h, c, b, log); err != nil {
 			s.dgramBad.Add(1)
 			code := CodeOf(err)
-			log.Warn("quic: closing connection after bad datagram", "code", code.String(), "err", err)
+			s.refusals.log(ctx, slog.LevelWarn, "datagram/"+code.String(), "quic: closing connection after bad datagram", log, "code", code.String(), "err", err)
 			c.qc.CloseWithError(quicgo.ApplicationErrorCode(code), truncate(err.Error(), 256))
 			return
 		}
 	}
 }
 
+// serveDatagram runs the datagram handler; a panic in it closes only the
+// connection.
+func (s *Server) serveDatagram(h DatagramHandler, c *Conn, b []byte, log *slog.Logger) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.panics.Add(1)
+			log.Error("quic: datagram handler panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = &Error{Code: CodeInternal, Message: "hub-side failure"}
+		}
+	}()
+	return h(c, b)
+}
+
+// recoverStream, deferred in every goroutine serving a stream, turns a panic
+// into a failed stream: the process and the connection's other streams go
+// on.
+func (s *Server) recoverStream(st *Stream, log *slog.Logger) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	s.panics.Add(1)
+	s.failed.Add(1)
+	log.Error("quic: handler panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	st.Fail(&Error{Code: CodeInternal, Message: "hub-side failure; see the hub's log"})
+}
+
 func (s *Server) serveStream(ctx context.Context, c *Conn, st *Stream, log *slog.Logger) {
 	log = log.With("stream", st.ID())
+	defer s.recoverStream(st, log)
 	fail := func(err error, what string) {
 		s.failed.Add(1)
-		code := CodeOf(err)
+		e := ToError(err)
+		code := e.Code
 		if code == CodeProtocol || code == CodeFrameTooLarge {
 			s.protoErr.Add(1)
 		}
@@ -357,13 +411,15 @@ func (s *Server) serveStream(ctx context.Context, c *Conn, st *Stream, log *slog
 		if code == CodeCanceled || code == CodeUnavailable {
 			lvl = slog.LevelDebug
 		}
-		log.Log(ctx, lvl, "quic: "+what, "code", code.String(), "err", err)
-		st.Fail(err)
+		// Refusals are logged once per reason and interval with a count:
+		// a flood of bad streams must not become a flood of log lines.
+		s.refusals.log(ctx, lvl, what+"/"+code.String(), "quic: "+what, log, "code", code.String(), "err", err)
+		st.Fail(e)
 	}
 	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	var open Open
-	if err := st.Expect(FrameOpen, &open); err != nil {
-		fail(wireError(err), "stream refused before OPEN")
+	open, err := s.readOpen(st)
+	if err != nil {
+		fail(err, "stream refused before OPEN")
 		return
 	}
 	st.SetReadDeadline(time.Time{})
@@ -383,15 +439,63 @@ func (s *Server) serveStream(ctx context.Context, c *Conn, st *Stream, log *slog
 		return
 	}
 	log = log.With("principal", p.Name, "auth", p.Method)
-	req := &Request{Op: open.Op, Body: open.Body, Principal: p, Conn: c, Stream: st}
+	req := &Request{Op: open.Op, Body: open.Body, Principal: p, Conn: c, Stream: st, srv: s, log: log}
 	if err := h.ServeQUIC(ctx, req); err != nil {
 		if ctx.Err() != nil && CodeOf(err) == CodeInternal {
 			err = &Error{Code: CodeUnavailable, Message: "connection or hub closing"}
 		}
-		fail(wireError(err), "operation failed")
+		fail(err, "operation failed")
 		return
 	}
 	st.Close()
+}
+
+// readOpen reads and decodes a stream's OPEN frame: at most MaxOpenBytes
+// (or the frame limit, if lower), charged to the budget while it is read.
+func (s *Server) readOpen(st *Stream) (*Open, error) {
+	var charged int64
+	defer func() {
+		if charged > 0 {
+			s.cfg.Budget.Release(charged)
+		}
+	}()
+	charge := func(n int) error {
+		s.openBytes.Add(uint64(min(n, openGrowFrom)))
+		if s.cfg.Budget == nil || n <= openGrowFrom {
+			return nil
+		}
+		if !s.cfg.Budget.TryAcquire(int64(n)) {
+			s.budgetRefused.Add(1)
+			return fmt.Errorf("%w: no room for a %d-byte OPEN frame", ErrBudget, n)
+		}
+		charged = int64(n)
+		return nil
+	}
+	t, p, err := st.readOpen(min(MaxOpenBytes, s.cfg.MaxFrameBytes), charge)
+	if n := uint64(cap(p)); n > openGrowFrom {
+		s.openBytes.Add(n - openGrowFrom)
+	}
+	switch {
+	case err != nil && isTimeout(err) && !errors.Is(err, ErrFrameTimeout):
+		return nil, fmt.Errorf("%w: none within %s (limits.handshake_timeout)", ErrOpenTimeout, s.cfg.HandshakeTimeout)
+	case errors.Is(err, ErrFrameTooLarge) && t == FrameOpen:
+		return nil, &Error{Code: CodeFrameTooLarge, Message: fmt.Sprintf("%v; an OPEN frame is at most %d bytes", err, min(MaxOpenBytes, s.cfg.MaxFrameBytes))}
+	case err != nil:
+		return nil, err
+	case t == FrameError:
+		e, err := DecodeError(p)
+		if err != nil {
+			return nil, err
+		}
+		return nil, e
+	case t != FrameOpen:
+		return nil, fmt.Errorf("%w: %s, want %s", ErrUnexpectedFrame, t, FrameOpen)
+	}
+	var open Open
+	if err := open.Decode(p); err != nil {
+		return nil, err
+	}
+	return &open, nil
 }
 
 func (s *Server) authenticate(ctx context.Context, c *Conn, token string) (Principal, error) {
@@ -413,27 +517,16 @@ func (s *Server) authenticate(ctx context.Context, c *Conn, token string) (Princ
 	return p, nil
 }
 
-// wireError maps codec and transport errors to the code a peer should see.
-func wireError(err error) error {
-	var e *Error
-	switch {
-	case errors.As(err, &e):
-		return err
-	case errors.Is(err, ErrFrameTooLarge):
-		return &Error{Code: CodeFrameTooLarge, Message: err.Error()}
-	case errors.Is(err, ErrMalformed), errors.Is(err, ErrUnexpectedFrame), errors.Is(err, io.EOF):
-		return &Error{Code: CodeProtocol, Message: err.Error()}
-	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
-		return &Error{Code: CodeProtocol, Message: "timed out waiting for a frame"}
-	}
-	return err
-}
-
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// WireError is wireError for handlers: it turns a ReadFrame or decode error
-// into the *Error a peer should receive.
-func WireError(err error) error { return wireError(err) }
+// WireError is ToError as an error for handlers: it turns a ReadFrame or
+// decode error into the *Error a peer should receive (nil for nil).
+func WireError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return ToError(err)
+}

@@ -128,7 +128,7 @@ func rawStream(t testing.TB, c *Client, raw []byte, fin bool) *Stream {
 	if fin {
 		qs.Close()
 	}
-	return newStream(qs, 1<<20)
+	return newStream(qs, 1<<20, 0)
 }
 
 func TestServerRefusals(t *testing.T) {
@@ -159,7 +159,7 @@ func TestServerRefusals(t *testing.T) {
 		{"oversized later frame", append(open(OpInfo, ""), 0x22, 0x7f, 0, 0, 0), false, CodeFrameTooLarge},
 		{"truncated later frame", append(open(OpInfo, ""), 0x22, 0, 0, 0, 4, 1), true, CodeProtocol},
 		// A stream is only announced once it carries data: send part of a header.
-		{"no OPEN before timeout", []byte{0x01}, false, CodeProtocol},
+		{"no OPEN before timeout", []byte{0x01}, false, CodeLimit},
 	}
 	c := h.dial(t, nil)
 	for _, tc := range tests {

@@ -39,17 +39,39 @@ func (p RawPayload) Append(dst []byte) []byte { return append(dst, p...) }
 // frames. One goroutine may read while others write: writes are serialised.
 type Stream struct {
 	qs       *quicgo.Stream
-	r        *bufio.Reader
+	r        *bufio.Reader // created at the first read after OPEN
 	maxFrame int
+	// frameTimeout bounds how long a frame may take once it has begun: the
+	// rest of a frame whose first byte arrived, and a frame written to a
+	// peer whose flow control does not take it. 0: no bound.
+	frameTimeout time.Duration
+	rdeadline    time.Time // the caller's read deadline
 
-	wmu  sync.Mutex // serialises frame writes; guards wbuf
-	wbuf []byte
+	wmu     sync.Mutex // serialises frame writes; guards wbuf and wbroken
+	wbuf    []byte
+	wbroken bool // a write failed, maybe mid-frame: nothing more may follow
 
 	closeOnce sync.Once
 }
 
-func newStream(qs *quicgo.Stream, maxFrame int) *Stream {
-	return &Stream{qs: qs, r: bufio.NewReaderSize(qs, 64<<10), maxFrame: maxFrame}
+// Stream buffers. The read buffer exists only once a stream has passed its
+// OPEN frame, and is small: large payloads are read into their own buffer,
+// bypassing it. A payload buffer starts at most at growFrom bytes and grows
+// as bytes arrive, so a length prefix alone never makes a reader allocate.
+const (
+	readBufBytes = 8 << 10
+	growFrom     = 64 << 10
+	openGrowFrom = 1 << 10
+	keepWriteBuf = 64 << 10
+)
+
+// MaxOpenBytes bounds the OPEN frame's payload. It is read before the
+// client is authenticated, so it is small: a token, and a request listing
+// every shard of the largest stream with a resume position each fits.
+const MaxOpenBytes = 16 << 10
+
+func newStream(qs *quicgo.Stream, maxFrame int, frameTimeout time.Duration) *Stream {
+	return &Stream{qs: qs, maxFrame: maxFrame, frameTimeout: frameTimeout}
 }
 
 // Context is done when the stream's send side is closed or reset, or the
@@ -65,38 +87,132 @@ func (s *Stream) MaxFrameBytes() int { return s.maxFrame }
 // ReadFrame reads the next frame. The payload is freshly allocated and owned
 // by the caller. At the peer's clean end of stream it returns io.EOF; a frame
 // above the limit returns an error wrapping ErrFrameTooLarge (the caller
-// should Fail the stream with CodeFrameTooLarge); a stream reset by the peer
+// should Fail the stream with CodeFrameTooLarge); a frame not completed
+// within the frame timeout, ErrFrameTimeout; a stream reset by the peer
 // returns an *Error with the peer's code.
-func (s *Stream) ReadFrame() (FrameType, []byte, error) {
-	t, p, err := readFrame(s.r, s.maxFrame)
-	if err != nil && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrFrameTooLarge) {
+func (s *Stream) ReadFrame() (FrameType, []byte, error) { return s.ReadFrameAdmit(nil) }
+
+// ReadFrameAdmit is ReadFrame with admit called between a frame's header
+// and its payload, with the frame's type and payload length: a handler
+// takes its memory budget there, before a byte of the payload is read. An
+// error from admit is returned as is; the payload is then unread and the
+// stream must be failed. The frame timeout does not run during admit.
+func (s *Stream) ReadFrameAdmit(admit func(t FrameType, n int) error) (FrameType, []byte, error) {
+	if s.r == nil {
+		s.r = bufio.NewReaderSize(s.qs, readBufBytes)
+	}
+	t, p, err := s.readFrame(s.r, s.maxFrame, growFrom, admit)
+	if err != nil && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrFrameTooLarge) && !errors.Is(err, ErrFrameTimeout) {
 		err = s.mapErr(err)
 	}
 	return t, p, err
 }
 
-// readFrame reads one frame from r, refusing payloads above max.
-func readFrame(r io.Reader, max int) (FrameType, []byte, error) {
+// readOpen reads the stream's first frame without the read buffer: nothing
+// is allocated for a client before it has shown who it is beyond the frame
+// itself, which is at most max bytes and grows only as bytes arrive.
+// charge, if not nil, is called with the payload length before it is read.
+func (s *Stream) readOpen(max int, charge func(n int) error) (FrameType, []byte, error) {
+	var admit func(FrameType, int) error
+	if charge != nil {
+		admit = func(_ FrameType, n int) error { return charge(n) }
+	}
+	t, p, err := s.readFrame(s.qs, max, openGrowFrom, admit)
+	if err != nil && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrFrameTooLarge) && !errors.Is(err, ErrFrameTimeout) {
+		err = s.mapErr(err)
+	}
+	return t, p, err
+}
+
+// readFrame reads one frame from r (s.qs or its buffer), under the frame
+// timeout once its first byte is there.
+func (s *Stream) readFrame(r io.Reader, max, grow int, admit func(FrameType, int) error) (FrameType, []byte, error) {
 	var hdr [frameHeaderLen]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, fmt.Errorf("%w: truncated frame header", ErrMalformed)
-		}
-		return 0, nil, err
+	if _, err := io.ReadFull(r, hdr[:1]); err != nil {
+		return 0, nil, err // between frames: the caller's deadline only
 	}
 	t := FrameType(hdr[0])
+	timed := s.frameTimeout > 0
+	if br, ok := r.(*bufio.Reader); ok && br.Buffered() >= frameHeaderLen-1 {
+		b, _ := br.Peek(frameHeaderLen - 1)
+		timed = timed && br.Buffered() < frameHeaderLen-1+int(binary.BigEndian.Uint32(b))
+	}
+	if timed {
+		s.startFrame()
+		defer s.endFrame()
+	}
+	if _, err := io.ReadFull(r, hdr[1:]); err != nil {
+		return t, nil, s.frameErr(t, "header", err)
+	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if uint64(n) > uint64(max) {
 		return t, nil, fmt.Errorf("%w: %s frame of %d bytes (max %d)", ErrFrameTooLarge, t, n, max)
 	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return t, nil, fmt.Errorf("%w: truncated %s frame", ErrMalformed, t)
+	if admit != nil {
+		if timed {
+			s.endFrame()
 		}
-		return t, nil, err
+		if err := admit(t, int(n)); err != nil {
+			return t, nil, err
+		}
+		if timed {
+			s.startFrame()
+		}
+	}
+	p, err := readPayload(r, int(n), grow)
+	if err != nil {
+		return t, nil, s.frameErr(t, "payload", err)
 	}
 	return t, p, nil
+}
+
+func (s *Stream) startFrame() {
+	d := time.Now().Add(s.frameTimeout)
+	if !s.rdeadline.IsZero() && s.rdeadline.Before(d) {
+		d = s.rdeadline
+	}
+	s.qs.SetReadDeadline(d)
+}
+
+func (s *Stream) endFrame() { s.qs.SetReadDeadline(s.rdeadline) }
+
+// frameErr names what a read inside a frame failed on.
+func (s *Stream) frameErr(t FrameType, part string, err error) error {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return fmt.Errorf("%w: truncated %s frame %s", ErrMalformed, t, part)
+	case isTimeout(err) && s.frameTimeout > 0 && (s.rdeadline.IsZero() || time.Now().Before(s.rdeadline)):
+		return fmt.Errorf("%w: %s frame incomplete after %s", ErrFrameTimeout, t, s.frameTimeout)
+	}
+	return err
+}
+
+// readPayload reads n bytes into a buffer that starts at most grow bytes
+// long and doubles as bytes arrive.
+func readPayload(r io.Reader, n, grow int) ([]byte, error) {
+	p := make([]byte, 0, min(n, grow))
+	for len(p) < n {
+		if len(p) == cap(p) {
+			q := make([]byte, len(p), min(2*cap(p), n))
+			copy(q, p)
+			p = q
+		}
+		m, err := r.Read(p[len(p):cap(p)])
+		p = p[:len(p)+m]
+		if err != nil && len(p) < n {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// readFrame reads one frame from r, refusing payloads above max, without a
+// deadline (tests and fuzzing).
+func readFrame(r io.Reader, max int) (FrameType, []byte, error) {
+	return (&Stream{}).readFrame(r, max, growFrom, nil)
 }
 
 // AppendFrame appends a whole frame (header and payload) to dst.
@@ -129,34 +245,69 @@ func (s *Stream) Expect(t FrameType, f Decoder) error {
 }
 
 // Send writes one frame. It blocks while QUIC flow control holds the stream
-// back, which is how a slow reader pushes back on its peer.
+// back, which is how a slow reader pushes back on its peer; with a frame
+// timeout, a frame the peer does not take in time fails with
+// ErrFrameTimeout (the stream is then broken: Fail it).
 func (s *Stream) Send(t FrameType, f Appender) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.send(t, f, nil, true)
+}
+
+// SendBytes writes one frame whose payload is f's encoding followed by
+// tail, without copying tail: the way to send a large stored batch.
+func (s *Stream) SendBytes(t FrameType, f Appender, tail []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.send(t, f, tail, true)
+}
+
+// send writes a frame; s.wmu is held.
+func (s *Stream) send(t FrameType, f Appender, tail []byte, timed bool) error {
 	b := append(s.wbuf[:0], byte(t), 0, 0, 0, 0)
 	b = f.Append(b)
-	n := len(b) - frameHeaderLen
+	n := len(b) - frameHeaderLen + len(tail)
 	if n > 1<<32-1 {
 		return fmt.Errorf("%w: %s frame of %d bytes", ErrFrameTooLarge, t, n)
 	}
 	binary.BigEndian.PutUint32(b[1:], uint32(n))
+	if timed && s.frameTimeout > 0 {
+		s.qs.SetWriteDeadline(time.Now().Add(s.frameTimeout))
+		defer s.qs.SetWriteDeadline(time.Time{})
+	}
+	if s.wbroken {
+		return fmt.Errorf("%w: stream broken by an earlier failed write", ErrClosed)
+	}
 	_, err := s.qs.Write(b)
-	if cap(b) <= 1<<20 {
+	if err == nil && len(tail) > 0 {
+		_, err = s.qs.Write(tail)
+	}
+	s.wbroken = err != nil
+	if cap(b) <= keepWriteBuf {
 		s.wbuf = b[:0] // keep a modest buffer for the next frame
 	} else {
 		s.wbuf = nil
 	}
 	if err != nil {
+		if timed && s.frameTimeout > 0 && isTimeout(err) {
+			return fmt.Errorf("%w: peer took no %s frame for %s", ErrFrameTimeout, t, s.frameTimeout)
+		}
 		return s.mapErr(err)
 	}
 	return nil
 }
 
 // SetDeadline bounds reads and writes; the zero time removes the bound.
-func (s *Stream) SetDeadline(t time.Time) error { return s.qs.SetDeadline(t) }
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.rdeadline = t
+	return s.qs.SetDeadline(t)
+}
 
-// SetReadDeadline bounds reads.
-func (s *Stream) SetReadDeadline(t time.Time) error { return s.qs.SetReadDeadline(t) }
+// SetReadDeadline bounds reads. Call it from the reading goroutine.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	s.rdeadline = t
+	return s.qs.SetReadDeadline(t)
+}
 
 // CloseWrite ends the send side cleanly (FIN) after what was written.
 func (s *Stream) CloseWrite() error {
@@ -177,8 +328,14 @@ func (s *Stream) Fail(err error) {
 		}
 		// The ERROR frame is best effort: a blocked or reset stream must not
 		// hold the caller, so bound the write.
+		// Setting it before taking the lock also unblocks a writer stuck
+		// on flow control.
 		s.qs.SetWriteDeadline(time.Now().Add(time.Second))
-		if s.Send(FrameError, RawPayload(AppendError(nil, e))) == nil {
+		s.wmu.Lock()
+		s.qs.SetWriteDeadline(time.Now().Add(time.Second))
+		err := s.send(FrameError, RawPayload(AppendError(nil, e)), nil, false)
+		s.wmu.Unlock()
+		if err == nil {
 			s.CloseWrite()
 		} else {
 			s.qs.CancelWrite(quicgo.StreamErrorCode(e.Code))
