@@ -2,6 +2,7 @@ package quic
 
 import (
 	"encoding/binary"
+	"math"
 
 	"github.com/edgehub/edgehub/internal/wire"
 )
@@ -28,6 +29,18 @@ type decoder struct {
 
 func newDecoder(p []byte, what string) decoder {
 	return decoder{wire.Reader{Buf: p, Sentinel: ErrMalformed, What: what}}
+}
+
+// shard decodes a varint shard of a BATCH or datagram: any int32 (range
+// checks against the stream are the hub's, with invalid_argument); a value
+// beyond int32 is malformed.
+func (d *decoder) shard() int32 {
+	v := d.Varint()
+	if v < math.MinInt32 || v > math.MaxInt32 {
+		d.Fail("shard %d out of range", v)
+		return 0
+	}
+	return int32(v)
 }
 
 // done finishes decoding. Trailing bytes are allowed: later revisions of the

@@ -74,7 +74,7 @@ func TestFrameDecodeErrors(t *testing.T) {
 		{"batch shard too low", &Batch{}, (&Batch{ID: 1, Shard: -1}).Append(nil)[:1]},
 		{"batch body past end", &Batch{}, []byte{1, 1, 0, 0, 100}},
 		{"ack count lies", &Ack{}, []byte{1, 0, 0, 0, 0xff, 0xff, 0x03}},
-		{"consume bad start", &ConsumeOpen{}, []byte{1, 's', 0, 9, 0, 0, 0}},
+		{"batch shard beyond int32", &Batch{}, []byte{1, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0, 0}},
 		{"consume ready count lies", &ConsumeReady{}, []byte{1, 0x90, 0x4e}},
 		{"datagram wrong type", &Datagram{}, []byte{0x7f, 1, 0}},
 		{"uvarint overflow", &Credit{}, bytes.Repeat([]byte{0xff}, 11)},
@@ -140,5 +140,24 @@ func TestCodes(t *testing.T) {
 	}
 	if Code(0x99).String() != "code_0x99" || !CodeUnavailable.Retryable() || CodeSequenceGap.Retryable() {
 		t.Fatal("code helpers")
+	}
+}
+
+// TestDecodeLeavesRangeChecksToTheHub: a shard or a start kind that is well
+// formed but not valid for the stream decodes, so the hub refuses it with
+// invalid_argument for that request alone (before, -2 and an unknown start
+// kind were protocol errors, while shard 99 was invalid_argument).
+func TestDecodeLeavesRangeChecksToTheHub(t *testing.T) {
+	var b Batch
+	if err := b.Decode((&Batch{ID: 1, Shard: -2, Records: []byte("r")}).Append(nil)); err != nil || b.Shard != -2 {
+		t.Fatalf("batch with shard -2: %+v %v", b, err)
+	}
+	var c ConsumeOpen
+	if err := c.Decode((&ConsumeOpen{Stream: "s", Start: Start{Kind: 9}}).Append(nil)); err != nil || c.Start.Kind != 9 {
+		t.Fatalf("consume with start kind 9: %+v %v", c, err)
+	}
+	var g GroupJoin
+	if err := g.Decode((&GroupJoin{Group: "g", Stream: "s", MemberID: "m", Start: Start{Kind: 9}}).Append(nil)); err != nil || g.Start.Kind != 9 {
+		t.Fatalf("group join with start kind 9: %+v %v", g, err)
 	}
 }

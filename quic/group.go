@@ -103,10 +103,7 @@ func (f *GroupJoin) Decode(p []byte) error {
 	if f.SessionTimeoutMillis > maxMillis {
 		d.Fail("session timeout %d ms out of range", f.SessionTimeoutMillis)
 	}
-	f.Start.Kind = StartKind(d.Byte())
-	if f.Start.Kind > StartTime {
-		d.Fail("unknown start kind %d", f.Start.Kind)
-	}
+	f.Start.Kind = StartKind(d.Byte()) // unknown kinds: invalid_argument from the hub
 	f.Start.Value = d.Uvarint()
 	return d.done()
 }
