@@ -1,0 +1,350 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/quic"
+	"github.com/edgehub/edgehub/store"
+)
+
+// pendingBatch is one BATCH between its arrival and its ACK.
+type pendingBatch struct {
+	batch   store.Batch
+	id      uint64
+	size    int64
+	start   time.Time
+	ack     quic.Ack
+	pending *store.Pending // the queued append
+	err     error          // or why it could not be queued
+}
+
+// produce serves a produce session. Batches are read ahead up to the
+// in-flight limits and appended in arrival order per shard (one lane per
+// shard, so an idempotent producer's batches reach the store in sequence);
+// lanes of different shards commit concurrently and the store's group commit
+// coalesces them. Each lane sends its ACKs as its appends commit, so ACKs of
+// one shard keep their order while shards do not wait for each other.
+func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
+	var open quic.ProduceOpen
+	if err := open.Decode(req.Body); err != nil {
+		return quic.WireError(err)
+	}
+	st, err := d.openStream(req, open.Stream, actionProduce)
+	if err != nil {
+		return err
+	}
+	if open.ProducerID == 0 {
+		// A non-idempotent append must not run from replayable early data.
+		if err := req.Conn.HandshakeComplete(ctx); err != nil {
+			return d.refuse(req.Op, err)
+		}
+	}
+	gauge := d.m.inflightSess.WithLabelValues(st.Name())
+	gauge.Inc()
+	defer gauge.Dec()
+	ready := quic.ProduceReady{
+		Shards:        uint32(st.Shards()),
+		MaxBatchBytes: uint64(d.limits.MaxFrameBytes) - 64,
+		MaxInFlight:   uint32(d.limits.MaxInflightBatches),
+		// Announced so that clients refuse a record above it at once,
+		// not after a round trip.
+		MaxRecordBytes: uint64(d.st.Config().MaxRecordBytes),
+	}
+	if open.Flags&quic.ProduceDatagrams != 0 {
+		if err := req.Conn.HandshakeComplete(ctx); err != nil {
+			return d.refuse(req.Op, err)
+		}
+		ready.DatagramSession = d.nextSess.Add(1)
+		key := sessionKey{req.Conn.ID(), ready.DatagramSession}
+		d.sessMu.Lock()
+		d.sessions[key] = &dgSession{stream: st}
+		d.sessMu.Unlock()
+		defer func() {
+			d.sessMu.Lock()
+			delete(d.sessions, key)
+			d.sessMu.Unlock()
+		}()
+	}
+	if err := req.Stream.Send(quic.FrameProduceReady, &ready); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// In-flight budget: batches and bytes read but not yet acknowledged.
+	// When it is spent the reader stops reading and QUIC flow control
+	// holds the producer back.
+	countSem := semaphore.NewWeighted(int64(d.limits.MaxInflightBatches))
+	bytesSem := semaphore.NewWeighted(maxInflightBytes)
+	lanes := map[int32]chan *pendingBatch{}
+	var laneWG sync.WaitGroup
+	name := st.Name()
+	recordsOK := d.m.records.WithLabelValues(name, "durable")
+	var ackErr error
+	var ackMu sync.Mutex
+	// ack sends one batch's ACK and returns its budget. Lanes call it
+	// concurrently: ACKs of different shards may overtake each other.
+	ack := func(pb *pendingBatch) {
+		d.m.appendTime.Observe(time.Since(pb.start).Seconds())
+		switch {
+		case pb.ack.Code != quic.CodeOK:
+			d.m.batches.WithLabelValues(name, "refused").Inc()
+			d.m.refusals.WithLabelValues(req.Op.String(), pb.ack.Code.String()).Inc()
+		case pb.ack.Duplicate:
+			d.m.batches.WithLabelValues(name, "duplicate").Inc()
+		default:
+			d.m.batches.WithLabelValues(name, "ok").Inc()
+			recordsOK.Add(float64(len(pb.batch.Records)))
+		}
+		if err := req.Stream.Send(quic.FrameAck, &pb.ack); err != nil {
+			ackMu.Lock()
+			if ackErr == nil {
+				ackErr = err
+			}
+			ackMu.Unlock()
+			cancel()
+		}
+		bytesSem.Release(pb.size)
+		countSem.Release(1)
+		d.m.inflightB.Sub(float64(pb.size))
+	}
+	finish := func(readErr error) error {
+		for _, l := range lanes {
+			close(l)
+		}
+		laneWG.Wait()
+		ackMu.Lock()
+		defer ackMu.Unlock()
+		if readErr == nil && ackErr != nil {
+			readErr = ackErr
+		}
+		return readErr
+	}
+
+	for {
+		ft, p, err := req.Stream.ReadFrame()
+		if errors.Is(err, io.EOF) {
+			return finish(nil)
+		}
+		if err != nil {
+			cancel()
+			return finish(quic.WireError(err))
+		}
+		if ft != quic.FrameBatch {
+			cancel()
+			return finish(quic.Errorf(quic.CodeProtocol, "%s frame in a produce session", ft))
+		}
+		var b quic.Batch
+		if err := b.Decode(p); err != nil {
+			cancel()
+			return finish(quic.WireError(err))
+		}
+		pb := &pendingBatch{id: b.ID, size: min(int64(len(p)), maxInflightBytes), start: time.Now()}
+		pb.ack.ID = b.ID
+		if err := countSem.Acquire(ctx, 1); err != nil {
+			return finish(wireErr(err))
+		}
+		if err := bytesSem.Acquire(ctx, pb.size); err != nil {
+			countSem.Release(1)
+			return finish(wireErr(err))
+		}
+		d.m.inflightB.Add(float64(pb.size))
+		recs, err := d.decodeBatch(&b, int(st.Shards()), open.ProducerID)
+		if err != nil {
+			if quic.CodeOf(err) == quic.CodeProtocol {
+				cancel()
+				return finish(err)
+			}
+			// A refusal of this batch alone.
+			e := d.clientErr(err).(*quic.Error)
+			pb.ack.Code, pb.ack.Message = e.Code, e.Message
+			ack(pb)
+			continue
+		}
+		pb.batch = store.Batch{Shard: int(b.Shard), Records: recs}
+		if open.ProducerID != 0 {
+			pb.batch.ProducerID, pb.batch.ProducerSeq = open.ProducerID, b.ProducerSeq
+		}
+		lane, ok := lanes[b.Shard]
+		if !ok {
+			// The lane's buffer holds the whole in-flight budget, so
+			// sending to it never blocks.
+			lane = make(chan *pendingBatch, d.limits.MaxInflightBatches)
+			lanes[b.Shard] = lane
+			laneWG.Add(1)
+			go func() {
+				defer laneWG.Done()
+				for pb := range lane {
+					d.finishAppend(pb)
+					ack(pb)
+				}
+			}()
+		}
+		// Queue the append now, in arrival order, so a shard's batches
+		// pipeline into the store's group commits instead of each waiting
+		// for the previous one's fsync; the lane waits and acks in order.
+		d.startAppend(ctx, st, pb)
+		lane <- pb
+	}
+}
+
+// decodeBatch checks a BATCH against the session and decodes its records.
+// A malformed record batch is a protocol error (it fails the session); a
+// request the hub refuses is an *Error for this batch's ACK.
+func (d *dataPlane) decodeBatch(b *quic.Batch, shards int, producerID uint64) ([]record.Record, error) {
+	if b.Codec != quic.CodecNone {
+		return nil, quic.Errorf(quic.CodeInvalidArgument, "unsupported codec %d", b.Codec)
+	}
+	recs, err := record.DecodeBatch(b.Records, nil)
+	if err != nil {
+		return nil, quic.Errorf(quic.CodeProtocol, "batch %d: %v", b.ID, err)
+	}
+	switch {
+	case int(b.Shard) >= shards:
+		return nil, quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", b.Shard, shards)
+	case producerID != 0 && b.Shard < 0:
+		return nil, quic.Errorf(quic.CodeInvalidArgument, "an idempotent producer must name the shard of each batch")
+	}
+	for i := range recs {
+		if !recs[i].Origin.IsLocal() {
+			return nil, quic.Errorf(quic.CodeInvalidArgument, "record %d carries a foreign origin; producers send local records only", i)
+		}
+		recs[i].Seq, recs[i].IngestTime = 0, 0
+	}
+	return recs, nil
+}
+
+// startAppend queues pb's append in the store without waiting for it.
+func (d *dataPlane) startAppend(ctx context.Context, st *store.Stream, pb *pendingBatch) {
+	if ctx.Err() != nil {
+		pb.ack.Code, pb.ack.Message = quic.CodeCanceled, "session ended"
+		return
+	}
+	pb.pending, pb.err = st.AppendAsync(ctx, pb.batch)
+}
+
+// finishAppend waits for pb's append and fills its ACK.
+func (d *dataPlane) finishAppend(pb *pendingBatch) {
+	if pb.pending == nil && pb.err == nil {
+		return // refused before it was queued
+	}
+	res, err := store.Result{}, pb.err
+	if err == nil {
+		res, err = pb.pending.Wait()
+	}
+	if err != nil {
+		e := d.clientErr(err).(*quic.Error)
+		pb.ack.Code, pb.ack.Message = e.Code, e.Message
+		return
+	}
+	pb.ack.Duplicate = res.Duplicate
+	pb.ack.Runs = positionsToRuns(res.Positions)
+}
+
+// positionsToRuns compresses per-record positions into runs of consecutive
+// sequences in one shard: a batch to one shard is a single run.
+func positionsToRuns(ps []store.Position) []quic.Run {
+	var runs []quic.Run
+	for _, p := range ps {
+		if n := len(runs); n > 0 {
+			r := &runs[n-1]
+			if r.Shard == p.Shard && ((r.FirstSeq == 0 && p.Seq == 0) || (r.FirstSeq != 0 && p.Seq == r.FirstSeq+uint64(r.Count))) {
+				r.Count++
+				continue
+			}
+		}
+		runs = append(runs, quic.Run{Shard: p.Shard, FirstSeq: p.Seq, Count: 1})
+	}
+	return runs
+}
+
+// datagram queues a fire-and-forget batch. Unknown sessions (a session that
+// just ended) and a full queue drop the batch; a malformed datagram closes
+// the connection.
+func (d *dataPlane) datagram(c *quic.Conn, payload []byte) error {
+	var dg quic.Datagram
+	if err := dg.Decode(payload); err != nil {
+		return quic.WireError(err)
+	}
+	d.sessMu.Lock()
+	sess := d.sessions[sessionKey{c.ID(), dg.Session}]
+	d.sessMu.Unlock()
+	if sess == nil {
+		d.m.dgDropped.WithLabelValues("unknown_session").Inc()
+		return nil
+	}
+	if int(dg.Shard) >= sess.stream.Shards() {
+		d.m.dgDropped.WithLabelValues("bad_batch").Inc()
+		return nil
+	}
+	// The payload is owned by us: records may alias it.
+	recs, err := record.DecodeBatch(dg.Records, nil)
+	if err != nil {
+		return quic.Errorf(quic.CodeProtocol, "datagram batch: %v", err)
+	}
+	for i := range recs {
+		if !recs[i].Origin.IsLocal() {
+			return quic.Errorf(quic.CodeProtocol, "datagram record with a foreign origin")
+		}
+	}
+	select {
+	case d.dgrams <- dgBatch{stream: sess.stream, shard: int(dg.Shard), recs: recs}:
+	default:
+		d.m.dgDropped.WithLabelValues("queue_full").Inc()
+	}
+	return nil
+}
+
+// appendDatagrams appends queued datagram batches. A datagram holds a few
+// records, so appending each alone would cost a commit per datagram: it
+// takes whatever is queued and appends it as one batch per stream and shard.
+func (d *dataPlane) appendDatagrams() {
+	defer d.dgDone.Done()
+	type target struct {
+		stream *store.Stream
+		shard  int
+	}
+	groups := map[target][]record.Record{}
+	for {
+		var b dgBatch
+		select {
+		case b = <-d.dgrams:
+		case <-d.closing:
+			return
+		}
+		clear(groups)
+		n := 0
+		for {
+			k := target{b.stream, b.shard}
+			groups[k] = append(groups[k], b.recs...)
+			n += len(b.recs)
+			if n >= 10000 {
+				break
+			}
+			select {
+			case b = <-d.dgrams:
+				continue
+			default:
+			}
+			break
+		}
+		for k, recs := range groups {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := k.stream.Append(ctx, store.Batch{Shard: k.shard, Records: recs})
+			cancel()
+			if err != nil {
+				d.m.dgDropped.WithLabelValues("append_failed").Inc()
+				d.logger.Debug("data plane: datagram append failed", "stream", k.stream.Name(), "err", err)
+				continue
+			}
+			d.m.records.WithLabelValues(k.stream.Name(), "datagram").Add(float64(len(recs)))
+		}
+	}
+}
