@@ -19,6 +19,8 @@ import (
 //	validate_address_above = 64   # handshakes in progress before Retry
 //	max_inflight_batches = 64     # per produce session
 //	max_consumer_credit = "16MiB" # per subscription
+//	memory_budget = "256MiB"      # all the data plane holds for clients
+//	frame_timeout = "30s"         # to finish a frame once begun
 //	allow_0rtt = true
 //	datagrams = true
 type LimitsConfig struct {
@@ -30,6 +32,8 @@ type LimitsConfig struct {
 	ValidateAddressAbove    int      `toml:"validate_address_above"`
 	MaxInflightBatches      int      `toml:"max_inflight_batches"`
 	MaxConsumerCredit       Size     `toml:"max_consumer_credit"`
+	MemoryBudget            Size     `toml:"memory_budget"`
+	FrameTimeout            Duration `toml:"frame_timeout"`
 	Allow0RTT               *bool    `toml:"allow_0rtt"`
 	Datagrams               *bool    `toml:"datagrams"`
 }
@@ -38,6 +42,7 @@ type LimitsConfig struct {
 const (
 	DefaultMaxInflightBatches = 64
 	DefaultMaxConsumerCredit  = 16 << 20
+	DefaultMemoryBudget       = 256 << 20
 )
 
 // withDefaults fills zero values.
@@ -66,6 +71,12 @@ func (c LimitsConfig) withDefaults() LimitsConfig {
 	}
 	if c.MaxConsumerCredit == 0 {
 		c.MaxConsumerCredit = DefaultMaxConsumerCredit
+	}
+	if c.MemoryBudget == 0 {
+		c.MemoryBudget = DefaultMemoryBudget
+	}
+	if c.FrameTimeout == 0 {
+		c.FrameTimeout = Duration(d.FrameTimeout)
 	}
 	if c.Allow0RTT == nil {
 		c.Allow0RTT = &d.Allow0RTT
@@ -99,6 +110,18 @@ func (c LimitsConfig) Validate() error {
 	}
 	if c.IdleTimeout < 0 || (c.IdleTimeout != 0 && time.Duration(c.IdleTimeout) < time.Second) {
 		errs = append(errs, fieldErrorf("idle_timeout", "%s below 1s", c.IdleTimeout))
+	}
+	if c.FrameTimeout < 0 || (c.FrameTimeout != 0 && time.Duration(c.FrameTimeout) < 100*time.Millisecond) {
+		errs = append(errs, fieldErrorf("frame_timeout", "%s below 100ms", c.FrameTimeout))
+	}
+	// Half the budget is for produce batches: one batch of the largest
+	// frame must fit, twice, or a session could wait forever.
+	frame := c.MaxFrameBytes
+	if frame == 0 {
+		frame = Size(quic.DefaultConfig("").MaxFrameBytes)
+	}
+	if c.MemoryBudget < 0 || (c.MemoryBudget != 0 && c.MemoryBudget < max(16<<20, 4*frame)) {
+		errs = append(errs, fieldErrorf("memory_budget", "%s below max(16MiB, 4 × max_frame_bytes = %s)", c.MemoryBudget, 4*frame))
 	}
 	return errors.Join(errs...)
 }

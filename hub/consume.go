@@ -3,10 +3,13 @@ package hub
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/quic"
@@ -17,6 +20,13 @@ import (
 // shards from their start positions as soon as they are committed, while the
 // consumer's byte credit lasts. It never polls: when every shard is caught
 // up it waits on the store's commit notifications.
+//
+// Memory: a subscription reserves, when it opens, up to subReserveMax of the
+// consume share (its initial credit, at least subReserveMin) and holds at
+// most that between a store read and the end of the frame's write, plus one
+// record larger than its credit. A consumer that grants credit and does not
+// read therefore costs its reservation, whatever the backlog, and a write
+// its flow control does not take within the frame timeout ends it.
 func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	var open quic.ConsumeOpen
 	if err := open.Decode(req.Body); err != nil {
@@ -26,73 +36,29 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	if err != nil {
 		return err
 	}
-	n := st.Shards()
-	shards := make([]int, 0, n)
-	seen := make([]bool, n)
-	for _, s := range open.Shards {
-		if int(s) >= n {
-			return d.refuse(req.Op, quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", s, n))
-		}
-		if !seen[s] {
-			seen[s] = true
-			shards = append(shards, int(s))
-		}
+	shards, next, ready, err := subscribe(st, &open)
+	if err != nil {
+		return d.refuse(req.Op, err)
 	}
-	if len(shards) == 0 {
-		for i := range n {
-			shards = append(shards, i)
-		}
+	maxCredit := int64(d.limits.MaxConsumerCredit)
+	reserve := min(max(int64(min(open.Credit, 1<<40)), subReserveMin), subReserveMax, maxCredit)
+	if !d.budget.consume.TryAcquire(reserve) {
+		return d.refuse(req.Op, d.budget.consume.exhausted("a subscription", reserve))
 	}
-	resume := map[int]uint64{}
-	for _, p := range open.Resume {
-		resume[int(p.Shard)] = p.Seq
-	}
-	next := make([]uint64, len(shards))
-	ready := quic.ConsumeReady{Shards: uint32(n)}
-	for i, sh := range shards {
-		first, last, err := st.Bounds(sh)
-		if err != nil {
-			return d.refuse(req.Op, err)
-		}
-		var start uint64
-		if seq, ok := resume[sh]; ok {
-			start = seq
-		} else {
-			switch open.Start.Kind {
-			case quic.StartEarliest:
-				start = first
-			case quic.StartLatest:
-				start = last + 1
-			case quic.StartSeq:
-				start = open.Start.Value
-			case quic.StartTime:
-				if open.Start.Value > 1<<63-1 {
-					return d.refuse(req.Op, quic.Errorf(quic.CodeInvalidArgument, "start time out of range"))
-				}
-				start, err = st.SeqAtTime(sh, time.Unix(0, int64(open.Start.Value)))
-				if err != nil {
-					return d.refuse(req.Op, err)
-				}
-			}
-		}
-		start = max(start, first, 1)
-		next[i] = start
-		ready.Subs = append(ready.Subs, quic.Subscription{Shard: uint32(sh), Start: start, Last: last})
-	}
+	defer func() { d.budget.consume.Release(reserve) }()
 	if err := req.Stream.Send(quic.FrameConsumeReady, &ready); err != nil {
 		return err
 	}
 	d.m.subs.Inc()
 	defer d.m.subs.Dec()
 
-	maxCredit := int64(d.limits.MaxConsumerCredit)
 	var credit atomic.Int64
 	credit.Store(min(int64(min(open.Credit, 1<<62)), maxCredit))
 	creditWake := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	readErr := make(chan error, 1)
-	go func() {
+	req.Go(func() {
 		// The consumer's side of the stream carries only CREDIT frames; its
 		// end (FIN) ends the subscription.
 		defer cancel()
@@ -129,9 +95,9 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 			default:
 			}
 		}
-	}()
-	consumed := d.m.consumed.WithLabelValues(st.Name())
-	consumedB := d.m.consumedB.WithLabelValues(st.Name())
+	})
+	sub := &subscription{d: d, st: st, req: req, reserve: reserve,
+		consumed: d.m.consumed.WithLabelValues(st.Name()), consumedB: d.m.consumedB.WithLabelValues(st.Name())}
 	cases := make([]reflect.SelectCase, 0, len(shards)+2)
 	round := 0
 	for {
@@ -142,6 +108,10 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 			case <-ctx.Done():
 				return d.endSubscription(ctx, readErr)
 			}
+		}
+		// Grow the reservation towards the credit, if the budget allows.
+		if c := min(credit.Load(), subReserveMax); c > reserve && d.budget.consume.TryAcquire(c-reserve) {
+			sub.reserve, reserve = c, c
 		}
 		// Take the commit notifications before reading, so a commit that
 		// lands after the read still wakes us.
@@ -163,25 +133,15 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 					continue
 				}
 			}
-			chunks, err := st.ReadRaw(sh, next[i], int(min(credit.Load(), readChunkBytes)))
+			sent, err := sub.send(ctx, sh, &next[i], credit.Load())
 			if err != nil {
-				return d.refuse(req.Op, err)
+				if ctx.Err() != nil {
+					return d.endSubscription(ctx, readErr)
+				}
+				return err
 			}
-			for _, c := range chunks {
-				info, err := record.ReadInfo(c)
-				if err != nil {
-					return d.refuse(req.Op, &store.CorruptError{Shard: sh, Err: err})
-				}
-				if err := req.Stream.Send(quic.FrameRecords, &quic.Records{Shard: uint32(sh), Batch: c}); err != nil {
-					if ctx.Err() != nil {
-						return d.endSubscription(ctx, readErr)
-					}
-					return err
-				}
-				credit.Add(-int64(len(c)))
-				consumed.Add(float64(info.Count))
-				consumedB.Add(float64(len(c)))
-				next[i] = info.LastSeq + 1
+			if sent > 0 {
+				credit.Add(-sent)
 				progress = true
 			}
 		}
@@ -196,6 +156,198 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 			return d.endSubscription(ctx, readErr)
 		}
 	}
+}
+
+// subscribe checks a ConsumeOpen against the stream and works out where
+// each subscribed shard starts. Every request it cannot serve as asked is
+// refused with invalid_argument and a message, never adjusted silently.
+func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []uint64, ready quic.ConsumeReady, err error) {
+	bad := func(format string, args ...any) ([]int, []uint64, quic.ConsumeReady, error) {
+		return nil, nil, quic.ConsumeReady{}, quic.Errorf(quic.CodeInvalidArgument, format, args...)
+	}
+	n := st.Shards()
+	if open.Start.Kind > quic.StartTime {
+		return bad("unknown start kind %d (0 earliest, 1 latest, 2 sequence, 3 time)", open.Start.Kind)
+	}
+	if open.Start.Kind == quic.StartTime && open.Start.Value > 1<<63-1 {
+		return bad("start time %d out of range", open.Start.Value)
+	}
+	listed := make([]bool, n)
+	for _, s := range open.Shards {
+		switch {
+		case int64(s) >= int64(n):
+			return bad("shard %d of a %d-shard stream", s, n)
+		case listed[s]:
+			return bad("shard %d listed twice", s)
+		}
+		listed[s] = true
+		shards = append(shards, int(s))
+	}
+	if len(shards) == 0 {
+		for i := range n {
+			listed[i] = true
+			shards = append(shards, i)
+		}
+	}
+	resume := map[int]uint64{}
+	for _, p := range open.Resume {
+		sh := int(p.Shard)
+		switch _, dup := resume[sh]; {
+		case int64(p.Shard) >= int64(n):
+			return bad("resume position for shard %d of a %d-shard stream", p.Shard, n)
+		case !listed[sh]:
+			return bad("resume position for shard %d, which the subscription does not list", p.Shard)
+		case dup:
+			return bad("two resume positions for shard %d", p.Shard)
+		}
+		resume[sh] = p.Seq
+	}
+	next = make([]uint64, len(shards))
+	ready = quic.ConsumeReady{Shards: uint32(n)}
+	for i, sh := range shards {
+		first, last, err := st.Bounds(sh)
+		if err != nil {
+			return nil, nil, quic.ConsumeReady{}, err
+		}
+		var start uint64
+		seq, resumed := resume[sh]
+		switch {
+		case resumed:
+			start = seq
+		case open.Start.Kind == quic.StartEarliest:
+			start = first
+		case open.Start.Kind == quic.StartLatest:
+			start = last + 1
+		case open.Start.Kind == quic.StartSeq:
+			start = open.Start.Value
+		case open.Start.Kind == quic.StartTime:
+			start, err = st.SeqAtTime(sh, time.Unix(0, int64(open.Start.Value)))
+			if err != nil {
+				return nil, nil, quic.ConsumeReady{}, err
+			}
+		}
+		// A position past the next sequence to be written names records
+		// this hub never had: the client's position comes from another
+		// hub or a data directory since replaced.
+		if (resumed || open.Start.Kind == quic.StartSeq) && start > last+1 {
+			what := "start"
+			if resumed {
+				what = "resume position"
+			}
+			return bad("%s %d is past the end of shard %d (its next sequence is %d)", what, start, sh, last+1)
+		}
+		start = max(start, first, 1)
+		next[i] = start
+		ready.Subs = append(ready.Subs, quic.Subscription{Shard: uint32(sh), Start: start, Last: last})
+	}
+	return shards, next, ready, nil
+}
+
+// subscription is what consume's sending needs.
+type subscription struct {
+	d                   *dataPlane
+	st                  *store.Stream
+	req                 *quic.Request
+	reserve             int64 // bytes of the consume share it holds
+	consumed, consumedB prometheus.Counter
+}
+
+// send sends what it can of shard sh from *next within credit (at least one
+// record), advancing *next, and returns the payload bytes sent. Stored
+// chunks that fit both the credit and the reservation go as they are;
+// a chunk that does not is re-encoded from *next into a batch that does,
+// so a subscription never holds more than it reserved.
+func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit int64) (int64, error) {
+	limit := min(max(credit, subReserveMin), s.reserve)
+	// Reads are short and bounded in number, so the chunks being read or
+	// cut at any moment cost at most storeReads chunks.
+	if err := s.d.storeReads.Acquire(ctx, 1); err != nil {
+		return 0, err
+	}
+	chunks, err := s.st.ReadRaw(sh, *next, int(limit))
+	var part []byte
+	var partLast uint64
+	var partCount int
+	if err == nil && len(chunks) == 1 && int64(len(chunks[0])) > limit {
+		part, partLast, partCount, err = cut(chunks[0], *next, limit)
+		chunks = nil
+	}
+	s.d.storeReads.Release(1)
+	if err != nil {
+		return 0, err
+	}
+	if part != nil {
+		return s.write(ctx, sh, next, part, partLast, partCount)
+	}
+	var sent int64
+	for i, c := range chunks {
+		info, err := record.ReadInfo(c)
+		if err != nil {
+			return sent, &store.CorruptError{Shard: sh, Err: err}
+		}
+		chunks[i] = nil // held by the write only
+		n, err := s.write(ctx, sh, next, c, info.LastSeq, info.Count)
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
+}
+
+// write sends batch (records up to last) as one RECORDS frame.
+func (s *subscription) write(ctx context.Context, sh int, next *uint64, batch []byte, last uint64, count int) (int64, error) {
+	// A single record above the reservation is held beyond it: take the
+	// excess from the share, waiting if need be.
+	if excess := int64(len(batch)) - s.reserve; excess > 0 {
+		if err := s.d.budget.consume.Acquire(ctx, excess); err != nil {
+			return 0, err
+		}
+		defer s.d.budget.consume.Release(excess)
+	}
+	if err := s.req.Stream.SendBytes(quic.FrameRecords, quic.RecordsPrefix{Shard: uint32(sh), BatchLen: len(batch)}, batch); err != nil {
+		return 0, err
+	}
+	s.consumed.Add(float64(count))
+	s.consumedB.Add(float64(len(batch)))
+	*next = last + 1
+	return int64(len(batch)), nil
+}
+
+// cut re-encodes the records of chunk from seq next on that fit limit bytes
+// (at least one), returning the batch, its last sequence and record count.
+func cut(chunk []byte, next uint64, limit int64) ([]byte, uint64, int, error) {
+	recs, err := record.DecodeBatch(chunk, nil)
+	if err != nil {
+		return nil, 0, 0, &store.CorruptError{Err: err}
+	}
+	for len(recs) > 0 && recs[0].Seq < next {
+		recs = recs[1:]
+	}
+	if len(recs) == 0 {
+		return nil, 0, 0, fmt.Errorf("hub: no record from %d in a chunk read from %d", next, next)
+	}
+	// A record's encoded size is about its data plus a few varints.
+	k, size := 0, int64(64)
+	for k < len(recs) {
+		size += int64(len(recs[k].Key)+len(recs[k].Value)) + 40
+		for _, h := range recs[k].Headers {
+			size += int64(len(h.Key)+len(h.Value)) + 10
+		}
+		if k > 0 && size > limit {
+			break
+		}
+		k++
+	}
+	part, err := record.AppendBatch(nil, recs[:k])
+	for err == nil && k > 1 && int64(len(part)) > limit {
+		k = max(1, k*3/4)
+		part, err = record.AppendBatch(part[:0], recs[:k])
+	}
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	return part, recs[k-1].Seq, k, nil
 }
 
 // endSubscription reports why a subscription ended: the consumer's clean

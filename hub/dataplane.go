@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/quic"
@@ -36,9 +37,15 @@ const (
 	// but not yet acknowledged; with QUIC flow control behind it, a producer
 	// faster than the disk slows down instead of growing the hub's memory.
 	maxInflightBytes = 32 << 20
-	// readChunkBytes bounds one store read for a subscription; memory per
-	// subscription is about this much whatever the consumer's credit.
-	readChunkBytes = 1 << 20
+	// subReserveMax and subReserveMin bound what a subscription reserves
+	// of the consume share when it opens: its initial credit, within
+	// these. It never holds more (except one record larger than that).
+	subReserveMax = 256 << 10
+	subReserveMin = 16 << 10
+	// storeReads bounds the subscriptions reading from the store (or
+	// cutting a chunk to their credit) at once: a read's chunks exist
+	// before they are accounted to a reservation.
+	storeReads = 8
 	// datagramQueue and datagramWorkers: datagram batches wait here for an
 	// append; a full queue drops them (they are lossy by contract).
 	datagramQueue   = 1024
@@ -57,6 +64,9 @@ type dataPlane struct {
 	logger *slog.Logger
 	limits LimitsConfig
 	auth   *authorizer
+	budget *memoryBudget
+	// storeReads admits subscriptions' store reads.
+	storeReads *semaphore.Weighted
 
 	sessMu   sync.Mutex
 	sessions map[sessionKey]*dgSession
@@ -125,6 +135,9 @@ func (h *Hub) addDataPlane() error {
 	qc.MaxFrameBytes = int(limits.MaxFrameBytes)
 	qc.HandshakeTimeout = time.Duration(limits.HandshakeTimeout)
 	qc.IdleTimeout = time.Duration(limits.IdleTimeout)
+	qc.FrameTimeout = time.Duration(limits.FrameTimeout)
+	budget := newMemoryBudget(int64(limits.MemoryBudget))
+	qc.Budget = budget.open
 	qc.ValidateAddressAbove = limits.ValidateAddressAbove
 	qc.Allow0RTT = *limits.Allow0RTT
 	qc.EnableDatagrams = *limits.Datagrams
@@ -137,12 +150,14 @@ func (h *Hub) addDataPlane() error {
 		return fmt.Errorf("hub: data plane: %w", err)
 	}
 	d := &dataPlane{
-		h: h, srv: srv, st: h.store, logger: h.logger, limits: limits, auth: auth,
-		sessions: map[sessionKey]*dgSession{},
-		dgrams:   make(chan dgBatch, datagramQueue),
-		closing:  make(chan struct{}),
+		h: h, srv: srv, st: h.store, logger: h.logger, limits: limits, auth: auth, budget: budget,
+		storeReads: semaphore.NewWeighted(storeReads),
+		sessions:   map[sessionKey]*dgSession{},
+		dgrams:     make(chan dgBatch, datagramQueue),
+		closing:    make(chan struct{}),
 	}
 	d.registerMetrics(h.metrics)
+	budget.register(h.metrics)
 	srv.Handle(quic.OpInfo, quic.HandlerFunc(d.info))
 	srv.Handle(quic.OpProduce, quic.HandlerFunc(d.produce))
 	srv.Handle(quic.OpConsume, quic.HandlerFunc(d.consume))
@@ -302,6 +317,8 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 	st("edgehub_quic_auth_refused_total", "Streams refused as unauthenticated.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.AuthRefused) })
 	st("edgehub_quic_protocol_errors_total", "Streams closed for malformed or oversized frames.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.ProtocolErrors) })
 	st("edgehub_quic_datagrams_received_total", "QUIC datagrams received.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.DatagramsReceived) })
+	st("edgehub_quic_handler_panics_total", "Panics in stream and datagram handlers, recovered (the stream failed with internal).", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.Panics) })
+	st("edgehub_quic_open_bytes_total", "Payload buffer allocated for OPEN frames, read before authentication.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.OpenBytes) })
 	st("edgehub_quic_address_validations_total", "Handshakes answered with a Retry because of handshake load (limits.validate_address_above).", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.AddressValidations) })
 }
 
@@ -321,41 +338,54 @@ func (m *funcMetric) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.f())
 }
 
-// wireErr maps a store error to the code a client sees.
-func wireErr(err error) error {
-	var e *quic.Error
-	code := quic.CodeInternal
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &e):
-		return err
-	case errors.Is(err, store.ErrStreamNotFound):
-		code = quic.CodeNotFound
-	case errors.Is(err, store.ErrInvalidShard), errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidConfig):
-		code = quic.CodeInvalidArgument
-	case errors.Is(err, store.ErrRecordTooLarge):
-		code = quic.CodeRecordTooLarge
-	case errors.Is(err, store.ErrSequenceGap):
-		code = quic.CodeSequenceGap
-	case errors.Is(err, store.ErrDuplicateTooOld):
-		code = quic.CodeDuplicateTooOld
-	case errors.Is(err, store.ErrSequenceConflict):
-		code = quic.CodeSequenceConflict
-	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		code = quic.CodeUnavailable
-	case errors.Is(err, store.ErrCorrupt):
-		code = quic.CodeCorrupt
-	}
-	return &quic.Error{Code: code, Message: err.Error()}
+// storeCodes is the hub's part of the one error-to-code table: the store's
+// sentinels. quic.ToError maps the rest (the transport's sentinels, context
+// errors, and anything else as internal).
+var storeCodes = []struct {
+	err  error
+	code quic.Code
+}{
+	{store.ErrStreamNotFound, quic.CodeNotFound},
+	{store.ErrInvalidShard, quic.CodeInvalidArgument},
+	{store.ErrInvalidName, quic.CodeInvalidArgument},
+	{store.ErrInvalidConfig, quic.CodeInvalidArgument},
+	{store.ErrRecordTooLarge, quic.CodeRecordTooLarge},
+	{store.ErrSequenceGap, quic.CodeSequenceGap},
+	{store.ErrDuplicateTooOld, quic.CodeDuplicateTooOld},
+	{store.ErrSequenceConflict, quic.CodeSequenceConflict},
+	{store.ErrClosed, quic.CodeUnavailable},
+	{store.ErrCorrupt, quic.CodeCorrupt},
 }
 
-// clientErr is wireErr for what a client is told: hub-side failures keep
-// their details (file paths, say) in the hub's log.
-func (d *dataPlane) clientErr(err error) error {
-	e, ok := wireErr(err).(*quic.Error)
-	if !ok || (e.Code != quic.CodeInternal && e.Code != quic.CodeCorrupt) {
-		return wireErr(err)
+// toWire maps any non-nil error to the *quic.Error a client sees: an
+// *quic.Error in its chain, else a store sentinel's code, else quic.ToError.
+func toWire(err error) *quic.Error {
+	var e *quic.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	for _, m := range storeCodes {
+		if errors.Is(err, m.err) {
+			return &quic.Error{Code: m.code, Message: err.Error()}
+		}
+	}
+	return quic.ToError(err)
+}
+
+// wireErr is toWire as an error, nil for nil.
+func wireErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return toWire(err)
+}
+
+// clientErr is toWire for what a client is told: hub-side failures keep
+// their details (file paths, say) in the hub's log. err must not be nil.
+func (d *dataPlane) clientErr(err error) *quic.Error {
+	e := toWire(err)
+	if e.Code != quic.CodeInternal && e.Code != quic.CodeCorrupt {
+		return e
 	}
 	d.logger.Error("data plane: operation failed", "code", e.Code.String(), "err", err)
 	msg := "hub-side failure; see the hub's log"
@@ -366,9 +396,9 @@ func (d *dataPlane) clientErr(err error) error {
 }
 
 func (d *dataPlane) refuse(op quic.Op, err error) error {
-	err = d.clientErr(err)
-	d.m.refusals.WithLabelValues(op.String(), quic.CodeOf(err).String()).Inc()
-	return err
+	e := d.clientErr(err)
+	d.m.refusals.WithLabelValues(op.String(), e.Code.String()).Inc()
+	return e
 }
 
 // openStream finds a stream and checks the principal's permission on it.

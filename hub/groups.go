@@ -251,7 +251,7 @@ func (gp *groupPlane) handleFrame(req *quic.Request, st *store.Stream, sess *gro
 		}
 		for j, err := range sess.Commit(commits) {
 			if err != nil {
-				e := groupWireErr(err).(*quic.Error)
+				e := quic.ToError(groupWireErr(err))
 				ack.Results[at[j]].Code, ack.Results[at[j]].Message = e.Code, e.Message
 			}
 		}

@@ -78,11 +78,41 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// In-flight budget: batches and bytes read but not yet acknowledged.
-	// When it is spent the reader stops reading and QUIC flow control
-	// holds the producer back.
+	// In-flight budget: batches and bytes read but not yet acknowledged,
+	// per session and (the produce share of the memory budget) over all
+	// sessions. A batch takes it after its frame header, before its
+	// payload is read; while it waits, QUIC flow control holds the
+	// producer back.
 	countSem := semaphore.NewWeighted(int64(d.limits.MaxInflightBatches))
 	bytesSem := semaphore.NewWeighted(maxInflightBytes)
+	var held int64 // taken by admit for the frame being read
+	admit := func(t quic.FrameType, n int) error {
+		if t != quic.FrameBatch {
+			return quic.Errorf(quic.CodeProtocol, "%s frame in a produce session", t)
+		}
+		size := int64(n)
+		if err := countSem.Acquire(ctx, 1); err != nil {
+			return err
+		}
+		if err := bytesSem.Acquire(ctx, min(size, maxInflightBytes)); err != nil {
+			countSem.Release(1)
+			return err
+		}
+		if err := d.budget.produce.Acquire(ctx, size); err != nil {
+			bytesSem.Release(min(size, maxInflightBytes))
+			countSem.Release(1)
+			return err
+		}
+		held = size
+		d.m.inflightB.Add(float64(size))
+		return nil
+	}
+	release := func(size int64) {
+		d.budget.produce.Release(size)
+		bytesSem.Release(min(size, maxInflightBytes))
+		countSem.Release(1)
+		d.m.inflightB.Sub(float64(size))
+	}
 	lanes := map[int32]chan *pendingBatch{}
 	var laneWG sync.WaitGroup
 	name := st.Name()
@@ -111,9 +141,7 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 			ackMu.Unlock()
 			cancel()
 		}
-		bytesSem.Release(pb.size)
-		countSem.Release(1)
-		d.m.inflightB.Sub(float64(pb.size))
+		release(pb.size)
 	}
 	finish := func(readErr error) error {
 		for _, l := range lanes {
@@ -129,41 +157,35 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 	}
 
 	for {
-		ft, p, err := req.Stream.ReadFrame()
+		held = 0
+		_, p, err := req.Stream.ReadFrameAdmit(admit)
 		if errors.Is(err, io.EOF) {
 			return finish(nil)
 		}
 		if err != nil {
+			if held > 0 {
+				release(held)
+			}
 			cancel()
-			return finish(quic.WireError(err))
-		}
-		if ft != quic.FrameBatch {
-			cancel()
-			return finish(quic.Errorf(quic.CodeProtocol, "%s frame in a produce session", ft))
+			return finish(wireErr(err))
 		}
 		var b quic.Batch
 		if err := b.Decode(p); err != nil {
+			release(held)
 			cancel()
 			return finish(quic.WireError(err))
 		}
-		pb := &pendingBatch{id: b.ID, size: min(int64(len(p)), maxInflightBytes), start: time.Now()}
+		pb := &pendingBatch{id: b.ID, size: held, start: time.Now()}
 		pb.ack.ID = b.ID
-		if err := countSem.Acquire(ctx, 1); err != nil {
-			return finish(wireErr(err))
-		}
-		if err := bytesSem.Acquire(ctx, pb.size); err != nil {
-			countSem.Release(1)
-			return finish(wireErr(err))
-		}
-		d.m.inflightB.Add(float64(pb.size))
 		recs, err := d.decodeBatch(&b, int(st.Shards()), open.ProducerID)
 		if err != nil {
-			if quic.CodeOf(err) == quic.CodeProtocol {
+			e := d.clientErr(err)
+			if e.Code == quic.CodeProtocol {
+				release(held)
 				cancel()
-				return finish(err)
+				return finish(e)
 			}
 			// A refusal of this batch alone.
-			e := d.clientErr(err).(*quic.Error)
 			pb.ack.Code, pb.ack.Message = e.Code, e.Message
 			ack(pb)
 			continue
@@ -179,13 +201,13 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 			lane = make(chan *pendingBatch, d.limits.MaxInflightBatches)
 			lanes[b.Shard] = lane
 			laneWG.Add(1)
-			go func() {
+			req.Go(func() {
 				defer laneWG.Done()
 				for pb := range lane {
 					d.finishAppend(pb)
 					ack(pb)
 				}
-			}()
+			})
 		}
 		// Queue the append now, in arrival order, so a shard's batches
 		// pipeline into the store's group commits instead of each waiting
@@ -207,18 +229,30 @@ func (d *dataPlane) decodeBatch(b *quic.Batch, shards int, producerID uint64) ([
 		return nil, quic.Errorf(quic.CodeProtocol, "batch %d: %v", b.ID, err)
 	}
 	switch {
-	case int(b.Shard) >= shards:
-		return nil, quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", b.Shard, shards)
+	case b.Shard < -1 || int(b.Shard) >= shards:
+		return nil, quic.Errorf(quic.CodeInvalidArgument, "shard %d of a %d-shard stream (0..%d, or -1 to route by key)", b.Shard, shards, shards-1)
 	case producerID != 0 && b.Shard < 0:
 		return nil, quic.Errorf(quic.CodeInvalidArgument, "an idempotent producer must name the shard of each batch")
 	}
-	for i := range recs {
-		if !recs[i].Origin.IsLocal() {
-			return nil, quic.Errorf(quic.CodeInvalidArgument, "record %d carries a foreign origin; producers send local records only", i)
-		}
-		recs[i].Seq, recs[i].IngestTime = 0, 0
+	if err := checkProduced(recs); err != nil {
+		return nil, err
 	}
 	return recs, nil
+}
+
+// checkProduced refuses what only a hub may set in a record: a sequence,
+// an ingest time or a foreign origin. A producer sends them as 0; one that
+// sends a batch it consumed elsewhere must re-encode it.
+func checkProduced(recs []record.Record) error {
+	for i, r := range recs {
+		switch {
+		case !r.Origin.IsLocal():
+			return quic.Errorf(quic.CodeInvalidArgument, "record %d carries a foreign origin; producers send local records only", i)
+		case r.Seq != 0 || r.IngestTime != 0:
+			return quic.Errorf(quic.CodeInvalidArgument, "record %d carries sequence %d and ingest time %d; producers send both as 0 (the hub assigns them)", i, r.Seq, r.IngestTime)
+		}
+	}
+	return nil
 }
 
 // startAppend queues pb's append in the store without waiting for it.
@@ -240,7 +274,7 @@ func (d *dataPlane) finishAppend(pb *pendingBatch) {
 		res, err = pb.pending.Wait()
 	}
 	if err != nil {
-		e := d.clientErr(err).(*quic.Error)
+		e := d.clientErr(err)
 		pb.ack.Code, pb.ack.Message = e.Code, e.Message
 		return
 	}
@@ -280,7 +314,7 @@ func (d *dataPlane) datagram(c *quic.Conn, payload []byte) error {
 		d.m.dgDropped.WithLabelValues("unknown_session").Inc()
 		return nil
 	}
-	if int(dg.Shard) >= sess.stream.Shards() {
+	if dg.Shard < -1 || int(dg.Shard) >= sess.stream.Shards() {
 		d.m.dgDropped.WithLabelValues("bad_batch").Inc()
 		return nil
 	}
@@ -293,6 +327,10 @@ func (d *dataPlane) datagram(c *quic.Conn, payload []byte) error {
 		if !recs[i].Origin.IsLocal() {
 			return quic.Errorf(quic.CodeProtocol, "datagram record with a foreign origin")
 		}
+	}
+	if checkProduced(recs) != nil {
+		d.m.dgDropped.WithLabelValues("bad_batch").Inc()
+		return nil
 	}
 	select {
 	case d.dgrams <- dgBatch{stream: sess.stream, shard: int(dg.Shard), recs: recs}:

@@ -497,6 +497,18 @@ func (f *Records) Decode(p []byte) error {
 	return d.done()
 }
 
+// RecordsPrefix is a RECORDS payload without its batch: with
+// Stream.SendBytes the batch follows without being copied.
+type RecordsPrefix struct {
+	Shard    uint32
+	BatchLen int
+}
+
+func (f RecordsPrefix) Append(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(f.Shard))
+	return binary.AppendUvarint(dst, uint64(f.BatchLen))
+}
+
 // Credit grants the hub Bytes more bytes of RECORDS payload. The hub sends
 // RECORDS only while its credit is positive and may overshoot by one frame,
 // so what is in flight is bounded by the credit plus one chunk.
