@@ -315,6 +315,7 @@ func TestDataPlaneSubscriptionBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer p.Close(ctx)
 	if _, err := p.Send(ctx, sdk.Record{Value: []byte("still served")}); err != nil {
 		t.Fatal(err)
 	}
