@@ -284,6 +284,7 @@ func TestDataPlaneSubscriptionBudget(t *testing.T) {
 	d := startDataPlane(t, func(c *Config) {
 		c.Limits.MemoryBudget = 16 << 20 // consume share 7 MiB
 		c.Limits.MaxFrameBytes = 1 << 20
+		c.Store.MaxRecordBytes = 512 << 10
 	},
 		store.StreamConfig{Name: "s", Shards: 1})
 	ctx := testCtx(t)
@@ -342,6 +343,7 @@ func TestDataPlaneSubscriptionBudget(t *testing.T) {
 func TestDataPlaneContract(t *testing.T) {
 	d := startDataPlane(t, func(c *Config) {
 		c.Limits.MaxFrameBytes = 64 << 10
+		c.Store.MaxRecordBytes = 30 << 10
 		c.Limits.HandshakeTimeout = Duration(300 * time.Millisecond)
 	}, store.StreamConfig{Name: "s", Shards: 2})
 	ctx := testCtx(t)
@@ -355,15 +357,19 @@ func TestDataPlaneContract(t *testing.T) {
 		}
 		// A record batch of exactly max_batch_bytes, with every other
 		// BATCH field at its longest, is one frame the hub accepts.
-		val := make([]byte, ready.MaxBatchBytes)
-		for {
-			b, err := record.AppendBatch(nil, []record.Record{{Value: val}})
+		recs := []record.Record{{Value: make([]byte, 30000)}, {Value: make([]byte, 30000)}, {}}
+		last := int(ready.MaxBatchBytes) - 60000
+		for ; last > 0; last-- {
+			recs[2].Value = make([]byte, last)
+			b, err := record.AppendBatch(nil, recs)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if over := len(b) - int(ready.MaxBatchBytes); over > 0 {
-				val = val[:len(val)-over]
+			if len(b) > int(ready.MaxBatchBytes) {
 				continue
+			}
+			if len(b) != int(ready.MaxBatchBytes) {
+				t.Fatalf("cannot build a batch of exactly %d bytes (got %d)", ready.MaxBatchBytes, len(b))
 			}
 			batch := quic.Batch{ID: ^uint64(0), Shard: 0, Records: b}
 			if n := len(batch.Append(nil)); n > 64<<10 {
