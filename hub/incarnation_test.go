@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -228,4 +230,96 @@ func TestFederationRecreatedStreamReplicates(t *testing.T) {
 	if got := mustStreamEventually(t, b, "events").OriginIncarnation("hub-a"); got != st.Incarnation() {
 		t.Fatalf("b follows incarnation %q of hub-a, want %q", got, st.Incarnation())
 	}
+}
+
+// A webhook's stream deleted and created again: the webhook stops at once,
+// delivers the new stream from its start (earliest) without a restart, and
+// after a restart keeps the new positions; positions saved for an old
+// incarnation (the stream recreated while the hub was down) start over
+// too.
+func TestWebhookFollowsRecreatedStream(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var d WebhookDelivery
+		if err := json.NewDecoder(r.Body).Decode(&d); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		for _, rec := range d.Records {
+			got = append(got, fmt.Sprintf("%s@%d", rec.Value, rec.Seq))
+		}
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	cfg := testConfig(t)
+	cfg.Streams = []StreamConfig{{Name: "alerts", Shards: 1, Replicate: ReplicateLocal}}
+	cfg.Webhooks = []WebhookConfig{{Name: "pager", Stream: "alerts", URL: srv.URL, Start: "earliest",
+		BackoffMin: Duration(5 * time.Millisecond), BackoffMax: Duration(20 * time.Millisecond)}}
+	delivered := func(want ...string) {
+		t.Helper()
+		waitFor(t, fmt.Sprintf("deliveries %v", want), func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(got) >= len(want)
+		})
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Equal(got, want) {
+			t.Fatalf("delivered %v, want %v", got, want)
+		}
+	}
+	appendValues := func(h *Hub, vals ...string) {
+		t.Helper()
+		var recs []record.Record
+		for _, v := range vals {
+			recs = append(recs, record.Record{Value: []byte(v)})
+		}
+		if _, err := mustStream(t, h, "alerts").Append(context.Background(), store.Batch{Shard: 0, Records: recs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, base := startHub(t, cfg)
+	appendValues(h, "1", "2", "3")
+	delivered("1@1", "2@2", "3@3")
+	if st, b := call(t, "DELETE", base+"/v1/streams/alerts", ""); st != http.StatusConflict || !strings.Contains(string(b), "webhook pager") {
+		t.Fatalf("delete without force: %d %s", st, b)
+	}
+	if st, b := call(t, "DELETE", base+"/v1/streams/alerts?force=true", ""); st != http.StatusNoContent {
+		t.Fatalf("forced delete: %d %s", st, b)
+	}
+	if st, b := call(t, "POST", base+"/v1/streams", `{"name":"alerts","shards":1}`); st != http.StatusCreated {
+		t.Fatalf("create again: %d %s", st, b)
+	}
+	appendValues(h, "4", "5")
+	delivered("1@1", "2@2", "3@3", "4@1", "5@2")
+	h.Close()
+
+	// A restart keeps the new incarnation's positions.
+	h, _ = startHub(t, cfg)
+	appendValues(h, "6")
+	delivered("1@1", "2@2", "3@3", "4@1", "5@2", "6@3")
+	h.Close()
+
+	// Recreated while the hub is down: the saved positions are void.
+	scfg := storeConfigFor(cfg.Hub.DataDir)
+	s, err := store.Open(scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteStream(context.Background(), "alerts"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.CreateStream(context.Background(), store.StreamConfig{Name: "alerts", Shards: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Append(context.Background(), store.Batch{Shard: 0, Records: []record.Record{{Value: []byte("7")}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	startHub(t, cfg)
+	delivered("1@1", "2@2", "3@3", "4@1", "5@2", "6@3", "7@1")
 }

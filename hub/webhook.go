@@ -50,16 +50,21 @@ type WebhookRecord struct {
 // has seen it may drop the repeat (delivery is at-least-once).
 const HeaderDelivery = "Edgehub-Delivery"
 
-// webhook delivers one stream to one URL; a goroutine per shard.
+// webhook delivers one stream to one URL; a goroutine per shard. Its
+// positions belong to one incarnation of the stream: a stream deleted and
+// created again is delivered from its beginning (or from its end, with
+// start = "latest"), never with the old positions.
 type webhook struct {
 	cfg     WebhookConfig
-	stream  *store.Stream
+	store   *store.Store
+	stream  *store.Stream // replaced only by Run, between deliveries
 	logger  *slog.Logger
 	client  *http.Client
 	posPath string
 
-	mu  sync.Mutex // guards pos and the positions file
+	mu  sync.Mutex // guards pos, inc and the positions file
 	pos map[string]uint64
+	inc string // incarnation of the stream pos counts in
 
 	delivered, failures atomic.Uint64
 }
@@ -84,7 +89,7 @@ func (h *Hub) addWebhooks() error {
 			continue
 		}
 		w := &webhook{
-			cfg: wc, stream: s, logger: h.logger.With("webhook", wc.Name, "stream", wc.Stream),
+			cfg: wc, store: h.store, stream: s, logger: h.logger.With("webhook", wc.Name, "stream", wc.Stream),
 			client:  &http.Client{Timeout: time.Duration(wc.Timeout)},
 			posPath: filepath.Join(h.cfg.Hub.DataDir, "webhooks", wc.Name+".json"),
 		}
@@ -117,9 +122,14 @@ func (h *Hub) addWebhooks() error {
 	return nil
 }
 
-// load reads the saved positions; a new webhook starts at its Start.
+// load reads the saved positions; a new webhook starts at its Start, and
+// so do positions of another incarnation of the stream (deleted and created
+// again while the hub was down). Positions saved before incarnations adopt
+// the stream's.
 func (w *webhook) load() error {
 	w.pos = map[string]uint64{}
+	w.inc = w.stream.Incarnation()
+	savedInc := ""
 	data, err := os.ReadFile(w.posPath)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -127,17 +137,29 @@ func (w *webhook) load() error {
 		return fmt.Errorf("webhook %s: %w", w.cfg.Name, err)
 	default:
 		var saved struct {
-			Stream string            `json:"stream"`
-			Next   map[string]uint64 `json:"next"`
+			Stream      string            `json:"stream"`
+			Incarnation string            `json:"incarnation"`
+			Next        map[string]uint64 `json:"next"`
 		}
 		if err := json.Unmarshal(data, &saved); err != nil {
 			return fmt.Errorf("webhook %s: positions file %s: %w", w.cfg.Name, w.posPath, err)
 		}
-		if saved.Stream == w.cfg.Stream {
-			w.pos = saved.Next
+		switch {
+		case saved.Stream != w.cfg.Stream:
+		case saved.Incarnation != "" && saved.Incarnation != w.inc:
+			w.logger.Warn("webhook: the stream was deleted and created again since the positions were saved; delivering the new stream from its start position",
+				"old_incarnation", saved.Incarnation, "new_incarnation", w.inc, "start", w.cfg.Start)
+		default:
+			w.pos, savedInc = saved.Next, w.inc
 		}
 	}
-	changed := false
+	return w.fillPositions(savedInc != w.inc)
+}
+
+// fillPositions positions shards with no saved position at the webhook's
+// start, saving if anything changed (or force).
+func (w *webhook) fillPositions(force bool) error {
+	changed := force
 	for shard := 0; shard < w.stream.Shards(); shard++ {
 		k := strconv.Itoa(shard)
 		if _, ok := w.pos[k]; ok {
@@ -161,7 +183,7 @@ func (w *webhook) load() error {
 
 // save writes the positions atomically (temp file, fsync, rename).
 func (w *webhook) save() error {
-	data, err := json.Marshal(map[string]any{"stream": w.cfg.Stream, "next": w.pos})
+	data, err := json.Marshal(map[string]any{"stream": w.cfg.Stream, "incarnation": w.inc, "next": w.pos})
 	if err != nil {
 		return err
 	}
@@ -189,29 +211,78 @@ func (w *webhook) save() error {
 	return nil
 }
 
-// Run delivers every shard until ctx ends.
+// Run delivers every shard until ctx ends. When the stream is deleted it
+// stops at once, waits for a stream of that name to exist again and
+// delivers that one from its start position.
 func (w *webhook) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	for shard := 0; shard < w.stream.Shards(); shard++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.deliverShard(ctx, shard)
-		}()
+	for {
+		st := w.stream
+		sctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		for shard := 0; shard < st.Shards(); shard++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.deliverShard(sctx, st, shard)
+			}()
+		}
+		select {
+		case <-ctx.Done():
+		case <-st.Done():
+		}
+		cancel()
+		wg.Wait()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if _, err := w.store.Stream(w.cfg.Stream); errors.Is(err, store.ErrClosed) {
+			return nil // the hub is stopping
+		}
+		w.logger.Warn("webhook: the stream was deleted; waiting for it to be created again")
+		next, ok := w.awaitStream(ctx)
+		if !ok {
+			return nil
+		}
+		w.mu.Lock()
+		old := w.inc
+		w.stream, w.inc, w.pos = next, next.Incarnation(), map[string]uint64{}
+		err := w.fillPositions(true)
+		w.mu.Unlock()
+		if err != nil {
+			w.logger.Error("webhook: save positions", "err", err)
+		}
+		w.logger.Warn("webhook: the stream was created again; delivering it from its start position",
+			"old_incarnation", old, "new_incarnation", next.Incarnation(), "start", w.cfg.Start)
 	}
-	wg.Wait()
-	return nil
+}
+
+// awaitStream polls for the webhook's stream to exist again.
+func (w *webhook) awaitStream(ctx context.Context) (*store.Stream, bool) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-t.C:
+		}
+		if st, err := w.store.Stream(w.cfg.Stream); err == nil {
+			return st, true
+		} else if errors.Is(err, store.ErrClosed) {
+			return nil, false
+		}
+	}
 }
 
 // Close has nothing to release: Run's goroutines end with its context.
 func (w *webhook) Close() error { return nil }
 
-func (w *webhook) deliverShard(ctx context.Context, shard int) {
+func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int) {
 	w.mu.Lock()
 	next := w.pos[strconv.Itoa(shard)]
 	w.mu.Unlock()
 	for ctx.Err() == nil {
-		recs, err := w.stream.Read(shard, next, store.ReadOptions{MaxRecords: w.cfg.BatchRecords})
+		recs, err := st.Read(shard, next, store.ReadOptions{MaxRecords: w.cfg.BatchRecords})
 		if err != nil {
 			if errors.Is(err, store.ErrClosed) {
 				return
@@ -223,8 +294,8 @@ func (w *webhook) deliverShard(ctx context.Context, shard int) {
 			continue
 		}
 		if len(recs) == 0 {
-			ch := w.stream.Changed(shard)
-			if _, last, _ := w.stream.Bounds(shard); last >= next {
+			ch := st.Changed(shard)
+			if _, last, _ := st.Bounds(shard); last >= next {
 				continue
 			}
 			select {
