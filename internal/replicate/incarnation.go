@@ -52,8 +52,8 @@ func (r *Replicator) syncIncarnations(ctx context.Context, st *store.Stream, pee
 			continue
 		}
 		for hub, inc := range ps.Incarnations {
-			if hub == r.cfg.Self || inc == "" {
-				continue
+			if authoritative(r.cfg.Self, hub) || inc == "" {
+				continue // our own origins (and our plugins') are ours to say
 			}
 			c := claim{inc: inc, peer: p.Name, auth: authoritative(p.Name, hub)}
 			if b, ok := best[hub]; !ok || (c.auth && !b.auth) || (c.auth == b.auth && c.inc > b.inc) {

@@ -129,3 +129,46 @@ func TestPullOfAnotherIncarnationRefused(t *testing.T) {
 		t.Fatalf("pull of the held incarnation: %v, %+v", err, msgs)
 	}
 }
+
+// Which announced incarnation a hub follows: the origin's word wins, a
+// relay's only if newer (the origin unreachable), never anyone's for this
+// hub's own origins.
+func TestSyncIncarnationsChoice(t *testing.T) {
+	net := newMemNet()
+	h := net.addHub(t, "me")
+	st := createStream(t, h, "s", 1, "all")
+	ctx := context.Background()
+	const (
+		old   = "01000000000000000000000000000000"
+		newer = "02000000000000000000000000000000"
+		older = "00000000000000000000000000000000"
+	)
+	peer := func(name string, incs map[string]string) Peer {
+		return Peer{Name: name, Alive: true, Streams: map[string]PeerStream{"s": {Incarnations: incs}}}
+	}
+	steps := []struct {
+		name  string
+		peers []Peer
+		hub   string
+		want  string
+	}{
+		{"unknown is adopted", []Peer{peer("relay", map[string]string{"o": old})}, "o", old},
+		{"older relay ignored", []Peer{peer("relay", map[string]string{"o": older})}, "o", old},
+		{"newer relay followed", []Peer{peer("relay", map[string]string{"o": newer})}, "o", newer},
+		{"the origin wins over a newer relay", []Peer{peer("relay", map[string]string{"o": "03000000000000000000000000000000"}),
+			peer("o", map[string]string{"o": old})}, "o", old},
+		{"plugin origins follow their hub", []Peer{peer("o", map[string]string{"o/plugin/p/in": older})}, "o/plugin/p/in", older},
+		{"our own origins are ours", []Peer{peer("o", map[string]string{"me/plugin/p/in": newer, "me": newer})}, "me/plugin/p/in", ""},
+	}
+	for _, s := range steps {
+		if err := h.rep.syncIncarnations(ctx, st, s.peers); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if got := st.OriginIncarnation(s.hub); got != s.want {
+			t.Fatalf("%s: follows %q for %s, want %q", s.name, got, s.hub, s.want)
+		}
+	}
+	if got := st.OriginIncarnation("me"); got != "" {
+		t.Fatalf("a peer's word recorded for our own origin: %q", got)
+	}
+}
