@@ -355,6 +355,7 @@ var storeCodes = []struct {
 	{store.ErrSequenceConflict, quic.CodeSequenceConflict},
 	{store.ErrClosed, quic.CodeUnavailable},
 	{store.ErrCorrupt, quic.CodeCorrupt},
+	{store.ErrNoSpace, quic.CodeStorageFull},
 }
 
 // toWire maps any non-nil error to the *quic.Error a client sees: an
@@ -384,6 +385,10 @@ func wireErr(err error) error {
 // their details (file paths, say) in the hub's log. err must not be nil.
 func (d *dataPlane) clientErr(err error) *quic.Error {
 	e := toWire(err)
+	if e.Code == quic.CodeStorageFull {
+		// The store logs it, once a minute; the client is told plainly.
+		return &quic.Error{Code: e.Code, Message: "the hub's disk is full: nothing of the batch was stored; retry once space is freed"}
+	}
 	if e.Code != quic.CodeInternal && e.Code != quic.CodeCorrupt {
 		return e
 	}

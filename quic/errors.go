@@ -60,6 +60,9 @@ const (
 	// sequence the hub remembers for a batch with other records: nothing of
 	// it was stored. 0x10 and 0x11 are the group codes (group.go).
 	CodeSequenceConflict Code = 0x12
+	// CodeStorageFull refuses a batch because the hub's disk is full:
+	// nothing of it was stored. Appends succeed again once space is freed.
+	CodeStorageFull Code = 0x13
 )
 
 var codeNames = map[Code]string{
@@ -69,7 +72,7 @@ var codeNames = map[Code]string{
 	CodeSequenceGap: "sequence_gap", CodeDuplicateTooOld: "duplicate_too_old",
 	CodeRecordTooLarge: "record_too_large", CodeUnknownOp: "unknown_op", CodeLimit: "limit",
 	CodeUnavailable: "unavailable", CodeInternal: "internal", CodeCorrupt: "corrupt",
-	CodeCanceled: "canceled", CodeSequenceConflict: "sequence_conflict",
+	CodeCanceled: "canceled", CodeSequenceConflict: "sequence_conflict", CodeStorageFull: "storage_full",
 }
 
 func (c Code) String() string {

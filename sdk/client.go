@@ -36,6 +36,7 @@ const (
 	CodeRecordTooLarge   = quic.CodeRecordTooLarge
 	CodeUnavailable      = quic.CodeUnavailable
 	CodeSequenceConflict = quic.CodeSequenceConflict
+	CodeStorageFull      = quic.CodeStorageFull
 )
 
 // Sentinel errors.

@@ -5,7 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -241,13 +244,82 @@ func (s *Stream) serve(w *writer, reqs []*request) {
 		}
 	} else {
 		err = w.commit(reqs)
+		if err != nil && isNoSpace(err) && len(reqs) > 1 {
+			// One append that does not fit fails the whole group
+			// commit. Alone, the others may fit, and a resend of a
+			// stored batch (answered with its positions) needs no
+			// space at all: it must not be told that nothing was
+			// stored. So each is tried again on its own, in order.
+			s.st.noSpace.note(s.logger, err)
+			for _, r := range reqs {
+				r.err, r.res = nil, Result{}
+				if err := w.commit([]*request{r}); err != nil && r.err == nil {
+					r.err = s.commitErr(err)
+				}
+			}
+			err = nil
+		}
+	}
+	if err != nil {
+		err = s.commitErr(err)
+	} else {
+		s.st.noSpace.clear(s.logger)
 	}
 	for _, r := range reqs {
 		if err != nil && r.err == nil {
-			r.err = fmt.Errorf("store: stream %q: %w", s.name, err)
+			r.err = err
 		}
 		close(r.done)
 	}
+}
+
+// commitErr wraps a failed commit's error for the callers, marking a full
+// file system with ErrNoSpace.
+func (s *Stream) commitErr(err error) error {
+	if isNoSpace(err) {
+		s.st.noSpace.note(s.logger, err)
+		return fmt.Errorf("store: stream %q: %w: %w", s.name, ErrNoSpace, err)
+	}
+	return fmt.Errorf("store: stream %q: %w", s.name, err)
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// noSpaceLog logs a full file system once a minute, with how many commits
+// failed meanwhile, and its end once commits have succeeded for a second
+// without a failure: a full disk refuses every append (a nearly full one
+// most), and a line per refusal would flood the log and the disk it is on.
+type noSpaceLog struct {
+	mu       sync.Mutex
+	full     bool
+	failed   int
+	logged   time.Time // last "full" line
+	lastFail time.Time
+}
+
+func (l *noSpaceLog) note(logger *slog.Logger, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failed++
+	l.lastFail = time.Now()
+	if l.full && time.Since(l.logged) < time.Minute {
+		return
+	}
+	l.full, l.logged = true, time.Now()
+	logger.Error("store: file system full: appends are refused (storage_full) until space is freed", "failed_commits", l.failed, "err", err)
+	l.failed = 0
+}
+
+func (l *noSpaceLog) clear(logger *slog.Logger) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.full || time.Since(l.lastFail) < time.Second {
+		return
+	}
+	logger.Warn("store: space available again: appends succeed", "failed_commits", l.failed)
+	l.full, l.failed = false, 0
 }
 
 // update runs fn in a write transaction, turning a bbolt panic on a damaged

@@ -41,6 +41,10 @@ var (
 	ErrLocked = errors.New("data directory in use by another process")
 	// ErrCorrupt is wrapped by CorruptError.
 	ErrCorrupt = errors.New("corrupt data")
+	// ErrNoSpace: the data directory's file system is full (ENOSPC or
+	// EDQUOT). The append's transaction was rolled back: nothing of it
+	// was stored, and appends succeed again once space is freed.
+	ErrNoSpace = errors.New("no space left for the data directory")
 )
 
 // CorruptError reports damaged data: a file that bbolt cannot open, or a

@@ -20,6 +20,8 @@ type Store struct {
 	logger *slog.Logger
 	lock   *dirLock
 
+	noSpace noSpaceLog
+
 	mu      sync.RWMutex // guards streams and closed
 	streams map[string]*Stream
 	closed  bool
