@@ -3,11 +3,14 @@
 package chaos
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,6 +32,7 @@ type workload struct {
 	producers int
 	keys      int
 	rate      int // records per second per producer
+	valueSize int // pad values to this many bytes (the history keeps the id only)
 	// classify turns a producer's error into an outcome. The default
 	// calls every error Unknown: a crash test claims nothing about
 	// failures.
@@ -131,7 +135,11 @@ func (w *workload) produce(client string) {
 			value := fmt.Sprintf("%s-%d", client, n)
 			n++
 			inv := w.rec.Invoke(Op{Kind: Produce, Client: client, Stream: w.stream, Key: key, Value: value})
-			err := p.SendAsync(context.Background(), sdk.Record{Key: []byte(key), Value: []byte(value)}, func(pos sdk.Position, err error) {
+			payload := []byte(value)
+			if len(payload) < w.valueSize {
+				payload = append(append(payload, '|'), make([]byte, w.valueSize-len(payload)-1)...)
+			}
+			err := p.SendAsync(context.Background(), sdk.Record{Key: []byte(key), Value: payload}, func(pos sdk.Position, err error) {
 				<-inflight
 				if err != nil {
 					w.complete(inv, err)
@@ -282,7 +290,7 @@ func (w *workload) groupMember(group, member string) {
 		}
 		idle = 0
 		w.rec.Read(Op{Kind: Consume, Client: member, Stream: w.stream, Group: group, Shard: m.Shard, Seq: m.Record.Seq,
-			Key: string(m.Record.Key), Value: string(m.Record.Value)})
+			Key: string(m.Record.Key), Value: valueID(m.Record.Value)})
 		w.noteRead(member, m.Shard, m.Record.Seq)
 		mu.Lock()
 		pending[m.Shard] = m.Record.Seq + 1
@@ -373,7 +381,7 @@ func (w *workload) subscribeShard(c *sdk.Client, client string, shard int) {
 		}
 		idle = 0
 		w.rec.Read(Op{Kind: Consume, Client: client, Stream: w.stream, Shard: m.Shard, Seq: m.Record.Seq,
-			Key: string(m.Record.Key), Value: string(m.Record.Value)})
+			Key: string(m.Record.Key), Value: valueID(m.Record.Value)})
 		w.noteRead(client, m.Shard, m.Record.Seq)
 	}
 }
@@ -529,7 +537,7 @@ func readBack(tb testing.TB, rec *Recorder, dataDir, stream, hub string) int {
 				break
 			}
 			for _, r := range recs {
-				op := Op{Kind: Final, Client: "final", Hub: hub, Stream: stream, Shard: sh, Seq: r.Seq, Key: string(r.Key), Value: string(r.Value)}
+				op := Op{Kind: Final, Client: "final", Hub: hub, Stream: stream, Shard: sh, Seq: r.Seq, Key: string(r.Key), Value: valueID(r.Value)}
 				if !r.Origin.IsLocal() {
 					op.Origin = &Origin{Hub: r.Origin.Hub, Shard: r.Origin.Shard, Seq: r.Origin.Seq}
 				}
@@ -542,6 +550,14 @@ func readBack(tb testing.TB, rec *Recorder, dataDir, stream, hub string) int {
 	return n
 }
 
+// valueID is the id a produced value starts with (before any padding).
+func valueID(v []byte) string {
+	if i := bytes.IndexByte(v, '|'); i >= 0 {
+		return string(v[:i])
+	}
+	return string(v)
+}
+
 // checkHistory closes rec, reads its file back and checks it.
 func checkHistory(tb testing.TB, rec *Recorder, path string) *Report {
 	tb.Helper()
@@ -552,7 +568,15 @@ func checkHistory(tb testing.TB, rec *Recorder, path string) *Report {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return Check(ops)
+	r := Check(ops)
+	if keep := os.Getenv("EDGEHUB_CHAOS_KEEP"); keep != "" && !r.OK() {
+		// Keep the history of a failed check for a closer look.
+		dst := filepath.Join(keep, strings.ReplaceAll(tb.Name(), "/", "_")+".jsonl")
+		if b, err := os.ReadFile(path); err == nil && os.WriteFile(dst, b, 0o644) == nil {
+			tb.Logf("history kept in %s", dst)
+		}
+	}
+	return r
 }
 
 func historyPath(tb testing.TB) string { return filepath.Join(tb.TempDir(), "history.jsonl") }
