@@ -80,18 +80,34 @@ func clearQuarantines(tx *bolt.Tx, plugin string) error {
 // slot is one held execution slot: a token taken from the shared pool or
 // from the quarantine slot.
 type slot struct {
-	mu sync.Mutex
-	ch chan struct{} // the pool whose token is held; nil once given back
+	mu    sync.Mutex
+	ch    chan struct{} // the pool whose token is held; nil once given back
+	since time.Time     // when the token of ch was taken
+	rest  chan struct{} // the quarantine slot: its token is returned late
 }
 
+// give returns the token. The quarantine slot's token comes back only
+// after twice as long as it was held, so quarantined runners together use
+// at most a third of a core: a looping plugin burns its deadline, but not
+// the machine ingest needs.
 func (s *slot) give() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ch != nil {
-		<-s.ch
-		s.ch = nil
+	if s.ch == nil {
+		return
 	}
+	if s.ch == s.rest {
+		ch := s.ch
+		time.AfterFunc(quarantineRest*time.Since(s.since), func() { <-ch })
+	} else {
+		<-s.ch
+	}
+	s.ch = nil
 }
+
+// quarantineRest is how much longer than it was held the quarantine slot
+// stays idle.
+const quarantineRest = 2
 
 // errPreempted cancels a guest call that overran the slot lease while the
 // quarantine slot was busy. It is not the record's fault: the call's
@@ -115,7 +131,7 @@ func (r *runner) acquire(ctx context.Context) bool {
 	case <-ctx.Done():
 		return false
 	}
-	r.held = &slot{ch: ch}
+	r.held = &slot{ch: ch, since: time.Now(), rest: r.quarantine}
 	return true
 }
 
@@ -167,7 +183,7 @@ func (r *runner) watchFor(ctx context.Context, lease time.Duration) (cctx contex
 		select {
 		case r.quarantine <- struct{}{}:
 			<-s.ch
-			s.ch, over = r.quarantine, 1
+			s.ch, s.since, over = r.quarantine, time.Now(), 1
 		default:
 			over = 2
 			cancel(errPreempted)
