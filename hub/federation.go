@@ -27,6 +27,12 @@ import (
 // reported, so each is counted once across restarts and relayed to peers.
 const GapsFile = "federation-gaps.json"
 
+// peerIdleTimeout drops a replication connection that heard nothing from
+// its peer for this long (keep-alives go every fifth of it; an idle
+// following pull gets a heartbeat every second), so pulls redial soon after
+// a partition heals (docs/federation.md, "Partitions").
+const peerIdleTimeout = 10 * time.Second
+
 // federation is the hub's membership (gossip) and replication (pulls over
 // the QUIC data plane), started when [gossip] bind is set.
 type federation struct {
@@ -79,7 +85,12 @@ func (h *Hub) addFederation() error {
 		g.Close()
 		return fmt.Errorf("hub: federation: %w", err)
 	}
-	transport := replicate.NewQUICTransport(quic.ClientConfig{TLS: tlsConf, Token: gc.PeerToken})
+	// A peer that lost our connection while a link was down (it sent a
+	// heartbeat into the partition and gave up) never tells us: without a
+	// short idle timeout our pulls would wait the data plane's 60s for
+	// news after the link heals (found by internal/chaos TestPartitionHeal).
+	transport := replicate.NewQUICTransport(quic.ClientConfig{TLS: tlsConf, Token: gc.PeerToken,
+		IdleTimeout: peerIdleTimeout, KeepAlive: peerIdleTimeout / 5})
 	watch := newTLSWatch(h.logger, h.metrics)
 	m := &membership{g: g, self: h.cfg.Hub.Name, logger: h.logger}
 	rc := replicate.DefaultConfig(h.cfg.Hub.Name)
