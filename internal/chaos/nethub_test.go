@@ -303,7 +303,9 @@ func settled(t *testing.T, timeout time.Duration, stream string, hubs ...*labHub
 	var n int64
 	stableSince := time.Time{}
 	start := time.Now()
-	defer func() { t.Logf("settled after %s: %d records of %s everywhere", time.Since(start).Round(100*time.Millisecond), n, stream) }()
+	defer func() {
+		t.Logf("settled after %s: %d records of %s everywhere", time.Since(start).Round(100*time.Millisecond), n, stream)
+	}()
 	defer func() {
 		if !t.Failed() {
 			return
