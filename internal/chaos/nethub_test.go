@@ -29,19 +29,41 @@ import (
 // the root namespace, with the chaos tag for the clock seam) to the inner.
 const envLabHub = "EDGEHUB_NETLAB_HUB"
 
-// labBinary builds the hub with the chaos tag once per outer test.
+var (
+	labBinOnce sync.Once
+	labBin     string
+	labBinErr  error
+)
+
+// labBinary builds the hub with the chaos tag once per test process, into
+// a directory named after the process (left behind ones of dead processes
+// are removed first: there is no TestMain of ours to clean up).
 func labBinary(t *testing.T) string {
 	t.Helper()
 	if b := os.Getenv(envLabHub); b != "" {
 		return b
 	}
-	bin := filepath.Join(t.TempDir(), "hub")
-	out, err := exec.Command("go", "build", "-tags", "chaos", "-o", bin, "github.com/edgehub/edgehub/cmd/hub").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build -tags chaos ./cmd/hub: %v\n%s", err, out)
+	labBinOnce.Do(func() {
+		old, _ := filepath.Glob(filepath.Join(os.TempDir(), "edgehub-netlab-*"))
+		for _, d := range old {
+			var pid int
+			if _, err := fmt.Sscanf(filepath.Base(d), "edgehub-netlab-%d", &pid); err == nil && syscall.Kill(pid, 0) != nil {
+				os.RemoveAll(d)
+			}
+		}
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("edgehub-netlab-%d", os.Getpid()))
+		labBin = filepath.Join(dir, "hub")
+		out, err := exec.Command("go", "build", "-tags", "chaos", "-o", labBin, "github.com/edgehub/edgehub/cmd/hub").CombinedOutput()
+		if err != nil {
+			labBinErr = fmt.Errorf("go build -tags chaos ./cmd/hub: %v\n%s", err, out)
+		}
+	})
+	if labBinErr != nil {
+		t.Fatal(labBinErr)
 	}
-	os.Setenv(envLabHub, bin) // inherited by the inner test
-	return bin
+	os.Setenv(envLabHub, labBin) // inherited by the inner test
+	t.Cleanup(func() { os.Unsetenv(envLabHub) })
+	return labBin
 }
 
 // labHub is a `hub serve` child process in its namespace.
@@ -369,9 +391,15 @@ type labProducers struct {
 // pause until stopProducing.
 func produce(t *testing.T, rec *Recorder, stream string, batch int, pause time.Duration, hubs ...*labHub) *labProducers {
 	t.Helper()
+	return produceVia(t, rec, stream, batch, pause, (*labHub).quic, hubs...)
+}
+
+// produceVia is produce with each hub's producer dialling addr(hub).
+func produceVia(t *testing.T, rec *Recorder, stream string, batch int, pause time.Duration, addr func(*labHub) string, hubs ...*labHub) *labProducers {
+	t.Helper()
 	lp := &labProducers{rec: rec, stream: stream, stop: make(chan struct{})}
 	for _, h := range hubs {
-		c, err := sdk.Dial(context.Background(), h.quic(), sdk.Options{CAFile: filepath.Join(h.data(), "tls", "cert.pem"),
+		c, err := sdk.Dial(context.Background(), addr(h), sdk.Options{CAFile: filepath.Join(h.data(), "tls", "cert.pem"),
 			ReconnectMax: time.Second})
 		if err != nil {
 			t.Fatal(err)
