@@ -90,7 +90,7 @@ func TestClockJumps(t *testing.T) {
 		if ahead == 0 {
 			t.Fatal("no record at a carries an ingest time from the forward step: the clock seam did not work")
 		}
-		checked := readBack(t, rec, "ck", hubs...)
+		checked := labReadBack(t, rec, "ck", hubs...)
 		rep := judge(t, rec, path)
 		if int64(checked) != 3*n || lp.acked.Load() != n {
 			t.Errorf("read back %d records from 3 hubs holding %d each; %d acknowledged", checked, n, lp.acked.Load())

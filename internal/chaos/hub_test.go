@@ -30,6 +30,12 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if b := os.Getenv(envLabHub); b != "" {
+		// A process started by a network-namespace test (netlab_test.go):
+		// the outer test's binary serves.
+		hubBinary = b
+		os.Exit(m.Run())
+	}
 	var err error
 	buildDir, err = os.MkdirTemp("", "edgehub-chaos-")
 	if err != nil {

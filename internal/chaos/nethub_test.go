@@ -25,45 +25,20 @@ import (
 	"github.com/edgehub/edgehub/store"
 )
 
-// envLabHub passes the hub binary from the outer test (which builds it, in
-// the root namespace, with the chaos tag for the clock seam) to the inner.
+// envLabHub passes the hub binary from the outer test to the inner.
 const envLabHub = "EDGEHUB_NETLAB_HUB"
 
-var (
-	labBinOnce sync.Once
-	labBin     string
-	labBinErr  error
-)
-
-// labBinary builds the hub with the chaos tag once per test process, into
-// a directory named after the process (left behind ones of dead processes
-// are removed first: there is no TestMain of ours to clean up).
+// labBinary passes the hub binary TestMain built (with the chaos tag, for
+// the clock seam) to the inner test and the children it starts, whose
+// TestMain then builds nothing.
 func labBinary(t *testing.T) string {
 	t.Helper()
 	if b := os.Getenv(envLabHub); b != "" {
 		return b
 	}
-	labBinOnce.Do(func() {
-		old, _ := filepath.Glob(filepath.Join(os.TempDir(), "edgehub-netlab-*"))
-		for _, d := range old {
-			var pid int
-			if _, err := fmt.Sscanf(filepath.Base(d), "edgehub-netlab-%d", &pid); err == nil && syscall.Kill(pid, 0) != nil {
-				os.RemoveAll(d)
-			}
-		}
-		dir := filepath.Join(os.TempDir(), fmt.Sprintf("edgehub-netlab-%d", os.Getpid()))
-		labBin = filepath.Join(dir, "hub")
-		out, err := exec.Command("go", "build", "-tags", "chaos", "-o", labBin, "github.com/edgehub/edgehub/cmd/hub").CombinedOutput()
-		if err != nil {
-			labBinErr = fmt.Errorf("go build -tags chaos ./cmd/hub: %v\n%s", err, out)
-		}
-	})
-	if labBinErr != nil {
-		t.Fatal(labBinErr)
-	}
-	os.Setenv(envLabHub, labBin) // inherited by the inner test
+	os.Setenv(envLabHub, hubBinary)
 	t.Cleanup(func() { os.Unsetenv(envLabHub) })
-	return labBin
+	return hubBinary
 }
 
 // labHub is a `hub serve` child process in its namespace.
@@ -468,9 +443,9 @@ func (lp *labProducers) stopProducing(t *testing.T) {
 	}
 }
 
-// readBack records the whole stream as each (stopped) hub stored it: the
+// labReadBack records the whole stream as each (stopped) hub stored it: the
 // Final operations the checker judges everything by.
-func readBack(t *testing.T, rec *Recorder, stream string, hubs ...*labHub) int {
+func labReadBack(t *testing.T, rec *Recorder, stream string, hubs ...*labHub) int {
 	t.Helper()
 	total := 0
 	for _, h := range hubs {

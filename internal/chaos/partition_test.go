@@ -99,7 +99,7 @@ func TestPartitionHeal(t *testing.T) {
 		for _, h := range hubs {
 			h.stop(t)
 		}
-		checked := readBack(t, rec, "p", hubs...)
+		checked := labReadBack(t, rec, "p", hubs...)
 		rep := judge(t, rec, path)
 		if int64(checked) != 3*n || lp.acked.Load() != n {
 			t.Errorf("read back %d records from 3 hubs holding %d each; %d acknowledged", checked, n, lp.acked.Load())
@@ -160,7 +160,7 @@ func TestBadLinks(t *testing.T) {
 		for _, h := range hubs {
 			h.stop(t)
 		}
-		checked := readBack(t, rec, "bad", hubs...)
+		checked := labReadBack(t, rec, "bad", hubs...)
 		rep := judge(t, rec, path)
 		if int64(checked) != 3*n || lp.acked.Load() != n {
 			t.Errorf("read back %d records from 3 hubs holding %d each; %d acknowledged", checked, n, lp.acked.Load())

@@ -52,7 +52,7 @@ func TestPauseHub(t *testing.T) {
 		for _, h := range hubs {
 			h.stop(t)
 		}
-		checked := readBack(t, rec, "pz", hubs...)
+		checked := labReadBack(t, rec, "pz", hubs...)
 		rep := judge(t, rec, path)
 		if int64(checked) != 3*n || lp.acked.Load() != n {
 			t.Errorf("read back %d records from 3 hubs holding %d each; %d acknowledged", checked, n, lp.acked.Load())
@@ -337,7 +337,7 @@ func TestPauseGroupMember(t *testing.T) {
 		for _, h := range hubs {
 			h.stop(t)
 		}
-		checked := readBack(t, rec, "gm", a)
+		checked := labReadBack(t, rec, "gm", a)
 		rep := judge(t, rec, path)
 		t.Logf("group member paused %s past its session timeout; its stale commit refused (%d by the hub, %d by the SDK); %d acknowledged writes, %d reads (victim %d, survivor %d), %d records checked: %s",
 			"6s", stale, unsent, total, victim.readCount()+survivor.readCount(), victim.readCount(), survivor.readCount(), checked, rep.Summary())
