@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"testing"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -115,4 +117,26 @@ func BenchmarkBatchDigest(b *testing.B) {
 	for b.Loop() {
 		batchDigest(recs, h, &scratch)
 	}
+}
+
+func FuzzDecodeOriginIncarnation(f *testing.F) {
+	inc := newIncarnation(time.Unix(1764633600, 0))
+	f.Add(append(bytes.Clone(originIncPrefix), "core-1"...), inc)
+	f.Add(bytes.Clone(originIncPrefix), inc[:3])
+	f.Fuzz(func(t *testing.T, k, v []byte) {
+		hub, hexInc, err := decodeOriginIncarnation(k, v)
+		if err != nil {
+			if _, err := decodeIncarnation(v); err == nil && len(v) != IncarnationLen {
+				t.Fatalf("incarnation of %d bytes decoded", len(v))
+			}
+			return
+		}
+		raw, err := hex.DecodeString(hexInc)
+		if err != nil || !bytes.Equal(raw, v) || !bytes.Equal(append(bytes.Clone(originIncPrefix), hub...), k) {
+			t.Fatalf("%x → %x decoded as %q %q", k, v, hub, hexInc)
+		}
+		if again, err := decodeIncarnation(v); err != nil || again != hexInc {
+			t.Fatalf("decodeIncarnation(%x) = %q %v", v, again, err)
+		}
+	})
 }

@@ -181,19 +181,37 @@ func (s *Stream) loadIncarnations(m *bolt.Bucket) error {
 	if v == nil {
 		return nil // migrated by ensureIncarnation after load
 	}
-	if len(v) != IncarnationLen {
-		return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("incarnation of %d bytes", len(v))}
+	var err error
+	if s.incarnation, err = decodeIncarnation(v); err != nil {
+		return &CorruptError{File: s.path, Shard: -1, Err: err}
 	}
-	s.incarnation = hex.EncodeToString(v)
 	c := m.Cursor()
 	for k, v := c.Seek(originIncPrefix); k != nil && bytes.HasPrefix(k, originIncPrefix); k, v = c.Next() {
-		hub := string(k[len(originIncPrefix):])
-		if len(v) != IncarnationLen || hub == "" {
-			return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("origin incarnation %q: %d bytes", hub, len(v))}
+		hub, inc, err := decodeOriginIncarnation(k, v)
+		if err != nil {
+			return &CorruptError{File: s.path, Shard: -1, Err: err}
 		}
-		s.originIncs[hub] = hex.EncodeToString(v)
+		s.originIncs[hub] = inc
 	}
 	return nil
+}
+
+// decodeIncarnation decodes a stored incarnation into its hex form.
+func decodeIncarnation(v []byte) (string, error) {
+	if len(v) != IncarnationLen {
+		return "", fmt.Errorf("incarnation of %d bytes", len(v))
+	}
+	return hex.EncodeToString(v), nil
+}
+
+// decodeOriginIncarnation decodes a meta entry originIncPrefix ‖ hub →
+// incarnation.
+func decodeOriginIncarnation(k, v []byte) (hub, inc string, err error) {
+	hub = string(k[min(len(k), len(originIncPrefix)):])
+	if !bytes.HasPrefix(k, originIncPrefix) || hub == "" || len(hub) > MaxOriginHubLength || len(v) != IncarnationLen {
+		return "", "", fmt.Errorf("origin incarnation %q: %d bytes", hub, len(v))
+	}
+	return hub, hex.EncodeToString(v), nil
 }
 
 // ensureIncarnation gives a stream file written before incarnations existed

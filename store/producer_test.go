@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -217,6 +218,9 @@ func TestDamagedEntriesAreReported(t *testing.T) {
 		{"watermark key trailing bytes", put(bucketWatermarks, append(okKey, 7), make([]byte, 8)), false},
 		{"watermark key short", put(bucketWatermarks, []byte{9, 'a'}, make([]byte, 8)), false},
 		{"no producer bucket", func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketProducers) }, false},
+		{"incarnation", put(bucketMeta, keyIncarnation, []byte{1, 2, 3}), false},
+		{"origin incarnation without hub", put(bucketMeta, originIncPrefix, make([]byte, IncarnationLen)), false},
+		{"origin incarnation value", put(bucketMeta, append(bytes.Clone(originIncPrefix), "peer"...), []byte{1}), false},
 		{"origin index value", put(bucketOrigins, binary.BigEndian.AppendUint64(okKey, 3), []byte{1, 2}), true},
 		{"origin index key", put(bucketOrigins, append(binary.BigEndian.AppendUint64(okKey, 3), 0), make([]byte, 12)), true},
 	}
