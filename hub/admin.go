@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -144,13 +145,20 @@ func (h *Hub) route(pattern string, fn func(w http.ResponseWriter, r *http.Reque
 type adminServer struct {
 	ln        net.Listener
 	srv       *http.Server
+	tls       bool // serve HTTPS with srv.TLSConfig
 	closeOnce sync.Once
 	closeErr  error
 }
 
 func (a *adminServer) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
-	go func() { errc <- a.srv.Serve(a.ln) }()
+	go func() {
+		if a.tls {
+			errc <- a.srv.ServeTLS(a.ln, "", "")
+			return
+		}
+		errc <- a.srv.Serve(a.ln)
+	}()
 	select {
 	case err := <-errc:
 		if errors.Is(err, http.ErrServerClosed) {
@@ -182,9 +190,21 @@ func (a *adminServer) Close() error {
 // addAdmin binds the admin listener (so a busy port fails New) and registers
 // the routes of this file.
 func (h *Hub) addAdmin() error {
+	var tlsConf *tls.Config
+	if h.cfg.Admin.TLSEnabled() {
+		var err error
+		if tlsConf, err = h.adminTLS(); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", h.cfg.Listen.Admin)
 	if err != nil {
 		return fmt.Errorf("hub: admin listen %s: %w", h.cfg.Listen.Admin, err)
+	}
+	guard, err := newAdminGuard(h.cfg.Admin, h.cfg.Listen.Admin, ln.Addr(), h.logger, h.metrics)
+	if err != nil {
+		ln.Close()
+		return err
 	}
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgehub_admin_requests_total",
@@ -202,23 +222,44 @@ func (h *Hub) addAdmin() error {
 	h.route("DELETE /v1/streams/{name}", h.deleteStream)
 	h.route("/v1/", h.notFound)
 
+	guarded := guard.wrap(h.mux)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		h.mux.ServeHTTP(sw, r)
+		guarded.ServeHTTP(sw, r)
 		pattern := r.Pattern
 		if pattern == "" {
 			pattern = "unmatched"
 		}
 		requests.WithLabelValues(pattern, fmt.Sprint(sw.status)).Inc()
 	})
-	h.admin = &adminServer{ln: ln, srv: &http.Server{
+	h.admin = &adminServer{ln: ln, tls: tlsConf != nil, srv: &http.Server{
 		Handler:           handler,
+		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(h.logger.Handler(), slog.LevelWarn),
 	}}
 	h.add(h.admin)
+	if h.cfg.Admin.Enabled() && tlsConf == nil && !isLoopbackListener(ln.Addr()) {
+		h.logger.Warn("admin: tokens are sent in clear text: the admin listener is not loopback and [admin] tls is off",
+			"listen", ln.Addr().String())
+	}
+	h.logger.Info("admin API listening", "url", h.AdminURL(), "tokens", len(h.cfg.Admin.Tokens),
+		"allowed_origins", h.cfg.Admin.AllowedOrigins)
 	return nil
+}
+
+// AdminURL returns the base URL of the admin API (http or https).
+func (h *Hub) AdminURL() string {
+	if h.admin.tls {
+		return "https://" + h.admin.ln.Addr().String()
+	}
+	return "http://" + h.admin.ln.Addr().String()
+}
+
+func isLoopbackListener(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // notFound answers requests no /v1/ route matched: 405 with an Allow header
@@ -542,11 +583,26 @@ th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
 let prev = {}, prevT = 0;
 const esc = s => String(s).replace(/[&<>"']/g, c => "&#" + c.charCodeAt(0) + ";");
 const fmt = n => n.toLocaleString();
+// With [[admin.token]]s the API answers 401: ask for a token once, keep it
+// for this tab only (sessionStorage) and send it as a bearer token.
+const tokenKey = "edgehub-admin-token";
+let declined = false;
+async function api(path) {
+  const tok = sessionStorage.getItem(tokenKey);
+  const r = await fetch(path, tok ? {headers: {Authorization: "Bearer " + tok}} : {});
+  if (r.status === 401 && !declined) {
+    const t = prompt("This hub requires an admin token (role read is enough):");
+    if (t && t.trim()) { sessionStorage.setItem(tokenKey, t.trim()); return api(path); }
+    declined = true;
+  }
+  if (r.status === 401 || r.status === 403) throw new Error(path + ": HTTP " + r.status + " (admin token)");
+  return r.json();
+}
 async function tick() {
   try {
-    const hz = await fetch("/healthz").then(r => r.json());
+    const hz = await api("/healthz");
     document.getElementById("hub").textContent = hz.name + " · " + hz.status;
-    const list = await fetch("/v1/streams").then(r => r.json());
+    const list = await api("/v1/streams");
     const now = performance.now(), dt = (now - prevT) / 1000;
     let rows = "";
     for (const s of list.streams) {
@@ -558,7 +614,7 @@ async function tick() {
     }
     prevT = now;
     document.getElementById("streams").innerHTML = rows || "<tr><td colspan=7 class=muted>no streams</td></tr>";
-    const gl = await fetch("/v1/groups").then(r => r.json());
+    const gl = await api("/v1/groups");
     let grows = "";
     for (const g of gl.groups) grows += "<tr><td>" + esc(g.name) + "</td><td>" + esc(g.stream) + "</td><td>" + g.members +
       "</td><td>" + fmt(g.lag) + "</td><td>" + g.rebalances + "</td></tr>";
@@ -574,7 +630,7 @@ document.addEventListener("click", async ev => {
   const name = ev.target.dataset && ev.target.dataset.s;
   if (!name) return;
   ev.preventDefault();
-  const s = await fetch("/v1/streams/" + encodeURIComponent(name)).then(r => r.json());
+  const s = await api("/v1/streams/" + encodeURIComponent(name));
   let rows = "";
   for (const sh of s.shards) rows += "<tr><td>" + sh.shard + "</td><td>" + sh.hash_start + "–" + sh.hash_end +
     "</td><td>" + sh.first_seq + "</td><td>" + sh.last_seq + "</td><td>" + fmt(sh.records) + "</td><td>" + fmt(sh.bytes) + "</td></tr>";

@@ -25,6 +25,10 @@ func call(tb testing.TB, method, url, body string) (int, []byte) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set(HeaderAdminClient, "test") // as the CLI does (bodiless POSTs need it)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)

@@ -24,7 +24,7 @@ import (
 // schema is a public compatibility surface: keys are only ever added.
 //
 // Sections owned by other parts of the hub live in their own files
-// (config_tls.go, config_gossip.go, config_plugins.go); each has a Validate
+// (config_tls.go, config_admin.go, config_gossip.go, config_plugins.go); each has a Validate
 // method that Config.Validate calls.
 type Config struct {
 	Hub      HubConfig       `toml:"hub"`
@@ -33,6 +33,7 @@ type Config struct {
 	Streams  []StreamConfig  `toml:"stream"`
 	TLS      TLSConfig       `toml:"tls"`
 	Auth     AuthConfig      `toml:"auth"`
+	Admin    AdminConfig     `toml:"admin"`
 	Limits   LimitsConfig    `toml:"limits"`
 	Groups   GroupsConfig    `toml:"groups"`
 	Gossip   GossipConfig    `toml:"gossip"`
@@ -244,6 +245,7 @@ func (c Config) Validate() error {
 
 	errs = append(errs, inSection("tls", c.TLS.Validate()))
 	errs = append(errs, inSection("auth", c.Auth.Validate()))
+	errs = append(errs, inSection("admin", c.Admin.Validate()), c.validateAdminExposure())
 	errs = append(errs, inSection("limits", c.Limits.Validate()))
 	errs = append(errs, inSection("groups", c.Groups.Validate()))
 	errs = append(errs, inSection("gossip", c.Gossip.Validate()))

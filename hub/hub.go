@@ -117,7 +117,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		g.Go(func() error { return c.Run(gctx) })
 	}
 	h.ready.Store(true)
-	h.logger.Info("hub ready", "name", h.cfg.Hub.Name, "admin", "http://"+h.AdminAddr().String(),
+	h.logger.Info("hub ready", "name", h.cfg.Hub.Name, "admin", h.AdminURL(),
 		"data_dir", h.cfg.Hub.DataDir, "streams", len(h.store.Streams()))
 	<-gctx.Done()
 	h.ready.Store(false)

@@ -41,7 +41,13 @@ func deployHTTP(tb testing.TB, base string, def PluginConfig, wasm []byte) (int,
 	mf, _ := mw.CreateFormFile("module", "m.wasm")
 	mf.Write(wasm)
 	mw.Close()
-	resp, err := http.Post(base+"/v1/plugins", mw.FormDataContentType(), &body)
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/plugins", &body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set(HeaderAdminClient, "test") // multipart is a form's type: the hub wants this header
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/http"
 	"os"
 	"regexp"
 	"runtime/pprof"
@@ -42,7 +41,7 @@ func init() {
 // benchFlags are common to both benchmarks.
 type benchFlags struct {
 	df       *dataFlags
-	admin    *string
+	admin    *adminFlags
 	self     *bool
 	data     *string
 	stream   *string
@@ -51,13 +50,13 @@ type benchFlags struct {
 	count    *int64
 	duration *time.Duration
 	profile  *string
-	adminURL string // for the hub-side histogram; "" if unknown
+	adminAPI *adminClient // for the hub-side histogram; nil if unknown
 }
 
 func addBenchFlags(fs *flag.FlagSet) *benchFlags {
 	return &benchFlags{
 		df:       addDataFlags(fs),
-		admin:    adminFlag(fs),
+		admin:    addAdminFlags(fs, "admin-"),
 		self:     fs.Bool("self", false, "start a hub in this process (data in --data or a temporary directory) instead of using a running one"),
 		data:     fs.String("data", "", "data `DIR` of the --self hub (default: a temporary directory, removed after)"),
 		stream:   fs.String("stream", "bench", "`STREAM` to use; created if missing"),
@@ -92,8 +91,8 @@ func (b *benchFlags) target(ctx context.Context) (dial func(context.Context) (*s
 		if err := b.ensureStream(ctx, nil); err != nil {
 			return nil, nil, err
 		}
-		if ac, err := newAdminClient(*b.admin); err == nil {
-			b.adminURL = ac.base.String()
+		if ac, err := newAdminClient(b.admin.options()); err == nil {
+			b.adminAPI = ac
 		}
 		return b.df.dial, func() {}, nil
 	}
@@ -128,7 +127,9 @@ func (b *benchFlags) target(ctx context.Context) (dial func(context.Context) (*s
 		return nil, nil, err
 	}
 	addr := h.QUICAddr().String()
-	b.adminURL = "http://" + h.AdminAddr().String()
+	if ac, err := newAdminClient(adminOptions{URL: h.AdminURL()}); err == nil {
+		b.adminAPI = ac
+	}
 	ca := dir + "/" + hub.SelfSignedCertFile
 	dial = func(ctx context.Context) (*sdk.Client, error) {
 		return sdk.Dial(ctx, addr, sdk.Options{CAFile: ca})
@@ -152,7 +153,7 @@ func (b *benchFlags) ensureStream(ctx context.Context, h *hub.Hub) error {
 	if _, err := c.Info(ctx, *b.stream); sdk.CodeOf(err) != sdk.CodeNotFound {
 		return err
 	}
-	ac, err := newAdminClient(*b.admin)
+	ac, err := newAdminClient(b.admin.options())
 	if err != nil {
 		return err
 	}
@@ -242,7 +243,7 @@ func benchProduce(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	hist0 := appendHistogram(ctx, b.adminURL)
+	hist0 := appendHistogram(ctx, b.adminAPI)
 	stored0, err := storedRecords(ctx, dial, *b.stream)
 	if err != nil {
 		return err
@@ -309,7 +310,7 @@ func benchProduce(ctx context.Context, args []string) error {
 		errs += r.errors
 		sent += r.sent
 	}
-	hist := appendHistogram(ctx, b.adminURL).minus(hist0)
+	hist := appendHistogram(ctx, b.adminAPI).minus(hist0)
 	acked := int64(len(lat))
 	latency := func(q float64) string { return strconv.FormatInt(pct(lat, q), 10) }
 	extra := ""
@@ -498,18 +499,18 @@ var bucketRE = regexp.MustCompile(`^edgehub_produce_append_seconds_bucket\{le="(
 
 // appendHistogram reads the histogram from the hub's /metrics; an empty one
 // if the admin API cannot be reached (the summary then says "na").
-func appendHistogram(ctx context.Context, adminURL string) histogram {
+func appendHistogram(ctx context.Context, ac *adminClient) histogram {
 	var h histogram
-	if adminURL == "" {
+	if ac == nil {
 		return h
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", adminURL+"/metrics", nil)
+	req, err := ac.newRequest(ctx, "GET", "/metrics", nil)
 	if err != nil {
 		return h
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := ac.http.Do(req)
 	if err != nil {
 		return h
 	}

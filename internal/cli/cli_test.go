@@ -131,7 +131,7 @@ func TestAdminClientURL(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("HUB_ADMIN", tt.env)
-			c, err := newAdminClient(tt.flag)
+			c, err := newAdminClient(adminOptions{URL: envOr(tt.flag, "HUB_ADMIN", "")})
 			if tt.err {
 				if err == nil {
 					t.Fatalf("got %s, want an error", c.base)

@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,16 +25,42 @@ import (
 // or HUB_ADMIN.
 const DefaultAdminURL = "http://" + hub.DefaultAdminAddr
 
-// adminFlag adds --admin to fs; resolve it with newAdminClient.
-func adminFlag(fs *flag.FlagSet) *string {
-	return fs.String("admin", "", "admin API `URL` (env HUB_ADMIN, default "+DefaultAdminURL+")")
+// adminFlags are the admin API connection flags; resolve them with
+// options and newAdminClient.
+type adminFlags struct {
+	url, token, ca *string
+	insecure       *bool
 }
 
-// adminCommand is the prelude of a management command: it adds --admin to
-// fs, parses args, checks that there are n positional arguments (named
-// names in the error) and returns a client for the admin API with them.
+// addAdminFlags adds --admin, --token, --ca and --insecure to fs. A
+// command that also talks to the data plane (whose flags take those names)
+// passes prefix "admin-": --admin-token, --admin-ca, --admin-insecure.
+func addAdminFlags(fs *flag.FlagSet, prefix string) *adminFlags {
+	return &adminFlags{
+		url:      fs.String("admin", "", "admin API `URL` (env HUB_ADMIN, default "+DefaultAdminURL+"; https://... for an [admin] tls hub)"),
+		token:    fs.String(prefix+"token", "", "admin `TOKEN` of an [[admin.token]] (env HUB_ADMIN_TOKEN)"),
+		ca:       fs.String(prefix+"ca", "", "PEM `FILE` of certificates to trust for an https admin URL (env HUB_ADMIN_CA; default "+DefaultCAFile+" if it exists, else the system roots)"),
+		insecure: fs.Bool(prefix+"insecure", false, "do not verify the admin API's certificate"),
+	}
+}
+
+// adminOptions is how to reach the admin API.
+type adminOptions struct {
+	URL, Token, CAFile string
+	Insecure           bool
+}
+
+// options resolves the flags and the environment.
+func (f *adminFlags) options() adminOptions {
+	return adminOptions{URL: envOr(*f.url, "HUB_ADMIN", ""), Token: envOr(*f.token, "HUB_ADMIN_TOKEN", ""),
+		CAFile: envOr(*f.ca, "HUB_ADMIN_CA", ""), Insecure: *f.insecure}
+}
+
+// adminCommand is the prelude of a management command: it adds the admin
+// flags to fs, parses args, checks that there are n positional arguments
+// (named names in the error) and returns a client for the admin API.
 func adminCommand(fs *flag.FlagSet, args []string, n int, names string) (*adminClient, []string, error) {
-	admin := adminFlag(fs)
+	admin := addAdminFlags(fs, "")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return nil, nil, err
@@ -40,24 +68,24 @@ func adminCommand(fs *flag.FlagSet, args []string, n int, names string) (*adminC
 	if err := wantArgs(pos, n, names); err != nil {
 		return nil, nil, err
 	}
-	c, err := newAdminClient(*admin)
+	c, err := newAdminClient(admin.options())
 	return c, pos, err
 }
 
 // adminClient calls the hub's admin API, turning its JSON errors into
 // *apiError with the hub's message and code.
 type adminClient struct {
-	base *url.URL
-	http *http.Client
+	base  *url.URL
+	http  *http.Client
+	token string
 }
 
-// newAdminClient resolves the admin URL: the flag, else $HUB_ADMIN, else
-// DefaultAdminURL. A bare host:port is accepted.
-func newAdminClient(flagValue string) (*adminClient, error) {
-	raw := flagValue
-	if raw == "" {
-		raw = os.Getenv("HUB_ADMIN")
-	}
+// newAdminClient resolves the admin URL (o.URL, else DefaultAdminURL; a
+// bare host:port means http) and, for https, the certificates to trust:
+// o.CAFile, else DefaultCAFile if it exists (a local hub's self-signed
+// certificate), else the system roots.
+func newAdminClient(o adminOptions) (*adminClient, error) {
+	raw := o.URL
 	if raw == "" {
 		raw = DefaultAdminURL
 	}
@@ -66,10 +94,86 @@ func newAdminClient(flagValue string) (*adminClient, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, usagef("invalid admin URL %q: want http://HOST:PORT", raw)
+		return nil, usagef("invalid admin URL %q: want http://HOST:PORT or https://HOST:PORT", raw)
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
-	return &adminClient{base: u, http: &http.Client{Timeout: time.Minute}}, nil
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if u.Scheme == "https" {
+		tc := &tls.Config{InsecureSkipVerify: o.Insecure}
+		ca := o.CAFile
+		if ca == "" && !o.Insecure {
+			if _, err := os.Stat(DefaultCAFile); err == nil {
+				ca = DefaultCAFile
+			}
+		}
+		if ca != "" && !o.Insecure {
+			pem, err := os.ReadFile(ca)
+			if err != nil {
+				return nil, fmt.Errorf("admin CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("admin CA %s: no PEM certificate in it", ca)
+			}
+			tc.RootCAs = pool
+		}
+		tr.TLSClientConfig = tc
+	}
+	return &adminClient{base: u, http: &http.Client{Timeout: time.Minute, Transport: tr}, token: o.Token}, nil
+}
+
+// newRequest builds a request to the admin API with the client's headers:
+// the token, and HeaderAdminClient, which tells the hub the request comes
+// from a program and not from a cross-site form.
+func (c *adminClient) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	u := c.base.String() + path
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, u, err)
+	}
+	req.Header.Set(hub.HeaderAdminClient, "cli")
+	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
+}
+
+// transportError explains a failed request.
+func (c *adminClient) transportError(ctx context.Context, method, u string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var op *net.OpError
+	var uerr x509.UnknownAuthorityError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &op) && op.Op == "dial"):
+		return fmt.Errorf("cannot reach the hub admin API at %s (is `hub serve` running? set --admin or HUB_ADMIN): %w", c.base, err)
+	case errors.As(err, &uerr), strings.Contains(err.Error(), "certificate"):
+		return fmt.Errorf("%s %s: %w\n(a hub with a self-signed certificate: pass --ca DATA_DIR/%s, or --insecure)", method, u, err, hub.SelfSignedCertFile)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%s %s: %w\n(the admin API serves plain HTTP: use --admin http://%s)", method, u, err, c.base.Host)
+	}
+	return fmt.Errorf("%s %s: %w", method, u, err)
+}
+
+// responseError turns an error response into *apiError.
+func (c *adminClient) responseError(status int, data []byte) error {
+	var eb hub.ErrorBody
+	if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
+		return &apiError{Status: status, Code: eb.Code, Message: eb.Error}
+	}
+	msg := strings.TrimSpace(string(data))
+	if strings.Contains(msg, "HTTP request to an HTTPS server") {
+		msg += fmt.Sprintf(" (the admin API serves HTTPS: use --admin https://%s)", c.base.Host)
+	}
+	if len(msg) > 200 {
+		msg = msg[:200] + "..."
+	}
+	if msg == "" {
+		msg = http.StatusText(status)
+	}
+	return &apiError{Status: status, Code: "http", Message: msg}
 }
 
 // apiError is an error answered by the hub.
@@ -94,25 +198,17 @@ func (c *adminClient) do(ctx context.Context, method, path string, in, out any) 
 		}
 		body = bytes.NewReader(b)
 	}
-	u := c.base.String() + path
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, u, err)
+		return err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Accept", "application/json")
+	u := req.URL.String()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var op *net.OpError
-		if errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &op) && op.Op == "dial") {
-			return fmt.Errorf("cannot reach the hub admin API at %s (is `hub serve` running? set --admin or HUB_ADMIN): %w", c.base, err)
-		}
-		return fmt.Errorf("%s %s: %w", method, u, err)
+		return c.transportError(ctx, method, u, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -120,18 +216,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, in, out any) 
 		return fmt.Errorf("%s %s: read response: %w", method, u, err)
 	}
 	if resp.StatusCode >= 300 {
-		var eb hub.ErrorBody
-		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
-			return &apiError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
-		}
-		msg := strings.TrimSpace(string(data))
-		if len(msg) > 200 {
-			msg = msg[:200] + "..."
-		}
-		if msg == "" {
-			msg = http.StatusText(resp.StatusCode)
-		}
-		return &apiError{Status: resp.StatusCode, Code: "http", Message: msg}
+		return c.responseError(resp.StatusCode, data)
 	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {

@@ -75,7 +75,7 @@ func (s *server) logs() string {
 	return s.log.String()
 }
 
-var adminRE = regexp.MustCompile(`msg="hub ready".* admin=(http://\S+)`)
+var adminRE = regexp.MustCompile(`msg="hub ready".* admin=(https?://\S+)`)
 
 // startServer runs `hub serve --data dir` plus extra args on free ports and
 // waits for it to log that it is ready. Cleanup kills it if still running.

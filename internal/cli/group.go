@@ -130,7 +130,7 @@ func ints(v []int) string {
 
 func groupReset(ctx context.Context, args []string) error {
 	fs := newFlags("group reset", "group reset NAME --stream STREAM --to earliest|latest|SEQ|RFC3339 [--shard N]... [--yes]")
-	admin := adminFlag(fs)
+	admin := addAdminFlags(fs, "")
 	stream := fs.String("stream", "", "`STREAM` the group consumes (required)")
 	to := fs.String("to", "", "new `POSITION` of each shard: earliest, latest, a sequence number or an RFC 3339 time (required)")
 	var shards shardFlags
@@ -165,7 +165,7 @@ func groupReset(ctx context.Context, args []string) error {
 	if err := confirm(*yes, what); err != nil {
 		return err
 	}
-	c, err := newAdminClient(*admin)
+	c, err := newAdminClient(admin.options())
 	if err != nil {
 		return err
 	}

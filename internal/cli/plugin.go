@@ -84,7 +84,7 @@ func loadManifest(path string) (hub.PluginConfig, error) {
 
 func pluginDeploy(ctx context.Context, args []string) error {
 	fs := newFlags("plugin deploy", "plugin deploy FILE.wasm --name NAME --input STREAM [--output STREAM]... [--config KEY=VALUE]... [--from earliest|latest] [--manifest FILE.toml]")
-	admin := adminFlag(fs)
+	admin := addAdminFlags(fs, "")
 	name := fs.String("name", "", "plugin `NAME`")
 	var inputs, outputs, configs multiFlag
 	fs.Var(&inputs, "input", "input `STREAM` (repeatable)")
@@ -190,7 +190,7 @@ func pluginDeploy(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := newAdminClient(*admin)
+	c, err := newAdminClient(admin.options())
 	if err != nil {
 		return err
 	}
@@ -232,18 +232,15 @@ func (c *adminClient) deployPlugin(ctx context.Context, pc hub.PluginConfig, was
 	if err := mw.Close(); err != nil {
 		return err
 	}
-	u := c.base.String() + "/v1/plugins"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, &body)
+	req, err := c.newRequest(ctx, http.MethodPost, "/v1/plugins", &body)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", mw.FormDataContentType())
+	u := req.URL.String()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("cannot reach the hub admin API at %s (is `hub serve` running? set --admin or HUB_ADMIN): %w", c.base, err)
+		return c.transportError(ctx, http.MethodPost, u, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -251,11 +248,7 @@ func (c *adminClient) deployPlugin(ctx context.Context, pc hub.PluginConfig, was
 		return fmt.Errorf("POST %s: %w", u, err)
 	}
 	if resp.StatusCode >= 300 {
-		var eb hub.ErrorBody
-		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
-			return &apiError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
-		}
-		return &apiError{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(data))}
+		return c.responseError(resp.StatusCode, data)
 	}
 	return json.Unmarshal(data, out)
 }

@@ -111,7 +111,7 @@ func streamCreate(ctx context.Context, args []string) error {
 
 func streamUpdate(ctx context.Context, args []string) error {
 	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--replicate POLICY]")
-	admin := adminFlag(fs)
+	admin := addAdminFlags(fs, "")
 	var s streamSettingFlags
 	s.add(fs)
 	pos, err := parseFlags(fs, args)
@@ -128,7 +128,7 @@ func streamUpdate(ctx context.Context, args []string) error {
 	if req == (hub.StreamRequest{}) {
 		return usagef("nothing to change: give at least one of --retention, --max-bytes, --compact, --tombstone-retention, --replicate")
 	}
-	c, err := newAdminClient(*admin)
+	c, err := newAdminClient(admin.options())
 	if err != nil {
 		return err
 	}
