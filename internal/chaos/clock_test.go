@@ -47,7 +47,7 @@ func TestClockJumps(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, h := range hubs {
-			waitUntil(t, 60*time.Second, "stream ck at "+h.name, func() bool { return h.records("ck") >= 0 })
+			labWait(t, 60*time.Second, "stream ck at "+h.name, func() bool { return h.records("ck") >= 0 })
 		}
 		rec, path := newHistory(t)
 		lp := produce(t, rec, "ck", 5, 50*time.Millisecond, hubs...)

@@ -132,7 +132,7 @@ func (h *labHub) start(t *testing.T) {
 	h.mu.Lock()
 	h.cmd, h.done = cmd, done
 	h.mu.Unlock()
-	waitUntil(t, 60*time.Second, "hub "+h.name+" ready", func() bool {
+	labWait(t, 60*time.Second, "hub "+h.name+" ready", func() bool {
 		select {
 		case <-done:
 			t.Fatalf("hub %s exited at start", h.name)
@@ -183,7 +183,7 @@ func (h *labHub) kill() {
 	}
 }
 
-func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+func labWait(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -282,7 +282,7 @@ func members(t *testing.T, timeout time.Duration, hubs ...*labHub) {
 	t.Helper()
 	start := time.Now()
 	defer func() { t.Logf("membership settled after %s", time.Since(start).Round(100*time.Millisecond)) }()
-	waitUntil(t, timeout, "membership to settle", func() bool {
+	labWait(t, timeout, "membership to settle", func() bool {
 		for _, h := range hubs {
 			if len(h.alive()) != len(hubs) {
 				return false
@@ -322,7 +322,7 @@ func settled(t *testing.T, timeout time.Duration, stream string, hubs ...*labHub
 			}
 		}
 	}()
-	waitUntil(t, timeout, "membership and "+stream+" to settle", func() bool {
+	labWait(t, timeout, "membership and "+stream+" to settle", func() bool {
 		n = hubs[0].records(stream)
 		ok := n > 0
 		for _, h := range hubs {

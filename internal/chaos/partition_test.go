@@ -28,7 +28,7 @@ func startLab(t *testing.T, lab *netLab, stream string, extra func(hub string) s
 		t.Fatal(err)
 	}
 	for _, h := range hubs {
-		waitUntil(t, 60*time.Second, "stream "+stream+" at "+h.name, func() bool { return h.records(stream) >= 0 })
+		labWait(t, 60*time.Second, "stream "+stream+" at "+h.name, func() bool { return h.records(stream) >= 0 })
 	}
 	return hubs
 }
