@@ -1,6 +1,7 @@
 package plugins
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -39,13 +40,28 @@ func loadQuarantine(db *bolt.DB, plugin, input string, shard int) (q quarantine,
 		if v == nil {
 			return nil
 		}
-		if err := json.Unmarshal(v, &q); err != nil {
-			return fmt.Errorf("%w: quarantine record of %s %s/%d: %w", ErrCorrupt, plugin, input, shard, err)
+		if q, err = decodeQuarantine(v); err != nil {
+			return corrupt(db, fmt.Sprintf("quarantine record of plugin %q input %q shard %d", plugin, input, shard), err)
 		}
 		ok = true
 		return nil
 	})
 	return q, ok, err
+}
+
+// decodeQuarantine decodes a stored quarantine record (JSON, a reason and
+// a time); anything else is ErrCorrupt.
+func decodeQuarantine(b []byte) (quarantine, error) {
+	var q quarantine
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&q); err != nil {
+		return quarantine{}, fmt.Errorf("%w: quarantine record: %w", ErrCorrupt, err)
+	}
+	if dec.More() {
+		return quarantine{}, fmt.Errorf("%w: quarantine record: trailing data", ErrCorrupt)
+	}
+	return q, nil
 }
 
 // storeQuarantine writes (q != nil) or clears a runner's record.

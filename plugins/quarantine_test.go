@@ -2,11 +2,16 @@ package plugins
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/store"
@@ -155,5 +160,55 @@ func TestStateLimits(t *testing.T) {
 	dead = readAll(t, dlq, 6)
 	if len(dead) != 6 {
 		t.Fatalf("%d dead letters after restart, want 6", len(dead))
+	}
+}
+
+func FuzzDecodeQuarantine(f *testing.F) {
+	f.Add([]byte(`{"reason":"call failed: x","since":"2026-01-02T03:04:05Z"}`))
+	f.Add([]byte(`{"reason":""}`))
+	f.Add([]byte(`{"reason":"a"} {}`))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, err := decodeQuarantine(b)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error does not wrap ErrCorrupt: %v", err)
+			}
+			return
+		}
+		// What decodes re-encodes to a record that decodes the same.
+		raw, err := json.Marshal(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q2, err := decodeQuarantine(raw); err != nil || q2.Reason != q.Reason || !q2.Since.Equal(q.Since) {
+			t.Fatalf("%q -> %+v -> %s -> %+v, %v", b, q, raw, q2, err)
+		}
+	})
+}
+
+// TestDamagedQuarantineRecord: a damaged record is a *store.CorruptError
+// naming plugins.db and the runner, never read as "not quarantined".
+func TestDamagedQuarantineRecord(t *testing.T) {
+	dir := t.TempDir()
+	db, err := openDB(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error {
+		rb, err := runBucket(tx, "p", "in", 1, true)
+		if err != nil {
+			return err
+		}
+		return rb.Put(keyQuarantine, []byte(`{"reason":"x","si`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = loadQuarantine(db, "p", "in", 1)
+	var ce *store.CorruptError
+	if !errors.As(err, &ce) || ce.File != filepath.Join(dir, "plugins.db") || !errors.Is(err, ErrCorrupt) ||
+		!strings.Contains(err.Error(), `quarantine record of plugin "p" input "in" shard 1`) {
+		t.Fatalf("err = %v, want a CorruptError naming plugins.db and the runner", err)
 	}
 }
