@@ -34,9 +34,11 @@ type Config struct {
 	// plugins and shards, so plugins never take every core from ingest: a
 	// plugin behind a busy ingest lags and catches up instead of slowing
 	// producers (a goroutine running compiled wasm is not preempted until
-	// the call returns). Runners whose calls fail share one more slot of
-	// their own, so a hostile plugin cannot hold up healthy ones. Default:
-	// half the CPUs, at least 1.
+	// the call returns). Quarantined runners (failing calls, or calls past
+	// SlotLease) share one more slot of their own, which rests twice as
+	// long as it was held, so a hostile plugin delays healthy ones by at
+	// most SlotLease once per shard (docs/plugins.md). Default: half the
+	// CPUs, at least 1.
 	MaxConcurrentCalls int
 	// BusyDutyCycle is the share of wall time a runner may hold an
 	// execution slot while records keep arriving on its input shard; it

@@ -29,7 +29,7 @@
 // failing record, which the plugin's policy retries with backoff,
 // dead-letters (with the reason in headers) or answers by pausing the plugin.
 // Runners are independent goroutines: a stuck or failing plugin never blocks
-// ingest or other plugins.
+// ingest, and delays other plugins by at most the slot lease (below).
 //
 // # Sharing the machine
 //
