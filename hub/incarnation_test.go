@@ -114,6 +114,12 @@ func TestStreamRecreatedPluginAndGroupStartOver(t *testing.T) {
 		t.Fatalf("forced delete: %d %s", st, b)
 	}
 	waitFor(t, "plugin waiting", func() bool { return pluginInfo(t, d, "copy").Status == plugins.StatusWaiting })
+	if w := pluginInfo(t, d, "copy").Waiting; w != `input stream "orders" was deleted` {
+		t.Fatalf("waiting reason %q", w)
+	}
+	if v := counterValue(t, d.h, "edgehub_plugin_waiting"); v != 1 {
+		t.Fatalf("edgehub_plugin_waiting = %v", v)
+	}
 	if st, b := call(t, "POST", base+"/v1/streams", `{"name":"orders","shards":4}`); st != http.StatusCreated {
 		t.Fatalf("create again: %d %s", st, b)
 	}

@@ -318,13 +318,14 @@ var (
 	descPluginState  = prometheus.NewDesc("edgehub_plugin_state_bytes", "Size of the plugin's keyed state (keys and values).", pluginLabels, nil)
 	descPluginMem    = prometheus.NewDesc("edgehub_plugin_memory_bytes", "Linear memory of the plugin's instance.", pluginLabels, nil)
 	descPluginPaused = prometheus.NewDesc("edgehub_plugin_paused", "1 if the plugin is paused.", []string{"plugin"}, nil)
+	descPluginWait   = prometheus.NewDesc("edgehub_plugin_waiting", "1 if the plugin waits for a stream it uses to exist again (deleted).", []string{"plugin"}, nil)
 	descPluginQuar   = prometheus.NewDesc("edgehub_plugin_quarantined", "1 if the plugin's runner runs in the quarantine slot (recent failures or slot-lease overruns).", pluginLabels, nil)
 	descPluginTO     = prometheus.NewDesc("edgehub_plugin_timeouts_total", "Calls stopped at their deadline since the hub started.", pluginLabels, nil)
 )
 
 func (c *pluginCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPluginIn, descPluginOut, descPluginDead, descPluginErrors, descPluginCalls,
-		descPluginTime, descPluginLag, descPluginState, descPluginMem, descPluginPaused, descPluginQuar, descPluginTO} {
+		descPluginTime, descPluginLag, descPluginState, descPluginMem, descPluginPaused, descPluginWait, descPluginQuar, descPluginTO} {
 		ch <- d
 	}
 }
@@ -336,6 +337,11 @@ func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
 			paused = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descPluginPaused, prometheus.GaugeValue, paused, info.Name)
+		waiting := 0.0
+		if info.Status == plugins.StatusWaiting {
+			waiting = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descPluginWait, prometheus.GaugeValue, waiting, info.Name)
 		for _, s := range info.Shards {
 			l := []string{info.Name, s.Input, strconv.Itoa(s.Shard)}
 			ch <- prometheus.MustNewConstMetric(descPluginIn, prometheus.CounterValue, float64(s.RecordsIn), l...)

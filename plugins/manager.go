@@ -229,11 +229,12 @@ func (m *Manager) start(p *plugin) {
 		}
 	}
 	if missing != "" {
-		if p.waiting != missing {
+		if p.waiting == "" {
+			// Keep the reason that stopped it ("... was deleted"), if any.
 			p.logger.Warn("plugin waits: "+missing, "version", def.Version)
 			p.logs.add(LevelWarn, "", -1, "waiting: "+missing)
+			p.waiting = missing
 		}
-		p.waiting = missing
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
