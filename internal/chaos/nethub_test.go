@@ -70,6 +70,9 @@ func newLabHub(t *testing.T, lab *netLab, name, extra string) *labHub {
 	if err := os.WriteFile(filepath.Join(h.dir, "gossip.keys"), []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(h.dir, "admin.token"), []byte(labAdminToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var join []string
 	for _, o := range labHubs {
 		if o != name {
@@ -89,6 +92,10 @@ admin = "%s:7441"
 insecure_allow_unauthenticated = true
 [tls]
 hosts = [%q]
+[[admin.token]]
+name = "netlab"
+role = "write"
+token_file = %q
 [gossip]
 bind = "%s:7946"
 join = [%s]
@@ -96,7 +103,7 @@ secret_key_file = %q
 label = "netlab"
 profile = "local"
 peer_insecure_skip_verify = true
-%s`, name, name, h.data(), h.quic(), hubIP(name), hubIP(name), hubIP(name), strings.Join(join, ", "),
+%s`, name, name, h.data(), h.quic(), hubIP(name), hubIP(name), filepath.Join(h.dir, "admin.token"), hubIP(name), strings.Join(join, ", "),
 		filepath.Join(h.dir, "gossip.keys"), extra)
 	if err := os.WriteFile(filepath.Join(h.dir, "hub.toml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -200,6 +207,11 @@ func labWait(t testing.TB, timeout time.Duration, what string, cond func() bool)
 
 var labHTTP = &http.Client{Timeout: 5 * time.Second}
 
+// labAdminToken is every lab hub's admin token: an admin API on a
+// non-loopback address needs one.
+const labAdminToken = "netlab-admin-token-not-a-secret"
+
+
 func adminJSON(method, url string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -211,6 +223,7 @@ func adminJSON(method, url string, body, out any) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+labAdminToken)
 	resp, err := labHTTP.Do(req)
 	if err != nil {
 		return err
