@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,6 +18,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // rawRequest is an admin request with exactly the given headers: no
@@ -386,4 +389,42 @@ func TestAdminTLS(t *testing.T) {
 			t.Fatalf("plain HTTP served: %d %s", resp.StatusCode, b)
 		}
 	}
+}
+
+// FuzzAdminGuard feeds arbitrary Host, Origin and Authorization values
+// through the guard's checks: they come from the network and must never
+// panic, and a Host or Origin naming a foreign domain is never allowed.
+func FuzzAdminGuard(f *testing.F) {
+	for _, s := range [][3]string{
+		{"127.0.0.1:7441", "http://127.0.0.1:7441", "Bearer read-token-0123456789"},
+		{"evil.example:7441", "http://evil.example", "Bearer "},
+		{"[::1]:7441", "null", "Basic x"},
+		{"[::1", "http://[::1]:7441/path?q", "bearer  read-token-0123456789  "},
+		{"", "https://ops.example", ""},
+	} {
+		f.Add(s[0], s[1], s[2])
+	}
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7441}
+	tokFile := filepath.Join(f.TempDir(), "t")
+	os.WriteFile(tokFile, []byte("read-token-0123456789"), 0o600)
+	g, err := newAdminGuard(AdminConfig{AllowedOrigins: []string{"https://ops.example"},
+		Tokens: []AdminToken{{Name: "r", Role: RoleRead, TokenFile: tokFile}}},
+		"127.0.0.1:7441", addr, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, host, origin, auth string) {
+		okHost := g.hostAllowed(host, "80")
+		okOrigin, _ := g.originAllowed(origin)
+		if okHost && strings.Contains(strings.ToLower(host), "evil") {
+			t.Fatalf("Host %q allowed", host)
+		}
+		if okOrigin && strings.Contains(strings.ToLower(origin), "evil") {
+			t.Fatalf("Origin %q allowed", origin)
+		}
+		r := &http.Request{Header: http.Header{"Authorization": []string{auth}}}
+		if tok, err := g.authenticate(r); err == nil && tok.name != "r" {
+			t.Fatalf("authenticated as %q", tok.name)
+		}
+	})
 }
