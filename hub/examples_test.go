@@ -216,7 +216,11 @@ func checkAggregateReadme(t *testing.T, c *child) {
 }
 
 // checkAlertReadme: threshold=80, hysteresis=5, rate=10/s, debounce=1m.
+// With every key at its default (no threshold, no rate) the plugin alerts
+// on nothing, as its README says.
 func checkAlertReadme(t *testing.T, c *child) {
+	c.cli("plugin", "deploy", c.wasm("alert.wasm"), "--name", "alert-defaults", "--input", "readings",
+		"--output", "alerts-defaults", "--config", "output=alerts-defaults")
 	cl := dialChild(t, c)
 	t0 := time.Now().Add(-time.Hour)
 	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
@@ -237,15 +241,22 @@ func checkAlertReadme(t *testing.T, c *child) {
 	if !slices.Equal(kinds, []string{"threshold:85", "rate:60"}) || len(alerts["s2"]) != 0 {
 		t.Fatalf("alerts %v (s2: %v), want threshold:85 then rate:60 for s1", kinds, alerts["s2"])
 	}
-	waitFor(t, "alert caught up", func() bool { i := c.describe("alert"); return i.Lag == 0 && i.RecordsIn == 7 })
+	for _, name := range []string{"alert", "alert-defaults"} {
+		waitFor(t, name+" caught up", func() bool { i := c.describe(name); return i.Lag == 0 && i.RecordsIn == 7 })
+	}
 	if info := c.describe("alert"); info.RecordsOut != 2 {
 		t.Fatalf("alert emitted %d records, want 2", info.RecordsOut)
+	}
+	if info := c.describe("alert-defaults"); info.RecordsOut != 0 || info.Errors != 0 {
+		t.Fatalf("alert with its defaults emitted %d records (%d errors), want none", info.RecordsOut, info.Errors)
 	}
 }
 
 // checkDeriveReadme: Fahrenheit with the site of plant7- sensors, below
-// -50 °C dropped.
+// -50 °C dropped; with its defaults (output "derived", no filter, scale 1)
+// every reading is copied with its source.
 func checkDeriveReadme(t *testing.T, c *child) {
+	c.cli("plugin", "deploy", c.wasm("derive.wasm"), "--name", "derive-defaults", "--input", "readings", "--output", "derived")
 	cl := dialChild(t, c)
 	now := time.Now()
 	produceSDK(t, cl, "readings", []record.Record{
@@ -260,6 +271,11 @@ func checkDeriveReadme(t *testing.T, c *child) {
 	}
 	if len(o) != 1 || o[0]["value"] != 32.0 || o[0]["site"] != nil {
 		t.Fatalf("other: %v (the -60 reading is below min and must be dropped)", o)
+	}
+	d := valuesOf(t, consumeSDK(t, cl, "derived", 3))
+	if len(d["plant7-a"]) != 1 || d["plant7-a"][0]["value"] != 100.0 || len(d["other"]) != 2 ||
+		!strings.HasPrefix(fmt.Sprint(d["other"][0]["source"]), "readings/") {
+		t.Fatalf("derive with its defaults: %v", d)
 	}
 }
 
