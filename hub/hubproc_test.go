@@ -6,6 +6,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -159,6 +161,27 @@ func (p *hubProc) statusKB(tb testing.TB, field string) int64 {
 	}
 	tb.Fatalf("no %s in /proc/%d/status", field, p.cmd.Process.Pid)
 	return 0
+}
+
+// metric sums the samples of a metric on the hub's /metrics whose labels
+// contain labels.
+func (p *hubProc) metric(tb testing.TB, name, labels string) float64 {
+	tb.Helper()
+	resp, err := http.Get(p.admin + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var total float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if (strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ")) && strings.Contains(line, labels) {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			total += v
+		}
+	}
+	return total
 }
 
 func (p *hubProc) client(tb testing.TB, mod func(*sdk.Options)) *sdk.Client {
