@@ -504,3 +504,22 @@ func TestDataPlaneContract(t *testing.T) {
 		}
 	})
 }
+
+func TestLimitsBudgetConfig(t *testing.T) {
+	cfg, err := ParseConfig("hub.toml", []byte("[limits]\nmemory_budget = \"64MiB\"\nframe_timeout = \"5s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := cfg.Limits.withDefaults(); l.MemoryBudget != 64<<20 || time.Duration(l.FrameTimeout) != 5*time.Second {
+		t.Fatalf("limits %+v", l)
+	}
+	if l := DefaultConfig().Limits.withDefaults(); l.MemoryBudget != DefaultMemoryBudget || time.Duration(l.FrameTimeout) != 30*time.Second {
+		t.Fatalf("defaults %+v", l)
+	}
+	_, err = ParseConfig("hub.toml", []byte("[limits]\nmemory_budget = \"8MiB\"\nframe_timeout = \"1ms\"\n"))
+	for _, want := range []string{"limits.memory_budget: 8MiB below", "limits.frame_timeout: 1ms below 100ms"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("want %q reported, got %v", want, err)
+		}
+	}
+}

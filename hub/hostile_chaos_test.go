@@ -13,6 +13,6 @@ import "testing"
 func TestHostileClientsChaos(t *testing.T) {
 	runHostileClients(t, hostileScale{
 		unreadSubs: 5000, handshakes: 1000, badStreams: 200, halfFrames: 200, authStreams: 200, replays: 50,
-		records: 20000, maxHWMKiB: 400 << 10,
+		records: 2000, maxHWMKiB: 400 << 10,
 	})
 }
