@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"runtime"
 	"runtime/metrics"
 	"strings"
 	"sync"
@@ -127,7 +126,7 @@ func TestServerOpenLimit(t *testing.T) {
 	st.Close()
 	// The header alone is refused: writing the rest would race the hub's
 	// STOP_SENDING.
-	st = rawStream(t, c, frame(MaxOpenBytes+1)[:frameHeaderLen+8], false)
+	st = rawStream(t, c, frame(MaxOpenBytes + 1)[:frameHeaderLen+8], false)
 	if e := readError(t, st); e.Code != CodeFrameTooLarge || !strings.Contains(e.Message, "16384") {
 		t.Fatalf("OPEN of MaxOpenBytes+1: %v", e)
 	}
@@ -302,5 +301,3 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
-
-var _ = runtime.GC
