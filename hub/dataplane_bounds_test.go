@@ -523,3 +523,53 @@ func TestLimitsBudgetConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestCut: a chunk cut to a limit gives the records from the position on,
+// as many as fit (at least one), with their sequences, times and origins.
+func TestCut(t *testing.T) {
+	var recs []record.Record
+	for i := range 50 {
+		recs = append(recs, record.Record{Seq: uint64(100 + i), IngestTime: int64(1000 + i), Time: int64(i),
+			Key: []byte{byte(i)}, Value: bytes.Repeat([]byte{byte(i)}, 100*(i%3+1)),
+			Headers: []record.Header{{Key: "h", Value: []byte("v")}}})
+	}
+	recs[49].Value = make([]byte, 5000) // larger than the smallest limit
+	chunk, err := record.AppendBatch(nil, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		next  uint64
+		limit int64
+	}{
+		{"from the start", 100, 1000},
+		{"from the middle", 120, 2000},
+		{"one small limit", 130, 1},
+		{"the big last record", 149, 1000},
+		{"everything fits", 100, 1 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			part, last, n, err := cut(chunk, tc.next, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := record.DecodeBatch(part, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != n || n == 0 || got[0].Seq != tc.next || got[n-1].Seq != last {
+				t.Fatalf("%d records %d..%d, reported %d up to %d", len(got), got[0].Seq, got[len(got)-1].Seq, n, last)
+			}
+			if n > 1 && int64(len(part)) > tc.limit {
+				t.Fatalf("%d records in %d bytes, limit %d", n, len(part), tc.limit)
+			}
+			for i, r := range got {
+				want := recs[int(tc.next-100)+i]
+				if r.Seq != want.Seq || r.IngestTime != want.IngestTime || r.Time != want.Time || !bytes.Equal(r.Value, want.Value) || len(r.Headers) != 1 {
+					t.Fatalf("record %d: %+v, want %+v", i, r, want)
+				}
+			}
+		})
+	}
+}
