@@ -110,12 +110,22 @@ shards = 1
 			t.Run(name, f)
 		}()
 	}
-	attack("unread subscriptions", func(t *testing.T) { unreadSubscriptions(t, p, sc.unreadSubs) })
-	attack("handshake flood", func(t *testing.T) { handshakeFlood(t, p, sc.handshakes) })
-	attack("malformed and oversized frames", func(t *testing.T) { badFrames(t, p, sc.badStreams) })
-	attack("half-sent frames", func(t *testing.T) { halfFrames(t, p, sc.halfFrames) })
-	attack("unauthenticated and unauthorised", func(t *testing.T) { badAuth(t, p, sc.authStreams) })
-	attack("replayed 0-RTT", func(t *testing.T) { replay0RTT(t, p, sc.replays) })
+	// The attackers connect first, then the handshake flood starts while
+	// they work: a flooded hub may refuse new connections (quic-go's
+	// accept queue holds 32, and a refusal may be lost), which would
+	// only test the attackers' own reconnecting.
+	var dialed sync.WaitGroup
+	dialed.Add(5)
+	ready := func() func() { return sync.OnceFunc(dialed.Done) }
+	attack("unread subscriptions", func(t *testing.T) { unreadSubscriptions(t, p, sc.unreadSubs, ready()) })
+	attack("malformed and oversized frames", func(t *testing.T) { badFrames(t, p, sc.badStreams, ready()) })
+	attack("half-sent frames", func(t *testing.T) { halfFrames(t, p, sc.halfFrames, ready()) })
+	attack("unauthenticated and unauthorised", func(t *testing.T) { badAuth(t, p, sc.authStreams, ready()) })
+	attack("replayed 0-RTT", func(t *testing.T) { replay0RTT(t, p, sc.replays, ready()) })
+	attack("handshake flood", func(t *testing.T) {
+		dialed.Wait()
+		handshakeFlood(t, p, sc.handshakes)
+	})
 	wg.Wait()
 
 	good.finish(t)
@@ -237,13 +247,19 @@ func (g *goodPair) finish(t *testing.T) {
 // even CONSUME_READY. The hub admits what the consume share reserves,
 // refuses the rest, and ends each admitted one when its flow control takes
 // no frame for frame_timeout.
-func unreadSubscriptions(t *testing.T, p *hubProc, n int) {
+func unreadSubscriptions(t *testing.T, p *hubProc, n int, dialed func()) {
+	defer dialed()
 	ctx := testCtx(t)
+	var conns []*quic.Client
+	for range (n + 99) / 100 {
+		conns = append(conns, p.raw(t, quic.ClientConfig{Token: hostileReader, StreamReceiveWindow: 16 << 10, ConnReceiveWindow: 1 << 20}))
+	}
+	dialed()
 	refused0 := p.metric(t, "edgehub_memory_budget_refusals_total", `share="consume"`)
 	var streams []*quic.Stream
 	peak := 0.0
 	for opened := 0; opened < n; {
-		c := p.raw(t, quic.ClientConfig{Token: hostileReader, StreamReceiveWindow: 16 << 10, ConnReceiveWindow: 1 << 20})
+		c := conns[opened/100]
 		for range min(n-opened, 100) {
 			st, err := c.Open(ctx, quic.OpConsume, &quic.ConsumeOpen{Stream: "bulk", Credit: 16 << 20})
 			if err != nil {
@@ -309,8 +325,10 @@ func handshakeFlood(t *testing.T, p *hubProc, n int) {
 
 // badFrames sends oversized and malformed frames before and after OPEN,
 // each on its own stream; each must fail with its code.
-func badFrames(t *testing.T, p *hubProc, n int) {
+func badFrames(t *testing.T, p *hubProc, n int, dialed func()) {
+	defer dialed()
 	qc := rawConn(t, p.addr, p.ca)
+	dialed()
 	good := openFrame(quic.OpProduce, hostileToken, &quic.ProduceOpen{Stream: "good"})
 	corrupt, err := record.AppendBatch(nil, []record.Record{{Value: []byte("v")}})
 	if err != nil {
@@ -343,8 +361,10 @@ func badFrames(t *testing.T, p *hubProc, n int) {
 
 // halfFrames stops in the middle of an OPEN and of a BATCH: both fail with
 // limit once the timeouts pass, freeing their stream slots.
-func halfFrames(t *testing.T, p *hubProc, n int) {
+func halfFrames(t *testing.T, p *hubProc, n int, dialed func()) {
+	defer dialed()
 	qc := rawConn(t, p.addr, p.ca)
+	dialed()
 	good := openFrame(quic.OpProduce, hostileToken, &quic.ProduceOpen{Stream: "good"})
 	var wg sync.WaitGroup
 	for i := range n {
@@ -366,9 +386,10 @@ func halfFrames(t *testing.T, p *hubProc, n int) {
 
 // badAuth sends requests with no token, an unknown token and a token
 // without the permission.
-func badAuth(t *testing.T, p *hubProc, n int) {
+func badAuth(t *testing.T, p *hubProc, n int, dialed func()) {
+	defer dialed()
 	ctx := testCtx(t)
-	for _, tc := range []struct {
+	cases := []struct {
 		token string
 		op    quic.Op
 		body  quic.Appender
@@ -377,8 +398,14 @@ func badAuth(t *testing.T, p *hubProc, n int) {
 		{"", quic.OpProduce, &quic.ProduceOpen{Stream: "good"}, quic.CodeUnauthenticated},
 		{"unknown-token-0123456789", quic.OpConsume, &quic.ConsumeOpen{Stream: "good", Credit: 1 << 20}, quic.CodeUnauthenticated},
 		{hostileReader, quic.OpProduce, &quic.ProduceOpen{Stream: "good"}, quic.CodePermissionDenied},
-	} {
-		c := p.raw(t, quic.ClientConfig{Token: tc.token})
+	}
+	clients := make([]*quic.Client, len(cases))
+	for i, tc := range cases {
+		clients[i] = p.raw(t, quic.ClientConfig{Token: tc.token})
+	}
+	dialed()
+	for ci, tc := range cases {
+		c := clients[ci]
 		for i := 0; i < n; i++ {
 			st, err := c.Open(ctx, tc.op, tc.body)
 			if err == nil {
@@ -409,8 +436,10 @@ func badAuth(t *testing.T, p *hubProc, n int) {
 // replay0RTT captures the first flight of a resumed connection that sends
 // a produce session in 0-RTT (one idempotent, one not) and replays it from
 // other addresses: the hub stores each batch once.
-func replay0RTT(t *testing.T, p *hubProc, n int) {
+func replay0RTT(t *testing.T, p *hubProc, n int, dialed func()) {
+	defer dialed()
 	ctx := testCtx(t)
+	check := p.client(t, func(o *sdk.Options) { o.Token = hostileToken })
 	pool, err := quic.CertPool(p.ca)
 	if err != nil {
 		t.Fatal(err)
@@ -460,14 +489,14 @@ func replay0RTT(t *testing.T, p *hubProc, n int) {
 	if !second.Used0RTT() {
 		t.Log("the resumed connection did not use 0-RTT; replaying its first flight anyway")
 	}
+	dialed()
 	flight := proxy.firstFlight()
 	for range n {
 		replayFrom(t, p.addr, flight)
 	}
 	// Give the replays time to be (not) acted upon, then count.
 	time.Sleep(2 * time.Second)
-	c := p.client(t, func(o *sdk.Options) { o.Token = hostileToken })
-	sub, err := c.Subscribe(ctx, "bulk", sdk.ConsumeOptions{})
+	sub, err := check.Subscribe(ctx, "bulk", sdk.ConsumeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
