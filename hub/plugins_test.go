@@ -889,14 +889,19 @@ func TestPluginQuarantineShownAndRemembered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.cli("plugin", "deploy", hostile, "--name", "loop", "--input", "in", "--output", "out", "--from", "earliest", "--call-timeout", "30s")
+	c.cli("plugin", "deploy", hostile, "--name", "loop", "--input", "in", "--output", "out", "--from", "earliest", "--call-timeout", "30s",
+		"--state-quota", "2MiB", "--max-state-delta", "64KiB")
+	if info := c.describe("loop"); info.StateQuota != 2<<20 || info.MaxStateDelta != 64<<10 {
+		t.Fatalf("state limits from the deploy flags: quota %d, per call %d", info.StateQuota, info.MaxStateDelta)
+	}
 	c.cliIn("k|L\n", "produce", "in", "--key-sep", "|", "--insecure")
 	waitFor(t, "quarantine", func() bool { return c.describe("loop").Status == plugins.StatusQuarantined })
 	list := c.cli("plugin", "list")
 	if !strings.Contains(list, "quarantined") || !strings.Contains(list, "slot lease") {
 		t.Fatalf("plugin list does not show the quarantine and its reason:\n%s", list)
 	}
-	if desc := c.cli("plugin", "describe", "loop"); !strings.Contains(desc, "Quarantined:") || !strings.Contains(desc, "In a call on in/0 since") {
+	if desc := c.cli("plugin", "describe", "loop"); !strings.Contains(desc, "Quarantined:") || !strings.Contains(desc, "In a call on in/0 since") ||
+		!strings.Contains(desc, "2.0MiB quota, 64.0KiB per call") {
 		t.Fatalf("describe:\n%s", desc)
 	}
 	var infos []plugins.Info
