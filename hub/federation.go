@@ -354,8 +354,10 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 	}
 	out.Federated = true
 	ours := map[string]map[store.OriginKey]uint64{}
+	incs := map[string]map[string]string{} // stream → origin hub → incarnation we follow
 	for _, st := range h.store.Streams() {
 		ours[st.Name()] = st.Watermarks()
+		incs[st.Name()] = st.OriginIncarnations()
 	}
 	peers := map[string]replicate.Peer{}
 	for _, p := range f.members.Peers() {
@@ -373,6 +375,9 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 				for k, seq := range ps.Vector {
 					if k.Hub == h.cfg.Hub.Name || seq <= have[k] {
 						continue
+					}
+					if theirs, mine := ps.Incarnations[k.Hub], incs[name][k.Hub]; theirs != "" && mine != "" && theirs != mine {
+						continue // they count in another incarnation of the origin's stream
 					}
 					if info.Behind == nil {
 						info.Behind = map[string]map[string]uint64{}
