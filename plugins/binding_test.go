@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/store"
@@ -130,5 +133,35 @@ func TestDeletedOutputMakesPluginWait(t *testing.T) {
 	info := caughtUp(t, e, "copy")
 	if !slices.Equal(got, later) || info.DeadLettered != 0 || info.Paused {
 		t.Fatalf("recreated output holds %v (want %v), %d dead letters, paused %v", got, later, info.DeadLettered, info.Paused)
+	}
+}
+
+// A damaged binding is reported, not taken for a recreated stream: the
+// plugin waits with the reason, its checkpoints untouched.
+func TestDamagedBindingIsReported(t *testing.T) {
+	e := newEnv(t)
+	in := e.stream("in", 1)
+	e.deploy(Definition{Name: "copy", Inputs: []string{"in"}, Outputs: []string{"out"}, Config: map[string]string{"output": "out"},
+		Start: StartEarliest}, readTestdata(t, watPassThrough))
+	produceN(e, in, "a", 3)
+	caughtUp(t, e, "copy")
+	e.stop()
+	db, err := openDB(e.dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBindings).Put(bindingKey("copy", "in"), []byte("garbage"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	e.start()
+	waitFor(t, "waiting on the damaged binding", func() bool {
+		i, _ := e.m.Describe("copy")
+		return i.Status == StatusWaiting && strings.Contains(i.Waiting, "corrupt")
+	})
+	if i, _ := e.m.Describe("copy"); i.Shards[0].Checkpoint != 4 {
+		t.Fatalf("checkpoint %d after a damaged binding, want 4 (untouched)", i.Shards[0].Checkpoint)
 	}
 }
