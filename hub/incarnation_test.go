@@ -3,10 +3,12 @@ package hub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -328,4 +330,27 @@ func TestWebhookFollowsRecreatedStream(t *testing.T) {
 	s.Close()
 	startHub(t, cfg)
 	delivered("1@1", "2@2", "3@3", "4@1", "5@2", "6@3", "7@1")
+}
+
+// A positions file whose incarnation is damaged is refused at startup,
+// naming the file, rather than read as a recreated stream.
+func TestWebhookDamagedPositions(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Streams = []StreamConfig{{Name: "alerts", Shards: 1, Replicate: ReplicateLocal}}
+	cfg.Webhooks = []WebhookConfig{{Name: "pager", Stream: "alerts", URL: "http://127.0.0.1:1/", Start: "latest"}}
+	path := filepath.Join(cfg.Hub.DataDir, "webhooks", "pager.json")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(`{"stream":"alerts","incarnation":"zz","next":{"0":5}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(cfg)
+	if err == nil {
+		h.Close()
+		t.Fatal("a damaged positions file was accepted")
+	}
+	if !strings.Contains(err.Error(), path) || !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("error %v: want the file named and ErrCorrupt", err)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,6 +144,12 @@ func (w *webhook) load() error {
 		}
 		if err := json.Unmarshal(data, &saved); err != nil {
 			return fmt.Errorf("webhook %s: positions file %s: %w", w.cfg.Name, w.posPath, err)
+		}
+		// A damaged incarnation must not pass for a recreated stream: with
+		// start = "latest" that would skip records.
+		if inc := saved.Incarnation; inc != "" && (len(inc) != 2*store.IncarnationLen || strings.Trim(inc, "0123456789abcdef") != "") {
+			return fmt.Errorf("webhook %s: positions file %s: incarnation %q is not %d hex digits: %w",
+				w.cfg.Name, w.posPath, inc, 2*store.IncarnationLen, store.ErrCorrupt)
 		}
 		switch {
 		case saved.Stream != w.cfg.Stream:
