@@ -203,7 +203,7 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []u
 		resume[sh] = p.Seq
 	}
 	next = make([]uint64, len(shards))
-	ready = quic.ConsumeReady{Shards: uint32(n)}
+	ready = quic.ConsumeReady{Shards: uint32(n), Incarnation: st.Incarnation()}
 	for i, sh := range shards {
 		first, last, err := st.Bounds(sh)
 		if err != nil {

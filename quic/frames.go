@@ -453,7 +453,16 @@ type Subscription struct {
 type ConsumeReady struct {
 	Shards uint32 // the stream's shard count
 	Subs   []Subscription
+	// Incarnation is the stream's incarnation (hex; "" from a hub before
+	// incarnations): a client resuming a subscription with positions from
+	// another incarnation knows they are void (the stream was deleted and
+	// created again).
+	Incarnation string
 }
+
+// maxIncarnationLen bounds CONSUME_READY's incarnation (32 hex digits
+// today).
+const maxIncarnationLen = 64
 
 func (f *ConsumeReady) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(f.Shards))
@@ -463,7 +472,7 @@ func (f *ConsumeReady) Append(dst []byte) []byte {
 		dst = binary.AppendUvarint(dst, s.Start)
 		dst = binary.AppendUvarint(dst, s.Last)
 	}
-	return dst
+	return appendString(dst, f.Incarnation)
 }
 
 func (f *ConsumeReady) Decode(p []byte) error {
@@ -473,6 +482,10 @@ func (f *ConsumeReady) Decode(p []byte) error {
 	f.Subs = make([]Subscription, n)
 	for i := range f.Subs {
 		f.Subs[i] = Subscription{Shard: d.Uint32("shard"), Start: d.Uvarint(), Last: d.Uvarint()}
+	}
+	f.Incarnation = ""
+	if d.Err == nil && len(d.Buf) > 0 { // absent from hubs before incarnations
+		f.Incarnation = d.String(maxIncarnationLen)
 	}
 	return d.done()
 }

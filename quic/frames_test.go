@@ -35,6 +35,7 @@ func frameCases() []frameCase {
 			Resume: []Position{{Shard: 3, Seq: 42}}, Credit: 4 << 20}, &ConsumeOpen{}},
 		{"consume open all", &ConsumeOpen{Stream: "s", Shards: []uint32{}, Start: Start{Kind: StartEarliest}, Resume: []Position{}}, &ConsumeOpen{}},
 		{"consume ready", &ConsumeReady{Shards: 2, Subs: []Subscription{{0, 1, 100}, {1, 5, 4}}}, &ConsumeReady{}},
+		{"consume ready with incarnation", &ConsumeReady{Shards: 1, Subs: []Subscription{{0, 1, 1}}, Incarnation: "0192f3a4b5c6d7e8f901122334455667"}, &ConsumeReady{}},
 		{"records", &Records{Shard: 5, Batch: []byte("chunk")}, &Records{}},
 		{"credit", &Credit{Bytes: 1 << 33}, &Credit{}},
 		{"datagram", &Datagram{Session: 3, Shard: -1, Records: []byte("recs")}, &Datagram{}},

@@ -69,7 +69,8 @@ type Subscription struct {
 	next    map[int]uint64 // per shard: the next sequence wanted
 	last    map[int]uint64 // per shard: last sequence when the subscription opened
 	shards  int
-	owed    int // credit consumed and not yet returned
+	inc     string // the stream's incarnation the positions count in
+	owed    int    // credit consumed and not yet returned
 	cur     []record.Record
 	curB    int
 	curSh   int
@@ -115,6 +116,19 @@ func (s *Subscription) open(ctx context.Context, first bool) error {
 		st.Cancel(quic.CodeCanceled)
 		return fmt.Errorf("sdk: subscribe to %q: %w", s.stream, err)
 	}
+	if !first && s.inc != "" && ready.Incarnation != "" && ready.Incarnation != s.inc && len(s.next) > 0 {
+		// The stream was deleted and created again while we were away:
+		// our positions are void. Start over at the new stream's
+		// beginning rather than skip its first records.
+		st.Cancel(quic.CodeCanceled)
+		s.c.logger.Warn("sdk: the stream was deleted and created again; reading it from its beginning",
+			"stream", s.stream, "old_incarnation", s.inc, "new_incarnation", ready.Incarnation)
+		s.inc = ready.Incarnation
+		clear(s.next)
+		s.opts.From = FromEarliest()
+		return s.open(ctx, false)
+	}
+	s.inc = ready.Incarnation
 	s.shards = int(ready.Shards)
 	for _, sub := range ready.Subs {
 		if first {

@@ -381,3 +381,75 @@ func TestProducerExplicitShard(t *testing.T) {
 		})
 	}
 }
+
+// A subscription broken while its stream is deleted and created again
+// resumes at the new stream's beginning: its old positions would skip the
+// new stream's first records.
+func TestSubscriptionFollowsRecreatedStream(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.LocalAddr().String()
+	l.Close()
+	th, err := startHub(dir, addr, nil, store.StreamConfig{Name: "s", Shards: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	c := dial(t, th)
+	send := func(prefix string, n int) {
+		t.Helper()
+		p, err := c.Producer(ctx, "s", sdk.ProducerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if _, err := p.Send(ctx, sdk.Record{Value: fmt.Appendf(nil, "%s%d", prefix, i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p.Close(ctx)
+	}
+	send("old", 5)
+	sub, err := c.Subscribe(ctx, "s", sdk.ConsumeOptions{Credit: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for range 5 {
+		if _, err := sub.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := th.stop(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.Open(store.DefaultConfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteStream(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateStream(ctx, store.StreamConfig{Name: "s", Shards: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	th, err = startHub(dir, addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer th.stop()
+	send("new", 8)
+	for i := range 8 {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("new%d", i); string(m.Record.Value) != want {
+			t.Fatalf("record %d after the recreate is %q, want %q", i, m.Record.Value, want)
+		}
+	}
+}
