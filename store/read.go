@@ -130,7 +130,7 @@ func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]record.Record
 		before := len(recs)
 		recs, err = record.DecodeBatch(c.data, recs)
 		if err != nil {
-			return nil, &CorruptError{File: s.path, Shard: shard, Seq: c.seq, Err: err}
+			return nil, s.corrupt(shard, c.seq, err)
 		}
 		if before == 0 {
 			// Drop the records before from in the first chunk.
@@ -173,7 +173,7 @@ func (s *Stream) SeqAtTime(shard int, t time.Time) (uint64, error) {
 		c := chunks[0]
 		info, err := record.ReadInfo(c.data)
 		if err != nil {
-			return 0, &CorruptError{File: s.path, Shard: shard, Seq: c.seq, Err: err}
+			return 0, s.corrupt(shard, c.seq, err)
 		}
 		if info.BaseSeq >= hi {
 			hi = mid // mid fell in a gap left by compaction: no chunk starts in [mid, hi)

@@ -123,7 +123,7 @@ func (s *Stream) trimHead(ctx context.Context, shard int, expired func(baseInges
 				}
 				info, err := record.ReadInfo(v)
 				if err != nil {
-					return 0, &CorruptError{File: s.path, Shard: shard, Seq: binary.BigEndian.Uint64(k), Err: err}
+					return 0, s.corrupt(shard, binary.BigEndian.Uint64(k), err)
 				}
 				if !expired(info.BaseIngest, info.MaxIngest) {
 					break
@@ -211,7 +211,7 @@ func (s *Stream) trimBytes(ctx context.Context, maxBytes int64) error {
 func (s *Stream) deleteChunk(tx *bolt.Tx, shard int, k, v []byte, m *shardMeta) error {
 	recs, err := record.DecodeBatch(v, nil)
 	if err != nil {
-		return &CorruptError{File: s.path, Shard: shard, Seq: binary.BigEndian.Uint64(k), Err: err}
+		return s.corrupt(shard, binary.BigEndian.Uint64(k), err)
 	}
 	size := len(v)
 	if err := removeOrigins(tx, shard, recs); err != nil {
@@ -318,7 +318,7 @@ func (s *Stream) compact(ctx context.Context, shard int, upTo uint64, now time.T
 				}
 				recs, err := record.DecodeBatch(v, nil)
 				if err != nil {
-					return 0, &CorruptError{File: s.path, Shard: shard, Seq: base, Err: err}
+					return 0, s.corrupt(shard, base, err)
 				}
 				var kept, gone []record.Record
 				for i := range recs {

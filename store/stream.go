@@ -167,6 +167,8 @@ type Stream struct {
 	watermarks map[OriginKey]uint64
 	originIncs map[string]string // origin hub → hex incarnation (incarnation.go)
 
+	damage damageSet // damaged chunks found (repair.go)
+
 	commits        atomic.Uint64 // group commits, for metrics
 	producerDamage atomic.Int64  // damaged producer entries last logged by expiry
 	committed      atomic.Uint64 // records appended by those commits
@@ -385,11 +387,12 @@ func (s *Stream) load() (err error) {
 				if err != nil {
 					return &CorruptError{File: s.path, Shard: i, Err: err}
 				}
-				info, err := record.ReadInfo(v)
-				if err != nil {
-					return &CorruptError{File: s.path, Shard: i, Seq: seq, Err: err}
-				}
-				if info.LastSeq >= meta.Next || info.BaseSeq != seq {
+				// A damaged last chunk is quarantined (repair.go), not a
+				// damaged file: the stream opens, serves the rest, and a
+				// federated hub re-fetches it from peers.
+				if info, err := record.ReadInfo(v); err != nil {
+					s.noteDamage(i, seq, err)
+				} else if info.LastSeq >= meta.Next || info.BaseSeq != seq {
 					return &CorruptError{File: s.path, Shard: i, Seq: info.BaseSeq,
 						Err: fmt.Errorf("last chunk ends at %d, shard state says next is %d", info.LastSeq, meta.Next)}
 				}
