@@ -78,7 +78,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) register(reg prometheus.Registerer, r *Replicator) error {
 	for _, c := range []prometheus.Collector{m.applied, m.appliedBytes, m.duplicates, m.gaps, m.gapSeqs,
-		m.pullErrors, m.delay, m.servedRecords, m.servedBytes, m.servedGaps, m.sessions, m.follows, (*collector)(r)} {
+		m.pullErrors, m.delay, m.servedRecords, m.servedBytes, m.servedGaps, m.sessions, m.follows, r.repair.repaired, (*collector)(r)} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -120,6 +120,9 @@ type Config struct {
 	// gap, so that its later records, which relays hold, flow again. Until
 	// then the origin may come back with them, and its lag shows.
 	GapAfter time.Duration
+	// RepairInterval is how often damaged chunks of replicated streams are
+	// fetched again from peers (repair.go); 0 is 10s.
+	RepairInterval time.Duration
 	// StateFile, if set, keeps the gaps this hub reported (see gapBook)
 	// across restarts, so a gap is counted once and relayed to peers.
 	StateFile string
@@ -182,6 +185,7 @@ type Replicator struct {
 	high    *highCache
 	gaps    *gapBook
 	srv     *server
+	repair  repairState
 	started time.Time
 
 	mu        sync.Mutex
@@ -222,6 +226,10 @@ func New(cfg Config) (*Replicator, error) {
 		lastAlive: map[taskKey]time.Time{},
 		closed:    make(chan struct{}),
 	}
+	r.repair = repairState{attempts: map[repairKey]RepairStatus{}, repaired: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "edgehub_replication_repaired_chunks_total",
+		Help: "Damaged chunks of replicated streams written back from records fetched from peers.",
+	})}
 	gaps, err := newGapBook(cfg.StateFile)
 	if err != nil {
 		r.logger.Warn("replicate: starting with no gaps recorded; gaps already reported may be reported again", "err", err)
@@ -270,6 +278,11 @@ func (r *Replicator) Run(ctx context.Context) error {
 			cancel()
 		case <-ctx.Done():
 		}
+	}()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.runRepair(ctx)
 	}()
 	tick := time.NewTicker(r.cfg.Interval)
 	defer tick.Stop()

@@ -147,18 +147,20 @@ type memMembership struct {
 func (m *memMembership) Peers() []Peer {
 	m.net.mu.Lock()
 	hubs := make([]*memHub, 0, len(m.net.hubs))
+	stores := make([]*store.Store, 0, len(m.net.hubs)) // reopen swaps a hub's store under mu
 	for _, h := range m.net.hubs {
 		hubs = append(hubs, h)
+		stores = append(stores, h.store)
 	}
 	m.net.mu.Unlock()
 	var out []Peer
-	for _, h := range hubs {
+	for i, h := range hubs {
 		if h.name == m.self {
 			continue
 		}
 		rep := h.live.Load()
 		p := Peer{Name: h.name, Addr: h.name, Alive: m.net.linked(m.self, h.name) && rep != nil, Tags: h.tags, Streams: map[string]PeerStream{}}
-		for _, st := range h.store.Streams() {
+		for _, st := range stores[i].Streams() {
 			c := st.Config()
 			if policyOf(c).Local() {
 				continue

@@ -105,6 +105,9 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 	var recs []record.Record
 	idle := false
 	for {
+		if done(pr, pos) {
+			return nil
+		}
 		limit, err := readLimit(ctx, out, maxBatch)
 		if err != nil {
 			return err
@@ -140,6 +143,11 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 			continue
 		}
 		idle = false
+		if bounded(pr) {
+			if recs = cutAfter(recs, pr.Until, func(r *record.Record) uint64 { return r.Seq }); len(recs) == 0 {
+				return nil
+			}
+		}
 		// The position first: the filter below reuses recs' array.
 		pos = recs[len(recs)-1].Seq
 		sel := recs[:0]
@@ -229,6 +237,9 @@ func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullReques
 		return len(first) == 0 || first[0].Origin.Seq > pos, nil
 	}
 	for {
+		if done(pr, pos) {
+			return nil
+		}
 		limit, err := readLimit(ctx, out, maxBatch)
 		if err != nil {
 			return err
@@ -271,6 +282,11 @@ func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullReques
 			continue
 		}
 		idle = false
+		if bounded(pr) {
+			if recs = cutAfter(recs, pr.Until, func(r *record.Record) uint64 { return r.Origin.Seq }); len(recs) == 0 {
+				return nil
+			}
+		}
 		for i := range recs {
 			recs[i].Seq = 0
 		}
@@ -304,6 +320,22 @@ func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullReques
 			pos = recs[len(recs)-1].Origin.Seq
 		}
 	}
+}
+
+// bounded reports whether pr ends at Until (a pull that does not follow).
+func bounded(pr PullRequest) bool { return pr.Until > 0 && !pr.Follow }
+
+// done reports whether a bounded pull has sent everything up to its bound.
+func done(pr PullRequest, pos uint64) bool { return bounded(pr) && pos >= pr.Until }
+
+// cutAfter drops the records whose sequence (by seq) is above until: an
+// empty result means a bounded pull has nothing more to send.
+func cutAfter(recs []record.Record, until uint64, seq func(*record.Record) uint64) []record.Record {
+	n := len(recs)
+	for n > 0 && seq(&recs[n-1]) > until {
+		n--
+	}
+	return recs[:n]
 }
 
 // sendGaps announces the recorded gaps of pr's origin within pos+1..to.

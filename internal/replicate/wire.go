@@ -95,6 +95,10 @@ type PullRequest struct {
 	// under positions that mean something else (docs/federation.md,
 	// "Incarnations").
 	Incarnation string
+	// Until, if not 0, ends a pull that does not follow once the records up
+	// to this origin sequence were sent: a repair fetches one damaged range
+	// (repair.go). A server from before it ignores it and sends the rest.
+	Until uint64
 }
 
 // Append encodes r (quic.Appender):
@@ -102,12 +106,14 @@ type PullRequest struct {
 //	byte version (1), string requester, string stream, string origin hub,
 //	uvarint origin shard, uvarint after, byte flags (1 = follow),
 //	uvarint max batch bytes, string incarnation (optional: absent in
-//	requests from hubs before incarnations, read as "")
+//	requests from hubs before incarnations, read as ""), uvarint until
+//	(optional, after the incarnation: absent is 0)
 func (r *PullRequest) Append(dst []byte) []byte {
 	dst = append(dst, pullVersion1)
 	dst = appendString(dst, r.Requester)
 	dst = appendPull(dst, r.Stream, r.Origin, r.After, r.Follow, r.MaxBatchBytes)
-	return appendString(dst, r.Incarnation)
+	dst = appendString(dst, r.Incarnation)
+	return appendUntil(dst, r.Until)
 }
 
 // Decode parses an untrusted PullRequest.
@@ -119,6 +125,7 @@ func (r *PullRequest) Decode(p []byte) error {
 	r.Requester = d.String(quic.MaxNameLength)
 	readPull(&d, &r.Stream, &r.Origin, &r.After, &r.Follow, &r.MaxBatchBytes)
 	r.Incarnation = readIncarnation(&d)
+	r.Until = readUntil(&d)
 	if d.Err == nil && (r.Requester == "" || r.Stream == "" || r.Origin.Hub == "") {
 		d.Fail("empty name")
 	}
@@ -231,20 +238,23 @@ type Follow struct {
 	MaxBatchBytes uint64
 	// Credit is the record batch bytes the client can take at first.
 	Credit uint64
-	// Incarnation: as in PullRequest.
+	// Incarnation and Until: as in PullRequest.
 	Incarnation string
+	Until       uint64
 }
 
 // Append encodes f (quic.Appender):
 //
 //	uvarint id, string stream, string origin hub, uvarint origin shard,
 //	uvarint after, byte flags (1 = follow), uvarint max batch bytes,
-//	uvarint credit, string incarnation (optional, as in PullRequest)
+//	uvarint credit, string incarnation (optional, as in PullRequest),
+//	uvarint until (optional, as in PullRequest)
 func (f *Follow) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, f.ID)
 	dst = appendPull(dst, f.Stream, f.Origin, f.After, f.Follow, f.MaxBatchBytes)
 	dst = binary.AppendUvarint(dst, f.Credit)
-	return appendString(dst, f.Incarnation)
+	dst = appendString(dst, f.Incarnation)
+	return appendUntil(dst, f.Until)
 }
 
 // Decode parses an untrusted PULL_FOLLOW payload.
@@ -254,6 +264,7 @@ func (f *Follow) Decode(p []byte) error {
 	readPull(&d, &f.Stream, &f.Origin, &f.After, &f.Follow, &f.MaxBatchBytes)
 	f.Credit = d.Uvarint()
 	f.Incarnation = readIncarnation(&d)
+	f.Until = readUntil(&d)
 	if d.Err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
 		d.Fail("zero id or empty name")
 	}
@@ -263,7 +274,7 @@ func (f *Follow) Decode(p []byte) error {
 // request is the pull f asks for, on behalf of requester.
 func (f *Follow) request(requester string) PullRequest {
 	return PullRequest{Requester: requester, Stream: f.Stream, Origin: f.Origin, After: f.After,
-		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes, Incarnation: f.Incarnation}
+		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes, Incarnation: f.Incarnation, Until: f.Until}
 }
 
 // FollowCredit is a PULL_CREDIT payload.
@@ -469,6 +480,22 @@ func readIncarnation(d *wire.Reader) string {
 		return ""
 	}
 	return d.String(maxIncarnationLen)
+}
+
+// appendUntil writes a pull's optional upper bound (omitted when 0).
+func appendUntil(dst []byte, until uint64) []byte {
+	if until == 0 {
+		return dst
+	}
+	return binary.AppendUvarint(dst, until)
+}
+
+// readUntil reads the optional upper bound after the incarnation.
+func readUntil(d *wire.Reader) uint64 {
+	if d.Err != nil || len(d.Buf) == 0 {
+		return 0
+	}
+	return d.Uvarint()
 }
 
 func newReader(p []byte, what string) wire.Reader {

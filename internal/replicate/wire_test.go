@@ -94,6 +94,7 @@ func TestDecodeMsg(t *testing.T) {
 func FuzzPullRequest(f *testing.F) {
 	f.Add((&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 3}, After: 10, Follow: true}).Append(nil))
 	f.Add([]byte{1, 1, 'a', 1, 's', 1, 'b', 0, 0, 2, 0})
+	f.Add((&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}, After: 4, Incarnation: "ab", Until: 12}).Append(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r PullRequest
 		if err := r.Decode(b); err != nil {
@@ -137,6 +138,8 @@ func TestSessionFramesRoundTrip(t *testing.T) {
 		{name: "follow", in: &Follow{ID: 1 << 40, Stream: "s", Origin: store.OriginKey{Hub: "core", Shard: 15}, After: 99, Follow: true, MaxBatchBytes: 1 << 22, Credit: 1 << 23}, out: &Follow{}},
 		{name: "one-shot follow", in: &Follow{ID: 1, Stream: "s", Origin: store.OriginKey{Hub: "h"}}, out: &Follow{}},
 		{name: "follow with incarnation", in: &Follow{ID: 2, Stream: "s", Origin: store.OriginKey{Hub: "h"}, Credit: 1, Incarnation: "ab12"}, out: &Follow{}},
+		{name: "bounded follow", in: &Follow{ID: 4, Stream: "s", Origin: store.OriginKey{Hub: "h"}, After: 9, Credit: 1, Until: 1 << 33}, out: &Follow{}},
+		{name: "bounded follow without incarnation", in: &Follow{ID: 5, Stream: "s", Origin: store.OriginKey{Hub: "h"}, Incarnation: "", Until: 7}, out: &Follow{}},
 		{name: "credit", in: &FollowCredit{ID: 3, Bytes: 1 << 20}, out: &FollowCredit{}},
 		{name: "cancel", in: &FollowCancel{ID: 3}, out: &FollowCancel{}},
 		{name: "end", in: &FollowEnd{ID: 3, Code: quic.CodePermissionDenied, Message: "no"}, out: &FollowEnd{}},
