@@ -40,8 +40,27 @@ func TestOpenRemovesInterruptedCreation(t *testing.T) {
 	}
 }
 
-// A file with a bucket in it that is not a stream is still refused.
+// A file with a bucket in it that is not a stream, or one that had commits
+// and has no bucket left, is still refused: only a file no transaction ever
+// committed to is the trace of an interrupted creation.
 func TestOpenRefusesForeignBoltFile(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tx   func(tx *bolt.Tx) error
+	}{
+		{"foreign bucket", func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("x")); return err }},
+		{"buckets gone", func(tx *bolt.Tx) error {
+			if _, err := tx.CreateBucket([]byte("m")); err != nil {
+				return err
+			}
+			return tx.DeleteBucket([]byte("m"))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { refusesBoltFile(t, tc.tx) })
+	}
+}
+
+func refusesBoltFile(t *testing.T, fn func(tx *bolt.Tx) error) {
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "streams"), 0o755); err != nil {
 		t.Fatal(err)
@@ -51,7 +70,7 @@ func TestOpenRefusesForeignBoltFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("x")); return err }); err != nil {
+	if err := db.Update(fn); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

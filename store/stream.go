@@ -316,13 +316,16 @@ func (s *Stream) syncIfRelaxed() error {
 	return s.db.Sync()
 }
 
-// errInterruptedCreate: the stream file holds no bucket at all, so the
-// transaction that creates a stream never committed (a crash between
-// bbolt's creation of the file and that commit); CreateStream had not
-// returned, and the file holds nothing.
+// errInterruptedCreate: the stream file is as bbolt initialised it, with
+// no transaction ever committed, so the one that creates a stream never did
+// (a crash between bbolt's creation of the file and that commit);
+// CreateStream had not returned, and the file holds nothing.
 var errInterruptedCreate = errors.New("stream file is empty: its creation was interrupted")
 
-// empty reports whether the file holds no bucket at all.
+// empty reports whether the file is as bbolt initialises it: no committed
+// transaction (bbolt's initial meta pages carry transaction ids 0 and 1)
+// and no bucket. A file that had commits and lost its buckets is damaged,
+// not empty.
 func (s *Stream) empty() (empty bool, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -331,6 +334,9 @@ func (s *Stream) empty() (empty bool, err error) {
 	}()
 	errSome := errors.New("not empty")
 	err = s.db.View(func(tx *bolt.Tx) error {
+		if tx.ID() > 1 {
+			return errSome
+		}
 		return tx.ForEach(func([]byte, *bolt.Bucket) error { return errSome })
 	})
 	if errors.Is(err, errSome) {
