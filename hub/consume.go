@@ -138,7 +138,9 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 				if ctx.Err() != nil {
 					return d.endSubscription(ctx, readErr)
 				}
-				return err
+				// Through the one error table: damaged data is
+				// corrupt to the client and logged with its file.
+				return d.clientErr(err)
 			}
 			if sent > 0 {
 				credit.Add(-sent)
@@ -270,6 +272,9 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 	var partCount int
 	if err == nil && len(chunks) == 1 && int64(len(chunks[0])) > limit {
 		part, partLast, partCount, err = cut(chunks[0], *next, limit)
+		if ce := (*store.CorruptError)(nil); errors.As(err, &ce) {
+			ce.File, ce.Shard, ce.Seq = s.st.Path(), sh, *next
+		}
 		chunks = nil
 	}
 	s.d.storeReads.Release(1)
@@ -283,7 +288,7 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 	for i, c := range chunks {
 		info, err := record.ReadInfo(c)
 		if err != nil {
-			return sent, &store.CorruptError{Shard: sh, Err: err}
+			return sent, &store.CorruptError{File: s.st.Path(), Shard: sh, Seq: *next, Err: err}
 		}
 		chunks[i] = nil // held by the write only
 		n, err := s.write(ctx, sh, next, c, info.LastSeq, info.Count)

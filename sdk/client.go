@@ -37,6 +37,7 @@ const (
 	CodeUnavailable      = quic.CodeUnavailable
 	CodeSequenceConflict = quic.CodeSequenceConflict
 	CodeStorageFull      = quic.CodeStorageFull
+	CodeCorrupt          = quic.CodeCorrupt
 )
 
 // Sentinel errors.

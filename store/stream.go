@@ -218,7 +218,13 @@ func openStream(s *Store, name string, cfg *StreamConfig) (*Stream, error) {
 		InitialMmapSize: 64 << 20,
 		NoSync:          s.cfg.Sync == SyncInterval,
 	}
-	db, err := bolt.Open(path, 0o644, opts)
+	if cfg == nil {
+		// bbolt cannot report some damage but by crashing: look first.
+		if err := precheck(path); err != nil {
+			return nil, err
+		}
+	}
+	db, err := openBolt(path, opts)
 	if err != nil {
 		switch {
 		case errors.Is(err, berrors.ErrTimeout):
@@ -257,6 +263,17 @@ func openStream(s *Store, name string, cfg *StreamConfig) (*Stream, error) {
 	go st.run()
 	go st.maintenance()
 	return st, nil
+}
+
+// openBolt is bolt.Open with a panic on a damaged page (in the opening
+// goroutine) turned into a CorruptError.
+func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, &CorruptError{File: path, Shard: -1, Err: fmt.Errorf("%v", r)}
+		}
+	}()
+	return bolt.Open(path, 0o644, opts)
 }
 
 func (s *Stream) create(cfg StreamConfig) error {
@@ -426,6 +443,9 @@ func (s *Stream) load() (err error) {
 
 // Name returns the stream's name.
 func (s *Stream) Name() string { return s.name }
+
+// Path returns the stream's file, for errors that must name it.
+func (s *Stream) Path() string { return s.path }
 
 // Config returns the stream's current definition.
 func (s *Stream) Config() StreamConfig {

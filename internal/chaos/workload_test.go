@@ -135,10 +135,7 @@ func (w *workload) produce(client string) {
 			value := fmt.Sprintf("%s-%d", client, n)
 			n++
 			inv := w.rec.Invoke(Op{Kind: Produce, Client: client, Stream: w.stream, Key: key, Value: value})
-			payload := []byte(value)
-			if len(payload) < w.valueSize {
-				payload = append(append(payload, '|'), make([]byte, w.valueSize-len(payload)-1)...)
-			}
+			payload := paddedValue(value, w.valueSize)
 			err := p.SendAsync(context.Background(), sdk.Record{Key: []byte(key), Value: payload}, func(pos sdk.Position, err error) {
 				<-inflight
 				if err != nil {
@@ -515,6 +512,13 @@ func (w *workload) errSummary() string {
 // (the hub must be stopped), as the history's Final lines.
 func readBack(tb testing.TB, rec *Recorder, dataDir, stream, hub string) int {
 	tb.Helper()
+	return readBackTo(tb, rec, dataDir, stream, hub, nil)
+}
+
+// readBackTo is readBack calling fn (if not nil) with each record's
+// position.
+func readBackTo(tb testing.TB, rec *Recorder, dataDir, stream, hub string, fn func(shard int, seq uint64)) int {
+	tb.Helper()
 	cfg := store.DefaultConfig(dataDir)
 	cfg.Logger = quietLogger()
 	s, err := store.Open(cfg)
@@ -542,12 +546,25 @@ func readBack(tb testing.TB, rec *Recorder, dataDir, stream, hub string) int {
 					op.Origin = &Origin{Hub: r.Origin.Hub, Shard: r.Origin.Shard, Seq: r.Origin.Seq}
 				}
 				rec.Read(op)
+				if fn != nil {
+					fn(sh, r.Seq)
+				}
 				n++
 			}
 			from = recs[len(recs)-1].Seq + 1
 		}
 	}
 	return n
+}
+
+// paddedValue is the payload written for value id: the id, then '|' and
+// zeros up to size bytes (the id alone if size is smaller).
+func paddedValue(id string, size int) []byte {
+	payload := []byte(id)
+	if len(payload) < size {
+		payload = append(append(payload, '|'), make([]byte, size-len(payload)-1)...)
+	}
+	return payload
 }
 
 // valueID is the id a produced value starts with (before any padding).

@@ -184,7 +184,7 @@ func readShard(st *store.Stream, shard int, from uint64, maxBytes int, dst []rec
 	for _, c := range chunks {
 		info, err := record.ReadInfo(c)
 		if err != nil {
-			return nil, &store.CorruptError{File: st.Name(), Shard: shard, Err: err}
+			return nil, &store.CorruptError{File: st.Path(), Shard: shard, Seq: from, Err: err}
 		}
 		n += info.Count
 	}
@@ -192,7 +192,7 @@ func readShard(st *store.Stream, shard int, from uint64, maxBytes int, dst []rec
 	recs := slices.Grow(dst[:0], n)
 	for _, c := range chunks {
 		if recs, err = record.DecodeBatch(c, recs); err != nil {
-			return nil, &store.CorruptError{File: st.Name(), Shard: shard, Err: err}
+			return nil, &store.CorruptError{File: st.Path(), Shard: shard, Seq: from, Err: err}
 		}
 	}
 	skip := 0 // the first chunk may begin before from
