@@ -102,6 +102,9 @@ func crashFigures(t *testing.T, name string, res crashResult) {
 // acknowledged is lost, nothing is stored twice, per-key order holds, the
 // group and the subscription neither skip nor go back past a commit.
 func TestCrashLoop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("minutes long; TestBoundedCrashLoop is its -short version")
+	}
 	runCrashLoop(t, envDuration(t, "EDGEHUB_CHAOS_DURATION", 3*time.Minute))
 }
 
