@@ -77,6 +77,9 @@ type runner struct {
 	input  *store.Stream
 	shard  int
 	logger *slog.Logger
+	// standingErr is the error of loading the quarantine standing at
+	// creation; run reports it.
+	standingErr error
 
 	originHub string
 	timerHub  string
@@ -147,6 +150,9 @@ func newRunner(m *Manager, p *plugin, def Definition, mod *wasmhost.Module, in *
 		now:        m.now,
 	}
 	r.timerHub = r.originHub + "/timer"
+	// The durable quarantine is restored before the runner is visible to
+	// Describe: a restarted hostile plugin never shows as running.
+	r.standingErr = r.restoreStanding()
 	for _, name := range append(append([]string(nil), def.Outputs...), def.DeadLetter) {
 		if name == "" {
 			continue
@@ -312,8 +318,8 @@ func (r *runner) linger(ctx context.Context) bool {
 // restore loads the checkpoint (creating it from the start position for a
 // new plugin) and replays a timer firing that was recorded but not finished.
 func (r *runner) restore(ctx context.Context) error {
-	if err := r.restoreStanding(); err != nil {
-		return err
+	if r.standingErr != nil {
+		return r.standingErr
 	}
 	cp, ok, err := loadCheckpoint(r.m.db, r.def.Name, r.input.Name(), r.shard)
 	if err != nil {
