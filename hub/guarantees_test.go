@@ -29,6 +29,7 @@ func TestGuaranteesNameRealTests(t *testing.T) {
 		"groups":    "internal/groups",
 		"cli":       "internal/cli",
 		"record":    "internal/record",
+		"boltcheck": "internal/boltcheck",
 	}
 	cited := regexp.MustCompile("`([a-z]+):((?:Test|Fuzz)[A-Za-z0-9_]+)`").FindAllStringSubmatch(string(doc), -1)
 	if len(cited) < 40 {

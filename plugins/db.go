@@ -14,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/edgehub/edgehub/internal/boltcheck"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -40,6 +41,13 @@ var (
 
 func openDB(dir string, timeout time.Duration) (*bolt.DB, error) {
 	path := filepath.Join(dir, "plugins.db")
+	// bbolt crashes on some damage instead of reporting it: look first.
+	if err := boltcheck.Check(path); err != nil {
+		if errors.Is(err, boltcheck.ErrDamaged) {
+			return nil, fmt.Errorf("plugins: open %s: %w: %w", path, ErrCorrupt, err)
+		}
+		return nil, fmt.Errorf("plugins: open %s: %w", path, err)
+	}
 	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {

@@ -2,6 +2,8 @@ package plugins
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -87,5 +89,36 @@ func TestDamagedRunState(t *testing.T) {
 	}
 	if inc, err := loadBinding(db, "p", "none"); err != nil || inc != "" {
 		t.Errorf("missing binding: %q %v", inc, err)
+	}
+}
+
+// TestTruncatedDB: plugins.db cut short is ErrCorrupt naming the file. bbolt
+// mapped it and the first read past its end killed the hub (SIGBUS).
+func TestTruncatedDB(t *testing.T) {
+	dir := t.TempDir()
+	db, err := openDB(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for i := 0; i < 50; i++ {
+			if err := tx.Bucket(bucketModules).Put(fmt.Appendf(nil, "m%d", i), make([]byte, 8<<10)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "plugins.db")
+	fi, _ := os.Stat(path)
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	_, err = openDB(dir, time.Second)
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("openDB = %v, want ErrCorrupt naming %s", err, path)
 	}
 }

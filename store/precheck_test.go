@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/edgehub/edgehub/internal/boltcheck"
 	"github.com/edgehub/edgehub/internal/record"
 )
 
@@ -41,6 +42,15 @@ func damagedFile(tb testing.TB) (dir, path string) {
 	return dir, filepath.Join(dir, "streams", "d.db")
 }
 
+func meta(tb testing.TB, path string) boltcheck.Meta {
+	tb.Helper()
+	m, ok, err := boltcheck.ReadMeta(path)
+	if err != nil || !ok {
+		tb.Fatalf("no meta in %s: %v", path, err)
+	}
+	return m
+}
+
 // A stream file cut short, or with a damaged page header, crashed the
 // process inside bbolt's Open (SIGBUS on the mapped read past the end; an
 // assertion panic in the goroutine bbolt rebuilds the freelist in), found by
@@ -52,18 +62,10 @@ func TestOpenDamagedStructure(t *testing.T) {
 		damage func(t *testing.T, path string)
 	}{
 		{"truncated", func(t *testing.T, path string) {
-			f, err := os.Open(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, ok := readMeta(f)
-			f.Close()
-			if !ok {
-				t.Fatal("no meta")
-			}
+			m := meta(t, path)
 			// Cut the last page in use (bbolt files grow ahead of use:
 			// a cut beyond the pages in use damages nothing).
-			if err := os.Truncate(path, int64(m.pgid-1)*int64(m.pageSize)); err != nil {
+			if err := os.Truncate(path, int64(m.Pages-1)*int64(m.PageSize)); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -73,12 +75,9 @@ func TestOpenDamagedStructure(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			m, ok := readMeta(f)
-			if !ok {
-				t.Fatal("no meta")
-			}
+			m := meta(t, path)
 			// The root bucket's page: every other page hangs below it.
-			if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, 16), int64(m.root)*int64(m.pageSize)); err != nil {
+			if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, 16), int64(m.Root)*int64(m.PageSize)); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -163,20 +162,12 @@ func TestWriteFuzzBase(t *testing.T) {
 		t.Skip("rewrites testdata/damaged-base.db.gz when EDGEHUB_WRITE_FUZZ_BASE is set")
 	}
 	_, path := damagedFile(t)
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, ok := readMeta(f)
-	f.Close()
-	if !ok {
-		t.Fatal("no meta")
-	}
+	m := meta(t, path)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b = b[:int(m.pgid)*int(m.pageSize)] // bbolt grows it again as needed
+	b = b[:int(m.Pages)*m.PageSize] // bbolt grows it again as needed
 	var out bytes.Buffer
 	zw := gzip.NewWriter(&out)
 	zw.Write(b)

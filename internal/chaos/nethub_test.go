@@ -211,7 +211,6 @@ var labHTTP = &http.Client{Timeout: 5 * time.Second}
 // non-loopback address needs one.
 const labAdminToken = "netlab-admin-token-not-a-secret"
 
-
 func adminJSON(method, url string, body, out any) error {
 	var rd io.Reader
 	if body != nil {

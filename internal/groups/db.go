@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/edgehub/edgehub/internal/boltcheck"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -103,6 +104,13 @@ func decodeOffsetRec(b []byte) (offsetRec, error) {
 func shardKey(shard int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(shard)) }
 
 func openDB(path string, timeout time.Duration) (*bolt.DB, error) {
+	// bbolt crashes on some damage instead of reporting it: look first.
+	if err := boltcheck.Check(path); err != nil {
+		if errors.Is(err, boltcheck.ErrDamaged) {
+			return nil, fmt.Errorf("groups: open %s: %w: %w", path, ErrCorrupt, err)
+		}
+		return nil, fmt.Errorf("groups: open %s: %w", path, err)
+	}
 	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {

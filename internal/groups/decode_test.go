@@ -3,6 +3,8 @@ package groups
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -116,5 +118,35 @@ func TestDamagedGroupsFile(t *testing.T) {
 				t.Fatalf("open: %v, want a CorruptError naming %s and the group", err, path)
 			}
 		})
+	}
+}
+
+// TestTruncatedDB: groups.db cut short is ErrCorrupt naming the file. bbolt
+// mapped it and the first read past its end killed the hub (SIGBUS).
+func TestTruncatedDB(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "groups.db")
+	db, err := openDB(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for i := 0; i < 50; i++ {
+			if err := tx.Bucket(bucketGroups).Put(fmt.Appendf(nil, "g%d", i), make([]byte, 8<<10)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(path)
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	_, err = openDB(path, time.Second)
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("openDB = %v, want ErrCorrupt naming %s", err, path)
 	}
 }
