@@ -47,20 +47,31 @@ func parseFrom(v string) (sdk.Start, error) {
 	return sdk.Start{}, usagef("invalid --from %q: want earliest, latest, a sequence number or an RFC 3339 time", v)
 }
 
-// jsonRecord is one line of --format json. Keys and values that are not
-// UTF-8 are given base64-encoded in key_base64 / value_base64 instead.
+// jsonRecord is one line of --format json (documented in README.md,
+// "Output of consume --format json"). Keys and values that are not UTF-8
+// are given base64-encoded in key_base64 / value_base64 instead, so no byte
+// is changed on the way. A tombstone (no value) has neither value nor
+// value_base64; an empty value is "value":"". Headers are a list, in the
+// record's order, repeated keys kept.
 type jsonRecord struct {
-	Stream      string            `json:"stream"`
-	Shard       int               `json:"shard"`
-	Seq         uint64            `json:"seq"`
-	Key         *string           `json:"key,omitempty"`
-	KeyBase64   []byte            `json:"key_base64,omitempty"`
-	Value       *string           `json:"value,omitempty"`
-	ValueBase64 []byte            `json:"value_base64,omitempty"`
-	Headers     map[string]string `json:"headers,omitempty"`
-	Time        string            `json:"time,omitempty"`
-	IngestTime  string            `json:"ingest_time"`
-	Origin      *jsonOrigin       `json:"origin,omitempty"`
+	Stream      string       `json:"stream"`
+	Shard       int          `json:"shard"`
+	Seq         uint64       `json:"seq"`
+	Key         *string      `json:"key,omitempty"`
+	KeyBase64   []byte       `json:"key_base64,omitempty"`
+	Value       *string      `json:"value,omitempty"`
+	ValueBase64 []byte       `json:"value_base64,omitempty"`
+	Headers     []jsonHeader `json:"headers,omitempty"`
+	Time        string       `json:"time,omitempty"`
+	IngestTime  string       `json:"ingest_time"`
+	Origin      *jsonOrigin  `json:"origin,omitempty"`
+}
+
+type jsonHeader struct {
+	Key         *string `json:"key,omitempty"`
+	KeyBase64   []byte  `json:"key_base64,omitempty"`
+	Value       *string `json:"value,omitempty"`
+	ValueBase64 []byte  `json:"value_base64,omitempty"`
 }
 
 type jsonOrigin struct {
@@ -88,11 +99,21 @@ func toJSON(m sdk.Message) jsonRecord {
 			j.ValueBase64 = r.Value
 		}
 	}
-	if len(r.Headers) > 0 {
-		j.Headers = map[string]string{}
-		for _, h := range r.Headers {
-			j.Headers[h.Key] = string(h.Value)
+	for _, h := range r.Headers {
+		var jh jsonHeader
+		if utf8.ValidString(h.Key) {
+			k := h.Key
+			jh.Key = &k
+		} else {
+			jh.KeyBase64 = []byte(h.Key)
 		}
+		if utf8.Valid(h.Value) {
+			s := string(h.Value)
+			jh.Value = &s
+		} else {
+			jh.ValueBase64 = h.Value
+		}
+		j.Headers = append(j.Headers, jh)
 	}
 	if r.Time != 0 {
 		j.Time = time.Unix(0, r.Time).UTC().Format(time.RFC3339Nano)

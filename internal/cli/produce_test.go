@@ -105,7 +105,7 @@ func TestEndToEndProduceConsume(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("%q: %v", line, err)
 		}
-		if r.Stream != "events" || r.Seq == 0 || r.Key == nil || r.Value == nil || r.Headers["src"] != "cli" || r.Time == "" || r.IngestTime == "" {
+		if r.Stream != "events" || r.Seq == 0 || r.Key == nil || r.Value == nil || len(r.Headers) == 0 || r.Headers[0].Key == nil || *r.Headers[0].Key != "src" || r.Headers[0].Value == nil || *r.Headers[0].Value != "cli" || r.Time == "" || r.IngestTime == "" {
 			t.Fatalf("json record %s", line)
 		}
 		keys[*r.Key] = *r.Value
