@@ -55,8 +55,12 @@ type gapFile struct {
 	Streams map[string]map[string]*gapEntry `json:"streams"` // stream → "hub/shard" → entry
 }
 
-// newGapBook loads the book at path. A damaged file is reported with an
-// empty book, which replaces it at the next gap.
+// newGapBook loads the book at path. A file that is not a gap book is
+// reported with an empty book, which replaces it at the next gap; entries
+// that do not hold up (a bad origin name, ranges unsorted, overlapping or
+// empty) are dropped and reported, the rest kept. Dropping costs little (a
+// gap forgotten is counted again when it is announced again), while a bogus
+// range believed would make this hub skip records it could still pull.
 func newGapBook(path string) (*gapBook, error) {
 	b := &gapBook{path: path, entries: map[gapKey]*gapEntry{}}
 	if path == "" {
@@ -69,27 +73,65 @@ func newGapBook(path string) (*gapBook, error) {
 	if err != nil {
 		return b, fmt.Errorf("replicate: read gap book: %w", err)
 	}
-	var f gapFile
-	if err := json.Unmarshal(data, &f); err != nil {
-		return b, fmt.Errorf("replicate: gap book %s is damaged: %w", path, err)
+	entries, err := decodeGapBook(data)
+	if entries != nil {
+		b.entries = entries
 	}
-	if f.Version != 1 {
-		return b, fmt.Errorf("replicate: gap book %s has version %d, not 1", path, f.Version)
-	}
-	for stream, origins := range f.Streams {
-		for name, e := range origins {
-			i := strings.LastIndexByte(name, '/')
-			if i <= 0 || e == nil {
-				continue
-			}
-			shard, err := strconv.ParseUint(name[i+1:], 10, 32)
-			if err != nil {
-				continue
-			}
-			b.entries[gapKey{stream, store.OriginKey{Hub: name[:i], Shard: uint32(shard)}}] = e
-		}
+	if err != nil {
+		return b, fmt.Errorf("replicate: gap book %s: %w", path, err)
 	}
 	return b, nil
+}
+
+// decodeGapBook decodes a gap book file: the valid entries, and an error
+// naming what was dropped (everything, if the file is not a gap book).
+func decodeGapBook(data []byte) (map[gapKey]*gapEntry, error) {
+	var f gapFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("damaged: %w", err)
+	}
+	if f.Version != 1 {
+		return nil, fmt.Errorf("version %d, not 1", f.Version)
+	}
+	entries := map[gapKey]*gapEntry{}
+	var dropped []string
+	for stream, origins := range f.Streams {
+		for name, e := range origins {
+			k, err := parseGapKey(stream, name, e)
+			if err != nil {
+				dropped = append(dropped, fmt.Sprintf("%s %q: %v", stream, name, err))
+				continue
+			}
+			entries[k] = e
+		}
+	}
+	if len(dropped) > 0 {
+		slices.Sort(dropped)
+		return entries, fmt.Errorf("dropped %d damaged entries: %s", len(dropped), strings.Join(dropped, "; "))
+	}
+	return entries, nil
+}
+
+func parseGapKey(stream, name string, e *gapEntry) (gapKey, error) {
+	i := strings.LastIndexByte(name, '/')
+	if i <= 0 || e == nil || stream == "" {
+		return gapKey{}, errors.New("not a hub/shard entry")
+	}
+	shard, err := strconv.ParseUint(name[i+1:], 10, 32)
+	if err != nil {
+		return gapKey{}, fmt.Errorf("shard: %w", err)
+	}
+	if len(e.Ranges) > maxGapRanges {
+		return gapKey{}, fmt.Errorf("%d ranges, at most %d are kept", len(e.Ranges), maxGapRanges)
+	}
+	var prev uint64
+	for j, r := range e.Ranges {
+		if r[0] == 0 || r[1] < r[0] || j > 0 && r[0] <= prev+1 {
+			return gapKey{}, fmt.Errorf("range %d %v: not sorted, merged and non-empty", j, r)
+		}
+		prev = r[1]
+	}
+	return gapKey{stream, store.OriginKey{Hub: name[:i], Shard: uint32(shard)}}, nil
 }
 
 // add records that origin sequences from..to of k are lost here, with desc

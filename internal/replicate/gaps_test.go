@@ -402,3 +402,55 @@ func fmtRange(what string, lo, hi, n uint64) string {
 	}
 	return fmt.Sprintf("%s %d..%d", what, lo, hi)
 }
+
+// TestGapBookDropsDamagedEntries: entries that do not hold up are dropped
+// and reported, the others kept. They used to be skipped silently, and
+// unsorted or overlapping ranges were believed (reach would have let a
+// puller skip records it could still fetch).
+func TestGapBookDropsDamagedEntries(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gaps.json")
+	data := `{"version":1,"streams":{"s":{
+		"hub-a/0":{"ranges":[[1,5],[9,9]],"gaps":2,"sequences":6},
+		"hub-a/1":{"ranges":[[9,9],[1,5]]},
+		"hub-a/2":{"ranges":[[1,5],[6,7]]},
+		"hub-a/3":{"ranges":[[0,5]]},
+		"hub-a/x":{"ranges":[[1,2]]},
+		"nohub":{"ranges":[[1,2]]},
+		"hub-a/4":null}}}`
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := newGapBook(path)
+	if err == nil || !strings.Contains(err.Error(), "dropped 6 damaged entries") {
+		t.Fatalf("err = %v, want 6 entries reported dropped", err)
+	}
+	all := b.all()
+	if len(all) != 1 || all[0].Stream != "s" || b.reach("s", store.OriginKey{Hub: "hub-a", Shard: 0}, 0) != 5 {
+		t.Fatalf("kept %+v, want hub-a/0 alone", all)
+	}
+	if got := b.reach("s", store.OriginKey{Hub: "hub-a", Shard: 1}, 0); got != 0 {
+		t.Fatalf("a dropped entry still moves reach: %d", got)
+	}
+}
+
+// FuzzDecodeGapBook: any file decodes without panicking, and what it keeps
+// obeys the book's invariants (sorted, merged, non-empty ranges), so reach
+// and within can trust them.
+func FuzzDecodeGapBook(f *testing.F) {
+	f.Add([]byte(`{"version":1,"streams":{"s":{"h/0":{"ranges":[[1,5],[9,9]],"gaps":2,"sequences":6,"last":"x"}}}}`))
+	f.Add([]byte(`{"version":1,"streams":{"s":{"h/0":{"ranges":[[9,9],[1,5]]},"h/1":null}}}`))
+	f.Add([]byte(`{"version":2}`))
+	f.Add([]byte(`{"version":1,"streams":{"s":{"h/18446744073709551615":{"ranges":[[18446744073709551615,18446744073709551615]]}}}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		entries, _ := decodeGapBook(data)
+		for k, e := range entries {
+			var prev uint64
+			for j, r := range e.Ranges {
+				if r[0] == 0 || r[1] < r[0] || j > 0 && r[0] <= prev+1 {
+					t.Fatalf("%v kept ranges %v", k, e.Ranges)
+				}
+				prev = r[1]
+			}
+		}
+	})
+}

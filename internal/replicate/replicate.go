@@ -232,7 +232,7 @@ func New(cfg Config) (*Replicator, error) {
 	})}
 	gaps, err := newGapBook(cfg.StateFile)
 	if err != nil {
-		r.logger.Warn("replicate: starting with no gaps recorded; gaps already reported may be reported again", "err", err)
+		r.logger.Warn("replicate: gaps not loaded are forgotten; they are counted again if announced again", "err", err)
 	}
 	r.gaps = gaps
 	r.srv = &server{
