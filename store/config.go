@@ -4,8 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/names"
 )
 
 // SyncMode says when an append is acknowledged.
@@ -98,27 +99,14 @@ func (c Config) Validate() error {
 // Limits on stream definitions.
 const (
 	MaxShards     = 1024
-	MaxNameLength = 128
+	MaxNameLength = names.MaxLength
 )
-
-// nameRE is the stream name charset: it must be safe as a file name on every
-// platform and in URLs without escaping.
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // ValidateName reports whether name is a valid stream (or plugin, group)
 // name: 1 to 128 characters from [A-Za-z0-9._-], starting with a letter or
-// digit.
-func ValidateName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("%w: empty", ErrInvalidName)
-	case len(name) > MaxNameLength:
-		return fmt.Errorf("%w: %q is %d characters (max %d)", ErrInvalidName, name[:16]+"...", len(name), MaxNameLength)
-	case !nameRE.MatchString(name):
-		return fmt.Errorf("%w: %q (use letters, digits, '.', '_' and '-', starting with a letter or digit)", ErrInvalidName, name)
-	}
-	return nil
-}
+// digit. The rule is internal/names's, shared with the packages that check
+// names without the store.
+func ValidateName(name string) error { return names.Validate(name) }
 
 // StreamConfig defines a stream. Shards is fixed at creation; the rest may be
 // changed with Store.UpdateStream.

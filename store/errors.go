@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+
+	"github.com/edgehub/edgehub/internal/names"
 )
 
 // Sentinel errors. Callers test them with errors.Is; the store wraps them with
@@ -17,7 +19,7 @@ var (
 	// or CreateNewStream with a name in use.
 	ErrStreamExists = errors.New("stream already exists")
 	// ErrInvalidName: a name outside the documented charset or length.
-	ErrInvalidName = errors.New("invalid name")
+	ErrInvalidName = names.ErrInvalid
 	// ErrInvalidConfig: a stream definition that cannot be honoured.
 	ErrInvalidConfig = errors.New("invalid stream config")
 	// ErrRecordTooLarge: a record above Config.MaxRecordBytes.

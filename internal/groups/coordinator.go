@@ -10,7 +10,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/edgehub/edgehub/store"
+	"github.com/edgehub/edgehub/internal/names"
 )
 
 // maxShards bounds a group's shard count (the wire protocol's limit).
@@ -194,10 +194,10 @@ func (c *Coordinator) Join(req JoinRequest) (*Session, error) {
 		timeout = c.cfg.DefaultSessionTimeout
 	}
 	switch {
-	case store.ValidateName(req.Group) != nil:
-		return nil, fmt.Errorf("%w: group name: %w", ErrInvalid, store.ValidateName(req.Group))
-	case store.ValidateName(req.Member) != nil:
-		return nil, fmt.Errorf("%w: member id: %w", ErrInvalid, store.ValidateName(req.Member))
+	case names.Validate(req.Group) != nil:
+		return nil, fmt.Errorf("%w: group name: %w", ErrInvalid, names.Validate(req.Group))
+	case names.Validate(req.Member) != nil:
+		return nil, fmt.Errorf("%w: member id: %w", ErrInvalid, names.Validate(req.Member))
 	case req.Stream == "":
 		return nil, fmt.Errorf("%w: no stream", ErrInvalid)
 	case req.Shards < 1 || req.Shards > maxShards:
@@ -581,7 +581,7 @@ type ResetRequest struct {
 // group if it does not exist (so offsets can be set before the first
 // member joins).
 func (c *Coordinator) Reset(req ResetRequest) error {
-	if err := store.ValidateName(req.Group); err != nil {
+	if err := names.Validate(req.Group); err != nil {
 		return fmt.Errorf("%w: group name: %w", ErrInvalid, err)
 	}
 	if req.Stream == "" || req.Shards < 1 || req.Shards > maxShards {

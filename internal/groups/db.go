@@ -13,7 +13,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/edgehub/edgehub/internal/boltcheck"
-	"github.com/edgehub/edgehub/store"
+	"github.com/edgehub/edgehub/internal/names"
 )
 
 // Layout of groups.db:
@@ -38,6 +38,11 @@ var (
 )
 
 const formatVersion = 1
+
+// incarnationHexLen is the length of a stream incarnation as text
+// (2*store.IncarnationLen, checked by a test: groups does not import the
+// store).
+const incarnationHexLen = 32
 
 // groupDef is what a group is bound to.
 type groupDef struct {
@@ -193,10 +198,6 @@ func loadGroups(db *bolt.DB) (map[string]stored, error) {
 			return nil
 		})
 	})
-	if errors.Is(err, ErrCorrupt) {
-		// Name the file; the error still matches ErrCorrupt.
-		err = &store.CorruptError{File: db.Path(), Shard: -1, Err: err}
-	}
 	return out, err
 }
 
@@ -206,12 +207,12 @@ func decodeGroupDef(v []byte) (groupDef, error) {
 	if err := json.Unmarshal(v, &def); err != nil {
 		return groupDef{}, fmt.Errorf("%w: definition: %w", ErrCorrupt, err)
 	}
-	if def.Shards <= 0 || def.Shards > math.MaxUint16+1 || def.Stream == "" || store.ValidateName(def.Stream) != nil {
+	if def.Shards <= 0 || def.Shards > math.MaxUint16+1 || def.Stream == "" || names.Validate(def.Stream) != nil {
 		return groupDef{}, fmt.Errorf("%w: definition %+v", ErrCorrupt, def)
 	}
 	// An incarnation is lowercase hex (store.Stream.Incarnation; tests
 	// use short ones).
-	if inc := def.Incarnation; len(inc) > 2*store.IncarnationLen || strings.Trim(inc, "0123456789abcdef") != "" {
+	if inc := def.Incarnation; len(inc) > incarnationHexLen || strings.Trim(inc, "0123456789abcdef") != "" {
 		return groupDef{}, fmt.Errorf("%w: definition: incarnation %q", ErrCorrupt, inc)
 	}
 	return def, nil
