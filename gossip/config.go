@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/edgehub/edgehub/internal/gossipopt"
 )
 
 // Profiles select memberlist's timing defaults.
@@ -62,13 +64,14 @@ type Config struct {
 	// Logger defaults to slog.Default(); memberlist's own log is bridged to
 	// it.
 	Logger *slog.Logger
-	// Transport, if set, replaces memberlist's UDP/TCP transport (tests use
-	// it to partition members). Bind is then only used as the advertised
-	// address unless Advertise is set.
-	Transport memberlist.NodeAwareTransport
-	// Tune, if set, adjusts memberlist's config after the profile is applied
-	// (tests and benchmarks shorten intervals).
-	Tune func(*memberlist.Config)
+
+	// opts are the knobs that are not API (a test transport, memberlist
+	// tuning), attached by internal/gossipopt.Set.
+	opts gossipopt.Options
+}
+
+func init() {
+	gossipopt.Register(func(cfg any, o gossipopt.Options) { cfg.(*Config).opts = o })
 }
 
 // DefaultConfig returns the defaults for a member named name.
@@ -176,8 +179,8 @@ func (c Config) memberlistConfig() *memberlist.Config {
 	// its name: let it take the name over once the old address is dead,
 	// instead of memberlist's default of never.
 	mc.DeadNodeReclaimTime = 10 * time.Second
-	if c.Transport != nil {
-		mc.Transport = c.Transport
+	if c.opts.Transport != nil {
+		mc.Transport = c.opts.Transport
 	}
 	return mc
 }

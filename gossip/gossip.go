@@ -127,8 +127,8 @@ func New(cfg Config) (*Gossip, error) {
 			g.keyModTime, g.keySize = fi.ModTime(), fi.Size()
 		}
 	}
-	if cfg.Tune != nil {
-		cfg.Tune(mc)
+	if cfg.opts.Tune != nil {
+		cfg.opts.Tune(mc)
 	}
 	g.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return g.numMembers() },

@@ -15,13 +15,15 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/edgehub/edgehub/internal/gossiptest"
 )
 
 type memberOpts struct {
 	label   string
 	keyFile string
 	meta    NodeMeta
-	net     *FaultNet
+	net     *gossiptest.FaultNet
 	profile string
 	join    []string
 }
@@ -48,10 +50,10 @@ func newMember(t testing.TB, name string, o memberOpts) *Gossip {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Transport = tr
+		cfg.opts.Transport = tr
 	}
 	if cfg.Profile == ProfileLocal {
-		cfg.Tune = func(mc *memberlist.Config) {
+		cfg.opts.Tune = func(mc *memberlist.Config) {
 			mc.GossipInterval = 20 * time.Millisecond
 			mc.ProbeInterval = 200 * time.Millisecond
 			mc.PushPullInterval = time.Second
@@ -329,7 +331,7 @@ func TestKeyFileChangeIsPickedUpByRun(t *testing.T) {
 // and checks that both sides learn everything (push/pull and relaying
 // cover what broadcasts during the partition could not).
 func TestPartitionHeals(t *testing.T) {
-	fn := NewFaultNet()
+	fn := gossiptest.NewFaultNet()
 	ctx := context.Background()
 	a := newMember(t, "a", memberOpts{net: fn, label: "p"})
 	b := newMember(t, "b", memberOpts{net: fn, label: "p"})

@@ -19,17 +19,19 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/edgehub/edgehub/gossip"
+	"github.com/edgehub/edgehub/internal/gossipopt"
+	"github.com/edgehub/edgehub/internal/gossiptest"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/internal/replicate"
 	"github.com/edgehub/edgehub/store"
 )
 
 // fedNet is a test federation on loopback: real memberlist over UDP/TCP
-// through a gossip.FaultNet, real QUIC pulls through a transport wrapper
+// through a gossiptest.FaultNet, real QUIC pulls through a transport wrapper
 // that can cut links between chosen hubs.
 type fedNet struct {
 	tb     testing.TB
-	gossip *gossip.FaultNet
+	gossip *gossiptest.FaultNet
 
 	mu    sync.Mutex
 	cut   map[[2]string]bool
@@ -39,7 +41,7 @@ type fedNet struct {
 }
 
 func newFedNet(tb testing.TB) *fedNet {
-	return &fedNet{tb: tb, gossip: gossip.NewFaultNet(), cut: map[[2]string]bool{},
+	return &fedNet{tb: tb, gossip: gossiptest.NewFaultNet(), cut: map[[2]string]bool{},
 		pulls: map[[2]string][]replicate.PullStream{}, addrs: map[string]string{}}
 }
 
@@ -71,13 +73,12 @@ func (n *fedNet) config(name string, dir string, tags ...string) Config {
 		if err != nil {
 			n.tb.Fatal(err)
 		}
-		g.Transport = tr
 		g.RejoinInterval = 200 * time.Millisecond
-		g.Tune = func(mc *memberlist.Config) {
+		gossipopt.Set(g, gossipopt.Options{Transport: tr, Tune: func(mc *memberlist.Config) {
 			mc.GossipInterval = 20 * time.Millisecond
 			mc.ProbeInterval = 200 * time.Millisecond
 			mc.PushPullInterval = time.Second
-		}
+		}})
 		n.mu.Lock()
 		n.addrs[name] = tr.Addr()
 		if n.first == "" {

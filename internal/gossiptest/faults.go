@@ -1,9 +1,15 @@
-package gossip
+// Package gossiptest is test scaffolding for federation tests: FaultNet, a
+// switchboard of memberlist transports whose links can be cut and healed,
+// to test partitions with real UDP and TCP sockets. Attach a transport to a
+// gossip.Config with gossipopt.Set. It is not API (docs/RATIONALE.md).
+package gossiptest
 
 import (
 	"fmt"
+	"io"
 	"log"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -11,8 +17,7 @@ import (
 )
 
 // FaultNet is a switchboard for tests: members built on its transports can
-// be cut off from each other and healed, to test partitions with real UDP
-// and TCP sockets. It is not meant for production use.
+// be cut off from each other and healed. It is not meant for production use.
 type FaultNet struct {
 	mu  sync.RWMutex
 	cut map[[2]string]bool
@@ -59,17 +64,21 @@ func (n *FaultNet) blocked(a, b string) bool {
 // ("127.0.0.1:0" picks a port) whose outbound traffic obeys n. Since every
 // member filters what it sends, a cut link is silent both ways.
 func (n *FaultNet) Transport(bind string) (*FaultTransport, error) {
-	host, port, err := splitHostPort(bind)
+	host, ps, err := net.SplitHostPort(bind)
 	if err != nil {
-		return nil, fmt.Errorf("gossip: fault transport %q: %w", bind, err)
+		return nil, fmt.Errorf("gossiptest: fault transport %q: %w", bind, err)
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("gossiptest: fault transport %q: bad port %q", bind, ps)
 	}
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{host},
 		BindPort:  port,
-		Logger:    log.New(discard{}, "", 0),
+		Logger:    log.New(io.Discard, "", 0),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("gossip: fault transport %q: %w", bind, err)
+		return nil, fmt.Errorf("gossiptest: fault transport %q: %w", bind, err)
 	}
 	return &FaultTransport{NetTransport: nt, net: n, self: net.JoinHostPort(host, fmt.Sprint(nt.GetAutoBindPort()))}, nil
 }
@@ -104,7 +113,7 @@ func (t *FaultTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Ti
 // DialTimeout implements memberlist.Transport.
 func (t *FaultTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	if t.net.blocked(t.self, addr) {
-		return nil, fmt.Errorf("gossip: dial %s: link cut", addr)
+		return nil, fmt.Errorf("gossiptest: dial %s: link cut", addr)
 	}
 	return t.NetTransport.DialTimeout(addr, timeout)
 }
@@ -113,7 +122,3 @@ func (t *FaultTransport) DialTimeout(addr string, timeout time.Duration) (net.Co
 func (t *FaultTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	return t.DialTimeout(a.Addr, timeout)
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
