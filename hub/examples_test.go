@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/plugins"
-	"github.com/edgehub/edgehub/plugins/plugintest"
 )
 
 // readmeCommands returns the shell commands in the unlabelled (or sh)

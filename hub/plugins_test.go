@@ -21,9 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/plugins"
-	"github.com/edgehub/edgehub/plugins/plugintest"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
-	"github.com/edgehub/edgehub/plugins/plugintest"
 	"github.com/edgehub/edgehub/store"
 )
 

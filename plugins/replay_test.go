@@ -8,8 +8,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
-	"github.com/edgehub/edgehub/plugins/plugintest"
 )
 
 // TestTimerFiringReplay plays the two crashes a timer firing can meet: after
