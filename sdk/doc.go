@@ -25,4 +25,9 @@
 // A producer created with NotIdempotent resends unacknowledged batches after
 // a reconnect, so its records are stored at least once, possibly twice.
 // Datagram producers are fire-and-forget: records may be lost.
+//
+// SendAsync callbacks run on the producer's goroutine, outside its lock,
+// in the order the batches completed: a callback may send more records,
+// but must not wait for acknowledgements (Send, Flush, Close). Flush and
+// Close return after the callbacks of the records they waited for.
 package sdk

@@ -141,6 +141,14 @@ type Producer struct {
 	frameMax  int       // the hub's max_batch_bytes (PRODUCE_READY)
 	maxRecord int       // the hub's max_record_bytes (PRODUCE_READY), 0 if not announced
 	conflict  bool      // stopped by a sequence_conflict
+
+	// Completed batches wait in done for their callbacks, which run
+	// outside mu (see deliver): a callback may call the producer.
+	done       []*pbatch
+	spare      []*pbatch // done's previous array, reused
+	delivering bool      // a goroutine is running callbacks
+	queued     uint64    // batches ever put in done
+	delivered  uint64    // of those, the ones whose callbacks have run
 }
 
 type pbatch struct {
@@ -151,6 +159,8 @@ type pbatch struct {
 	bytes    int
 	payload  []byte
 	cbs      []func(Position, error)
+	pos      []Position // the outcome, once completed: positions or err
+	err      error
 	accepted time.Time // of the oldest record
 	wire     bool      // sent on the current session, not yet acknowledged
 	sentAt   time.Time
@@ -260,9 +270,11 @@ func (p *Producer) SendFuture(ctx context.Context, rec Record) (*Future, error) 
 }
 
 // SendAsync queues rec; cb runs once with its position or error, on the
-// producer's goroutine (it must not block). SendAsync blocks only while the
-// producer's buffer is full, until ctx ends. The record's byte slices must
-// not change until cb runs.
+// producer's goroutine, callbacks in the order their batches completed. cb
+// must not block, but it may call the producer: SendAsync, SendFuture (not
+// Send, Flush or Close, which wait for acknowledgements this goroutine would
+// deliver). SendAsync blocks only while the producer's buffer is full, until
+// ctx ends. The record's byte slices must not change until cb runs.
 func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, error)) error {
 	return p.sendAsync(ctx, -1, rec, cb)
 }
@@ -327,7 +339,7 @@ func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func
 	rec.Seq, rec.IngestTime, rec.Origin = 0, 0, record.Origin{}
 	size := rec.ProducerLen()
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.unlock()
 	if err := p.checkSize(&rec, size); err != nil {
 		return err
 	}
@@ -451,10 +463,10 @@ func (p *Producer) signal() {
 }
 
 // Flush seals open batches and waits until every record sent before the
-// call is acknowledged or failed.
+// call is acknowledged or failed, and its callback has run.
 func (p *Producer) Flush(ctx context.Context) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.unlock()
 	for i := range p.acc {
 		p.seal(i)
 	}
@@ -469,6 +481,7 @@ func (p *Producer) Flush(ctx context.Context) error {
 	for len(p.unacked) > 0 && p.unacked[0].id <= last && p.fatal == nil && ctx.Err() == nil {
 		p.space.Wait()
 	}
+	p.waitDelivered(ctx)
 	if p.fatal != nil {
 		return p.fatal
 	}
@@ -488,8 +501,11 @@ func (p *Producer) Close(ctx context.Context) error {
 	p.failAll(fmt.Errorf("sdk: producer %q: %w", p.stream, ErrClosed))
 	p.space.Broadcast()
 	p.signal()
-	p.mu.Unlock()
+	p.unlock()
 	<-p.loopDone
+	p.mu.Lock()
+	p.waitDelivered(ctx)
+	p.mu.Unlock()
 	if errors.Is(err, ErrClosed) {
 		return nil
 	}
@@ -556,7 +572,7 @@ func (p *Producer) loop() {
 				p.sess.st.CloseWrite()
 				p.sess.fail(ErrClosed)
 			}
-			p.mu.Unlock()
+			p.unlock()
 			return
 		}
 		if p.fatal != nil {
@@ -568,7 +584,7 @@ func (p *Producer) loop() {
 		s := p.sess
 		if s == nil {
 			p.expire()
-			p.mu.Unlock()
+			p.unlock()
 			if p.isClosedHard() {
 				continue
 			}
@@ -616,7 +632,7 @@ func (p *Producer) loop() {
 			p.inflight[b.shard]++
 			out = append(out, b)
 		}
-		p.mu.Unlock()
+		p.unlock()
 
 		for _, b := range out {
 			if err := p.send(s, b); err != nil {
@@ -663,7 +679,7 @@ func (p *Producer) loop() {
 					stale = true
 				}
 			}
-			p.mu.Unlock()
+			p.unlock()
 			if stale {
 				s.fail(fmt.Errorf("%w: no acknowledgement for %s", errResend, p.opts.AckTimeout))
 			}
@@ -707,7 +723,7 @@ func (p *Producer) isClosedHard() bool {
 
 func (p *Producer) setFatal(err error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.unlock()
 	if p.fatal == nil {
 		p.fatal = fmt.Errorf("sdk: producer %q: %w", p.stream, err)
 	}
@@ -720,7 +736,7 @@ func (p *Producer) send(s *session, b *pbatch) error {
 		dg := (&quic.Datagram{Session: s.dgram, Shard: int32(b.shard), Records: b.payload}).Append(nil)
 		err := s.conn.SendDatagram(dg)
 		p.mu.Lock()
-		defer p.mu.Unlock()
+		defer p.unlock()
 		p.removeSent(b)
 		if err != nil {
 			p.complete(b, nil, fmt.Errorf("sdk: datagram: %w", err))
@@ -800,12 +816,12 @@ func (p *Producer) readAcks(s *session) {
 			}
 			p.nextSeq[b.shard] -= n
 			p.complete(b, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, err))
-			p.mu.Unlock()
+			p.unlock()
 			s.fail(fmt.Errorf("%w: %w", errResend, err))
 			p.signal()
 			return
 		}
-		p.mu.Unlock()
+		p.unlock()
 		p.signal()
 	}
 }
@@ -843,24 +859,86 @@ func (p *Producer) removeUnacked(b *pbatch) {
 	}
 }
 
-// complete runs b's callbacks and frees its buffer share. Called with p.mu
-// held; callbacks must not call back into the producer's locking methods.
+// complete records b's outcome and frees its buffer share; its callbacks
+// run later, outside p.mu, in completion order (deliver). Called with p.mu
+// held.
 func (p *Producer) complete(b *pbatch, pos []Position, err error) {
-	for i, cb := range b.cbs {
-		if err != nil {
-			cb(Position{}, err)
-		} else {
-			cb(pos[i], nil)
-		}
-	}
+	b.pos, b.err = pos, err
 	p.buffered -= b.bytes
 	p.space.Broadcast()
-	// Keep the slices for the next batch; drop references to the records.
-	clear(b.recs)
-	clear(b.cbs)
-	*b = pbatch{recs: b.recs[:0], cbs: b.cbs[:0]}
-	if len(p.free) < 2*p.shards+4 {
-		p.free = append(p.free, b)
+	clear(b.recs) // drop references to the records
+	b.recs = b.recs[:0]
+	p.done = append(p.done, b)
+	p.queued++
+}
+
+// deliver runs the callbacks of completed batches, in completion order,
+// unless another goroutine is already doing so (it then runs these too).
+// Called with p.mu held; it releases p.mu while the callbacks run, so
+// they may call the producer: a SendAsync from a callback queues its record
+// and, if it completes a batch, leaves its callbacks to this loop.
+func (p *Producer) deliver() {
+	if p.delivering {
+		return
+	}
+	p.delivering = true
+	for len(p.done) > 0 {
+		q := p.done
+		p.done = p.spare[:0]
+		p.mu.Unlock()
+		for _, b := range q {
+			for i, cb := range b.cbs {
+				if b.err != nil {
+					cb(Position{}, b.err)
+				} else {
+					cb(b.pos[i], nil)
+				}
+			}
+		}
+		p.mu.Lock()
+		for i, b := range q {
+			// Keep the slices for the next batch.
+			clear(b.cbs)
+			*b = pbatch{recs: b.recs[:0], cbs: b.cbs[:0]}
+			if len(p.free) < 2*p.shards+4 {
+				p.free = append(p.free, b)
+			}
+			q[i] = nil
+		}
+		p.spare = q[:0]
+		p.delivered += uint64(len(q))
+		p.space.Broadcast()
+	}
+	p.delivering = false
+}
+
+// unlock releases p.mu after running the callbacks of what completed
+// while it was held.
+func (p *Producer) unlock() {
+	p.deliver()
+	p.mu.Unlock()
+}
+
+// waitDelivered waits until the callbacks of every batch completed so far
+// have run (running them itself if nobody else is), or ctx ends. Called
+// with p.mu held.
+func (p *Producer) waitDelivered(ctx context.Context) {
+	upto := p.queued
+	if p.delivered >= upto {
+		return
+	}
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		p.space.Broadcast()
+		p.mu.Unlock()
+	})
+	defer stop()
+	for p.delivered < upto && ctx.Err() == nil {
+		if !p.delivering {
+			p.deliver()
+			continue
+		}
+		p.space.Wait()
 	}
 }
 
