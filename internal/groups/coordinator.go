@@ -27,14 +27,34 @@ type Coordinator struct {
 	logger *slog.Logger
 	db     *bolt.DB
 
-	mu     sync.Mutex // guards groups and closed; taken before any group.mu
+	mu     sync.Mutex // guards groups, busy and closed; taken before any group.mu
 	groups map[string]*group
+	// busy holds the names whose group is being created, rebound or
+	// deleted: mu is not held while that is written, and other calls for
+	// the name wait for the channel to close.
+	busy   map[string]chan struct{}
 	closed bool
 
 	joins, leaves, expirations, rebalances, commits, refused atomic.Uint64
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// testHookWrite, if set, runs inside every write transaction of the
+	// coordinator's own operations (op: "create", "rebind", "delete",
+	// "grant", "reset"): a test's slow fsync.
+	testHookWrite func(op string)
+}
+
+// update runs fn in a write transaction of groups.db, which commits with
+// an fsync.
+func (c *Coordinator) update(op string, fn func(*bolt.Tx) error) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		if c.testHookWrite != nil {
+			c.testHookWrite(op)
+		}
+		return fn(tx)
+	})
 }
 
 // group is one consumer group. Everything in it is guarded by mu.
@@ -97,7 +117,7 @@ func Open(cfg Config) (*Coordinator, error) {
 		db.Close()
 		return nil, fmt.Errorf("groups: open %s: %w", cfg.Path, err)
 	}
-	c := &Coordinator{cfg: cfg, logger: cfg.Logger, db: db, groups: map[string]*group{}}
+	c := &Coordinator{cfg: cfg, logger: cfg.Logger, db: db, groups: map[string]*group{}, busy: map[string]chan struct{}{}}
 	for name, s := range loaded {
 		g := c.newGroup(name, s.def)
 		g.epoch = s.epoch
@@ -250,48 +270,105 @@ func (c *Coordinator) Join(req JoinRequest) (*Session, error) {
 // It checks that the group consumes stream with shards shards. A group
 // whose offsets belong to another incarnation of the stream (it was deleted
 // and created again) is replaced by a fresh one first, whatever the shard
-// count; inc == "" skips that check.
+// count; inc == "" skips that check. c.mu is not held while a creation or
+// rebinding is written: the name is busy meanwhile (claim).
 func (c *Coordinator) group(name, stream string, shards int, inc string, create bool) (*group, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return nil, ErrClosed
-	}
-	g := c.groups[name]
-	if g == nil {
-		if !create {
-			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
-		}
-		def := groupDef{Stream: stream, Shards: shards, Created: time.Now().UTC(), Incarnation: inc}
-		if err := c.db.Update(func(tx *bolt.Tx) error { return putDef(tx, name, def) }); err != nil {
-			return nil, fmt.Errorf("groups: create %q: %w", name, err)
-		}
-		g = c.newGroup(name, def)
-		c.groups[name] = g
-		return g, nil
-	}
-	if g.def.Stream != stream {
-		return nil, fmt.Errorf("%w: group %q consumes stream %q, not %q", ErrStreamMismatch, name, g.def.Stream, stream)
-	}
-	if inc != "" && g.def.Incarnation != inc {
-		var err error
-		if g, err = c.rebind(g, shards, inc); err != nil {
+	for {
+		c.mu.Lock()
+		if err := c.wait(name); err != nil {
+			c.mu.Unlock()
 			return nil, err
 		}
+		g := c.groups[name]
+		if g == nil && !create {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+		}
+		if g != nil {
+			g.mu.Lock()
+			def := g.def
+			g.mu.Unlock()
+			if def.Stream != stream {
+				c.mu.Unlock()
+				return nil, fmt.Errorf("%w: group %q consumes stream %q, not %q", ErrStreamMismatch, name, def.Stream, stream)
+			}
+			if inc == "" || def.Incarnation == inc {
+				c.mu.Unlock()
+				if def.Shards != shards {
+					return nil, fmt.Errorf("%w: group %q has offsets for %d shards, stream %q has %d now; delete the group to start over",
+						ErrShardsChanged, name, def.Shards, stream, shards)
+				}
+				return g, nil
+			}
+		}
+		done := c.claim(name)
+		c.mu.Unlock()
+		var ng *group
+		var err error
+		if g == nil {
+			ng, err = c.create(name, groupDef{Stream: stream, Shards: shards, Created: time.Now().UTC(), Incarnation: inc})
+		} else {
+			ng, err = c.rebind(g, shards, inc)
+		}
+		c.mu.Lock()
+		done()
+		if err == nil && c.closed {
+			err = ErrClosed // Close shut down what it found; ng is not served
+		}
+		if err == nil {
+			c.groups[name] = ng
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		// Check the written group like any other.
 	}
-	if g.def.Shards != shards {
-		return nil, fmt.Errorf("%w: group %q has offsets for %d shards, stream %q has %d now; delete the group to start over",
-			ErrShardsChanged, name, g.def.Shards, stream, shards)
-	}
-	return g, nil
 }
 
-// rebind binds g to incarnation inc of its stream (caller holds c.mu). A
-// group from before incarnations adopts it and keeps its offsets; a group
-// bound to another incarnation is replaced by a fresh group of the same
-// name: offsets dropped, members' sessions ended with ErrStreamRecreated
-// (they rejoin and start at their start positions), epochs continuing so
-// a lease of the old group never matches one of the new.
+// wait waits, with c.mu held (released while waiting), until no creation,
+// rebinding or deletion of name is being written.
+func (c *Coordinator) wait(name string) error {
+	for {
+		if c.closed {
+			return ErrClosed
+		}
+		ch := c.busy[name]
+		if ch == nil {
+			return nil
+		}
+		c.mu.Unlock()
+		<-ch
+		c.mu.Lock()
+	}
+}
+
+// claim marks name busy (caller holds c.mu, after wait); done, called with
+// c.mu held, releases it.
+func (c *Coordinator) claim(name string) (done func()) {
+	ch := make(chan struct{})
+	c.busy[name] = ch
+	return func() {
+		delete(c.busy, name)
+		close(ch)
+	}
+}
+
+// create writes a new group's definition.
+func (c *Coordinator) create(name string, def groupDef) (*group, error) {
+	if err := c.update("create", func(tx *bolt.Tx) error { return putDef(tx, name, def) }); err != nil {
+		return nil, fmt.Errorf("groups: create %q: %w", name, err)
+	}
+	return c.newGroup(name, def), nil
+}
+
+// rebind binds g to incarnation inc of its stream (the caller has claimed
+// its name) and returns the group to keep under the name. A group from
+// before incarnations adopts it and keeps its offsets; a group bound to
+// another incarnation is replaced by a fresh group of the same name:
+// offsets dropped, members' sessions ended with ErrStreamRecreated (they
+// rejoin and start at their start positions), epochs continuing so a lease
+// of the old group never matches one of the new.
 func (c *Coordinator) rebind(g *group, shards int, inc string) (*group, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -301,7 +378,7 @@ func (c *Coordinator) rebind(g *group, shards int, inc string) (*group, error) {
 	def := g.def
 	def.Incarnation = inc
 	if g.def.Incarnation == "" {
-		if err := c.db.Update(func(tx *bolt.Tx) error { return putDef(tx, g.name, def) }); err != nil {
+		if err := c.update("rebind", func(tx *bolt.Tx) error { return putDef(tx, g.name, def) }); err != nil {
 			return nil, fmt.Errorf("groups: %q: record the stream incarnation: %w", g.name, err)
 		}
 		g.def = def
@@ -309,7 +386,7 @@ func (c *Coordinator) rebind(g *group, shards int, inc string) (*group, error) {
 		return g, nil
 	}
 	def.Shards = shards
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.update("rebind", func(tx *bolt.Tx) error {
 		if err := dropOffsets(tx, g.name); err != nil {
 			return err
 		}
@@ -324,7 +401,6 @@ func (c *Coordinator) rebind(g *group, shards int, inc string) (*group, error) {
 	g.shutdown(ErrStreamRecreated)
 	ng := c.newGroup(g.name, def)
 	ng.epoch = g.epoch
-	c.groups[g.name] = ng
 	return ng, nil
 }
 
@@ -429,7 +505,7 @@ func (g *group) grant(now time.Time, shards []int, target []string) error {
 		initial[s] = offsetRec{Offset: max(pos, 1), Time: now.UnixNano(), Epoch: first + uint64(i), Member: target[s]}
 	}
 	last := first + uint64(len(shards)) - 1
-	err := g.c.db.Update(func(tx *bolt.Tx) error {
+	err := g.c.update("grant", func(tx *bolt.Tx) error {
 		if err := putEpoch(tx, g.name, last); err != nil {
 			return err
 		}
@@ -539,28 +615,48 @@ func (g *group) tick() {
 	g.settle(now)
 }
 
-// Delete deletes an idle group and its offsets.
+// Delete deletes an idle group and its offsets. c.mu is not held while
+// the deletion is written: the name is busy meanwhile.
 func (c *Coordinator) Delete(name string) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
+	if err := c.wait(name); err != nil {
+		c.mu.Unlock()
+		return err
 	}
 	g := c.groups[name]
 	if g == nil {
+		c.mu.Unlock()
 		return fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
+	done := c.claim(name)
+	c.mu.Unlock()
+	err := g.delete()
+	c.mu.Lock()
+	done()
+	if err == nil && c.groups[name] == g {
+		delete(c.groups, name)
+	}
+	c.mu.Unlock()
+	if err == nil {
+		c.logger.Info("group deleted", "group", name)
+	}
+	return err
+}
+
+// delete writes the deletion of an idle group and shuts it down.
+func (g *group) delete() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if n := len(g.members); n > 0 {
-		return fmt.Errorf("%w: group %q has %d member(s); stop them first", ErrActive, name, n)
+	if g.gone != nil {
+		return fmt.Errorf("groups: delete %q: %w", g.name, g.gone)
 	}
-	if err := c.db.Update(func(tx *bolt.Tx) error { return deleteGroup(tx, name) }); err != nil {
-		return fmt.Errorf("groups: delete %q: %w", name, err)
+	if n := len(g.members); n > 0 {
+		return fmt.Errorf("%w: group %q has %d member(s); stop them first", ErrActive, g.name, n)
+	}
+	if err := g.c.update("delete", func(tx *bolt.Tx) error { return deleteGroup(tx, g.name) }); err != nil {
+		return fmt.Errorf("groups: delete %q: %w", g.name, err)
 	}
 	g.shutdown(ErrDeleted)
-	delete(c.groups, name)
-	c.logger.Info("group deleted", "group", name)
 	return nil
 }
 
@@ -610,7 +706,7 @@ func (c *Coordinator) Reset(req ResetRequest) error {
 		}
 	}
 	now := time.Now().UnixNano()
-	err = c.db.Update(func(tx *bolt.Tx) error {
+	err = c.update("reset", func(tx *bolt.Tx) error {
 		for s, off := range req.Offsets {
 			if err := putOffset(tx, g.name, s, offsetRec{Offset: off, Time: now}); err != nil {
 				return err

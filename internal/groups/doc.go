@@ -49,7 +49,11 @@
 // Offsets are sequence numbers of this hub's shards: a group is local to one
 // hub and is not replicated.
 //
-// Lock order: Coordinator.mu before group.mu. group.mu is held while
+// Lock order: Coordinator.mu before group.mu. Coordinator.mu, which every
+// group's lookup takes, is never held across a write: creating, rebinding
+// or deleting a group marks its name busy (other calls for that name wait,
+// other groups go on) and writes without it. group.mu is held while
 // calling Config.Resolve (which must not call back) and while writing
-// grants, resets and deletions (rare), never while writing commits.
+// grants, rebindings, resets and deletions of its group (rare), never while
+// writing commits.
 package groups

@@ -171,6 +171,7 @@ func (s *Session) Commit(offsets []Commit) []error {
 		ok = append(ok, i)
 		g.writing[o.Shard]++
 	}
+	inc := g.def.Incarnation
 	g.mu.Unlock()
 	if len(ok) == 0 {
 		return errs
@@ -178,7 +179,7 @@ func (s *Session) Commit(offsets []Commit) []error {
 
 	t := now.UnixNano()
 	err := g.c.db.Batch(func(tx *bolt.Tx) error {
-		if !sameIncarnation(tx, g.name, g.def.Incarnation) {
+		if !sameIncarnation(tx, g.name, inc) {
 			return fmt.Errorf("%w: %w", ErrSessionExpired, ErrStreamRecreated)
 		}
 		for _, i := range ok {
