@@ -314,13 +314,71 @@ type Peers struct {
 	Members []PeerInfo `json:"members"`
 	// Lag is replication lag per stream, origin and the peer we pull that
 	// origin from.
-	Lag []replicate.Lag `json:"lag"`
+	Lag []ReplicationLag `json:"lag"`
 	// Pulls details every pull task (one per stream and origin shard).
-	Pulls []replicate.TaskStatus `json:"pulls"`
+	Pulls []PullStatus `json:"pulls"`
 	// Gaps lists, per stream and origin shard, the records this hub will
 	// never hold: deleted by retention before it pulled them, or held by
 	// no live peer any more while their origin was unreachable.
-	Gaps []replicate.GapStatus `json:"gaps"`
+	Gaps []GapStatus `json:"gaps"`
+}
+
+// ReplicationLag is replication lag for one origin hub of one stream,
+// summed over its shards, against the peer we pull it from.
+type ReplicationLag struct {
+	Stream  string  `json:"stream"`
+	Origin  string  `json:"origin"`
+	Peer    string  `json:"peer"`
+	Records uint64  `json:"records"`
+	Seconds float64 `json:"seconds"`
+	Gaps    uint64  `json:"gaps"`
+}
+
+// PullStatus describes one pull task: one origin shard of one stream.
+type PullStatus struct {
+	Stream string `json:"stream"`
+	Origin string `json:"origin"`
+	Shard  uint32 `json:"origin_shard"`
+	// Peer is the hub we pull from (the origin itself when reachable).
+	Peer string `json:"peer"`
+	// State is "starting", "catching-up", "following", "waiting" (no peer
+	// has more) or "retrying" (after an error).
+	State     string `json:"state"`
+	Watermark uint64 `json:"watermark"`
+	// High is the highest origin sequence the peer reported holding.
+	High       uint64  `json:"high"`
+	LagRecords uint64  `json:"lag_records"`
+	LagSeconds float64 `json:"lag_seconds"`
+	Records    uint64  `json:"records_pulled"`
+	Gaps       uint64  `json:"gaps"`
+	GapSeqs    uint64  `json:"gap_sequences"`
+	LastGap    string  `json:"last_gap,omitempty"`
+	LastError  string  `json:"last_error,omitempty"`
+}
+
+// GapStatus is what this hub lost of one origin shard of one stream.
+type GapStatus struct {
+	Stream string `json:"stream"`
+	Origin string `json:"origin"`
+	Shard  uint32 `json:"origin_shard"`
+	// Gaps counts the gaps reported, Sequences the origin sequence numbers
+	// they cover (an upper bound on the records lost: an origin's shard
+	// also numbers records it replicated).
+	Gaps      uint64 `json:"gaps"`
+	Sequences uint64 `json:"sequences"`
+	// Last describes the latest gap: range, time, peer and reason.
+	Last string `json:"last"`
+}
+
+// convertAll converts each element of in: the replicator's status types
+// have the same fields as this package's, so a field added to one and not
+// the other fails the conversion at compile time.
+func convertAll[T, F any](in []F, conv func(F) T) []T {
+	out := make([]T, 0, len(in))
+	for _, v := range in {
+		out = append(out, conv(v))
+	}
+	return out
 }
 
 // PeerInfo describes one member.
@@ -343,8 +401,8 @@ type PeerInfo struct {
 }
 
 func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
-	out := Peers{Self: h.cfg.Hub.Name, Members: []PeerInfo{}, Lag: []replicate.Lag{}, Pulls: []replicate.TaskStatus{},
-		Gaps: []replicate.GapStatus{}}
+	out := Peers{Self: h.cfg.Hub.Name, Members: []PeerInfo{}, Lag: []ReplicationLag{}, Pulls: []PullStatus{},
+		Gaps: []GapStatus{}}
 	f := h.federation
 	if f == nil {
 		out.Members = append(out.Members, PeerInfo{Name: h.cfg.Hub.Name, Self: true, State: string(gossip.StateAlive),
@@ -400,9 +458,9 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 		}
 		return 0
 	})
-	out.Lag = append(out.Lag, f.rep.Lag()...)
-	out.Pulls = append(out.Pulls, f.rep.Status()...)
-	out.Gaps = append(out.Gaps, f.rep.Gaps()...)
+	out.Lag = convertAll(f.rep.Lag(), func(l replicate.Lag) ReplicationLag { return ReplicationLag(l) })
+	out.Pulls = convertAll(f.rep.Status(), func(t replicate.TaskStatus) PullStatus { return PullStatus(t) })
+	out.Gaps = convertAll(f.rep.Gaps(), func(g replicate.GapStatus) GapStatus { return GapStatus(g) })
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub"
 	"github.com/edgehub/edgehub/wasmhost"
 )
 
@@ -28,7 +28,7 @@ func (r HostResult) PerSecond() float64 { return float64(r.Records) / r.Elapsed.
 // store is left out (its cost is measured by the store's own benchmarks), as
 // is keyed state unless the module uses it (it then works on an in-memory
 // delta). Outputs go to def.Outputs, which must all be named.
-func HostBenchmark(ctx context.Context, wasm []byte, def Definition, batch []record.Record, rounds int) (HostResult, error) {
+func HostBenchmark(ctx context.Context, wasm []byte, def Definition, batch []edgehub.Record, rounds int) (HostResult, error) {
 	def = def.clone().WithDefaults()
 	engine, err := wasmhost.New(wasmhost.DefaultConfig())
 	if err != nil {

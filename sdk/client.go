@@ -10,16 +10,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub"
 	"github.com/edgehub/edgehub/quic"
 )
 
 // Record is one event: key, value, headers and the producer's timestamp.
 // Records read from a hub also carry their sequence, ingest time and origin.
-type Record = record.Record
+type Record = edgehub.Record
 
 // Header is a record header.
-type Header = record.Header
+type Header = edgehub.Header
 
 // Error is a refusal from the hub: a Code and a message.
 type Error = quic.Error

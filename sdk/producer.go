@@ -337,7 +337,7 @@ func (p *Producer) checkSize(rec *Record, size int) error {
 // sendAsync queues rec for shard, or routes it when shard is -1.
 func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func(Position, error)) error {
 	rec.Seq, rec.IngestTime, rec.Origin = 0, 0, record.Origin{}
-	size := rec.ProducerLen()
+	size := record.ProducerLen(&rec)
 	p.mu.Lock()
 	defer p.unlock()
 	if err := p.checkSize(&rec, size); err != nil {

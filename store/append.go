@@ -14,6 +14,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub"
 	"github.com/edgehub/edgehub/internal/record"
 )
 
@@ -27,7 +28,7 @@ type Batch struct {
 	// Origin (Origin.Hub != "") is applied only if its origin sequence is
 	// above the stream's watermark for that origin shard, so replayed and
 	// replicated records are stored once.
-	Records []record.Record
+	Records []edgehub.Record
 	// ProducerID, if not 0, makes the append idempotent: ProducerSeq is the
 	// producer's sequence of Records[0] in (ProducerID, Shard), consecutive
 	// across batches. A batch that was stored before is answered with its
@@ -667,7 +668,7 @@ func (w *writer) flush(tx *bolt.Tx) error {
 		for len(recs) > 0 {
 			n, size := 0, 0
 			for n < len(recs) && (n == 0 || size < maxChunkBytes) {
-				size += recs[n].Size()
+				size += record.Size(&recs[n])
 				n++
 			}
 			// bbolt keeps the value slice until commit: each chunk gets

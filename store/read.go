@@ -8,6 +8,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub"
 	"github.com/edgehub/edgehub/internal/record"
 )
 
@@ -119,13 +120,13 @@ func seekChunk(c *bolt.Cursor, from uint64) (k, v []byte) {
 // later, in order. It returns no records (and no error) at the end of the
 // shard; Wait blocks until there are more. A damaged chunk is reported as a
 // *CorruptError, never returned as data.
-func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]record.Record, error) {
+func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]edgehub.Record, error) {
 	opts = opts.withDefaults()
 	chunks, err := s.readChunks(shard, from, opts.MaxBytes)
 	if err != nil {
 		return nil, err
 	}
-	var recs []record.Record
+	var recs []edgehub.Record
 	for _, c := range chunks {
 		before := len(recs)
 		recs, err = record.DecodeBatch(c.data, recs)
@@ -209,7 +210,7 @@ func (s *Stream) firstAtOrAfter(shard int, seq uint64) uint64 {
 
 // ReadOrigin returns up to max records whose origin is k with origin
 // sequence above after, in origin order. Replication serves pulls with it.
-func (s *Stream) ReadOrigin(k OriginKey, after uint64, max int) ([]record.Record, error) {
+func (s *Stream) ReadOrigin(k OriginKey, after uint64, max int) ([]edgehub.Record, error) {
 	if max <= 0 {
 		max = 1000
 	}
@@ -236,7 +237,7 @@ func (s *Stream) ReadOrigin(k OriginKey, after uint64, max int) ([]record.Record
 	if err != nil {
 		return nil, fmt.Errorf("store: read origin %s/%d of %q: %w", k.Hub, k.Shard, s.name, err)
 	}
-	out := make([]record.Record, 0, len(want))
+	out := make([]edgehub.Record, 0, len(want))
 	for i := 0; i < len(want); {
 		// Records of one origin usually sit together in one shard: read
 		// runs at once.

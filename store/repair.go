@@ -12,6 +12,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub"
 	"github.com/edgehub/edgehub/internal/record"
 )
 
@@ -266,7 +267,7 @@ func (s *Stream) DamageOrigins(ctx context.Context, shard int, from, to uint64) 
 // one, and (unless the stream is compacted) recs cover every sequence of
 // the range (ErrIncomplete). Ingest times are kept within those of the
 // neighbouring chunks, so they still never decrease within the shard.
-func (s *Stream) Replace(ctx context.Context, shard int, from uint64, recs []record.Record) error {
+func (s *Stream) Replace(ctx context.Context, shard int, from uint64, recs []edgehub.Record) error {
 	if shard < 0 || shard >= len(s.shards) {
 		return fmt.Errorf("store: repair %q: %w %d", s.name, ErrInvalidShard, shard)
 	}
@@ -343,7 +344,7 @@ func (s *Stream) Replace(ctx context.Context, shard int, from uint64, recs []rec
 		for rest := recs; len(rest) > 0; {
 			n, size := 0, 0
 			for n < len(rest) && (n == 0 || size < maxChunkBytes) {
-				size += rest[n].Size()
+				size += record.Size(&rest[n])
 				n++
 			}
 			buf, err := record.AppendBatch(nil, rest[:n])

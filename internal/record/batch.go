@@ -144,7 +144,7 @@ const BatchHeaderMax = 3 + binary.MaxVarintLen64 + 5 + 1 + trailerLen
 
 // ProducerLen is the exact number of bytes r takes in a batch sent by a
 // producer: sequence and ingest deltas 0, a local origin.
-func (r *Record) ProducerLen() int {
+func ProducerLen(r *Record) int {
 	n := 2 + varintLen(r.Time) + nullableLen(r.Key) + nullableLen(r.Value) + uvarintLen(uint64(len(r.Headers))) + 1
 	for _, h := range r.Headers {
 		n += uvarintLen(uint64(len(h.Key))) + len(h.Key) + uvarintLen(uint64(len(h.Value))) + len(h.Value)

@@ -202,7 +202,7 @@ func TestProducerLen(t *testing.T) {
 			}
 			sum := 0
 			for i := range tc.recs {
-				sum += tc.recs[i].ProducerLen()
+				sum += ProducerLen(&tc.recs[i])
 			}
 			if hdr := len(enc) - sum; hdr <= 0 || hdr > BatchHeaderMax {
 				t.Fatalf("batch of %d bytes, records %d: header %d outside 1..%d", len(enc), sum, hdr, BatchHeaderMax)
@@ -241,8 +241,8 @@ func TestMaxEncodingOverheadRandom(t *testing.T) {
 		if over := len(enc) - p; over > MaxEncodingOverhead(p) {
 			t.Fatalf("record %d: overhead %d above MaxEncodingOverhead(%d) = %d", i, over, p, MaxEncodingOverhead(p))
 		}
-		if len(enc) > r.ProducerLen()+BatchHeaderMax {
-			t.Fatalf("record %d: batch of %d bytes above ProducerLen %d + BatchHeaderMax", i, len(enc), r.ProducerLen())
+		if len(enc) > ProducerLen(&r)+BatchHeaderMax {
+			t.Fatalf("record %d: batch of %d bytes above ProducerLen %d + BatchHeaderMax", i, len(enc), ProducerLen(&r))
 		}
 	}
 }

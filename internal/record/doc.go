@@ -1,6 +1,7 @@
-// Package record defines edgehub's record, its origin identity, the stable key
-// hash that routes records to shards, and the version-1 batch encoding shared
-// by the store (one batch is one chunk on disk) and the wire protocol.
+// Package record encodes edgehub's records (the types of package edgehub,
+// aliased here): the stable key hash that routes records to shards, and the
+// version-1 batch encoding shared by the store (one batch is one chunk on
+// disk) and the wire protocol.
 //
 // # Caveats
 //
