@@ -7,16 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"reflect"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/stricttoml"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -374,33 +371,55 @@ func LoadConfig(path string) (Config, error) {
 func ParseConfig(file string, data []byte) (Config, error) {
 	cfg := DefaultConfig()
 	cfg.File = file
-	d := &decoder{file: file, lines: indexLines(string(data)), reported: map[string]bool{}}
-	// Decode the document into one Primitive per top-level key, so the
-	// decoder can walk it key by key and report every problem instead of
-	// stopping at the first.
-	var top map[string]toml.Primitive
-	md, err := toml.Decode(string(data), &top)
+	doc, err := stricttoml.Parse(string(data))
 	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return Config{}, &ConfigError{File: file, Line: pe.Position.Line, Err: fmt.Errorf("%s", pe.Message)}
-		}
-		return Config{}, &ConfigError{File: file, Err: err}
+		return Config{}, inFile(file, err)
 	}
-	d.md = md
-	d.fields("", top, reflect.ValueOf(&cfg).Elem())
-	d.checkUndecoded()
-
+	var errs []error
+	for _, e := range doc.Decode(&cfg, setDefaults) {
+		errs = append(errs, inFile(file, e))
+	}
 	if err := cfg.Validate(); err != nil {
 		for _, e := range flatten(err) {
-			d.errs = append(d.errs, d.locate(e))
+			errs = append(errs, locate(file, doc, e))
 		}
 	}
-	if len(d.errs) > 0 {
-		slices.SortStableFunc(d.errs, func(a, b error) int { return lineOf(a) - lineOf(b) })
-		return Config{}, errors.Join(d.errs...)
+	if len(errs) > 0 {
+		slices.SortStableFunc(errs, func(a, b error) int { return lineOf(a) - lineOf(b) })
+		return Config{}, errors.Join(errs...)
 	}
 	return cfg, nil
+}
+
+// setDefaults fills the defaults of a new element of an array of tables
+// (elem points to it) before the decoder decodes into it.
+func setDefaults(elem any) {
+	if d, ok := elem.(interface{ setDefaults() }); ok {
+		d.setDefaults()
+	}
+}
+
+// inFile turns a decoding problem into a *ConfigError naming file.
+func inFile(file string, err error) error {
+	var se *stricttoml.Error
+	if !errors.As(err, &se) {
+		return &ConfigError{File: file, Err: err}
+	}
+	return &ConfigError{File: file, Line: se.Line, Key: se.Key, Err: se.Err}
+}
+
+// locate fills the file and line of a validation problem.
+func locate(file string, doc *stricttoml.Doc, err error) error {
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		return &ConfigError{File: file, Err: err}
+	}
+	c := *ce
+	c.File = file
+	if c.Line == 0 {
+		c.Line = doc.Line(c.Key)
+	}
+	return &c
 }
 
 func lineOf(err error) int {
@@ -410,276 +429,6 @@ func lineOf(err error) int {
 	}
 	return 0
 }
-
-// decoder walks the configuration struct, decoding each key on its own so
-// that one bad value does not hide the next.
-type decoder struct {
-	file     string
-	md       toml.MetaData
-	lines    lineIndex
-	errs     []error
-	reported map[string]bool // index-free paths of keys reported as unknown
-}
-
-var (
-	unmarshalerType     = reflect.TypeFor[toml.Unmarshaler]()
-	textUnmarshalerType = reflect.TypeFor[interface{ UnmarshalText([]byte) error }]()
-)
-
-// isLeaf reports whether values of t are decoded in one piece.
-func isLeaf(t reflect.Type) bool {
-	pt := reflect.PointerTo(t)
-	if pt.Implements(unmarshalerType) || pt.Implements(textUnmarshalerType) {
-		return true
-	}
-	switch t.Kind() {
-	case reflect.Struct:
-		return false
-	case reflect.Slice:
-		return isLeaf(t.Elem())
-	}
-	return true
-}
-
-func (d *decoder) fail(key string, err error) {
-	ce := &ConfigError{File: d.file, Key: key, Line: d.lines.find(key)}
-	var pe toml.ParseError
-	if errors.As(err, &pe) {
-		if ce.Line == 0 {
-			ce.Line = pe.Position.Line
-		}
-		ce.Err = errors.New(pe.Message)
-		if u := errors.Unwrap(pe); u != nil {
-			ce.Err = u
-		}
-	} else {
-		ce.Err = errors.New(tomlPrefix.ReplaceAllString(err.Error(), ""))
-	}
-	d.errs = append(d.errs, ce)
-}
-
-var tomlPrefix = regexp.MustCompile(`^toml: (line \d+ )?(\(last key "[^"]*"\): )?`)
-
-// unknown reports a key that is not part of the schema, suggesting the
-// closest known key of the same table.
-func (d *decoder) unknown(key string, known []string) {
-	d.reported[stripIndexes(key)] = true
-	what := "unknown key"
-	if t := d.md.Type(strings.Split(stripIndexes(key), ".")...); t == "Hash" || t == "ArrayHash" {
-		what = "unknown table"
-	}
-	name := key[strings.LastIndexByte(key, '.')+1:]
-	if s := closest(name, known); s != "" {
-		what += fmt.Sprintf(" (did you mean %q?)", s)
-	}
-	d.errs = append(d.errs, &ConfigError{File: d.file, Line: d.lines.find(key), Key: key, Err: errors.New(what)})
-}
-
-// closest returns the candidate within edit distance 2 of s, if any.
-func closest(s string, candidates []string) string {
-	best, bestD := "", 3
-	for _, c := range candidates {
-		if d := editDistance(s, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
-
-// table decodes the TOML table in prim into the struct rv.
-func (d *decoder) table(path string, prim toml.Primitive, rv reflect.Value) {
-	// The TOML decoder silently ignores a non-table value decoded into a
-	// map, so check the kind first.
-	var raw any
-	if err := d.md.PrimitiveDecode(prim, &raw); err != nil {
-		d.fail(path, err)
-		return
-	}
-	if _, ok := raw.(map[string]any); !ok {
-		d.reported[stripIndexes(path)] = true
-		d.fail(path, fmt.Errorf("expected a table, found %s", tomlKind(raw)))
-		return
-	}
-	var m map[string]toml.Primitive
-	if err := d.md.PrimitiveDecode(prim, &m); err != nil {
-		d.fail(path, err)
-		return
-	}
-	d.fields(path, m, rv)
-}
-
-// isArrayOfTables reports whether v is [[x]] elements or an array of inline
-// tables (possibly empty).
-func isArrayOfTables(v any) bool {
-	switch v := v.(type) {
-	case []map[string]any:
-		return true
-	case []any:
-		for _, e := range v {
-			if _, ok := e.(map[string]any); !ok {
-				return false
-			}
-		}
-		return true
-	}
-	return false
-}
-
-// tomlKind names the kind of a raw TOML value for messages.
-func tomlKind(v any) string {
-	switch v.(type) {
-	case map[string]any:
-		return "a table"
-	case []map[string]any:
-		return "an array of tables"
-	case []any:
-		return "an array"
-	case string:
-		return "a string"
-	case int64:
-		return "an integer"
-	case float64:
-		return "a float"
-	case bool:
-		return "a boolean"
-	}
-	return "a date or time"
-}
-
-// fields decodes the keys of a table into the struct rv.
-func (d *decoder) fields(path string, m map[string]toml.Primitive, rv reflect.Value) {
-	fields := map[string]int{}
-	var known []string
-	t := rv.Type()
-	for i := range t.NumField() {
-		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ",")
-		if tag != "" && tag != "-" && t.Field(i).IsExported() {
-			fields[tag] = i
-			known = append(known, tag)
-		}
-	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		key := joinKey(path, k)
-		i, ok := fields[k]
-		if !ok {
-			d.unknown(key, known)
-			continue
-		}
-		d.value(key, m[k], rv.Field(i))
-	}
-}
-
-func (d *decoder) value(key string, prim toml.Primitive, fv reflect.Value) {
-	t := fv.Type()
-	switch {
-	case isLeaf(t):
-		if err := d.md.PrimitiveDecode(prim, fv.Addr().Interface()); err != nil {
-			d.fail(key, err)
-		}
-	case t.Kind() == reflect.Struct:
-		d.table(key, prim, fv)
-	case t.Kind() == reflect.Slice:
-		var raw any
-		if err := d.md.PrimitiveDecode(prim, &raw); err != nil {
-			d.fail(key, err)
-			return
-		}
-		if !isArrayOfTables(raw) {
-			d.reported[stripIndexes(key)] = true
-			d.fail(key, fmt.Errorf("expected an array of tables ([[%s]]), found %s", key, tomlKind(raw)))
-			return
-		}
-		var elems []toml.Primitive
-		if err := d.md.PrimitiveDecode(prim, &elems); err != nil {
-			d.fail(key, err)
-			return
-		}
-		out := reflect.MakeSlice(t, 0, len(elems))
-		for i, p := range elems {
-			ev := reflect.New(t.Elem())
-			if def, ok := ev.Interface().(interface{ setDefaults() }); ok {
-				def.setDefaults()
-			}
-			d.table(fmt.Sprintf("%s[%d]", key, i), p, ev.Elem())
-			out = reflect.Append(out, ev.Elem())
-		}
-		fv.Set(out)
-	}
-}
-
-// checkUndecoded reports keys the walk did not consume and did not already
-// report (a safety net: e.g. keys inside a value some section decodes itself).
-func (d *decoder) checkUndecoded() {
-	for _, k := range d.md.Undecoded() {
-		path := k.String()
-		covered := false
-		for p := path; ; {
-			if d.reported[p] {
-				covered = true
-				break
-			}
-			i := strings.LastIndexByte(p, '.')
-			if i < 0 {
-				break
-			}
-			p = p[:i]
-		}
-		if covered || d.md.Type(k...) == "Hash" || d.md.Type(k...) == "ArrayHash" {
-			continue
-		}
-		d.unknown(path, nil)
-	}
-}
-
-// locate fills the file and line of a validation problem.
-func (d *decoder) locate(err error) error {
-	var ce *ConfigError
-	if !errors.As(err, &ce) {
-		return &ConfigError{File: d.file, Err: err}
-	}
-	c := *ce
-	c.File = d.file
-	if c.Line == 0 {
-		c.Line = d.lines.find(c.Key)
-	}
-	return &c
-}
-
-func joinKey(path, k string) string {
-	if path == "" {
-		return k
-	}
-	return path + "." + k
-}
-
-var indexRE = regexp.MustCompile(`\[\d+\]`)
-
-func stripIndexes(key string) string { return indexRE.ReplaceAllString(key, "") }
 
 // Size is a byte count. In hub.toml and JSON it is an integer (bytes) or a
 // string with a unit: "512MB" (decimal: KB, MB, GB, TB), "10GiB" (binary:
@@ -945,193 +694,4 @@ func (r *Replicate) UnmarshalJSON(b []byte) error {
 		return r.UnmarshalTOML(s)
 	}
 	return fmt.Errorf("invalid replication policy %s: want \"local\", \"all\" or [\"tag:NAME\", ...]", b)
-}
-
-// lineIndex maps key paths as the decoder names them ("hub.name",
-// "stream[1].shards") to the line that defines them. The TOML decoder does
-// not give positions for unknown keys or for keys in arrays of tables, so the
-// file is scanned for headers and keys.
-type lineIndex map[string]int
-
-// find returns the line of key, or of its closest ancestor defined in the
-// file, or 0.
-func (ix lineIndex) find(key string) int {
-	for k := key; k != ""; {
-		if n, ok := ix[k]; ok {
-			return n
-		}
-		if n, ok := ix[stripIndexes(k)]; ok {
-			return n
-		}
-		if n, ok := ix[k+"[0]"]; ok { // an array of tables, named as a whole
-			return n
-		}
-		i := max(strings.LastIndexByte(k, '.'), strings.LastIndexByte(k, '['))
-		if i <= 0 {
-			break
-		}
-		k = k[:i]
-	}
-	return 0
-}
-
-// indexLines scans a TOML document for table headers and keys. It follows
-// strings, multi-line strings and multi-line arrays well enough not to
-// mistake their contents for keys; the document has already been parsed, so
-// it need not detect errors.
-func indexLines(doc string) lineIndex {
-	ix := lineIndex{}
-	counts := map[string]int{} // array-of-tables path (no indexes) → elements seen
-	table := ""
-	var sc valueScanner
-	// prefix renders header parts as a path, indexing parts that are arrays
-	// of tables with their current element.
-	prefix := func(parts []string) string {
-		var b strings.Builder
-		for i, p := range parts {
-			if i > 0 {
-				b.WriteByte('.')
-			}
-			b.WriteString(p)
-			if n := counts[strings.Join(parts[:i+1], ".")]; n > 0 {
-				fmt.Fprintf(&b, "[%d]", n-1)
-			}
-		}
-		return b.String()
-	}
-	record := func(path string, line int) {
-		if _, ok := ix[path]; !ok {
-			ix[path] = line
-		}
-	}
-	for n, line := range strings.Split(doc, "\n") {
-		ln := n + 1
-		if sc.open() {
-			sc.scan(line)
-			continue
-		}
-		t := strings.TrimSpace(line)
-		switch {
-		case t == "" || t[0] == '#':
-			continue
-		case strings.HasPrefix(t, "[["):
-			end := closingBracket(t[2:])
-			parts := splitKey(t[2 : 2+end])
-			counts[strings.Join(parts, ".")]++
-			table = prefix(parts)
-			record(table, ln)
-			continue
-		case t[0] == '[':
-			end := closingBracket(t[1:])
-			table = prefix(splitKey(t[1 : 1+end]))
-			record(table, ln)
-			continue
-		}
-		eq := indexOutsideQuotes(t, '=')
-		if eq < 0 {
-			continue
-		}
-		parts := splitKey(t[:eq])
-		for i := range parts {
-			record(joinKey(table, strings.Join(parts[:i+1], ".")), ln)
-		}
-		sc.scan(t[eq+1:])
-	}
-	return ix
-}
-
-// closingBracket returns the index of the header's closing ']'.
-func closingBracket(s string) int {
-	if i := indexOutsideQuotes(s, ']'); i >= 0 {
-		return i
-	}
-	return len(s)
-}
-
-func indexOutsideQuotes(s string, c byte) int {
-	var q byte
-	for i := 0; i < len(s); i++ {
-		switch {
-		case q != 0:
-			if s[i] == '\\' && q == '"' {
-				i++
-			} else if s[i] == q {
-				q = 0
-			}
-		case s[i] == '"' || s[i] == '\'':
-			q = s[i]
-		case s[i] == c:
-			return i
-		}
-	}
-	return -1
-}
-
-// splitKey splits a dotted TOML key, unquoting quoted parts.
-func splitKey(s string) []string {
-	var parts []string
-	for {
-		i := indexOutsideQuotes(s, '.')
-		p := s
-		if i >= 0 {
-			p = s[:i]
-		}
-		p = strings.TrimSpace(p)
-		if len(p) >= 2 && (p[0] == '"' || p[0] == '\'') {
-			if u, err := strconv.Unquote(`"` + p[1:len(p)-1] + `"`); err == nil {
-				p = u
-			} else {
-				p = p[1 : len(p)-1]
-			}
-		}
-		parts = append(parts, p)
-		if i < 0 {
-			return parts
-		}
-		s = s[i+1:]
-	}
-}
-
-// valueScanner follows the parts of a value that may span lines: arrays,
-// inline tables (within a line) and multi-line strings.
-type valueScanner struct {
-	depth int    // open '[' and '{'
-	multi string // `"""` or `'''` while inside a multi-line string
-}
-
-func (v *valueScanner) open() bool { return v.depth > 0 || v.multi != "" }
-
-func (v *valueScanner) scan(s string) {
-	for i := 0; i < len(s); i++ {
-		if v.multi != "" {
-			j := strings.Index(s[i:], v.multi)
-			if j < 0 {
-				return
-			}
-			i += j + 2
-			v.multi = ""
-			continue
-		}
-		switch c := s[i]; c {
-		case '#':
-			return
-		case '[', '{':
-			v.depth++
-		case ']', '}':
-			if v.depth > 0 {
-				v.depth--
-			}
-		case '"', '\'':
-			if strings.HasPrefix(s[i:], strings.Repeat(string(c), 3)) {
-				v.multi = strings.Repeat(string(c), 3)
-				i += 2
-				continue
-			}
-			for i++; i < len(s) && s[i] != c; i++ {
-				if c == '"' && s[i] == '\\' {
-					i++
-				}
-			}
-		}
-	}
 }
