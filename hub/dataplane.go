@@ -307,7 +307,12 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(d.m.records, d.m.batches, d.m.dgDropped, d.m.consumed, d.m.consumedB, d.m.subs,
 		d.m.appendTime, d.m.refusals, d.m.inflightSess, d.m.inflightB)
 	st := func(name, help string, typ prometheus.ValueType, f func(quic.Stats) float64) {
-		reg.MustRegister(newFuncMetric(name, help, typ, func() float64 { return f(d.srv.Stats()) }))
+		read := func() float64 { return f(d.srv.Stats()) }
+		if typ == prometheus.CounterValue {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, read))
+		} else {
+			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, read))
+		}
 	}
 	st("edgehub_quic_connections", "Open QUIC connections.", prometheus.GaugeValue, func(s quic.Stats) float64 { return float64(s.ConnsActive) })
 	st("edgehub_quic_connections_accepted_total", "QUIC connections accepted.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.ConnsAccepted) })
@@ -320,22 +325,6 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 	st("edgehub_quic_handler_panics_total", "Panics in stream and datagram handlers, recovered (the stream failed with internal).", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.Panics) })
 	st("edgehub_quic_open_bytes_total", "Payload buffer allocated for OPEN frames, read before authentication.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.OpenBytes) })
 	st("edgehub_quic_address_validations_total", "Handshakes answered with a Retry because of handshake load (limits.validate_address_above).", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.AddressValidations) })
-}
-
-// funcMetric is a metric read at scrape time.
-type funcMetric struct {
-	desc *prometheus.Desc
-	typ  prometheus.ValueType
-	f    func() float64
-}
-
-func newFuncMetric(name, help string, typ prometheus.ValueType, f func() float64) *funcMetric {
-	return &funcMetric{desc: prometheus.NewDesc(name, help, nil, nil), typ: typ, f: f}
-}
-
-func (m *funcMetric) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc }
-func (m *funcMetric) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.f())
 }
 
 // storeCodes is the hub's part of the one error-to-code table: the store's
@@ -546,9 +535,6 @@ func (a *authorizer) allow(p quic.Principal, action, stream string) error {
 	}
 	return quic.Errorf(quic.CodePermissionDenied, "%s %q may not %s stream %q", p.Method, p.Name, verb, stream)
 }
-
-// addr is the data plane's bound UDP address as host:port.
-func (d *dataPlane) addr() string { return d.srv.Addr().String() }
 
 // handle registers another part's operation on the QUIC server; call it from
 // a builder that runs after addDataPlane.

@@ -539,7 +539,7 @@ func (gp *groupPlane) registerMetrics(reg *prometheus.Registry) error {
 		{"edgehub_group_commits_total", "Shard offsets committed.", func(s groups.Stats) uint64 { return s.Commits }},
 		{"edgehub_group_commits_refused_total", "Shard offsets refused (stale epoch or ended session).", func(s groups.Stats) uint64 { return s.CommitsRefused }},
 	} {
-		cs = append(cs, newFuncMetric(m.name, m.help, prometheus.CounterValue, func() float64 { return float64(m.f(gp.coord.Stats())) }))
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: m.name, Help: m.help}, func() float64 { return float64(m.f(gp.coord.Stats())) }))
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

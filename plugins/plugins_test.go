@@ -477,8 +477,11 @@ func TestChainAndDelete(t *testing.T) {
 	e.deploy(Definition{Name: "first", Inputs: []string{"in"}, Outputs: []string{"mid"}, Config: map[string]string{"output": "mid"}, Start: StartEarliest}, pass)
 	// mid already holds those origins: nothing is duplicated downstream.
 	e.produce(in, rec("c", "3"))
-	got = readAll(t, end, 3)
-	time.Sleep(100 * time.Millisecond)
+	readAll(t, end, 3) // until they are all there
+	// Both caught up, in chain order: nothing more can arrive.
+	for _, name := range []string{"first", "second"} {
+		waitFor(t, name+" caught up", func() bool { i, _ := e.m.Describe(name); return i.Lag == 0 })
+	}
 	if got = readAll(t, end, 3); len(got) != 3 {
 		t.Fatalf("end holds %d records, want 3", len(got))
 	}
@@ -648,9 +651,9 @@ func TestStartLatestIsPinnedAtDeploy(t *testing.T) {
 	}
 	e.start()
 	out, _ := e.st.Stream("out")
-	got := readAll(t, out, 1)
+	readAll(t, out, 1) // until it is there
 	waitFor(t, "caught up", func() bool { i, _ := e.m.Describe("copy"); return i.Lag == 0 })
-	if got = readAll(t, out, 1); len(got) != 1 || string(got[0].Value) != "2" {
+	if got := readAll(t, out, 1); len(got) != 1 || string(got[0].Value) != "2" {
 		t.Fatalf("outputs %d, first %q: want exactly the record produced after the deploy", len(got), got[0].Value)
 	}
 }

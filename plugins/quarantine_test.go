@@ -125,10 +125,10 @@ func TestStateLimits(t *testing.T) {
 	}
 	outS, _ := e.st.Stream("out")
 	dlq, _ := e.st.Stream("dlq")
-	got := readAll(t, outS, 7)
+	readAll(t, outS, 7) // until they are all there
 	dead := readAll(t, dlq, 5)
 	waitFor(t, "caught up", func() bool { i, _ := e.m.Describe("grow"); return i.Lag == 0 })
-	if got = readAll(t, outS, 7); len(got) != 7 {
+	if got := readAll(t, outS, 7); len(got) != 7 {
 		t.Fatalf("%d outputs, want the six G records that fit and ok", len(got))
 	}
 	reasons := map[string]int{}

@@ -357,7 +357,7 @@ func (s *server) sendGaps(out Sender, pr PullRequest, pos, to uint64) error {
 // for more (following pulls), sending progress every heartbeat so the
 // client's lag stays current and a dead client is noticed.
 func (s *server) idle(ctx context.Context, st *store.Stream, pr PullRequest, idle *bool, wait func(context.Context) error, out Sender) error {
-	high := pr.After
+	var high uint64
 	if pr.Origin.Hub == s.self {
 		h, err := s.high.own(st, int(pr.Origin.Shard))
 		if err != nil {

@@ -75,8 +75,8 @@ func (s *server) serveSession(ctx context.Context, req *quic.Request, open Sessi
 		defer close(writerDone)
 		ss.writer()
 	}()
-	err := ss.read()
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(context.Cause(sctx), errSessionWrite) {
+	err := ss.read() // never nil: io.EOF is the client's FIN
+	if !errors.Is(err, io.EOF) && !errors.Is(context.Cause(sctx), errSessionWrite) {
 		// Tell the client why (a protocol error, say). Fail bounds its
 		// write, which also unblocks a writer stuck on a client that
 		// stopped reading.
@@ -125,7 +125,8 @@ func (ss *srvSession) send(ctx context.Context, t quic.FrameType, f quic.Appende
 	return <-w.done
 }
 
-// read handles the client's frames until the stream ends.
+// read handles the client's frames until the stream ends; it returns
+// io.EOF when the client finished the stream cleanly, never nil.
 func (ss *srvSession) read() error {
 	for {
 		t, p, err := ss.req.Stream.ReadFrame()
