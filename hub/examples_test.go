@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -88,7 +87,7 @@ func runReadme(t *testing.T, c *child, example, out string) {
 		}
 		switch cmd[0] {
 		case "go":
-			x := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), mapArgs(cmd[1:])...)
+			x := exec.Command("go", mapArgs(cmd[1:])...)
 			x.Dir, x.Env = dir, append(os.Environ(), env...)
 			if b, err := x.CombinedOutput(); err != nil {
 				t.Fatalf("README of %s: %s: %v\n%s", example, strings.Join(cmd, " "), err, b)

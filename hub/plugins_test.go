@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -236,7 +235,7 @@ func buildHub(tb testing.TB) string {
 			return
 		}
 		hubBin = filepath.Join(hubBinDir, "hub")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", hubBin, "./cmd/hub")
+		cmd := exec.Command("go", "build", "-o", hubBin, "./cmd/hub")
 		cmd.Dir = plugintest.ModuleRoot(tb)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			hubBinErr = fmt.Errorf("%v: %s", err, out)
@@ -773,12 +772,12 @@ func TestWebhookRetriesAndResumes(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		if r.Header.Get("Authorization") != "Bearer s3cret" {
-			http.Error(w, "no token", 401)
+			http.Error(w, "no token", http.StatusUnauthorized)
 			return
 		}
 		if failures > 0 {
 			failures--
-			http.Error(w, "try later", 503)
+			http.Error(w, "try later", http.StatusServiceUnavailable)
 			return
 		}
 		var d WebhookDelivery

@@ -139,7 +139,7 @@ func (s *Stream) damageEnd(shard int, from uint64) (uint64, error) {
 func rangeEnd(cb *bolt.Bucket, from, next uint64) uint64 {
 	c := cb.Cursor()
 	k, _ := c.Seek(u64(from + 1))
-	if k != nil && len(k) == 8 {
+	if len(k) == 8 {
 		return binary.BigEndian.Uint64(k) - 1
 	}
 	return next - 1

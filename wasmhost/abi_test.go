@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -89,7 +87,7 @@ func FuzzDecodeOutput(f *testing.F) {
 // TestLeafPackage keeps wasmhost a leaf: it knows nothing of the store, the
 // wire protocol or the rest of edgehub.
 func TestLeafPackage(t *testing.T) {
-	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "list", "-deps", "-f", "{{.ImportPath}}", ".").CombinedOutput()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}

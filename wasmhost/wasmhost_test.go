@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -137,7 +136,7 @@ func buildGo(tb testing.TB, pkg string) []byte {
 	r := v.(*result)
 	r.once.Do(func() {
 		r.path = filepath.Join(buildDir, strings.ReplaceAll(pkg, "/", "_")+".wasm")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-buildmode=c-shared", "-o", r.path, "./"+pkg)
+		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", r.path, "./"+pkg)
 		cmd.Dir = ".."
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 		if out, err := cmd.CombinedOutput(); err != nil {

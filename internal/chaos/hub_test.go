@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,19 +66,6 @@ func envDuration(tb testing.TB, name string, def time.Duration) time.Duration {
 		tb.Fatalf("%s=%q: %v", name, v, err)
 	}
 	return d
-}
-
-func envInt(tb testing.TB, name string, def int) int {
-	tb.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		tb.Fatalf("%s=%q: %v", name, v, err)
-	}
-	return n
 }
 
 // hubConfig is what a test hub runs with.

@@ -53,7 +53,6 @@ type labHub struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	log  *os.File
 }
 
 func (h *labHub) admin() string { return "http://" + hubIP(h.name) + ":7441" }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -41,7 +40,9 @@ func ModuleRoot(tb testing.TB) string {
 	return filepath.Dir(mod)
 }
 
-func goTool() string { return filepath.Join(runtime.GOROOT(), "bin", "go") }
+// goTool is the go command of the running toolchain: go test puts its own
+// GOROOT/bin first in the tests' PATH.
+func goTool() string { return "go" }
 
 // Build builds the Go plugin package pkg (a path relative to the module root,
 // e.g. "examples/aggregate") and returns the path of the .wasm file. It skips

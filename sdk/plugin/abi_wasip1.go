@@ -4,6 +4,19 @@ package plugin
 
 import "unsafe"
 
+// inputBuf is eh_alloc's buffer: the host writes batches and config here.
+var inputBuf []byte
+
+// alloc returns a buffer of n bytes for the host to write into; it stays
+// valid until the next call.
+func alloc(n uint32) []byte {
+	if uint32(cap(inputBuf)) < n {
+		inputBuf = make([]byte, n, n+n/4)
+	}
+	inputBuf = inputBuf[:n]
+	return inputBuf
+}
+
 // Guest exports of ABI v1.
 
 //go:wasmexport eh_alloc

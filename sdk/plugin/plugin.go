@@ -130,7 +130,6 @@ var (
 
 // Call state.
 var (
-	inputBuf  []byte // eh_alloc's buffer: the host writes batches and config here
 	emitBuf   []byte
 	keyBuf    []byte
 	valBuf    []byte
@@ -273,16 +272,6 @@ func Log(level Level, msg string) { hostLog(level, msg) }
 
 // Logf formats and logs.
 func Logf(level Level, format string, args ...any) { hostLog(level, fmt.Sprintf(format, args...)) }
-
-// alloc returns a buffer of n bytes for the host to write into; it stays
-// valid until the next call.
-func alloc(n uint32) []byte {
-	if uint32(cap(inputBuf)) < n {
-		inputBuf = make([]byte, n, n+n/4)
-	}
-	inputBuf = inputBuf[:n]
-	return inputBuf
-}
 
 func handleInit(b []byte) int32 {
 	cfg, err := decodeConfig(b)
