@@ -12,10 +12,10 @@
 // by registering handlers, without touching the transport.
 //
 // Frames are a type byte, a big-endian uint32 payload length and the
-// payload. Record batches travel in the internal/record batch encoding, which
-// carries its own CRC-32C; a hub serves stored chunks to consumers as they
-// are, without re-encoding (SendBytes writes them without a copy), unless a
-// consumer's credit is smaller than a chunk.
+// payload. Record batches travel in the batch encoding of docs/protocol.md
+// section 7, which carries its own CRC-32C; a hub serves stored chunks to
+// consumers as they are, without re-encoding (SendBytes writes them without
+// a copy), unless a consumer's credit is smaller than a chunk.
 //
 // The package knows nothing of the store or the hub: handlers adapt it.
 //
