@@ -181,8 +181,11 @@ func isInternal(path string) bool {
 // lines that name a type of an internal package.
 func surface(pkg *types.Package) (lines, bad []string) {
 	qual := func(p *types.Package) string {
-		if p == pkg {
+		switch {
+		case p == pkg:
 			return ""
+		case p.Path() == module:
+			return p.Name()
 		}
 		return strings.TrimPrefix(p.Path(), module+"/")
 	}
