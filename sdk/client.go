@@ -75,6 +75,16 @@ type Options struct {
 	Use0RTT bool
 	// DialTimeout bounds one connection attempt. Default 10s.
 	DialTimeout time.Duration
+	// IdleTimeout is how long the connection may hear nothing from the hub
+	// before it counts as dead and is redialled; KeepAlive is how often an
+	// otherwise idle connection pings the hub. Defaults 10s and 2s: a hub
+	// that died or was restarted is noticed within about 10s even by a
+	// subscriber or group member that sends nothing, while four keep-alives
+	// in a row (and their retransmissions) must be lost to drop a healthy
+	// connection. On a metered link, longer values cost fewer packets (a
+	// keep-alive and its acknowledgement are about 100 bytes) and notice
+	// later. KeepAlive is capped at half of IdleTimeout.
+	IdleTimeout, KeepAlive time.Duration
 	// ReconnectMin and ReconnectMax bound the exponential backoff between
 	// reconnection attempts. Defaults 50ms and 5s.
 	ReconnectMin, ReconnectMax time.Duration
@@ -84,7 +94,7 @@ type Options struct {
 
 // DefaultOptions returns the defaults.
 func DefaultOptions() Options {
-	return Options{DialTimeout: 10 * time.Second, ReconnectMin: 50 * time.Millisecond, ReconnectMax: 5 * time.Second}
+	return Options{DialTimeout: 10 * time.Second, IdleTimeout: 10 * time.Second, KeepAlive: 2 * time.Second, ReconnectMin: 50 * time.Millisecond, ReconnectMax: 5 * time.Second}
 }
 
 func (o Options) withDefaults() Options {
@@ -92,6 +102,14 @@ func (o Options) withDefaults() Options {
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = d.DialTimeout
 	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = d.IdleTimeout
+	}
+	if o.KeepAlive <= 0 {
+		o.KeepAlive = d.KeepAlive
+	}
+	// quic-go caps it the same way; capped here so Options says what runs.
+	o.KeepAlive = min(o.KeepAlive, o.IdleTimeout/2)
 	if o.ReconnectMin <= 0 {
 		o.ReconnectMin = d.ReconnectMin
 	}
@@ -137,6 +155,8 @@ func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 			Token:           opts.Token,
 			Use0RTT:         opts.Use0RTT,
 			EnableDatagrams: true,
+			IdleTimeout:     opts.IdleTimeout,
+			KeepAlive:       opts.KeepAlive,
 		},
 	}
 	if _, err := c.connect(ctx); err != nil {

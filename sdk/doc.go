@@ -13,6 +13,15 @@
 // pushes records as they are committed, within a byte credit the
 // subscription returns as the application reads.
 //
+// The connection counts as dead when it has heard nothing from the hub for
+// Options.IdleTimeout (10s) and pings the hub after Options.KeepAlive (2s)
+// without traffic, so even a subscriber or group member that sends nothing
+// notices a hub that was killed, restarted or cut off within about 12s and
+// reconnects, while four keep-alives in a row must go unanswered to drop a
+// healthy connection on a lossy link. A restarted hub's stateless reset
+// does not help idle clients: it answers only packets larger than their
+// keep-alives (docs/protocol.md, "Transport").
+//
 // The hub's self-signed certificate (hub-data/tls/cert.pem next to a hub
 // started without [tls] settings) is trusted with Options.CAFile.
 //

@@ -272,6 +272,9 @@ func TestClientErrors(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(hubChildEnv); spec != "" {
+		os.Exit(runHubChild(spec))
+	}
 	code := m.Run()
 	if exampleHub != nil {
 		exampleHub.stop()
