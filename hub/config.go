@@ -21,7 +21,8 @@ import (
 // schema is a public compatibility surface: keys are only ever added.
 //
 // Sections owned by other parts of the hub live in their own files
-// (config_tls.go, config_admin.go, config_gossip.go, config_plugins.go); each has a Validate
+// (config_tls.go, config_auth.go, config_admin.go, config_limits.go,
+// config_groups.go, config_gossip.go, config_plugins.go); each has a Validate
 // method that Config.Validate calls.
 type Config struct {
 	Hub      HubConfig       `toml:"hub"`

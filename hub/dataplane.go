@@ -2,16 +2,10 @@ package hub
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -20,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
 
-	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
@@ -46,16 +39,7 @@ const (
 	// cutting a chunk to their credit) at once: a read's chunks exist
 	// before they are accounted to a reservation.
 	storeReads = 8
-	// datagramQueue and datagramWorkers: datagram batches wait here for an
-	// append; a full queue drops them (they are lossy by contract).
-	datagramQueue   = 1024
-	datagramWorkers = 2
 )
-
-// SelfSignedCertFile is where a hub without [tls] cert_file keeps its
-// generated certificate, relative to the data directory; the CLI trusts
-// ./hub-data/tls/cert.pem by default.
-const SelfSignedCertFile = "tls/cert.pem"
 
 type dataPlane struct {
 	h      *Hub
@@ -77,20 +61,6 @@ type dataPlane struct {
 	closeMu  sync.Once
 
 	m dataPlaneMetrics
-}
-
-type sessionKey struct {
-	conn, id uint64
-}
-
-type dgSession struct {
-	stream *store.Stream
-}
-
-type dgBatch struct {
-	stream *store.Stream
-	shard  int
-	recs   []record.Record
 }
 
 type dataPlaneMetrics struct {
@@ -190,79 +160,6 @@ func (d *dataPlane) Close() error {
 		d.dgDone.Wait()
 	})
 	return err
-}
-
-// serverTLS loads the configured certificate or creates the self-signed one.
-func (h *Hub) serverTLS() (*tls.Config, error) {
-	c := h.cfg.TLS
-	var cert tls.Certificate
-	var err error
-	if c.CertFile != "" {
-		cert, err = tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("hub: tls: load %s: %w", c.CertFile, err)
-		}
-	} else {
-		hosts := []string{"localhost", "127.0.0.1", "::1"}
-		if hn, err := os.Hostname(); err == nil {
-			hosts = append(hosts, hn)
-		}
-		if host, _, err := net.SplitHostPort(h.cfg.Listen.QUIC); err == nil && host != "" {
-			if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
-				hosts = append(hosts, host)
-			}
-		}
-		hosts = append(hosts, c.Hosts...)
-		dir := h.cfg.Hub.DataDir
-		cert, err = quic.LoadOrCreateCert(filepath.Join(dir, SelfSignedCertFile), filepath.Join(dir, "tls/key.pem"), hosts)
-		if err != nil {
-			return nil, fmt.Errorf("hub: tls: %w", err)
-		}
-	}
-	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
-	if c.ClientCAFile != "" {
-		pool, err := quic.CertPool(c.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("hub: tls: %w", err)
-		}
-		conf.ClientCAs = pool
-		conf.ClientAuth = tls.VerifyClientCertIfGiven
-		if c.RequireClientCert {
-			conf.ClientAuth = tls.RequireAndVerifyClientCert
-		}
-	}
-	return conf, nil
-}
-
-// resetKey returns the QUIC stateless reset key kept in the data directory,
-// creating it on first start. A stable key lets a restarted hub tell clients
-// of the previous process that their connection is gone, so they reconnect
-// at once rather than after the idle timeout.
-func (h *Hub) resetKey() (*[32]byte, error) {
-	path := filepath.Join(h.cfg.Hub.DataDir, "tls", "reset.key")
-	b, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("hub: reset key: %w", err)
-	}
-	if err == nil && len(b) == 32 {
-		return (*[32]byte)(b), nil
-	}
-	if err == nil {
-		// The key only lets a restarted hub reset connections of its
-		// previous life faster: a damaged one is replaced, not fatal.
-		h.logger.Warn("hub: replacing damaged stateless reset key", "file", path, "bytes", len(b))
-	}
-	b = make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return nil, fmt.Errorf("hub: reset key: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("hub: reset key: %w", err)
-	}
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
-		return nil, fmt.Errorf("hub: reset key %s: %w", path, err)
-	}
-	return (*[32]byte)(b), nil
 }
 
 func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
@@ -427,113 +324,6 @@ func (d *dataPlane) info(ctx context.Context, req *quic.Request) error {
 		info.Shards = append(info.Shards, quic.ShardBounds{First: s.FirstSeq, Last: s.LastSeq})
 	}
 	return req.Stream.Send(quic.FrameInfo, &info)
-}
-
-// Permission actions.
-const (
-	actionProduce = "produce"
-	actionConsume = "consume"
-)
-
-// authorizer implements [auth]: token and certificate identities and their
-// stream patterns. Tokens are looked up by their SHA-256, so lookup time
-// does not depend on how much of a guessed token is right.
-type authorizer struct {
-	enabled bool
-	tokens  map[[32]byte]grant // by SHA-256 of the token
-	byName  map[string]grant   // token grants by name (names are unique)
-	clients map[string]grant
-	anon    grant
-}
-
-type grant struct {
-	name             string
-	produce, consume []string
-}
-
-func newAuthorizer(c AuthConfig) (*authorizer, error) {
-	a := &authorizer{
-		enabled: c.Enabled(),
-		tokens:  map[[32]byte]grant{},
-		byName:  map[string]grant{},
-		clients: map[string]grant{},
-		anon:    grant{name: "anonymous", produce: c.Anonymous.Produce, consume: c.Anonymous.Consume},
-	}
-	for _, t := range c.Tokens {
-		g := grant{name: t.Name, produce: t.Produce, consume: t.Consume}
-		a.tokens[sha256.Sum256([]byte(t.Token))] = g
-		a.byName[t.Name] = g
-	}
-	for _, g := range c.Clients {
-		a.clients[g.Name] = grant{name: g.Name, produce: g.Produce, consume: g.Consume}
-	}
-	return a, nil
-}
-
-// authenticate names the stream's principal: a known token, else a verified
-// client certificate, else anonymous. An unknown token is refused outright
-// rather than downgraded to anonymous, so a typo is reported as such.
-func (a *authorizer) authenticate(_ context.Context, info quic.AuthInfo) (quic.Principal, error) {
-	if info.Token != "" {
-		sum := sha256.Sum256([]byte(info.Token))
-		if g, ok := a.tokens[sum]; ok {
-			return quic.Principal{Name: g.name, Method: "token"}, nil
-		}
-		if !a.enabled {
-			return quic.Principal{Method: "anonymous"}, nil
-		}
-		return quic.Principal{}, quic.Errorf(quic.CodeUnauthenticated, "unknown token")
-	}
-	if len(info.Certificates) > 0 {
-		return quic.Principal{Name: certName(info.Certificates[0]), Method: "mtls"}, nil
-	}
-	return quic.Principal{Method: "anonymous"}, nil
-}
-
-func certName(c *x509.Certificate) string {
-	if c.Subject.CommonName != "" {
-		return c.Subject.CommonName
-	}
-	if len(c.DNSNames) > 0 {
-		return c.DNSNames[0]
-	}
-	return ""
-}
-
-// allow checks action on stream for p; the error says which code applies.
-func (a *authorizer) allow(p quic.Principal, action, stream string) error {
-	if !a.enabled {
-		return nil
-	}
-	var g grant
-	var ok bool
-	switch p.Method {
-	case "token":
-		g, ok = a.byName[p.Name]
-	case "mtls":
-		g, ok = a.clients[p.Name]
-	default:
-		g, ok = a.anon, true
-	}
-	pats := g.consume
-	if action == actionProduce {
-		pats = g.produce
-	}
-	if ok {
-		for _, pat := range pats {
-			if m, _ := path.Match(pat, stream); m {
-				return nil
-			}
-		}
-	}
-	verb := "consume from"
-	if action == actionProduce {
-		verb = "produce to"
-	}
-	if p.Method == "anonymous" || p.Method == "" {
-		return quic.Errorf(quic.CodeUnauthenticated, "this hub requires a token or client certificate to %s stream %q", verb, stream)
-	}
-	return quic.Errorf(quic.CodePermissionDenied, "%s %q may not %s stream %q", p.Method, p.Name, verb, stream)
 }
 
 // handle registers another part's operation on the QUIC server; call it from

@@ -61,16 +61,9 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 		if err := req.Conn.HandshakeComplete(ctx); err != nil {
 			return d.refuse(req.Op, err)
 		}
-		ready.DatagramSession = d.nextSess.Add(1)
-		key := sessionKey{req.Conn.ID(), ready.DatagramSession}
-		d.sessMu.Lock()
-		d.sessions[key] = &dgSession{stream: st}
-		d.sessMu.Unlock()
-		defer func() {
-			d.sessMu.Lock()
-			delete(d.sessions, key)
-			d.sessMu.Unlock()
-		}()
+		var end func()
+		ready.DatagramSession, end = d.openDatagramSession(req.Conn, st)
+		defer end()
 	}
 	if err := req.Stream.Send(quic.FrameProduceReady, &ready); err != nil {
 		return err
@@ -297,92 +290,4 @@ func positionsToRuns(ps []store.Position) []quic.Run {
 		runs = append(runs, quic.Run{Shard: p.Shard, FirstSeq: p.Seq, Count: 1})
 	}
 	return runs
-}
-
-// datagram queues a fire-and-forget batch. Unknown sessions (a session that
-// just ended) and a full queue drop the batch; a malformed datagram closes
-// the connection.
-func (d *dataPlane) datagram(c *quic.Conn, payload []byte) error {
-	var dg quic.Datagram
-	if err := dg.Decode(payload); err != nil {
-		return quic.WireError(err)
-	}
-	d.sessMu.Lock()
-	sess := d.sessions[sessionKey{c.ID(), dg.Session}]
-	d.sessMu.Unlock()
-	if sess == nil {
-		d.m.dgDropped.WithLabelValues("unknown_session").Inc()
-		return nil
-	}
-	if dg.Shard < -1 || int(dg.Shard) >= sess.stream.Shards() {
-		d.m.dgDropped.WithLabelValues("bad_batch").Inc()
-		return nil
-	}
-	// The payload is owned by us: records may alias it.
-	recs, err := record.DecodeBatch(dg.Records, nil)
-	if err != nil {
-		return quic.Errorf(quic.CodeProtocol, "datagram batch: %v", err)
-	}
-	for i := range recs {
-		if !recs[i].Origin.IsLocal() {
-			return quic.Errorf(quic.CodeProtocol, "datagram record with a foreign origin")
-		}
-	}
-	if checkProduced(recs) != nil {
-		d.m.dgDropped.WithLabelValues("bad_batch").Inc()
-		return nil
-	}
-	select {
-	case d.dgrams <- dgBatch{stream: sess.stream, shard: int(dg.Shard), recs: recs}:
-	default:
-		d.m.dgDropped.WithLabelValues("queue_full").Inc()
-	}
-	return nil
-}
-
-// appendDatagrams appends queued datagram batches. A datagram holds a few
-// records, so appending each alone would cost a commit per datagram: it
-// takes whatever is queued and appends it as one batch per stream and shard.
-func (d *dataPlane) appendDatagrams() {
-	defer d.dgDone.Done()
-	type target struct {
-		stream *store.Stream
-		shard  int
-	}
-	groups := map[target][]record.Record{}
-	for {
-		var b dgBatch
-		select {
-		case b = <-d.dgrams:
-		case <-d.closing:
-			return
-		}
-		clear(groups)
-		n := 0
-		for {
-			k := target{b.stream, b.shard}
-			groups[k] = append(groups[k], b.recs...)
-			n += len(b.recs)
-			if n >= 10000 {
-				break
-			}
-			select {
-			case b = <-d.dgrams:
-				continue
-			default:
-			}
-			break
-		}
-		for k, recs := range groups {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_, err := k.stream.Append(ctx, store.Batch{Shard: k.shard, Records: recs})
-			cancel()
-			if err != nil {
-				d.m.dgDropped.WithLabelValues("append_failed").Inc()
-				d.logger.Debug("data plane: datagram append failed", "stream", k.stream.Name(), "err", err)
-				continue
-			}
-			d.m.records.WithLabelValues(k.stream.Name(), "datagram").Add(float64(len(recs)))
-		}
-	}
 }
