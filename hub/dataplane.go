@@ -20,7 +20,9 @@ import (
 
 // The data plane adapts the store to the QUIC server: it serves OpInfo,
 // OpProduce and OpConsume, and fire-and-forget datagrams. Other parts add
-// operations with h.QUIC().Handle in builders that run after addDataPlane.
+// their operations with dataPlane.handle, the one way to register a QUIC
+// handler, in builders that run after addDataPlane (groups: OpGroup,
+// federation: OpReplicate).
 //
 // Lock order: dataPlane.sessMu is a leaf; no other lock is taken under it.
 
@@ -76,9 +78,6 @@ type dataPlaneMetrics struct {
 	inflightB    prometheus.Gauge       // produce bytes read, not yet acknowledged
 }
 
-// QUIC returns the hub's QUIC server, for parts that add operations.
-func (h *Hub) QUIC() *quic.Server { return h.dataPlane.srv }
-
 // QUICAddr returns the UDP address the data plane listens on.
 func (h *Hub) QUICAddr() net.Addr { return h.dataPlane.srv.Addr() }
 
@@ -128,9 +127,9 @@ func (h *Hub) addDataPlane() error {
 	}
 	d.registerMetrics(h.metrics)
 	budget.register(h.metrics)
-	srv.Handle(quic.OpInfo, quic.HandlerFunc(d.info))
-	srv.Handle(quic.OpProduce, quic.HandlerFunc(d.produce))
-	srv.Handle(quic.OpConsume, quic.HandlerFunc(d.consume))
+	d.handle(quic.OpInfo, quic.HandlerFunc(d.info))
+	d.handle(quic.OpProduce, quic.HandlerFunc(d.produce))
+	d.handle(quic.OpConsume, quic.HandlerFunc(d.consume))
 	if qc.EnableDatagrams {
 		srv.HandleDatagrams(d.datagram)
 		for range datagramWorkers {
@@ -326,6 +325,8 @@ func (d *dataPlane) info(ctx context.Context, req *quic.Request) error {
 	return req.Stream.Send(quic.FrameInfo, &info)
 }
 
-// handle registers another part's operation on the QUIC server; call it from
-// a builder that runs after addDataPlane.
+// handle registers the handler of op on the QUIC server: the data plane's own
+// operations and, from builders that run after addDataPlane, other parts'.
+// It is the hub's one way to add a QUIC operation; the server panics when
+// two parts register one op.
 func (d *dataPlane) handle(op quic.Op, h quic.Handler) { d.srv.Handle(op, h) }

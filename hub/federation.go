@@ -118,7 +118,7 @@ func (h *Hub) addFederation() error {
 		transport.Close()
 		return fmt.Errorf("hub: federation: %w", err)
 	}
-	h.dataPlane.srv.Handle(quic.OpReplicate, rep.Handler())
+	h.dataPlane.handle(quic.OpReplicate, rep.Handler())
 	h.federation = &federation{logger: h.logger, gossip: g, rep: rep, transport: transport, members: m, tls: watch}
 	h.add(h.federation)
 	h.logger.Info("federation: gossip listening", "gossip", g.Addr(), "quic", quicAddr, "profile", profile,
