@@ -347,6 +347,9 @@ type ShardInfo struct {
 	Records    int64      `json:"records"`
 	Bytes      int64      `json:"bytes"`
 	LastIngest *time.Time `json:"last_ingest,omitempty"`
+	// Damaged lists the shard's damaged ranges not repaired yet; GET
+	// /v1/streams/{name} only.
+	Damaged []DamagedRange `json:"damaged,omitempty"`
 }
 
 // StreamList is the body of GET /v1/streams.
@@ -469,6 +472,7 @@ func (h *Hub) describeStream(w http.ResponseWriter, r *http.Request) error {
 	}
 	info := streamInfo(st, true)
 	info.Users = h.streamUsers(st.Name())
+	h.addDamage(&info, st)
 	writeJSON(w, http.StatusOK, info)
 	return nil
 }

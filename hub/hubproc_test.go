@@ -167,7 +167,14 @@ func (p *hubProc) statusKB(tb testing.TB, field string) int64 {
 // contain labels.
 func (p *hubProc) metric(tb testing.TB, name, labels string) float64 {
 	tb.Helper()
-	resp, err := http.Get(p.admin + "/metrics")
+	return scrapeMetric(tb, p.admin, name, labels)
+}
+
+// scrapeMetric sums the samples of a metric on the /metrics of the hub
+// whose admin base URL is admin, as hubProc.metric.
+func scrapeMetric(tb testing.TB, admin, name, labels string) float64 {
+	tb.Helper()
+	resp, err := http.Get(admin + "/metrics")
 	if err != nil {
 		tb.Fatal(err)
 	}

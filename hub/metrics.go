@@ -15,8 +15,8 @@ import (
 // scrape time (atomics, no transaction), so it costs nothing between scrapes
 // and never goes stale when streams come and go.
 type storeCollector struct {
-	st                                           *store.Store
-	streams, records, bytes, first, last, ingest *prometheus.Desc
+	st                                                    *store.Store
+	streams, records, bytes, first, last, ingest, damaged *prometheus.Desc
 }
 
 func newStoreCollector(st *store.Store) *storeCollector {
@@ -29,11 +29,13 @@ func newStoreCollector(st *store.Store) *storeCollector {
 		first:   prometheus.NewDesc("edgehub_shard_first_sequence", "First live sequence of a shard (greater than the last when empty).", labels, nil),
 		last:    prometheus.NewDesc("edgehub_shard_last_sequence", "Last sequence assigned in a shard (0 before the first record).", labels, nil),
 		ingest:  prometheus.NewDesc("edgehub_shard_last_ingest_timestamp_seconds", "Ingest time of the last record committed to a shard.", labels, nil),
+		damaged: prometheus.NewDesc("edgehub_shard_damaged_chunks",
+			"Damaged chunks of a shard not repaired yet: their records are not served (docs/store.md, \"Damaged chunks\").", labels, nil),
 	}
 }
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.streams, c.records, c.bytes, c.first, c.last, c.ingest} {
+	for _, d := range []*prometheus.Desc{c.streams, c.records, c.bytes, c.first, c.last, c.ingest, c.damaged} {
 		ch <- d
 	}
 }
@@ -42,12 +44,16 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	streams := c.st.Streams()
 	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(len(streams)))
 	for _, st := range streams {
+		damaged := st.DamagedChunks()
 		for _, s := range st.Stats() {
 			name, shard := st.Name(), strconv.Itoa(s.Shard)
 			ch <- prometheus.MustNewConstMetric(c.records, prometheus.GaugeValue, float64(s.Records), name, shard)
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(s.Bytes), name, shard)
 			ch <- prometheus.MustNewConstMetric(c.first, prometheus.GaugeValue, float64(s.FirstSeq), name, shard)
 			ch <- prometheus.MustNewConstMetric(c.last, prometheus.CounterValue, float64(s.LastSeq), name, shard)
+			if s.Shard < len(damaged) {
+				ch <- prometheus.MustNewConstMetric(c.damaged, prometheus.GaugeValue, float64(damaged[s.Shard]), name, shard)
+			}
 			if s.LastIngest > 0 {
 				ch <- prometheus.MustNewConstMetric(c.ingest, prometheus.GaugeValue, float64(s.LastIngest)/1e9, name, shard)
 			}

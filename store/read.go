@@ -55,13 +55,26 @@ func (s *Stream) view(fn func(tx *bolt.Tx) error) (err error) {
 // records before from: decoders skip them. A from below the first live
 // sequence starts at the first live record (retention removed the rest).
 // At least one chunk is returned when there is one, whatever maxBytes says.
+// Every chunk returned passed its checksum. A damaged chunk ends the
+// result before it; read at it, it is a *CorruptError, and the stream
+// remembers it (Damaged) so that it is reported and, if the stream is
+// replicated, repaired without waiting for the next scrub.
 func (s *Stream) ReadRaw(shard int, from uint64, maxBytes int) ([][]byte, error) {
 	chunks, err := s.readChunks(shard, from, maxBytes)
-	out := make([][]byte, len(chunks))
-	for i, c := range chunks {
-		out[i] = c.data
+	if err != nil {
+		return nil, err
 	}
-	return out, err
+	out := make([][]byte, 0, len(chunks))
+	for _, c := range chunks {
+		if _, err := record.ReadInfo(c.data); err != nil {
+			if len(out) > 0 {
+				break // served up to it; the next read reports it
+			}
+			return nil, s.corrupt(shard, c.seq, err)
+		}
+		out = append(out, c.data)
+	}
+	return out, nil
 }
 
 type chunk struct {

@@ -213,6 +213,36 @@ func streamDescribe(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", sh.Shard, sh.HashStart, sh.HashEnd, first, sh.LastSeq, sh.Records, humanBytes(sh.Bytes), ingest)
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printDamaged(s.Shards)
+}
+
+// printDamaged lists damaged ranges not repaired yet, if there are any.
+func printDamaged(shards []hub.ShardInfo) error {
+	n := 0
+	for _, sh := range shards {
+		n += len(sh.Damaged)
+	}
+	if n == 0 {
+		return nil
+	}
+	fmt.Fprintf(stdout, "\nDamaged ranges, not served until repaired: %d\n", n)
+	tw := newTable(stdout)
+	fmt.Fprintln(tw, "SHARD\tFROM\tTO\tFOUND\tREPAIR\tMISSING\tWHY")
+	for _, sh := range shards {
+		for _, d := range sh.Damaged {
+			why, missing := d.Error, "-"
+			if d.LastError != "" {
+				why += "; repair: " + d.LastError
+			}
+			if d.Repair == "failing" {
+				missing = fmt.Sprint(d.Missing)
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%s\n", sh.Shard, d.From, d.To, d.Found.Local().Format(time.RFC3339), d.Repair, missing, why)
+		}
+	}
 	return tw.Flush()
 }
 
