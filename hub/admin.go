@@ -66,31 +66,6 @@ func badRequest(format string, args ...any) error {
 	return &apiError{http.StatusBadRequest, CodeInvalid, fmt.Errorf(format, args...)}
 }
 
-// errorStatus maps an error to its HTTP status and code.
-func errorStatus(err error) (int, string) {
-	var ae *apiError
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &ae):
-		return ae.status, ae.code
-	case errors.As(err, &mbe), errors.Is(err, store.ErrRecordTooLarge):
-		return http.StatusRequestEntityTooLarge, CodeTooLarge
-	case errors.Is(err, store.ErrStreamNotFound):
-		return http.StatusNotFound, CodeNotFound
-	case errors.Is(err, store.ErrStreamExists):
-		return http.StatusConflict, CodeExists
-	case errors.Is(err, ErrShardsFixed), errors.Is(err, store.ErrSequenceGap):
-		return http.StatusConflict, CodeConflict
-	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidConfig), errors.Is(err, store.ErrInvalidShard):
-		return http.StatusBadRequest, CodeInvalid
-	case errors.Is(err, store.ErrCorrupt):
-		return http.StatusInternalServerError, CodeCorrupt
-	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
-		return http.StatusServiceUnavailable, CodeUnavailable
-	}
-	return http.StatusInternalServerError, CodeInternal
-}
-
 // writeJSON writes v as the JSON response with status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

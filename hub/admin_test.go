@@ -10,8 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/edgehub/edgehub/internal/groups"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/plugins"
+	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
+	"github.com/edgehub/edgehub/wasmhost"
 )
 
 // call sends a request to the admin API and returns the status and body.
@@ -194,6 +198,20 @@ func TestErrorStatus(t *testing.T) {
 		{name: "closed", err: store.ErrClosed, status: 503, code: CodeUnavailable},
 		{name: "explicit", err: badRequest("no"), status: 400, code: CodeInvalid},
 		{name: "other", err: io.ErrClosedPipe, status: 500, code: CodeInternal},
+		{name: "group not found", err: groups.ErrNotFound, status: 404, code: CodeNotFound},
+		{name: "group has members", err: groups.ErrActive, status: 409, code: CodeConflict},
+		{name: "group invalid", err: groups.ErrInvalid, status: 400, code: CodeInvalid},
+		{name: "groups closed", err: groups.ErrClosed, status: 503, code: CodeUnavailable},
+		{name: "group wire-only", err: groups.ErrStaleEpoch, status: 500, code: CodeInternal},
+		{name: "plugin not found", err: plugins.ErrNotFound, status: 404, code: CodeNotFound},
+		{name: "plugin definition", err: plugins.ErrInvalidDefinition, status: 400, code: CodeInvalid},
+		{name: "module refused", err: fmt.Errorf("%w: %w", wasmhost.ErrInvalidModule, io.ErrUnexpectedEOF), status: 400, code: CodeInvalid},
+		{name: "module init timed out", err: wasmhost.ErrTimeout, status: 400, code: CodeInvalid},
+		{name: "plugins corrupt", err: plugins.ErrCorrupt, status: 500, code: CodeCorrupt},
+		{name: "canceled", err: context.Canceled, status: 503, code: CodeUnavailable},
+		{name: "deadline", err: context.DeadlineExceeded, status: 500, code: CodeInternal},
+		{name: "transport", err: quic.ErrClosed, status: 500, code: CodeInternal},
+		{name: "explicit wins", err: &apiError{409, CodeInUse, store.ErrStreamNotFound}, status: 409, code: CodeInUse},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -221,49 +220,6 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 	st("edgehub_quic_handler_panics_total", "Panics in stream and datagram handlers, recovered (the stream failed with internal).", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.Panics) })
 	st("edgehub_quic_open_bytes_total", "Payload buffer allocated for OPEN frames, read before authentication.", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.OpenBytes) })
 	st("edgehub_quic_address_validations_total", "Handshakes answered with a Retry because of handshake load (limits.validate_address_above).", prometheus.CounterValue, func(s quic.Stats) float64 { return float64(s.AddressValidations) })
-}
-
-// storeCodes is the hub's part of the one error-to-code table: the store's
-// sentinels. quic.ToError maps the rest (the transport's sentinels, context
-// errors, and anything else as internal).
-var storeCodes = []struct {
-	err  error
-	code quic.Code
-}{
-	{store.ErrStreamNotFound, quic.CodeNotFound},
-	{store.ErrInvalidShard, quic.CodeInvalidArgument},
-	{store.ErrInvalidName, quic.CodeInvalidArgument},
-	{store.ErrInvalidConfig, quic.CodeInvalidArgument},
-	{store.ErrRecordTooLarge, quic.CodeRecordTooLarge},
-	{store.ErrSequenceGap, quic.CodeSequenceGap},
-	{store.ErrDuplicateTooOld, quic.CodeDuplicateTooOld},
-	{store.ErrSequenceConflict, quic.CodeSequenceConflict},
-	{store.ErrClosed, quic.CodeUnavailable},
-	{store.ErrCorrupt, quic.CodeCorrupt},
-	{store.ErrNoSpace, quic.CodeStorageFull},
-}
-
-// toWire maps any non-nil error to the *quic.Error a client sees: an
-// *quic.Error in its chain, else a store sentinel's code, else quic.ToError.
-func toWire(err error) *quic.Error {
-	var e *quic.Error
-	if errors.As(err, &e) {
-		return e
-	}
-	for _, m := range storeCodes {
-		if errors.Is(err, m.err) {
-			return &quic.Error{Code: m.code, Message: err.Error()}
-		}
-	}
-	return quic.ToError(err)
-}
-
-// wireErr is toWire as an error, nil for nil.
-func wireErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	return toWire(err)
 }
 
 // clientErr is toWire for what a client is told: hub-side failures keep

@@ -105,29 +105,6 @@ func (gp *groupPlane) resolve(stream string, shard int, start groups.Start) (uin
 	return first, nil
 }
 
-// groupWireErr maps coordinator errors to wire codes.
-func groupWireErr(err error) error {
-	var code quic.Code
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, groups.ErrStaleEpoch):
-		code = quic.CodeStaleEpoch
-	case errors.Is(err, groups.ErrSessionExpired), errors.Is(err, groups.ErrReplaced), errors.Is(err, groups.ErrLeft),
-		errors.Is(err, groups.ErrStreamRecreated):
-		code = quic.CodeSessionExpired
-	case errors.Is(err, groups.ErrInvalid), errors.Is(err, groups.ErrStreamMismatch), errors.Is(err, groups.ErrShardsChanged):
-		code = quic.CodeInvalidArgument
-	case errors.Is(err, groups.ErrTooManyMembers):
-		code = quic.CodeLimit
-	case errors.Is(err, groups.ErrClosed), errors.Is(err, groups.ErrDeleted):
-		code = quic.CodeUnavailable
-	default:
-		return wireErr(err)
-	}
-	return &quic.Error{Code: code, Message: err.Error()}
-}
-
 // serve runs one member session: it joins, pushes the member's assignment
 // whenever it changes, and handles the member's heartbeats, commits, syncs
 // and leave. A stream that ends without a leave detaches the member, which
@@ -152,7 +129,7 @@ func (gp *groupPlane) serve(ctx context.Context, req *quic.Request) error {
 		Remote:         req.Conn.RemoteAddr().String(),
 	})
 	if err != nil {
-		return gp.dp.refuse(req.Op, groupWireErr(err))
+		return gp.dp.refuse(req.Op, wireErr(err))
 	}
 	defer sess.Detach()
 	log := gp.logger.With("group", join.Group, "member", join.MemberID)
@@ -192,7 +169,7 @@ func (gp *groupPlane) serve(ctx context.Context, req *quic.Request) error {
 		case <-sess.Done():
 			if err := sess.Err(); err != nil && !errors.Is(err, groups.ErrLeft) {
 				log.Info("group session ended", "err", err)
-				return groupWireErr(err)
+				return wireErr(err)
 			}
 			return nil
 		case <-sess.Changed():
@@ -251,7 +228,7 @@ func (gp *groupPlane) handleFrame(req *quic.Request, st *store.Stream, sess *gro
 		}
 		for j, err := range sess.Commit(commits) {
 			if err != nil {
-				e := quic.ToError(groupWireErr(err))
+				e := toWire(err)
 				ack.Results[at[j]].Code, ack.Results[at[j]].Message = e.Code, e.Message
 			}
 		}
@@ -265,7 +242,7 @@ func (gp *groupPlane) handleFrame(req *quic.Request, st *store.Stream, sess *gro
 			return false, quic.WireError(err)
 		}
 		if err := sess.Sync(s.Generation); err != nil {
-			return false, groupWireErr(err)
+			return false, wireErr(err)
 		}
 	case quic.FrameGroupLeave:
 		sess.Leave()
@@ -355,21 +332,6 @@ type GroupResetRequest struct {
 	Shards []int `json:"shards,omitempty"`
 }
 
-// groupAPIError gives coordinator errors their admin status.
-func groupAPIError(err error) error {
-	switch {
-	case errors.Is(err, groups.ErrNotFound):
-		return &apiError{http.StatusNotFound, CodeNotFound, err}
-	case errors.Is(err, groups.ErrActive), errors.Is(err, groups.ErrStreamMismatch), errors.Is(err, groups.ErrShardsChanged):
-		return &apiError{http.StatusConflict, CodeConflict, err}
-	case errors.Is(err, groups.ErrInvalid):
-		return &apiError{http.StatusBadRequest, CodeInvalid, err}
-	case errors.Is(err, groups.ErrClosed):
-		return &apiError{http.StatusServiceUnavailable, CodeUnavailable, err}
-	}
-	return err
-}
-
 // info converts a coordinator description, adding each shard's end and lag.
 func (gp *groupPlane) info(gi groups.GroupInfo) GroupInfo {
 	out := GroupInfo{Name: gi.Name, Stream: gi.Stream, Created: gi.Created, Epoch: gi.Epoch, Rebalances: gi.Rebalances,
@@ -421,7 +383,7 @@ func (gp *groupPlane) list(w http.ResponseWriter, r *http.Request) error {
 func (gp *groupPlane) describe(w http.ResponseWriter, r *http.Request) error {
 	gi, err := gp.coord.Group(r.PathValue("name"))
 	if err != nil {
-		return groupAPIError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, gp.info(gi))
 	return nil
@@ -429,7 +391,7 @@ func (gp *groupPlane) describe(w http.ResponseWriter, r *http.Request) error {
 
 func (gp *groupPlane) delete(w http.ResponseWriter, r *http.Request) error {
 	if err := gp.coord.Delete(r.PathValue("name")); err != nil {
-		return groupAPIError(err)
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -483,11 +445,11 @@ func (gp *groupPlane) reset(w http.ResponseWriter, r *http.Request) error {
 	}
 	err = gp.coord.Reset(groups.ResetRequest{Group: name, Stream: req.Stream, Shards: st.Shards(), Incarnation: st.Incarnation(), Offsets: offsets})
 	if err != nil {
-		return groupAPIError(err)
+		return err
 	}
 	gi, err := gp.coord.Group(name)
 	if err != nil {
-		return groupAPIError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, gp.info(gi))
 	return nil

@@ -17,17 +17,6 @@ import (
 	"github.com/edgehub/edgehub/store"
 )
 
-// Errors of package hub. Store errors (store.ErrStreamNotFound, ...) pass
-// through wrapped.
-var (
-	// ErrShardsFixed: a declared stream's shard count differs from the
-	// existing stream's; shards cannot change in place.
-	ErrShardsFixed = errors.New("the shard count of an existing stream cannot change")
-	// ErrNameChanged: [hub] name differs from the name recorded in the data
-	// directory (IdentityFile) when it was first used; see checkIdentity.
-	ErrNameChanged = errors.New("the hub name differs from the name its data directory was created with")
-)
-
 // Hub is a running edgehub server: the store plus the parts built on it.
 //
 // Parts plug in from their own files: New calls one builder per part (see

@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgehub/edgehub/plugins"
-	"github.com/edgehub/edgehub/wasmhost"
 )
 
 // MaxModuleBytes bounds an uploaded plugin module.
@@ -144,7 +143,7 @@ func (h *Hub) routePlugins(m *plugins.Manager) {
 		_, existed := m.Describe(def.Name)
 		info, err := m.Deploy(r.Context(), def, wasm)
 		if err != nil {
-			return pluginError(err)
+			return err
 		}
 		status := http.StatusCreated
 		if existed == nil {
@@ -156,14 +155,14 @@ func (h *Hub) routePlugins(m *plugins.Manager) {
 	h.route("GET /v1/plugins/{name}", func(w http.ResponseWriter, r *http.Request) error {
 		info, err := m.Describe(r.PathValue("name"))
 		if err != nil {
-			return pluginError(err)
+			return err
 		}
 		writeJSON(w, http.StatusOK, info)
 		return nil
 	})
 	h.route("DELETE /v1/plugins/{name}", func(w http.ResponseWriter, r *http.Request) error {
 		if err := m.Delete(r.Context(), r.PathValue("name")); err != nil {
-			return pluginError(err)
+			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
@@ -180,11 +179,11 @@ func (h *Hub) routePlugins(m *plugins.Manager) {
 		}
 		name := r.PathValue("name")
 		if err := m.Pause(r.Context(), name, req.Reason); err != nil {
-			return pluginError(err)
+			return err
 		}
 		info, err := m.Describe(name)
 		if err != nil {
-			return pluginError(err)
+			return err
 		}
 		writeJSON(w, http.StatusOK, info)
 		return nil
@@ -192,11 +191,11 @@ func (h *Hub) routePlugins(m *plugins.Manager) {
 	h.route("POST /v1/plugins/{name}/resume", func(w http.ResponseWriter, r *http.Request) error {
 		name := r.PathValue("name")
 		if err := m.Resume(r.Context(), name); err != nil {
-			return pluginError(err)
+			return err
 		}
 		info, err := m.Describe(name)
 		if err != nil {
-			return pluginError(err)
+			return err
 		}
 		writeJSON(w, http.StatusOK, info)
 		return nil
@@ -212,7 +211,7 @@ func (h *Hub) routePlugins(m *plugins.Manager) {
 		}
 		lines, err := m.Logs(r.PathValue("name"), n)
 		if err != nil {
-			return pluginError(err)
+			return err
 		}
 		writeJSON(w, http.StatusOK, lines)
 		return nil
@@ -220,7 +219,7 @@ func (h *Hub) routePlugins(m *plugins.Manager) {
 	h.route("GET /v1/plugins/{name}/module", func(w http.ResponseWriter, r *http.Request) error {
 		wasm, err := m.Module(r.PathValue("name"))
 		if err != nil {
-			return pluginError(err)
+			return err
 		}
 		w.Header().Set("Content-Type", "application/wasm")
 		w.Header().Set("Content-Length", strconv.Itoa(len(wasm)))
@@ -287,21 +286,6 @@ func readDeploy(w http.ResponseWriter, r *http.Request) (plugins.Definition, []b
 	return pc.Definition(), wasm, nil
 }
 
-// pluginError maps the plugin manager's errors to admin API errors.
-func pluginError(err error) error {
-	switch {
-	case errors.Is(err, plugins.ErrNotFound):
-		return &apiError{http.StatusNotFound, CodeNotFound, err}
-	case errors.Is(err, plugins.ErrInvalidDefinition), isModuleError(err):
-		return &apiError{http.StatusBadRequest, CodeInvalid, err}
-	case errors.Is(err, plugins.ErrClosed):
-		return &apiError{http.StatusServiceUnavailable, CodeUnavailable, err}
-	case errors.Is(err, plugins.ErrCorrupt):
-		return &apiError{http.StatusInternalServerError, CodeCorrupt, err}
-	}
-	return err
-}
-
 // pluginCollector exports the plugins' progress as Prometheus metrics, read
 // from the manager at scrape time.
 type pluginCollector struct{ m *plugins.Manager }
@@ -362,10 +346,3 @@ func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
-
-// isModuleError reports a module the host refuses (not wasm, ABI, init).
-func isModuleError(err error) bool {
-	return slices.ContainsFunc(moduleErrors, func(e error) bool { return errors.Is(err, e) })
-}
-
-var moduleErrors = []error{wasmhost.ErrInvalidModule, wasmhost.ErrABI, wasmhost.ErrGuest, wasmhost.ErrTrap, wasmhost.ErrTimeout}

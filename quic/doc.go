@@ -40,9 +40,11 @@
 // CodeInternal; it is logged with its stack and counted (Stats.Panics).
 // Refusals are logged once per reason and interval, with a count.
 //
-// ToError is the one mapping from errors to codes: an *Error keeps its
-// code, this package's sentinels have theirs, anything else is
-// CodeInternal. Other packages map their own sentinels first.
+// ToError maps errors to codes: an *Error keeps its code, this package's
+// sentinels and the standard library's have theirs, anything else is
+// CodeInternal. The hub maps the sentinels of the packages it composes
+// (store, groups, plugins) in one table of its own (hub/errors.go), which
+// falls back on ToError and takes this package's codes from it.
 //
 // Early data (0-RTT) may be replayed by an attacker. Handlers whose effect
 // is not idempotent must wait for Conn.HandshakeComplete before acting.

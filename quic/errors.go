@@ -115,8 +115,8 @@ func Errorf(code Code, format string, args ...any) *Error {
 }
 
 // codeTable is the one mapping from this package's sentinels (and the
-// standard library's) to the code a peer sees. Other packages map their own
-// sentinels first and fall back on ToError.
+// standard library's) to the code a peer sees. The hub's table of the other
+// packages' sentinels (hub/errors.go) takes these codes from ToError.
 var codeTable = []struct {
 	err  error
 	code Code
