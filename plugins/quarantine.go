@@ -262,7 +262,6 @@ func (r *runner) persistStanding() {
 	if in == r.persisted {
 		return
 	}
-	r.endTx() // never hold a read transaction across an Update
 	var rec *quarantine
 	if in {
 		rec = &q

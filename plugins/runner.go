@@ -99,7 +99,16 @@ type runner struct {
 	// its timers follow the input, not the wall clock.
 	inputClock int64
 	firedAt    int64
-	tx         *bolt.Tx // read transaction for state reads during a call
+	// The last committed value StateGet read (key getKey, getFound),
+	// kept until the next commit or discard: the committed state does not
+	// change meanwhile, and a read-modify-write (StateGet, then StateSet
+	// weighing the old value) or a re-read into a larger buffer need no
+	// second transaction.
+	getKey     []byte
+	getVal     []byte
+	getFound   bool
+	getValid   bool
+	nextBuf    []byte // the committed key StateNext returned last
 	batch      []byte
 	in         []wasmhost.InputRecord
 	hdrs       []wasmhost.Header
@@ -486,7 +495,6 @@ func (r *runner) ensureInstance(ctx context.Context) bool {
 			if err = inst.Init(cctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
 				inst.Close()
 			}
-			r.endTx() // eh_init may have read state
 		}
 		if end() {
 			if err == nil {
@@ -521,7 +529,6 @@ func (r *runner) ensureInstance(ctx context.Context) bool {
 }
 
 func (r *runner) closeInstance() {
-	r.endTx()
 	if r.inst != nil {
 		r.inst.Close()
 		r.inst = nil
@@ -575,7 +582,6 @@ func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record
 func (r *runner) afterCall(t0 time.Time) {
 	r.stats.calls.Add(1)
 	r.stats.callNanos.Add(uint64(time.Since(t0)))
-	r.endTx()
 	if r.inst.Broken() {
 		r.inst.Close()
 		r.inst = nil
@@ -585,9 +591,11 @@ func (r *runner) afterCall(t0 time.Time) {
 	}
 }
 
-// discard drops the effects of failed calls.
+// discard drops the effects of failed calls, or of committed ones once
+// they are durable.
 func (r *runner) discard() {
 	r.delta.reset()
+	r.getValid = false
 	for _, o := range r.outs {
 		clear(o.recs)
 		o.recs = o.recs[:0]
@@ -850,29 +858,46 @@ func (r *runner) copy(b []byte) []byte {
 	return r.arena[len(r.arena)-len(b) : len(r.arena) : len(r.arena)]
 }
 
-func (r *runner) stateBucket() *bolt.Bucket {
+// viewState runs fn on the runner's committed state (nil when it has
+// none) in a read transaction of its own. A transaction is never held
+// across guest code: bbolt grows a file's map only when no read
+// transaction is open, so one kept for a whole call (up to its deadline)
+// held up every runner's commits once plugins.db had to grow.
+func (r *runner) viewState(fn func(st *bolt.Bucket)) {
 	if r.m == nil {
-		return nil // HostBenchmark: state lives in the delta only
+		fn(nil) // HostBenchmark: state lives in the delta only
+		return
 	}
-	if r.tx == nil {
-		tx, err := r.m.db.Begin(false)
-		if err != nil {
-			return nil
+	r.m.db.View(func(tx *bolt.Tx) error {
+		var st *bolt.Bucket
+		if rb, _ := runBucket(tx, r.def.Name, r.input.Name(), r.shard, false); rb != nil {
+			st = rb.Bucket(bucketState)
 		}
-		r.tx = tx
-	}
-	rb, _ := runBucket(r.tx, r.def.Name, r.input.Name(), r.shard, false)
-	if rb == nil {
+		fn(st)
 		return nil
-	}
-	return rb.Bucket(bucketState)
+	})
 }
 
-func (r *runner) endTx() {
-	if r.tx != nil {
-		r.tx.Rollback()
-		r.tx = nil
+// committed returns the committed value of key, copied out of the
+// transaction (valid until the next host call).
+func (r *runner) committed(key []byte) ([]byte, bool) {
+	if r.getValid && bytes.Equal(key, r.getKey) {
+		return r.getVal, r.getFound
 	}
+	r.getFound = false
+	r.viewState(func(st *bolt.Bucket) {
+		if st == nil {
+			return
+		}
+		if v := st.Get(key); v != nil {
+			r.getVal, r.getFound = append(r.getVal[:0], v...), true
+		}
+	})
+	r.getKey, r.getValid = append(r.getKey[:0], key...), true
+	if !r.getFound {
+		return nil, false
+	}
+	return r.getVal, true
 }
 
 // StateGet reads the uncommitted delta, then the committed state.
@@ -880,12 +905,8 @@ func (r *runner) StateGet(key []byte) ([]byte, bool, error) {
 	if v, exists, found := r.delta.get(key); found {
 		return v, exists, nil
 	}
-	st := r.stateBucket()
-	if st == nil {
-		return nil, false, nil
-	}
-	v := st.Get(key)
-	return v, v != nil, nil
+	v, ok := r.committed(key)
+	return v, ok, nil
 }
 
 // StateSet records a change in the delta; it commits with the checkpoint.
@@ -920,10 +941,8 @@ func (r *runner) chargeState(key []byte, written int, size int64) error {
 		if exists {
 			old = int64(len(key) + len(v))
 		}
-	} else if st := r.stateBucket(); st != nil {
-		if v := st.Get(key); v != nil {
-			old = int64(len(key) + len(v))
-		}
+	} else if v, ok := r.committed(key); ok {
+		old = int64(len(key) + len(v))
 	}
 	growth := r.growth + size - old
 	if size > old && r.def.StateQuota > 0 {
@@ -952,9 +971,13 @@ func (r *runner) StateNext(prefix, after []byte) ([]byte, bool, error) {
 		}
 		cur = []byte(k)
 	}
-	// Smallest committed key the delta does not override.
+	// Smallest committed key the delta does not override, copied out of
+	// the transaction.
 	var bk []byte
-	if st := r.stateBucket(); st != nil {
+	r.viewState(func(st *bolt.Bucket) {
+		if st == nil {
+			return
+		}
 		c := st.Cursor()
 		seek := after
 		if len(seek) == 0 || bytes.Compare(seek, prefix) < 0 {
@@ -968,10 +991,11 @@ func (r *runner) StateNext(prefix, after []byte) ([]byte, bool, error) {
 			if _, _, found := r.delta.get(k); found {
 				continue
 			}
-			bk = k
+			r.nextBuf = append(r.nextBuf[:0], k...)
+			bk = r.nextBuf
 			break
 		}
-	}
+	})
 	switch {
 	case dk == nil && bk == nil:
 		return nil, false, nil
