@@ -37,6 +37,13 @@ const MaxModuleBytes = 64 << 20
 //	GET    /v1/plugins/{name}/logs?n=N last N log lines (plugins.LogLine)
 //	GET    /v1/plugins/{name}/module   the module bytes (application/wasm)
 
+// PluginInfo and PluginLogLine are the plugin admin API's bodies, named
+// here so that an admin client (the CLI) decodes them knowing only the hub.
+type (
+	PluginInfo    = plugins.Info
+	PluginLogLine = plugins.LogLine
+)
+
 // PauseRequest is the optional body of POST /v1/plugins/{name}/pause.
 type PauseRequest struct {
 	Reason string `json:"reason"`

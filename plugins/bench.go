@@ -3,7 +3,6 @@ package plugins
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/edgehub/edgehub"
@@ -22,45 +21,52 @@ type HostResult struct {
 // PerSecond is the input records processed per second.
 func (r HostResult) PerSecond() float64 { return float64(r.Records) / r.Elapsed.Seconds() }
 
-// HostBenchmark measures a module's throughput through the host: the batch
-// is encoded, passed to eh_on_batch, and every output is copied out of the
-// guest and given its origin exactly as a runner does, rounds times. The
-// store is left out (its cost is measured by the store's own benchmarks), as
-// is keyed state unless the module uses it (it then works on an in-memory
-// delta). Outputs go to def.Outputs, which must all be named.
-func HostBenchmark(ctx context.Context, wasm []byte, def Definition, batch []edgehub.Record, rounds int) (HostResult, error) {
+// HostBenchmark measures a module's throughput through the host, on a runner
+// of m exactly as one runs a deployed plugin: batch is encoded, passed to
+// eh_on_batch, and every output is copied out of the guest and given its
+// origin, rounds times. Nothing is stored: each round's outputs and state
+// changes are dropped, so the store's cost is left out (its own benchmarks
+// measure it) and keyed state reads find the uncommitted changes of the
+// round, then the committed state of a plugin named def.Name on def.Inputs[0]
+// shard 0 (none, unless one was deployed). def.Inputs[0] and def.Outputs
+// must be streams of m's store. The plugin is not deployed.
+func (m *Manager) HostBenchmark(ctx context.Context, def Definition, wasm []byte, batch []edgehub.Record, rounds int) (HostResult, error) {
 	def = def.clone().WithDefaults()
-	engine, err := wasmhost.New(wasmhost.DefaultConfig())
-	if err != nil {
-		return HostResult{}, err
+	if err := def.Validate(); err != nil {
+		return HostResult{}, fmt.Errorf("plugins: benchmark %q: %w", def.Name, err)
 	}
-	defer engine.Close()
-	mod, err := engine.Compile(ctx, wasm, def.limits())
+	if m.isClosed() {
+		return HostResult{}, ErrClosed
+	}
+	in, err := m.st.Stream(def.Inputs[0])
 	if err != nil {
-		return HostResult{}, err
+		return HostResult{}, fmt.Errorf("plugins: benchmark %q: input: %w", def.Name, err)
+	}
+	for _, out := range def.Outputs {
+		if _, err := m.st.Stream(out); err != nil {
+			return HostResult{}, fmt.Errorf("plugins: benchmark %q: output: %w", def.Name, err)
+		}
+	}
+	mod, err := m.engine.Compile(ctx, wasm, def.limits())
+	if err != nil {
+		return HostResult{}, fmt.Errorf("plugins: benchmark %q: %w", def.Name, err)
 	}
 	defer mod.Close()
-	p := &plugin{name: def.Name, def: def, logs: newLogRing(100), logger: slog.New(slog.DiscardHandler), lim: &limiter{}}
-	r := &runner{p: p, def: def, mod: mod, logger: p.logger, delta: newDelta(), outIdx: map[string]int{},
-		maxRecord: 64 << 20, now: time.Now, originHub: "bench/plugin/" + def.Name + "/in", input: nil}
-	for _, o := range def.Outputs {
-		r.outIdx[o] = len(r.outs)
-		r.outs = append(r.outs, &outBuf{})
-	}
+	r := newRunner(m, m.newPlugin(def, mod), def, mod, in, 0)
+	defer r.closeInstance()
 	inst, err := mod.Instantiate(ctx, r)
 	if err != nil {
-		return HostResult{}, err
-	}
-	defer inst.Close()
-	if err := inst.Init(ctx, wasmhost.AppendConfig(nil, def.Config)); err != nil {
-		return HostResult{}, err
+		return HostResult{}, fmt.Errorf("plugins: benchmark %q: %w", def.Name, err)
 	}
 	r.inst = inst
+	if err := inst.Init(ctx, wasmhost.AppendConfig(nil, def.Config)); err != nil {
+		return HostResult{}, fmt.Errorf("plugins: benchmark %q: %w", def.Name, err)
+	}
 	res := HostResult{}
 	t0 := time.Now()
 	for i := 0; i < rounds; i++ {
-		if err := r.callBatchNamed(ctx, "in", batch); err != nil {
-			return res, fmt.Errorf("round %d: %w", i, err)
+		if err := r.callBatch(ctx, batch); err != nil {
+			return res, fmt.Errorf("plugins: benchmark %q: round %d: %w", def.Name, i, err)
 		}
 		res.Outputs += r.nOut
 		res.Records += len(batch)
@@ -68,6 +74,8 @@ func HostBenchmark(ctx context.Context, wasm []byte, def Definition, batch []edg
 		r.discard()
 	}
 	res.Elapsed = time.Since(t0)
-	res.MemoryBytes = inst.MemoryBytes()
+	if r.inst != nil {
+		res.MemoryBytes = r.inst.MemoryBytes()
+	}
 	return res, nil
 }

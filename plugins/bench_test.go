@@ -3,6 +3,7 @@ package plugins
 import (
 	"context"
 	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -26,6 +27,15 @@ func benchBatch(n int) []record.Record {
 	return recs
 }
 
+// benchEnv is an env holding def's streams, for HostBenchmark.
+func benchEnv(b *testing.B, def Definition) *env {
+	e := newEnv(b)
+	for _, s := range append(slices.Clone(def.Inputs), def.Outputs...) {
+		e.stream(s, 1)
+	}
+	return e
+}
+
 // BenchmarkHostPassThrough measures a pass-through plugin through the host
 // (encode batch, call, decode and copy each output, assign origins), per
 // input record, for the Go SDK example and the hand-written WAT module.
@@ -42,8 +52,9 @@ func BenchmarkHostPassThrough(b *testing.B) {
 				recs := benchBatch(batch)
 				def := Definition{Name: "bench", Inputs: []string{"in"}, Outputs: []string{"out"}, Config: map[string]string{"output": "out"}}
 				wasm := mod.wasm(b)
+				e := benchEnv(b, def)
 				b.ResetTimer()
-				res, err := HostBenchmark(context.Background(), wasm, def, recs, (b.N+batch-1)/batch)
+				res, err := e.m.HostBenchmark(context.Background(), def, wasm, recs, (b.N+batch-1)/batch)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -62,7 +73,7 @@ func BenchmarkHostDecodeOnly(b *testing.B) {
 	recs := benchBatch(1000)
 	def := Definition{Name: "bench", Inputs: []string{"in"}}
 	wasm := plugintest.Wasm(b, "plugins/testdata/noemit")
-	res, err := HostBenchmark(context.Background(), wasm, def, recs, (b.N+999)/1000)
+	res, err := benchEnv(b, def).m.HostBenchmark(context.Background(), def, wasm, recs, (b.N+999)/1000)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -70,7 +81,8 @@ func BenchmarkHostDecodeOnly(b *testing.B) {
 }
 
 // BenchmarkHostAggregate runs the aggregate example (JSON parsing, keyed
-// state per record) through the host, state in the in-memory delta.
+// state per record) through the host; its state changes stay in each
+// round's delta.
 func BenchmarkHostAggregate(b *testing.B) {
 	recs := make([]record.Record, 1000)
 	for i := range recs {
@@ -78,7 +90,8 @@ func BenchmarkHostAggregate(b *testing.B) {
 			Value: []byte(`{"value":` + strconv.Itoa(i%100) + `.5,"unit":"C"}`), Time: int64(i) * 1e6}
 	}
 	def := Definition{Name: "agg", Inputs: []string{"in"}, Outputs: []string{"aggregates"}}
-	res, err := HostBenchmark(context.Background(), plugintest.Wasm(b, "examples/aggregate"), def, recs, (b.N+999)/1000)
+	wasm := plugintest.Wasm(b, "examples/aggregate")
+	res, err := benchEnv(b, def).m.HostBenchmark(context.Background(), def, wasm, recs, (b.N+999)/1000)
 	if err != nil {
 		b.Fatal(err)
 	}

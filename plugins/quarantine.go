@@ -255,9 +255,6 @@ func (r *runner) judge(err error) {
 // since the last write: on entering quarantine and on leaving it, not on
 // every failure of a runner that stays there.
 func (r *runner) persistStanding() {
-	if r.m == nil {
-		return
-	}
 	q, in := r.stats.standing()
 	if in == r.persisted {
 		return

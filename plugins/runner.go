@@ -537,10 +537,6 @@ func (r *runner) closeInstance() {
 
 // callBatch calls eh_on_batch; effects collect in r.delta and r.outs.
 func (r *runner) callBatch(ctx context.Context, recs []record.Record) error {
-	return r.callBatchNamed(ctx, r.input.Name(), recs)
-}
-
-func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record.Record) error {
 	r.kind = kindBatch
 	r.seqs = r.seqs[:0]
 	r.in = r.in[:0]
@@ -556,7 +552,7 @@ func (r *runner) callBatchNamed(ctx context.Context, input string, recs []record
 		r.in = append(r.in, wasmhost.InputRecord{Seq: rec.Seq, IngestTime: rec.IngestTime, Time: rec.Time,
 			Key: rec.Key, Value: rec.Value, Headers: r.hdrs[start:len(r.hdrs):len(r.hdrs)]})
 	}
-	r.batch = wasmhost.AppendBatch(r.batch[:0], input, uint32(r.shard), r.in)
+	r.batch = wasmhost.AppendBatch(r.batch[:0], r.input.Name(), uint32(r.shard), r.in)
 	for {
 		cctx, end := r.watch(ctx)
 		t0 := time.Now()
@@ -864,10 +860,6 @@ func (r *runner) copy(b []byte) []byte {
 // transaction is open, so one kept for a whole call (up to its deadline)
 // held up every runner's commits once plugins.db had to grow.
 func (r *runner) viewState(fn func(st *bolt.Bucket)) {
-	if r.m == nil {
-		fn(nil) // HostBenchmark: state lives in the delta only
-		return
-	}
 	r.m.db.View(func(tx *bolt.Tx) error {
 		var st *bolt.Bucket
 		if rb, _ := runBucket(tx, r.def.Name, r.input.Name(), r.shard, false); rb != nil {
@@ -1009,11 +1001,7 @@ func (r *runner) StateNext(prefix, after []byte) ([]byte, bool, error) {
 // hub's logger within the rate limit.
 func (r *runner) Log(level wasmhost.Level, msg []byte) {
 	s := string(msg)
-	input := ""
-	if r.input != nil {
-		input = r.input.Name()
-	}
-	r.p.logs.add(Level(level), input, r.shard, s)
+	r.p.logs.add(Level(level), r.input.Name(), r.shard, s)
 	if r.p.lim.allow(time.Now()) {
 		r.logger.Log(context.Background(), slog.Level(4*(int(level)-1)), "guest: "+s)
 	}
@@ -1023,9 +1011,4 @@ func (r *runner) Log(level wasmhost.Level, msg []byte) {
 func (r *runner) Now() int64 { return r.now().UnixNano() }
 
 // Input names the runner's input shard.
-func (r *runner) Input() (string, uint32) {
-	if r.input == nil {
-		return r.def.Inputs[0], uint32(r.shard) // HostBenchmark
-	}
-	return r.input.Name(), uint32(r.shard)
-}
+func (r *runner) Input() (string, uint32) { return r.input.Name(), uint32(r.shard) }

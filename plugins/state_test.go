@@ -161,3 +161,44 @@ func (e *env) state(plugin, input string, shard int) map[string]string {
 	}
 	return out
 }
+
+// TestHostBenchmark: HostBenchmark runs a module on a runner as deployed
+// plugins run, and stores nothing: no output, no state, no plugin.
+func TestHostBenchmark(t *testing.T) {
+	e := newEnv(t)
+	e.stream("in", 1)
+	out := e.stream("out", 1)
+	batch := make([]record.Record, 100)
+	for i := range batch {
+		batch[i] = rec(fmt.Sprintf("k%d", i%10), "v")
+		batch[i].Seq = uint64(i + 1)
+	}
+	def := Definition{Name: "pt", Inputs: []string{"in"}, Outputs: []string{"out"}, Config: map[string]string{"output": "out"}}
+	res, err := e.m.HostBenchmark(t.Context(), def, readTestdata(t, watPassThrough), batch, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Records != 300 || res.Outputs != 300 || res.Calls != 3 || res.MemoryBytes == 0 || res.Elapsed <= 0 {
+		t.Fatalf("result %+v, want 300 records and outputs in 3 calls", res)
+	}
+	for i := range batch {
+		batch[i].Value = []byte("R")
+	}
+	def = Definition{Name: "rmw", Inputs: []string{"in"}}
+	if res, err = e.m.HostBenchmark(t.Context(), def, readTestdata(t, stateWasm), batch, 2); err != nil || res.Records != 200 {
+		t.Fatalf("state module: %+v, %v", res, err)
+	}
+	if st := out.Stats(); st[0].LastSeq != 0 {
+		t.Fatalf("output holds records up to %d, want none", st[0].LastSeq)
+	}
+	if got := e.state("rmw", "in", 0); len(got) != 0 {
+		t.Fatalf("state committed: %v", got)
+	}
+	if l := e.m.List(); len(l) != 0 {
+		t.Fatalf("plugins deployed: %v", l)
+	}
+	def.Outputs = []string{"missing"}
+	if _, err := e.m.HostBenchmark(t.Context(), def, readTestdata(t, stateWasm), batch, 1); err == nil {
+		t.Fatal("a missing output stream was not reported")
+	}
+}

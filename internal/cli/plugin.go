@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"mime/multipart"
 	"net/http"
 	"net/url"
@@ -15,15 +14,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/edgehub/edgehub/hub"
-	"github.com/edgehub/edgehub/internal/record"
-	"github.com/edgehub/edgehub/plugins"
-	"github.com/edgehub/edgehub/store"
+	"github.com/edgehub/edgehub/internal/pluginbench"
 )
 
 func init() {
@@ -194,7 +190,7 @@ func pluginDeploy(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var info plugins.Info
+	var info hub.PluginInfo
 	if err := c.deployPlugin(ctx, pc, wasm, &info); err != nil {
 		return err
 	}
@@ -260,7 +256,7 @@ func pluginList(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var infos []plugins.Info
+	var infos []hub.PluginInfo
 	if err := c.get(ctx, "/v1/plugins", &infos); err != nil {
 		return err
 	}
@@ -291,7 +287,7 @@ func pluginDescribe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var i plugins.Info
+	var i hub.PluginInfo
 	if err := c.get(ctx, "/v1/plugins/"+url.PathEscape(pos[0]), &i); err != nil {
 		return err
 	}
@@ -382,7 +378,7 @@ func pluginLogs(ctx context.Context, args []string) error {
 	printed := map[string]bool{} // lines of the last timestamp already printed
 	count := *n
 	for {
-		var lines []plugins.LogLine
+		var lines []hub.PluginLogLine
 		if err := c.get(ctx, fmt.Sprintf("/v1/plugins/%s/logs?n=%d", url.PathEscape(pos[0]), count), &lines); err != nil {
 			return err
 		}
@@ -425,7 +421,7 @@ func pluginPause(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var info plugins.Info
+	var info hub.PluginInfo
 	if err := c.post(ctx, "/v1/plugins/"+url.PathEscape(pos[0])+"/pause", hub.PauseRequest{Reason: *reason}, &info); err != nil {
 		return err
 	}
@@ -439,7 +435,7 @@ func pluginResume(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var info plugins.Info
+	var info hub.PluginInfo
 	if err := c.post(ctx, "/v1/plugins/"+url.PathEscape(pos[0])+"/resume", nil, &info); err != nil {
 		return err
 	}
@@ -489,166 +485,40 @@ func pluginBench(ctx context.Context, args []string) error {
 	if *records < 1 || *batch < 1 || *valueSize < 0 || *producers < 1 || *nPlugins < 0 {
 		return usagef("--records, --batch and --producers must be positive")
 	}
-	var defs []plugins.Definition
-	var mods [][]byte
+	cfg := pluginbench.Config{Config: map[string]string{}, Records: *records, Batch: *batch, ValueSize: *valueSize, JSON: *asJSON,
+		Ingest: *ingest, Producers: *producers, Rounds: *rounds}
+	for _, kv := range configs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return usagef("--config %q: want KEY=VALUE", kv)
+		}
+		cfg.Config[k] = v
+	}
+	// Each file once; one file with --plugins N attaches N copies.
 	for i := 0; i < max(len(pos), *nPlugins) && (i < len(pos) || len(pos) == 1); i++ {
 		file := pos[min(i, len(pos)-1)]
 		wasm, err := os.ReadFile(file)
 		if err != nil {
 			return err
 		}
-		out := fmt.Sprintf("out%d", i)
-		cfg := map[string]string{"output": out}
-		for _, kv := range configs {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return usagef("--config %q: want KEY=VALUE", kv)
-			}
-			cfg[k] = v
-		}
-		defs = append(defs, plugins.Definition{Name: fmt.Sprintf("bench%d", i), Inputs: []string{"in"}, Outputs: []string{out},
-			Config: cfg, BatchRecords: *batch, Start: plugins.StartEarliest})
-		mods = append(mods, wasm)
+		cfg.Plugins = append(cfg.Plugins, pluginbench.Plugin{File: file, Wasm: wasm, Host: i < len(pos)})
 	}
-	recs := benchRecords(*batch, *valueSize, *asJSON)
-	calls := (*records + *batch - 1) / *batch
-	for i, file := range pos {
-		res, err := plugins.HostBenchmark(ctx, mods[i], defs[i], recs, calls)
-		if err != nil {
-			return fmt.Errorf("%s: %w", file, err)
-		}
-		fmt.Fprintf(stdout, "host %s: %d records in %s: %.0f records/s (%.0f ns/record), %d outputs, %d calls, instance memory %s\n",
-			filepath.Base(file), res.Records, res.Elapsed.Round(time.Millisecond), res.PerSecond(),
-			float64(res.Elapsed.Nanoseconds())/float64(res.Records), res.Outputs, res.Calls, humanBytes(int64(res.MemoryBytes)))
-	}
-	if !*ingest {
-		return nil
-	}
-	return benchIngest(ctx, mods, defs, *records, *valueSize, *asJSON, *producers, *rounds)
-}
-
-func benchRecords(n, valueSize int, asJSON bool) []record.Record {
-	recs := make([]record.Record, n)
-	now := time.Now()
-	for i := range recs {
-		var val []byte
-		if asJSON {
-			val = fmt.Appendf(nil, `{"value":%d.%d,"unit":"C","pad":"`, i%100, i%10)
-			for len(val) < valueSize-2 {
-				val = append(val, 'x')
-			}
-			val = append(val, '"', '}')
-		} else {
-			val = make([]byte, valueSize)
-			for j := range val {
-				val[j] = 'a' + byte(j%26)
-			}
-		}
-		recs[i] = record.Record{Seq: uint64(i + 1), Key: fmt.Appendf(nil, "sensor-%04d", i%1000), Value: val,
-			Time: now.Add(time.Duration(i) * time.Millisecond).UnixNano()}
-	}
-	return recs
-}
-
-// benchIngest measures ingest into a fresh store without plugins, then with
-// n copies of the plugin attached, and how long the plugins take to catch up.
-func benchIngest(ctx context.Context, mods [][]byte, defs []plugins.Definition, records, valueSize int, asJSON bool, producers, rounds int) error {
-	dir, err := os.MkdirTemp("", "hub-plugin-bench-")
-	if err != nil {
+	sum, err := pluginbench.Run(ctx, cfg, pluginbench.Report{
+		Host: func(res pluginbench.HostResult) {
+			fmt.Fprintf(stdout, "host %s: %d records in %s: %.0f records/s (%.0f ns/record), %d outputs, %d calls, instance memory %s\n",
+				filepath.Base(res.File), res.Records, res.Elapsed.Round(time.Millisecond), res.PerSecond(),
+				float64(res.Elapsed.Nanoseconds())/float64(res.Records), res.Outputs, res.Calls, humanBytes(int64(res.MemoryBytes)))
+		},
+		Round: func(r pluginbench.Round) {
+			fmt.Fprintf(stdout, "round %d: ingest %.0f records/s without plugins, %.0f with %d attached (%.0f%%); plugins caught up after %s (%.0f records/s each)\n",
+				r.Round, r.Base, r.With, len(cfg.Plugins), 100*r.With/r.Base, r.CatchUp.Round(time.Millisecond), r.CatchUpRate)
+		},
+	})
+	if err != nil || !*ingest {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	scfg := store.DefaultConfig(dir)
-	scfg.Logger = quiet
-	st, err := store.Open(scfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	pcfg := plugins.DefaultConfig(dir)
-	pcfg.Store, pcfg.Logger = st, quiet
-	m, err := plugins.New(pcfg)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go m.Run(rctx)
-
-	produce := func(stream string) (time.Duration, error) {
-		s, err := st.CreateStream(ctx, store.StreamConfig{Name: stream, Shards: 4})
-		if err != nil {
-			return 0, err
-		}
-		per := 100
-		recs := benchRecords(per, valueSize, asJSON)
-		var wg sync.WaitGroup
-		errc := make(chan error, producers)
-		t0 := time.Now()
-		for p := 0; p < producers; p++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := p * per; i < records; i += producers * per {
-					if _, err := s.Append(ctx, store.Batch{Shard: -1, Records: recs[:min(per, records-i)]}); err != nil {
-						errc <- err
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		close(errc)
-		return time.Since(t0), <-errc
-	}
-	rate := func(d time.Duration) float64 { return float64(records) / d.Seconds() }
-	if _, err := st.CreateStream(ctx, store.StreamConfig{Name: "in", Shards: 4}); err != nil {
-		return err
-	}
-	for i, d := range defs {
-		if _, err := m.Deploy(ctx, d, mods[i]); err != nil {
-			return err
-		}
-	}
-	// Alternate rounds without and with the plugins (waiting for them to
-	// catch up in between), so a noisy machine skews both alike; report the
-	// median ratio.
-	var ratios []float64
-	for round := 1; round <= rounds; round++ {
-		base, err := produce(fmt.Sprintf("base%d", round))
-		if err != nil {
-			return err
-		}
-		t0 := time.Now()
-		with, err := produce("in")
-		if err != nil {
-			return err
-		}
-		for caught := false; !caught; {
-			caught = true
-			for _, info := range m.List() {
-				if info.Lag > 0 || info.RecordsIn < uint64(round*records) {
-					caught = false
-				}
-			}
-			if !caught {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(10 * time.Millisecond):
-				}
-			}
-		}
-		all := time.Since(t0)
-		ratios = append(ratios, rate(with)/rate(base))
-		fmt.Fprintf(stdout, "round %d: ingest %.0f records/s without plugins, %.0f with %d attached (%.0f%%); plugins caught up after %s (%.0f records/s each)\n",
-			round, rate(base), rate(with), len(defs), 100*rate(with)/rate(base), all.Round(time.Millisecond), rate(all))
-	}
-	slices.Sort(ratios)
 	fmt.Fprintf(stdout, "ingest with %d plugins: median %.0f%% of ingest without plugins (%d records of %d bytes, %d producers, %d rounds)\n",
-		len(defs), 100*ratios[len(ratios)/2], records, valueSize, producers, rounds)
+		len(cfg.Plugins), 100*sum.MedianRatio, *records, *valueSize, *producers, *rounds)
 	return nil
 }
 
