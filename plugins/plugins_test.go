@@ -36,11 +36,18 @@ type env struct {
 	m      *Manager
 	cancel context.CancelFunc
 	done   chan error
+	tune   func(*Config) // adjusts the manager's config at each start
 }
 
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	e := &env{tb: tb, dir: tb.TempDir()}
+	return newEnvTuned(tb, nil)
+}
+
+// newEnvTuned is newEnv with the manager's config adjusted by tune.
+func newEnvTuned(tb testing.TB, tune func(*Config)) *env {
+	tb.Helper()
+	e := &env{tb: tb, dir: tb.TempDir(), tune: tune}
 	scfg := store.DefaultConfig(e.dir)
 	scfg.Logger = testLogger
 	st, err := store.Open(scfg)
@@ -62,6 +69,9 @@ func (e *env) start() {
 	cfg.Store = e.st
 	cfg.HubName = "test"
 	cfg.Logger = testLogger
+	if e.tune != nil {
+		e.tune(&cfg)
+	}
 	m, err := New(cfg)
 	if err != nil {
 		e.tb.Fatal(err)

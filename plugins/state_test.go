@@ -23,7 +23,10 @@ const stateWasm = "testdata/state.wasm"
 // transaction of its first state read until the call ended: every
 // plugin's commits waited for the looping call's deadline.
 func TestLongCallDoesNotStallCommits(t *testing.T) {
-	e := newEnv(t)
+	// An execution slot each, and no slot lease to move the slow call to
+	// the quarantine slot: on a loaded machine the growing plugin's calls
+	// could overrun a short lease and queue behind it there.
+	e := newEnvTuned(t, func(c *Config) { c.MaxConcurrentCalls, c.SlotLease = 2, time.Hour })
 	slowIn, growIn := e.stream("slow-in", 1), e.stream("grow-in", 1)
 	wasm := readTestdata(t, stateWasm)
 	e.deploy(Definition{Name: "slow", Inputs: []string{"slow-in"}, Start: StartEarliest, CallTimeout: time.Hour}, wasm)
