@@ -22,6 +22,8 @@ import (
 //     frame's write. Each subscription reserves its part when it opens
 //     (refused with limit when the share is spent), so a subscription
 //     that is open is never starved by others, however many never read.
+//     A send may borrow more for itself while the share is at most half
+//     held, so that stored chunks go out whole (see consume).
 //   - open (1/16): OPEN frames above 1 KiB while they are read, before
 //     authentication; a stream it cannot cover is refused with limit.
 //
@@ -65,6 +67,29 @@ func (s *budgetShare) TryAcquire(n int64) bool {
 		return false
 	}
 	s.used.Add(n)
+	return true
+}
+
+// tryBorrow takes n bytes if they are free now and the share stays at most
+// half held with them: bytes taken only to go faster never crowd out what
+// the share guarantees (reservations), and a failure is not a refusal.
+func (s *budgetShare) tryBorrow(n int64) bool {
+	if n <= 0 {
+		return true
+	}
+	for {
+		u := s.used.Load()
+		if u+n > s.size/2 {
+			return false
+		}
+		if s.used.CompareAndSwap(u, u+n) {
+			break
+		}
+	}
+	if !s.sem.TryAcquire(n) {
+		s.used.Add(-n)
+		return false
+	}
 	return true
 }
 

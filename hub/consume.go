@@ -22,11 +22,17 @@ import (
 // up it waits on the store's commit notifications.
 //
 // Memory: a subscription reserves, when it opens, up to subReserveMax of the
-// consume share (its initial credit, at least subReserveMin) and holds at
-// most that between a store read and the end of the frame's write, plus one
-// record larger than its credit. A consumer that grants credit and does not
-// read therefore costs its reservation, whatever the backlog, and a write
-// its flow control does not take within the frame timeout ends it.
+// consume share (its initial credit, at least subReserveMin): the part it is
+// guaranteed. A send may borrow more from the share, without waiting and
+// only while the share stays at most half held (budgetShare.tryBorrow), up
+// to its credit and subBurstMax or the size of the chunk at hand, so stored
+// chunks (about 256 KiB plus one record) go out whole; it returns what it
+// borrowed when its frames are written. Without room it holds at most its
+// reservation between a store read and the end of the frame's write, plus
+// one record larger than that, and cuts larger chunks. A consumer that
+// grants credit and does not read therefore costs its reservation (and at
+// most one send's borrowing), whatever the backlog, and a write its flow
+// control does not take within the frame timeout ends it.
 func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	var open quic.ConsumeOpen
 	if err := open.Decode(req.Body); err != nil {
@@ -97,7 +103,8 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 		}
 	})
 	sub := &subscription{d: d, st: st, req: req, reserve: reserve,
-		consumed: d.m.consumed.WithLabelValues(st.Name()), consumedB: d.m.consumedB.WithLabelValues(st.Name())}
+		consumed: d.m.consumed.WithLabelValues(st.Name()), consumedB: d.m.consumedB.WithLabelValues(st.Name()),
+		cuts: d.m.cuts.WithLabelValues(st.Name())}
 	cases := make([]reflect.SelectCase, 0, len(shards)+2)
 	round := 0
 	for {
@@ -245,6 +252,12 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []u
 	return shards, next, ready, nil
 }
 
+// subBurstMax bounds what a send borrows ahead of a store read, beyond the
+// subscription's reservation: a few stored chunks (the read step before the
+// memory budget). After the read it may borrow what the chunk at hand
+// still needs, up to the chunk's size.
+const subBurstMax = 1 << 20
+
 // subscription is what consume's sending needs.
 type subscription struct {
 	d                   *dataPlane
@@ -252,15 +265,25 @@ type subscription struct {
 	req                 *quic.Request
 	reserve             int64 // bytes of the consume share it holds
 	consumed, consumedB prometheus.Counter
+	cuts                prometheus.Counter // batches re-encoded to fit
 }
 
 // send sends what it can of shard sh from *next within credit (at least one
 // record), advancing *next, and returns the payload bytes sent. Stored
-// chunks that fit both the credit and the reservation go as they are;
-// a chunk that does not is re-encoded from *next into a batch that does,
-// so a subscription never holds more than it reserved.
+// chunks that fit both the credit and what the subscription holds (its
+// reservation and what it could borrow for this send) go as they are; a
+// chunk that does not is re-encoded from *next into a batch that does, so
+// a subscription never holds more than the share granted it.
 func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit int64) (int64, error) {
-	limit := min(max(credit, subReserveMin), s.reserve)
+	share := s.d.budget.consume
+	// Borrowed bytes are this send's only: returned once its frames are
+	// written (or it failed).
+	var borrowed int64
+	defer func() { share.Release(borrowed) }()
+	if want := min(credit, subBurstMax) - s.reserve; want > 0 && share.tryBorrow(want) {
+		borrowed = want
+	}
+	limit := min(max(credit, subReserveMin), s.reserve+borrowed)
 	// Reads are short and bounded in number, so the chunks being read or
 	// cut at any moment cost at most storeReads chunks.
 	if err := s.d.storeReads.Acquire(ctx, 1); err != nil {
@@ -271,19 +294,35 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 	var partLast uint64
 	var partCount int
 	if err == nil && len(chunks) == 1 && int64(len(chunks[0])) > limit {
-		part, partLast, partCount, err = cut(chunks[0], *next, limit)
-		if ce := (*store.CorruptError)(nil); errors.As(err, &ce) {
-			ce.File, ce.Shard, ce.Seq = s.st.Path(), sh, *next
+		// One chunk larger than the limit: borrow what it still needs
+		// if the credit covers it, else cut it.
+		need := int64(len(chunks[0])) - s.reserve - borrowed
+		if int64(len(chunks[0])) <= credit && share.tryBorrow(need) {
+			borrowed += need
+		} else {
+			part, partLast, partCount, err = cut(chunks[0], *next, limit)
+			if ce := (*store.CorruptError)(nil); errors.As(err, &ce) {
+				ce.File, ce.Shard, ce.Seq = s.st.Path(), sh, *next
+			}
+			chunks = nil
 		}
-		chunks = nil
 	}
 	s.d.storeReads.Release(1)
 	if err != nil {
 		return 0, err
 	}
 	if part != nil {
-		return s.write(ctx, sh, next, part, partLast, partCount)
+		s.cuts.Inc()
+		// What the cut batch does not use is returned before the write,
+		// which may wait on the consumer.
+		borrowed = s.giveBack(borrowed, int64(len(part)))
+		return s.write(ctx, sh, next, part, partLast, partCount, s.reserve+borrowed)
 	}
+	total := int64(0)
+	for _, c := range chunks {
+		total += int64(len(c))
+	}
+	borrowed = s.giveBack(borrowed, total)
 	var sent int64
 	for i, c := range chunks {
 		info, err := record.ReadInfo(c)
@@ -291,7 +330,7 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 			return sent, &store.CorruptError{File: s.st.Path(), Shard: sh, Seq: *next, Err: err}
 		}
 		chunks[i] = nil // held by the write only
-		n, err := s.write(ctx, sh, next, c, info.LastSeq, info.Count)
+		n, err := s.write(ctx, sh, next, c, info.LastSeq, info.Count, s.reserve+borrowed)
 		sent += n
 		if err != nil {
 			return sent, err
@@ -300,11 +339,20 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 	return sent, nil
 }
 
-// write sends batch (records up to last) as one RECORDS frame.
-func (s *subscription) write(ctx context.Context, sh int, next *uint64, batch []byte, last uint64, count int) (int64, error) {
-	// A single record above the reservation is held beyond it: take the
+// giveBack returns to the share the part of borrowed bytes that holding
+// used bytes does not need, and returns what stays borrowed.
+func (s *subscription) giveBack(borrowed, used int64) int64 {
+	keep := min(borrowed, max(used-s.reserve, 0))
+	s.d.budget.consume.Release(borrowed - keep)
+	return keep
+}
+
+// write sends batch (records up to last) as one RECORDS frame; the
+// subscription holds held bytes of the share for it.
+func (s *subscription) write(ctx context.Context, sh int, next *uint64, batch []byte, last uint64, count int, held int64) (int64, error) {
+	// A single record above what is held is held beyond it: take the
 	// excess from the share, waiting if need be.
-	if excess := int64(len(batch)) - s.reserve; excess > 0 {
+	if excess := int64(len(batch)) - held; excess > 0 {
 		if err := s.d.budget.consume.Acquire(ctx, excess); err != nil {
 			return 0, err
 		}

@@ -70,6 +70,7 @@ type dataPlaneMetrics struct {
 	dgDropped    *prometheus.CounterVec // reason
 	consumed     *prometheus.CounterVec // stream
 	consumedB    *prometheus.CounterVec // stream
+	cuts         *prometheus.CounterVec // stream: batches re-encoded to fit
 	subs         prometheus.Gauge       // open subscriptions
 	appendTime   prometheus.Histogram   // store append latency
 	refusals     *prometheus.CounterVec // op, code
@@ -180,6 +181,10 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 		consumedB: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgehub_consume_bytes_total", Help: "Record batch bytes pushed to subscribers.",
 		}, []string{"stream"}),
+		cuts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgehub_consume_cut_batches_total",
+			Help: "RECORDS batches re-encoded from a stored chunk because the chunk did not fit the subscription's credit or its part of the memory budget (the rest go as stored).",
+		}, []string{"stream"}),
 		subs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgehub_consume_subscriptions", Help: "Open subscriptions.",
 		}),
@@ -199,7 +204,7 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 			Help: "Batch bytes read from producers and not yet acknowledged, over all sessions (each session is capped).",
 		}),
 	}
-	reg.MustRegister(d.m.records, d.m.batches, d.m.dgDropped, d.m.consumed, d.m.consumedB, d.m.subs,
+	reg.MustRegister(d.m.records, d.m.batches, d.m.dgDropped, d.m.consumed, d.m.consumedB, d.m.cuts, d.m.subs,
 		d.m.appendTime, d.m.refusals, d.m.inflightSess, d.m.inflightB)
 	st := func(name, help string, typ prometheus.ValueType, f func(quic.Stats) float64) {
 		read := func() float64 { return f(d.srv.Stats()) }
