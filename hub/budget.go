@@ -41,6 +41,8 @@ type budgetShare struct {
 	sem     *semaphore.Weighted
 	used    atomic.Int64
 	refused atomic.Uint64
+	// borrowed is the part of used taken by tryBorrow.
+	borrowed atomic.Int64
 }
 
 func newMemoryBudget(total int64) *memoryBudget {
@@ -90,7 +92,16 @@ func (s *budgetShare) tryBorrow(n int64) bool {
 		s.used.Add(-n)
 		return false
 	}
+	s.borrowed.Add(n)
 	return true
+}
+
+// giveBack returns n borrowed bytes.
+func (s *budgetShare) giveBack(n int64) {
+	if n > 0 {
+		s.borrowed.Add(-n)
+		s.Release(n)
+	}
 }
 
 // Acquire waits for n bytes (at most the share's size) until ctx ends.
@@ -133,6 +144,9 @@ func (b *memoryBudget) register(reg *prometheus.Registry) {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "edgehub_memory_budget_used_bytes", Help: "Bytes of a share of the memory budget held now.", ConstLabels: labels,
 			}, func() float64 { return float64(s.used.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "edgehub_memory_budget_borrowed_bytes", Help: "Bytes of a share held now beyond reservations, borrowed only while the share is at most half held (consume: sends of whole stored chunks).", ConstLabels: labels,
+			}, func() float64 { return float64(s.borrowed.Load()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "edgehub_memory_budget_refusals_total", Help: "Requests refused because a share of the memory budget was spent.", ConstLabels: labels,
 			}, func() float64 { return float64(s.refused.Load()) }),

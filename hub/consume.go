@@ -23,15 +23,17 @@ import (
 //
 // Memory: a subscription reserves, when it opens, up to subReserveMax of the
 // consume share (its initial credit, at least subReserveMin): the part it is
-// guaranteed. A send may borrow more from the share, without waiting and
-// only while the share stays at most half held (budgetShare.tryBorrow), up
-// to its credit and subBurstMax or the size of the chunk at hand, so stored
-// chunks (about 256 KiB plus one record) go out whole; it returns what it
-// borrowed when its frames are written. Without room it holds at most its
-// reservation between a store read and the end of the frame's write, plus
-// one record larger than that, and cuts larger chunks. A consumer that
-// grants credit and does not read therefore costs its reservation (and at
-// most one send's borrowing), whatever the backlog, and a write its flow
+// guaranteed. A send may borrow more from the share, without waiting, only
+// while the share stays at most half held (budgetShare.tryBorrow), and
+// within its credit: what the chunk at hand needs beyond the reservation,
+// so stored chunks (about 256 KiB plus one record) go out whole, and once
+// the consumer has returned credit up to subBurstMax ahead of the store
+// read, for several chunks a read. It returns what it borrowed when its
+// frames are written. Without room it holds at most its reservation
+// between a store read and the end of the frame's write, plus one record
+// larger than that, and cuts larger chunks. A consumer that grants credit
+// and never reads therefore costs its reservation (and what its first
+// chunk needs beyond it), whatever the backlog, and a write its flow
 // control does not take within the frame timeout ends it.
 func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	var open quic.ConsumeOpen
@@ -58,6 +60,9 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	d.m.subs.Inc()
 	defer d.m.subs.Dec()
 
+	sub := &subscription{d: d, st: st, req: req, reserve: reserve,
+		consumed: d.m.consumed.WithLabelValues(st.Name()), consumedB: d.m.consumedB.WithLabelValues(st.Name()),
+		cuts: d.m.cuts.WithLabelValues(st.Name())}
 	var credit atomic.Int64
 	credit.Store(min(int64(min(open.Credit, 1<<62)), maxCredit))
 	creditWake := make(chan struct{}, 1)
@@ -96,15 +101,13 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 					break
 				}
 			}
+			sub.reads.Store(true)
 			select {
 			case creditWake <- struct{}{}:
 			default:
 			}
 		}
 	})
-	sub := &subscription{d: d, st: st, req: req, reserve: reserve,
-		consumed: d.m.consumed.WithLabelValues(st.Name()), consumedB: d.m.consumedB.WithLabelValues(st.Name()),
-		cuts: d.m.cuts.WithLabelValues(st.Name())}
 	cases := make([]reflect.SelectCase, 0, len(shards)+2)
 	round := 0
 	for {
@@ -253,9 +256,10 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []u
 }
 
 // subBurstMax bounds what a send borrows ahead of a store read, beyond the
-// subscription's reservation: a few stored chunks (the read step before the
-// memory budget). After the read it may borrow what the chunk at hand
-// still needs, up to the chunk's size.
+// subscription's reservation, once its consumer has returned credit: a few
+// stored chunks per read (the read step before the memory budget). After
+// the read any send may borrow what the chunk at hand still needs, up to
+// the chunk's size.
 const subBurstMax = 1 << 20
 
 // subscription is what consume's sending needs.
@@ -266,6 +270,10 @@ type subscription struct {
 	reserve             int64 // bytes of the consume share it holds
 	consumed, consumedB prometheus.Counter
 	cuts                prometheus.Counter // batches re-encoded to fit
+	// reads is set once the consumer returns credit: it reads what it is
+	// sent, so borrowing for a read of several chunks will not sit in a
+	// write its flow control never takes.
+	reads atomic.Bool
 }
 
 // send sends what it can of shard sh from *next within credit (at least one
@@ -279,8 +287,8 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 	// Borrowed bytes are this send's only: returned once its frames are
 	// written (or it failed).
 	var borrowed int64
-	defer func() { share.Release(borrowed) }()
-	if want := min(credit, subBurstMax) - s.reserve; want > 0 && share.tryBorrow(want) {
+	defer func() { share.giveBack(borrowed) }()
+	if want := min(credit, subBurstMax) - s.reserve; want > 0 && s.reads.Load() && share.tryBorrow(want) {
 		borrowed = want
 	}
 	limit := min(max(credit, subReserveMin), s.reserve+borrowed)
@@ -315,14 +323,14 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 		s.cuts.Inc()
 		// What the cut batch does not use is returned before the write,
 		// which may wait on the consumer.
-		borrowed = s.giveBack(borrowed, int64(len(part)))
+		borrowed = s.keepBorrowed(borrowed, int64(len(part)))
 		return s.write(ctx, sh, next, part, partLast, partCount, s.reserve+borrowed)
 	}
 	total := int64(0)
 	for _, c := range chunks {
 		total += int64(len(c))
 	}
-	borrowed = s.giveBack(borrowed, total)
+	borrowed = s.keepBorrowed(borrowed, total)
 	var sent int64
 	for i, c := range chunks {
 		info, err := record.ReadInfo(c)
@@ -339,11 +347,11 @@ func (s *subscription) send(ctx context.Context, sh int, next *uint64, credit in
 	return sent, nil
 }
 
-// giveBack returns to the share the part of borrowed bytes that holding
-// used bytes does not need, and returns what stays borrowed.
-func (s *subscription) giveBack(borrowed, used int64) int64 {
+// keepBorrowed returns to the share the part of borrowed bytes that
+// holding used bytes does not need, and returns what stays borrowed.
+func (s *subscription) keepBorrowed(borrowed, used int64) int64 {
 	keep := min(borrowed, max(used-s.reserve, 0))
-	s.d.budget.consume.Release(borrowed - keep)
+	s.d.budget.consume.giveBack(borrowed - keep)
 	return keep
 }
 

@@ -207,11 +207,11 @@ func TestConsumeCutsUnderBudgetPressure(t *testing.T) {
 	}
 }
 
-// TestConsumeBorrowingLeavesHalfTheShare: subscriptions that grant the
-// largest credit on a backlog and never read pin what their first send
-// holds until frame_timeout, borrowed bytes included; borrowing stops at
-// half the share, so at least half as many subscriptions are admitted as
-// reservations alone would allow, and the share is never exceeded.
+// TestConsumeBorrowingLeavesHalfTheShare: subscriptions that return credit
+// and then stop reading pin what a send borrowed for a read of several
+// chunks until frame_timeout; borrowing stops at half the share, so at
+// least half as many subscriptions are admitted as reservations alone
+// would allow, and the share is never exceeded.
 func TestConsumeBorrowingLeavesHalfTheShare(t *testing.T) {
 	d := startDataPlane(t, func(c *Config) {
 		c.Limits.MemoryBudget = 16 << 20 // consume share 7 MiB
@@ -225,39 +225,50 @@ func TestConsumeBorrowingLeavesHalfTheShare(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := quic.Dial(ctx, d.addr, quic.ClientConfig{TLS: &tls.Config{RootCAs: pool}, StreamReceiveWindow: 16 << 10, ConnReceiveWindow: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	admitted, peak := 0, int64(0)
+	admitted, peak, peakBorrowed := 0, int64(0), int64(0)
 	var refusal error
 	for i := 0; i < 100 && refusal == nil; i++ {
-		st, err := c.Open(ctx, quic.OpConsume, &quic.ConsumeOpen{Stream: "s", Credit: 16 << 20})
+		before := share.borrowed.Load()
+		// A connection each (their windows would be shared), with a
+		// window that takes the first 300 KiB and not the read that
+		// follows the returned credit.
+		c, err := quic.Dial(ctx, d.addr, quic.ClientConfig{TLS: &tls.Config{RootCAs: pool}, StreamReceiveWindow: 512 << 10, ConnReceiveWindow: 2 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		st, err := c.Open(ctx, quic.OpConsume, &quic.ConsumeOpen{Stream: "s", Credit: 300 << 10})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Cancel(quic.CodeCanceled)
-		if refusal = st.Expect(quic.FrameConsumeReady, &quic.ConsumeReady{}); refusal == nil {
-			admitted++
-			// Let its first send borrow, if the share lets it, before
-			// the next one opens.
-			waitUntil(t, fmt.Sprintf("subscription %d to borrow", admitted), func() bool {
-				u := share.used.Load()
-				return u > int64(admitted)*subReserveMax || u+subBurstMax-subReserveMax > share.size/2
-			})
+		if refusal = st.Expect(quic.FrameConsumeReady, &quic.ConsumeReady{}); refusal != nil {
+			break
 		}
-		peak = max(peak, share.used.Load())
+		admitted++
+		// Credit returned as if it read; it never reads again.
+		if err := st.Send(quic.FrameCredit, &quic.Credit{Bytes: 16 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		// Its send borrows for a read of several chunks, if the share
+		// lets it, before the next one opens.
+		waitUntil(t, fmt.Sprintf("subscription %d to borrow", admitted), func() bool {
+			peak, peakBorrowed = max(peak, share.used.Load()), max(peakBorrowed, share.borrowed.Load())
+			return share.borrowed.Load() >= before+subReserveMax || share.used.Load()+subBurstMax-subReserveMax > share.size/2
+		})
 	}
-	t.Logf("%d unread subscriptions admitted, share peak %d of %d bytes: %v", admitted, peak, share.size, refusal)
+	t.Logf("%d subscriptions admitted, share peak %d of %d bytes, %d borrowed: %v", admitted, peak, share.size, peakBorrowed, refusal)
 	if quic.CodeOf(refusal) != quic.CodeLimit {
 		t.Fatalf("after %d subscriptions: %v, want limit", admitted, refusal)
+	}
+	if peakBorrowed < 2*subReserveMax {
+		t.Fatalf("%d bytes borrowed at most: the test tests nothing", peakBorrowed)
 	}
 	if min := int(share.size / 2 / subReserveMax); admitted < min {
 		t.Fatalf("%d subscriptions admitted, want at least %d (half the share left to reservations)", admitted, min)
 	}
-	if peak > share.size {
-		t.Fatalf("share peak %d above its %d bytes", peak, share.size)
+	if peak > share.size || peakBorrowed > share.size/2 {
+		t.Fatalf("share peak %d of %d bytes, %d borrowed", peak, share.size, peakBorrowed)
 	}
 }
 
@@ -277,10 +288,10 @@ func TestBudgetShareBorrow(t *testing.T) {
 	if s.tryBorrow(1) {
 		t.Fatal("borrow past half the share taken")
 	}
-	if s.refused.Load() != 0 || s.used.Load() != 512<<10 {
-		t.Fatalf("refused %d, used %d", s.refused.Load(), s.used.Load())
+	if s.refused.Load() != 0 || s.used.Load() != 512<<10 || s.borrowed.Load() != 256<<10 {
+		t.Fatalf("refused %d, used %d, borrowed %d", s.refused.Load(), s.used.Load(), s.borrowed.Load())
 	}
-	s.Release(256 << 10)
+	s.giveBack(256 << 10)
 	if !s.tryBorrow(200 << 10) {
 		t.Fatal("borrow refused after a release")
 	}
@@ -288,7 +299,7 @@ func TestBudgetShareBorrow(t *testing.T) {
 	if !s.TryAcquire(568 << 10) {
 		t.Fatal("reservation refused with room")
 	}
-	if s.tryBorrow(1) || s.used.Load() != 1<<20 {
-		t.Fatalf("borrow from a full share, used %d", s.used.Load())
+	if s.tryBorrow(1) || s.used.Load() != 1<<20 || s.borrowed.Load() != 200<<10 {
+		t.Fatalf("borrow from a full share, used %d, borrowed %d", s.used.Load(), s.borrowed.Load())
 	}
 }
