@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/edgehub/edgehub/internal/atomicfile"
 	"github.com/edgehub/edgehub/quic"
 )
 
@@ -87,8 +88,8 @@ func (h *Hub) resetKey() (*[32]byte, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("hub: reset key: %w", err)
 	}
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
-		return nil, fmt.Errorf("hub: reset key %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("hub: reset key: %w", err)
 	}
 	return (*[32]byte)(b), nil
 }

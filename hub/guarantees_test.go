@@ -17,19 +17,20 @@ func TestGuaranteesNameRealTests(t *testing.T) {
 		t.Fatal(err)
 	}
 	dirs := map[string]string{
-		"hub":       "hub",
-		"store":     "store",
-		"sdk":       "sdk",
-		"quic":      "quic",
-		"gossip":    "gossip",
-		"plugins":   "plugins",
-		"wasmhost":  "wasmhost",
-		"chaos":     "internal/chaos",
-		"replicate": "internal/replicate",
-		"groups":    "internal/groups",
-		"cli":       "internal/cli",
-		"record":    "internal/record",
-		"boltcheck": "internal/boltcheck",
+		"hub":        "hub",
+		"store":      "store",
+		"sdk":        "sdk",
+		"quic":       "quic",
+		"gossip":     "gossip",
+		"plugins":    "plugins",
+		"wasmhost":   "wasmhost",
+		"chaos":      "internal/chaos",
+		"replicate":  "internal/replicate",
+		"groups":     "internal/groups",
+		"cli":        "internal/cli",
+		"record":     "internal/record",
+		"boltcheck":  "internal/boltcheck",
+		"atomicfile": "internal/atomicfile",
 	}
 	cited := regexp.MustCompile("`([a-z]+):((?:Test|Fuzz)[A-Za-z0-9_]+)`").FindAllStringSubmatch(string(doc), -1)
 	if len(cited) < 40 {

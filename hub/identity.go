@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/edgehub/edgehub/internal/atomicfile"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -32,7 +33,7 @@ func (h *Hub) checkIdentity() error {
 	stored, err := readIdentity(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := writeFileAtomic(path, []byte(name+"\n"), 0o644); err != nil {
+		if err := atomicfile.WriteFile(path, []byte(name+"\n"), 0o644); err != nil {
 			return fmt.Errorf("hub: record identity: %w", err)
 		}
 		h.logger.Info("recorded hub identity", "name", name, "file", path)
@@ -42,7 +43,7 @@ func (h *Hub) checkIdentity() error {
 	case stored == name:
 		return nil
 	case h.cfg.Rename:
-		if err := writeFileAtomic(path, []byte(name+"\n"), 0o644); err != nil {
+		if err := atomicfile.WriteFile(path, []byte(name+"\n"), 0o644); err != nil {
 			return fmt.Errorf("hub: rename from %q to %q: %w", stored, name, err)
 		}
 		h.logger.Warn("hub renamed: records of this hub now carry the new origin name; federated peers that "+
@@ -70,42 +71,4 @@ func readIdentity(path string) (string, error) {
 			"write the hub's name into it, or delete it to adopt [hub] name): %w", path, err)
 	}
 	return name, nil
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either the
-// old or the new content: it writes a temporary file in the same directory,
-// fsyncs it, renames it over path and fsyncs the directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

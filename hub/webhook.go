@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgehub/edgehub/internal/atomicfile"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/store"
 )
@@ -188,7 +189,7 @@ func (w *webhook) fillPositions(force bool) error {
 	return nil
 }
 
-// save writes the positions atomically (temp file, fsync, rename).
+// save writes the positions so that they survive a crash.
 func (w *webhook) save() error {
 	data, err := json.Marshal(map[string]any{"stream": w.cfg.Stream, "incarnation": w.inc, "next": w.pos})
 	if err != nil {
@@ -197,22 +198,7 @@ func (w *webhook) save() error {
 	if err := os.MkdirAll(filepath.Dir(w.posPath), 0o755); err != nil {
 		return err
 	}
-	tmp := w.posPath + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, w.posPath)
-	}
-	if err != nil {
+	if err := atomicfile.WriteFile(w.posPath, data, 0o644); err != nil {
 		return fmt.Errorf("webhook %s: save positions: %w", w.cfg.Name, err)
 	}
 	return nil

@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/atomicfile"
 )
 
 // LoadOrCreateCert returns the certificate in certFile/keyFile, first
@@ -33,11 +35,11 @@ func LoadOrCreateCert(certFile, keyFile string, hosts []string) (tls.Certificate
 		if err := os.MkdirAll(filepath.Dir(certFile), 0o755); err != nil {
 			return tls.Certificate{}, fmt.Errorf("quic: create cert: %w", err)
 		}
-		if err := writeAtomic(keyFile, keyPEM, 0o600); err != nil {
-			return tls.Certificate{}, err
+		if err := atomicfile.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+			return tls.Certificate{}, fmt.Errorf("quic: create cert: %w", err)
 		}
-		if err := writeAtomic(certFile, certPEM, 0o644); err != nil {
-			return tls.Certificate{}, err
+		if err := atomicfile.WriteFile(certFile, certPEM, 0o644); err != nil {
+			return tls.Certificate{}, fmt.Errorf("quic: create cert: %w", err)
 		}
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -99,27 +101,4 @@ func CertPool(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("quic: read CA %s: no PEM certificates", file)
 	}
 	return pool, nil
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return fmt.Errorf("quic: write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("quic: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("quic: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("quic: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("quic: write %s: %w", path, err)
-	}
-	return nil
 }

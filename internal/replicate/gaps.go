@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/edgehub/edgehub/internal/atomicfile"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -328,41 +328,8 @@ func (b *gapBook) saveLocked() error {
 	if err != nil {
 		return fmt.Errorf("replicate: encode gap book: %w", err)
 	}
-	if err := writeFileAtomic(b.path, append(data, '\n')); err != nil {
+	if err := atomicfile.WriteFile(b.path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("replicate: save gap book: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves the old or
-// the new content: temporary file, fsync, rename, fsync of the directory.
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
