@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgehub/edgehub/internal/atomicfile"
+	"github.com/edgehub/edgehub/internal/backoff"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/store"
 )
@@ -281,7 +282,7 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 				return
 			}
 			w.logger.Error("webhook: read", "shard", shard, "err", err)
-			if !sleepCtx(ctx, time.Duration(w.cfg.BackoffMax)) {
+			if !backoff.Sleep(ctx, time.Duration(w.cfg.BackoffMax)) {
 				return
 			}
 			continue
@@ -316,7 +317,7 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 			if attempt == 1 || attempt%10 == 0 {
 				w.logger.Warn("webhook delivery failed; retrying", "delivery", id, "attempt", attempt, "err", err)
 			}
-			if !sleepCtx(ctx, webhookBackoff(time.Duration(w.cfg.BackoffMin), time.Duration(w.cfg.BackoffMax), attempt)) {
+			if !backoff.Sleep(ctx, backoff.Delay(time.Duration(w.cfg.BackoffMin), time.Duration(w.cfg.BackoffMax), attempt)) {
 				return
 			}
 		}
@@ -387,25 +388,6 @@ func webhookRecords(recs []record.Record) []WebhookRecord {
 		out[i] = wr
 	}
 	return out
-}
-
-func webhookBackoff(lo, hi time.Duration, attempt int) time.Duration {
-	d := lo
-	for i := 1; i < attempt && d < hi; i++ {
-		d *= 2
-	}
-	return min(d, hi)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 type webhookCollector struct{ hooks []*webhook }

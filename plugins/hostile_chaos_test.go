@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/backoff"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/store"
 )
@@ -102,7 +103,7 @@ func TestHostilePluginsChaos(t *testing.T) {
 					t.Errorf("feeding %s: %v", s.Name(), err)
 					return
 				}
-				sleep(ctx, 20*time.Millisecond)
+				backoff.Sleep(ctx, 20*time.Millisecond)
 			}
 		}()
 	}
@@ -114,7 +115,7 @@ func TestHostilePluginsChaos(t *testing.T) {
 			if i, err := e.m.Describe("healthy"); err == nil && i.Lag > maxLag.Load() {
 				maxLag.Store(i.Lag)
 			}
-			sleep(ctx, 50*time.Millisecond)
+			backoff.Sleep(ctx, 50*time.Millisecond)
 		}
 	}()
 	hostile := ingest(hostileSoak)

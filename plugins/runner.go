@@ -15,6 +15,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub/internal/backoff"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/store"
 	"github.com/edgehub/edgehub/wasmhost"
@@ -260,7 +261,7 @@ func (r *runner) yieldToIngest(ctx context.Context, lastBefore uint64, took time
 	if _, last, err := r.input.Bounds(r.shard); err != nil || last <= lastBefore {
 		return true
 	}
-	return sleep(ctx, time.Duration(float64(took)*(1-r.duty)/r.duty))
+	return backoff.Sleep(ctx, time.Duration(float64(took)*(1-r.duty)/r.duty))
 }
 
 // step reads the next batch and processes it; it returns false when the
@@ -300,7 +301,7 @@ func (r *runner) withSlot(ctx context.Context, fn func() bool) bool {
 func (r *runner) sleep(ctx context.Context, d time.Duration) bool {
 	held := r.held != nil
 	r.release()
-	if !sleep(ctx, d) {
+	if !backoff.Sleep(ctx, d) {
 		return false
 	}
 	return !held || r.acquire(ctx)
@@ -321,7 +322,7 @@ func (r *runner) linger(ctx context.Context) bool {
 	// input do not wake a lingering runner: under load that would be a
 	// wake-up per runner per ingest commit, for nothing.
 	period := int64(r.def.MaxWait)
-	return sleep(ctx, time.Duration(period-r.now().UnixNano()%period))
+	return backoff.Sleep(ctx, time.Duration(period-r.now().UnixNano()%period))
 }
 
 // restore loads the checkpoint (creating it from the start position for a
@@ -443,7 +444,7 @@ func (r *runner) handleFailure(ctx context.Context, rec record.Record, err error
 			return false
 		}
 		r.stats.retries.Add(1)
-		if !r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) || !r.ensureInstance(ctx) {
+		if !r.sleep(ctx, backoff.Delay(r.def.BackoffMin, r.def.BackoffMax, attempt)) || !r.ensureInstance(ctx) {
 			return false
 		}
 		if err = r.callBatch(ctx, []record.Record{rec}); err == nil {
@@ -521,7 +522,7 @@ func (r *runner) ensureInstance(ctx context.Context) bool {
 			r.fatal(fmt.Sprintf("cannot create an instance (%d attempts): %v", r.instFails, err))
 			return false
 		}
-		if !r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, r.instFails)) {
+		if !r.sleep(ctx, backoff.Delay(r.def.BackoffMin, r.def.BackoffMax, r.instFails)) {
 			return false
 		}
 	}
@@ -635,7 +636,7 @@ func (r *runner) commitCheckpoint(ctx context.Context, cp checkpoint, d *delta) 
 			return false
 		}
 		r.noteError(err.Error())
-		if !r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, attempt)) {
+		if !r.sleep(ctx, backoff.Delay(r.def.BackoffMin, r.def.BackoffMax, attempt)) {
 			return false
 		}
 	}
@@ -673,7 +674,7 @@ func (r *runner) storeTrouble(ctx context.Context, op string, err error) bool {
 		return false
 	}
 	r.noteError(op + ": " + err.Error())
-	return r.sleep(ctx, backoff(r.def.BackoffMin, r.def.BackoffMax, 1))
+	return r.sleep(ctx, backoff.Delay(r.def.BackoffMin, r.def.BackoffMax, 1))
 }
 
 // fireTimer calls eh_on_timer(now). A firing with outputs is recorded in the
@@ -777,25 +778,6 @@ func (r *runner) logf(level Level, format string, args ...any) {
 		r.logger.Warn("plugin: " + msg)
 	default:
 		r.logger.Debug("plugin: " + msg)
-	}
-}
-
-func backoff(lo, hi time.Duration, attempt int) time.Duration {
-	d := lo
-	for i := 1; i < attempt && d < hi; i++ {
-		d *= 2
-	}
-	return min(d, hi)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

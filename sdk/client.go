@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/edgehub/edgehub"
+	"github.com/edgehub/edgehub/internal/backoff"
 	"github.com/edgehub/edgehub/quic"
 )
 
@@ -86,7 +86,10 @@ type Options struct {
 	// later. KeepAlive is capped at half of IdleTimeout.
 	IdleTimeout, KeepAlive time.Duration
 	// ReconnectMin and ReconnectMax bound the exponential backoff between
-	// reconnection attempts. Defaults 50ms and 5s.
+	// reconnection attempts: attempt n waits a random time between
+	// ReconnectMin·2^(n-1) and ReconnectMin·2^n, never outside
+	// ReconnectMin..ReconnectMax, so clients cut off together do not all
+	// come back in the same instant. Defaults 50ms and 5s.
 	ReconnectMin, ReconnectMax time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -242,12 +245,7 @@ func (c *Client) open(ctx context.Context, op quic.Op, body quic.Appender) (*qui
 
 // backoff waits before reconnection attempt n (0-based), with jitter.
 func (c *Client) backoff(ctx context.Context, n int) error {
-	d := c.opts.ReconnectMin << min(n, 16)
-	if d > c.opts.ReconnectMax || d <= 0 {
-		d = c.opts.ReconnectMax
-	}
-	d = d/2 + rand.N(d/2+1)
-	t := time.NewTimer(d)
+	t := time.NewTimer(backoff.Delay(c.opts.ReconnectMin, c.opts.ReconnectMax, n+1))
 	defer t.Stop()
 	select {
 	case <-t.C:

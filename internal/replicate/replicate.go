@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgehub/edgehub/internal/backoff"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
@@ -112,7 +113,8 @@ type Config struct {
 	// Interval is how often definitions and vectors are published and pulls
 	// reconciled (membership changes also trigger it).
 	Interval time.Duration
-	// RetryMin and RetryMax bound the backoff after a failed pull.
+	// RetryMin and RetryMax bound the backoff after a failed pull (with
+	// jitter, internal/backoff).
 	RetryMin, RetryMax time.Duration
 	// GapAfter is how long an origin must have been unreachable (not alive
 	// in membership) before records of it that no live peer can serve any
@@ -713,7 +715,7 @@ type source struct {
 }
 
 func (r *Replicator) runTask(ctx context.Context, t *task) {
-	backoff := r.cfg.RetryMin
+	failures := 0 // since the last progress
 	t.mu.Lock()
 	t.excluded = map[string]time.Time{}
 	t.trims = map[string]uint64{}
@@ -739,7 +741,7 @@ func (r *Replicator) runTask(ctx context.Context, t *task) {
 			return
 		}
 		if progressed {
-			backoff = r.cfg.RetryMin
+			failures = 0
 		}
 		if errors.Is(err, errReconsider) {
 			continue
@@ -748,12 +750,14 @@ func (r *Replicator) runTask(ctx context.Context, t *task) {
 			err = errors.New("peer ended the pull")
 		}
 		r.metrics.pullErrors.WithLabelValues(src.Name).Inc()
+		failures++
+		wait := backoff.Delay(r.cfg.RetryMin, r.cfg.RetryMax, failures)
 		level := slog.LevelWarn
 		if errors.Is(err, ErrTrimmed) || quic.CodeOf(err).Retryable() {
 			level = slog.LevelInfo
 		}
 		r.logger.Log(ctx, level, "replicate: pull failed; retrying", "stream", t.key.stream,
-			"origin", t.key.origin.Hub, "shard", t.key.origin.Shard, "peer", src.Name, "err", err, "backoff", backoff)
+			"origin", t.key.origin.Hub, "shard", t.key.origin.Shard, "peer", src.Name, "err", err, "backoff", wait)
 		t.set(func(s *TaskStatus) { s.State, s.LastError = "retrying", err.Error() })
 		t.mu.Lock()
 		var te *trimmedError
@@ -767,15 +771,12 @@ func (r *Replicator) runTask(ctx context.Context, t *task) {
 			t.trims[src.Name] = te.first
 		} else {
 			// Try another peer next time, if there is one.
-			t.excluded[src.Name] = time.Now().Add(backoff)
+			t.excluded[src.Name] = time.Now().Add(wait)
 		}
 		t.mu.Unlock()
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, wait) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, r.cfg.RetryMax)
 	}
 }
 
