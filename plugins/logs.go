@@ -90,29 +90,3 @@ func (r *logRing) last(n int) []LogLine {
 	}
 	return all
 }
-
-// limiter is a token bucket bounding guest log lines forwarded to slog.
-type limiter struct {
-	mu     sync.Mutex
-	rate   float64
-	tokens float64
-	last   time.Time
-}
-
-func (l *limiter) allow(now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.rate <= 0 {
-		return false
-	}
-	l.tokens += now.Sub(l.last).Seconds() * l.rate
-	l.last = now
-	if l.tokens > l.rate {
-		l.tokens = l.rate
-	}
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
-}

@@ -17,6 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub/internal/tokenbucket"
 	"github.com/edgehub/edgehub/store"
 	"github.com/edgehub/edgehub/wasmhost"
 )
@@ -64,7 +65,7 @@ type plugin struct {
 	runners []*runner
 	waiting string // why it waits for a stream (binding.go); "" when not
 	wg      sync.WaitGroup
-	lim     *limiter // guest log lines forwarded to the hub's logger
+	lim     *tokenbucket.Bucket // guest log lines forwarded to the hub's logger
 	// stateUsed is the committed keyed state of the running runners (keys
 	// and values), checked against Definition.StateQuota.
 	stateUsed atomic.Int64
@@ -161,7 +162,7 @@ func (m *Manager) load() error {
 func (m *Manager) newPlugin(def Definition, mod *wasmhost.Module) *plugin {
 	rate := float64(m.cfg.GuestLogRate)
 	return &plugin{name: def.Name, def: def, mod: mod, logs: newLogRing(m.cfg.LogLines),
-		logger: m.logger.With("plugin", def.Name), lim: &limiter{rate: rate, tokens: rate, last: time.Now()}}
+		logger: m.logger.With("plugin", def.Name), lim: tokenbucket.New(rate, rate)}
 }
 
 // Run starts the runners of every plugin that is not paused and blocks until

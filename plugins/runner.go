@@ -984,7 +984,7 @@ func (r *runner) StateNext(prefix, after []byte) ([]byte, bool, error) {
 func (r *runner) Log(level wasmhost.Level, msg []byte) {
 	s := string(msg)
 	r.p.logs.add(Level(level), r.input.Name(), r.shard, s)
-	if r.p.lim.allow(time.Now()) {
+	if r.p.lim.Allow(time.Now()) {
 		r.logger.Log(context.Background(), slog.Level(4*(int(level)-1)), "guest: "+s)
 	}
 }

@@ -329,7 +329,7 @@ func (r *Replicator) fetchFrom(ctx context.Context, st *store.Stream, peer Peer,
 			if err := checkOrder(recs, 0, k); err != nil {
 				return fmt.Errorf("batch: %w", err)
 			}
-			if err := lim.wait(ctx, len(m.Records.Batch)); err != nil {
+			if err := lim.Wait(ctx, float64(len(m.Records.Batch))); err != nil {
 				return err
 			}
 			for i := range recs {

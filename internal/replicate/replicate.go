@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgehub/edgehub/internal/backoff"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/tokenbucket"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
@@ -192,7 +193,7 @@ type Replicator struct {
 
 	mu        sync.Mutex
 	tasks     map[taskKey]*task
-	limiters  map[string]*limiter
+	limiters  map[string]*tokenbucket.Bucket
 	streamInc map[string]string     // stream → its incarnation when last reconciled
 	warned    map[string]bool       // one-time warnings (shard mismatch)
 	lastAlive map[taskKey]time.Time // when membership last showed a hub alive with a stream (origin shard unused)
@@ -222,7 +223,7 @@ func New(cfg Config) (*Replicator, error) {
 		high:      newHighCache(),
 		started:   time.Now(),
 		tasks:     map[taskKey]*task{},
-		limiters:  map[string]*limiter{},
+		limiters:  map[string]*tokenbucket.Bucket{},
 		streamInc: map[string]string{},
 		warned:    map[string]bool{},
 		lastAlive: map[taskKey]time.Time{},
@@ -891,12 +892,18 @@ func (r *Replicator) recordGap(t *task, from, to uint64, peer, reason string) {
 		"origin", k.Hub, "shard", k.Shard, "from", from, "to", to, "peer", peer, "reason", reason)
 }
 
-func (r *Replicator) limiter(peer string) *limiter {
+// limiter is the byte bucket of pulls from peer, nil (unlimited) without a
+// rate limit. It may go into debt: a batch larger than the bucket is let
+// through and paid for by the next waits, so a large record is never stuck.
+func (r *Replicator) limiter(peer string) *tokenbucket.Bucket {
+	if r.cfg.RateLimit <= 0 {
+		return nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	l := r.limiters[peer]
 	if l == nil {
-		l = newLimiter(r.cfg.RateLimit, float64(4*r.cfg.MaxBatchBytes))
+		l = tokenbucket.New(r.cfg.RateLimit, float64(4*r.cfg.MaxBatchBytes))
 		r.limiters[peer] = l
 	}
 	return l
@@ -1017,7 +1024,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed 
 				}
 				cur = next
 			}
-			if err := lim.wait(ctx, size); err != nil {
+			if err := lim.Wait(ctx, float64(size)); err != nil {
 				return progressed, err
 			}
 			r.metrics.appliedBytes.WithLabelValues(src.Name).Add(float64(size))

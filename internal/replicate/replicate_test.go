@@ -779,24 +779,6 @@ func TestPolicyParse(t *testing.T) {
 	}
 }
 
-func TestLimiterPaces(t *testing.T) {
-	// Deterministic: the limiter's debt after a burst is exactly what it
-	// will make the next caller wait for.
-	l := newLimiter(1000, 100)
-	if err := l.wait(context.Background(), 100); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := l.wait(ctx, 1000); !errors.Is(err, context.Canceled) {
-		t.Fatalf("a wait that must sleep returned %v under a cancelled context", err)
-	}
-	unlimited := newLimiter(0, 0)
-	if err := unlimited.wait(ctx, 1<<30); err != nil {
-		t.Fatalf("unlimited limiter: %v", err)
-	}
-}
-
 func counterValue(c prometheus.Counter) float64 {
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {
