@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // BenchmarkDefConvergenceLAN5 measures how long a new stream definition
@@ -26,7 +28,7 @@ func BenchmarkDefConvergenceLAN5(b *testing.B) {
 		}
 	}
 	for _, g := range ms {
-		eventually(b, "5 members", func() bool { return len(aliveNames(g)) == 5 })
+		testutil.Eventually(b, "5 members", func() bool { return len(aliveNames(g)) == 5 })
 	}
 	var total time.Duration
 	b.ResetTimer()

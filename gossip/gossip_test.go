@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/edgehub/edgehub/internal/gossiptest"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 type memberOpts struct {
@@ -67,19 +68,6 @@ func newMember(t testing.TB, name string, o memberOpts) *Gossip {
 	return g
 }
 
-// eventually waits (without a wall-clock assertion on speed: the deadline
-// only bounds a hung test) until cond holds.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func aliveNames(g *Gossip) []string {
 	var out []string
 	for _, m := range g.Members() {
@@ -127,7 +115,7 @@ func TestMembershipMetaAndEntries(t *testing.T) {
 		}
 	}
 	for _, g := range []*Gossip{a, b, c} {
-		eventually(t, g.Name()+" sees 3 members", func() bool { return len(aliveNames(g)) == 3 })
+		testutil.Eventually(t, g.Name()+" sees 3 members", func() bool { return len(aliveNames(g)) == 3 })
 	}
 	m, ok := c.Member("b")
 	if !ok || m.Meta.Site != "s2" || !m.Meta.HasTag("region") || m.Meta.QUIC != "127.0.0.1:7002" || m.Self {
@@ -141,7 +129,7 @@ func TestMembershipMetaAndEntries(t *testing.T) {
 	a.PublishVector("temps", "a", Vector{Seqs: []uint64{10, 20}})
 	b.PublishVector("temps", "a", Vector{Seqs: []uint64{7, 20}})
 	for _, g := range []*Gossip{a, b, c} {
-		eventually(t, g.Name()+" learns temps", func() bool {
+		testutil.Eventually(t, g.Name()+" learns temps", func() bool {
 			v, ok := g.Streams()["temps"]
 			if !ok {
 				return false
@@ -155,14 +143,14 @@ func TestMembershipMetaAndEntries(t *testing.T) {
 	// newer still hides the stream.
 	c.PublishDef("temps", Def{Version: 6, Spec: []byte(`{"shards":2,"retention":1}`)})
 	for _, g := range []*Gossip{a, b, c} {
-		eventually(t, g.Name()+" takes the newer def", func() bool {
+		testutil.Eventually(t, g.Name()+" takes the newer def", func() bool {
 			d, ok := g.Streams()["temps"].Def()
 			return ok && d.Version == 6
 		})
 	}
 	b.PublishDef("temps", Def{Version: 7, Deleted: true})
 	for _, g := range []*Gossip{a, b, c} {
-		eventually(t, g.Name()+" sees the deletion", func() bool {
+		testutil.Eventually(t, g.Name()+" sees the deletion", func() bool {
 			_, ok := g.Streams()["temps"].Def()
 			return !ok
 		})
@@ -172,7 +160,7 @@ func TestMembershipMetaAndEntries(t *testing.T) {
 	if err := b.SetMeta(ctx, NodeMeta{Site: "s2", Tags: []string{"core"}, QUIC: "127.0.0.1:7102"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a sees b's new meta", func() bool {
+	testutil.Eventually(t, "a sees b's new meta", func() bool {
 		m, _ := a.Member("b")
 		return m.Meta.QUIC == "127.0.0.1:7102" && m.Meta.HasTag("core")
 	})
@@ -181,7 +169,7 @@ func TestMembershipMetaAndEntries(t *testing.T) {
 	if err := c.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a sees c left", func() bool {
+	testutil.Eventually(t, "a sees c left", func() bool {
 		m, ok := a.Member("c")
 		return ok && m.State == StateLeft
 	})
@@ -241,7 +229,7 @@ func TestKeyRotationWithoutDowntime(t *testing.T) {
 		for i, g := range ms {
 			g.PublishVector("s", g.Name(), Vector{Seqs: []uint64{uint64(round)}})
 			for _, other := range ms {
-				eventually(t, fmt.Sprintf("%s: %s hears %s", step, other.Name(), names[i]), func() bool {
+				testutil.Eventually(t, fmt.Sprintf("%s: %s hears %s", step, other.Name(), names[i]), func() bool {
 					v := other.Streams()["s"].Vectors[g.Name()][g.Name()]
 					return len(v.Seqs) == 1 && v.Seqs[0] == uint64(round)
 				})
@@ -310,7 +298,7 @@ func TestKeyFileChangeIsPickedUpByRun(t *testing.T) {
 	if err := os.Chtimes(file, future, future); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the new primary key", func() bool { return string(g.Keys()[0]) == string(k2) })
+	testutil.Eventually(t, "the new primary key", func() bool { return string(g.Keys()[0]) == string(k2) })
 	// A broken file is refused and the keys stay.
 	if err := os.WriteFile(file, []byte("not base64!\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -342,11 +330,11 @@ func TestPartitionHeals(t *testing.T) {
 		}
 	}
 	for _, g := range []*Gossip{a, b, c} {
-		eventually(t, "full membership", func() bool { return len(aliveNames(g)) == 3 })
+		testutil.Eventually(t, "full membership", func() bool { return len(aliveNames(g)) == 3 })
 	}
 	fn.Cut(c.Addr(), a.Addr())
 	fn.Cut(c.Addr(), b.Addr())
-	eventually(t, "a finds c unreachable", func() bool {
+	testutil.Eventually(t, "a finds c unreachable", func() bool {
 		m, _ := a.Member("c")
 		return m.State != StateAlive
 	})
@@ -358,7 +346,7 @@ func TestPartitionHeals(t *testing.T) {
 	defer cancel()
 	go c.Run(cctx)
 	for _, g := range []*Gossip{a, b, c} {
-		eventually(t, g.Name()+" learns both sides", func() bool {
+		testutil.Eventually(t, g.Name()+" learns both sides", func() bool {
 			s := g.Streams()
 			_, l := s["left-side"].Def()
 			_, r := s["right-side"].Def()

@@ -20,6 +20,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // rawRequest is an admin request with exactly the given headers: no
@@ -369,7 +371,7 @@ func TestAdminTLS(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	waitFor(t, "the TLS admin API to answer", func() bool {
+	testutil.Eventually(t, "the TLS admin API to answer", func() bool {
 		resp, err := client.Get(base + "/healthz")
 		if err != nil {
 			return false

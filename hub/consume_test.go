@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
@@ -145,7 +146,7 @@ func TestConsumeSendsStoredChunksWhole(t *testing.T) {
 	}
 	// Borrowed bytes are returned with each send: once the subscriptions
 	// end, the share holds nothing.
-	waitUntil(t, "the consume share to empty", func() bool { return share.used.Load() == 0 })
+	testutil.Eventually(t, "the consume share to empty", func() bool { return share.used.Load() == 0 })
 }
 
 // TestConsumeCutsUnderBudgetPressure: with more than half of the consume
@@ -252,7 +253,7 @@ func TestConsumeBorrowingLeavesHalfTheShare(t *testing.T) {
 		}
 		// Its send borrows for a read of several chunks, if the share
 		// lets it, before the next one opens.
-		waitUntil(t, fmt.Sprintf("subscription %d to borrow", admitted), func() bool {
+		testutil.Eventually(t, fmt.Sprintf("subscription %d to borrow", admitted), func() bool {
 			peak, peakBorrowed = max(peak, share.used.Load()), max(peakBorrowed, share.borrowed.Load())
 			return share.borrowed.Load() >= before+subReserveMax || share.used.Load()+subBurstMax-subReserveMax > share.size/2
 		})

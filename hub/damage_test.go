@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/internal/replicate"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )
@@ -155,7 +156,7 @@ func TestFederationRepairsDamagedChunk(t *testing.T) {
 	alpha, _ = startStoppable(t, cfg)
 	admin := "http://" + alpha.AdminAddr().String()
 
-	waitFor(t, "both damaged ranges shown as failing repairs", func() bool {
+	testutil.Eventually(t, "both damaged ranges shown as failing repairs", func() bool {
 		d := damagedRanges(describeStreamAt(t, alpha, "rep"))
 		if len(d) != 2 {
 			return false
@@ -180,7 +181,7 @@ func TestFederationRepairsDamagedChunk(t *testing.T) {
 
 	n.setCut("alpha", "beta", false)
 	n.setCut("alpha", "gamma", false)
-	waitFor(t, "the damaged ranges repaired", func() bool {
+	testutil.Eventually(t, "the damaged ranges repaired", func() bool {
 		return len(damagedRanges(describeStreamAt(t, alpha, "rep"))) == 0
 	})
 	if got := scrapeMetric(t, admin, "edgehub_shard_damaged_chunks", `stream="rep"`); got != 0 {

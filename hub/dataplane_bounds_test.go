@@ -16,6 +16,7 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
@@ -100,17 +101,6 @@ func heapAllocBytes() uint64 {
 	return s[0].Value.Uint64()
 }
 
-func waitUntil(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestDataPlaneHalfSentBatch is defect 6's second half: a BATCH begun after
 // OPEN and never finished was held forever, pinning a stream slot. It now
 // fails with limit after limits.frame_timeout and the slot is free.
@@ -129,7 +119,7 @@ func TestDataPlaneHalfSentBatch(t *testing.T) {
 	if e.Code != quic.CodeLimit || !strings.Contains(e.Message, "BATCH frame incomplete after 300ms") {
 		t.Fatalf("got %v, want limit naming the frame timeout", e)
 	}
-	waitUntil(t, "the stream to end", func() bool { return d.h.DataPlaneStats().StreamsActive == 0 })
+	testutil.Eventually(t, "the stream to end", func() bool { return d.h.DataPlaneStats().StreamsActive == 0 })
 	// The session's budget came back.
 	if n := d.h.dataPlane.budget.produce.used.Load(); n != 0 {
 		t.Fatalf("produce budget holds %d bytes after the session ended", n)
@@ -160,7 +150,7 @@ func TestDataPlaneProduceBudgetBeforeBody(t *testing.T) {
 		held = append(held, qs)
 	}
 	share := d.h.dataPlane.budget.produce
-	waitUntil(t, "both claims to take the produce share", func() bool { return share.used.Load() == 2*int64(claim) })
+	testutil.Eventually(t, "both claims to take the produce share", func() bool { return share.used.Load() == 2*int64(claim) })
 	if n := heapAllocBytes() - before; n > 4<<20 {
 		t.Fatalf("%d bytes allocated for two headers claiming %d bytes each", n, claim)
 	}
@@ -181,7 +171,7 @@ func TestDataPlaneProduceBudgetBeforeBody(t *testing.T) {
 		}
 	}
 	p.Close(ctx)
-	waitUntil(t, "the produce share to empty", func() bool { return share.used.Load() == 0 })
+	testutil.Eventually(t, "the produce share to empty", func() bool { return share.used.Load() == 0 })
 }
 
 // produceValues stores n records of size bytes each in one shard through
@@ -324,7 +314,7 @@ func TestDataPlaneSubscriptionBudget(t *testing.T) {
 		t.Fatalf("early subscription: %v %v", m, err)
 	}
 	open[0].Cancel(quic.CodeCanceled)
-	waitUntil(t, "room for one more", func() bool {
+	testutil.Eventually(t, "room for one more", func() bool {
 		st, err := d.raw(t, "").Open(ctx, quic.OpConsume, &quic.ConsumeOpen{Stream: "s", Credit: 16 << 20})
 		if err != nil {
 			t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/plugins"
 )
 
@@ -207,7 +208,7 @@ func checkAggregateReadme(t *testing.T, c *child) {
 	}
 	// The firing's state change commits after its output is stored.
 	for _, name := range []string{"agg", "agg-defaults"} {
-		waitFor(t, name+": the open second window and the watermark left in state", func() bool {
+		testutil.Eventually(t, name+": the open second window and the watermark left in state", func() bool {
 			i := c.describe(name)
 			return i.Status == plugins.StatusRunning && i.StateKeys == 2 && i.RecordsIn == 5 && i.RecordsOut == 1
 		})
@@ -241,7 +242,7 @@ func checkAlertReadme(t *testing.T, c *child) {
 		t.Fatalf("alerts %v (s2: %v), want threshold:85 then rate:60 for s1", kinds, alerts["s2"])
 	}
 	for _, name := range []string{"alert", "alert-defaults"} {
-		waitFor(t, name+" caught up", func() bool { i := c.describe(name); return i.Lag == 0 && i.RecordsIn == 7 })
+		testutil.Eventually(t, name+" caught up", func() bool { i := c.describe(name); return i.Lag == 0 && i.RecordsIn == 7 })
 	}
 	if info := c.describe("alert"); info.RecordsOut != 2 {
 		t.Fatalf("alert emitted %d records, want 2", info.RecordsOut)

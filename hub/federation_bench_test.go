@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -56,7 +57,7 @@ func BenchmarkFederationCatchUp(b *testing.B) {
 		replica := fn.start("replica")
 		rst := mustStreamEventually(b, replica, "history")
 		pullStart := time.Now()
-		waitFor(b, "catch-up", func() bool { return totalRecords(rst) == int64(n) })
+		testutil.Eventually(b, "catch-up", func() bool { return totalRecords(rst) == int64(n) })
 		elapsed := time.Since(start)
 		pulling := time.Since(pullStart)
 		b.StopTimer()
@@ -90,7 +91,7 @@ func BenchmarkFederationSteadyLag(b *testing.B) {
 		st := mustStreamEventually(b, origin, "live")
 		rst := mustStreamEventually(b, replica, "live")
 		// Let the follows start before measuring.
-		waitFor(b, "follows", func() bool {
+		testutil.Eventually(b, "follows", func() bool {
 			p := getPeers(b, replica)
 			if len(p.Pulls) != 4 {
 				return false
@@ -118,7 +119,7 @@ func BenchmarkFederationSteadyLag(b *testing.B) {
 			total += per
 		}
 		tick.Stop()
-		waitFor(b, "replica has everything", func() bool { return totalRecords(rst) == int64(total) })
+		testutil.Eventually(b, "replica has everything", func() bool { return totalRecords(rst) == int64(total) })
 		at := map[store.OriginKey]map[uint64]int64{}
 		for s := 0; s < st.Shards(); s++ {
 			k := store.OriginKey{Hub: "origin", Shard: uint32(s)}

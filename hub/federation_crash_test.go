@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -194,7 +195,7 @@ peer_insecure_skip_verify = true
 			t.Fatal(err)
 		}
 		var admin string
-		waitFor(t, "child hub admin address", func() bool {
+		testutil.Eventually(t, "child hub admin address", func() bool {
 			b, err := os.ReadFile(addrFile)
 			admin = string(b)
 			return err == nil && len(b) > 0
@@ -227,7 +228,7 @@ peer_insecure_skip_verify = true
 		produced <- total
 	}()
 	cmd, admin := child()
-	waitFor(t, "replica pulling", func() bool { return records(admin) > 2000 })
+	testutil.Eventually(t, "replica pulling", func() bool { return records(admin) > 2000 })
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +239,7 @@ peer_insecure_skip_verify = true
 	total := <-produced
 	progress := time.NewTicker(5 * time.Second) // log progress, for a slow machine's record
 	defer progress.Stop()
-	waitFor(t, "replica caught up after the crash", func() bool {
+	testutil.Eventually(t, "replica caught up after the crash", func() bool {
 		got := records(admin)
 		select {
 		case <-progress.C:

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // testCA is a certificate authority for tests: hub certificates it issues
@@ -209,7 +211,7 @@ func TestFederationTLSFailureIsVisible(t *testing.T) {
 	cy := n.config("hub-y", "")
 	cy.Gossip.PeerInsecure = false // verify against the system roots: x's self-signed cert fails
 	y, _ := startHub(t, cy)
-	waitFor(t, "hub-y to show hub-x's certificate problem", func() bool {
+	testutil.Eventually(t, "hub-y to show hub-x's certificate problem", func() bool {
 		return strings.Contains(peerTLSError(t, y, "hub-x"), "gossip.peer_ca_file") && tlsErrors(t, y, tlsPeerUntrusted) > 0
 	})
 	if got := count(originContent(t, y.Store(), "hub-y", "events")); got != 0 {
@@ -226,7 +228,7 @@ func TestFederationTLSFailureIsVisible(t *testing.T) {
 	createReplicated(t, z, "zevents", 1, "all")
 	produceAt(t, z, "zevents", 10, 16)
 	w, _ := startHub(t, n.config("hub-w", "")) // trusts its peers (peer_insecure_skip_verify)
-	waitFor(t, "hub-w to show that hub-z refused its certificate", func() bool {
+	testutil.Eventually(t, "hub-w to show that hub-z refused its certificate", func() bool {
 		return strings.Contains(peerTLSError(t, w, "hub-z"), "refused this hub's client certificate") && tlsErrors(t, w, tlsOursRefused) > 0
 	})
 	if got := count(originContent(t, w.Store(), "hub-w", "zevents")); got != 0 {

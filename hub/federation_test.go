@@ -23,6 +23,7 @@ import (
 	"github.com/edgehub/edgehub/internal/gossiptest"
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/internal/replicate"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -190,23 +191,12 @@ func produceAt(tb testing.TB, h *Hub, stream string, n int, size int) {
 func mustStreamEventually(tb testing.TB, h *Hub, name string) *store.Stream {
 	tb.Helper()
 	var st *store.Stream
-	waitFor(tb, h.cfg.Hub.Name+" has stream "+name, func() bool {
+	testutil.Eventually(tb, h.cfg.Hub.Name+" has stream "+name, func() bool {
 		var err error
 		st, err = h.Store().Stream(name)
 		return err == nil
 	})
 	return st
-}
-
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // originContent reads a stream and returns its records per origin shard in
@@ -283,7 +273,7 @@ func converged(tb testing.TB, stream string, want int, hubs ...*Hub) {
 			}
 		}
 	}()
-	waitFor(tb, fmt.Sprintf("%d records of %s everywhere", want, stream), func() bool {
+	testutil.Eventually(tb, fmt.Sprintf("%d records of %s everywhere", want, stream), func() bool {
 		ref := originContent(tb, hubs[0].Store(), hubs[0].cfg.Hub.Name, stream)
 		if count(ref) != want {
 			return false
@@ -332,7 +322,7 @@ func TestFederationThreeHubsConverge(t *testing.T) {
 			t.Fatalf("member %+v", m)
 		}
 	}
-	waitFor(t, "lag drains and pulls follow", func() bool {
+	testutil.Eventually(t, "lag drains and pulls follow", func() bool {
 		p := getPeers(t, c)
 		for _, l := range p.Lag {
 			if l.Records != 0 {
@@ -492,7 +482,7 @@ func TestFederationFollowsBeyondStreamLimit(t *testing.T) {
 	// Every hub follows 2 streams × 8 shards of each of its 2 peers: 16
 	// follows per peer, four times the stream limit.
 	for _, h := range hubs {
-		waitFor(t, h.cfg.Hub.Name+" follows every origin shard", func() bool {
+		testutil.Eventually(t, h.cfg.Hub.Name+" follows every origin shard", func() bool {
 			pulls := getPeers(t, h).Pulls
 			if len(pulls) != 2*2*8 {
 				return false
@@ -583,7 +573,7 @@ func TestFederationGapWhenOriginGone(t *testing.T) {
 			t.Logf("late: pulls %+v; gaps %+v; members %+v", p.Pulls, p.Gaps, p.Members)
 		}
 	}()
-	waitFor(t, "late reports the gap", func() bool {
+	testutil.Eventually(t, "late reports the gap", func() bool {
 		for _, g := range getPeers(t, late).Gaps {
 			if g.Stream == "hist" && g.Origin == "gone" && g.Gaps == 1 && g.Sequences == first-1 &&
 				strings.Contains(g.Last, "unreachable") {
@@ -592,7 +582,7 @@ func TestFederationGapWhenOriginGone(t *testing.T) {
 		}
 		return false
 	})
-	waitFor(t, "late holds what the relay holds of the origin", func() bool {
+	testutil.Eventually(t, "late holds what the relay holds of the origin", func() bool {
 		return equalContent(
 			map[store.OriginKey][]string{k: originContent(t, relay.Store(), "relay", "hist")[k]},
 			map[store.OriginKey][]string{k: originContent(t, late.Store(), "late", "hist")[k]})

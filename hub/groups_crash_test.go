@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/sdk"
 )
 
@@ -128,12 +129,12 @@ func TestGroupKill9(t *testing.T) {
 		mu.Unlock()
 	}()
 
-	waitFor(t, "the survivor and the child holding two shards each", func() bool {
+	testutil.Eventually(t, "the survivor and the child holding two shards each", func() bool {
 		return split(t, d, map[string]int{"survivor": 2, "victim": 2})
 	})
 	// Small rounds, so that the child gets many batches.
 	next := 200
-	waitFor(t, "the child committing", func() bool {
+	testutil.Eventually(t, "the child committing", func() bool {
 		produced = append(produced, produceOrders(t, p, next, 20)...)
 		next += 20
 		mu.Lock()
@@ -156,12 +157,12 @@ func TestGroupKill9(t *testing.T) {
 	wg.Wait()
 	produced = append(produced, more...)
 
-	waitFor(t, "the survivor holding every shard", func() bool { return split(t, d, map[string]int{"survivor": 4}) })
+	testutil.Eventually(t, "the survivor holding every shard", func() bool { return split(t, d, map[string]int{"survivor": 4}) })
 	// The child's report is complete: it is dead and its output read.
 	mu.Lock()
 	defer mu.Unlock()
 	var total map[gpos]int
-	waitFor(t, "every record processed by the child or the survivor", func() bool {
+	testutil.Eventually(t, "every record processed by the child or the survivor", func() bool {
 		total = tally(s)
 		for p, n := range childSeen {
 			total[p] += n

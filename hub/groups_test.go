@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
@@ -207,7 +208,7 @@ func produceOrders(tb testing.TB, p *sdk.Producer, from, n int) []gpos {
 func covered(tb testing.TB, produced []gpos, ms ...*groupMember) map[gpos]int {
 	tb.Helper()
 	var seen map[gpos]int
-	waitFor(tb, fmt.Sprintf("%d records processed", len(produced)), func() bool {
+	testutil.Eventually(tb, fmt.Sprintf("%d records processed", len(produced)), func() bool {
 		seen = tally(ms...)
 		for _, p := range produced {
 			if seen[p] == 0 {
@@ -231,7 +232,7 @@ func TestGroupShareAndTakeOver(t *testing.T) {
 
 	a := startMember(t, d, "a", survivorTimeout)
 	b := startMember(t, d, "b", survivorTimeout)
-	waitFor(t, "a and b holding two shards each", func() bool { return split(t, d, map[string]int{"a": 2, "b": 2}) })
+	testutil.Eventually(t, "a and b holding two shards each", func() bool { return split(t, d, map[string]int{"a": 2, "b": 2}) })
 	produced = append(produced, produceOrders(t, p, 400, 400)...)
 	seen := covered(t, produced, a, b)
 	for pos, n := range seen {
@@ -248,7 +249,7 @@ func TestGroupShareAndTakeOver(t *testing.T) {
 
 	// a leaves: b continues a's shards from a's commits.
 	a.stop(t)
-	waitFor(t, "b holding every shard", func() bool { return split(t, d, map[string]int{"b": 4}) })
+	testutil.Eventually(t, "b holding every shard", func() bool { return split(t, d, map[string]int{"b": 4}) })
 	produced = append(produced, produceOrders(t, p, 800, 400)...)
 	seen = covered(t, produced, a, b)
 	for pos, n := range seen {
@@ -259,7 +260,7 @@ func TestGroupShareAndTakeOver(t *testing.T) {
 
 	// c joins, works, and is killed mid-batch.
 	c := startMember(t, d, "c", victimTimeout)
-	waitFor(t, "b and c holding two shards each", func() bool { return split(t, d, map[string]int{"b": 2, "c": 2}) })
+	testutil.Eventually(t, "b and c holding two shards each", func() bool { return split(t, d, map[string]int{"b": 2, "c": 2}) })
 	produced = append(produced, produceOrders(t, p, 1200, 400)...)
 	covered(t, produced, a, b, c)
 	if len(tally(c)) == 0 {
@@ -276,7 +277,7 @@ func TestGroupShareAndTakeOver(t *testing.T) {
 		t.Fatal("c did not take another batch")
 	}
 	c.done <- nil
-	waitFor(t, "b holding every shard after c's session timeout", func() bool { return split(t, d, map[string]int{"b": 4}) })
+	testutil.Eventually(t, "b holding every shard after c's session timeout", func() bool { return split(t, d, map[string]int{"b": 4}) })
 	c.mu.Lock()
 	lost := slices.Clone(c.uncommitted)
 	c.mu.Unlock()
@@ -284,7 +285,7 @@ func TestGroupShareAndTakeOver(t *testing.T) {
 		t.Fatal("c crashed without a batch in hand")
 	}
 	// c's uncommitted batch must come again, to b.
-	waitFor(t, "b processing c's uncommitted batch", func() bool {
+	testutil.Eventually(t, "b processing c's uncommitted batch", func() bool {
 		seen := tally(b)
 		for _, p := range lost {
 			if seen[p] == 0 {
@@ -540,8 +541,8 @@ func TestGroupAdminAPI(t *testing.T) {
 		t.Fatalf("reset: %d %s", status, body)
 	}
 	m := startMember(t, d, "m", survivorTimeout)
-	waitFor(t, "m holding every shard", func() bool { return split(t, d, map[string]int{"m": 4}) })
-	waitFor(t, "m caught up", func() bool {
+	testutil.Eventually(t, "m holding every shard", func() bool { return split(t, d, map[string]int{"m": 4}) })
+	testutil.Eventually(t, "m caught up", func() bool {
 		gi, _ := describeGroup(t, d, "billing")
 		return gi.Lag == 0
 	})
@@ -599,7 +600,7 @@ func TestGroupAdminAPI(t *testing.T) {
 		t.Fatalf("list %s", body)
 	}
 	n := startMember(t, d, "n", survivorTimeout)
-	waitFor(t, "n rereading shard 0 from 2", func() bool {
+	testutil.Eventually(t, "n rereading shard 0 from 2", func() bool {
 		seen := tally(n)
 		for seq := uint64(2); seq <= last[0]; seq++ {
 			if seen[gpos{0, seq}] == 0 {

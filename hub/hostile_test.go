@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 )
@@ -270,14 +271,14 @@ func unreadSubscriptions(t *testing.T, p *hubProc, n int, dialed func()) {
 		}
 		peak = max(peak, p.metric(t, "edgehub_consume_subscriptions", ""))
 	}
-	waitUntil(t, "the hub to have answered every subscription", func() bool {
+	testutil.Eventually(t, "the hub to have answered every subscription", func() bool {
 		peak = max(peak, p.metric(t, "edgehub_consume_subscriptions", ""))
 		refused := p.metric(t, "edgehub_memory_budget_refusals_total", `share="consume"`) - refused0
 		return refused > 0 && p.metric(t, "edgehub_dataplane_refusals_total", `code="limit"`) >= refused
 	})
 	// Those admitted hold their reservation until their first frame times
 	// out; then only the good consumer's subscription is left.
-	waitUntil(t, "unread subscriptions to be ended", func() bool {
+	testutil.Eventually(t, "unread subscriptions to be ended", func() bool {
 		peak = max(peak, p.metric(t, "edgehub_consume_subscriptions", ""))
 		return p.metric(t, "edgehub_consume_subscriptions", "") <= 2
 	})

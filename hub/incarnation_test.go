@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/plugins"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
@@ -101,7 +102,7 @@ func TestStreamRecreatedPluginAndGroupStartOver(t *testing.T) {
 	if got := groupRead(t, d, len(oldVals)); !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(oldVals))) {
 		t.Fatalf("group read %d records, want the %d produced", len(got), len(oldVals))
 	}
-	waitFor(t, "plugin copied", func() bool { return pluginInfo(t, d, "copy").RecordsOut == uint64(len(oldVals)) })
+	testutil.Eventually(t, "plugin copied", func() bool { return pluginInfo(t, d, "copy").RecordsOut == uint64(len(oldVals)) })
 	gi, _ := describeGroup(t, d, "g1")
 	if gi.Lag != 0 || gi.Stale {
 		t.Fatalf("before the delete: %+v", gi)
@@ -115,7 +116,7 @@ func TestStreamRecreatedPluginAndGroupStartOver(t *testing.T) {
 	if st, b := call(t, "DELETE", base+"/v1/streams/orders?force=true", ""); st != http.StatusNoContent {
 		t.Fatalf("forced delete: %d %s", st, b)
 	}
-	waitFor(t, "plugin waiting", func() bool { return pluginInfo(t, d, "copy").Status == plugins.StatusWaiting })
+	testutil.Eventually(t, "plugin waiting", func() bool { return pluginInfo(t, d, "copy").Status == plugins.StatusWaiting })
 	if w := pluginInfo(t, d, "copy").Waiting; w != `input stream "orders" was deleted` {
 		t.Fatalf("waiting reason %q", w)
 	}
@@ -143,7 +144,7 @@ func TestStreamRecreatedPluginAndGroupStartOver(t *testing.T) {
 	}
 
 	// The plugin copied every new record once, after the old ones.
-	waitFor(t, "plugin copied the new stream", func() bool {
+	testutil.Eventually(t, "plugin copied the new stream", func() bool {
 		i := pluginInfo(t, d, "copy")
 		return i.Status == plugins.StatusRunning && i.Lag == 0 && i.RecordsIn == 40
 	})
@@ -209,14 +210,14 @@ func TestFederationRecreatedStreamReplicates(t *testing.T) {
 	b := n.start("hub-b")
 	createReplicated(t, a, "events", 2, "all")
 	produceAt(t, a, "events", 500, 8)
-	waitFor(t, "b holds a's records", func() bool { all, _ := originCount(t, b, "events", "hub-a", ""); return all == 500 })
+	testutil.Eventually(t, "b holds a's records", func() bool { all, _ := originCount(t, b, "events", "hub-a", ""); return all == 500 })
 
 	old := mustStreamEventually(t, a, "events").Incarnation()
 	if err := a.Store().DeleteStream(context.Background(), "events"); err != nil {
 		t.Fatal(err)
 	}
 	var st *store.Stream
-	waitFor(t, "events exists again at a", func() bool {
+	testutil.Eventually(t, "events exists again at a", func() bool {
 		var err error
 		if st, err = a.Store().Stream("events"); err == nil {
 			return true
@@ -231,7 +232,7 @@ func TestFederationRecreatedStreamReplicates(t *testing.T) {
 	if _, err := st.Append(context.Background(), store.Batch{Shard: -1, Records: recs}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b holds the 40 new records", func() bool {
+	testutil.Eventually(t, "b holds the 40 new records", func() bool {
 		all, fresh := originCount(t, b, "events", "hub-a", "new-")
 		return all == 540 && fresh == 40
 	})
@@ -267,7 +268,7 @@ func TestWebhookFollowsRecreatedStream(t *testing.T) {
 		BackoffMin: Duration(5 * time.Millisecond), BackoffMax: Duration(20 * time.Millisecond)}}
 	delivered := func(want ...string) {
 		t.Helper()
-		waitFor(t, fmt.Sprintf("deliveries %v", want), func() bool {
+		testutil.Eventually(t, fmt.Sprintf("deliveries %v", want), func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(got) >= len(want)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/plugins"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
@@ -78,7 +79,7 @@ func TestPluginAdminAPI(t *testing.T) {
 	if _, err := in.Append(context.Background(), store.Batch{Shard: -1, Records: []record.Record{{Key: []byte("a"), Value: []byte("1")}}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "plugin output", func() bool {
+	testutil.Eventually(t, "plugin output", func() bool {
 		code, b := call(t, "GET", base+"/v1/plugins/copy", "")
 		json.Unmarshal(b, &info)
 		return code == 200 && info.RecordsOut == 1
@@ -798,7 +799,7 @@ func TestWebhookRetriesAndResumes(t *testing.T) {
 	delivered := func(n int) []string {
 		t.Helper()
 		var out []string
-		waitFor(t, fmt.Sprintf("%d deliveries", n), func() bool {
+		testutil.Eventually(t, fmt.Sprintf("%d deliveries", n), func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			out = slices.Clone(got)
@@ -866,7 +867,7 @@ func TestHostilePluginLeavesHubServing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "policy applied to every record", func() bool {
+	testutil.Eventually(t, "policy applied to every record", func() bool {
 		_, b := call(t, "GET", base+"/v1/plugins/hostile", "")
 		var info plugins.Info
 		json.Unmarshal(b, &info)
@@ -894,7 +895,7 @@ func TestPluginQuarantineShownAndRemembered(t *testing.T) {
 		t.Fatalf("state limits from the deploy flags: quota %d, per call %d", info.StateQuota, info.MaxStateDelta)
 	}
 	c.cliIn("k|L\n", "produce", "in", "--key-sep", "|", "--insecure")
-	waitFor(t, "quarantine", func() bool { return c.describe("loop").Status == plugins.StatusQuarantined })
+	testutil.Eventually(t, "quarantine", func() bool { return c.describe("loop").Status == plugins.StatusQuarantined })
 	list := c.cli("plugin", "list")
 	if !strings.Contains(list, "quarantined") || !strings.Contains(list, "slot lease") {
 		t.Fatalf("plugin list does not show the quarantine and its reason:\n%s", list)
@@ -911,7 +912,7 @@ func TestPluginQuarantineShownAndRemembered(t *testing.T) {
 	since := infos[0].Shards[0].QuarantinedSince
 	c.stop()
 	c = startChild(t, config)
-	waitFor(t, "runners started", func() bool { return c.describe("loop").Status != plugins.StatusStopped })
+	testutil.Eventually(t, "runners started", func() bool { return c.describe("loop").Status != plugins.StatusStopped })
 	// The same quarantine, not a new one: it was remembered.
 	if info := c.describe("loop"); info.Status != plugins.StatusQuarantined || !info.Shards[0].QuarantinedSince.Equal(since) {
 		t.Fatalf("after restart: status %q, quarantined since %s, want since %s", info.Status, info.Shards[0].QuarantinedSince, since)

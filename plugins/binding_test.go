@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -38,7 +39,7 @@ func produceN(e *env, s *store.Stream, prefix string, n int) []string {
 func caughtUp(tb testing.TB, e *env, name string) Info {
 	tb.Helper()
 	var info Info
-	waitFor(tb, name+" caught up", func() bool {
+	testutil.Eventually(tb, name+" caught up", func() bool {
 		info, _ = e.m.Describe(name)
 		if info.Status != StatusRunning || len(info.Shards) == 0 {
 			return false
@@ -72,7 +73,7 @@ func TestRecreatedInputStartsOver(t *testing.T) {
 	if err := e.st.DeleteStream(ctx, "in"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "waiting for the deleted input", func() bool {
+	testutil.Eventually(t, "waiting for the deleted input", func() bool {
 		i, _ := e.m.Describe("copy")
 		return i.Status == StatusWaiting && strings.Contains(i.Waiting, `"in"`)
 	})
@@ -120,7 +121,7 @@ func TestDeletedOutputMakesPluginWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No record is produced: only the watcher can notice.
-	waitFor(t, "waiting", func() bool {
+	testutil.Eventually(t, "waiting", func() bool {
 		i, _ := e.m.Describe("copy")
 		return i.Status == StatusWaiting && strings.Contains(i.Waiting, `output stream "out"`)
 	})
@@ -157,7 +158,7 @@ func TestDamagedBindingIsReported(t *testing.T) {
 	}
 	db.Close()
 	e.start()
-	waitFor(t, "waiting on the damaged binding", func() bool {
+	testutil.Eventually(t, "waiting on the damaged binding", func() bool {
 		i, _ := e.m.Describe("copy")
 		return i.Status == StatusWaiting && strings.Contains(i.Waiting, "corrupt")
 	})

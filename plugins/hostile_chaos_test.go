@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgehub/edgehub/internal/backoff"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -81,7 +82,7 @@ func TestHostilePluginsChaos(t *testing.T) {
 		t.Helper()
 		want := int(produced.Load())
 		readAll(t, copied, want)
-		waitFor(t, what, func() bool { i, _ := e.m.Describe("healthy"); return i.RecordsIn == uint64(want) && i.Lag == 0 })
+		testutil.Eventually(t, what, func() bool { i, _ := e.m.Describe("healthy"); return i.RecordsIn == uint64(want) && i.Lag == 0 })
 	}
 
 	base := ingest(hostileSoak)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -165,18 +166,6 @@ func waitAny(s *store.Stream, d time.Duration) {
 	<-done
 }
 
-// waitFor polls cond on the manager's state (Describe) until it holds.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func rec(key, value string) record.Record {
 	return record.Record{Key: []byte(key), Value: []byte(value), Time: 1}
 }
@@ -242,7 +231,7 @@ func TestPassThroughOrderAndOrigins(t *testing.T) {
 			t.Errorf("key %s: outputs %v, want %v", k, byKey[k], v)
 		}
 	}
-	waitFor(t, "lag 0", func() bool {
+	testutil.Eventually(t, "lag 0", func() bool {
 		i, _ := e.m.Describe("copy")
 		return i.Lag == 0 && i.RecordsIn == uint64(len(want)) && i.RecordsOut == uint64(len(want))
 	})
@@ -254,7 +243,7 @@ func TestStartLatestSkipsHistory(t *testing.T) {
 	e.produce(in, rec("old", "1"), rec("old", "2"))
 	e.deploy(Definition{Name: "copy", Inputs: []string{"in"}, Outputs: []string{"out"},
 		Config: map[string]string{"output": "out"}, Start: StartLatest}, readTestdata(t, watPassThrough))
-	waitFor(t, "checkpoint", func() bool { i, _ := e.m.Describe("copy"); return i.Shards[0].Checkpoint == 3 })
+	testutil.Eventually(t, "checkpoint", func() bool { i, _ := e.m.Describe("copy"); return i.Shards[0].Checkpoint == 3 })
 	e.produce(in, rec("new", "3"))
 	out, _ := e.st.Stream("out")
 	got := readAll(t, out, 1)
@@ -341,7 +330,7 @@ func TestTimerOutputsHaveTheirOwnOrigin(t *testing.T) {
 		t.Fatalf("timer outputs %v", totals)
 	}
 	// The timer cleared the state: it is committed with the firing.
-	waitFor(t, "state cleared", func() bool { i, _ := e.m.Describe("count"); return i.StateKeys == 0 })
+	testutil.Eventually(t, "state cleared", func() bool { i, _ := e.m.Describe("count"); return i.StateKeys == 0 })
 }
 
 func TestHostileModulesFollowPolicy(t *testing.T) {
@@ -431,7 +420,7 @@ func TestPolicyPauseAndRetry(t *testing.T) {
 			def.Name, def.Inputs, def.Outputs, def.Start = "h", []string{"in"}, []string{"out"}, StartEarliest
 			e.deploy(def, readTestdata(t, watHostile))
 			e.produce(in, rec("k", "ok"), rec("k", "T"), rec("k", "after"))
-			waitFor(t, "pause", func() bool { i, _ := e.m.Describe("h"); return i.Status == StatusPaused })
+			testutil.Eventually(t, "pause", func() bool { i, _ := e.m.Describe("h"); return i.Status == StatusPaused })
 			info, _ := e.m.Describe("h")
 			if !strings.Contains(info.PauseReason, tt.reason) || info.Shards[0].Checkpoint != 2 {
 				t.Fatalf("paused with reason %q at checkpoint %d", info.PauseReason, info.Shards[0].Checkpoint)
@@ -490,7 +479,7 @@ func TestChainAndDelete(t *testing.T) {
 	readAll(t, end, 3) // until they are all there
 	// Both caught up, in chain order: nothing more can arrive.
 	for _, name := range []string{"first", "second"} {
-		waitFor(t, name+" caught up", func() bool { i, _ := e.m.Describe(name); return i.Lag == 0 })
+		testutil.Eventually(t, name+" caught up", func() bool { i, _ := e.m.Describe(name); return i.Lag == 0 })
 	}
 	if got = readAll(t, end, 3); len(got) != 3 {
 		t.Fatalf("end holds %d records, want 3", len(got))
@@ -622,7 +611,7 @@ func TestDefinitionDurable(t *testing.T) {
 		readTestdata(t, watPassThrough))
 	e.stop()
 	e.start()
-	waitFor(t, "running", func() bool { i, _ := e.m.Describe("copy"); return i.Status == StatusRunning })
+	testutil.Eventually(t, "running", func() bool { i, _ := e.m.Describe("copy"); return i.Status == StatusRunning })
 	info, err := e.m.Describe("copy")
 	if err != nil || info.Status != StatusRunning || info.Config["output"] != "out" {
 		t.Fatalf("after restart: %+v, %v", info, err)
@@ -662,7 +651,7 @@ func TestStartLatestIsPinnedAtDeploy(t *testing.T) {
 	e.start()
 	out, _ := e.st.Stream("out")
 	readAll(t, out, 1) // until it is there
-	waitFor(t, "caught up", func() bool { i, _ := e.m.Describe("copy"); return i.Lag == 0 })
+	testutil.Eventually(t, "caught up", func() bool { i, _ := e.m.Describe("copy"); return i.Lag == 0 })
 	if got := readAll(t, out, 1); len(got) != 1 || string(got[0].Value) != "2" {
 		t.Fatalf("outputs %d, first %q: want exactly the record produced after the deploy", len(got), got[0].Value)
 	}

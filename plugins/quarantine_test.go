@@ -14,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -57,7 +58,7 @@ func TestLoopingPluginDoesNotHoldUpHealthy(t *testing.T) {
 				t.Helper()
 				// A hostile runner is inside a looping call (with the
 				// fix, its other shard waits for the quarantine slot)...
-				waitFor(t, "a hostile runner looping", func() bool {
+				testutil.Eventually(t, "a hostile runner looping", func() bool {
 					info, _ := e.m.Describe("loop")
 					for _, s := range info.Shards {
 						if !s.InCallSince.IsZero() {
@@ -72,7 +73,7 @@ func TestLoopingPluginDoesNotHoldUpHealthy(t *testing.T) {
 				}
 				n += more
 				readAll(t, copied, n)
-				waitFor(t, "healthy plugin caught up", func() bool { i, _ := e.m.Describe("copy"); return i.RecordsIn == uint64(n) })
+				testutil.Eventually(t, "healthy plugin caught up", func() bool { i, _ := e.m.Describe("copy"); return i.RecordsIn == uint64(n) })
 				if got := hostileTimeouts(t, e.m, "loop"); got != 0 {
 					t.Fatalf("%s: the healthy plugin finished only after %d of the hostile plugin's deadlines expired", what, got)
 				}
@@ -94,7 +95,7 @@ func TestLoopingPluginDoesNotHoldUpHealthy(t *testing.T) {
 			if !strings.Contains(info.QuarantineReason, "slot lease") {
 				t.Fatalf("after restart the hostile plugin's quarantine is forgotten: %q", info.QuarantineReason)
 			}
-			waitFor(t, "runners started", func() bool { i, _ := e.m.Describe("loop"); return i.Status != StatusStopped })
+			testutil.Eventually(t, "runners started", func() bool { i, _ := e.m.Describe("loop"); return i.Status != StatusStopped })
 			if info, _ = e.m.Describe("loop"); info.Status != StatusQuarantined {
 				t.Fatalf("after restart the hostile plugin is %q, want it still quarantined", info.Status)
 			}
@@ -127,7 +128,7 @@ func TestStateLimits(t *testing.T) {
 	dlq, _ := e.st.Stream("dlq")
 	readAll(t, outS, 7) // until they are all there
 	dead := readAll(t, dlq, 5)
-	waitFor(t, "caught up", func() bool { i, _ := e.m.Describe("grow"); return i.Lag == 0 })
+	testutil.Eventually(t, "caught up", func() bool { i, _ := e.m.Describe("grow"); return i.Lag == 0 })
 	if got := readAll(t, outS, 7); len(got) != 7 {
 		t.Fatalf("%d outputs, want the six G records that fit and ok", len(got))
 	}

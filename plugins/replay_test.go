@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgehub/edgehub/internal/plugintest"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // TestTimerFiringReplay plays the two crashes a timer firing can meet: after
@@ -25,7 +26,7 @@ func TestTimerFiringReplay(t *testing.T) {
 	e.produce(in, rec("a", "x"), rec("b", "x"), rec("a", "x"))
 	out, _ := e.st.Stream("counts")
 	readAll(t, out, 3)
-	waitFor(t, "checkpoint", func() bool { i, _ := e.m.Describe("count"); return i.Shards[0].Checkpoint == 4 })
+	testutil.Eventually(t, "checkpoint", func() bool { i, _ := e.m.Describe("count"); return i.Shards[0].Checkpoint == 4 })
 	e.stop()
 
 	// Crash 1: the firing is recorded, nothing else happened.
@@ -81,7 +82,7 @@ func TestTimerFiringReplay(t *testing.T) {
 		}
 		return got
 	}
-	waitFor(t, "replay", func() bool { i, _ := e.m.Describe("count"); return i.StateKeys == 0 })
+	testutil.Eventually(t, "replay", func() bool { i, _ := e.m.Describe("count"); return i.StateKeys == 0 })
 	first := totals()
 	if len(first) != 2 {
 		t.Fatalf("%d timer outputs after replay, want 2", len(first))
@@ -95,7 +96,7 @@ func TestTimerFiringReplay(t *testing.T) {
 
 	setPending()
 	e.start()
-	waitFor(t, "second replay", func() bool { i, _ := e.m.Describe("count"); return i.StateKeys == 0 })
+	testutil.Eventually(t, "second replay", func() bool { i, _ := e.m.Describe("count"); return i.StateKeys == 0 })
 	e.stop()
 	e.start()
 	if second := totals(); len(second) != 2 {

@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // stateWasm is testdata/state.wat: 'R' reads and sets the record key's
@@ -34,7 +35,7 @@ func TestLongCallDoesNotStallCommits(t *testing.T) {
 
 	e.produce(slowIn, rec("k", "L"))
 	var since time.Time
-	waitFor(t, "the slow call to read its state", func() bool {
+	testutil.Eventually(t, "the slow call to read its state", func() bool {
 		lines, err := e.m.Logs("slow", 10)
 		if err != nil {
 			t.Fatal(err)
@@ -61,7 +62,7 @@ func TestLongCallDoesNotStallCommits(t *testing.T) {
 		}
 		e.produce(growIn, recs...)
 	}
-	waitFor(t, "the growing plugin's commits", func() bool {
+	testutil.Eventually(t, "the growing plugin's commits", func() bool {
 		info, err := e.m.Describe("grow")
 		if err != nil {
 			t.Fatal(err)
@@ -96,7 +97,7 @@ func TestStateReadsAcrossCommits(t *testing.T) {
 		}
 		e.produce(in, recs...)
 	}
-	waitFor(t, "the plugin to catch up", func() bool {
+	testutil.Eventually(t, "the plugin to catch up", func() bool {
 		info, _ := e.m.Describe("rmw")
 		return info.RecordsIn == keys*rounds
 	})

@@ -11,19 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+	"github.com/edgehub/edgehub/internal/testutil"
+)
 
 // readError reads frames until the hub's ERROR frame and returns it.
 func readError(t testing.TB, st *Stream) *Error {
@@ -82,7 +72,7 @@ func TestServerOpenHeaderCostsNothing(t *testing.T) {
 					}
 				}
 			} else {
-				waitFor(t, "the server to read the headers", func() bool { return h.srv.Stats().OpenBytes-open0 >= n })
+				testutil.Eventually(t, "the server to read the headers", func() bool { return h.srv.Stats().OpenBytes-open0 >= n })
 			}
 			allocated := heapAllocs() - before
 			perStream := allocated / n
@@ -155,7 +145,7 @@ func TestServerHalfSentFrame(t *testing.T) {
 			if e.Code != CodeLimit || !strings.Contains(e.Message, "incomplete after 300ms") {
 				t.Fatalf("got %v, want limit naming the frame timeout", e)
 			}
-			waitFor(t, "the stream to count as failed", func() bool { return h.srv.Stats().StreamsFailed > failed })
+			testutil.Eventually(t, "the stream to count as failed", func() bool { return h.srv.Stats().StreamsFailed > failed })
 		})
 	}
 	// Idle between frames is fine: the echo stream waits longer than the
@@ -240,7 +230,7 @@ func TestServerRefusalLogRateLimited(t *testing.T) {
 	if refused.Load() != n {
 		t.Fatalf("%d of %d refused", refused.Load(), n)
 	}
-	waitFor(t, "the count line", func() bool { return strings.Contains(logs.String(), "(repeated)") })
+	testutil.Eventually(t, "the count line", func() bool { return strings.Contains(logs.String(), "(repeated)") })
 	lines := 0
 	for _, l := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(l, "unknown operation") {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -47,7 +48,7 @@ func TestClockJumps(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, h := range hubs {
-			labWait(t, 60*time.Second, "stream ck at "+h.name, func() bool { return h.records("ck") >= 0 })
+			testutil.EventuallyWithin(t, 60*time.Second, "stream ck at "+h.name, func() bool { return h.records("ck") >= 0 })
 		}
 		rec, path := newHistory(t)
 		lp := produce(t, rec, "ck", 5, 50*time.Millisecond, hubs...)

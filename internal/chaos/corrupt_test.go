@@ -17,6 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/sdk"
 )
 
@@ -50,7 +51,7 @@ func TestBoundedCorruption(t *testing.T) {
 	w := newWorkload(t, rec, cfg.QUIC, "chaos")
 	w.producers, w.rate, w.valueSize = 4, 1500, 1024
 	w.start(false)
-	waitUntil(t, time.Minute, "records written", func() bool { return w.acked.Load() >= 12000 })
+	testutil.EventuallyWithin(t, time.Minute, "records written", func() bool { return w.acked.Load() >= 12000 })
 	w.stop()
 	h.stop(t)
 	last := map[int]uint64{}

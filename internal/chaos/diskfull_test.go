@@ -3,7 +3,6 @@
 package chaos
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/sdk"
 )
 
@@ -69,7 +69,7 @@ func diskFull(t *testing.T, disk string) {
 		}
 	}()
 	refused := func() int64 { return w.failed.Load() }
-	waitUntil(t, 60*time.Second, "producers refused for a full disk", func() bool { return refused() >= 50 })
+	testutil.EventuallyWithin(t, 60*time.Second, "producers refused for a full disk", func() bool { return refused() >= 50 })
 	t.Logf("disk full: %d acked, %d refused, %d unknown%s", w.acked.Load(), w.failed.Load(), w.unk.Load(), w.errSummary())
 
 	// Stop the hub, take every byte left, and start it again: it must
@@ -84,7 +84,7 @@ func diskFull(t *testing.T, disk string) {
 		t.Fatalf("restart on a full disk: %v", err)
 	}
 	before := refused()
-	waitUntil(t, 60*time.Second, "refusals after the restart", func() bool { return refused() >= before+20 })
+	testutil.EventuallyWithin(t, 60*time.Second, "refusals after the restart", func() bool { return refused() >= before+20 })
 
 	// Space comes back: so do acknowledgements.
 	for _, f := range []string{ballast, filler} {
@@ -93,7 +93,7 @@ func diskFull(t *testing.T, disk string) {
 		}
 	}
 	acked := w.acked.Load()
-	waitUntil(t, 60*time.Second, "acknowledgements after space was freed", func() bool { return w.acked.Load() >= acked+200 })
+	testutil.EventuallyWithin(t, 60*time.Second, "acknowledgements after space was freed", func() bool { return w.acked.Load() >= acked+200 })
 	failedThen := w.failed.Load()
 	time.Sleep(1500 * time.Millisecond) // a while of appends with space (8 MiB at about 2 MB/s): the recovery is logged
 	w.stopProducers()
@@ -174,19 +174,6 @@ func checkBoltFiles(tb testing.TB, dir string) {
 	}
 	if n == 0 {
 		tb.Fatalf("no .db file under %s", dir)
-	}
-}
-
-func waitUntil(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			tb.Fatalf("timed out waiting for %s", what)
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )
@@ -142,7 +143,7 @@ func (h *labHub) start(t *testing.T) {
 	h.mu.Lock()
 	h.cmd, h.done = cmd, done
 	h.mu.Unlock()
-	labWait(t, 60*time.Second, "hub "+h.name+" ready", func() bool {
+	testutil.EventuallyWithin(t, 60*time.Second, "hub "+h.name+" ready", func() bool {
 		select {
 		case <-done:
 			t.Fatalf("hub %s exited at start", h.name)
@@ -190,17 +191,6 @@ func (h *labHub) kill() {
 	h.mu.Unlock()
 	if done != nil {
 		<-done
-	}
-}
-
-func labWait(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -297,7 +287,7 @@ func members(t *testing.T, timeout time.Duration, hubs ...*labHub) {
 	t.Helper()
 	start := time.Now()
 	defer func() { t.Logf("membership settled after %s", time.Since(start).Round(100*time.Millisecond)) }()
-	labWait(t, timeout, "membership to settle", func() bool {
+	testutil.EventuallyWithin(t, timeout, "membership to settle", func() bool {
 		for _, h := range hubs {
 			if len(h.alive()) != len(hubs) {
 				return false
@@ -337,7 +327,7 @@ func settled(t *testing.T, timeout time.Duration, stream string, hubs ...*labHub
 			}
 		}
 	}()
-	labWait(t, timeout, "membership and "+stream+" to settle", func() bool {
+	testutil.EventuallyWithin(t, timeout, "membership and "+stream+" to settle", func() bool {
 		n = hubs[0].records(stream)
 		ok := n > 0
 		for _, h := range hubs {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/chaos/udpproxy"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // startLab starts hubs a, b and c in the lab and creates stream (replicated
@@ -28,7 +29,7 @@ func startLab(t *testing.T, lab *netLab, stream string, extra func(hub string) s
 		t.Fatal(err)
 	}
 	for _, h := range hubs {
-		labWait(t, 60*time.Second, "stream "+stream+" at "+h.name, func() bool { return h.records(stream) >= 0 })
+		testutil.EventuallyWithin(t, 60*time.Second, "stream "+stream+" at "+h.name, func() bool { return h.records(stream) >= 0 })
 	}
 	return hubs
 }

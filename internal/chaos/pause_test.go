@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 )
@@ -42,7 +43,7 @@ func TestPauseHub(t *testing.T) {
 			t.Logf("pause %d: SIGSTOP hub c", i+1)
 			c.signal(syscall.SIGSTOP)
 			// Paused past failure detection: a stops seeing c alive.
-			labWait(t, 60*time.Second, "a to see c fail", func() bool { return len(a.alive()) == 2 })
+			testutil.EventuallyWithin(t, 60*time.Second, "a to see c fail", func() bool { return len(a.alive()) == 2 })
 			time.Sleep(6 * time.Second) // and past the producer's 5s ack timeout
 			c.signal(syscall.SIGCONT)
 			members(t, 60*time.Second, hubs...)
@@ -293,9 +294,9 @@ func TestPauseGroupMember(t *testing.T) {
 		rec, path := newHistory(t)
 		lp := produce(t, rec, "gm", 5, 20*time.Millisecond, a)
 		victim := startMember(t, rec, a, "victim", 2*time.Second)
-		labWait(t, 30*time.Second, "the victim reading", func() bool { return victim.readCount() > 100 })
+		testutil.EventuallyWithin(t, 30*time.Second, "the victim reading", func() bool { return victim.readCount() > 100 })
 		survivor := startMember(t, rec, a, "survivor", 10*time.Second)
-		labWait(t, 30*time.Second, "the survivor reading", func() bool { return survivor.readCount() > 100 })
+		testutil.EventuallyWithin(t, 30*time.Second, "the survivor reading", func() bool { return survivor.readCount() > 100 })
 
 		victim.send("hold")
 		select {
@@ -306,10 +307,10 @@ func TestPauseGroupMember(t *testing.T) {
 		victim.cmd.Process.Signal(syscall.SIGSTOP)
 		before := survivor.readCount()
 		time.Sleep(6 * time.Second) // three session timeouts
-		labWait(t, 30*time.Second, "the survivor taking over", func() bool { return survivor.readCount() > before+100 })
+		testutil.EventuallyWithin(t, 30*time.Second, "the survivor taking over", func() bool { return survivor.readCount() > before+100 })
 		victim.cmd.Process.Signal(syscall.SIGCONT)
 		victim.send("go")
-		labWait(t, 30*time.Second, "the stale commit's answer", func() bool {
+		testutil.EventuallyWithin(t, 30*time.Second, "the stale commit's answer", func() bool {
 			victim.mu.Lock()
 			defer victim.mu.Unlock()
 			return victim.stale+victim.unsent+len(victim.failCodes) > 0
@@ -326,7 +327,7 @@ func TestPauseGroupMember(t *testing.T) {
 		time.Sleep(3 * time.Second)
 		lp.stopProducing(t)
 		total := lp.acked.Load()
-		labWait(t, 60*time.Second, "the group to read everything", func() bool {
+		testutil.EventuallyWithin(t, 60*time.Second, "the group to read everything", func() bool {
 			var g struct {
 				Lag int64 `json:"lag"`
 			}

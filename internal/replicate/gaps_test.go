@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -157,7 +158,7 @@ func TestGapWhenOriginGoneAndRelaysTrimmed(t *testing.T) {
 			createStream(t, a, "r", 1, "all")
 			for i := 1; i <= 4; i++ { // separate appends at b: chunks its retention drops one by one
 				produce(t, a, "r", 500)
-				eventually(t, "b synced", func() bool { return total(content(t, b, "r")) == 500*i })
+				testutil.Eventually(t, "b synced", func() bool { return total(content(t, b, "r")) == 500*i })
 			}
 			ka := store.OriginKey{Hub: "a"}
 			bst := stream(t, b, "r")
@@ -165,7 +166,7 @@ func TestGapWhenOriginGoneAndRelaysTrimmed(t *testing.T) {
 			a.halt()
 			c := net.addHubWith(t, "c", func(c *Config) { c.GapAfter = tt.gapAfter })
 			if tt.originReturns {
-				eventually(t, "c waits for the origin, saying why", func() bool {
+				testutil.Eventually(t, "c waits for the origin, saying why", func() bool {
 					for _, s := range c.rep.Status() {
 						if s.Origin == "a" && s.State == "waiting" && strings.Contains(s.LastError, "declaring them a gap in") {
 							return true
@@ -177,17 +178,17 @@ func TestGapWhenOriginGoneAndRelaysTrimmed(t *testing.T) {
 					t.Fatalf("c took %d records of a while waiting for it", got)
 				}
 				net.start(t, a)
-				eventually(t, "c holds all of a's records", func() bool { return sameContent(content(t, a, "r"), content(t, c, "r")) })
+				testutil.Eventually(t, "c holds all of a's records", func() bool { return sameContent(content(t, a, "r"), content(t, c, "r")) })
 				if n := counterValue(c.rep.metrics.gaps.WithLabelValues("r", "a")); n != 0 {
 					t.Fatalf("%v gaps reported though the origin returned", n)
 				}
 				return
 			}
-			eventually(t, "c holds what b holds", func() bool { return sameContent(content(t, b, "r"), content(t, c, "r")) })
+			testutil.Eventually(t, "c holds what b holds", func() bool { return sameContent(content(t, b, "r"), content(t, c, "r")) })
 			if got, want := len(content(t, c, "r")[ka]), int(2000-first+1); got != want {
 				t.Fatalf("c holds %d of a's records, want %d", got, want)
 			}
-			eventually(t, "the gap is reported", func() bool {
+			testutil.Eventually(t, "the gap is reported", func() bool {
 				return counterValue(c.rep.metrics.gaps.WithLabelValues("r", "a")) == 1 &&
 					counterValue(c.rep.metrics.gapSeqs.WithLabelValues("r", "a")) == float64(first-1)
 			})
@@ -236,12 +237,12 @@ func TestGapCountedOnceAcrossRestart(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "gaps.json")
 	b := net.addHubWith(t, "b", func(c *Config) { c.StateFile = state })
 	counted := func() float64 { return counterValue(b.rep.metrics.gaps.WithLabelValues("e", "a")) }
-	eventually(t, "the gap is reported", func() bool { return counted() == 1 })
+	testutil.Eventually(t, "the gap is reported", func() bool { return counted() == 1 })
 	// Reconnect: the origin announces it again.
 	net.setCut("a", "b", true)
 	time.Sleep(50 * time.Millisecond)
 	net.setCut("a", "b", false)
-	eventually(t, "b follows a again", func() bool {
+	testutil.Eventually(t, "b follows a again", func() bool {
 		for _, s := range b.rep.Status() {
 			if s.Origin == "a" && s.State == "following" {
 				return true
@@ -255,7 +256,7 @@ func TestGapCountedOnceAcrossRestart(t *testing.T) {
 	// Restart: a new process, the same state file.
 	b.halt()
 	net.start(t, b)
-	eventually(t, "b follows a after its restart", func() bool {
+	testutil.Eventually(t, "b follows a after its restart", func() bool {
 		for _, s := range b.rep.Status() {
 			if s.Origin == "a" && s.State == "following" && s.Gaps == 1 && s.GapSeqs == 500 {
 				return true
@@ -285,11 +286,11 @@ func TestRelayAnnouncesRecordedGaps(t *testing.T) {
 	}
 	first, _, _ := st.Bounds(0)
 	b := net.addHub(t, "b")
-	eventually(t, "b reports the gap", func() bool { return counterValue(b.rep.metrics.gaps.WithLabelValues("g", "a")) == 1 })
+	testutil.Eventually(t, "b reports the gap", func() bool { return counterValue(b.rep.metrics.gaps.WithLabelValues("g", "a")) == 1 })
 	net.setCut("a", "c", true)
 	c := net.addHub(t, "c")
-	eventually(t, "c holds what b holds", func() bool { return sameContent(content(t, b, "g"), content(t, c, "g")) })
-	eventually(t, "c reports the gap b announced", func() bool {
+	testutil.Eventually(t, "c holds what b holds", func() bool { return sameContent(content(t, b, "g"), content(t, c, "g")) })
+	testutil.Eventually(t, "c reports the gap b announced", func() bool {
 		return counterValue(c.rep.metrics.gaps.WithLabelValues("g", "a")) == 1 &&
 			counterValue(c.rep.metrics.gapSeqs.WithLabelValues("g", "a")) == float64(first-1)
 	})

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -65,7 +66,7 @@ func TestRecreatedOriginIsPulledFromItsBeginning(t *testing.T) {
 	old := produceValues(t, a, "s", "old", 300)
 	slices.Sort(old)
 	for _, h := range []*memHub{b, c} {
-		eventually(t, h.name+" holds the old records", func() bool { return slices.Equal(originValues(t, h, "s", "a"), old) })
+		testutil.Eventually(t, h.name+" holds the old records", func() bool { return slices.Equal(originValues(t, h, "s", "a"), old) })
 	}
 	oldInc := stream(t, a, "s").Incarnation()
 	if got := stream(t, b, "s").OriginIncarnation("a"); got != oldInc {
@@ -85,7 +86,7 @@ func TestRecreatedOriginIsPulledFromItsBeginning(t *testing.T) {
 	fresh := produceValues(t, a, "s", "new", 40)
 	want := slices.Sorted(slices.Values(append(slices.Clone(old), fresh...)))
 	for _, h := range []*memHub{b, c} {
-		eventually(t, h.name+" holds the new incarnation's records too", func() bool {
+		testutil.Eventually(t, h.name+" holds the new incarnation's records too", func() bool {
 			return slices.Equal(originValues(t, h, "s", "a"), want)
 		})
 		if got := stream(t, h, "s").OriginIncarnation("a"); got != newInc {
@@ -96,9 +97,9 @@ func TestRecreatedOriginIsPulledFromItsBeginning(t *testing.T) {
 	more := produceValues(t, a, "s", "more", 10)
 	want = slices.Sorted(slices.Values(append(want, more...)))
 	for _, h := range []*memHub{b, c} {
-		eventually(t, h.name+" holds the later records", func() bool { return slices.Equal(originValues(t, h, "s", "a"), want) })
+		testutil.Eventually(t, h.name+" holds the later records", func() bool { return slices.Equal(originValues(t, h, "s", "a"), want) })
 	}
-	eventually(t, "lag drains", func() bool {
+	testutil.Eventually(t, "lag drains", func() bool {
 		for _, h := range []*memHub{b, c} {
 			for _, l := range h.rep.Lag() {
 				if l.Records != 0 {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -100,9 +101,9 @@ func TestRepairRefetchesDamagedChunks(t *testing.T) {
 	b := net.addHub(t, "b")
 	createStream(t, a, "r", 1, "all")
 	produce(t, a, "r", 500)
-	eventually(t, "b has the stream", func() bool { _, err := b.store.Stream("r"); return err == nil })
+	testutil.Eventually(t, "b has the stream", func() bool { _, err := b.store.Stream("r"); return err == nil })
 	produce(t, b, "r", 500)
-	eventually(t, "converged", func() bool {
+	testutil.Eventually(t, "converged", func() bool {
 		ca := content(t, a, "r")
 		return total(ca) == 1000 && sameContent(ca, content(t, b, "r"))
 	})
@@ -119,12 +120,12 @@ func TestRepairRefetchesDamagedChunks(t *testing.T) {
 		flipMarker(t, path, "a-499") // a's own, in the last chunk of the shard
 	})
 	st := stream(t, a, "r")
-	eventually(t, "the scrub found every damaged chunk", func() bool { return len(st.Damaged()) == 3 })
+	testutil.Eventually(t, "the scrub found every damaged chunk", func() bool { return len(st.Damaged()) == 3 })
 	var ce *store.CorruptError
 	if _, err := allRecords(t, st, 0); !errors.As(err, &ce) || ce.File != filepath.Join(a.store.Config().Dir, "streams", "r.db") {
 		t.Fatalf("reading the damaged stream: %v", err)
 	}
-	eventually(t, "repair attempted", func() bool {
+	testutil.Eventually(t, "repair attempted", func() bool {
 		rs := a.rep.Repairs()
 		return len(rs) == 3 && rs[0].LastError != "" && rs[0].Missing > 0
 	})
@@ -136,7 +137,7 @@ func TestRepairRefetchesDamagedChunks(t *testing.T) {
 	}
 
 	net.setCut("a", "b", false)
-	eventually(t, "repaired", func() bool { return len(st.Damaged()) == 0 })
+	testutil.Eventually(t, "repaired", func() bool { return len(st.Damaged()) == 0 })
 	after, err := allRecords(t, st, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +153,7 @@ func TestRepairRefetchesDamagedChunks(t *testing.T) {
 	}
 	// Replication goes on over the repaired ranges.
 	produce(t, b, "r", 100)
-	eventually(t, "converged again", func() bool {
+	testutil.Eventually(t, "converged again", func() bool {
 		ca := content(t, a, "r")
 		return total(ca) == 1100 && sameContent(ca, content(t, b, "r"))
 	})

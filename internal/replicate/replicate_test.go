@@ -16,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
@@ -393,17 +394,6 @@ func sameContent(a, b map[store.OriginKey][]string) bool {
 	return true
 }
 
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestThreeHubsConverge(t *testing.T) {
 	net := newMemNet()
 	hubs := []*memHub{net.addHub(t, "a"), net.addHub(t, "b"), net.addHub(t, "c")}
@@ -414,7 +404,7 @@ func TestThreeHubsConverge(t *testing.T) {
 		produce(t, h, "events", 1000*(i+1))
 	}
 	want := 1000 + 2000 + 3000
-	eventually(t, "convergence", func() bool {
+	testutil.Eventually(t, "convergence", func() bool {
 		ref := content(t, hubs[0], "events")
 		if total(ref) != want {
 			return false
@@ -430,11 +420,11 @@ func TestThreeHubsConverge(t *testing.T) {
 	for _, h := range hubs {
 		produce(t, h, "events", 500)
 	}
-	eventually(t, "convergence after more writes", func() bool {
+	testutil.Eventually(t, "convergence after more writes", func() bool {
 		ref := content(t, hubs[0], "events")
 		return total(ref) == want+1500 && sameContent(ref, content(t, hubs[1], "events")) && sameContent(ref, content(t, hubs[2], "events"))
 	})
-	eventually(t, "lag drains", func() bool {
+	testutil.Eventually(t, "lag drains", func() bool {
 		for _, h := range hubs {
 			for _, l := range h.rep.Lag() {
 				if l.Records != 0 {
@@ -459,17 +449,17 @@ func TestChainRelays(t *testing.T) {
 	createStream(t, a, "s", 2, "all")
 	produce(t, a, "s", 3000)
 	// b and c get the stream from the definitions (c only through b's).
-	eventually(t, "c holds a's records via b", func() bool { return total(content(t, c, "s")) == 3000 })
+	testutil.Eventually(t, "c holds a's records via b", func() bool { return total(content(t, c, "s")) == 3000 })
 	if ts := c.rep.Status(); len(ts) == 0 || ts[0].Peer != "b" {
 		t.Fatalf("c pulls from %+v, want b", ts)
 	}
 	net.setCut("a", "c", false)
 	produce(t, a, "s", 1000)
-	eventually(t, "all converge", func() bool {
+	testutil.Eventually(t, "all converge", func() bool {
 		ref := content(t, a, "s")
 		return total(ref) == 4000 && sameContent(ref, content(t, b, "s")) && sameContent(ref, content(t, c, "s"))
 	})
-	eventually(t, "c pulls from the origin again", func() bool {
+	testutil.Eventually(t, "c pulls from the origin again", func() bool {
 		for _, s := range c.rep.Status() {
 			if s.Origin == "a" && s.Peer != "a" {
 				return false
@@ -486,20 +476,20 @@ func TestPartitionWithWritesHeals(t *testing.T) {
 		createStream(t, h, "p", 2, "all")
 	}
 	produce(t, a, "p", 200)
-	eventually(t, "initial sync", func() bool { return total(content(t, c, "p")) == 200 })
+	testutil.Eventually(t, "initial sync", func() bool { return total(content(t, c, "p")) == 200 })
 	// {a, b} | {c}
 	net.setCut("a", "c", true)
 	net.setCut("b", "c", true)
 	produce(t, a, "p", 500)
 	produce(t, b, "p", 400)
 	produce(t, c, "p", 300)
-	eventually(t, "majority side converges", func() bool { return total(content(t, b, "p")) == 1100 })
+	testutil.Eventually(t, "majority side converges", func() bool { return total(content(t, b, "p")) == 1100 })
 	if n := total(content(t, c, "p")); n != 500 {
 		t.Fatalf("c holds %d records during the partition, want 500", n)
 	}
 	net.setCut("a", "c", false)
 	net.setCut("b", "c", false)
-	eventually(t, "healed", func() bool {
+	testutil.Eventually(t, "healed", func() bool {
 		ref := content(t, a, "p")
 		return total(ref) == 1400 && sameContent(ref, content(t, b, "p")) && sameContent(ref, content(t, c, "p"))
 	})
@@ -510,15 +500,15 @@ func TestRestartResumesFromWatermark(t *testing.T) {
 	a, b := net.addHub(t, "a"), net.addHub(t, "b")
 	createStream(t, a, "r", 1, "all")
 	produce(t, a, "r", 1000)
-	eventually(t, "b synced", func() bool { return total(content(t, b, "r")) == 1000 })
+	testutil.Eventually(t, "b synced", func() bool { return total(content(t, b, "r")) == 1000 })
 	b.halt()
 	produce(t, a, "r", 1000)
 	net.start(t, b)
-	eventually(t, "b caught up", func() bool { return total(content(t, b, "r")) == 2000 })
+	testutil.Eventually(t, "b caught up", func() bool { return total(content(t, b, "r")) == 2000 })
 	// The counter moves just after the commit is visible: wait for it, then
 	// check that nothing beyond the missing records was pulled.
 	pulled := func() float64 { return counterValue(b.rep.metrics.applied.WithLabelValues("r", "a", "a")) }
-	eventually(t, "the pull counted", func() bool { return pulled() >= 1000 })
+	testutil.Eventually(t, "the pull counted", func() bool { return pulled() >= 1000 })
 	time.Sleep(100 * time.Millisecond)
 	if pulled := pulled(); pulled != 1000 {
 		t.Fatalf("after restart b pulled %v records, want 1000 (resume from the watermark)", pulled)
@@ -536,10 +526,10 @@ func TestPolicy(t *testing.T) {
 	for _, s := range []string{"raw", "agg", "all"} {
 		produce(t, edge, s, 100)
 	}
-	eventually(t, "all everywhere", func() bool {
+	testutil.Eventually(t, "all everywhere", func() bool {
 		return total(content(t, region, "all")) == 100 && total(content(t, core, "all")) == 100
 	})
-	eventually(t, "agg at the region", func() bool { return total(content(t, region, "agg")) == 100 })
+	testutil.Eventually(t, "agg at the region", func() bool { return total(content(t, region, "agg")) == 100 })
 	// Give replication time to do something wrong, then look.
 	time.Sleep(200 * time.Millisecond)
 	tests := []struct {
@@ -593,7 +583,7 @@ func TestDefinitionUpdatePropagates(t *testing.T) {
 	net := newMemNet()
 	a, b := net.addHub(t, "a"), net.addHub(t, "b")
 	createStream(t, a, "d", 4, "all")
-	eventually(t, "b creates d", func() bool {
+	testutil.Eventually(t, "b creates d", func() bool {
 		st, err := b.store.Stream("d")
 		return err == nil && st.Shards() == 4
 	})
@@ -604,7 +594,7 @@ func TestDefinitionUpdatePropagates(t *testing.T) {
 	if err := b.store.UpdateStream(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a adopts compact", func() bool { return stream(t, a, "d").Config().Compact })
+	testutil.Eventually(t, "a adopts compact", func() bool { return stream(t, a, "d").Config().Compact })
 	// Retention is each hub's own.
 	c = stream(t, a, "d").Config()
 	c.Retention = time.Hour
@@ -635,8 +625,8 @@ func TestGapIsReported(t *testing.T) {
 		t.Fatalf("retention removed nothing (first %d)", first)
 	}
 	b := net.addHub(t, "b")
-	eventually(t, "b holds what is left", func() bool { return total(content(t, b, "g")) == int(last-first+1) })
-	eventually(t, "gap reported", func() bool {
+	testutil.Eventually(t, "b holds what is left", func() bool { return total(content(t, b, "g")) == int(last-first+1) })
+	testutil.Eventually(t, "gap reported", func() bool {
 		for _, s := range b.rep.Status() {
 			if s.Gaps == 1 && s.GapSeqs == first-1 {
 				return true
@@ -656,7 +646,7 @@ func TestTrimmedRelayRefuses(t *testing.T) {
 	a, b := net.addHub(t, "a"), net.addHub(t, "b")
 	createStream(t, a, "t", 1, "all")
 	produce(t, a, "t", 2000)
-	eventually(t, "b synced", func() bool { return total(content(t, b, "t")) == 2000 })
+	testutil.Eventually(t, "b synced", func() bool { return total(content(t, b, "t")) == 2000 })
 	b.halt()
 	bst := stream(t, b, "t")
 	c := bst.Config()

@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
@@ -191,7 +192,7 @@ func TestSessionFlowControlIsolatesFollows(t *testing.T) {
 	defer stalled.Close()
 	mp := stalled.(*muxPull)
 	// The server fills the stalled follow's window and then waits.
-	eventually(t, "the stalled follow's window fills", func() bool {
+	testutil.Eventually(t, "the stalled follow's window fills", func() bool {
 		mp.s.mu.Lock()
 		defer mp.s.mu.Unlock()
 		return mp.credit <= 0 && mp.buffered > 0
@@ -313,12 +314,12 @@ func TestSessionCancelStopsServing(t *testing.T) {
 			t.Fatalf("pull %d: %+v, %v; want progress", i, m, err)
 		}
 		cancel()
-		eventually(t, "the server serves the follow", func() bool { return gaugeValue(ps.srv.metrics.follows) == 1 })
+		testutil.Eventually(t, "the server serves the follow", func() bool { return gaugeValue(ps.srv.metrics.follows) == 1 })
 		p.Close()
 		if _, err := p.Recv(context.Background()); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Recv after Close: %v, want ErrClosed", err)
 		}
-		eventually(t, "the server stops serving it", func() bool { return gaugeValue(ps.srv.metrics.follows) == 0 })
+		testutil.Eventually(t, "the server stops serving it", func() bool { return gaugeValue(ps.srv.metrics.follows) == 0 })
 	}
 	if n := ps.qs.Stats().StreamsTotal; n != 1 {
 		t.Fatalf("%d QUIC streams opened, want 1 session", n)
