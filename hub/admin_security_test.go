@@ -203,7 +203,7 @@ func TestAdminTokens(t *testing.T) {
 	}
 	t.Setenv("TEST_HUB_WRITE_TOKEN", writeTok)
 	cfg := testConfig(t)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(&logs, tbWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.Admin.Tokens = []AdminToken{
 		{Name: "dash", Role: RoleRead, TokenFile: readFile},

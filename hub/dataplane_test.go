@@ -696,11 +696,7 @@ func TestDataPlaneKill9(t *testing.T) {
 		t.Skip("builds the hub binary and crashes it")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "hub")
-	build := exec.Command("go", "build", "-o", bin, "github.com/edgehub/edgehub/cmd/hub")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := hubBinary(t)
 	addr := freeUDPAddr(t)
 	data := filepath.Join(dir, "data")
 	conf := filepath.Join(dir, "hub.toml")

@@ -132,7 +132,7 @@ func runReadme(t *testing.T, c *child, example, out string) {
 // outputs. TestExamples in the plugins package runs the examples with tuned
 // settings; this is what a user who copies the README gets.
 func TestExampleReadmes(t *testing.T) {
-	buildHub(t)
+	hubBinary(t)
 	entries, err := os.ReadDir(filepath.Join(plugintest.ModuleRoot(t), "examples"))
 	if err != nil {
 		t.Fatal(err)

@@ -4,126 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/chaos/udpproxy"
 	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
-
-// impairedProxy relays UDP between QUIC clients and a hub, delaying every
-// datagram and dropping some: a lossy, slow link on loopback without
-// privileges. Each client address gets its own upstream socket.
-type impairedProxy struct {
-	ln     *net.UDPConn
-	target *net.UDPAddr
-	delay  time.Duration
-	jitter time.Duration
-	loss   float64
-
-	mu      sync.Mutex
-	flows   map[string]*net.UDPConn
-	closed  bool
-	dropped int
-	relayed int
-}
-
-func newImpairedProxy(tb testing.TB, target string, delay, jitter time.Duration, loss float64) *impairedProxy {
-	tb.Helper()
-	ta, err := net.ResolveUDPAddr("udp", target)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := &impairedProxy{ln: ln, target: ta, delay: delay, jitter: jitter, loss: loss, flows: map[string]*net.UDPConn{}}
-	go p.run()
-	tb.Cleanup(p.close)
-	return p
-}
-
-func (p *impairedProxy) addr() string { return p.ln.LocalAddr().String() }
-
-// send delivers b after the link's delay, or drops it.
-func (p *impairedProxy) send(b []byte, write func([]byte)) {
-	p.mu.Lock()
-	drop := rand.Float64() < p.loss
-	if drop {
-		p.dropped++
-	} else {
-		p.relayed++
-	}
-	p.mu.Unlock()
-	if drop {
-		return
-	}
-	d := p.delay + time.Duration(rand.Int64N(int64(p.jitter)+1))
-	time.AfterFunc(d, func() { write(b) })
-}
-
-func (p *impairedProxy) run() {
-	buf := make([]byte, 64<<10)
-	for {
-		n, from, err := p.ln.ReadFromUDP(buf)
-		if err != nil {
-			return
-		}
-		b := append([]byte(nil), buf[:n]...)
-		up := p.flow(from)
-		if up == nil {
-			return
-		}
-		p.send(b, func(b []byte) { up.Write(b) })
-	}
-}
-
-func (p *impairedProxy) flow(client *net.UDPAddr) *net.UDPConn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil
-	}
-	if c, ok := p.flows[client.String()]; ok {
-		return c
-	}
-	up, err := net.DialUDP("udp", nil, p.target)
-	if err != nil {
-		return nil
-	}
-	p.flows[client.String()] = up
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := up.Read(buf)
-			if err != nil {
-				return
-			}
-			b := append([]byte(nil), buf[:n]...)
-			p.send(b, func(b []byte) { p.ln.WriteToUDP(b, client) })
-		}
-	}()
-	return up
-}
-
-func (p *impairedProxy) close() {
-	p.mu.Lock()
-	p.closed = true
-	for _, c := range p.flows {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.ln.Close()
-}
 
 // TestFederationImpairedLink replicates through a link with delay, jitter
 // and loss: QUIC recovers, the pull converges.
@@ -132,8 +25,13 @@ func TestFederationImpairedLink(t *testing.T) {
 	cfgA := n.config("far", "")
 	// Bind the data plane first to learn its port, then advertise the proxy.
 	a, _ := startHub(t, cfgA)
-	proxy := newImpairedProxy(t, a.QUICAddr().String(), 10*time.Millisecond, 10*time.Millisecond, 0.03)
-	a.federation.gossip.SetMeta(context.Background(), metaWithQUIC(a, proxy.addr()))
+	proxy, err := udpproxy.New("127.0.0.1:0", a.QUICAddr().String(),
+		udpproxy.Impairment{Delay: 10 * time.Millisecond, Jitter: 10 * time.Millisecond, Loss: 0.03}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	a.federation.gossip.SetMeta(context.Background(), metaWithQUIC(a, proxy.Addr().String()))
 	b := n.start("near")
 	createReplicated(t, a, "remote", 2, "all")
 	total := 3000
@@ -144,9 +42,8 @@ func TestFederationImpairedLink(t *testing.T) {
 		produceAt(t, a, "remote", total/3, 100)
 	}
 	converged(t, "remote", total, a, b)
-	proxy.mu.Lock()
-	dropped, relayed := proxy.dropped, proxy.relayed
-	proxy.mu.Unlock()
+	st := proxy.Stats()
+	dropped, relayed := st.Dropped, st.Sent
 	if dropped == 0 || relayed == 0 {
 		t.Fatalf("the link was not exercised: %d relayed, %d dropped", relayed, dropped)
 	}

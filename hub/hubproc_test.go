@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 )
@@ -26,33 +27,11 @@ import (
 // Tests that need the hub's own process (its peak RSS, a crash) run `hub
 // serve` from a binary built once per test run.
 
-var (
-	hubBuildOnce sync.Once
-	hubBuildBin  string
-	hubBuildErr  error
-)
-
+// hubBinary is the hub binary, built once per test run (skipped with
+// -short).
 func hubBinary(tb testing.TB) string {
 	tb.Helper()
-	if testing.Short() {
-		tb.Skip("builds and runs the hub binary; skipped with -short")
-	}
-	hubBuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hub-bin-")
-		if err != nil {
-			hubBuildErr = err
-			return
-		}
-		hubBuildBin = filepath.Join(dir, "hub")
-		out, err := exec.Command("go", "build", "-o", hubBuildBin, "github.com/edgehub/edgehub/cmd/hub").CombinedOutput()
-		if err != nil {
-			hubBuildErr = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if hubBuildErr != nil {
-		tb.Fatal(hubBuildErr)
-	}
-	return hubBuildBin
+	return testutil.Binary(tb, "github.com/edgehub/edgehub/cmd/hub")
 }
 
 // hubProc is a `hub serve` child process.

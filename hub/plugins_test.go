@@ -219,42 +219,13 @@ retries = 3
 
 // Child-process tests: a real `hub` binary.
 
-var (
-	hubBinOnce sync.Once
-	hubBinDir  string
-	hubBin     string
-	hubBinErr  error
-)
-
-func buildHub(tb testing.TB) string {
-	tb.Helper()
-	if testing.Short() {
-		tb.Skip("builds the hub binary; skipped with -short")
-	}
-	hubBinOnce.Do(func() {
-		if hubBinDir, hubBinErr = os.MkdirTemp("", "hub-bin-"); hubBinErr != nil {
-			return
-		}
-		hubBin = filepath.Join(hubBinDir, "hub")
-		cmd := exec.Command("go", "build", "-o", hubBin, "./cmd/hub")
-		cmd.Dir = plugintest.ModuleRoot(tb)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			hubBinErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if hubBinErr != nil {
-		tb.Fatal(hubBinErr)
-	}
-	return hubBin
-}
-
 // child is a `hub serve` process.
 type child struct {
 	tb    testing.TB
 	cmd   *exec.Cmd
 	admin string
 	quic  string
-	log   *syncBuffer
+	log   *testutil.SyncBuffer
 	done  chan struct{} // closed when the process has exited
 	err   error         // its exit status, set before done closes
 	// wasmDir is where TestExampleReadmes builds the example's module.
@@ -265,13 +236,13 @@ func (c *child) wasm(name string) string { return filepath.Join(c.wasmDir, name)
 
 func startChild(tb testing.TB, config string) *child {
 	tb.Helper()
-	c := &child{tb: tb, log: &syncBuffer{}, done: make(chan struct{})}
+	c := &child{tb: tb, log: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cfg, err := LoadConfig(config)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	c.admin, c.quic = cfg.Listen.Admin, cfg.Listen.QUIC
-	c.cmd = exec.Command(buildHub(tb), "serve", "--config", config, "--log-level", "warn")
+	c.cmd = exec.Command(hubBinary(tb), "serve", "--config", config, "--log-level", "warn")
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	if err := c.cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -330,7 +301,7 @@ func (c *child) cli(args ...string) string {
 // cliIn is cli with stdin.
 func (c *child) cliIn(stdin string, args ...string) string {
 	c.tb.Helper()
-	cmd := exec.Command(buildHub(c.tb), args...)
+	cmd := exec.Command(hubBinary(c.tb), args...)
 	cmd.Env = append(os.Environ(), "HUB_ADMIN="+c.admin, "HUB_ADDR="+c.quic)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
@@ -338,25 +309,6 @@ func (c *child) cliIn(stdin string, args ...string) string {
 		c.tb.Fatalf("hub %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// syncBuffer collects a child's output; exec copies into it from its own
-// goroutines while a failing test may read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func (c *child) describe(name string) plugins.Info {

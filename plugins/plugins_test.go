@@ -26,7 +26,7 @@ var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Le
 func TestMain(m *testing.M) {
 	code := m.Run()
 	plugintest.Cleanup()
-	os.Exit(leakCheck(code))
+	os.Exit(testutil.LeakCheck(code))
 }
 
 // env is a store and a running manager in one data directory.

@@ -1,7 +1,6 @@
 package quic
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -168,7 +167,7 @@ func TestServerHalfSentFrame(t *testing.T) {
 // started with Request.Go, fails only its stream with internal, is counted
 // and logged with its stack; the process and the connection go on.
 func TestServerPanicRecovered(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := startServer(t, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	h.srv.Handle(OpProduce, HandlerFunc(func(ctx context.Context, req *Request) error {
 		panic("handler bug")
@@ -206,7 +205,7 @@ func TestServerPanicRecovered(t *testing.T) {
 // TestServerRefusalLogRateLimited: a flood of refused streams logs one line
 // per reason and interval, then one line with the count.
 func TestServerRefusalLogRateLimited(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := startServer(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		c.RefusalLogInterval = 500 * time.Millisecond
@@ -271,21 +270,4 @@ func TestToErrorTotal(t *testing.T) {
 	if ToError(nil) != nil || WireError(nil) != nil {
 		t.Fatal("nil maps to an error")
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

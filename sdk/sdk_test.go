@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgehub/edgehub/hub"
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )
@@ -280,7 +281,7 @@ func TestMain(m *testing.M) {
 		exampleHub.stop()
 		os.RemoveAll(exampleHub.dir)
 	}
-	os.Exit(leakCheck(code))
+	os.Exit(testutil.LeakCheck(code))
 }
 
 // TestProducerFrameLimit runs a hub with a small frame limit: the producer

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // The crash test runs this test binary again as a child that appends
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 		crashChild(dir)
 		return
 	}
-	os.Exit(leakCheck(m.Run()))
+	os.Exit(testutil.LeakCheck(m.Run()))
 }
 
 // crashChild appends forever from 16 writers (single records and batches)

@@ -5,34 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
-
-// flipAll flips a byte of every copy of marker in the stream file (bbolt's
-// copy-on-write leaves stale pages holding it too) and returns how many.
-func flipAll(tb testing.TB, path, marker string) int {
-	tb.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	n := 0
-	for i := bytes.Index(raw, []byte(marker)); i >= 0; i = bytes.Index(raw, []byte(marker)) {
-		raw[i] ^= 0xFF
-		n++
-	}
-	if n == 0 {
-		tb.Fatalf("%q not found in %s", marker, path)
-	}
-	if err := os.WriteFile(path, raw, 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	return n
-}
 
 // mixedChunk appends one batch (one chunk) of own records and records of a
 // foreign origin, interleaved: values "<tag>-<i>".
@@ -81,7 +59,7 @@ func TestReplaceRepairsDamagedChunk(t *testing.T) {
 	want := readAll(t, st, 0)
 	s.Close()
 	path := filepath.Join(dir, "streams", "rep.db")
-	flipAll(t, path, "needle-7")
+	testutil.FlipAll(t, path, "needle-7")
 
 	s2 := openStore(t, cfg)
 	st2, _ := s2.Stream("rep")
@@ -192,7 +170,7 @@ func TestDamagedLastChunkIsQuarantined(t *testing.T) {
 	want := readAll(t, st, 0)
 	s.Close()
 	path := filepath.Join(dir, "streams", "tail.db")
-	flipAll(t, path, "needle-b")
+	testutil.FlipAll(t, path, "needle-b")
 
 	s2, err := Open(cfg)
 	if err != nil {

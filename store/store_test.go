@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // testClock is a settable clock for retention tests.
@@ -391,22 +392,7 @@ func TestCorruptChunkNeverReturned(t *testing.T) {
 	appendValues(t, st, 0, "second-chunk")
 	s.Close()
 	path := filepath.Join(dir, "streams", "bits.db")
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Flip a byte of every copy (bbolt's copy-on-write leaves stale pages).
-	n := 0
-	for i := bytes.Index(raw, []byte("needle")); i >= 0; i = bytes.Index(raw, []byte("needle")) {
-		raw[i] ^= 0xFF
-		n++
-	}
-	if n == 0 {
-		t.Fatal("record bytes not found in file")
-	}
-	if err := os.WriteFile(path, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testutil.FlipAll(t, path, "needle")
 	s2 := openStore(t, cfg) // the last chunk is fine, so open succeeds
 	st2, _ := s2.Stream("bits")
 	_, err = st2.Read(0, 1, ReadOptions{})

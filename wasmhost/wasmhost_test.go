@@ -10,9 +10,11 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/plugintest"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // memHost is an in-memory Host recording what the guest does.
@@ -109,56 +111,10 @@ func readTestdata(tb testing.TB, name string) []byte {
 	return b
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-	built     sync.Map // package → path
-)
-
-// buildGo builds a Go plugin package (relative to the module root) for
-// wasip1 once per test binary.
-func buildGo(tb testing.TB, pkg string) []byte {
-	tb.Helper()
-	if testing.Short() {
-		tb.Skip("building Go plugins is slow; skipped with -short")
-	}
-	buildOnce.Do(func() { buildDir, buildErr = os.MkdirTemp("", "wasmhost-test-") })
-	if buildErr != nil {
-		tb.Fatal(buildErr)
-	}
-	type result struct {
-		once sync.Once
-		path string
-		err  error
-	}
-	v, _ := built.LoadOrStore(pkg, &result{})
-	r := v.(*result)
-	r.once.Do(func() {
-		r.path = filepath.Join(buildDir, strings.ReplaceAll(pkg, "/", "_")+".wasm")
-		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", r.path, "./"+pkg)
-		cmd.Dir = ".."
-		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			r.err = errors.New(string(out))
-		}
-	})
-	if r.err != nil {
-		tb.Fatalf("build %s: %v", pkg, r.err)
-	}
-	b, err := os.ReadFile(r.path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return b
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
-	os.Exit(leakCheck(code))
+	plugintest.Cleanup()
+	os.Exit(testutil.LeakCheck(code))
 }
 
 func inputs(values ...string) []InputRecord {
@@ -228,7 +184,7 @@ func TestWATPassThrough(t *testing.T) {
 
 func TestGoGuestStateAndTimer(t *testing.T) {
 	e := newEngine(t)
-	m := compile(t, e, buildGo(t, "wasmhost/testdata/counter"), Limits{})
+	m := compile(t, e, plugintest.Wasm(t, "wasmhost/testdata/counter"), Limits{})
 	if !m.HasTimer() {
 		t.Fatal("Go SDK module should export eh_on_timer")
 	}
@@ -287,7 +243,7 @@ func TestFailures(t *testing.T) {
 	hostile := compile(t, e, readTestdata(t, "hostile.wasm"), lim)
 	var counter *Module
 	if !testing.Short() {
-		counter = compile(t, e, buildGo(t, "wasmhost/testdata/counter"), lim)
+		counter = compile(t, e, plugintest.Wasm(t, "wasmhost/testdata/counter"), lim)
 	}
 	tests := []struct {
 		name    string
@@ -503,7 +459,7 @@ func TestCompilationCacheSurvivesEngines(t *testing.T) {
 		t.Skip("-short")
 	}
 	dir := t.TempDir()
-	wasm := buildGo(t, "wasmhost/testdata/counter")
+	wasm := plugintest.Wasm(t, "wasmhost/testdata/counter")
 	for i := 0; i < 2; i++ {
 		e, err := New(Config{CacheDir: dir})
 		if err != nil {
@@ -528,7 +484,7 @@ func TestCompilationCacheSurvivesEngines(t *testing.T) {
 // call; without it this guest runs out of memory).
 func TestGoGuestCollectsGarbage(t *testing.T) {
 	e := newEngine(t)
-	m := compile(t, e, buildGo(t, "wasmhost/testdata/counter"), Limits{MemoryPages: 256, CallTimeout: 5 * time.Minute})
+	m := compile(t, e, plugintest.Wasm(t, "wasmhost/testdata/counter"), Limits{MemoryPages: 256, CallTimeout: 5 * time.Minute})
 	inst, err := m.Instantiate(context.Background(), newMemHost("out"))
 	if err != nil {
 		t.Fatal(err)

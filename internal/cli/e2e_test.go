@@ -17,47 +17,22 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // The end-to-end tests build the real hub binary and run `hub serve` as a
 // child process on free loopback ports, then drive it with the CLI.
 
-var (
-	buildOnce sync.Once
-	hubBinary string
-	buildErr  error
-	buildDir  string
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	testutil.RemoveBinaries()
 	os.Exit(code)
 }
 
-// hubBin builds the hub binary once per test run.
+// hubBin is the hub binary, built once per test run.
 func hubBin(tb testing.TB) string {
 	tb.Helper()
-	if testing.Short() {
-		tb.Skip("builds and runs the hub binary; skipped with -short")
-	}
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "hub-e2e-")
-		if buildErr != nil {
-			return
-		}
-		hubBinary = filepath.Join(buildDir, "hub")
-		out, err := exec.Command("go", "build", "-o", hubBinary, "github.com/edgehub/edgehub/cmd/hub").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
-	}
-	return hubBinary
+	return testutil.Binary(tb, "github.com/edgehub/edgehub/cmd/hub")
 }
 
 // server is a `hub serve` child process.

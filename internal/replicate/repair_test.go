@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,27 +12,6 @@ import (
 	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/store"
 )
-
-// flipMarker flips a byte of every copy of marker in file (bbolt's
-// copy-on-write leaves stale pages holding it too).
-func flipMarker(tb testing.TB, path, marker string) {
-	tb.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	n := 0
-	for i := bytes.Index(raw, []byte(marker)); i >= 0; i = bytes.Index(raw, []byte(marker)) {
-		raw[i] ^= 0xFF
-		n++
-	}
-	if n == 0 {
-		tb.Fatalf("%q not found in %s", marker, path)
-	}
-	if err := os.WriteFile(path, raw, 0o644); err != nil {
-		tb.Fatal(err)
-	}
-}
 
 // reopen stops h, runs damage on its data directory while it is stopped,
 // and starts it again on the same directory.
@@ -115,9 +93,9 @@ func TestRepairRefetchesDamagedChunks(t *testing.T) {
 	net.setCut("a", "b", true) // nobody can repair a at first
 	net.reopen(t, a, func(dir string) {
 		path := filepath.Join(dir, "streams", "r.db")
-		flipMarker(t, path, "a-123") // a's own records
-		flipMarker(t, path, "b-321") // records of origin b
-		flipMarker(t, path, "a-499") // a's own, in the last chunk of the shard
+		testutil.FlipAll(t, path, "a-123") // a's own records
+		testutil.FlipAll(t, path, "b-321") // records of origin b
+		testutil.FlipAll(t, path, "a-499") // a's own, in the last chunk of the shard
 	})
 	st := stream(t, a, "r")
 	testutil.Eventually(t, "the scrub found every damaged chunk", func() bool { return len(st.Damaged()) == 3 })

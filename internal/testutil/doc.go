@@ -7,4 +7,9 @@
 // it until a generous deadline: the machine is shared and noisy, so tests
 // wait for conditions and assert on counts and contents, never on how long
 // something took.
+//
+// The rest is what several packages' tests need alike: LeakCheck for a
+// TestMain (goleak), SyncBuffer for output written from other goroutines,
+// FlipAll to damage a file on disk, and Binary to build a command (the hub)
+// once per test binary.
 package testutil
