@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -18,29 +17,6 @@ import (
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )
-
-// flipEvery flips a byte of every copy of marker in the file at path
-// (bbolt's copy-on-write leaves stale pages holding it too) and returns how
-// many it flipped.
-func flipEvery(tb testing.TB, path, marker string) int {
-	tb.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	n := 0
-	for i := bytes.Index(raw, []byte(marker)); i >= 0; i = bytes.Index(raw, []byte(marker)) {
-		raw[i] ^= 0xFF
-		n++
-	}
-	if n == 0 {
-		tb.Fatalf("%q not found in %s", marker, path)
-	}
-	if err := os.WriteFile(path, raw, 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	return n
-}
 
 // storedRecords reads every record of a stream, by shard; a read error
 // (a damaged range) is returned.
@@ -146,8 +122,8 @@ func TestFederationRepairsDamagedChunk(t *testing.T) {
 	stop()
 
 	path := filepath.Join(dir, "streams", "rep.db")
-	flipEvery(t, path, "alpha-123-") // alpha's own records
-	flipEvery(t, path, "beta-456-")  // records of origin beta
+	testutil.FlipAll(t, path, "alpha-123-") // alpha's own records
+	testutil.FlipAll(t, path, "beta-456-")  // records of origin beta
 	// Nobody can repair alpha at first.
 	n.setCut("alpha", "beta", true)
 	n.setCut("alpha", "gamma", true)
@@ -265,7 +241,7 @@ func TestDamageMetByReaderIsShown(t *testing.T) {
 		}
 	}
 	stop()
-	flipEvery(t, filepath.Join(cfg.Hub.DataDir, "streams", "loc.db"), "rec-1-50-")
+	testutil.FlipAll(t, filepath.Join(cfg.Hub.DataDir, "streams", "loc.db"), "rec-1-50-")
 	h, _ = startStoppable(t, cfg)
 	if d := damagedRanges(describeStreamAt(t, h, "loc")); len(d) != 0 {
 		t.Fatalf("damage known before any read: %+v", d)
