@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
@@ -697,7 +697,7 @@ func TestDataPlaneKill9(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := hubBinary(t)
-	addr := freeUDPAddr(t)
+	addr := testutil.FreeAddr(t, "udp")
 	data := filepath.Join(dir, "data")
 	conf := filepath.Join(dir, "hub.toml")
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
@@ -856,17 +856,6 @@ shards = 3
 		}
 	}
 	t.Logf("%d records acknowledged across 2 hub crashes, %d stored, none twice", len(acked), len(seen))
-}
-
-// freeUDPAddr returns a loopback UDP address that was free a moment ago.
-func freeUDPAddr(tb testing.TB) string {
-	tb.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().String()
 }
 
 // TestDataPlaneBackpressure plays a producer that floods batches and never

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -63,7 +62,7 @@ func TestFederationCrashRestart(t *testing.T) {
 	dir := t.TempDir()
 	// A fixed gossip port, as in production: the restarted hub comes back
 	// at the same address and refutes its death.
-	gossipPort := freeUDPPort(t)
+	gossipPort := testutil.FreePort(t)
 	child := func() (*exec.Cmd, string) {
 		t.Helper()
 		addrFile := filepath.Join(dir, "admin.addr")
@@ -200,25 +199,4 @@ func TestFederationChildHub(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// freeUDPPort returns a port free for both UDP and TCP on loopback
-// (memberlist binds both).
-func freeUDPPort(tb testing.TB) int {
-	tb.Helper()
-	for range 20 {
-		l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	tb.Fatal("no free port")
-	return 0
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -319,25 +318,6 @@ func (c *child) describe(name string) plugins.Info {
 	return info
 }
 
-func freeAddr(tb testing.TB, network string) string {
-	tb.Helper()
-	switch network {
-	case "udp":
-		ln, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.LocalAddr().String()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func writeHubToml(tb testing.TB, dir, extra string) string {
 	tb.Helper()
 	toml := fmt.Sprintf(`
@@ -348,7 +328,7 @@ data_dir = %q
 admin = %q
 quic = %q
 %s
-`, filepath.Join(dir, "data"), freeAddr(tb, "tcp"), freeAddr(tb, "udp"), extra)
+`, filepath.Join(dir, "data"), testutil.FreeAddr(tb, "tcp"), testutil.FreeAddr(tb, "udp"), extra)
 	path := filepath.Join(dir, "hub.toml")
 	if err := os.WriteFile(path, []byte(toml), 0o644); err != nil {
 		tb.Fatal(err)

@@ -40,7 +40,7 @@ func TestBoundedCorruption(t *testing.T) {
 	pristine := t.TempDir()
 	dataDir := filepath.Join(pristine, "data")
 	cfgFile := filepath.Join(t.TempDir(), "hub.toml")
-	cfg := hubConfig{Name: "corrupt", DataDir: dataDir, QUIC: freeQUICAddr(t), Stream: "chaos", Shards: 4}
+	cfg := hubConfig{Name: "corrupt", DataDir: dataDir, QUIC: testutil.FreeAddr(t, "udp"), Stream: "chaos", Shards: 4}
 	writeConfig(t, cfgFile, cfg)
 	path := historyPath(t)
 	rec, err := CreateRecorder(path)
@@ -78,7 +78,7 @@ func TestBoundedCorruption(t *testing.T) {
 			changed := d.apply(t, streamFile)
 			flipped += changed
 			dcfg := cfg
-			dcfg.DataDir, dcfg.QUIC = dir, freeQUICAddr(t)
+			dcfg.DataDir, dcfg.QUIC = dir, testutil.FreeAddr(t, "udp")
 			dcfgFile := filepath.Join(t.TempDir(), "hub.toml")
 			writeConfig(t, dcfgFile, dcfg)
 			dh, err := startHub(t, dcfgFile)

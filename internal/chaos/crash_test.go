@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // crashRun is one crash loop's settings.
@@ -37,7 +39,7 @@ func crashLoop(t *testing.T, o crashRun) crashResult {
 		dataRoot = disk.mnt
 	}
 	cfgFile := filepath.Join(t.TempDir(), "hub.toml")
-	cfg := hubConfig{Name: "chaos", DataDir: filepath.Join(dataRoot, "data"), QUIC: freeQUICAddr(t),
+	cfg := hubConfig{Name: "chaos", DataDir: filepath.Join(dataRoot, "data"), QUIC: testutil.FreeAddr(t, "udp"),
 		Sync: o.sync, SyncInterval: o.syncInterval, Stream: "chaos", Shards: 4}
 	writeConfig(t, cfgFile, cfg)
 	path := historyPath(t)

@@ -45,7 +45,7 @@ func diskFull(t *testing.T, disk string) {
 	}
 	dataDir := filepath.Join(disk, "data")
 	cfgFile := filepath.Join(t.TempDir(), "hub.toml")
-	cfg := hubConfig{Name: "full", DataDir: dataDir, QUIC: freeQUICAddr(t), Stream: "full", Shards: 2}
+	cfg := hubConfig{Name: "full", DataDir: dataDir, QUIC: testutil.FreeAddr(t, "udp"), Stream: "full", Shards: 2}
 	writeConfig(t, cfgFile, cfg)
 	path := historyPath(t)
 	rec, err := CreateRecorder(path)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,18 +102,6 @@ sync_interval = %q
 		s += fmt.Sprintf("[[stream]]\nname = %q\nshards = %d\n", c.Stream, c.Shards)
 	}
 	return s + c.Extra
-}
-
-// freeQUICAddr returns a loopback UDP address free now. A hub restarted on
-// it keeps its address, as in production.
-func freeQUICAddr(tb testing.TB) string {
-	tb.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().String()
 }
 
 // hubProc is a `hub serve` child process.

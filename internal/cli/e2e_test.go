@@ -123,9 +123,16 @@ func runHub(tb testing.TB, env []string, args ...string) (code int, stdout, stde
 
 func runHubIn(tb testing.TB, dir string, env []string, args ...string) (code int, stdout, stderr string) {
 	tb.Helper()
+	return runHubStdin(tb, dir, "", env, args...)
+}
+
+// runHubStdin is runHubIn with stdin.
+func runHubStdin(tb testing.TB, dir, in string, env []string, args ...string) (code int, stdout, stderr string) {
+	tb.Helper()
 	cmd := exec.Command(hubBin(tb), args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(in)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

@@ -3,11 +3,8 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,28 +12,8 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
-
-// freePort returns a loopback port free for both UDP and TCP (memberlist
-// binds both).
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	for range 20 {
-		l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	tb.Fatal("no free port")
-	return 0
-}
 
 func peersOf(tb testing.TB, admin string) hub.Peers {
 	tb.Helper()
@@ -56,7 +33,7 @@ func peersOf(tb testing.TB, admin string) hub.Peers {
 // hub.toml files, produces at each with `hub produce`, consumes the union
 // at each with `hub consume`, and reads `hub peers`.
 func TestEndToEndFederation(t *testing.T) {
-	gossipA := freePort(t)
+	gossipA := testutil.FreePort(t)
 	var servers []*server
 	var dirs []string
 	for i, name := range []string{"fed-a", "fed-b"} {
@@ -66,7 +43,7 @@ bind = "127.0.0.1:%d"
 label = "e2e-fed"
 profile = "local"
 peer_insecure_skip_verify = true
-`, freePort(t))
+`, testutil.FreePort(t))
 		if i == 0 {
 			cfg = fmt.Sprintf(`[gossip]
 bind = "127.0.0.1:%d"
@@ -113,7 +90,7 @@ replicate = "all"
 		// fed-b creates "events" from fed-a's gossiped definition: retry
 		// until it has.
 		retry("produce at "+s.admin, func() bool {
-			code, _, _ := runWithStdin(t, lines, "produce", "events", "--addr", quicOf(s), "--ca", ca)
+			code, _, _ := runHubStdin(t, t.TempDir(), lines, nil, "produce", "events", "--addr", quicOf(s), "--ca", ca)
 			return code == 0
 		})
 	}
@@ -121,35 +98,16 @@ replicate = "all"
 	for i, s := range servers {
 		ca := filepath.Join(dirs[i], "data", hub.SelfSignedCertFile)
 		retry("the union at "+s.admin, func() bool {
-			code, out, _ := runWithStdin(t, "", "consume", "events", "--addr", quicOf(s), "--ca", ca)
+			code, out, _ := runHubStdin(t, t.TempDir(), "", nil, "consume", "events", "--addr", quicOf(s), "--ca", ca)
 			got := strings.Fields(out)
 			slices.Sort(got)
 			return code == 0 && slices.Equal(got, want)
 		})
 	}
-	code, out, errOut := runWithStdin(t, "", "peers", "--admin", servers[0].admin)
+	code, out, errOut := runHubStdin(t, t.TempDir(), "", nil, "peers", "--admin", servers[0].admin)
 	if code != 0 || !strings.Contains(out, "fed-a (self)") || !strings.Contains(out, "fed-b") || !strings.Contains(out, "events") {
 		t.Fatalf("hub peers: code %d\n%s\n%s", code, out, errOut)
 	}
-}
-
-func runWithStdin(tb testing.TB, stdin string, args ...string) (code int, stdout, stderr string) {
-	tb.Helper()
-	cmd := exec.Command(hubBin(tb), args...)
-	cmd.Dir = tb.TempDir()
-	cmd.Stdin = strings.NewReader(stdin)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	default:
-		tb.Fatalf("hub %v: %v", args, err)
-	}
-	return code, o.String(), e.String()
 }
 
 // TestPrintPeersGaps renders a hub's peers document: gaps are listed per

@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,27 +26,6 @@ func (s *server) quicAddr(tb testing.TB) string {
 		tb.Fatalf("no data plane address in the log:\n%s", s.logs())
 	}
 	return m[1]
-}
-
-// runHubStdin is runHubIn with stdin.
-func runHubStdin(tb testing.TB, dir, in string, env []string, args ...string) (code int, stdout, stderr string) {
-	tb.Helper()
-	cmd := exec.Command(hubBin(tb), args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin = strings.NewReader(in)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	default:
-		tb.Fatalf("hub %v: %v", args, err)
-	}
-	return code, o.String(), e.String()
 }
 
 // TestEndToEndProduceConsume drives `hub produce` and `hub consume` against
