@@ -1,35 +1,24 @@
 // Package plugintest builds Go plugins for tests: each package is built once
-// per test binary (GOOS=wasip1 GOARCH=wasm, -buildmode=c-shared) into a
-// temporary directory, since a build takes seconds on a small machine.
+// per test binary (GOOS=wasip1 GOARCH=wasm, -buildmode=c-shared, with
+// testutil.Build) into a temporary directory, since a build takes seconds on
+// a small machine.
 package plugintest
 
 import (
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-)
 
-var (
-	dirOnce sync.Once
-	dir     string
-	dirErr  error
-	builds  sync.Map // package path → *build
+	"github.com/edgehub/edgehub/internal/testutil"
 )
-
-type build struct {
-	once sync.Once
-	path string
-	err  error
-}
 
 // ModuleRoot returns the directory of the edgehub module.
 func ModuleRoot(tb testing.TB) string {
 	tb.Helper()
-	out, err := exec.Command(goTool(), "env", "GOMOD").Output()
+	// go test puts its own toolchain first in the tests' PATH.
+	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		tb.Fatalf("go env GOMOD: %v", err)
 	}
@@ -40,10 +29,6 @@ func ModuleRoot(tb testing.TB) string {
 	return filepath.Dir(mod)
 }
 
-// goTool is the go command of the running toolchain: go test puts its own
-// GOROOT/bin first in the tests' PATH.
-func goTool() string { return "go" }
-
 // Build builds the Go plugin package pkg (a path relative to the module root,
 // e.g. "examples/aggregate") and returns the path of the .wasm file. It skips
 // the test under -short.
@@ -52,26 +37,7 @@ func Build(tb testing.TB, pkg string) string {
 	if testing.Short() {
 		tb.Skip("building Go plugins is slow; skipped with -short")
 	}
-	dirOnce.Do(func() { dir, dirErr = os.MkdirTemp("", "plugintest-") })
-	if dirErr != nil {
-		tb.Fatal(dirErr)
-	}
-	root := ModuleRoot(tb)
-	v, _ := builds.LoadOrStore(pkg, &build{})
-	b := v.(*build)
-	b.once.Do(func() {
-		b.path = filepath.Join(dir, strings.ReplaceAll(pkg, "/", "_")+".wasm")
-		cmd := exec.Command(goTool(), "build", "-buildmode=c-shared", "-o", b.path, "./"+pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = errors.New(strings.TrimSpace(string(out)))
-		}
-	})
-	if b.err != nil {
-		tb.Fatalf("build %s: %v", pkg, b.err)
-	}
-	return b.path
+	return testutil.Build(tb, "github.com/edgehub/edgehub/"+pkg, []string{"GOOS=wasip1", "GOARCH=wasm"}, "-buildmode=c-shared")
 }
 
 // Wasm is Build followed by reading the file.
@@ -84,9 +50,5 @@ func Wasm(tb testing.TB, pkg string) []byte {
 	return b
 }
 
-// Cleanup removes the build directory; call it from TestMain after m.Run.
-func Cleanup() {
-	if dir != "" {
-		os.RemoveAll(dir)
-	}
-}
+// Cleanup removes the builds; call it from TestMain after m.Run.
+func Cleanup() { testutil.RemoveBinaries() }
