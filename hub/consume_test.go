@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/internal/testutil"
@@ -218,6 +219,10 @@ func TestConsumeBorrowingLeavesHalfTheShare(t *testing.T) {
 		c.Limits.MemoryBudget = 16 << 20 // consume share 7 MiB
 		c.Limits.MaxFrameBytes = 1 << 20
 		c.Store.MaxRecordBytes = 512 << 10
+		// The subscriptions never read: with the default 30 s write
+		// deadline a slow run would see the first ones end (and give
+		// back what they borrowed) while later ones are measured.
+		c.Limits.FrameTimeout = Duration(time.Hour)
 	}, store.StreamConfig{Name: "s", Shards: 1})
 	share := d.h.dataPlane.budget.consume
 	produceValues(t, d, "s", 800, 10000)

@@ -747,6 +747,13 @@ func TestWebhookRetriesAndResumes(t *testing.T) {
 	if d := delivered(2); !slices.Equal(d, []string{`{"a":1}/`, "//wA="}) {
 		t.Fatalf("delivered %v", d)
 	}
+	// The receiver has the records once the hub has read its answer and
+	// saved the position; a stop before that resends them (at least once).
+	posFile := filepath.Join(cfg.Hub.DataDir, "webhooks", "pager.json")
+	testutil.Eventually(t, "position saved", func() bool {
+		b, _ := os.ReadFile(posFile)
+		return strings.Contains(string(b), `"next":{"0":3}`)
+	})
 	h.Close()
 
 	h2, _ := startHub(t, cfg)
