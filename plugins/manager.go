@@ -326,19 +326,8 @@ func (m *Manager) Deploy(ctx context.Context, def Definition, wasm []byte) (Info
 			shards = s.Shards()
 		}
 	}
-	for _, out := range append(slices.Clone(def.Outputs), def.DeadLetter) {
-		if out == "" {
-			continue
-		}
-		if _, err := m.st.Stream(out); errors.Is(err, store.ErrStreamNotFound) {
-			if _, err := m.st.CreateStream(ctx, store.StreamConfig{Name: out, Shards: shards}); err != nil {
-				return Info{}, fmt.Errorf("plugins: deploy %q: create output: %w", def.Name, err)
-			}
-			m.logger.Info("created plugin output stream", "plugin", def.Name, "stream", out, "shards", shards)
-		} else if err != nil {
-			return Info{}, fmt.Errorf("plugins: deploy %q: output: %w", def.Name, err)
-		}
-	}
+	// The module is compiled and initialised before any output stream is
+	// created: a refused deploy leaves nothing behind.
 	mod, err := m.engine.Compile(ctx, wasm, def.limits())
 	if err != nil {
 		return Info{}, fmt.Errorf("plugins: deploy %q: %w", def.Name, err)
@@ -346,6 +335,21 @@ func (m *Manager) Deploy(ctx context.Context, def Definition, wasm []byte) (Info
 	if err := checkInit(ctx, mod, def); err != nil {
 		mod.Close()
 		return Info{}, fmt.Errorf("plugins: deploy %q: %w", def.Name, err)
+	}
+	for _, out := range append(slices.Clone(def.Outputs), def.DeadLetter) {
+		if out == "" {
+			continue
+		}
+		if _, err := m.st.Stream(out); errors.Is(err, store.ErrStreamNotFound) {
+			if _, err := m.st.CreateStream(ctx, store.StreamConfig{Name: out, Shards: shards}); err != nil {
+				mod.Close()
+				return Info{}, fmt.Errorf("plugins: deploy %q: create output: %w", def.Name, err)
+			}
+			m.logger.Info("created plugin output stream", "plugin", def.Name, "stream", out, "shards", shards)
+		} else if err != nil {
+			mod.Close()
+			return Info{}, fmt.Errorf("plugins: deploy %q: output: %w", def.Name, err)
+		}
 	}
 	sum := sha256.Sum256(wasm)
 	now := m.now().UTC()

@@ -523,6 +523,11 @@ func TestDeployRejects(t *testing.T) {
 	if n := len(e.m.List()); n != 0 {
 		t.Fatalf("%d plugins after failed deploys", n)
 	}
+	// A refused deploy stores nothing: its output stream was created
+	// before the module was compiled and initialised.
+	if _, err := e.st.Stream("out"); !errors.Is(err, store.ErrStreamNotFound) {
+		t.Fatalf("output stream of refused deploys: %v, want it never created", err)
+	}
 }
 
 // TestExamples runs the three Go examples against a real store.
