@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/edgehub/edgehub/internal/backoff"
 )
 
 // Bucket is a token bucket, safe for concurrent use.
@@ -68,16 +70,8 @@ func (b *Bucket) Take(now time.Time, n float64) time.Duration {
 // Wait takes n tokens and sleeps until any debt is paid back, or until ctx
 // ends (its error is returned; the tokens stay taken).
 func (b *Bucket) Wait(ctx context.Context, n float64) error {
-	d := b.Take(time.Now(), n)
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if d := b.Take(time.Now(), n); d > 0 && !backoff.Sleep(ctx, d) {
 		return ctx.Err()
 	}
+	return nil
 }
