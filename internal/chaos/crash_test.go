@@ -49,6 +49,7 @@ func crashLoop(t *testing.T, o crashRun) crashResult {
 	}
 	h := mustStartHub(t, cfgFile)
 	w := newWorkload(t, rec, cfg.QUIC, "chaos")
+	w.lossExpected = o.sync == "interval"
 	if o.rate > 0 {
 		w.rate = o.rate
 	}
