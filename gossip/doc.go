@@ -27,8 +27,8 @@
 // pull state exchanges carry every entry known, which heals what broadcasts
 // missed (a partition, a restart).
 //
-// Bulk data never rides on gossip: records are pulled over QUIC by
-// internal/replicate, which reads these entries to know who holds what.
+// Bulk data never rides on gossip: records are pulled over QUIC by the
+// hub's replication, which reads these entries to know who holds what.
 //
 // # Caveats
 //

@@ -51,7 +51,7 @@ type GossipConfig struct {
 	RateLimit *Size `toml:"rate_limit"`
 	// GapAfter is how long an origin must have been unreachable before
 	// its records that every live peer's retention deleted are declared a
-	// gap (replicate.Config.GapAfter); 0 means the default, 10m.
+	// gap; 0 means the default, 10m.
 	GapAfter Duration `toml:"gap_after"`
 
 	// Test hooks: adjust the gossip and replication configs the hub builds

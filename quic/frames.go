@@ -233,7 +233,7 @@ type ProduceReady struct {
 	// DatagramSession identifies the session in datagrams (0: none).
 	DatagramSession uint64
 	// MaxRecordBytes is the hub's store.max_record_bytes: the largest
-	// record.PayloadSize it accepts. 0: not announced (a hub older than
+	// edgehub.Record.PayloadSize it accepts. 0: not announced (a hub older than
 	// the field, which appends it last).
 	MaxRecordBytes uint64
 }
@@ -277,7 +277,7 @@ type Batch struct {
 	// session has no producer id.
 	ProducerSeq uint64
 	Codec       byte
-	// Records is a record batch (internal/record encoding, CRC-32C).
+	// Records is a record batch (the batch encoding of docs/protocol.md, CRC-32C).
 	Records []byte
 }
 

@@ -32,7 +32,7 @@ type Config struct {
 	Sync SyncMode
 	// SyncInterval is the fsync period under SyncInterval.
 	SyncInterval time.Duration
-	// MaxRecordBytes bounds one record's record.PayloadSize: the bytes of
+	// MaxRecordBytes bounds one record's edgehub.Record.PayloadSize: the bytes of
 	// its key, value and header keys and values.
 	MaxRecordBytes int
 	// MaxBatchRecords bounds the records a group commit may gather into one
@@ -99,13 +99,17 @@ func (c Config) Validate() error {
 // Limits on stream definitions.
 const (
 	MaxShards     = 1024
-	MaxNameLength = names.MaxLength
+	MaxNameLength = 128
 )
+
+// The name rule is shared with packages that check names without the
+// store; this fails to compile if the two lengths ever differ.
+const _ = uint(MaxNameLength-names.MaxLength) + uint(names.MaxLength-MaxNameLength)
 
 // ValidateName reports whether name is a valid stream (or plugin, group)
 // name: 1 to 128 characters from [A-Za-z0-9._-], starting with a letter or
-// digit. The rule is internal/names's, shared with the packages that check
-// names without the store.
+// digit. Other packages (consumer groups, plugins) check names by the same
+// rule.
 func ValidateName(name string) error { return names.Validate(name) }
 
 // StreamConfig defines a stream. Shards is fixed at creation; the rest may be

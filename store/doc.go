@@ -3,7 +3,7 @@
 // # Basics
 //
 // A Store is a directory with one bbolt file per stream. A stream has a fixed
-// number of shards; a record's key hash (record.KeyHash) picks its shard from
+// number of shards; a record's key hash (XXH64 of the key, seed 0: docs/protocol.md) picks its shard from
 // contiguous hash ranges, so records with one key stay in order. Every record
 // gets a per-shard sequence number: dense, strictly increasing from 1, never
 // reused, even after retention deletes the head.
@@ -11,8 +11,8 @@
 // Appends are group-committed: one writer goroutine per stream gathers every
 // queued Append into one bbolt transaction and one fsync, and answers each
 // caller only after that fsync (SyncAlways, the default). Each shard's share
-// of a commit is stored as one chunk: a record.Batch under the key of its
-// first sequence, so appends write few, full pages and a read copies few
+// of a commit is stored as one chunk: an encoded batch (the protocol's batch
+// encoding) under the key of its first sequence, so appends write few, full pages and a read copies few
 // values.
 //
 // What must be atomic with the records commits in the same transaction: the

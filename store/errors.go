@@ -19,7 +19,8 @@ var (
 	// or CreateNewStream with a name in use.
 	ErrStreamExists = errors.New("stream already exists")
 	// ErrInvalidName: a name outside the documented charset or length.
-	ErrInvalidName = names.ErrInvalid
+	// It is the error every package checking names wraps.
+	ErrInvalidName error = invalidName()
 	// ErrInvalidConfig: a stream definition that cannot be honoured.
 	ErrInvalidConfig = errors.New("invalid stream config")
 	// ErrRecordTooLarge: a record above Config.MaxRecordBytes.
@@ -66,3 +67,7 @@ func (e *CorruptError) Error() string {
 }
 
 func (e *CorruptError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }
+
+// invalidName is the shared name rule's sentinel, so errors.Is matches a
+// name refused by any package.
+func invalidName() error { return names.ErrInvalid }
