@@ -132,10 +132,13 @@ var tomlPrefix = regexp.MustCompile(`^toml: (line \d+ )?(\(last key "[^"]*"\): )
 func (d *decoder) unknown(key string, known []string) {
 	d.reported[stripIndexes(key)] = true
 	what := "unknown key"
-	if t := d.md.Type(strings.Split(stripIndexes(key), ".")...); t == "Hash" || t == "ArrayHash" {
+	if t := d.md.Type(splitKey(stripIndexes(key))...); t == "Hash" || t == "ArrayHash" {
 		what = "unknown table"
 	}
-	name := key[strings.LastIndexByte(key, '.')+1:]
+	name := key[lastSep(key, ".")+1:]
+	if parts := splitKey(name); len(parts) == 1 {
+		name = parts[0]
+	}
 	if s := closest(name, known); s != "" {
 		what += fmt.Sprintf(" (did you mean %q?)", s)
 	}
@@ -251,7 +254,7 @@ func (d *decoder) fields(path string, m map[string]toml.Primitive, rv reflect.Va
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		key := joinKey(path, k)
+		key := joinKey(path, quoteKey(k))
 		i, ok := fields[k]
 		if !ok {
 			d.unknown(key, known)
@@ -310,7 +313,7 @@ func (d *decoder) checkUndecoded() {
 				covered = true
 				break
 			}
-			i := strings.LastIndexByte(p, '.')
+			i := lastSep(p, ".")
 			if i < 0 {
 				break
 			}
@@ -321,6 +324,32 @@ func (d *decoder) checkUndecoded() {
 		}
 		d.unknown(path, nil)
 	}
+}
+
+// quoteKey renders one key part as TOML writes it, quoted unless it is a
+// bare key, so a path names "" or "a.b" unambiguously.
+func quoteKey(k string) string { return toml.Key{k}.String() }
+
+// lastSep returns the index of the last byte of seps in key outside quotes,
+// or -1.
+func lastSep(key, seps string) int {
+	last := -1
+	var q byte
+	for i := 0; i < len(key); i++ {
+		switch c := key[i]; {
+		case q != 0:
+			if c == '\\' && q == '"' {
+				i++
+			} else if c == q {
+				q = 0
+			}
+		case c == '"' || c == '\'':
+			q = c
+		case strings.IndexByte(seps, c) >= 0:
+			last = i
+		}
+	}
+	return last
 }
 
 func joinKey(path, k string) string {

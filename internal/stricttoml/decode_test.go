@@ -147,6 +147,15 @@ func TestDecodeProblems(t *testing.T) {
 			want: []string{`line 8: bogus: unknown key`},
 		},
 		{
+			name: "empty and dotted quoted keys are named as TOML quotes them",
+			doc:  "\"\" = 0\n[server]\n\"po.rt\" = 1\n\"prot\" = 2\n",
+			want: []string{
+				`line 1: "": unknown key`,
+				`line 3: server."po.rt": unknown key`,
+				`line 4: server.prot: unknown key (did you mean "port"?)`,
+			},
+		},
+		{
 			name: "every problem, in the order of the walk",
 			doc:  "zzz = 1\n[server]\nport = \"x\"\naddr = 2\n[[item]]\ncount = \"n\"\n",
 			want: []string{

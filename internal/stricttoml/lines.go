@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/BurntSushi/toml"
 )
 
 // lineIndex maps key paths as the decoder names them ("hub.name",
@@ -25,7 +27,7 @@ func (ix lineIndex) find(key string) int {
 		if n, ok := ix[k+"[0]"]; ok { // an array of tables, named as a whole
 			return n
 		}
-		i := max(strings.LastIndexByte(k, '.'), strings.LastIndexByte(k, '['))
+		i := lastSep(k, ".[")
 		if i <= 0 {
 			break
 		}
@@ -51,8 +53,8 @@ func indexLines(doc string) lineIndex {
 			if i > 0 {
 				b.WriteByte('.')
 			}
-			b.WriteString(p)
-			if n := counts[strings.Join(parts[:i+1], ".")]; n > 0 {
+			b.WriteString(quoteKey(p))
+			if n := counts[joinParts(parts[:i+1])]; n > 0 {
 				fmt.Fprintf(&b, "[%d]", n-1)
 			}
 		}
@@ -76,7 +78,7 @@ func indexLines(doc string) lineIndex {
 		case strings.HasPrefix(t, "[["):
 			end := closingBracket(t[2:])
 			parts := splitKey(t[2 : 2+end])
-			counts[strings.Join(parts, ".")]++
+			counts[joinParts(parts)]++
 			table = prefix(parts)
 			record(table, ln)
 			continue
@@ -92,7 +94,7 @@ func indexLines(doc string) lineIndex {
 		}
 		parts := splitKey(t[:eq])
 		for i := range parts {
-			record(joinKey(table, strings.Join(parts[:i+1], ".")), ln)
+			record(joinKey(table, joinParts(parts[:i+1])), ln)
 		}
 		sc.scan(t[eq+1:])
 	}
@@ -125,6 +127,9 @@ func indexOutsideQuotes(s string, c byte) int {
 	}
 	return -1
 }
+
+// joinParts renders unquoted key parts as a dotted path.
+func joinParts(parts []string) string { return toml.Key(parts).String() }
 
 // splitKey splits a dotted TOML key, unquoting quoted parts.
 func splitKey(s string) []string {
