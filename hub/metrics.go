@@ -50,7 +50,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.records, prometheus.GaugeValue, float64(s.Records), name, shard)
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(s.Bytes), name, shard)
 			ch <- prometheus.MustNewConstMetric(c.first, prometheus.GaugeValue, float64(s.FirstSeq), name, shard)
-			ch <- prometheus.MustNewConstMetric(c.last, prometheus.CounterValue, float64(s.LastSeq), name, shard)
+			ch <- prometheus.MustNewConstMetric(c.last, prometheus.GaugeValue, float64(s.LastSeq), name, shard)
 			if s.Shard < len(damaged) {
 				ch <- prometheus.MustNewConstMetric(c.damaged, prometheus.GaugeValue, float64(damaged[s.Shard]), name, shard)
 			}

@@ -304,7 +304,7 @@ var (
 	descPluginDead   = prometheus.NewDesc("edgehub_plugin_dead_lettered_total", "Input records sent to the plugin's dead-letter stream.", pluginLabels, nil)
 	descPluginErrors = prometheus.NewDesc("edgehub_plugin_errors_total", "Failed calls and other errors since the hub started.", pluginLabels, nil)
 	descPluginCalls  = prometheus.NewDesc("edgehub_plugin_calls_total", "Calls into the plugin since the hub started.", pluginLabels, nil)
-	descPluginTime   = prometheus.NewDesc("edgehub_plugin_call_seconds_avg", "Mean time per call into the plugin.", pluginLabels, nil)
+	descPluginTime   = prometheus.NewDesc("edgehub_plugin_call_duration_seconds", "Time per call into the plugin since the hub started.", pluginLabels, nil)
 	descPluginLag    = prometheus.NewDesc("edgehub_plugin_lag_records", "Input records not yet processed.", pluginLabels, nil)
 	descPluginState  = prometheus.NewDesc("edgehub_plugin_state_bytes", "Size of the plugin's keyed state (keys and values).", pluginLabels, nil)
 	descPluginMem    = prometheus.NewDesc("edgehub_plugin_memory_bytes", "Linear memory of the plugin's instance.", pluginLabels, nil)
@@ -319,6 +319,24 @@ func (c *pluginCollector) Describe(ch chan<- *prometheus.Desc) {
 		descPluginTime, descPluginLag, descPluginState, descPluginMem, descPluginPaused, descPluginWait, descPluginQuar, descPluginTO} {
 		ch <- d
 	}
+}
+
+// callHistogram is a runner's call-time histogram as a metric.
+func callHistogram(s plugins.ShardInfo, labels []string) prometheus.Metric {
+	// Every child has every bucket, zero for a runner not running now.
+	buckets := make(map[float64]uint64, len(plugins.CallTimeBuckets))
+	var count uint64
+	for i, b := range plugins.CallTimeBuckets {
+		if i < len(s.CallTimeCounts) {
+			buckets[b.Seconds()] = s.CallTimeCounts[i]
+		} else {
+			buckets[b.Seconds()] = 0
+		}
+	}
+	if n := len(s.CallTimeCounts); n > 0 {
+		count = s.CallTimeCounts[n-1]
+	}
+	return prometheus.MustNewConstHistogram(descPluginTime, count, s.CallTimeSum.Seconds(), buckets, labels...)
 }
 
 func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
@@ -340,7 +358,7 @@ func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descPluginDead, prometheus.CounterValue, float64(s.DeadLettered), l...)
 			ch <- prometheus.MustNewConstMetric(descPluginErrors, prometheus.CounterValue, float64(s.Errors), l...)
 			ch <- prometheus.MustNewConstMetric(descPluginCalls, prometheus.CounterValue, float64(s.Calls), l...)
-			ch <- prometheus.MustNewConstMetric(descPluginTime, prometheus.GaugeValue, s.CallTime.Seconds(), l...)
+			ch <- callHistogram(s, l)
 			ch <- prometheus.MustNewConstMetric(descPluginLag, prometheus.GaugeValue, float64(s.Lag), l...)
 			ch <- prometheus.MustNewConstMetric(descPluginState, prometheus.GaugeValue, float64(s.StateBytes), l...)
 			ch <- prometheus.MustNewConstMetric(descPluginMem, prometheus.GaugeValue, float64(s.MemoryBytes), l...)

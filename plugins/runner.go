@@ -134,7 +134,8 @@ type runnerStats struct {
 	calls, callNanos, errors, retries, restarts, firings, gaps atomic.Uint64
 	timeouts, overruns                                         atomic.Uint64
 	memory                                                     atomic.Int64
-	callStart                                                  atomic.Int64 // Unix nanos of the call in progress, 0 = none
+	callStart                                                  atomic.Int64                            // Unix nanos of the call in progress, 0 = none
+	callHist                                                   [len(CallTimeBuckets) + 1]atomic.Uint64 // calls per bucket, +Inf last
 	cp                                                         atomic.Pointer[checkpoint]
 
 	mu          sync.Mutex
@@ -577,8 +578,10 @@ func (r *runner) callBatch(ctx context.Context, recs []record.Record) error {
 }
 
 func (r *runner) afterCall(t0 time.Time) {
+	d := time.Since(t0)
 	r.stats.calls.Add(1)
-	r.stats.callNanos.Add(uint64(time.Since(t0)))
+	r.stats.callNanos.Add(uint64(d))
+	r.stats.callHist[callBucket(d)].Add(1)
 	if r.inst.Broken() {
 		r.inst.Close()
 		r.inst = nil
