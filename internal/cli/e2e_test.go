@@ -57,8 +57,15 @@ var adminRE = regexp.MustCompile(`msg="hub ready".* admin=(https?://\S+)`)
 func startServer(tb testing.TB, dir string, extra ...string) *server {
 	tb.Helper()
 	args := append([]string{"serve", "--data", dir, "--admin-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0", "--name", "e2e"}, extra...)
+	return startServerIn(tb, tb.TempDir(), args...)
+}
+
+// startServerIn runs the hub binary with args (from "serve" on) in the
+// working directory cwd and waits for it to log that it is ready.
+func startServerIn(tb testing.TB, cwd string, args ...string) *server {
+	tb.Helper()
 	s := &server{cmd: exec.Command(hubBin(tb), args...), done: make(chan error, 1)}
-	s.cmd.Dir = tb.TempDir()
+	s.cmd.Dir = cwd
 	stderrPipe, err := s.cmd.StderrPipe()
 	if err != nil {
 		tb.Fatal(err)

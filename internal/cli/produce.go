@@ -108,6 +108,7 @@ func produce(ctx context.Context, args []string) error {
 	keySep := fs.String("key-sep", "", "split each line at the first `SEP` into key and value")
 	var headers headerFlags
 	fs.Var(&headers, "header", "record header `K=V` (repeatable)")
+	timestamp := fs.String("timestamp", "", "record time of every record, an RFC 3339 `TIME` (default: now, line by line)")
 	maxLine := fs.Int("max-line", 0, "longest accepted input line in `BYTES` (default: what the hub's max_record_bytes allows)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -118,6 +119,14 @@ func produce(ctx context.Context, args []string) error {
 	}
 	if *key != "" && *keySep != "" {
 		return usagef("--key and --key-sep are exclusive")
+	}
+	var fixedTime int64
+	if *timestamp != "" {
+		t, err := time.Parse(time.RFC3339Nano, *timestamp)
+		if err != nil {
+			return usagef("invalid --timestamp %q: want an RFC 3339 time such as 2026-05-01T12:00:00Z", *timestamp)
+		}
+		fixedTime = t.UnixNano()
 	}
 	c, err := df.dial(ctx)
 	if err != nil {
@@ -156,7 +165,10 @@ func produce(ctx context.Context, args []string) error {
 	for sc.Scan() {
 		lineNo++
 		line := sc.Bytes()
-		rec := sdk.Record{Time: time.Now().UnixNano(), Headers: headers}
+		rec := sdk.Record{Time: fixedTime, Headers: headers}
+		if rec.Time == 0 {
+			rec.Time = time.Now().UnixNano()
+		}
 		switch {
 		case *keySep != "":
 			k, v, ok := strings.Cut(string(line), *keySep)
