@@ -220,7 +220,7 @@ func checkAggregateReadme(t *testing.T, c *child) {
 // on nothing, as its README says.
 func checkAlertReadme(t *testing.T, c *child) {
 	c.cli("plugin", "deploy", c.wasm("alert.wasm"), "--name", "alert-defaults", "--input", "readings",
-		"--output", "alerts-defaults", "--config", "output=alerts-defaults")
+		"--output", "alerts-defaults")
 	cl := dialChild(t, c)
 	t0 := time.Now().Add(-time.Hour)
 	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }

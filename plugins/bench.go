@@ -59,7 +59,7 @@ func (m *Manager) HostBenchmark(ctx context.Context, def Definition, wasm []byte
 		return HostResult{}, fmt.Errorf("plugins: benchmark %q: %w", def.Name, err)
 	}
 	r.inst = inst
-	if err := inst.Init(ctx, wasmhost.AppendConfig(nil, def.Config)); err != nil {
+	if err := inst.Init(ctx, wasmhost.AppendConfig(nil, def.guestConfig())); err != nil {
 		return HostResult{}, fmt.Errorf("plugins: benchmark %q: %w", def.Name, err)
 	}
 	res := HostResult{}

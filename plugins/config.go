@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/edgehub/edgehub/store"
@@ -308,6 +309,34 @@ func (d Definition) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Config keys the hub fills from the declared outputs, so a plugin learns
+// where to emit from --output alone (docs/plugin-abi.md, "Declared outputs").
+const (
+	// configOutput is the first declared output.
+	configOutput = "output"
+	// configOutputs is every declared output in declaration order, joined by
+	// commas (stream names contain none).
+	configOutputs = "outputs"
+)
+
+// guestConfig is the config eh_init receives: d.Config plus configOutput and
+// configOutputs from d.Outputs, each unless d.Config sets it (the user's value
+// wins, unchecked: to another plugin the key may mean something else). It is
+// computed at every init rather than stored, so an upgrade that changes the
+// outputs changes them, and describe shows the config as given.
+func (d Definition) guestConfig() map[string]string {
+	if len(d.Outputs) == 0 {
+		return d.Config
+	}
+	c := make(map[string]string, len(d.Config)+2)
+	c[configOutput] = d.Outputs[0]
+	c[configOutputs] = strings.Join(d.Outputs, ",")
+	for k, v := range d.Config {
+		c[k] = v
+	}
+	return c
 }
 
 func (d Definition) limits() wasmhost.Limits {

@@ -477,7 +477,7 @@ func checkInit(ctx context.Context, mod *wasmhost.Module, def Definition) error 
 		return err
 	}
 	defer inst.Close()
-	return inst.Init(ctx, wasmhost.AppendConfig(nil, def.Config))
+	return inst.Init(ctx, wasmhost.AppendConfig(nil, def.guestConfig()))
 }
 
 // initHost serves eh_init at deploy: no state exists yet for a new plugin.

@@ -535,7 +535,7 @@ func TestExamples(t *testing.T) {
 	e := newEnv(t)
 	in := e.stream("readings", 2)
 	e.deploy(Definition{Name: "derive", Inputs: []string{"readings"}, Outputs: []string{"fahrenheit"}, Start: StartEarliest,
-		Config: map[string]string{"output": "fahrenheit", "scale": "1.8", "offset": "32", "unit": "F", "min": "-50", "site.s1": "north"}},
+		Config: map[string]string{"scale": "1.8", "offset": "32", "unit": "F", "min": "-50", "site.s1": "north"}},
 		plugintest.Wasm(t, "examples/derive"))
 	e.deploy(Definition{Name: "alert", Inputs: []string{"readings"}, Outputs: []string{"alerts"}, Start: StartEarliest,
 		Config: map[string]string{"threshold": "30", "hysteresis": "2", "rate": "5", "debounce": "10s"}},

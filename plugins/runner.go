@@ -494,7 +494,7 @@ func (r *runner) ensureInstance(ctx context.Context) bool {
 		cctx, end := r.watchFor(ctx, instanceLeaseFactor*r.lease)
 		inst, err := r.mod.Instantiate(cctx, r)
 		if err == nil {
-			if err = inst.Init(cctx, wasmhost.AppendConfig(nil, r.def.Config)); err != nil {
+			if err = inst.Init(cctx, wasmhost.AppendConfig(nil, r.def.guestConfig())); err != nil {
 				inst.Close()
 			}
 		}

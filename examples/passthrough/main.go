@@ -1,6 +1,7 @@
 // Command passthrough is the smallest useful edgehub plugin: it copies every
 // input record (key, value, headers, timestamp) to the stream named by its
-// "output" config key. It is the baseline of the plugin benchmarks. Build:
+// "output" config key, which the hub fills with the first declared output.
+// It is the baseline of the plugin benchmarks. Build:
 //
 //	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o passthrough.wasm .
 package main
@@ -17,7 +18,7 @@ func init() {
 	plugin.OnInit(func(c plugin.Config) error {
 		output = c.String("output", "")
 		if output == "" {
-			return errors.New("config needs output=STREAM")
+			return errors.New("no output: deploy with --output STREAM")
 		}
 		return nil
 	})

@@ -84,7 +84,7 @@ func pluginDeploy(ctx context.Context, args []string) error {
 	name := fs.String("name", "", "plugin `NAME`")
 	var inputs, outputs, configs multiFlag
 	fs.Var(&inputs, "input", "input `STREAM` (repeatable)")
-	fs.Var(&outputs, "output", "output `STREAM` the plugin may emit to (repeatable); created if missing")
+	fs.Var(&outputs, "output", "output `STREAM` the plugin may emit to (repeatable); created if missing; the plugin's config gets output (the first) and outputs (all) unless --config sets them")
 	fs.Var(&configs, "config", "`KEY=VALUE` passed to the plugin's init (repeatable)")
 	from := fs.String("from", "", "where a new plugin starts: earliest or latest (default latest)")
 	manifest := fs.String("manifest", "", "TOML `FILE` with the keys of a hub.toml [[plugin]] (flags override it)")

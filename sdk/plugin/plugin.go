@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -42,8 +43,19 @@ type Output struct {
 }
 
 // Config is the plugin's configuration (the deploy command's --config pairs
-// and the manifest's [config] table).
+// and the manifest's [config] table). The hub adds "output" (the first
+// declared output) and "outputs" (all of them, comma-separated) unless the
+// deploy sets them (docs/plugin-abi.md, "Declared outputs").
 type Config map[string]string
+
+// Outputs returns the declared output streams in declaration order (the
+// "outputs" key), or nil if the plugin declares none.
+func (c Config) Outputs() []string {
+	if c["outputs"] == "" {
+		return nil
+	}
+	return strings.Split(c["outputs"], ",")
+}
 
 // String returns the value of key or def.
 func (c Config) String(key, def string) string {

@@ -187,3 +187,22 @@ func FuzzDecodeConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestConfigOutputs(t *testing.T) {
+	tests := []struct {
+		name string
+		c    Config
+		want []string
+	}{
+		{name: "none", c: Config{"output": "x"}, want: nil},
+		{name: "one", c: Config{"outputs": "a"}, want: []string{"a"}},
+		{name: "several in order", c: Config{"outputs": "b,a"}, want: []string{"b", "a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.c.Outputs(); !slices.Equal(got, tt.want) {
+				t.Errorf("Outputs() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
