@@ -91,6 +91,11 @@ func (c AuthConfig) Validate() error {
 		checkPatterns(key+".produce", g.Produce)
 		checkPatterns(key+".consume", g.Consume)
 	}
+	if c.Anonymous.Name != "" {
+		// Grant is shared with [[auth.client]], so the decoder accepts the key;
+		// ignoring it would hide a misplaced client entry.
+		errs = append(errs, fieldErrorf("anonymous.name", "the anonymous identity has no name: remove the key (an [[auth.client]] needs a table of its own)"))
+	}
 	checkPatterns("anonymous.produce", c.Anonymous.Produce)
 	checkPatterns("anonymous.consume", c.Anonymous.Consume)
 	return errors.Join(errs...)

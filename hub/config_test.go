@@ -5,9 +5,12 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/BurntSushi/toml"
 
 	"github.com/edgehub/edgehub/store"
 )
@@ -555,5 +558,101 @@ func TestReplicate(t *testing.T) {
 				t.Errorf("ParseReplicate(%q) = %q, %v", r, back, err)
 			}
 		})
+	}
+}
+
+// configKeys returns every key the schema of t accepts, as dotted paths
+// ("plugin.max_wait"; an array of tables contributes its element's keys).
+// A type that decodes itself (toml.Unmarshaler) or a map is one key.
+func configKeys(t reflect.Type, prefix string) []string {
+	unmarshaler := reflect.TypeFor[toml.Unmarshaler]()
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct && !reflect.PointerTo(ft).Implements(unmarshaler) {
+			keys = append(keys, configKeys(ft, prefix+tag+".")...)
+			continue
+		}
+		keys = append(keys, prefix+tag)
+	}
+	return keys
+}
+
+// TestRepoHubTomlListsEveryKey: every key the configuration accepts is
+// shown in hub.toml (set, or as a commented example under its table header)
+// and listed in docs/config.md's index of keys, and the index names no key
+// the schema lacks. A new key fails here until both document it.
+func TestRepoHubTomlListsEveryKey(t *testing.T) {
+	// Keys the decoder accepts because a type is shared, but validation
+	// refuses: not documented, and checked to be refused.
+	refused := map[string]string{"auth.anonymous.name": "[auth.anonymous]\nname = \"x\"\n"}
+	for k, file := range refused {
+		if _, err := ParseConfig("hub.toml", []byte(file)); err == nil || !strings.Contains(err.Error(), k[len("auth."):]) {
+			t.Errorf("%s: want a refusal naming the key, got %v", k, err)
+		}
+	}
+	keys := slices.DeleteFunc(configKeys(reflect.TypeFor[Config](), ""), func(k string) bool { return refused[k] != "" })
+	if len(keys) < 90 {
+		t.Fatalf("only %d keys found in the schema; did configKeys break?", len(keys))
+	}
+
+	data, err := os.ReadFile("../hub.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	header := regexp.MustCompile(`^(?:# )?\[\[?([a-z0-9_.]+)\]\]?`)
+	key := regexp.MustCompile(`^(?:# )?([a-z0-9_]+) = `)
+	inToml := map[string]bool{}
+	section := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		if m := header.FindStringSubmatch(line); m != nil {
+			section = m[1] + "."
+			inToml[m[1]] = true // a table is its key too: [plugin.config]
+		} else if m := key.FindStringSubmatch(line); m != nil {
+			inToml[section+m[1]] = true
+		}
+	}
+
+	doc, err := os.ReadFile("../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, index, ok := strings.Cut(string(doc), "\n## Index of keys\n")
+	if !ok {
+		t.Fatal(`docs/config.md has no "## Index of keys" section`)
+	}
+	index, _, _ = strings.Cut(index, "\n## ")
+	// Rows: | `[section]` or `[[section]]` | `key`, `key`, ... | see |
+	row := regexp.MustCompile("(?m)^\\| `\\[\\[?([a-z0-9_.]+)\\]\\]?` \\| ([^|]*) \\|")
+	word := regexp.MustCompile("`([a-z0-9_]+)`")
+	inDoc := map[string]bool{}
+	for _, m := range row.FindAllStringSubmatch(index, -1) {
+		for _, w := range word.FindAllStringSubmatch(m[2], -1) {
+			inDoc[m[1]+"."+w[1]] = true
+		}
+	}
+
+	for _, k := range keys {
+		if !inToml[k] {
+			t.Errorf("hub.toml does not show key %s (add it with its default, commented if it has none)", k)
+		}
+		if !inDoc[k] {
+			t.Errorf("docs/config.md's index of keys does not list %s", k)
+		}
+		delete(inDoc, k)
+	}
+	for k := range inDoc {
+		t.Errorf("docs/config.md's index of keys lists %s, which the configuration does not accept", k)
 	}
 }
