@@ -1,9 +1,7 @@
 package cli
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -218,7 +216,7 @@ func groupDelete(ctx context.Context, args []string) error {
 // of the shards the group assigns this member and commits them as it goes;
 // at the end (count reached, caught up, or interrupted) it commits what it
 // printed and leaves the group, so the next member continues after it.
-func consumeGroup(ctx context.Context, c *sdk.Client, stream, group, member string, start sdk.Start, count int64, follow bool, format string) (err error) {
+func consumeGroup(ctx context.Context, c *sdk.Client, stream, group, member string, start sdk.Start, count int64, follow bool, pr *printer) (err error) {
 	g, err := c.JoinGroup(ctx, group, stream, sdk.GroupOptions{MemberID: member, From: start})
 	if err != nil {
 		return err
@@ -231,20 +229,17 @@ func consumeGroup(ctx context.Context, c *sdk.Client, stream, group, member stri
 			err = cerr
 		}
 	}()
-	w := bufio.NewWriterSize(stdout, 64<<10)
 	defer func() {
-		if ferr := w.Flush(); ferr != nil && err == nil {
+		if ferr := pr.flush(); ferr != nil && err == nil {
 			err = ferr
 		}
 	}()
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
 	for n := int64(0); count == 0 || n < count; n++ {
 		if !follow && g.CaughtUp() {
 			return nil
 		}
-		if g.Buffered() == 0 && w.Buffered() > 0 {
-			if err := w.Flush(); err != nil {
+		if g.Buffered() == 0 && pr.buffered() > 0 {
+			if err := pr.flush(); err != nil {
 				return err
 			}
 		}
@@ -255,14 +250,7 @@ func consumeGroup(ctx context.Context, c *sdk.Client, stream, group, member stri
 			}
 			return err
 		}
-		if format == "json" {
-			if err := enc.Encode(toJSON(m)); err != nil {
-				return err
-			}
-			continue
-		}
-		w.Write(m.Record.Value)
-		if err := w.WriteByte('\n'); err != nil {
+		if err := pr.print(m); err != nil {
 			return err
 		}
 	}
