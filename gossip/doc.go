@@ -8,8 +8,10 @@
 // A Gossip joins a federation named by its label and protected by a shared
 // AES-GCM keyring (a key file, rotated without downtime; see LoadKeyFile).
 // memberlist runs with the WAN profile by default (LAN or local selectable).
-// Each member's node metadata (NodeMeta: site, region, tags, QUIC address) is
-// small and rides on memberlist's alive messages.
+// Each member's node metadata (NodeMeta: site, region, tags, QUIC address,
+// the pins of its data plane certificates) is small and rides on
+// memberlist's alive messages; with a keyring, only key holders can write
+// it, which is what lets hubs pin each other's certificates from it.
 //
 // On top of membership, every hub publishes two kinds of small entries:
 //

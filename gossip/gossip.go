@@ -253,6 +253,11 @@ func (g *Gossip) ReloadKeys() error {
 	return nil
 }
 
+// Encrypted reports whether gossip is encrypted and authenticated with a
+// keyring: only then does what members say about themselves (their
+// metadata, certificate pins included) come from a key holder.
+func (g *Gossip) Encrypted() bool { return g.ring != nil }
+
 // Keys returns the installed keys, the primary first.
 func (g *Gossip) Keys() [][]byte {
 	if g.ring == nil {

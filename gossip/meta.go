@@ -17,6 +17,12 @@ type NodeMeta struct {
 	// QUIC is the host:port of the hub's QUIC data plane, which peers dial
 	// to pull records.
 	QUIC string
+	// CertPins are SHA-256 digests of the SubjectPublicKeyInfo of the
+	// certificates the hub's data plane serves (its current one; during a
+	// renewal it may publish more), at most MaxCertPins. Peers pin them
+	// when they dial the hub only if gossip is encrypted: the AES-GCM key
+	// is what authenticates them.
+	CertPins [][32]byte
 
 	// leaving is set in the last metadata a member sends before a graceful
 	// leave.
@@ -26,13 +32,29 @@ type NodeMeta struct {
 // HasTag reports whether m carries tag.
 func (m NodeMeta) HasTag(tag string) bool { return slices.Contains(m.Tags, tag) }
 
-const metaVersion1 = 1
+// MaxCertPins bounds NodeMeta.CertPins: the metadata must fit 512 bytes.
+const MaxCertPins = 4
+
+const (
+	metaVersion1 = 1
+	// metaVersion2 appends optional fields, each (uvarint tag, uvarint
+	// length, bytes); decoders skip tags they do not know, so fields can be
+	// added without another version.
+	metaVersion2 = 2
+	metaCertPin  = 1 // field tag: one 32-byte entry of CertPins
+)
 
 // encode is: byte version, string site, string region, uvarint n, n × string
 // tag, string quic (strings: uvarint length, bytes), byte flags (1 =
-// leaving).
+// leaving), then (version 2) fields until the end: uvarint tag, uvarint
+// length, bytes. Metadata without fields is written as version 1, which
+// hubs from before version 2 read.
 func (m NodeMeta) encode() []byte {
-	b := []byte{metaVersion1}
+	version := byte(metaVersion1)
+	if len(m.CertPins) > 0 {
+		version = metaVersion2
+	}
+	b := []byte{version}
 	b = appendString(b, m.Site)
 	b = appendString(b, m.Region)
 	b = binary.AppendUvarint(b, uint64(len(m.Tags)))
@@ -44,15 +66,22 @@ func (m NodeMeta) encode() []byte {
 	if m.leaving {
 		flags |= 1
 	}
-	return append(b, flags)
+	b = append(b, flags)
+	for _, p := range m.CertPins {
+		b = binary.AppendUvarint(b, metaCertPin)
+		b = binary.AppendUvarint(b, uint64(len(p)))
+		b = append(b, p[:]...)
+	}
+	return b
 }
 
-// decodeNodeMeta parses NodeMeta.encode. Unknown trailing bytes are errors:
-// a newer version must bump the version byte.
+// decodeNodeMeta parses NodeMeta.encode. Version 1 has no trailing bytes;
+// version 2 fields with unknown tags are skipped.
 func decodeNodeMeta(b []byte) (NodeMeta, error) {
 	d := wire.Reader{Buf: b, Sentinel: ErrBadMessage}
-	if v := d.Byte(); v != metaVersion1 {
-		return NodeMeta{}, fmt.Errorf("%w: node meta version %d", ErrBadMessage, v)
+	version := d.Byte()
+	if version != metaVersion1 && version != metaVersion2 {
+		return NodeMeta{}, fmt.Errorf("%w: node meta version %d", ErrBadMessage, version)
 	}
 	var m NodeMeta
 	m.Site = d.String(maxNameLen)
@@ -74,6 +103,17 @@ func decodeNodeMeta(b []byte) (NodeMeta, error) {
 		m.leaving = true
 	default:
 		d.Fail("unknown flags")
+	}
+	for version >= metaVersion2 && d.Err == nil && len(d.Buf) > 0 {
+		tag := d.Uvarint()
+		val := d.Bytes(0)
+		switch {
+		case d.Err != nil:
+		case tag == metaCertPin && len(val) == 32 && len(m.CertPins) < MaxCertPins:
+			m.CertPins = append(m.CertPins, [32]byte(val))
+		case tag == metaCertPin:
+			d.Fail("certificate pin of %d bytes, or more than %d", len(val), MaxCertPins)
+		}
 	}
 	if d.Err == nil && len(d.Buf) != 0 {
 		d.Fail("%d trailing bytes", len(d.Buf))

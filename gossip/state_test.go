@@ -108,6 +108,8 @@ func TestNodeMetaRoundTrip(t *testing.T) {
 	}{
 		{name: "zero", m: NodeMeta{}},
 		{name: "full", m: NodeMeta{Site: "berlin-1", Region: "eu-central", Tags: []string{"edge", "gpu"}, QUIC: "10.0.0.1:7443"}},
+		{name: "pins", m: NodeMeta{QUIC: "10.0.0.1:7443", CertPins: [][32]byte{{1, 2, 3}, {4: 5}}}},
+		{name: "leaving with pins", m: NodeMeta{Site: "s", CertPins: [][32]byte{{9}}, leaving: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,6 +121,34 @@ func TestNodeMetaRoundTrip(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, tt.m)
 			}
 		})
+	}
+}
+
+// TestNodeMetaFields: version 2 metadata skips fields it does not know (a
+// newer hub's), refuses malformed pins, and metadata without pins stays
+// version 1, which hubs from before pins read.
+func TestNodeMetaFields(t *testing.T) {
+	if b := (NodeMeta{Site: "s"}).encode(); b[0] != metaVersion1 {
+		t.Fatalf("metadata without pins is version %d, want %d", b[0], metaVersion1)
+	}
+	pin := [32]byte{7}
+	b := NodeMeta{Site: "s", CertPins: [][32]byte{pin}}.encode()
+	future := append(append([]byte{}, b...), 99, 3, 'x', 'y', 'z') // an unknown field
+	got, err := decodeNodeMeta(future)
+	if err != nil || len(got.CertPins) != 1 || got.CertPins[0] != pin || got.Site != "s" {
+		t.Fatalf("decode with an unknown field: %+v, %v", got, err)
+	}
+	short := append(append([]byte{}, b[:len(b)-34]...), metaCertPin, 31)
+	short = append(short, make([]byte, 31)...)
+	if _, err := decodeNodeMeta(short); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("31-byte pin: %v, want ErrBadMessage", err)
+	}
+	many := NodeMeta{CertPins: make([][32]byte, MaxCertPins+1)}.encode()
+	if _, err := decodeNodeMeta(many); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("%d pins: %v, want ErrBadMessage", MaxCertPins+1, err)
+	}
+	if _, err := decodeNodeMeta(append(append([]byte{}, b...), 1, 40)); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("field running past the end: %v, want ErrBadMessage", err)
 	}
 }
 
@@ -145,6 +175,7 @@ func FuzzDecodeEntries(f *testing.F) {
 func FuzzDecodeNodeMeta(f *testing.F) {
 	f.Add(NodeMeta{Site: "s", Region: "r", Tags: []string{"a", "b"}, QUIC: "127.0.0.1:1"}.encode())
 	f.Add(NodeMeta{}.encode())
+	f.Add(NodeMeta{QUIC: "127.0.0.1:1", CertPins: [][32]byte{{1}, {2}}}.encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeNodeMeta(b)
 		if err != nil {

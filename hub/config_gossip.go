@@ -21,7 +21,7 @@ import (
 //	label = "acme-prod"                 # federations with other labels never merge
 //	profile = "wan"                     # "wan" (default), "lan" or "local"
 //	quic_advertise = "203.0.113.5:7440" # data plane address peers pull from, if not listen.quic
-//	peer_ca_file = "/etc/edgehub/peers-ca.pem"  # verifies peers' data plane certificates
+//	peer_ca_file = "/etc/edgehub/peers-ca.pem"  # verifies peers' certificates not pinned through gossip
 //	peer_token = "..."                  # bearer token presented to peers when pulling
 //	rate_limit = "256MiB"               # bytes per second pulled from one peer; "0" = unlimited
 //	gap_after = "10m"                   # an unreachable origin's records no live peer holds are a gap after this
@@ -39,7 +39,9 @@ type GossipConfig struct {
 	Profile          string `toml:"profile"`
 	QUICAdvertise    string `toml:"quic_advertise"`
 	// PeerCAFile holds the certificates (PEM) that peers' data plane
-	// certificates must chain to. Empty: the system roots.
+	// certificates must chain to when they do not match the pin their
+	// gossip announces (docs/federation.md, "Security"). Empty: the
+	// system roots.
 	PeerCAFile string `toml:"peer_ca_file"`
 	// PeerInsecure skips verification of peers' certificates: for demos
 	// with self-signed certificates only. Traffic is still encrypted.

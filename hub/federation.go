@@ -62,11 +62,24 @@ func (h *Hub) addFederation() error {
 	if profile == "" {
 		profile = gossip.ProfileWAN
 	}
+	own, err := h.serverTLS() // the data plane's certificate, loaded again
+	if err != nil {
+		return fmt.Errorf("hub: federation: %w", err)
+	}
+	leaf := own.Certificates[0].Leaf
+	if leaf == nil {
+		return fmt.Errorf("hub: federation: the data plane certificate has no parsed leaf")
+	}
 	gcfg := gossip.DefaultConfig(h.cfg.Hub.Name)
 	gcfg.Bind, gcfg.Advertise, gcfg.Join = gc.Bind, gc.Advertise, gc.Join
 	gcfg.SecretKeyFile, gcfg.Label, gcfg.Profile = gc.SecretKeyFile, gc.Label, profile
 	gcfg.AllowUnencrypted = gc.AllowUnencrypted
 	gcfg.Meta = gossip.NodeMeta{Site: h.cfg.Hub.Site, Region: h.cfg.Hub.Region, Tags: h.cfg.Hub.Tags, QUIC: quicAddr}
+	if gc.SecretKeyFile != "" {
+		// Without a key the pin would be anyone's to forge: peers do
+		// not use it, so it is not published either.
+		gcfg.Meta.CertPins = [][32]byte{certPin(leaf)}
+	}
 	gcfg.Logger = h.logger
 	if gc.tune != nil {
 		gc.tune(&gcfg)
@@ -75,12 +88,7 @@ func (h *Hub) addFederation() error {
 	if err != nil {
 		return fmt.Errorf("hub: federation: %w", err)
 	}
-	own, err := h.serverTLS() // the data plane's certificate, loaded again
-	if err != nil {
-		g.Close()
-		return fmt.Errorf("hub: federation: %w", err)
-	}
-	tlsConf, err := peerTLS(gc, own.Certificates[0], h.logger)
+	tlsConf, verifier, err := peerTLS(gc, own.Certificates[0], g, h.logger)
 	if err != nil {
 		g.Close()
 		return fmt.Errorf("hub: federation: %w", err)
@@ -91,6 +99,7 @@ func (h *Hub) addFederation() error {
 	// news after the link heals (found by internal/chaos TestPartitionHeal).
 	transport := replicate.NewQUICTransport(quic.ClientConfig{TLS: tlsConf, Token: gc.PeerToken,
 		IdleTimeout: peerIdleTimeout, KeepAlive: peerIdleTimeout / 5})
+	transport.PeerTLS = func(p replicate.Peer) *tls.Config { return verifier.tlsFor(tlsConf, p) }
 	watch := newTLSWatch(h.logger, h.metrics)
 	m := &membership{g: g, self: h.cfg.Hub.Name, logger: h.logger}
 	rc := replicate.DefaultConfig(h.cfg.Hub.Name)
@@ -122,7 +131,7 @@ func (h *Hub) addFederation() error {
 	h.federation = &federation{logger: h.logger, gossip: g, rep: rep, transport: transport, members: m, tls: watch}
 	h.add(h.federation)
 	h.logger.Info("federation: gossip listening", "gossip", g.Addr(), "quic", quicAddr, "profile", profile,
-		"encrypted", gc.SecretKeyFile != "", "label", gc.Label)
+		"encrypted", gc.SecretKeyFile != "", "label", gc.Label, "pins", verifier.pinning, "cert_pin", pinString(certPin(leaf)))
 	return nil
 }
 
@@ -155,29 +164,31 @@ func advertisable(addr string) string {
 	return addr
 }
 
-// peerTLS is the client TLS of pulls: peers' certificates verified against
-// peer_ca_file (or the system roots), and own (the hub's data plane
-// certificate) offered to peers that ask for a client certificate, so a
-// peer with require_client_cert can be pulled from and can identify this
-// hub by its certificate in [[auth.client]].
+// peerTLS is the client TLS of pulls and the verifier of peers'
+// certificates: pinned through encrypted gossip, else verified against
+// peer_ca_file (or the system roots); see peerVerifier. own (the hub's data
+// plane certificate) is offered to peers that ask for a client
+// certificate, so a peer with require_client_cert can be pulled from and
+// can identify this hub by its certificate in [[auth.client]].
 //
 // The certificate is offered only when the peer's list of acceptable CAs
 // admits it (or the peer lists none): a peer with optional client
 // certificates (client_ca_file without require_client_cert) would fail the
 // handshake on a certificate it cannot verify, where without one it would
 // have accepted our peer_token.
-func peerTLS(gc GossipConfig, own tls.Certificate, logger *slog.Logger) (*tls.Config, error) {
-	c := &tls.Config{InsecureSkipVerify: gc.PeerInsecure, MinVersion: tls.VersionTLS13}
+func peerTLS(gc GossipConfig, own tls.Certificate, g *gossip.Gossip, logger *slog.Logger) (*tls.Config, *peerVerifier, error) {
+	v := &peerVerifier{g: g, pinning: g.Encrypted(), insecure: gc.PeerInsecure, now: time.Now}
+	c := &tls.Config{MinVersion: tls.VersionTLS13}
 	if gc.PeerCAFile != "" {
 		pem, err := os.ReadFile(gc.PeerCAFile)
 		if err != nil {
-			return nil, fmt.Errorf("peer_ca_file: %w", err)
+			return nil, nil, fmt.Errorf("peer_ca_file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("peer_ca_file %s: no PEM certificate", gc.PeerCAFile)
+			return nil, nil, fmt.Errorf("peer_ca_file %s: no PEM certificate", gc.PeerCAFile)
 		}
-		c.RootCAs = pool
+		c.RootCAs, v.roots = pool, pool
 	}
 	c.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		if err := cri.SupportsCertificate(&own); err != nil {
@@ -186,7 +197,7 @@ func peerTLS(gc GossipConfig, own tls.Certificate, logger *slog.Logger) (*tls.Co
 		}
 		return &own, nil
 	}
-	return c, nil
+	return c, v, nil
 }
 
 // Run runs gossip and replication until ctx ends, then leaves the

@@ -402,7 +402,10 @@ func TestFederationPartitionHeals(t *testing.T) {
 
 // metaWithQUIC is h's gossip metadata with another QUIC address.
 func metaWithQUIC(h *Hub, quicAddr string) gossip.NodeMeta {
-	return gossip.NodeMeta{Site: h.cfg.Hub.Site, Region: h.cfg.Hub.Region, Tags: h.cfg.Hub.Tags, QUIC: quicAddr}
+	m, _ := h.federation.gossip.Member(h.cfg.Hub.Name)
+	meta := m.Meta
+	meta.QUIC = quicAddr
+	return meta
 }
 
 func signalNotify(c chan os.Signal) { signal.Notify(c, syscall.SIGTERM, syscall.SIGINT) }

@@ -63,15 +63,21 @@ func (w *tlsWatch) classifyTLS(peer string, err error) (reason, hint string) {
 		verr *tls.CertificateVerificationError
 		uerr x509.UnknownAuthorityError
 		herr x509.HostnameError
+		perr *pinMismatchError
 	)
 	msg := err.Error()
 	switch {
+	case errors.As(err, &perr):
+		return tlsPeerUntrusted, fmt.Sprintf("hub %s serves a certificate other than the one its gossip metadata announces: "+
+			"another process answers at its address, or it restarted with a new certificate whose pin has not reached "+
+			"this hub yet (docs/federation.md, \"Security\")", peer)
 	case errors.As(err, &herr):
 		return tlsPeerUntrusted, fmt.Sprintf("hub %s's data plane certificate does not name the address this hub dials (%s): "+
 			"add the address to [tls] hosts on %s (or its certificate), or set gossip.quic_advertise there", peer, herr.Host, peer)
 	case errors.As(err, &verr), errors.As(err, &uerr), strings.Contains(msg, "tls: failed to verify certificate"):
-		return tlsPeerUntrusted, fmt.Sprintf("hub %s's data plane certificate is not trusted here: put its CA, or for a "+
-			"self-signed hub a copy of its <data_dir>/tls/cert.pem, in gossip.peer_ca_file (docs/federation.md, \"Security\")", peer)
+		return tlsPeerUntrusted, fmt.Sprintf("hub %s's data plane certificate is not trusted here: give both hubs the same "+
+			"gossip.secret_key_file, so each pins the other's certificate from gossip, or put its CA (for a self-signed "+
+			"hub, a copy of its <data_dir>/tls/cert.pem) in gossip.peer_ca_file (docs/federation.md, \"Security\")", peer)
 	// quic-go reports an alert the peer sent as "CRYPTO_ERROR 0x1xx
 	// (remote): tls: ..."; the quic package does not export its type, and
 	// hub does not import quic-go.

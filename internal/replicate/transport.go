@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"sync"
@@ -87,6 +88,11 @@ const (
 // (TLS, and the token in cfg).
 type QUICTransport struct {
 	cfg quic.ClientConfig
+	// PeerTLS, if set, gives the TLS config to dial peer with instead of
+	// cfg.TLS, so each peer's certificate can be checked against what is
+	// known of that peer (its pinned fingerprints). Set it before the
+	// first Pull.
+	PeerTLS func(peer Peer) *tls.Config
 
 	mu     sync.Mutex
 	peers  map[string]*peerConn
@@ -153,7 +159,11 @@ func (t *QUICTransport) session(ctx context.Context, peer Peer, requester string
 		pc.client = nil
 	}
 	if pc.client == nil {
-		c, err := quic.Dial(ctx, peer.Addr, t.cfg)
+		cfg := t.cfg
+		if t.PeerTLS != nil {
+			cfg.TLS = t.PeerTLS(peer)
+		}
+		c, err := quic.Dial(ctx, peer.Addr, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("replicate: dial %s (%s): %w", peer.Name, peer.Addr, err)
 		}
