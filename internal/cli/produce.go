@@ -2,13 +2,17 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -101,14 +105,36 @@ func (h *headerFlags) Set(v string) error {
 	return nil
 }
 
+const produceNote = `
+Input: one record a line. Without --key or --key-sep a line is a value with
+no key; with --key-sep a line without the separator is an error unless
+--allow-keyless sends it as a value with no key. An empty value is sent as
+an empty value; with --null as a tombstone (no value), which compaction
+treats as a delete.
+
+--format json reads what hub consume --format json prints, one object a
+line: key or key_base64, value or value_base64 (neither: a tombstone),
+headers, and time (absent: no producer time, unless --timestamp); stream,
+shard, seq, ingest_time and origin are the hub's to assign and are ignored
+(--shard places records). Any other field is an error.
+`
+
 func produce(ctx context.Context, args []string) error {
-	fs := newFlags("produce", "produce STREAM [--key K | --key-sep SEP] [--header K=V]... [--addr HOST:PORT]")
+	fs := newFlags("produce", "produce STREAM [--file FILE] [--format line|json] [--key KEY | --key-sep SEP [--allow-keyless]] [--null] [--header K=V]... [--timestamp TIME] [--shard N]")
+	usage := fs.Usage
+	fs.Usage = func() { usage(); io.WriteString(stderr, produceNote) }
 	df := addDataFlags(fs)
+	file := fs.String("file", "", "read records from `FILE` instead of stdin (- is stdin)")
+	format := fs.String("format", "line", "input `FORMAT`: line (a value, or key SEP value, a line) or json (what consume --format json prints)")
 	key := fs.String("key", "", "`KEY` of every record (default: none, records spread over shards)")
 	keySep := fs.String("key-sep", "", "split each line at the first `SEP` into key and value")
+	keyless := fs.Bool("allow-keyless", false, "with --key-sep, send a line without the separator as a value with no key (default: an error)")
+	null := fs.Bool("null", false, "send an empty value as a tombstone (no value) instead of an empty value")
 	var headers headerFlags
 	fs.Var(&headers, "header", "record header `K=V` (repeatable)")
-	timestamp := fs.String("timestamp", "", "record time of every record, an RFC 3339 `TIME` (default: now, line by line)")
+	timestamp := fs.String("timestamp", "", "record time of every record, an RFC 3339 `TIME` (default: now, line by line; with --format json the line's time)")
+	shard := &optShard{n: -1}
+	fs.Var(shard, "shard", "send every record to shard `N` (default: by key hash, keyless records spread)")
 	maxLine := fs.Int("max-line", 0, "longest accepted input line in `BYTES` (default: what the hub's max_record_bytes allows)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -117,8 +143,15 @@ func produce(ctx context.Context, args []string) error {
 	if err := wantArgs(pos, 1, "stream NAME"); err != nil {
 		return err
 	}
-	if *key != "" && *keySep != "" {
-		return usagef("--key and --key-sep are exclusive")
+	switch {
+	case *key != "" && *keySep != "":
+		return usagef("--key and --key-sep exclude each other")
+	case *keyless && *keySep == "":
+		return usagef("--allow-keyless goes with --key-sep")
+	case *format != "line" && *format != "json":
+		return usagef("invalid --format %q: want line or json", *format)
+	case *format == "json" && (*key != "" || *keySep != "" || *null):
+		return usagef("--format json takes keys and values from each line: --key, --key-sep and --null do not apply")
 	}
 	var fixedTime int64
 	if *timestamp != "" {
@@ -128,6 +161,15 @@ func produce(ctx context.Context, args []string) error {
 		}
 		fixedTime = t.UnixNano()
 	}
+	in, inName := stdin, "stdin"
+	if *file != "" && *file != "-" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in, inName = f, *file
+	}
 	c, err := df.dial(ctx)
 	if err != nil {
 		return err
@@ -136,6 +178,10 @@ func produce(ctx context.Context, args []string) error {
 	p, err := c.Producer(ctx, pos[0], sdk.ProducerOptions{})
 	if err != nil {
 		return err
+	}
+	if shard.n >= p.Shards() {
+		p.Close(ctx)
+		return fmt.Errorf("stream %s has %d shard%s: no shard %d", pos[0], p.Shards(), plural(p.Shards()), shard.n)
 	}
 	var acked, failed atomic.Int64
 	var firstErr atomic.Pointer[error]
@@ -148,8 +194,9 @@ func produce(ctx context.Context, args []string) error {
 		acked.Add(1)
 	}
 	// A line may be as long as the largest record the hub stores (plus a
-	// key separator and a CR LF): longer lines fail with a message naming
-	// the limit, and so do records the producer refuses as too large.
+	// key separator and a CR LF; in JSON, escaped: up to 6 bytes a byte):
+	// longer lines fail with a message naming the limit, and so do records
+	// the producer refuses as too large.
 	limit := p.MaxRecordBytes()
 	if limit == 0 {
 		limit = hub.DefaultMaxRecordBytes // a hub that does not announce it
@@ -157,53 +204,170 @@ func produce(ctx context.Context, args []string) error {
 	lineMax := *maxLine
 	if lineMax <= 0 {
 		lineMax = limit + len(*keySep) + 2
+		if *format == "json" {
+			lineMax = 6*limit + 64<<10
+		}
 	}
-	sc := bufio.NewScanner(stdin)
+	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, min(64<<10, lineMax)), lineMax)
 	var readErr error
 	lineNo := 0
 	for sc.Scan() {
 		lineNo++
 		line := sc.Bytes()
-		rec := sdk.Record{Time: fixedTime, Headers: headers}
-		if rec.Time == 0 {
-			rec.Time = time.Now().UnixNano()
-		}
-		switch {
-		case *keySep != "":
-			k, v, ok := strings.Cut(string(line), *keySep)
-			if ok {
-				rec.Key, rec.Value = []byte(k), []byte(v)
-			} else {
-				rec.Value = []byte(k)
+		var rec sdk.Record
+		if *format == "json" {
+			if rec, err = parseJSONRecord(line); err != nil {
+				readErr = fmt.Errorf("%s line %d: %w", inName, lineNo, err)
+				break
 			}
-		case *key != "":
-			rec.Key, rec.Value = []byte(*key), append([]byte(nil), line...)
-		default:
-			rec.Value = append([]byte(nil), line...)
+			if rec.Time == 0 {
+				rec.Time = fixedTime
+			}
+			rec.Headers = append(rec.Headers, headers...)
+		} else {
+			rec = sdk.Record{Time: fixedTime, Headers: headers}
+			if rec.Time == 0 {
+				rec.Time = time.Now().UnixNano()
+			}
+			switch {
+			case *keySep != "":
+				k, v, ok := bytes.Cut(line, []byte(*keySep))
+				if !ok && !*keyless {
+					readErr = fmt.Errorf("%s line %d: no key separator %q in it (--allow-keyless sends such lines without a key)", inName, lineNo, *keySep)
+				}
+				if ok {
+					rec.Key, rec.Value = bytes.Clone(k), bytes.Clone(v)
+				} else {
+					rec.Value = bytes.Clone(k)
+				}
+			case *key != "":
+				rec.Key, rec.Value = []byte(*key), bytes.Clone(line)
+			default:
+				rec.Value = bytes.Clone(line)
+			}
+			if readErr != nil {
+				break
+			}
+			if rec.Value == nil {
+				rec.Value = []byte{}
+			}
+			if *null && len(rec.Value) == 0 {
+				rec.Value = nil
+			}
 		}
-		if err := p.SendAsync(ctx, rec, cb); err != nil {
-			readErr = fmt.Errorf("line %d: %w", lineNo, err)
+		if shard.n >= 0 {
+			err = p.SendAsyncTo(ctx, shard.n, rec, cb)
+		} else {
+			err = p.SendAsync(ctx, rec, cb)
+		}
+		if err != nil {
+			readErr = fmt.Errorf("%s line %d: %w", inName, lineNo, err)
 			break
 		}
 	}
 	switch err := sc.Err(); {
 	case readErr != nil:
 	case errors.Is(err, bufio.ErrTooLong):
-		readErr = fmt.Errorf("line %d: longer than %d bytes (records are limited to the hub's max_record_bytes %d; --max-line)", lineNo+1, lineMax, limit)
+		readErr = fmt.Errorf("%s line %d: longer than %d bytes: raise --max-line (records are limited to the hub's max_record_bytes %d)", inName, lineNo+1, lineMax, limit)
 	case err != nil:
-		readErr = fmt.Errorf("read stdin: %w", err)
+		readErr = fmt.Errorf("read %s: %w", inName, err)
 	}
 	// Wait for the acknowledgements even after an interrupt, briefly.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	closeErr := p.Close(cctx)
-	fmt.Fprintf(stderr, "acked %d records\n", acked.Load())
+	n := acked.Load()
+	fmt.Fprintf(stderr, "acked %d record%s\n", n, plural(int(n)))
 	if n := failed.Load(); n > 0 {
-		return fmt.Errorf("%d records failed: %w", n, *firstErr.Load())
+		return fmt.Errorf("%d record%s failed: %w", n, plural(int(n)), *firstErr.Load())
 	}
 	if readErr != nil {
 		return readErr
 	}
 	return closeErr
+}
+
+// optShard is an optional shard number; n < 0 when not given.
+type optShard struct{ n int }
+
+func (o *optShard) String() string { return "" }
+func (o *optShard) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return fmt.Errorf("shard %q: want a shard number", v)
+	}
+	o.n = n
+	return nil
+}
+
+// jsonInput is a line of produce --format json: a jsonRecord as consume
+// prints it. The fields the hub assigns are accepted and ignored.
+type jsonInput struct {
+	Stream      string          `json:"stream"`
+	Shard       *int            `json:"shard"`
+	Seq         uint64          `json:"seq"`
+	Key         *string         `json:"key"`
+	KeyBase64   []byte          `json:"key_base64"`
+	Value       *string         `json:"value"`
+	ValueBase64 []byte          `json:"value_base64"`
+	Headers     []jsonHeader    `json:"headers"`
+	Time        string          `json:"time"`
+	IngestTime  string          `json:"ingest_time"`
+	Origin      json.RawMessage `json:"origin"`
+}
+
+// parseJSONRecord reads one line of produce --format json.
+func parseJSONRecord(line []byte) (sdk.Record, error) {
+	var rec sdk.Record
+	var in jsonInput
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return rec, fmt.Errorf("invalid JSON record: %w", err)
+	}
+	if dec.More() {
+		return rec, errors.New("invalid JSON record: more than one value on the line")
+	}
+	pick := func(name string, s *string, b []byte) ([]byte, error) {
+		switch {
+		case s != nil && b != nil:
+			return nil, fmt.Errorf("both %s and %s_base64", name, name)
+		case s != nil:
+			return []byte(*s), nil
+		}
+		return b, nil
+	}
+	var err error
+	if rec.Key, err = pick("key", in.Key, in.KeyBase64); err != nil {
+		return rec, err
+	}
+	if rec.Value, err = pick("value", in.Value, in.ValueBase64); err != nil {
+		return rec, err
+	}
+	for i, h := range in.Headers {
+		k, err := pick(fmt.Sprintf("headers[%d].key", i), h.Key, h.KeyBase64)
+		if err != nil {
+			return rec, err
+		}
+		v, err := pick(fmt.Sprintf("headers[%d].value", i), h.Value, h.ValueBase64)
+		if err != nil {
+			return rec, err
+		}
+		if k == nil {
+			return rec, fmt.Errorf("headers[%d] has no key", i)
+		}
+		if v == nil {
+			v = []byte{}
+		}
+		rec.Headers = append(rec.Headers, sdk.Header{Key: string(k), Value: v})
+	}
+	if in.Time != "" {
+		t, err := time.Parse(time.RFC3339Nano, in.Time)
+		if err != nil {
+			return rec, fmt.Errorf("invalid time %q: want RFC 3339", in.Time)
+		}
+		rec.Time = t.UnixNano()
+	}
+	return rec, nil
 }

@@ -29,15 +29,15 @@ func TestEndToEndProduceRecordLimit(t *testing.T) {
 		msg   string
 	}{
 		{"value at the limit", strings.Repeat("a", 600<<10) + "\n" + strings.Repeat("b", limit) + "\n", nil, 0, "acked 2 records", ""},
-		{"key and value at the limit", "k:" + strings.Repeat("c", limit-1) + "\n", []string{"--key-sep", ":"}, 0, "acked 1 records", ""},
-		{"CRLF line at the limit", strings.Repeat("d", limit) + "\r\n", nil, 0, "acked 1 records", ""},
-		{"one byte over", "before\n" + strings.Repeat("e", limit+1) + "\nafter\n", nil, 1, "acked 1 records",
+		{"key and value at the limit", "k:" + strings.Repeat("c", limit-1) + "\n", []string{"--key-sep", ":"}, 0, "acked 1 record\n", ""},
+		{"CRLF line at the limit", strings.Repeat("d", limit) + "\r\n", nil, 0, "acked 1 record\n", ""},
+		{"one byte over", "before\n" + strings.Repeat("e", limit+1) + "\nafter\n", nil, 1, "acked 1 record\n",
 			"line 2: quic: record_too_large: record of 1048577 bytes"},
 		// The header counts 1 + 1 + 2 bytes.
 		{"header pushes it over", strings.Repeat("f", limit-3) + "\n", []string{"--header", "h=v"}, 1, "acked 0 records",
 			"max_record_bytes 1048576"},
-		{"far too long a line", "ok\n" + strings.Repeat("g", 3*limit) + "\n", nil, 1, "acked 1 records",
-			"line 2: longer than 1048578 bytes (records are limited to the hub's max_record_bytes 1048576"},
+		{"far too long a line", "ok\n" + strings.Repeat("g", 3*limit) + "\n", nil, 1, "acked 1 record\n",
+			"stdin line 2: longer than 1048578 bytes: raise --max-line (records are limited to the hub's max_record_bytes 1048576)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

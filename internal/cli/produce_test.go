@@ -163,7 +163,7 @@ func TestEndToEndProduceErrors(t *testing.T) {
 		{"no certificate to trust", t.TempDir(), []string{"consume", "x"}, 1, "--ca"},
 		{"insecure works", t.TempDir(), []string{"consume", "nope", "--insecure"}, 1, "not_found"},
 		{"bad --from", base, []string{"consume", "x", "--from", "yesterday"}, 2, "invalid --from"},
-		{"key and key-sep", base, []string{"produce", "x", "--key", "k", "--key-sep", ":"}, 2, "exclusive"},
+		{"key and key-sep", base, []string{"produce", "x", "--key", "k", "--key-sep", ":"}, 2, "exclude each other"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
