@@ -121,6 +121,7 @@ type adminServer struct {
 	ln        net.Listener
 	srv       *http.Server
 	tls       bool // serve HTTPS with srv.TLSConfig
+	guard     *adminGuard
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -207,7 +208,7 @@ func (h *Hub) addAdmin() error {
 		}
 		requests.WithLabelValues(pattern, fmt.Sprint(sw.status)).Inc()
 	})
-	h.admin = &adminServer{ln: ln, tls: tlsConf != nil, srv: &http.Server{
+	h.admin = &adminServer{ln: ln, tls: tlsConf != nil, guard: guard, srv: &http.Server{
 		Handler:           handler,
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,

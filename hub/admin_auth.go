@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -30,17 +31,19 @@ import (
 //     [admin] allowed_origins (403 forbidden); a request a browser marks
 //     Sec-Fetch-Site: cross-site or same-site without an Origin is refused
 //     too. Allowed origins get CORS answers, preflights included.
-//  3. A POST must have Content-Type: application/json or carry the header
-//     X-Edgehub-Admin (403 forbidden). A page can make a browser POST
-//     text/plain, form-encoded or multipart bodies anywhere without asking;
-//     application/json or a custom header it can send only after a CORS
-//     preflight, which this hub refuses to other origins. (PATCH, PUT and
-//     DELETE are always preflighted.) Step 2 suffices in browsers that send
-//     Origin; this one protects the others.
+//  3. A POST must have a Content-Type other than the three a form can send
+//     (text/plain, form-encoded, multipart), such as application/json, or
+//     carry the header X-Edgehub-Admin (403 forbidden). A page can make a
+//     browser POST those three anywhere without asking; any other type or a
+//     custom header it can send only after a CORS preflight, which this hub
+//     refuses to other origins. (PATCH, PUT and DELETE are always
+//     preflighted.) Step 2 suffices in browsers that send Origin; this one
+//     protects the others.
 //  4. With [[admin.token]]s, a bearer token (Authorization: Bearer T) is
 //     required (401 unauthenticated), and a read token may only GET or HEAD
 //     (403 permission_denied). /healthz and the status page's HTML (which
-//     holds no data) need none.
+//     holds no data) need none; HTTP ingest checks its own (it takes the
+//     data plane's [auth] tokens too).
 
 // Error codes of the guard (the others are in admin.go).
 const (
@@ -238,14 +241,12 @@ func (g *adminGuard) wrap(next http.Handler) http.Handler {
 				return
 			}
 		}
-		if r.Method == http.MethodPost && r.Header.Get(HeaderAdminClient) == "" {
-			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-				g.refuse(w, r, "csrf", forbidden("admin: a POST needs Content-Type: application/json or the header %s "+
-					"(a cross-site page can make a browser send neither without permission; docs/admin-api.md, \"Security\")", HeaderAdminClient))
-				return
-			}
+		if r.Method == http.MethodPost && r.Header.Get(HeaderAdminClient) == "" && !preflightedType(r.Header.Get("Content-Type")) {
+			g.refuse(w, r, "csrf", forbidden("admin: a POST needs a Content-Type other than text/plain, form or multipart (such as application/json, "+
+				"application/x-ndjson or application/octet-stream) or the header %s (a cross-site page can make a browser send neither without permission; docs/admin-api.md, \"Security\")", HeaderAdminClient))
+			return
 		}
-		if len(g.tokens) > 0 && !publicAdminPath(r) {
+		if len(g.tokens) > 0 && !publicAdminPath(r) && !selfAuthenticated(r) {
 			t, err := g.authenticate(r)
 			if err != nil {
 				g.refuse(w, r, "unauthenticated", &apiError{http.StatusUnauthorized, CodeUnauthenticated, err})
@@ -261,6 +262,33 @@ func (g *adminGuard) wrap(next http.Handler) http.Handler {
 	})
 }
 
+// preflightedType reports whether a browser sends a request with this
+// Content-Type only after a CORS preflight: any type but none and the three
+// a form can send (text/plain, application/x-www-form-urlencoded,
+// multipart/form-data). Step 2 refuses such a preflight from other origins.
+func preflightedType(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return false
+	}
+	switch mt {
+	case "text/plain", "application/x-www-form-urlencoded", "multipart/form-data":
+		return false
+	}
+	return true
+}
+
+// selfAuthenticated: routes that check credentials themselves, with the
+// data plane's [auth] as well as admin tokens (HTTP ingest: a device holds
+// a produce token, not an admin token; see http_ingest.go).
+func selfAuthenticated(r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	m, _ := path.Match(ingestPathPattern, r.URL.Path)
+	return m
+}
+
 // publicAdminPath: what needs no token. /healthz tells only readiness and
 // the name (liveness probes carry no credentials); the status page's HTML
 // holds no data (its script asks for a token and sends it).
@@ -271,8 +299,7 @@ func publicAdminPath(r *http.Request) bool {
 	return r.URL.Path == "/healthz" || r.URL.Path == "/"
 }
 
-// authenticate finds the request's bearer token. Every configured token is
-// compared in constant time, so timing tells nothing of which matched.
+// authenticate finds the request's bearer token.
 func (g *adminGuard) authenticate(r *http.Request) (adminSecret, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
@@ -283,17 +310,24 @@ func (g *adminGuard) authenticate(r *http.Request) (adminSecret, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 		return adminSecret{}, errors.New("admin: the Authorization header must be \"Bearer TOKEN\"")
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	found, ok := g.lookup(strings.TrimSpace(tok))
+	if !ok {
+		return adminSecret{}, errors.New("admin: unknown admin token")
+	}
+	return found, nil
+}
+
+// lookup finds an admin token. Every configured token is compared in
+// constant time, so timing tells nothing of which matched.
+func (g *adminGuard) lookup(tok string) (adminSecret, bool) {
+	sum := sha256.Sum256([]byte(tok))
 	found, match := adminSecret{}, 0
 	for _, t := range g.tokens {
 		if subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1 {
 			found, match = t, 1
 		}
 	}
-	if match == 0 {
-		return adminSecret{}, errors.New("admin: unknown admin token")
-	}
-	return found, nil
+	return found, match == 1
 }
 
 // adminTLS returns the admin listener's TLS configuration: [admin]

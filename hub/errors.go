@@ -23,6 +23,10 @@ var (
 	ErrNameChanged = errors.New("the hub name differs from the name its data directory was created with")
 )
 
+// CodeStorageFull (507) is the admin API's code for a full disk: nothing of
+// the request was stored (HTTP ingest; docs/admin-api.md, "Errors").
+const CodeStorageFull = "storage_full"
+
 // errorCode is one row of the error table: a sentinel error and what a
 // client is told about an error that wraps it.
 type errorCode struct {
@@ -89,11 +93,11 @@ var errorCodes = []errorCode{
 	{store.ErrInvalidConfig, "store.ErrInvalidConfig", quic.CodeInvalidArgument, http.StatusBadRequest, CodeInvalid},
 	{store.ErrRecordTooLarge, "store.ErrRecordTooLarge", quic.CodeRecordTooLarge, http.StatusRequestEntityTooLarge, CodeTooLarge},
 	{store.ErrSequenceGap, "store.ErrSequenceGap", quic.CodeSequenceGap, http.StatusConflict, CodeConflict},
-	{store.ErrDuplicateTooOld, "store.ErrDuplicateTooOld", quic.CodeDuplicateTooOld, http.StatusInternalServerError, CodeInternal},
-	{store.ErrSequenceConflict, "store.ErrSequenceConflict", quic.CodeSequenceConflict, http.StatusInternalServerError, CodeInternal},
+	{store.ErrDuplicateTooOld, "store.ErrDuplicateTooOld", quic.CodeDuplicateTooOld, http.StatusConflict, CodeConflict},
+	{store.ErrSequenceConflict, "store.ErrSequenceConflict", quic.CodeSequenceConflict, http.StatusConflict, CodeConflict},
 	{store.ErrClosed, "store.ErrClosed", quic.CodeUnavailable, http.StatusServiceUnavailable, CodeUnavailable},
 	{store.ErrCorrupt, "store.ErrCorrupt", quic.CodeCorrupt, http.StatusInternalServerError, CodeCorrupt},
-	{store.ErrNoSpace, "store.ErrNoSpace", quic.CodeStorageFull, http.StatusInternalServerError, CodeInternal},
+	{store.ErrNoSpace, "store.ErrNoSpace", quic.CodeStorageFull, http.StatusInsufficientStorage, CodeStorageFull},
 	{store.ErrStreamExists, "store.ErrStreamExists", quic.CodeInternal, http.StatusConflict, CodeExists},
 
 	// The transport's and the standard library's: quic.ToError gives their

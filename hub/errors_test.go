@@ -214,7 +214,7 @@ func errorTableProblems(decls map[string]sentinelDecl) []string {
 var apiStatus = map[string]int{
 	CodeInvalid: 400, CodeUnauthenticated: 401, CodeForbidden: 403, CodePermissionDenied: 403,
 	CodeNotFound: 404, CodeMethod: 405, CodeExists: 409, CodeConflict: 409, CodeInUse: 409,
-	CodeTooLarge: 413, CodeInternal: 500, CodeCorrupt: 500, CodeUnavailable: 503,
+	CodeTooLarge: 413, CodeInternal: 500, CodeCorrupt: 500, CodeUnavailable: 503, CodeStorageFull: 507,
 }
 
 // TestToWire checks what clients of the data plane are told, for each kind

@@ -73,6 +73,7 @@ func New(cfg Config) (*Hub, error) {
 		h.addAdmin,
 		h.addPlugins,
 		h.addDataPlane,
+		h.addHTTPIngest,
 		h.addGroups,
 		h.addFederation,
 		// Parts plug in here, one line each (e.g. h.addDataPlane).
