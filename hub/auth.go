@@ -24,6 +24,9 @@ type authorizer struct {
 	byName  map[string]grant   // token grants by name (names are unique)
 	clients map[string]grant
 	anon    grant
+	// pins names federation members by their pinned certificates; nil
+	// unless the data plane checks client certificates against pins.
+	pins *clientPins
 }
 
 type grant struct {
@@ -65,6 +68,13 @@ func (a *authorizer) authenticate(_ context.Context, info quic.AuthInfo) (quic.P
 		return quic.Principal{}, quic.Errorf(quic.CodeUnauthenticated, "unknown token")
 	}
 	if len(info.Certificates) > 0 {
+		// A federation member's pinned certificate (typically
+		// self-signed, all named alike) is named by its hub; one that
+		// also chains to the client CAs keeps its certificate name, as
+		// without pins.
+		if hub, ok := a.pins.member(info.Certificates[0]); ok && a.pins.chainVerifies(info.Certificates) != nil {
+			return quic.Principal{Name: hub, Method: "mtls"}, nil
+		}
 		return quic.Principal{Name: certName(info.Certificates[0]), Method: "mtls"}, nil
 	}
 	return quic.Principal{Method: "anonymous"}, nil

@@ -81,6 +81,7 @@ func (h *Hub) addDataPlane() error {
 	if err != nil {
 		return err
 	}
+	auth.pins = h.pinClientCerts(tlsConf)
 	qc := quic.DefaultConfig(h.cfg.Listen.QUIC)
 	qc.TLS = tlsConf
 	qc.Authenticate = auth.authenticate
@@ -129,7 +130,7 @@ func (h *Hub) addDataPlane() error {
 		cert = filepath.Join(h.cfg.Hub.DataDir, SelfSignedCertFile) + " (self-signed: clients elsewhere use --ca with a copy)"
 	}
 	h.logger.Info("data plane listening", "addr", srv.Addr().String(), "auth", auth.enabled,
-		"mtls", tlsConf.ClientCAs != nil, "cert", cert)
+		"mtls", tlsConf.ClientCAs != nil, "mtls_pins", auth.pins != nil, "cert", cert)
 	return nil
 }
 

@@ -128,6 +128,9 @@ func (h *Hub) addFederation() error {
 		return fmt.Errorf("hub: federation: %w", err)
 	}
 	h.dataPlane.handle(quic.OpReplicate, rep.Handler())
+	if p := h.dataPlane.auth.pins; p != nil {
+		p.g.Store(g)
+	}
 	h.federation = &federation{logger: h.logger, gossip: g, rep: rep, transport: transport, members: m, tls: watch}
 	h.add(h.federation)
 	h.logger.Info("federation: gossip listening", "gossip", g.Addr(), "quic", quicAddr, "profile", profile,
@@ -177,7 +180,7 @@ func advertisable(addr string) string {
 // handshake on a certificate it cannot verify, where without one it would
 // have accepted our peer_token.
 func peerTLS(gc GossipConfig, own tls.Certificate, g *gossip.Gossip, logger *slog.Logger) (*tls.Config, *peerVerifier, error) {
-	v := &peerVerifier{g: g, pinning: g.Encrypted(), insecure: gc.PeerInsecure, now: time.Now}
+	v := &peerVerifier{g: g, pinning: g.Encrypted(), insecure: gc.PeerInsecure, own: &own, now: time.Now}
 	c := &tls.Config{MinVersion: tls.VersionTLS13}
 	if gc.PeerCAFile != "" {
 		pem, err := os.ReadFile(gc.PeerCAFile)

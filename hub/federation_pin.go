@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgehub/edgehub/gossip"
@@ -64,6 +65,7 @@ type peerVerifier struct {
 	pinning  bool           // gossip is encrypted: pins are authenticated
 	insecure bool           // peer_insecure_skip_verify
 	roots    *x509.CertPool // peer_ca_file; nil: the system roots
+	own      *tls.Certificate
 	now      func() time.Time
 }
 
@@ -93,6 +95,12 @@ func (v *peerVerifier) tlsFor(base *tls.Config, peer replicate.Peer) *tls.Config
 		c.ServerName = host
 	}
 	c.InsecureSkipVerify = true
+	if len(v.pins(peer.Name)) > 0 && v.own != nil {
+		// A peer we pin pins us too (it holds the key): it accepts our
+		// certificate whatever CAs it lists (clientPins).
+		own := v.own
+		c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return own, nil }
+	}
 	name := c.ServerName
 	c.VerifyConnection = func(cs tls.ConnectionState) error { return v.verify(peer.Name, name, cs.PeerCertificates) }
 	return c
@@ -127,6 +135,90 @@ func (v *peerVerifier) verify(peer, serverName string, certs []*x509.Certificate
 		if len(pins) > 0 {
 			return &pinMismatchError{peer: peer, got: got, want: pins, caErr: err}
 		}
+		return &tls.CertificateVerificationError{UnverifiedCertificates: certs, Err: err}
+	}
+	return nil
+}
+
+// clientPins lets the data plane accept, where it asks for client
+// certificates (client_ca_file), the certificates of federation members
+// whose pins their encrypted gossip announces, as well as those issued by
+// the client CAs. crypto/tls cannot know the pins, so it only requests the
+// certificate and verify does both checks; a member's certificate names
+// the principal by the member's hub name (see authorizer.authenticate).
+type clientPins struct {
+	roots *x509.CertPool
+	now   func() time.Time
+	g     atomic.Pointer[gossip.Gossip] // set when the federation is built
+}
+
+// pinClientCerts switches conf to verifying client certificates with
+// pins as well, if the hub federates with encrypted gossip and asks for
+// client certificates; it returns nil otherwise.
+func (h *Hub) pinClientCerts(conf *tls.Config) *clientPins {
+	gc := h.cfg.Gossip
+	if !gc.Enabled() || gc.SecretKeyFile == "" || conf.ClientCAs == nil {
+		return nil
+	}
+	cp := &clientPins{roots: conf.ClientCAs, now: time.Now}
+	// ClientCAs stays set: its names are still sent as the acceptable
+	// CAs, and pinned peers offer their certificate regardless.
+	if conf.ClientAuth == tls.RequireAndVerifyClientCert {
+		conf.ClientAuth = tls.RequireAnyClientCert
+	} else {
+		conf.ClientAuth = tls.RequestClientCert
+	}
+	conf.VerifyConnection = cp.verify
+	return cp
+}
+
+// member returns the alive member whose gossiped pins include leaf's (the
+// first by name if several hubs share a key pair).
+func (c *clientPins) member(leaf *x509.Certificate) (string, bool) {
+	if c == nil {
+		return "", false
+	}
+	g := c.g.Load()
+	if g == nil {
+		return "", false
+	}
+	pin := certPin(leaf)
+	for _, m := range g.Members() {
+		if !m.Self && m.State == gossip.StateAlive && slices.Contains(m.Meta.CertPins, pin) {
+			return m.Name, true
+		}
+	}
+	return "", false
+}
+
+// chainVerifies reports whether certs chain to the client CAs, as
+// crypto/tls would have checked them.
+func (c *clientPins) chainVerifies(certs []*x509.Certificate) error {
+	opts := x509.VerifyOptions{Roots: c.roots, CurrentTime: c.now(), Intermediates: x509.NewCertPool(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	for _, x := range certs[1:] {
+		opts.Intermediates.AddCert(x)
+	}
+	_, err := certs[0].Verify(opts)
+	return err
+}
+
+// verify is the data plane's VerifyConnection: a client certificate, if
+// any, must be a member's pinned one (within its dates) or chain to the
+// client CAs. Whether one is required crypto/tls enforced already.
+func (c *clientPins) verify(cs tls.ConnectionState) error {
+	certs := cs.PeerCertificates
+	if len(certs) == 0 {
+		return nil
+	}
+	if _, ok := c.member(certs[0]); ok {
+		if now := c.now(); now.Before(certs[0].NotBefore) || now.After(certs[0].NotAfter) {
+			return &tls.CertificateVerificationError{UnverifiedCertificates: certs,
+				Err: x509.CertificateInvalidError{Cert: certs[0], Reason: x509.Expired}}
+		}
+		return nil
+	}
+	if err := c.chainVerifies(certs); err != nil {
 		return &tls.CertificateVerificationError{UnverifiedCertificates: certs, Err: err}
 	}
 	return nil

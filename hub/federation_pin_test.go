@@ -206,3 +206,37 @@ func hubPin(tb testing.TB, h *Hub) [32]byte {
 	}
 	return certPin(c.Certificates[0].Leaf)
 }
+
+// TestFederationPinnedClientCerts: a hub that requires client certificates
+// (client_ca_file of a CA none of its peers has a certificate from) accepts
+// a federation member's self-signed certificate by its gossiped pin and
+// names it by its hub name in [[auth.client]]: hub-a, granted, replicates;
+// hub-c, whose certificate is as valid but not granted, is refused.
+func TestFederationPinnedClientCerts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("federated hubs")
+	}
+	key := writeGossipKey(t)
+	n := newFedNet(t)
+	cb := n.pinnedConfig("hub-b", "", key)
+	cb.TLS.ClientCAFile, cb.TLS.RequireClientCert = newTestCA(t).file, true
+	cb.Auth.Clients = []Grant{{Name: "hub-a", Consume: []string{"*"}}}
+	b, _ := startHub(t, cb)
+	createReplicated(t, b, "events", 2, "all")
+	produceAt(t, b, "events", 200, 16)
+	a, _ := startHub(t, n.pinnedConfig("hub-a", "", key))
+	converged(t, "events", 200, b, a)
+
+	c, _ := startHub(t, n.pinnedConfig("hub-c", "", key))
+	testutil.Eventually(t, "hub-b to refuse hub-c by name", func() bool {
+		for _, p := range getPeers(t, c).Pulls {
+			if p.Peer == "hub-b" && strings.Contains(p.LastError, `"hub-c" may not consume`) {
+				return true
+			}
+		}
+		return false
+	})
+	if got := count(originContent(t, c.Store(), "hub-c", "events")); got != 0 {
+		t.Fatalf("hub-c holds %d records hub-b did not grant it", got)
+	}
+}

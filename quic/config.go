@@ -24,7 +24,12 @@ type AuthInfo struct {
 	// Token is the bearer token of the stream's OPEN frame ("" if none).
 	Token string
 	// Certificates is the client's verified certificate chain, leaf first
-	// (nil without mTLS).
+	// (nil without mTLS): verified by crypto/tls against ClientCAs, or, if
+	// the server's TLS config verifies client certificates itself
+	// (ClientAuth RequestClientCert or RequireAnyClientCert with
+	// VerifyConnection set, which must then refuse what it does not
+	// trust), the chain the client presented and VerifyConnection
+	// accepted.
 	Certificates []*x509.Certificate
 	RemoteAddr   net.Addr
 }

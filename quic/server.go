@@ -503,8 +503,12 @@ func (s *Server) authenticate(ctx context.Context, c *Conn, token string) (Princ
 		return Principal{Method: "anonymous"}, nil
 	}
 	info := AuthInfo{Token: token, RemoteAddr: c.RemoteAddr()}
-	if chains := c.qc.ConnectionState().TLS.VerifiedChains; len(chains) > 0 {
-		info.Certificates = chains[0]
+	cs := c.qc.ConnectionState().TLS
+	if len(cs.VerifiedChains) > 0 {
+		info.Certificates = cs.VerifiedChains[0]
+	} else if t := s.cfg.TLS; t.VerifyConnection != nil && len(cs.PeerCertificates) > 0 &&
+		(t.ClientAuth == tls.RequestClientCert || t.ClientAuth == tls.RequireAnyClientCert) {
+		info.Certificates = cs.PeerCertificates // the application verified them
 	}
 	p, err := s.cfg.Authenticate(ctx, info)
 	if err != nil {
