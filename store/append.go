@@ -390,6 +390,7 @@ func (w *writer) commit(reqs []*request) error {
 			continue
 		}
 		s.committed.Add(w.metas[i].Next - sh.meta.Next)
+		s.committedBytes.Add(uint64(w.metas[i].Bytes - sh.meta.Bytes))
 		first := sh.first.Load()
 		if sh.records.Load() == 0 {
 			first = sh.meta.Next // the shard was empty: its first record is this commit's

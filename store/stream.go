@@ -172,6 +172,7 @@ type Stream struct {
 	commits        atomic.Uint64 // group commits, for metrics
 	producerDamage atomic.Int64  // damaged producer entries last logged by expiry
 	committed      atomic.Uint64 // records appended by those commits
+	committedBytes atomic.Uint64 // encoded chunk bytes those commits wrote
 	reqs           chan *request
 	quit           chan struct{}
 	done           chan struct{} // writer stopped
@@ -558,6 +559,11 @@ func (s *Stream) Stats() []ShardStats {
 func (s *Stream) CommitStats() (commits, records uint64) {
 	return s.commits.Load(), s.committed.Load()
 }
+
+// CommittedBytes returns the encoded bytes the stream's commits appended
+// since it was opened (what Bytes grows by before retention and compaction
+// take away): its rate is the stream's write rate in bytes.
+func (s *Stream) CommittedBytes() uint64 { return s.committedBytes.Load() }
 
 // Bounds returns the first live and the last sequence of a shard. An empty
 // shard has first == last+1.
