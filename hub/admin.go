@@ -190,7 +190,7 @@ func (h *Hub) addAdmin() error {
 
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics, promhttp.HandlerOpts{}))
-	h.mux.HandleFunc("GET /{$}", serveStatusPage)
+	h.addDashboard() // GET /, /v1/hub, /v1/rates, /v1/streams/{name}/tail: dashboard.go
 	h.route("GET /v1/streams", h.listStreams)
 	h.route("POST /v1/streams", h.createStream)
 	h.route("GET /v1/streams/{name}", h.describeStream)
@@ -531,91 +531,3 @@ func (h *Hub) streamUsers(stream string) []string {
 func (h *Hub) addStreamUsers(f func(stream string) []string) {
 	h.userListers = append(h.userListers, f)
 }
-
-func serveStatusPage(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	io.WriteString(w, statusPage)
-}
-
-// statusPage is a self-contained live view (no external assets): it polls
-// the JSON API every two seconds and shows rates from successive counts.
-const statusPage = `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edgehub</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px system-ui,sans-serif;margin:2em;color:#222}
-h1{font-size:1.3em}h1 small{color:#888;font-weight:normal}
-table{border-collapse:collapse;margin:.5em 0 1.5em}
-th,td{padding:.25em .8em;text-align:right;border-bottom:1px solid #eee}
-th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
-.err{color:#b00}.muted{color:#888}details{margin:.3em 0}
-</style></head><body>
-<h1>edgehub <small id="hub"></small></h1>
-<div id="status" class="muted">loading…</div>
-<table><thead><tr><th>stream</th><th>shards</th><th>records</th><th>bytes</th><th>records/s</th><th>retention</th><th>replicate</th></tr></thead>
-<tbody id="streams"></tbody></table>
-<table><thead><tr><th>consumer group</th><th>stream</th><th>members</th><th>lag</th><th>rebalances</th></tr></thead>
-<tbody id="groups"></tbody></table>
-<div id="detail"></div>
-<script>
-"use strict";
-let prev = {}, prevT = 0;
-const esc = s => String(s).replace(/[&<>"']/g, c => "&#" + c.charCodeAt(0) + ";");
-const fmt = n => n.toLocaleString();
-// With [[admin.token]]s the API answers 401: ask for a token once, keep it
-// for this tab only (sessionStorage) and send it as a bearer token.
-const tokenKey = "edgehub-admin-token";
-let declined = false;
-async function api(path) {
-  const tok = sessionStorage.getItem(tokenKey);
-  const r = await fetch(path, tok ? {headers: {Authorization: "Bearer " + tok}} : {});
-  if (r.status === 401 && !declined) {
-    const t = prompt("This hub requires an admin token (role read is enough):");
-    if (t && t.trim()) { sessionStorage.setItem(tokenKey, t.trim()); return api(path); }
-    declined = true;
-  }
-  if (r.status === 401 || r.status === 403) throw new Error(path + ": HTTP " + r.status + " (admin token)");
-  return r.json();
-}
-async function tick() {
-  try {
-    const hz = await api("/healthz");
-    document.getElementById("hub").textContent = hz.name + " · " + hz.status;
-    const list = await api("/v1/streams");
-    const now = performance.now(), dt = (now - prevT) / 1000;
-    let rows = "";
-    for (const s of list.streams) {
-      const rate = prevT && prev[s.name] !== undefined ? Math.max(0, (s.records - prev[s.name]) / dt) : 0;
-      rows += "<tr><td><a href='#' data-s='" + esc(s.name) + "'>" + esc(s.name) + "</a></td><td>" + s.config.shards +
-        "</td><td>" + fmt(s.records) + "</td><td>" + fmt(s.bytes) + "</td><td>" + fmt(Math.round(rate)) +
-        "</td><td>" + esc(s.config.retention) + "</td><td>" + esc(s.config.replicate) + "</td></tr>";
-      prev[s.name] = s.records;
-    }
-    prevT = now;
-    document.getElementById("streams").innerHTML = rows || "<tr><td colspan=7 class=muted>no streams</td></tr>";
-    const gl = await api("/v1/groups");
-    let grows = "";
-    for (const g of gl.groups) grows += "<tr><td>" + esc(g.name) + "</td><td>" + esc(g.stream) + "</td><td>" + g.members +
-      "</td><td>" + fmt(g.lag) + "</td><td>" + g.rebalances + "</td></tr>";
-    document.getElementById("groups").innerHTML = grows || "<tr><td colspan=5 class=muted>no consumer groups</td></tr>";
-    document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
-    document.getElementById("status").className = "muted";
-  } catch (e) {
-    document.getElementById("status").textContent = "hub unreachable: " + e;
-    document.getElementById("status").className = "err";
-  }
-}
-document.addEventListener("click", async ev => {
-  const name = ev.target.dataset && ev.target.dataset.s;
-  if (!name) return;
-  ev.preventDefault();
-  const s = await api("/v1/streams/" + encodeURIComponent(name));
-  let rows = "";
-  for (const sh of s.shards) rows += "<tr><td>" + sh.shard + "</td><td>" + sh.hash_start + "–" + sh.hash_end +
-    "</td><td>" + sh.first_seq + "</td><td>" + sh.last_seq + "</td><td>" + fmt(sh.records) + "</td><td>" + fmt(sh.bytes) + "</td></tr>";
-  document.getElementById("detail").innerHTML = "<h2>" + esc(name) + "</h2><table><thead><tr><th>shard</th><th>hash range</th><th>first</th><th>last</th><th>records</th><th>bytes</th></tr></thead><tbody>" + rows + "</tbody></table>";
-});
-tick(); setInterval(tick, 2000);
-</script></body></html>
-`
