@@ -22,10 +22,10 @@ import (
 	"github.com/edgehub/edgehub/store"
 )
 
-// The admin API: JSON over HTTP under /v1/, /healthz, /metrics and a status
-// page at /. Other files add routes with h.route; handlers return an error
-// and writeError turns it into {"error": "...", "code": "..."} with the
-// status that fits (see errorStatus).
+// The admin API: JSON over HTTP under /v1/, /healthz, /metrics and the
+// dashboard at / (dashboard.go). Other files add routes with h.route;
+// handlers return an error and writeError turns it into {"error": "...",
+// "code": "..."} with the status that fits (see errorStatus).
 
 // maxRequestBody bounds an admin request body.
 const maxRequestBody = 1 << 20

@@ -41,7 +41,7 @@ import (
 //     protects the others.
 //  4. With [[admin.token]]s, a bearer token (Authorization: Bearer T) is
 //     required (401 unauthenticated), and a read token may only GET or HEAD
-//     (403 permission_denied). /healthz and the status page's HTML (which
+//     (403 permission_denied). /healthz and the dashboard's HTML (which
 //     holds no data) need none; HTTP ingest checks its own (it takes the
 //     data plane's [auth] tokens too).
 
@@ -290,7 +290,7 @@ func selfAuthenticated(r *http.Request) bool {
 }
 
 // publicAdminPath: what needs no token. /healthz tells only readiness and
-// the name (liveness probes carry no credentials); the status page's HTML
+// the name (liveness probes carry no credentials); the dashboard's HTML
 // holds no data (its script asks for a token and sends it).
 func publicAdminPath(r *http.Request) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

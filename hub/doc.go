@@ -25,8 +25,8 @@
 // # Admin API
 //
 // JSON over HTTP: /healthz, /v1/streams[/{name}], /v1/groups[/{name}]
-// (consumer groups, groups.go), /metrics (Prometheus) and a status page at
-// /. Errors are {"error": "...", "code": "..."} with a
+// (consumer groups, groups.go), /metrics (Prometheus) and the dashboard at
+// / (dashboard.go). Errors are {"error": "...", "code": "..."} with a
 // status that fits (400, 404, 409, 413, 500, 503); docs/admin-api.md lists
 // every route.
 //

@@ -90,11 +90,15 @@ function niceMax(v) {
 function pathOf(pts, x, y) {
   return pts.map((p, i) => (i ? "L" : "M") + x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1)).join(" ");
 }
+// The x axis spans the history there is, at least a minute and at most the
+// hub's rate window, ending now.
 function chart(svg, pts, windowMs, fmt) {
   const W = 600, H = 160, L = 46, R = 8, T = 8, B = 18;
-  const now = Date.now(), x0 = now - windowMs;
+  const now = Date.now();
+  const span = Math.min(windowMs, Math.max(60e3, pts.length ? now - pts[0][0] : 0));
+  const x0 = now - span;
   const max = niceMax(Math.max(0, ...pts.map(p => p[1])));
-  const x = t => L + (Math.max(t, x0) - x0) / windowMs * (W - L - R);
+  const x = t => L + (Math.max(t, x0) - x0) / span * (W - L - R);
   const y = v => T + (1 - v / max) * (H - T - B);
   let s = "";
   for (let i = 0; i <= 4; i++) {
@@ -102,10 +106,10 @@ function chart(svg, pts, windowMs, fmt) {
     s += `<line class="grid-line" x1="${L}" x2="${W - R}" y1="${yy}" y2="${yy}"/>` +
       `<text x="${L - 4}" y="${(+yy + 3).toFixed(1)}" text-anchor="end">${esc(fmt(v))}</text>`;
   }
-  const mins = windowMs / 60000;
-  for (let m = 0; m <= mins; m += mins >= 10 ? 2 : 1) {
-    const xx = x(now - m * 60000).toFixed(1);
-    s += `<text x="${xx}" y="${H - 4}" text-anchor="middle">${m ? "-" + m + "m" : "now"}</text>`;
+  for (let i = 0; i <= 4; i++) {
+    const back = span * i / 4, xx = x(now - back).toFixed(1);
+    const label = i === 0 ? "now" : "-" + (span >= 180e3 ? Math.round(back / 60e3) + "m" : Math.round(back / 1e3) + "s");
+    s += `<text x="${xx}" y="${H - 4}" text-anchor="${i === 4 ? "start" : i === 0 ? "end" : "middle"}">${label}</text>`;
   }
   if (pts.length) {
     const line = pathOf(pts, x, y);
@@ -207,7 +211,7 @@ function renderGroups(groups) {
     const leases = (g.shards || []).map(s =>
       `<span class="chip${s.owner ? "" : " off"}" title="${esc("committed " + s.committed + " of " + s.last_seq + (s.epoch ? " · epoch " + s.epoch : ""))}">${s.shard}→${esc(s.owner || s.state)} <span class="muted">${num(s.lag)}</span></span>`).join("");
     return `<tr data-group="${esc(g.name)}"><td class="mono">${esc(g.name)}${g.stale ? ' <span class="badge bad">stale</span>' : ""}</td>` +
-      `<td class="mono">${esc(g.stream)}</td><td class="chips members">${members}</td><td class="chips">${leases}</td>` +
+      `<td class="l mono">${esc(g.stream)}</td><td class="chips members">${members}</td><td class="chips">${leases}</td>` +
       `<td class="lag">${num(g.lag)}</td><td>${num(g.rebalances)}</td></tr>`;
   }).join("") || `<tr><td colspan="6" class="muted">no consumer groups</td></tr>`;
 }
@@ -221,7 +225,8 @@ function renderFederation(p) {
   const self = p.members.find(m => m.self) || {name: p.self, state: "alive", self: true};
   const pos = {[self.name]: [cx, cy]};
   others.forEach((m, i) => {
-    const a = -Math.PI / 2 + 2 * Math.PI * i / Math.max(others.length, 1);
+    // Spread around the middle; one peer to the right, two either side.
+    const a = others.length === 1 ? 0 : -Math.PI / 2 + 2 * Math.PI * (i + 0.5) / others.length;
     pos[m.name] = [cx + Math.cos(a) * 190, cy + Math.sin(a) * 118];
   });
   const byPeer = {};
