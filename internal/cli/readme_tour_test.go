@@ -104,9 +104,7 @@ var tourVariable = regexp.MustCompile(`sha256 [0-9a-f]{12}`)
 // only differences from a reader's terminal are the ports (HUB_ADDR and
 // HUB_ADMIN point the CLI at the test's hub) and the masked digest above.
 func TestReadmeTour(t *testing.T) {
-	bin := hubBin(t)
-	root := plugintest.ModuleRoot(t)
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	readme, err := os.ReadFile(filepath.Join(plugintest.ModuleRoot(t), "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +115,15 @@ func TestReadmeTour(t *testing.T) {
 	if len(steps) < 10 {
 		t.Fatalf("README.md: the CLI tour has %d commands in ```console blocks, want at least 10", len(steps))
 	}
+	runTour(t, "README.md", steps)
+}
 
+// runTour runs steps, the commands of doc (a path relative to the module
+// root, for messages), as TestReadmeTour describes.
+func runTour(t *testing.T, doc string, steps []tourStep) {
+	t.Helper()
+	bin := hubBin(t)
+	root := plugintest.ModuleRoot(t)
 	work := t.TempDir()
 	entries, err := os.ReadDir(root)
 	if err != nil {
@@ -159,16 +165,16 @@ func TestReadmeTour(t *testing.T) {
 		var ee *exec.ExitError
 		switch {
 		case timedOut:
-			t.Fatalf("README.md:%d: $ %s\ndid not finish within 3 minutes; output so far:\n%s", st.line, st.cmd, got)
+			t.Fatalf("%s:%d: $ %s\ndid not finish within 3 minutes; output so far:\n%s", doc, st.line, st.cmd, got)
 		case errors.As(err, &ee):
-			t.Fatalf("README.md:%d: $ %s\nexited with %d, want 0; output:\n%s", st.line, st.cmd, ee.ExitCode(), got)
+			t.Fatalf("%s:%d: $ %s\nexited with %d, want 0; output:\n%s", doc, st.line, st.cmd, ee.ExitCode(), got)
 		case err != nil:
-			t.Fatalf("README.md:%d: $ %s: %v", st.line, st.cmd, err)
+			t.Fatalf("%s:%d: $ %s: %v", doc, st.line, st.cmd, err)
 		}
 		if g, w := tourVariable.ReplaceAllString(got, "sha256 ..."), tourVariable.ReplaceAllString(st.want, "sha256 ..."); g != w {
-			t.Fatalf("README.md:%d: $ %s\noutput differs from the README (- README, + hub):\n%s", st.line, st.cmd, lineDiff(w, g))
+			t.Fatalf("%s:%d: $ %s\noutput differs from %s (- %s, + hub):\n%s", doc, st.line, st.cmd, doc, doc, lineDiff(w, g))
 		}
-		t.Logf("README.md:%d: $ %s: as written", st.line, st.cmd)
+		t.Logf("%s:%d: $ %s: as written", doc, st.line, st.cmd)
 	}
 }
 
