@@ -258,6 +258,53 @@ func TestDashboardInBrowserWithToken(t *testing.T) {
 	})
 }
 
+// The federation picture: two federated hubs; the second's dashboard draws
+// both members and a pull link from the first, labelled with its lag.
+func TestDashboardFederationInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: TestDashboardInBrowser covers the page; TestFederationThreeHubsConverge covers /v1/peers")
+	}
+	ctx := browser(t, 1200, 900)
+	n := newFedNet(t)
+	a := n.start("hub-a", "edge")
+	b := n.start("hub-b", "core")
+	createReplicated(t, a, "events", 2, "all")
+	produceAt(t, a, "events", 300, 16)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://"+b.AdminAddr().String()+"/")); err != nil {
+		t.Fatal(err)
+	}
+	const js = `JSON.stringify({
+  members: [...document.querySelectorAll("#federation g.node")].map(g => g.dataset.member + ":" + g.getAttribute("class")).sort().join(" "),
+  pull: !!document.querySelector('#federation line.link.pull[data-peer="hub-a"]'),
+  label: [...document.querySelectorAll("#federation text.lag")].map(e => e.textContent).join(" "),
+  summary: document.getElementById("fed-summary").textContent,
+})`
+	var last string
+	ok := false
+	for deadline := time.Now().Add(testutil.Deadline); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		raw, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = raw
+		var st struct {
+			Members, Label, Summary string
+			Pull                    bool
+		}
+		if err := json.Unmarshal([]byte(raw), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Members == "hub-a:node alive hub-b:node alive self" && st.Pull && strings.Contains(st.Label, "behind") &&
+			strings.HasPrefix(st.Summary, "2 members · 2 alive") {
+			ok = true
+			break
+		}
+	}
+	if !ok {
+		t.Fatalf("federation picture: last state %s", last)
+	}
+}
+
 // TestDashboardScreenshot writes docs/dashboard.png: three federated hubs
 // (two edges and a region, as hub demo runs them), devices producing at the
 // edges and at the region over QUIC, a plugin and a consumer group at the
