@@ -253,7 +253,7 @@ func checkAlertReadme(t *testing.T, c *child) {
 }
 
 // checkDeriveReadme: Fahrenheit with the site of plant7- sensors, below
-// -50 °C dropped; with its defaults (output "derived", no filter, scale 1)
+// -50 °C dropped; with its defaults (--output derived only: no filter, scale 1)
 // every reading is copied with its source.
 func checkDeriveReadme(t *testing.T, c *child) {
 	c.cli("plugin", "deploy", c.wasm("derive.wasm"), "--name", "derive-defaults", "--input", "readings", "--output", "derived")
