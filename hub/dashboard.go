@@ -401,7 +401,10 @@ func (d *dashboard) tail(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	var recs []tailed
+	// Each read stops at 1 MiB of chunks, so a shard's last n sequences may
+	// take several; records are cut to max_value as they come, so memory
+	// stays bounded by one read whatever the records' size.
+	var recs []TailRecord
 	for shard := range shards {
 		if only >= 0 && shard != only {
 			continue
@@ -417,32 +420,35 @@ func (d *dashboard) tail(w http.ResponseWriter, r *http.Request) error {
 		if last-first+1 > uint64(n) {
 			from = last - uint64(n) + 1
 		}
-		got, err := st.Read(shard, from, store.ReadOptions{MaxRecords: n})
-		if err != nil {
-			return fmt.Errorf("tail %q shard %d: %w", name, shard, err)
-		}
-		for _, rec := range got {
-			recs = append(recs, tailed{shard, rec})
+		for from <= last {
+			got, err := st.Read(shard, from, store.ReadOptions{MaxRecords: int(last - from + 1)})
+			if err != nil {
+				return fmt.Errorf("tail %q shard %d: %w", name, shard, err)
+			}
+			if len(got) == 0 {
+				break // retention removed them meanwhile
+			}
+			for _, rec := range got {
+				if rec.Seq <= last {
+					recs = append(recs, tailRecord(shard, rec, maxValue))
+				}
+			}
+			from = got[len(got)-1].Seq + 1
 		}
 	}
 	// The last n over all shards, in ingest order.
-	slices.SortFunc(recs, func(a, b tailed) int {
-		return cmp.Or(cmp.Compare(a.rec.IngestTime, b.rec.IngestTime), cmp.Compare(a.shard, b.shard), cmp.Compare(a.rec.Seq, b.rec.Seq))
+	slices.SortFunc(recs, func(a, b TailRecord) int {
+		return cmp.Or(a.IngestTime.Compare(b.IngestTime), cmp.Compare(a.Shard, b.Shard), cmp.Compare(a.Seq, b.Seq))
 	})
 	if len(recs) > n {
 		recs = recs[len(recs)-n:]
 	}
-	out := Tail{Stream: name, Records: make([]TailRecord, 0, len(recs))}
-	for _, t := range recs {
-		out.Records = append(out.Records, tailRecord(t.shard, t.rec, maxValue))
+	out := Tail{Stream: name, Records: recs}
+	if out.Records == nil {
+		out.Records = []TailRecord{}
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
-}
-
-type tailed struct {
-	shard int
-	rec   edgehub.Record
 }
 
 func tailRecord(shard int, rec edgehub.Record, maxValue int) TailRecord {

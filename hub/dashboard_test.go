@@ -136,7 +136,8 @@ func integrateRates(sr StreamRate, v []float64) float64 {
 
 func TestDashboardTail(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Streams = []StreamConfig{{Name: "orders", Shards: 3, Replicate: ReplicateLocal}, {Name: "empty", Shards: 1, Replicate: ReplicateLocal}}
+	cfg.Streams = []StreamConfig{{Name: "orders", Shards: 3, Replicate: ReplicateLocal}, {Name: "empty", Shards: 1, Replicate: ReplicateLocal},
+		{Name: "big", Shards: 1, Replicate: ReplicateLocal}}
 	h, base := startHub(t, cfg)
 	orders := mustStream(t, h, "orders")
 	appendN(t, orders, 0, 30)
@@ -201,6 +202,24 @@ func TestDashboardTail(t *testing.T) {
 	}
 	if !gone.Tombstone || gone.Value != "" || gone.ValueBase64 != "" {
 		t.Errorf("tombstone shown as %+v", gone)
+	}
+
+	// Large records: a shard's last sequences take several reads (each
+	// stops at 1 MiB of chunks), and the newest is still shown.
+	big := mustStream(t, h, "big")
+	for i := range 8 {
+		rec := record.Record{Key: []byte("k"), Value: append(fmt.Appendf(nil, "big-%d-", i), make([]byte, 300<<10)...)}
+		if _, err := big.Append(context.Background(), store.Batch{Shard: 0, Records: []record.Record{rec}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if getJSON(t, base+"/v1/streams/big/tail?n=5&max_value=8", &tail) != 200 || len(tail.Records) != 5 {
+		t.Fatalf("tail of large records: %d records", len(tail.Records))
+	}
+	for i, r := range tail.Records {
+		if want := fmt.Sprintf("big-%d-", i+3); !strings.HasPrefix(r.Value, want) || r.Seq != uint64(i+4) || !r.Truncated || r.ValueSize < 300<<10 {
+			t.Errorf("large record %d: seq %d value %q (%d bytes, truncated %v), want seq %d starting %q", i, r.Seq, r.Value, r.ValueSize, r.Truncated, i+4, want)
+		}
 	}
 
 	for _, bad := range []struct {
