@@ -1,0 +1,30 @@
+// Package demo runs `hub demo`: three federated hubs on loopback (two edge
+// sites and a region), simulated sensors streaming JSON readings to the
+// edges over QUIC, the aggregate and alert example plugins at the edges,
+// their outputs replicated to the region, and a consumer group reading
+// there, with a live summary of it all.
+//
+// # Basics
+//
+// The hubs are child processes running `hub serve --config FILE`, each
+// with a hub.toml written into the demo's data dir: what the demo runs is
+// what a user runs, the configs can be read and started again by hand, and
+// each hub has its own logs, signals and process-wide state (slog default,
+// metrics), as in a real deployment. The demo itself is the devices and the
+// consumers: it uses the SDK as an application would.
+//
+// Federation is verified TLS: the demo makes a CA in its data dir, issues
+// each hub a certificate and gives every hub the CA as peer_ca_file (and
+// the devices as their CA). The gossip key is generated as well.
+//
+// The example plugins are built from the source tree (GOOS=wasip1) into
+// the data dir at start, so a fresh clone needs no separate build step; a
+// prebuilt directory can be given instead.
+//
+// # Caveats
+//
+// Ports are picked free just before the hubs start; another program taking
+// one in between makes that hub fail to start, and the demo says so with
+// the end of its log. On Linux each hub dies with the demo process even if
+// the demo is killed (Pdeathsig); elsewhere a killed demo can leave them.
+package demo
