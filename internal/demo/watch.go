@@ -26,10 +26,6 @@ type peersResp struct {
 		State    string `json:"state"`
 		TLSError string `json:"tls_error"`
 	} `json:"members"`
-	Lag []struct {
-		Records int64   `json:"records"`
-		Seconds float64 `json:"seconds"`
-	} `json:"lag"`
 	Pulls []struct {
 		State string `json:"state"`
 	} `json:"pulls"`
@@ -129,22 +125,22 @@ func (s *summary) print(ctx context.Context, now time.Time) {
 		devices += fmt.Sprintf(", %d failed (%s)", failed, lastErr)
 	}
 	line("readings    %s  (%s)", strings.Join(rd, "  "), devices)
+	// Replication lag as the region sees it: what the edges hold of the
+	// replicated streams that it does not yet (the counts are read a few
+	// milliseconds apart, so a record in flight shows as lag).
+	var lag []string
 	for _, st := range []string{"aggregates", "alerts"} {
 		var parts []string
+		var sum int64
 		for _, h := range edges {
 			parts = append(parts, fmt.Sprintf("%s %d", h.name, counts[h.name][st]))
+			sum += counts[h.name][st]
 		}
 		line("%-11s %s  -> %s %d", st, strings.Join(parts, " + "), region.name, counts[region.name][st])
+		lag = append(lag, fmt.Sprintf("%d %s", max(sum-counts[region.name][st], 0), st))
 	}
-
 	var p peersResp
 	if err := getJSON(ctx, s.client, region.adminURL(), "/v1/peers", &p); err == nil {
-		var lagRecs int64
-		var lagSecs float64
-		for _, l := range p.Lag {
-			lagRecs += l.Records
-			lagSecs = max(lagSecs, l.Seconds)
-		}
 		states := map[string]int{}
 		for _, pl := range p.Pulls {
 			states[pl.State]++
@@ -166,7 +162,7 @@ func (s *summary) print(ctx context.Context, now time.Time) {
 		if len(st) > 0 {
 			pulls = strings.Join(st, ", ")
 		}
-		line("federation  %d/%d members alive, pulls to %s: %s, lag %d records (%.1fs)", alive, len(s.hubs), region.name, pulls, lagRecs, lagSecs)
+		line("federation  %d/%d members alive, pulls to %s: %s; lag %s", alive, len(s.hubs), region.name, pulls, strings.Join(lag, ", "))
 	}
 	var g groupResp
 	s.region.mu.Lock()
