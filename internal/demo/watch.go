@@ -209,5 +209,8 @@ func (s *summary) print(ctx context.Context, now time.Time) {
 		}
 		line("alert       %s %s: %s at %s (from %s)", a.Sensor, a.Kind, what, a.Time.Local().Format("15:04:05.000"), a.origin)
 	}
+	if ctx.Err() != nil {
+		return // stopping: the requests failed half-way
+	}
 	io.WriteString(s.w, b.String())
 }
