@@ -194,7 +194,7 @@ func (s *summary) print(ctx context.Context, now time.Time) {
 			parts = append(parts, fmt.Sprintf("%s %.1f [%.1f..%.1f]", a.Key, a.Mean, a.Min, a.Max))
 		}
 		line("window      %s-%s  %s", latest[i].WindowStart.Local().Format("15:04:05"),
-			latest[i].WindowEnd.Local().Format("05"), strings.Join(parts, "  "))
+			latest[i].WindowEnd.Local().Format("15:04:05"), strings.Join(parts, "  "))
 		i = j
 	}
 	const maxAlerts = 4
