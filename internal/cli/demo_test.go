@@ -26,7 +26,8 @@ var (
 // temporary directory of its own, until the region holds replicated
 // aggregates and alerts and the consumer group has committed, then stops
 // it with Ctrl-C's SIGINT: it must exit 0, stop its hubs and leave nothing
-// but its data dir. It runs under -short too: the builds are cached by the
+// but its data dir. The hubs trust each other by pinned certificates: a
+// TLS failure between them fails the test. It runs under -short too: the builds are cached by the
 // go command, and the run itself takes some seconds.
 func TestDemo(t *testing.T) {
 	bin := testutil.Build(t, "github.com/edgehub/edgehub/cmd/hub", nil)
@@ -99,6 +100,10 @@ func TestDemo(t *testing.T) {
 			} `json:"streams"`
 		}
 		var p struct {
+			Members []struct {
+				Name     string `json:"name"`
+				TLSError string `json:"tls_error"`
+			} `json:"members"`
 			Pulls []struct {
 				Stream, Origin, State string
 			} `json:"pulls"`
@@ -113,6 +118,11 @@ func TestDemo(t *testing.T) {
 		following := map[string]bool{}
 		for _, pl := range p.Pulls {
 			following[pl.Stream+" from "+pl.Origin] = pl.State == "following"
+		}
+		for _, m := range p.Members {
+			if m.TLSError != "" {
+				t.Fatalf("the region cannot verify %s: %s", m.Name, m.TLSError)
+			}
 		}
 		if _, ok := have["readings"]; ok {
 			t.Fatal("the region holds the edges' local readings stream")

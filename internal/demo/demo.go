@@ -107,12 +107,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := pickPorts(hubs); err != nil {
 		return err
 	}
-	keys := pki{dir: filepath.Join(dir, "pki")}
-	names := make([]string, len(hubs))
-	for i, h := range hubs {
-		names[i] = h.name
-	}
-	if err := keys.ensure(names); err != nil {
+	gossipKey := filepath.Join(dir, "gossip.keys")
+	if err := ensureGossipKey(gossipKey); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "  plugins     building examples/aggregate and examples/alert for wasip1 ...")
@@ -156,7 +152,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		var started []*proc
 		for _, h := range group {
 			hd := filepath.Join(dir, h.name)
-			file, err := h.writeConfig(hd, keys, region, ps)
+			file, err := h.writeConfig(hd, gossipKey, region, ps)
 			if err != nil {
 				return err
 			}
@@ -184,7 +180,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		fmt.Fprintf(out, "  %-11s quic %s  admin %s  (%s; %s)\n", h.name, h.quic, h.adminURL(), role, filepath.Join(h.name, "hub.log"))
 	}
 	fmt.Fprintf(out, "  dashboard   %s/\n", region.adminURL())
-	fmt.Fprintf(out, "  federation  TLS verified with the demo's CA (pki/ca.pem); try: hub peers --admin %s\n", region.adminURL())
+	fmt.Fprintf(out, "  federation  TLS verified by certificate pins in encrypted gossip (gossip.keys, no CA); try: hub peers --admin %s\n", region.adminURL())
 	fmt.Fprintf(out, "  sensors     %d per edge, %d JSON readings/s each over QUIC; windows of %s (mean [min..max]), alerts above %g\n",
 		cfg.Sensors, cfg.Rate, cfg.Window, alertThreshold)
 	if cfg.Duration > 0 {
@@ -208,7 +204,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 	t0 := time.Now()
-	sensors := newFleet(edges, cfg.Sensors, cfg.Rate, keys.caFile())
+	sensors := newFleet(edges, cfg.Sensors, cfg.Rate, dir)
 	var wg sync.WaitGroup
 	defer wg.Wait() // before the hubs stop (deferred earlier, runs later)
 	defer stop()
@@ -236,13 +232,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		var inner sync.WaitGroup
 		for i := range 2 {
 			inner.Go(func() {
-				if err := reg.member(work, region.quic, keys.caFile(), fmt.Sprintf("%s-%d", groupName, i+1)); err != nil {
+				if err := reg.member(work, region.quic, region.certFile(dir), fmt.Sprintf("%s-%d", groupName, i+1)); err != nil {
 					report(err)
 				}
 			})
 		}
 		inner.Go(func() {
-			if err := reg.watchAlerts(work, region.quic, keys.caFile()); err != nil {
+			if err := reg.watchAlerts(work, region.quic, region.certFile(dir)); err != nil {
 				report(err)
 			}
 		})

@@ -29,7 +29,7 @@ type sensor struct {
 	edge   *hubSpec
 	index  int // spikes are staggered by index
 	rate   int
-	caFile string
+	caFile string // the edge's certificate
 
 	sent, failed atomic.Int64
 	lastErr      atomic.Value // string
@@ -95,11 +95,13 @@ func (s *sensor) run(ctx context.Context, t0 time.Time) error {
 // fleet is every sensor of the demo.
 type fleet []*sensor
 
-func newFleet(edges []*hubSpec, perEdge, rate int, caFile string) fleet {
+// newFleet makes perEdge sensors for each edge; they trust their edge's
+// self-signed certificate in demoDir.
+func newFleet(edges []*hubSpec, perEdge, rate int, demoDir string) fleet {
 	var f fleet
 	for _, e := range edges {
 		for i := range perEdge {
-			f = append(f, &sensor{id: fmt.Sprintf("%s/temp-%d", e.site, i+1), edge: e, index: len(f), rate: rate, caFile: caFile})
+			f = append(f, &sensor{id: fmt.Sprintf("%s/temp-%d", e.site, i+1), edge: e, index: len(f), rate: rate, caFile: e.certFile(demoDir)})
 		}
 	}
 	return f

@@ -13,9 +13,11 @@
 // metrics), as in a real deployment. The demo itself is the devices and the
 // consumers: it uses the SDK as an application would.
 //
-// Federation is verified TLS: the demo makes a CA in its data dir, issues
-// each hub a certificate and gives every hub the CA as peer_ca_file (and
-// the devices as their CA). The gossip key is generated as well.
+// Federation is verified TLS with no certificate work: the demo generates
+// the gossip key, each hub its self-signed certificate, and the hubs trust
+// each other by the certificate pins they publish in encrypted gossip. The
+// demo's clients trust the certificate of the hub they dial, as the CLI
+// does on a hub's machine.
 //
 // The example plugins are built from the source tree (GOOS=wasip1) into
 // the data dir at start, so a fresh clone needs no separate build step; a

@@ -28,6 +28,15 @@ type hubSpec struct {
 
 func (h *hubSpec) adminURL() string { return "http://" + h.admin }
 
+// dataDir is the hub's data dir under the demo's dir.
+func (h *hubSpec) dataDir(demoDir string) string { return filepath.Join(demoDir, h.name, "data") }
+
+// certFile is the self-signed certificate the hub makes on its first start:
+// the demo's clients trust it as the CLI does on a hub's machine.
+func (h *hubSpec) certFile(demoDir string) string {
+	return filepath.Join(h.dataDir(demoDir), "tls", "cert.pem")
+}
+
 // topology is the federation: the region first (the others join it).
 func topology() []*hubSpec {
 	return []*hubSpec{
@@ -100,7 +109,7 @@ type pluginSettings struct {
 
 // writeConfig writes the hub's hub.toml and returns its path. Paths are
 // absolute so that the file works from any directory.
-func (h *hubSpec) writeConfig(dir string, p pki, region *hubSpec, ps pluginSettings) (string, error) {
+func (h *hubSpec) writeConfig(dir, gossipKey string, region *hubSpec, ps pluginSettings) (string, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `# %s: written by hub demo. Start it alone (the demo stopped) with
 #   hub serve --config %s
@@ -121,23 +130,19 @@ data_dir = %q
 quic = %q
 admin = %q
 
-# A certificate from the demo's CA: peers and devices verify it with ca.pem.
-[tls]
-cert_file = %q
-key_file = %q
-
 [gossip]
 bind = %q
-`, h.name, h.site, tags, filepath.Join(dir, "data"), h.quic, h.admin, p.certFile(h.name), p.keyFile(h.name), h.gossip)
+`, h.name, h.site, tags, filepath.Join(dir, "data"), h.quic, h.admin, h.gossip)
 	if h != region {
 		fmt.Fprintf(&b, "join = [%q]\n", region.gossip)
 	}
-	fmt.Fprintf(&b, `secret_key_file = %q
+	fmt.Fprintf(&b, `# The shared key encrypts gossip and authenticates the pin of each hub's
+# self-signed certificate that it publishes there: pulls verify peers'
+# certificates by their pins, with no CA and no copied certificates.
+secret_key_file = %q
 label = "edgehub-demo"
 profile = "local"
-# Pulls from peers verify their certificates (TLS 1.3) against the demo CA.
-peer_ca_file = %q
-`, p.gossipKeyFile(), p.caFile())
+`, gossipKey)
 	if h.edge {
 		fmt.Fprintf(&b, `
 # Raw readings stay at the edge; what the plugins make of them goes to the
