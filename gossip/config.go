@@ -61,6 +61,13 @@ type Config struct {
 	// RejoinInterval is how often Run retries Join while no other member is
 	// alive.
 	RejoinInterval time.Duration
+	// PruneAfter is how long a member must have been dead or left before
+	// it and every entry it published are forgotten; 0 keeps them.
+	PruneAfter time.Duration
+	// TombstoneTTL is how long a stream deletion (a Def with Deleted)
+	// is kept and spread, counted from when its publisher published it;
+	// 0 keeps deletions forever.
+	TombstoneTTL time.Duration
 	// Logger defaults to slog.Default(); memberlist's own log is bridged to
 	// it.
 	Logger *slog.Logger
@@ -82,7 +89,33 @@ func DefaultConfig(name string) Config {
 		Profile:          ProfileWAN,
 		KeyCheckInterval: 10 * time.Second,
 		RejoinInterval:   10 * time.Second,
+		PruneAfter:       DefaultPruneAfter,
+		TombstoneTTL:     DefaultTombstoneTTL,
 	}
+}
+
+// Defaults of Config.PruneAfter and Config.TombstoneTTL.
+const (
+	// DefaultPruneAfter outlasts any outage a hub is expected to come
+	// back from with its name: a pruned hub that returns is a new member
+	// again, but peers forget its vectors and definitions meanwhile.
+	DefaultPruneAfter = 72 * time.Hour
+	// DefaultTombstoneTTL is how long a hub may be away and still learn
+	// that a stream was deleted: one offline longer comes back with its
+	// copy and defines the stream again.
+	DefaultTombstoneTTL = 7 * 24 * time.Hour
+)
+
+// sweepInterval is how often Run prunes: a tenth of the shorter period,
+// between 10ms and a minute.
+func (c Config) sweepInterval() time.Duration {
+	d := time.Minute
+	for _, p := range []time.Duration{c.PruneAfter, c.TombstoneTTL} {
+		if p > 0 {
+			d = min(d, p/10)
+		}
+	}
+	return max(d, 10*time.Millisecond)
 }
 
 // Validate reports every problem in c at once.
@@ -118,6 +151,12 @@ func (c Config) Validate() error {
 	}
 	if c.KeyCheckInterval < 0 {
 		bad("key check interval %s is negative", c.KeyCheckInterval)
+	}
+	if c.PruneAfter < 0 {
+		bad("prune after %s is negative", c.PruneAfter)
+	}
+	if c.TombstoneTTL < 0 {
+		bad("tombstone TTL %s is negative", c.TombstoneTTL)
 	}
 	if c.RejoinInterval <= 0 {
 		bad("rejoin interval %s must be positive", c.RejoinInterval)

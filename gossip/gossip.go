@@ -31,6 +31,9 @@ type Member struct {
 	Addr  string // gossip host:port
 	Meta  NodeMeta
 	State MemberState
+	// Since is when this hub saw the member enter State (zero for
+	// ourselves): how long a member has been dead or gone.
+	Since time.Time
 	// Self marks the local hub.
 	Self bool
 }
@@ -77,6 +80,7 @@ type Gossip struct {
 	mu      sync.Mutex
 	meta    []byte            // encoded NodeMeta
 	members map[string]Member // from memberlist events: dead and left ones too
+	pruned  map[string]bool   // members pruned while gone: their entries are refused until they return
 	tab     table
 	clock   uint64
 	notify  chan struct{}
@@ -105,6 +109,7 @@ func New(cfg Config) (*Gossip, error) {
 		meta:    cfg.Meta.encode(),
 		tab:     table{},
 		members: map[string]Member{},
+		pruned:  map[string]bool{},
 		notify:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -190,6 +195,8 @@ func (g *Gossip) Run(ctx context.Context) error {
 		defer t.Stop()
 		keyTick = t.C
 	}
+	sweepTick := time.NewTicker(g.cfg.sweepInterval())
+	defer sweepTick.Stop()
 	if g.numMembers() <= 1 {
 		if _, err := g.Join(ctx); err != nil {
 			g.logger.Warn("gossip: join failed; will retry", "join", g.cfg.Join, "err", err)
@@ -207,6 +214,8 @@ func (g *Gossip) Run(ctx context.Context) error {
 					g.logger.Debug("gossip: rejoin failed", "err", err)
 				}
 			}
+		case now := <-sweepTick.C:
+			g.sweep(now)
 		case <-keyTick:
 			if changed, err := g.keyFileChanged(); err != nil {
 				g.logger.Warn("gossip: key file check failed", "file", g.cfg.SecretKeyFile, "err", err)
@@ -343,10 +352,64 @@ func (g *Gossip) member(n *memberlist.Node, gone bool) Member {
 // with its node lock held, so this must not call back into memberlist.
 func (g *Gossip) observe(n *memberlist.Node, gone bool) {
 	m := g.member(n, gone)
+	now := time.Now()
 	g.mu.Lock()
+	if old, ok := g.members[m.Name]; ok && old.State == m.State {
+		m.Since = old.Since
+	} else if !m.Self {
+		m.Since = now
+	}
+	if m.State == StateAlive {
+		delete(g.pruned, m.Name)
+	}
 	g.members[m.Name] = m
 	g.signalLocked()
 	g.mu.Unlock()
+}
+
+// sweep forgets members dead or left for PruneAfter, with every entry
+// they published (so the table does not grow with every hub that ever
+// was), and drops deletion tombstones older than TombstoneTTL. A pruned
+// member's entries relayed by members that have not pruned it yet are
+// refused until it comes back alive.
+func (g *Gossip) sweep(now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	changed := false
+	if pa := g.cfg.PruneAfter; pa > 0 {
+		for name, m := range g.members {
+			if m.Self || m.State == StateAlive || now.Sub(m.Since) < pa {
+				continue
+			}
+			delete(g.members, name)
+			g.pruned[name] = true
+			for k, e := range g.tab {
+				if e.hub == name {
+					delete(g.tab, k)
+				}
+			}
+			changed = true
+			g.logger.Info("gossip: pruned a member gone for longer than prune_after", "member", name,
+				"state", m.State, "since", m.Since, "prune_after", pa)
+		}
+	}
+	for k, e := range g.tab {
+		if g.expired(e, now) {
+			delete(g.tab, k)
+			changed = true
+		}
+	}
+	if changed {
+		g.signalLocked()
+	}
+}
+
+// expired reports whether e is a deletion tombstone past TombstoneTTL,
+// counted from its publication (an entry's version is its publisher's
+// clock, never behind the wall clock in nanoseconds).
+func (g *Gossip) expired(e *entry, now time.Time) bool {
+	ttl := g.cfg.TombstoneTTL
+	return ttl > 0 && e.kind == kindDef && e.def.Deleted && e.version < uint64(now.Add(-ttl).UnixNano())
 }
 
 // Changed returns a channel closed at the next change of membership or of
@@ -552,6 +615,9 @@ func (g *Gossip) mergeEntries(es []*entry, relay bool) {
 				g.tab[e.key()] = &bumped
 				news = append(news, &bumped)
 			}
+			continue
+		}
+		if g.pruned[e.hub] || g.expired(e, time.Now()) {
 			continue
 		}
 		if g.tab.merge(e) {

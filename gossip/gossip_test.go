@@ -446,3 +446,73 @@ func TestLogBridgeLevels(t *testing.T) {
 		})
 	}
 }
+
+// TestPruneGoneMembers: a member dead for longer than PruneAfter is
+// forgotten with the entries it published, and a copy of them relayed by a
+// member that has not pruned it yet is refused; it is listed again once it
+// is back. Deletion tombstones expire after TombstoneTTL.
+func TestPruneGoneMembers(t *testing.T) {
+	a := newMember(t, "a", memberOpts{label: "prune"})
+	b := newMember(t, "b", memberOpts{label: "prune"})
+	c := newMember(t, "c", memberOpts{label: "prune"})
+	ctx := context.Background()
+	for _, g := range []*Gossip{b, c} {
+		if _, err := g.Join(ctx, a.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.PublishDef("temps", Def{Version: 3, Spec: []byte("x")})
+	testutil.Eventually(t, "a to hear c's definition", func() bool {
+		_, ok := a.Streams()["temps"].Defs["c"]
+		return ok
+	})
+	c.Close() // dead, not left
+	var gone Member
+	testutil.Eventually(t, "a to find c dead", func() bool {
+		gone, _ = a.Member("c")
+		return gone.State == StateDead
+	})
+	if gone.Since.IsZero() {
+		t.Fatal("a dead member has no Since")
+	}
+	a.sweep(gone.Since.Add(a.cfg.PruneAfter / 2))
+	if _, ok := a.Member("c"); !ok {
+		t.Fatal("c pruned before prune_after")
+	}
+	a.sweep(gone.Since.Add(a.cfg.PruneAfter + time.Second))
+	if _, ok := a.Member("c"); ok {
+		t.Fatal("c not pruned after prune_after")
+	}
+	if _, ok := a.Streams()["temps"]; ok {
+		t.Fatal("c's entries outlive its pruning")
+	}
+	// b still holds c's entry; its relay must not bring it back.
+	b.mu.Lock()
+	relayed := b.tab.sorted()
+	b.mu.Unlock()
+	a.mergeEntries(relayed, false)
+	if _, ok := a.Streams()["temps"].Defs["c"]; ok {
+		t.Fatal("a took back a pruned member's entry")
+	}
+
+	// Tombstones: an expired one is swept, and not taken back.
+	now := time.Now()
+	b.PublishDef("fresh", Def{Version: 9, Deleted: true})
+	a.mergeEntries([]*entry{{kind: kindDef, hub: "b", stream: "old", def: Def{Version: 8, Deleted: true},
+		version: uint64(now.Add(-a.cfg.TombstoneTTL - time.Minute).UnixNano())}}, false)
+	if _, ok := a.Streams()["old"]; ok {
+		t.Fatal("a merged an expired tombstone")
+	}
+	testutil.Eventually(t, "a to hear b's tombstone", func() bool {
+		_, ok := a.Streams()["fresh"].Defs["b"]
+		return ok
+	})
+	a.sweep(now)
+	if _, ok := a.Streams()["fresh"].Defs["b"]; !ok {
+		t.Fatal("a swept a fresh tombstone")
+	}
+	a.sweep(now.Add(a.cfg.TombstoneTTL + time.Minute))
+	if _, ok := a.Streams()["fresh"]; ok {
+		t.Fatal("a kept a tombstone past its TTL")
+	}
+}

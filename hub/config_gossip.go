@@ -25,6 +25,8 @@ import (
 //	peer_token = "..."                  # bearer token presented to peers when pulling
 //	rate_limit = "256MiB"               # bytes per second pulled from one peer; "0" = unlimited
 //	gap_after = "10m"                   # an unreachable origin's records no live peer holds are a gap after this
+//	prune_after = "72h"                 # members dead or left this long are forgotten, with their gossip entries; "0" keeps them
+//	tombstone_ttl = "168h"              # how long a deleted replicated stream's tombstone spreads; "0" forever
 type GossipConfig struct {
 	Bind          string   `toml:"bind"`
 	Advertise     string   `toml:"advertise"`
@@ -55,6 +57,14 @@ type GossipConfig struct {
 	// its records that every live peer's retention deleted are declared a
 	// gap; 0 means the default, 10m.
 	GapAfter Duration `toml:"gap_after"`
+	// PruneAfter is how long a member must have been dead or left
+	// before it and the gossip entries it published are forgotten; unset
+	// means 72h, 0 keeps them.
+	PruneAfter *Duration `toml:"prune_after"`
+	// TombstoneTTL is how long the deletion of a replicated stream is
+	// kept in gossip and applied by peers; unset means 168h (7 days), 0
+	// keeps tombstones forever.
+	TombstoneTTL *Duration `toml:"tombstone_ttl"`
 
 	// Test hooks: adjust the gossip and replication configs the hub builds
 	// (fault-injecting transports, short intervals). Not in hub.toml.
@@ -122,6 +132,12 @@ func (c GossipConfig) Validate() error {
 	}
 	if c.GapAfter < 0 {
 		errs = append(errs, fieldErrorf("gap_after", "%s is negative", c.GapAfter))
+	}
+	if c.PruneAfter != nil && *c.PruneAfter < 0 {
+		errs = append(errs, fieldErrorf("prune_after", "%s is negative", *c.PruneAfter))
+	}
+	if c.TombstoneTTL != nil && *c.TombstoneTTL < 0 {
+		errs = append(errs, fieldErrorf("tombstone_ttl", "%s is negative", *c.TombstoneTTL))
 	}
 	return errors.Join(errs...)
 }

@@ -74,6 +74,12 @@ func (h *Hub) addFederation() error {
 	gcfg.Bind, gcfg.Advertise, gcfg.Join = gc.Bind, gc.Advertise, gc.Join
 	gcfg.SecretKeyFile, gcfg.Label, gcfg.Profile = gc.SecretKeyFile, gc.Label, profile
 	gcfg.AllowUnencrypted = gc.AllowUnencrypted
+	if gc.PruneAfter != nil {
+		gcfg.PruneAfter = time.Duration(*gc.PruneAfter)
+	}
+	if gc.TombstoneTTL != nil {
+		gcfg.TombstoneTTL = time.Duration(*gc.TombstoneTTL)
+	}
 	gcfg.Meta = gossip.NodeMeta{Site: h.cfg.Hub.Site, Region: h.cfg.Hub.Region, Tags: h.cfg.Hub.Tags, QUIC: quicAddr}
 	if gc.SecretKeyFile != "" {
 		// Without a key the pin would be anyone's to forge: peers do
@@ -412,6 +418,12 @@ type PeerInfo struct {
 	// certificate not trusted here, or ours refused there) with a hint,
 	// until a pull from it succeeds; omitted when none.
 	TLSError string `json:"tls_error,omitempty"`
+	// Since is when this hub saw the member enter its state (RFC 3339;
+	// omitted for ourselves), and DownSeconds how long it has been dead or
+	// left (omitted while alive). memberlist reports a suspected member
+	// alive until it declares it dead.
+	Since       string  `json:"since,omitempty"`
+	DownSeconds float64 `json:"down_seconds,omitempty"`
 }
 
 func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
@@ -438,6 +450,12 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 	for _, m := range f.gossip.Members() {
 		info := PeerInfo{Name: m.Name, Self: m.Self, State: string(m.State), Gossip: m.Addr, QUIC: m.Meta.QUIC,
 			Site: m.Meta.Site, Region: m.Meta.Region, Tags: m.Meta.Tags, TLSError: f.tls.problem(m.Name)}
+		if !m.Since.IsZero() {
+			info.Since = m.Since.UTC().Format(time.RFC3339)
+			if m.State != gossip.StateAlive {
+				info.DownSeconds = max(time.Since(m.Since).Seconds(), 0.001)
+			}
+		}
 		if p, ok := peers[m.Name]; ok {
 			for name, ps := range p.Streams {
 				have, ok := ours[name]

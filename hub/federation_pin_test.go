@@ -240,3 +240,46 @@ func TestFederationPinnedClientCerts(t *testing.T) {
 		t.Fatalf("hub-c holds %d records hub-b did not grant it", got)
 	}
 }
+
+// TestFederationPrunesGoneMembers: /v1/peers shows how long a member has
+// been gone, and gossip.prune_after forgets it (and what it published).
+func TestFederationPrunesGoneMembers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("federated hubs")
+	}
+	n := newFedNet(t)
+	ca := n.config("hub-a", "")
+	prune := Duration(2 * time.Second)
+	ca.Gossip.PruneAfter = &prune
+	a, _ := startHub(t, ca)
+	b, stopB := startStoppable(t, n.config("hub-b", ""))
+	createReplicated(t, b, "events", 1, "all")
+	converged(t, "events", 0, b, a)
+	testutil.Eventually(t, "hub-a to see hub-b's vector", func() bool {
+		_, ok := a.federation.gossip.Streams()["events"].Vectors["hub-b"]
+		return ok
+	})
+	stopB()
+	var down PeerInfo
+	testutil.Eventually(t, "hub-a to show how long hub-b is gone", func() bool {
+		for _, m := range getPeers(t, a).Members {
+			if m.Name == "hub-b" && m.State != "alive" && m.DownSeconds > 0 && m.Since != "" {
+				down = m
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := time.Parse(time.RFC3339, down.Since); err != nil {
+		t.Fatalf("since %q: %v", down.Since, err)
+	}
+	testutil.Eventually(t, "hub-a to prune hub-b", func() bool {
+		for _, m := range getPeers(t, a).Members {
+			if m.Name == "hub-b" {
+				return false
+			}
+		}
+		_, ok := a.federation.gossip.Streams()["events"].Vectors["hub-b"]
+		return !ok
+	})
+}

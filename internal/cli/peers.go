@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/edgehub/edgehub/hub"
 )
@@ -39,13 +40,17 @@ func printPeers(stdout io.Writer, p hub.Peers, pulls bool) error {
 		return nil
 	}
 	tw := newTable(stdout)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tSITE\tREGION\tTAGS\tQUIC\tGOSSIP\tAHEAD OF US")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tDOWN FOR\tSITE\tREGION\tTAGS\tQUIC\tGOSSIP\tAHEAD OF US")
 	for _, m := range p.Members {
 		name := m.Name
 		if m.Self {
 			name += " (self)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, m.State, orDash(m.Site, m.Site == ""),
+		down := "-" // how long dead or left: memberlist shows a suspect as alive
+		if m.DownSeconds > 0 {
+			down = (time.Duration(m.DownSeconds * float64(time.Second))).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, m.State, down, orDash(m.Site, m.Site == ""),
 			orDash(m.Region, m.Region == ""), orDash(strings.Join(m.Tags, ","), len(m.Tags) == 0), m.QUIC, m.Gossip, ahead(m.Behind))
 	}
 	if err := tw.Flush(); err != nil {
