@@ -246,10 +246,12 @@ function renderFederation(p) {
   for (const m of [self, ...others]) {
     const [x, y] = pos[m.name];
     const sub = [m.site, m.region].filter(Boolean).join(" · ") || m.quic || "";
+    const r = m.self ? 24 : 18;
     s += `<g class="node ${esc(m.state)}${m.self ? " self" : ""}" data-member="${esc(m.name)}"><title>${esc(m.name + " · " + m.state + (m.gossip ? " · gossip " + m.gossip : "") + (m.tags ? " · tags " + m.tags.join(",") : ""))}</title>` +
-      `<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="${m.self ? 30 : 24}"/>` +
-      `<text x="${x.toFixed(1)}" y="${(y + 3).toFixed(1)}">${esc(m.name.length > 12 ? m.name.slice(0, 11) + "…" : m.name)}</text>` +
-      `<text class="sub" x="${x.toFixed(1)}" y="${(y + (m.self ? 44 : 37)).toFixed(1)}">${esc(m.state === "alive" ? sub : m.state)}</text></g>`;
+      `<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="${r}"/>` +
+      `<text class="tag" x="${x.toFixed(1)}" y="${(y + 3.5).toFixed(1)}">${esc(m.self ? "this hub" : (m.tags || [])[0] || "")}</text>` +
+      `<text class="name" x="${x.toFixed(1)}" y="${(y + r + 13).toFixed(1)}">${esc(m.name)}</text>` +
+      `<text class="sub" x="${x.toFixed(1)}" y="${(y + r + 25).toFixed(1)}">${esc(m.state === "alive" ? sub : m.state)}</text></g>`;
   }
   if (!p.federated) s += `<text class="caption" x="${cx}" y="${H - 12}">not federated: no [gossip] bind in hub.toml</text>`;
   $("federation").innerHTML = s;
