@@ -153,7 +153,8 @@ func TestDemo(t *testing.T) {
 	testutil.Eventually(t, "the summary shows windows, alerts and the group consuming", func() bool {
 		alive()
 		o := out.String()
-		return regexp.MustCompile(`(?m)^ +window +\S+ +berlin/temp-1 `).MatchString(o) &&
+		// temp-3 sends over HTTP ingest, the others over QUIC.
+		return regexp.MustCompile(`(?m)^ +window +\S+ +berlin/temp-1 .* berlin/temp-3 \d`).MatchString(o) &&
 			regexp.MustCompile(`(?m)^ +window +\S+ +paris/temp-1 `).MatchString(o) &&
 			regexp.MustCompile(`(?m)^ +alert +\S+/temp-\d (threshold|rate): `).MatchString(o) &&
 			regexp.MustCompile(`(?m)^ +group +analytics at region-eu: 2 members, [1-9]\d* aggregates consumed`).MatchString(o) &&

@@ -181,8 +181,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	fmt.Fprintf(out, "  dashboard   %s/\n", region.adminURL())
 	fmt.Fprintf(out, "  federation  TLS verified by certificate pins in encrypted gossip (gossip.keys, no CA); try: hub peers --admin %s\n", region.adminURL())
-	fmt.Fprintf(out, "  sensors     %d per edge, %d JSON readings/s each over QUIC; windows of %s (mean [min..max]), alerts above %g\n",
-		cfg.Sensors, cfg.Rate, cfg.Window, alertThreshold)
+	how = "over QUIC"
+	if cfg.Sensors > 1 {
+		how = fmt.Sprintf("over QUIC, temp-%d over HTTP", cfg.Sensors)
+	}
+	fmt.Fprintf(out, "  sensors     %d per edge, %d JSON readings/s each %s; windows of %s (mean [min..max]), alerts above %g\n",
+		cfg.Sensors, cfg.Rate, how, cfg.Window, alertThreshold)
 	if cfg.Duration > 0 {
 		fmt.Fprintf(out, "Running for %s (Ctrl-C stops it sooner).\n", cfg.Duration)
 	} else {

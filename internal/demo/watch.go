@@ -121,6 +121,9 @@ func (s *summary) print(ctx context.Context, now time.Time) {
 	s.prevT = now
 	sent, failed, lastErr := s.fleet.totals()
 	devices := fmt.Sprintf("%d sensors, %d sent", len(s.fleet), sent)
+	if n := s.fleet.overHTTP(); n > 0 {
+		devices = fmt.Sprintf("%d sensors, %d over HTTP, %d sent", len(s.fleet), n, sent)
+	}
 	if failed > 0 {
 		devices += fmt.Sprintf(", %d failed (%s)", failed, lastErr)
 	}
