@@ -9,8 +9,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/suggest"
 )
 
 // Exit codes.
@@ -50,7 +53,8 @@ var (
 	stdin  io.Reader = os.Stdin
 )
 
-// usageError is a bad command line: Main prints it with a hint and exits 2.
+// usageError is a bad command line: Main prints it with the command's
+// synopsis and a hint, and exits 2.
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
@@ -59,6 +63,20 @@ func (e *usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error {
 	return &usageError{fmt.Sprintf(format, args...)}
 }
+
+// commandError is an error of a subcommand ("stream create"), so that
+// Main prefixes it with the whole command's name.
+type commandError struct {
+	name string
+	err  error
+}
+
+func (e *commandError) Error() string { return e.err.Error() }
+func (e *commandError) Unwrap() error { return e.err }
+
+// synopsis is the usage line of the command being run, set by newFlags;
+// Main prints it after a usage error. One command runs a process.
+var synopsis string
 
 // Main runs the hub command with args (without the program name) and returns
 // the exit code. SIGINT and SIGTERM cancel the command's context; a second
@@ -84,10 +102,19 @@ func Main(args []string) int {
 	}
 	c, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(stderr, "hub: unknown command %q\nRun 'hub help' for the list of commands.\n", name)
+		fmt.Fprintf(stderr, "hub: unknown command %q%s\nRun 'hub help' for the list of commands.\n", name, didYouMean(name, slices.Collect(maps.Keys(commands))))
 		return exitUsage
 	}
 	return runCommand(c, args[1:])
+}
+
+// didYouMean is ` (did you mean "x"?)` for the closest of known, or "".
+func didYouMean(s string, known []string) string {
+	slices.Sort(known)
+	if c := suggest.Closest(s, known); c != "" {
+		return fmt.Sprintf(" (did you mean %q?)", c)
+	}
+	return ""
 }
 
 func runCommand(c command, args []string) int {
@@ -97,18 +124,27 @@ func runCommand(c command, args []string) int {
 		<-ctx.Done()
 		stop() // a second signal terminates the process
 	}()
+	synopsis = ""
 	err := c.run(ctx, args)
+	name := c.name
+	if ce, ok := errors.AsType[*commandError](err); ok {
+		name = ce.name
+	}
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.As(err, new(*usageError)):
-		fmt.Fprintf(stderr, "hub %s: %v\nRun 'hub %s --help' for usage.\n", c.name, err, c.name)
+		fmt.Fprintf(stderr, "hub %s: %v\n", name, err)
+		if synopsis != "" {
+			fmt.Fprintf(stderr, "Usage: hub %s\n", synopsis)
+		}
+		fmt.Fprintf(stderr, "Run 'hub %s --help' for more.\n", name)
 		return exitUsage
 	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-		fmt.Fprintf(stderr, "hub %s: interrupted\n", c.name)
+		fmt.Fprintf(stderr, "hub %s: interrupted\n", name)
 		return 130
 	}
-	fmt.Fprintf(stderr, "hub %s: %v\n", c.name, err)
+	fmt.Fprintf(stderr, "hub %s: %v\n", name, err)
 	return exitError
 }
 
@@ -134,36 +170,74 @@ func printHelp(w io.Writer) {
 	fmt.Fprintln(w, "Run 'hub COMMAND --help' for a command's flags.")
 }
 
-// newFlags returns a FlagSet for a (sub)command whose usage shows the
-// synopsis and the flags. Errors are returned, not printed twice.
-func newFlags(name, synopsis string) *flag.FlagSet {
+// newFlags returns a FlagSet for a (sub)command whose usage (--help) shows
+// the synopsis and the flags, spelled --flag as the README does. Errors are
+// returned, not printed.
+func newFlags(name, syn string) *flag.FlagSet {
+	synopsis = syn
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: hub %s\n", synopsis)
+		fmt.Fprintf(stderr, "Usage: hub %s\n", syn)
 		var b strings.Builder
 		fs.SetOutput(&b)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 		if b.Len() > 0 {
-			fmt.Fprintf(stderr, "\nFlags:\n%s", b.String())
+			fmt.Fprintf(stderr, "\nFlags:\n%s", flagLineRE.ReplaceAllString(b.String(), "$1--"))
 		}
 	}
 	return fs
 }
 
+// flagLineRE finds the flag names PrintDefaults writes as "  -name".
+var flagLineRE = regexp.MustCompile(`(?m)^(  )-`)
+
+// flagErrRE picks the flag out of the flag package's parse errors.
+var flagErrRE = regexp.MustCompile(`^(flag provided but not defined:|flag needs an argument:|invalid value "(.*)" for flag|invalid boolean value "(.*)" for) -+([^:\s]+)(: (.*))?$`)
+
+// flagError rewrites a parse error of the flag package with --name and,
+// for an unknown flag, the closest known one.
+func flagError(fs *flag.FlagSet, err error) error {
+	m := flagErrRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return usagef("%v", err)
+	}
+	name := m[4]
+	switch {
+	case strings.HasPrefix(m[1], "flag provided"):
+		var known []string
+		fs.VisitAll(func(f *flag.Flag) { known = append(known, f.Name) })
+		if hint := didYouMean(name, known); hint != "" {
+			return usagef("unknown flag --%s%s", name, strings.Replace(hint, `"`, `"--`, 1))
+		}
+		return usagef("unknown flag --%s", name)
+	case strings.HasPrefix(m[1], "flag needs"):
+		return usagef("flag --%s needs a value", name)
+	case m[2] != "" || strings.HasPrefix(m[1], "invalid value"):
+		return usagef("invalid value %q for --%s: %s", m[2], name, m[6])
+	default:
+		return usagef("invalid value %q for --%s: want true or false", m[3], name)
+	}
+}
+
 // parseFlags parses args with flags and positional arguments interspersed
 // ("stream create NAME --shards 4" and "stream create --shards 4 NAME" are
 // the same); "--" ends flag parsing. It returns the positional arguments.
-// --help prints the usage and returns flag.ErrHelp.
+// --help prints the usage and returns flag.ErrHelp; other errors print
+// nothing here (Main prints one line and the synopsis).
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	usage := fs.Usage
+	fs.Usage = func() {} // the flag package calls it on every error
+	defer func() { fs.Usage = usage }()
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return nil, err // fs.Parse has printed the usage
+				usage()
+				return nil, err
 			}
-			return nil, usagef("%v", err)
+			return nil, flagError(fs, err)
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
@@ -189,7 +263,8 @@ func wantArgs(pos []string, n int, names string) error {
 	return nil
 }
 
-// subcommand dispatches "hub GROUP SUB ..." to the named function.
+// subcommand dispatches "hub GROUP SUB ..." to the named function; its
+// errors are reported as those of "hub GROUP SUB".
 func subcommand(group string, ctx context.Context, args []string, subs map[string]func(context.Context, []string) error, summaries [][2]string) error {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprintf(stderr, "Usage: hub %s COMMAND\n\nCommands:\n", group)
@@ -205,9 +280,12 @@ func subcommand(group string, ctx context.Context, args []string, subs map[strin
 	}
 	fn, ok := subs[args[0]]
 	if !ok {
-		return usagef("unknown command %q", args[0])
+		return usagef("unknown command %q%s", args[0], didYouMean(args[0], slices.Collect(maps.Keys(subs))))
 	}
-	return fn(ctx, args[1:])
+	if err := fn(ctx, args[1:]); err != nil {
+		return &commandError{name: group + " " + args[0], err: err}
+	}
+	return nil
 }
 
 // newTable returns a tabwriter for aligned human output; call Flush.

@@ -24,9 +24,9 @@ func TestParseFlags(t *testing.T) {
 		{name: "interleaved", args: []string{"a", "-shards", "2", "b", "--json", "c"}, pos: []string{"a", "b", "c"}, shards: 2, json: true},
 		{name: "double dash ends flags", args: []string{"--json", "--", "--shards", "x"}, pos: []string{"--shards", "x"}, shards: 1, json: true},
 		{name: "no args", args: nil, shards: 1},
-		{name: "unknown flag", args: []string{"orders", "--shard", "4"}, err: "flag provided but not defined: -shard"},
-		{name: "bad value", args: []string{"--shards", "four"}, err: `invalid value "four" for flag -shards`},
-		{name: "missing value", args: []string{"orders", "--shards"}, err: "flag needs an argument: -shards"},
+		{name: "unknown flag", args: []string{"orders", "--shard", "4"}, err: `unknown flag --shard (did you mean "--shards"?)`},
+		{name: "bad value", args: []string{"--shards", "four"}, err: `invalid value "four" for --shards: parse error`},
+		{name: "missing value", args: []string{"orders", "--shards"}, err: "flag --shards needs a value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,7 +87,7 @@ func TestMainExitCodes(t *testing.T) {
 		{name: "version", args: []string{"version"}, code: exitOK, stdout: "hub "},
 		{name: "unknown command", args: []string{"frobnicate"}, code: exitUsage, stderr: `unknown command "frobnicate"`},
 		{name: "failing command", args: []string{"test-fail"}, code: exitError, stderr: "hub test-fail: it broke"},
-		{name: "usage error", args: []string{"test-fail", "usage"}, code: exitUsage, stderr: "Run 'hub test-fail --help' for usage."},
+		{name: "usage error", args: []string{"test-fail", "usage"}, code: exitUsage, stderr: "hub test-fail: bad usage\nRun 'hub test-fail --help' for more.\n"},
 		{name: "help is success", args: []string{"test-fail", "help"}, code: exitOK},
 		{name: "stream without subcommand", args: []string{"stream"}, code: exitUsage, stderr: "create NAME"},
 		{name: "stream unknown subcommand", args: []string{"stream", "frob"}, code: exitUsage, stderr: `unknown command "frob"`},
@@ -131,7 +131,7 @@ func TestAdminClientURL(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("HUB_ADMIN", tt.env)
-			c, err := newAdminClient(adminOptions{URL: envOr(tt.flag, "HUB_ADMIN", "")})
+			c, err := newAdminClient(adminOptions{URL: pick(tt.flag, "HUB_ADMIN", "", "")})
 			if tt.err {
 				if err == nil {
 					t.Fatalf("got %s, want an error", c.base)

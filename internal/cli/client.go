@@ -30,30 +30,36 @@ const DefaultAdminURL = "http://" + hub.DefaultAdminAddr
 type adminFlags struct {
 	url, token, ca *string
 	insecure       *bool
+	context        *contextName
 }
 
-// addAdminFlags adds --admin, --token, --ca and --insecure to fs. A
-// command that also talks to the data plane (whose flags take those names)
-// passes prefix "admin-": --admin-token, --admin-ca, --admin-insecure.
+// addAdminFlags adds --admin, --token, --ca, --insecure and --context to
+// fs. A command that also talks to the data plane (whose flags take those
+// names) passes prefix "admin-": --admin-token, --admin-ca, --admin-insecure.
 func addAdminFlags(fs *flag.FlagSet, prefix string) *adminFlags {
 	return &adminFlags{
-		url:      fs.String("admin", "", "admin API `URL` (env HUB_ADMIN, default "+DefaultAdminURL+"; https://... for an [admin] tls hub)"),
-		token:    fs.String(prefix+"token", "", "admin `TOKEN` of an [[admin.token]] (env HUB_ADMIN_TOKEN)"),
-		ca:       fs.String(prefix+"ca", "", "PEM `FILE` of certificates to trust for an https admin URL (env HUB_ADMIN_CA; default "+DefaultCAFile+" if it exists, else the system roots)"),
+		url:      fs.String("admin", "", "admin API `URL` (env HUB_ADMIN, else the context's, default "+DefaultAdminURL+"; https://... for an [admin] tls hub)"),
+		token:    fs.String(prefix+"token", "", "admin `TOKEN` of an [[admin.token]] (env HUB_ADMIN_TOKEN, else the context's)"),
+		ca:       fs.String(prefix+"ca", "", "PEM `FILE` of certificates to trust for an https admin URL (env HUB_ADMIN_CA, else the context's; default "+DefaultCAFile+" if it exists, else the system roots)"),
 		insecure: fs.Bool(prefix+"insecure", false, "do not verify the admin API's certificate"),
+		context:  contextFlag(fs),
 	}
 }
 
-// adminOptions is how to reach the admin API.
+// adminOptions is how to reach the admin API. err is a context that could
+// not be resolved; newAdminClient returns it.
 type adminOptions struct {
 	URL, Token, CAFile string
 	Insecure           bool
+	err                error
 }
 
-// options resolves the flags and the environment.
+// options resolves the flags, the environment and the selected context, in
+// that order.
 func (f *adminFlags) options() adminOptions {
-	return adminOptions{URL: envOr(*f.url, "HUB_ADMIN", ""), Token: envOr(*f.token, "HUB_ADMIN_TOKEN", ""),
-		CAFile: envOr(*f.ca, "HUB_ADMIN_CA", ""), Insecure: *f.insecure}
+	hc, err := f.context.selected()
+	return adminOptions{URL: pick(*f.url, "HUB_ADMIN", hc.Admin, ""), Token: pick(*f.token, "HUB_ADMIN_TOKEN", hc.AdminToken, ""),
+		CAFile: pick(*f.ca, "HUB_ADMIN_CA", hc.AdminCA, ""), Insecure: *f.insecure || hc.AdminInsecure, err: err}
 }
 
 // adminCommand is the prelude of a management command: it adds the admin
@@ -85,6 +91,9 @@ type adminClient struct {
 // o.CAFile, else DefaultCAFile if it exists (a local hub's self-signed
 // certificate), else the system roots.
 func newAdminClient(o adminOptions) (*adminClient, error) {
+	if o.err != nil {
+		return nil, o.err
+	}
 	raw := o.URL
 	if raw == "" {
 		raw = DefaultAdminURL
@@ -241,6 +250,13 @@ func (c *adminClient) patch(ctx context.Context, path string, in, out any) error
 
 func (c *adminClient) del(ctx context.Context, path string) error {
 	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}
+
+// jsonFlag adds --json, which means the same in every command: print the
+// result as indented JSON (the admin API's document, where the result
+// comes from it) instead of text.
+func jsonFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("json", false, "print the result as JSON (the admin API's document) instead of text")
 }
 
 // printJSON writes v indented, for --json output.

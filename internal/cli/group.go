@@ -32,7 +32,7 @@ func init() {
 
 func groupList(ctx context.Context, args []string) error {
 	fs := newFlags("group list", "group list [--json]")
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := jsonFlag(fs)
 	c, _, err := adminCommand(fs, args, 0, "")
 	if err != nil {
 		return err
@@ -58,7 +58,7 @@ func groupList(ctx context.Context, args []string) error {
 
 func groupDescribe(ctx context.Context, args []string) error {
 	fs := newFlags("group describe", "group describe NAME [--json]")
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := jsonFlag(fs)
 	c, pos, err := adminCommand(fs, args, 1, "group NAME")
 	if err != nil {
 		return err
@@ -133,7 +133,7 @@ func groupReset(ctx context.Context, args []string) error {
 	to := fs.String("to", "", "new `POSITION` of each shard: earliest, latest, a sequence number or an RFC 3339 time (required)")
 	var shards shardFlags
 	fs.Var(&shards, "shard", "reset only shard `N` (repeatable; default all)")
-	asJSON := fs.Bool("json", false, "print the group as JSON")
+	asJSON := jsonFlag(fs)
 	yes := yesFlag(fs)
 	pos, err := parseFlags(fs, args)
 	if err != nil {

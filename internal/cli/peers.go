@@ -17,7 +17,7 @@ func init() {
 
 func peers(ctx context.Context, args []string) error {
 	fs := newFlags("peers", "peers [--pulls] [--json]")
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := jsonFlag(fs)
 	pulls := fs.Bool("pulls", false, "also list every pull (one per stream and origin shard)")
 	c, _, err := adminCommand(fs, args, 0, "")
 	if err != nil {
@@ -72,7 +72,7 @@ func printPeers(stdout io.Writer, p hub.Peers, pulls bool) error {
 	if len(p.Gaps) > 0 {
 		fmt.Fprintln(stdout, "\nGaps (records this hub will never hold: deleted by retention before it pulled them, or held by no live peer):")
 		for _, g := range p.Gaps {
-			fmt.Fprintf(stdout, "  %s origin %s/%d: %d gap(s), %d sequences; last %s\n", g.Stream, g.Origin, g.Shard, g.Gaps, g.Sequences, g.Last)
+			fmt.Fprintf(stdout, "  %s origin %s/%d: %d gap%s, %d sequence%s; last %s\n", g.Stream, g.Origin, g.Shard, g.Gaps, plural(int(g.Gaps)), g.Sequences, plural(int(g.Sequences)), g.Last)
 		}
 	}
 	if pulls && len(p.Pulls) > 0 {

@@ -124,7 +124,7 @@ func TestPrintPeersGaps(t *testing.T) {
 			p: hub.Peers{Self: "late", Federated: true, Members: []hub.PeerInfo{{Name: "late", Self: true, State: "alive"}},
 				Gaps: []hub.GapStatus{{Stream: "hist", Origin: "gone", Shard: 3, Gaps: 2, Sequences: 1500,
 					Last: "1..1000 at 2026-01-02T03:04:05Z from relay: origin gone unreachable"}}},
-			want: []string{"Gaps (records this hub will never hold", "hist origin gone/3: 2 gap(s), 1500 sequences; last 1..1000 at 2026-01-02T03:04:05Z from relay: origin gone unreachable"},
+			want: []string{"Gaps (records this hub will never hold", "hist origin gone/3: 2 gaps, 1500 sequences; last 1..1000 at 2026-01-02T03:04:05Z from relay: origin gone unreachable"},
 		},
 		{
 			name:    "no gaps, no section",

@@ -34,34 +34,31 @@ var DefaultCAFile = filepath.Join(hub.DefaultDataDir, hub.SelfSignedCertFile)
 type dataFlags struct {
 	addr, ca, token, cert, key *string
 	insecure                   *bool
+	context                    *contextName
 }
 
 func addDataFlags(fs *flag.FlagSet) *dataFlags {
 	return &dataFlags{
-		addr:     fs.String("addr", "", "hub QUIC `HOST:PORT` (env HUB_ADDR, default "+hub.DefaultQUICAddr+")"),
-		ca:       fs.String("ca", "", "PEM `FILE` of certificates to trust (env HUB_CA; default "+DefaultCAFile+" if it exists, else the system roots)"),
+		addr:     fs.String("addr", "", "hub QUIC `HOST:PORT` (env HUB_ADDR, else the context's, default "+hub.DefaultQUICAddr+")"),
+		ca:       fs.String("ca", "", "PEM `FILE` of certificates to trust (env HUB_CA, else the context's; default "+DefaultCAFile+" if it exists, else the system roots)"),
 		insecure: fs.Bool("insecure", false, "do not verify the hub's certificate"),
-		token:    fs.String("token", "", "bearer `TOKEN` (env HUB_TOKEN)"),
-		cert:     fs.String("cert", "", "client certificate `FILE` for mTLS (with --key)"),
+		token:    fs.String("token", "", "bearer `TOKEN` (env HUB_TOKEN, else the context's)"),
+		cert:     fs.String("cert", "", "client certificate `FILE` for mTLS (with --key-file)"),
 		key:      fs.String("key-file", "", "client key `FILE` for mTLS"),
+		context:  contextFlag(fs),
 	}
 }
 
-func envOr(v, env, def string) string {
-	if v != "" {
-		return v
-	}
-	if e := os.Getenv(env); e != "" {
-		return e
-	}
-	return def
-}
-
-// options resolves the flags, environment and defaults.
+// options resolves the flags, the environment, the selected context and
+// the defaults, in that order.
 func (f *dataFlags) options() (addr string, opts sdk.Options, err error) {
-	addr = envOr(*f.addr, "HUB_ADDR", hub.DefaultQUICAddr)
+	hc, err := f.context.selected()
+	if err != nil {
+		return "", opts, err
+	}
+	addr = pick(*f.addr, "HUB_ADDR", hc.Addr, hub.DefaultQUICAddr)
 	opts = sdk.Options{
-		CAFile: envOr(*f.ca, "HUB_CA", ""), Insecure: *f.insecure, Token: envOr(*f.token, "HUB_TOKEN", ""),
+		CAFile: pick(*f.ca, "HUB_CA", hc.CA, ""), Insecure: *f.insecure || hc.Insecure, Token: pick(*f.token, "HUB_TOKEN", hc.Token, ""),
 		CertFile: *f.cert, KeyFile: *f.key,
 	}
 	if opts.CAFile == "" && !opts.Insecure {

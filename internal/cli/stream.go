@@ -84,11 +84,11 @@ func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
 }
 
 func streamCreate(ctx context.Context, args []string) error {
-	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--replicate POLICY]")
+	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--replicate POLICY] [--json]")
 	shards := fs.Int("shards", 1, "number of `N` shards (1..1024; fixed once created)")
 	var s streamSettingFlags
 	s.add(fs)
-	asJSON := fs.Bool("json", false, "print the created stream as JSON")
+	asJSON := jsonFlag(fs)
 	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
 	if err != nil {
 		return err
@@ -96,6 +96,9 @@ func streamCreate(ctx context.Context, args []string) error {
 	req, err := s.request()
 	if err != nil {
 		return err
+	}
+	if *shards < 1 {
+		return usagef("invalid --shards %d: a stream has 1 to 1024 shards", *shards)
 	}
 	req.Name, req.Shards = pos[0], *shards
 	var info hub.StreamInfo
@@ -110,10 +113,11 @@ func streamCreate(ctx context.Context, args []string) error {
 }
 
 func streamUpdate(ctx context.Context, args []string) error {
-	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--replicate POLICY]")
+	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--replicate POLICY] [--json]")
 	admin := addAdminFlags(fs, "")
 	var s streamSettingFlags
 	s.add(fs)
+	asJSON := jsonFlag(fs)
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -136,13 +140,16 @@ func streamUpdate(ctx context.Context, args []string) error {
 	if err := c.patch(ctx, "/v1/streams/"+url.PathEscape(pos[0]), req, &info); err != nil {
 		return err
 	}
+	if *asJSON {
+		return printJSON(stdout, info)
+	}
 	fmt.Fprintf(stdout, "updated stream %s\n", info.Name)
 	return nil
 }
 
 func streamList(ctx context.Context, args []string) error {
 	fs := newFlags("stream list", "stream list [--json]")
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := jsonFlag(fs)
 	c, _, err := adminCommand(fs, args, 0, "")
 	if err != nil {
 		return err
@@ -170,7 +177,7 @@ func streamList(ctx context.Context, args []string) error {
 
 func streamDescribe(ctx context.Context, args []string) error {
 	fs := newFlags("stream describe", "stream describe NAME [--json]")
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := jsonFlag(fs)
 	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
 	if err != nil {
 		return err

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/edgehub/edgehub/internal/suggest"
 )
 
 // Error is one problem in a document: the line and key it concerns and what
@@ -139,41 +141,10 @@ func (d *decoder) unknown(key string, known []string) {
 	if parts := splitKey(name); len(parts) == 1 {
 		name = parts[0]
 	}
-	if s := closest(name, known); s != "" {
+	if s := suggest.Closest(name, known); s != "" {
 		what += fmt.Sprintf(" (did you mean %q?)", s)
 	}
 	d.errs = append(d.errs, &Error{Line: d.lines.find(key), Key: key, Err: errors.New(what)})
-}
-
-// closest returns the candidate within edit distance 2 of s, if any.
-func closest(s string, candidates []string) string {
-	best, bestD := "", 3
-	for _, c := range candidates {
-		if d := editDistance(s, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // table decodes the TOML table in prim into the struct rv.

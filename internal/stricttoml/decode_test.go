@@ -225,12 +225,3 @@ func TestDecodeNeedsAStructPointer(t *testing.T) {
 		t.Fatalf("Decode into a struct value = %v, want one problem", errs)
 	}
 }
-
-func TestClosest(t *testing.T) {
-	known := []string{"name", "shards", "retention"}
-	for s, want := range map[string]string{"nmae": "name", "shard": "shards", "retnetion": "retention", "retxxxxon": "", "x": ""} {
-		if got := closest(s, known); got != want {
-			t.Errorf("closest(%q) = %q, want %q", s, got, want)
-		}
-	}
-}
