@@ -12,9 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/recordjson"
 	"github.com/edgehub/edgehub/sdk"
 )
 
@@ -60,80 +60,12 @@ func parseFrom(v string, now time.Time) (sdk.Start, error) {
 	return sdk.Start{}, usagef("invalid --from %q: want earliest, latest, a sequence number, an RFC 3339 time or -DURATION (-1h)", v)
 }
 
-// jsonRecord is one line of --format json (documented in README.md,
-// "Output of consume --format json"). Keys and values that are not UTF-8
-// are given base64-encoded in key_base64 / value_base64 instead, so no byte
-// is changed on the way. A tombstone (no value) has neither value nor
-// value_base64; an empty value is "value":"". Headers are a list, in the
-// record's order, repeated keys kept.
-type jsonRecord struct {
-	Stream      string       `json:"stream"`
-	Shard       int          `json:"shard"`
-	Seq         uint64       `json:"seq"`
-	Key         *string      `json:"key,omitempty"`
-	KeyBase64   []byte       `json:"key_base64,omitempty"`
-	Value       *string      `json:"value,omitempty"`
-	ValueBase64 []byte       `json:"value_base64,omitempty"`
-	Headers     []jsonHeader `json:"headers,omitempty"`
-	Time        string       `json:"time,omitempty"`
-	IngestTime  string       `json:"ingest_time"`
-	Origin      *jsonOrigin  `json:"origin,omitempty"`
-}
-
-type jsonHeader struct {
-	Key         *string `json:"key,omitempty"`
-	KeyBase64   []byte  `json:"key_base64,omitempty"`
-	Value       *string `json:"value,omitempty"`
-	ValueBase64 []byte  `json:"value_base64,omitempty"`
-}
-
-type jsonOrigin struct {
-	Hub   string `json:"hub"`
-	Shard uint32 `json:"shard"`
-	Seq   uint64 `json:"seq"`
-}
-
-func toJSON(m sdk.Message) jsonRecord {
-	r := m.Record
-	j := jsonRecord{Stream: m.Stream, Shard: m.Shard, Seq: r.Seq, IngestTime: time.Unix(0, r.IngestTime).UTC().Format(time.RFC3339Nano)}
-	if r.Key != nil {
-		if utf8.Valid(r.Key) {
-			s := string(r.Key)
-			j.Key = &s
-		} else {
-			j.KeyBase64 = r.Key
-		}
-	}
-	if r.Value != nil {
-		if utf8.Valid(r.Value) {
-			s := string(r.Value)
-			j.Value = &s
-		} else {
-			j.ValueBase64 = r.Value
-		}
-	}
-	for _, h := range r.Headers {
-		var jh jsonHeader
-		if utf8.ValidString(h.Key) {
-			k := h.Key
-			jh.Key = &k
-		} else {
-			jh.KeyBase64 = []byte(h.Key)
-		}
-		if utf8.Valid(h.Value) {
-			s := string(h.Value)
-			jh.Value = &s
-		} else {
-			jh.ValueBase64 = h.Value
-		}
-		j.Headers = append(j.Headers, jh)
-	}
-	if r.Time != 0 {
-		j.Time = time.Unix(0, r.Time).UTC().Format(time.RFC3339Nano)
-	}
-	if !r.Origin.IsLocal() {
-		j.Origin = &jsonOrigin{r.Origin.Hub, r.Origin.Shard, r.Origin.Seq}
-	}
+// toJSON is a line of --format json (internal/recordjson, documented in
+// README.md): nothing is altered, a tombstone has no value, bytes that are
+// not UTF-8 are base64.
+func toJSON(m sdk.Message) recordjson.Record {
+	j := recordjson.Encode(m.Record)
+	j.Stream, j.Shard, j.Seq = m.Stream, &m.Shard, m.Record.Seq
 	return j
 }
 

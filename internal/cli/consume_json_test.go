@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"github.com/edgehub/edgehub/internal/recordjson"
 	"testing"
 
 	"github.com/edgehub/edgehub/internal/record"
@@ -37,11 +38,11 @@ func TestConsumeJSONLosesNothing(t *testing.T) {
 			// Compare the fields under test only.
 			j.Stream, j.IngestTime = "", ""
 			b, err := json.Marshal(struct {
-				Key         *string      `json:"key,omitempty"`
-				KeyBase64   []byte       `json:"key_base64,omitempty"`
-				Value       *string      `json:"value,omitempty"`
-				ValueBase64 []byte       `json:"value_base64,omitempty"`
-				Headers     []jsonHeader `json:"headers,omitempty"`
+				Key         *string             `json:"key,omitempty"`
+				KeyBase64   []byte              `json:"key_base64,omitempty"`
+				Value       *string             `json:"value,omitempty"`
+				ValueBase64 []byte              `json:"value_base64,omitempty"`
+				Headers     []recordjson.Header `json:"headers,omitempty"`
 			}{j.Key, j.KeyBase64, j.Value, j.ValueBase64, j.Headers})
 			if err != nil {
 				t.Fatal(err)

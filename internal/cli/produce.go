@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/recordjson"
 	"github.com/edgehub/edgehub/sdk"
 )
 
@@ -214,7 +214,7 @@ func produce(ctx context.Context, args []string) error {
 		line := sc.Bytes()
 		var rec sdk.Record
 		if *format == "json" {
-			if rec, err = parseJSONRecord(line); err != nil {
+			if rec, err = recordjson.Decode(line); err != nil {
 				readErr = fmt.Errorf("%s line %d: %w", inName, lineNo, err)
 				break
 			}
@@ -296,75 +296,4 @@ func (o *optShard) Set(v string) error {
 	}
 	o.n = n
 	return nil
-}
-
-// jsonInput is a line of produce --format json: a jsonRecord as consume
-// prints it. The fields the hub assigns are accepted and ignored.
-type jsonInput struct {
-	Stream      string          `json:"stream"`
-	Shard       *int            `json:"shard"`
-	Seq         uint64          `json:"seq"`
-	Key         *string         `json:"key"`
-	KeyBase64   []byte          `json:"key_base64"`
-	Value       *string         `json:"value"`
-	ValueBase64 []byte          `json:"value_base64"`
-	Headers     []jsonHeader    `json:"headers"`
-	Time        string          `json:"time"`
-	IngestTime  string          `json:"ingest_time"`
-	Origin      json.RawMessage `json:"origin"`
-}
-
-// parseJSONRecord reads one line of produce --format json.
-func parseJSONRecord(line []byte) (sdk.Record, error) {
-	var rec sdk.Record
-	var in jsonInput
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil {
-		return rec, fmt.Errorf("invalid JSON record: %w", err)
-	}
-	if dec.More() {
-		return rec, errors.New("invalid JSON record: more than one value on the line")
-	}
-	pick := func(name string, s *string, b []byte) ([]byte, error) {
-		switch {
-		case s != nil && b != nil:
-			return nil, fmt.Errorf("both %s and %s_base64", name, name)
-		case s != nil:
-			return []byte(*s), nil
-		}
-		return b, nil
-	}
-	var err error
-	if rec.Key, err = pick("key", in.Key, in.KeyBase64); err != nil {
-		return rec, err
-	}
-	if rec.Value, err = pick("value", in.Value, in.ValueBase64); err != nil {
-		return rec, err
-	}
-	for i, h := range in.Headers {
-		k, err := pick(fmt.Sprintf("headers[%d].key", i), h.Key, h.KeyBase64)
-		if err != nil {
-			return rec, err
-		}
-		v, err := pick(fmt.Sprintf("headers[%d].value", i), h.Value, h.ValueBase64)
-		if err != nil {
-			return rec, err
-		}
-		if k == nil {
-			return rec, fmt.Errorf("headers[%d] has no key", i)
-		}
-		if v == nil {
-			v = []byte{}
-		}
-		rec.Headers = append(rec.Headers, sdk.Header{Key: string(k), Value: v})
-	}
-	if in.Time != "" {
-		t, err := time.Parse(time.RFC3339Nano, in.Time)
-		if err != nil {
-			return rec, fmt.Errorf("invalid time %q: want RFC 3339", in.Time)
-		}
-		rec.Time = t.UnixNano()
-	}
-	return rec, nil
 }

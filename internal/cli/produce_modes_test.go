@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"github.com/edgehub/edgehub/internal/recordjson"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,7 +55,7 @@ func TestEndToEndProduceModes(t *testing.T) {
 		{name: "json unknown field", in: `{"value":"v"}` + "\n" + `{"valeu":"v"}` + "\n", args: []string{"--format", "json"}, code: 1, acked: "acked 1 record\n",
 			msg: `hub produce: stdin line 2: invalid JSON record: json: unknown field "valeu"`},
 		{name: "json key twice", in: `{"key":"a","key_base64":"YQ=="}` + "\n", args: []string{"--format", "json"}, code: 1, acked: "acked 0 records",
-			msg: "stdin line 1: both key and key_base64"},
+			msg: "stdin line 1: invalid JSON record: both key and key_base64"},
 		{name: "json not JSON", in: "plain\n", args: []string{"--format", "json"}, code: 1, msg: "stdin line 1: invalid JSON record"},
 		{name: "too long a line", in: "ok\n" + strings.Repeat("x", 100) + "\n", args: []string{"--max-line", "50"}, code: 1, acked: "acked 1 record\n",
 			msg: "hub produce: stdin line 2: longer than 50 bytes: raise --max-line"},
@@ -128,7 +129,7 @@ func TestEndToEndProduceModes(t *testing.T) {
 	norm := func(s string) string {
 		var lines []string
 		for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
-			var r jsonRecord
+			var r recordjson.Record
 			if err := json.Unmarshal([]byte(l), &r); err != nil {
 				t.Fatalf("%q: %v", l, err)
 			}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/edgehub/edgehub/internal/recordjson"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,7 +80,7 @@ func TestEndToEndProduceConsume(t *testing.T) {
 	}
 	keys := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		var r jsonRecord
+		var r recordjson.Record
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("%q: %v", line, err)
 		}
@@ -104,12 +105,12 @@ func TestEndToEndProduceConsume(t *testing.T) {
 	}
 	var fixed []string
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		var r jsonRecord
+		var r recordjson.Record
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("%q: %v", line, err)
 		}
-		if r.Shard != shard {
-			t.Fatalf("--shard %d printed a record of shard %d", shard, r.Shard)
+		if r.Shard == nil || *r.Shard != shard {
+			t.Fatalf("--shard %d printed %s", shard, line)
 		}
 		if r.Key != nil && *r.Key == "fixed" {
 			fixed = append(fixed, *r.Value)
