@@ -184,14 +184,15 @@ func newFlags(name, syn string) *flag.FlagSet {
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 		if b.Len() > 0 {
-			fmt.Fprintf(stderr, "\nFlags:\n%s", flagLineRE.ReplaceAllString(b.String(), "$1--"))
+			fmt.Fprintf(stderr, "\nFlags:\n%s", flagLineRE.ReplaceAllString(b.String(), "$1--$2"))
 		}
 	}
 	return fs
 }
 
-// flagLineRE finds the flag names PrintDefaults writes as "  -name".
-var flagLineRE = regexp.MustCompile(`(?m)^(  )-`)
+// flagLineRE finds the long flag names PrintDefaults writes as "  -name";
+// one-letter flags (-n, -f) keep their single dash, as the README writes them.
+var flagLineRE = regexp.MustCompile(`(?m)^(  )-([^-\s][^\s=])`)
 
 // flagErrRE picks the flag out of the flag package's parse errors.
 var flagErrRE = regexp.MustCompile(`^(flag provided but not defined:|flag needs an argument:|invalid value "(.*)" for flag|invalid boolean value "(.*)" for) -+([^:\s]+)(: (.*))?$`)
@@ -204,20 +205,24 @@ func flagError(fs *flag.FlagSet, err error) error {
 		return usagef("%v", err)
 	}
 	name := m[4]
+	dash := "--"
+	if len(name) == 1 {
+		dash = "-"
+	}
 	switch {
 	case strings.HasPrefix(m[1], "flag provided"):
 		var known []string
 		fs.VisitAll(func(f *flag.Flag) { known = append(known, f.Name) })
 		if hint := didYouMean(name, known); hint != "" {
-			return usagef("unknown flag --%s%s", name, strings.Replace(hint, `"`, `"--`, 1))
+			return usagef("unknown flag %s%s%s", dash, name, strings.Replace(hint, `"`, `"--`, 1))
 		}
-		return usagef("unknown flag --%s", name)
+		return usagef("unknown flag %s%s", dash, name)
 	case strings.HasPrefix(m[1], "flag needs"):
-		return usagef("flag --%s needs a value", name)
+		return usagef("flag %s%s needs a value", dash, name)
 	case m[2] != "" || strings.HasPrefix(m[1], "invalid value"):
-		return usagef("invalid value %q for --%s: %s", m[2], name, m[6])
+		return usagef("invalid value %q for %s%s: %s", m[2], dash, name, m[6])
 	default:
-		return usagef("invalid value %q for --%s: want true or false", m[3], name)
+		return usagef("invalid value %q for %s%s: want true or false", m[3], dash, name)
 	}
 }
 
