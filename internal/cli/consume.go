@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
@@ -295,16 +296,26 @@ func recordTime(r *sdk.Record) int64 {
 // prints their records: as they arrive, or merged in time order.
 func runSources(ctx context.Context, c *sdk.Client, streams []string, opts []sdk.ConsumeOptions, merge, follow bool, count int64, pr *printer) (err error) {
 	fctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	var wg sync.WaitGroup
+	var subs []*sdk.Subscription
+	defer func() {
+		// A subscription is not safe for concurrent use: stop the feeds
+		// before closing what they read.
+		cancel()
+		wg.Wait()
+		for _, sub := range subs {
+			sub.Close()
+		}
+	}()
 	chs := make([]chan feedItem, len(opts))
 	for i, o := range opts {
 		sub, err := c.Subscribe(ctx, streams[i], o)
 		if err != nil {
 			return err
 		}
-		defer sub.Close()
+		subs = append(subs, sub)
 		chs[i] = make(chan feedItem, 256)
-		go feed(fctx, sub, follow, chs[i])
+		wg.Go(func() { feed(fctx, sub, follow, chs[i]) })
 	}
 	defer func() {
 		if ferr := pr.flush(); ferr != nil && err == nil {
