@@ -494,7 +494,8 @@ func (h *Hub) deleteStream(w http.ResponseWriter, r *http.Request) error {
 			return badRequest("delete stream %q: force=%q: want true or false", name, v)
 		}
 	}
-	if _, err := h.store.Stream(name); err != nil {
+	st, err := h.store.Stream(name)
+	if err != nil {
 		return err
 	}
 	if users := h.streamUsers(name); len(users) > 0 {
@@ -508,8 +509,14 @@ func (h *Hub) deleteStream(w http.ResponseWriter, r *http.Request) error {
 		}
 		h.logger.Warn("deleting a stream in use", "stream", name, "users", users)
 	}
-	if err := h.store.DeleteStream(r.Context(), name); err != nil {
-		return err
+	announced := false
+	if h.federation != nil {
+		// First, so no peer's definition recreates it here meanwhile.
+		h.federation.rep.StreamDeleted(st.Config())
+		announced = true
+	}
+	if err := h.store.DeleteStream(r.Context(), name); err != nil && !(announced && errors.Is(err, store.ErrStreamNotFound)) {
+		return err // (not found after the tombstone: replication applied it first)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -123,6 +123,7 @@ func (h *Hub) addFederation() error {
 	if gc.GapAfter > 0 {
 		rc.GapAfter = time.Duration(gc.GapAfter)
 	}
+	rc.TombstoneTTL = gcfg.TombstoneTTL
 	rc.StateFile = filepath.Join(h.cfg.Hub.DataDir, GapsFile)
 	if gc.tuneReplication != nil {
 		gc.tuneReplication(&rc)
@@ -271,9 +272,14 @@ func (m *membership) Peers() []replicate.Peer {
 				continue
 			}
 			ps := replicate.PeerStream{Vector: map[store.OriginKey]uint64{}, Incarnations: map[string]string{}}
-			if hasDef && !d.Deleted {
+			if hasDef {
 				if c, err := replicate.DecodeDef(d.Spec); err == nil {
-					ps.Def = &replicate.Def{Config: c, Version: d.Version}
+					rd := &replicate.Def{Config: c, Version: d.Version}
+					if d.Deleted {
+						ps.Deleted = rd
+					} else {
+						ps.Def = rd
+					}
 				} else {
 					m.logger.Debug("federation: undecodable stream definition", "peer", mem.Name, "stream", name, "err", err)
 				}
@@ -302,6 +308,11 @@ func (m *membership) Changed() <-chan struct{} { return m.g.Changed() }
 // PublishDef implements replicate.Publisher.
 func (m *membership) PublishDef(stream string, d replicate.Def) {
 	m.g.PublishDef(stream, gossip.Def{Version: d.Version, Spec: replicate.EncodeDef(d.Config)})
+}
+
+// PublishDeleted implements replicate.Publisher.
+func (m *membership) PublishDeleted(stream string, d replicate.Def) {
+	m.g.PublishDef(stream, gossip.Def{Version: d.Version, Deleted: true, Spec: replicate.EncodeDef(d.Config)})
 }
 
 // PublishVector implements replicate.Publisher: one gossip entry per

@@ -46,6 +46,9 @@ type PeerStream struct {
 	// peer from before incarnations). For the peer's own records it is its
 	// stream's incarnation.
 	Incarnations map[string]string
+	// Deleted is the peer's tombstone of the stream (it deleted its copy,
+	// or applied another hub's deletion); nil if none.
+	Deleted *Def
 }
 
 // Def is a replicated stream's definition as hubs publish it. Shards,
@@ -70,6 +73,9 @@ type Membership interface {
 // with unchanged values must be cheap no-ops.
 type Publisher interface {
 	PublishDef(stream string, d Def)
+	// PublishDeleted replaces this hub's definition of stream with a
+	// tombstone: the stream is deleted up to definition version d.Version.
+	PublishDeleted(stream string, d Def)
 	// PublishVector publishes v with, per origin hub, the incarnation of
 	// its stream v counts in (incs may name hubs v has no entry for yet).
 	PublishVector(stream string, v map[store.OriginKey]uint64, incs map[string]string)
@@ -129,6 +135,10 @@ type Config struct {
 	// StateFile, if set, keeps the gaps this hub reported (see gapBook)
 	// across restarts, so a gap is counted once and relayed to peers.
 	StateFile string
+	// TombstoneTTL is how long this hub keeps publishing a stream
+	// deletion (its own or one it applied); gossip drops tombstones after
+	// it too. 0 is forever.
+	TombstoneTTL time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, receives the replication metrics.
@@ -197,6 +207,7 @@ type Replicator struct {
 	streamInc map[string]string     // stream → its incarnation when last reconciled
 	warned    map[string]bool       // one-time warnings (shard mismatch)
 	lastAlive map[taskKey]time.Time // when membership last showed a hub alive with a stream (origin shard unused)
+	tombs     map[string]tomb       // deletions this hub made or applied, republished until their TTL
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -227,6 +238,7 @@ func New(cfg Config) (*Replicator, error) {
 		streamInc: map[string]string{},
 		warned:    map[string]bool{},
 		lastAlive: map[taskKey]time.Time{},
+		tombs:     map[string]tomb{},
 		closed:    make(chan struct{}),
 	}
 	r.repair = repairState{attempts: map[repairKey]RepairStatus{}, repaired: prometheus.NewCounter(prometheus.CounterOpts{
@@ -455,13 +467,21 @@ func withDef(c store.StreamConfig, version uint64) store.StreamConfig {
 // ones from peers (last writer wins by version).
 func (r *Replicator) syncDefs(ctx context.Context, peers []Peer) {
 	local := map[string]store.StreamConfig{}
+	tombs := r.tombstones(peers, time.Now())
 	for _, st := range r.cfg.Store.Streams() {
 		c := st.Config()
+		if r.applyTombstone(ctx, c, tombs) {
+			continue
+		}
 		v, stale := defVersion(c)
 		if stale && (!policyOf(c).Local() || c.Meta[MetaDef] != "") {
 			// A local change (or a stream never versioned): version it now,
-			// after anything we published or adopted before.
+			// after anything we published or adopted before, and after
+			// any deletion of the name (a stream created again).
 			nv := max(uint64(time.Now().UnixNano()), v+1)
+			if t, ok := tombs[c.Name]; ok {
+				nv = max(nv, t.Version+1)
+			}
 			nc := withDef(c, nv)
 			if err := r.cfg.Store.UpdateStream(ctx, nc); err != nil {
 				r.logger.Warn("replicate: recording definition version", "stream", c.Name, "err", err)
@@ -491,6 +511,9 @@ func (r *Replicator) syncDefs(ctx context.Context, peers []Peer) {
 	for name, d := range best {
 		if store.ValidateName(name) != nil || d.Config.Validate() != nil {
 			continue
+		}
+		if t, ok := tombs[name]; ok && t.Version >= d.Version {
+			continue // deleted after that definition
 		}
 		c, have := local[name]
 		if !have {
