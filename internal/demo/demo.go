@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -148,29 +149,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	ps := pluginSettings{aggregate: agg, alert: alrt, window: cfg.Window}
 	// The region first: the edges join it.
-	for _, group := range [][]*hubSpec{{region}, edges} {
-		var started []*proc
-		for _, h := range group {
-			hd := filepath.Join(dir, h.name)
-			file, err := h.writeConfig(hd, gossipKey, region, ps)
-			if err != nil {
-				return err
+	for _, h := range hubs {
+		p, err := startHub(ctx, exe, h, hubs, filepath.Join(dir, h.name), gossipKey, ps, client)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
 			}
-			p, err := start(exe, h, hd, file)
-			if err != nil {
-				return err
-			}
-			procs = append(procs, p)
-			started = append(started, p)
+			return err
 		}
-		for _, p := range started {
-			if err := p.waitReady(ctx, client); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
-			}
-		}
+		procs = append(procs, p)
 	}
 	for _, h := range hubs {
 		role := "edge, plugins agg and alert"
@@ -269,6 +256,34 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				}
 			}
 			sum.print(work, now)
+		}
+	}
+}
+
+// startHub writes h's hub.toml, starts it and waits until it is ready. A
+// port taken since pickPorts (by anyone) fails the start: the hub is then
+// given other ports and started again, a few times.
+func startHub(ctx context.Context, exe string, h *hubSpec, hubs []*hubSpec, dir, gossipKey string, ps pluginSettings, client *http.Client) (*proc, error) {
+	region := hubs[0]
+	for attempt := 1; ; attempt++ {
+		file, err := h.writeConfig(dir, gossipKey, region, ps)
+		if err != nil {
+			return nil, err
+		}
+		p, err := start(exe, h, dir, file)
+		if err != nil {
+			return nil, err
+		}
+		err = p.waitReady(ctx, client)
+		if err == nil {
+			return p, nil
+		}
+		p.stop(stopGrace)
+		if attempt == 3 || !p.exited() || !strings.Contains(tail(p.logFile, 15), "address already in use") {
+			return nil, err
+		}
+		if err := repickPorts(h, hubs); err != nil {
+			return nil, err
 		}
 	}
 }

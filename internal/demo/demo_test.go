@@ -1,7 +1,10 @@
 package demo
 
 import (
+	"context"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
 
 // TestConfigsLoad writes the three hub.toml files and loads them as hub
@@ -121,4 +125,49 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStartHubRetriesTakenPort: a port taken between pickPorts and the
+// hub's start (here the admin port, held by the test) makes the hub fail;
+// startHub gives it other ports and the hub comes up.
+func TestStartHubRetriesTakenPort(t *testing.T) {
+	exe := testutil.Build(t, "github.com/edgehub/edgehub/cmd/hub", nil)
+	dir := t.TempDir()
+	hubs := topology()[:1]
+	if err := pickPorts(hubs); err != nil {
+		t.Fatal(err)
+	}
+	h := hubs[0]
+	l, err := net.Listen("tcp", h.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	taken := h.admin
+	key := filepath.Join(dir, "gossip.keys")
+	if err := ensureGossipKey(key); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 3 * time.Second}
+	p, err := startHub(context.Background(), exe, h, hubs, filepath.Join(dir, h.name), key, pluginSettings{}, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop(stopGrace)
+	if h.admin == taken {
+		t.Fatalf("the hub kept the taken port %s", taken)
+	}
+	log, _ := os.ReadFile(p.logFile)
+	if !strings.Contains(string(log), "address already in use") {
+		t.Fatalf("the first start did not fail on the taken port; log:\n%s", log)
+	}
+	if err := p.stop(stopGrace); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.RemoveBinaries()
+	os.Exit(code)
 }

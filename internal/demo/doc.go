@@ -25,8 +25,9 @@
 //
 // # Caveats
 //
-// Ports are picked free just before the hubs start; another program taking
-// one in between makes that hub fail to start, and the demo says so with
-// the end of its log. On Linux each hub dies with the demo process even if
+// Ports are picked free just before the hubs start; a hub that fails
+// because another program took one in between is given other ports and
+// started again (three attempts), then the demo fails with the end of its
+// log. On Linux each hub dies with the demo process even if
 // the demo is killed (Pdeathsig); elsewhere a killed demo can leave them.
 package demo

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,8 +51,9 @@ func topology() []*hubSpec {
 // (TCP) port and a gossip port free for both. They are picked, not bound
 // by the hubs with port 0, so that each hub.toml names its addresses and
 // can be started again by hand.
-func pickPorts(hubs []*hubSpec) error {
-	taken := map[int]bool{}
+func pickPorts(hubs []*hubSpec) error { return pickPortsExcept(hubs, map[int]bool{}) }
+
+func pickPortsExcept(hubs []*hubSpec, taken map[int]bool) error {
 	for _, h := range hubs {
 		for _, p := range []struct {
 			dst *string
@@ -67,6 +69,20 @@ func pickPorts(hubs []*hubSpec) error {
 		}
 	}
 	return nil
+}
+
+// repickPorts gives h new ports, none of another hub's.
+func repickPorts(h *hubSpec, hubs []*hubSpec) error {
+	taken := map[int]bool{}
+	for _, o := range hubs {
+		for _, a := range []string{o.quic, o.admin, o.gossip} {
+			if _, port, err := net.SplitHostPort(a); err == nil {
+				n, _ := strconv.Atoi(port)
+				taken[n] = true
+			}
+		}
+	}
+	return pickPortsExcept([]*hubSpec{h}, taken)
 }
 
 func freePort(udp, tcp bool, taken map[int]bool) (int, error) {
