@@ -211,7 +211,7 @@ func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
 	if err != nil {
 		return dst, err
 	}
-	origins := make([]string, d.UvarintMax(maxOrigins))
+	origins := make([]string, d.count(maxOrigins, 1))
 	for i := range origins {
 		origins[i] = string(d.Next(d.UvarintMax(uint64(len(d.Buf)))))
 	}
@@ -237,7 +237,7 @@ func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
 		r.Time = d.Varint()
 		r.Key = d.nullable()
 		r.Value = d.nullable()
-		if nh := d.UvarintMax(maxHeaders); nh > 0 {
+		if nh := d.count(maxHeaders, 2); nh > 0 {
 			r.Headers = make([]Header, nh)
 			for j := range r.Headers {
 				r.Headers[j].Key = string(d.Next(d.UvarintMax(uint64(len(d.Buf)))))
@@ -321,6 +321,19 @@ func newDecoder(buf []byte) (decoder, error) {
 	d.info.Count = int(count)
 	d.info.LastSeq = d.info.BaseSeq + lastDelta
 	return d, nil
+}
+
+// count reads the number of elements of a table (at most max) and bounds it
+// by the bytes left at minSize bytes per element: a hostile count cannot
+// force an allocation beyond the batch's size (a 65536-header count in a
+// 20-byte record allocated 2.5 MiB before failing).
+func (d *decoder) count(max uint64, minSize int) int {
+	n := d.UvarintMax(max)
+	if d.Err == nil && n > uint64(len(d.Buf)/minSize) {
+		d.Fail("count %d cannot fit in %d bytes", n, len(d.Buf))
+		return 0
+	}
+	return int(n)
 }
 
 // nullable reads a field written by appendNullable: 0 is nil, n+1 is n bytes.

@@ -2,9 +2,12 @@ package record
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
 	"testing"
 )
 
@@ -95,6 +98,39 @@ func TestBatchRejectsCorruption(t *testing.T) {
 		if _, err := DecodeBatch(good[:n], nil); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("truncated to %d: err = %v, want ErrCorrupt", n, err)
 		}
+	}
+}
+
+// TestBatchHostileCounts: a checksummed batch whose header or origin count
+// cannot fit in its bytes is corrupt, and decoding it allocates in
+// proportion to its size, not to the count (65535 headers claimed by a
+// 20-byte batch allocated 2.5 MiB).
+func TestBatchHostileCounts(t *testing.T) {
+	seal := func(b []byte) []byte { return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)) }
+	head := []byte{Magic, Version, 0, 1, 0, 0, 0, 0} // one record, seq 0, ingest 0
+	tests := []struct {
+		name  string
+		batch []byte
+	}{
+		{"headers", seal(append(append(bytes.Clone(head), 0), 0, 0, 0, 0, 0, 0xff, 0xff, 0x03))},
+		{"origins", seal(append(bytes.Clone(head), 0xff, 0xff, 0x03))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := DecodeBatch(tt.batch, nil); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("err = %v, want ErrCorrupt", err)
+			}
+			const runs = 100
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for range runs {
+				DecodeBatch(tt.batch, nil)
+			}
+			runtime.ReadMemStats(&after)
+			if per := (after.TotalAlloc - before.TotalAlloc) / runs; per > 64<<10 {
+				t.Fatalf("decoding a %d-byte batch allocated %d bytes", len(tt.batch), per)
+			}
+		})
 	}
 }
 
