@@ -213,7 +213,11 @@ func DecodeBatch(buf []byte, dst []Record) ([]Record, error) {
 	}
 	origins := make([]string, d.count(maxOrigins, 1))
 	for i := range origins {
-		origins[i] = string(d.Next(d.UvarintMax(uint64(len(d.Buf)))))
+		// The encoder names only foreign hubs: an empty name would decode
+		// as a local record that carries an origin shard and sequence.
+		if origins[i] = string(d.Next(d.UvarintMax(uint64(len(d.Buf))))); origins[i] == "" {
+			d.Fail("origin %d has no hub name", i)
+		}
 	}
 	if d.Err != nil {
 		return dst, d.Err
