@@ -159,9 +159,9 @@ func (c *adminClient) transportError(ctx context.Context, method, u string, err 
 	case errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &op) && op.Op == "dial"):
 		return fmt.Errorf("cannot reach the hub admin API at %s (is `hub serve` running? set --admin or HUB_ADMIN): %w", c.base, err)
 	case errors.As(err, &uerr), strings.Contains(err.Error(), "certificate"):
-		return fmt.Errorf("%s %s: %w\n(a hub with a self-signed certificate: pass --ca DATA_DIR/%s, or --insecure)", method, u, err, hub.SelfSignedCertFile)
+		return fmt.Errorf("%s %s: %w (a hub with a self-signed certificate: pass --ca DATA_DIR/%s, or --insecure)", method, u, err, hub.SelfSignedCertFile)
 	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
-		return fmt.Errorf("%s %s: %w\n(the admin API serves plain HTTP: use --admin http://%s)", method, u, err, c.base.Host)
+		return fmt.Errorf("%s %s: %w (the admin API serves plain HTTP: use --admin http://%s)", method, u, err, c.base.Host)
 	}
 	return fmt.Errorf("%s %s: %w", method, u, err)
 }

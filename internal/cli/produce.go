@@ -82,7 +82,7 @@ func (f *dataFlags) dial(ctx context.Context) (*sdk.Client, error) {
 	c, err := sdk.Dial(ctx, addr, opts)
 	if err != nil {
 		if strings.Contains(err.Error(), "certificate") && opts.CAFile == "" {
-			return nil, fmt.Errorf("%w\n(a hub with a self-signed certificate: pass --ca DATA_DIR/%s, or --insecure)", err, hub.SelfSignedCertFile)
+			return nil, fmt.Errorf("%w (a hub with a self-signed certificate: pass --ca DATA_DIR/%s, or --insecure)", err, hub.SelfSignedCertFile)
 		}
 		return nil, err
 	}
