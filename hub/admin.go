@@ -153,6 +153,15 @@ func (a *adminServer) Run(ctx context.Context) error {
 	return nil
 }
 
+// Drain stops accepting and lets in-flight requests (HTTP ingest's appends
+// among them) finish, within ctx.
+func (a *adminServer) Drain(ctx context.Context) error {
+	if err := a.srv.Shutdown(ctx); err != nil {
+		return fmt.Errorf("admin: requests still running: %w", err)
+	}
+	return nil
+}
+
 func (a *adminServer) Close() error {
 	a.closeOnce.Do(func() {
 		a.srv.Close()

@@ -59,6 +59,9 @@ type HubConfig struct {
 	Tags   []string `toml:"tags"`
 	// DataDir holds the store and everything else the hub keeps on disk.
 	DataDir string `toml:"data_dir"`
+	// ShutdownTimeout bounds a graceful stop (SIGTERM, SIGINT): the drain
+	// and the close. 0 means DefaultShutdownTimeout.
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 }
 
 // ListenConfig is the [listen] section. Port 0 picks a free port.
@@ -98,6 +101,11 @@ const (
 	DefaultMaxRecordBytes = 1 << 20
 	DefaultSyncInterval   = 100 * time.Millisecond
 	DefaultTombstoneRet   = 24 * time.Hour
+	// DefaultShutdownTimeout: a drain takes as long as the slowest
+	// in-flight batch's fsync and a plugin's call; 15s leaves room for a
+	// slow disk and stays under the 30s systemd and Kubernetes wait
+	// before they kill.
+	DefaultShutdownTimeout = 15 * time.Second
 )
 
 // minFrameBytes is the smallest limits.max_frame_bytes that carries a BATCH
@@ -192,6 +200,9 @@ func (c Config) Validate() error {
 	}
 	if c.Hub.DataDir == "" {
 		bad("hub.data_dir", "must not be empty")
+	}
+	if c.Hub.ShutdownTimeout < 0 {
+		bad("hub.shutdown_timeout", "must not be negative")
 	}
 
 	badErr("listen.quic", validateAddr(c.Listen.QUIC))

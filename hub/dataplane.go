@@ -60,6 +60,13 @@ type dataPlane struct {
 	closing  chan struct{}
 	closeMu  sync.Once
 
+	// drainMu guards draining; produceWG counts produce sessions, added
+	// only while not draining (so Drain's Wait never races an Add).
+	drainMu   sync.Mutex
+	draining  bool
+	drainCh   chan struct{} // closed by Drain
+	produceWG sync.WaitGroup
+
 	m dataPlaneMetrics
 }
 
@@ -110,6 +117,7 @@ func (h *Hub) addDataPlane() error {
 		sessions:   map[sessionKey]*dgSession{},
 		dgrams:     make(chan dgBatch, datagramQueue),
 		closing:    make(chan struct{}),
+		drainCh:    make(chan struct{}),
 	}
 	d.registerMetrics(h.metrics)
 	budget.register(h.metrics)
@@ -133,6 +141,52 @@ func (h *Hub) addDataPlane() error {
 		"mtls", tlsConf.ClientCAs != nil, "mtls_pins", auth.pins != nil, "cert", cert)
 	return nil
 }
+
+// Drain is the data plane's part of a graceful shutdown: it stops accepting
+// connections and operations, stops reading produce sessions and waits
+// until each has acknowledged the batches it had read (appended durably)
+// and ended with unavailable, or ctx ends. Subscriptions and the rest end
+// with Run's context.
+func (d *dataPlane) Drain(ctx context.Context) error {
+	d.drainMu.Lock()
+	if !d.draining {
+		d.draining = true
+		close(d.drainCh)
+		d.srv.StopAccepting()
+	}
+	d.drainMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		d.produceWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("data plane: produce sessions still acknowledging: %w", context.Cause(ctx))
+	}
+}
+
+// beginProduce counts a produce session in, unless the hub is draining.
+func (d *dataPlane) beginProduce() bool {
+	d.drainMu.Lock()
+	defer d.drainMu.Unlock()
+	if d.draining {
+		return false
+	}
+	d.produceWG.Add(1)
+	return true
+}
+
+func (d *dataPlane) isDraining() bool {
+	d.drainMu.Lock()
+	defer d.drainMu.Unlock()
+	return d.draining
+}
+
+// errShuttingDown is what operations refused or ended by a drain get.
+var errShuttingDown = quic.Errorf(quic.CodeUnavailable, "hub shutting down")
 
 // Run serves QUIC until ctx ends.
 func (d *dataPlane) Run(ctx context.Context) error { return d.srv.Run(ctx) }
@@ -210,4 +264,13 @@ func (d *dataPlane) info(ctx context.Context, req *quic.Request) error {
 // operations and, from builders that run after addDataPlane, other parts'.
 // It is the hub's one way to add a QUIC operation; the server panics when
 // two parts register one op.
-func (d *dataPlane) handle(op quic.Op, h quic.Handler) { d.srv.Handle(op, h) }
+//
+// While the hub drains, new operations are refused with unavailable.
+func (d *dataPlane) handle(op quic.Op, h quic.Handler) {
+	d.srv.Handle(op, quic.HandlerFunc(func(ctx context.Context, req *quic.Request) error {
+		if d.isDraining() {
+			return d.refuse(req.Op, errShuttingDown)
+		}
+		return h.ServeQUIC(ctx, req)
+	}))
+}

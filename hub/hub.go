@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +37,7 @@ type Hub struct {
 	dataPlane   *dataPlane  // QUIC server; see dataplane.go
 	federation  *federation // gossip and replication, nil alone; see federation.go
 	ready       atomic.Bool
+	stopBy      atomic.Pointer[time.Time] // the shutdown's deadline, once Run began it
 
 	closeOnce sync.Once
 	closeErr  error
@@ -99,38 +102,185 @@ func (h *Hub) Store() *store.Store { return h.store }
 // AdminAddr returns the address the admin API listens on (useful with port 0).
 func (h *Hub) AdminAddr() net.Addr { return h.admin.ln.Addr() }
 
+// drainer is a component with a graceful stop: Drain stops taking new work,
+// finishes what it has begun (acknowledging it) and returns, or returns
+// ctx's error when ctx ends first. Run calls it, before Run's context ends,
+// when the hub is asked to stop; a component that failed gets no drain.
+type drainer interface {
+	Drain(ctx context.Context) error
+}
+
 // Run serves until ctx ends or a component fails, then stops every
 // component and returns. It returns nil when ctx ended.
+//
+// When ctx ends (SIGTERM), the hub drains before the components' contexts
+// end: listeners stop accepting, produce sessions and HTTP ingest
+// acknowledge what they had read, plugins commit the call they are in; then
+// everything else stops (gossip is left). [hub] shutdown_timeout bounds it
+// all: the drain gets half, stopping a quarter, Close the rest. Past its
+// share Run logs what was still running and returns an error wrapping
+// context.DeadlineExceeded.
 func (h *Hub) Run(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	g, gctx := errgroup.WithContext(runCtx)
+	running := newRunningSet()
 	for _, c := range h.components {
-		g.Go(func() error { return c.Run(gctx) })
+		name := running.add(c)
+		g.Go(func() error {
+			defer running.done(name)
+			return c.Run(gctx)
+		})
 	}
 	h.ready.Store(true)
 	h.logger.Info("hub ready", "name", h.cfg.Hub.Name, "admin", h.AdminURL(),
 		"data_dir", h.cfg.Hub.DataDir, "streams", len(h.store.Streams()))
-	<-gctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done(): // a component failed
+	}
 	h.ready.Store(false)
-	err := g.Wait()
+	// The bound is shared out: the drain may take half of it, stopping the
+	// parts a quarter, closing them and the store (Close) the rest.
+	timeout := h.shutdownTimeout()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	h.stopBy.Store(&deadline)
+	sctx, cancel := context.WithDeadline(context.Background(), start.Add(timeout*3/4))
+	defer cancel()
+	if ctx.Err() != nil && gctx.Err() == nil {
+		h.logger.Info("hub draining", "shutdown_timeout", timeout.String())
+		dctx, cancel := context.WithDeadline(sctx, start.Add(timeout/2))
+		err := h.drain(dctx)
+		cancel()
+		if err != nil {
+			h.logger.Error("hub: drain incomplete at shutdown_timeout; stopping anyway", "err", err)
+		} else {
+			h.logger.Info("hub drained", "took", time.Since(start).Round(time.Millisecond).String())
+		}
+	}
+	stop()
+	done := make(chan error, 1)
+	go func() { done <- g.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-sctx.Done():
+		pending := running.list()
+		h.logger.Error("hub: shutdown_timeout passed; exiting with parts still running",
+			"shutdown_timeout", timeout.String(), "pending", strings.Join(pending, ","))
+		return fmt.Errorf("hub: shutdown: %s passed with %s still running: %w", timeout, strings.Join(pending, ", "), context.DeadlineExceeded)
+	}
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		return nil
 	}
 	return err
 }
 
+// drain runs every component's Drain at once, within ctx.
+func (h *Hub) drain(ctx context.Context) error {
+	var g errgroup.Group
+	for _, c := range h.components {
+		if d, ok := c.(drainer); ok {
+			g.Go(func() error { return d.Drain(ctx) })
+		}
+	}
+	return g.Wait()
+}
+
+func (h *Hub) shutdownTimeout() time.Duration {
+	if h.cfg.Hub.ShutdownTimeout > 0 {
+		return time.Duration(h.cfg.Hub.ShutdownTimeout)
+	}
+	return DefaultShutdownTimeout
+}
+
+// runningSet names the components whose Run has not returned, for the log
+// line of a shutdown past its bound.
+type runningSet struct {
+	mu    sync.Mutex
+	names map[string]int
+}
+
+func newRunningSet() *runningSet { return &runningSet{names: map[string]int{}} }
+
+// componentName names c in logs: its type, without the hub's package
+// ("dataPlane", "federation", "plugins.Manager").
+func componentName(c component) string {
+	return strings.TrimPrefix(strings.TrimPrefix(fmt.Sprintf("%T", c), "*"), "hub.")
+}
+
+// add counts c in and returns its name.
+func (s *runningSet) add(c component) string {
+	name := componentName(c)
+	s.mu.Lock()
+	s.names[name]++
+	s.mu.Unlock()
+	return name
+}
+
+func (s *runningSet) done(name string) {
+	s.mu.Lock()
+	if s.names[name]--; s.names[name] == 0 {
+		delete(s.names, name)
+	}
+	s.mu.Unlock()
+}
+
+func (s *runningSet) list() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for n, k := range s.names {
+		if k > 1 {
+			n = fmt.Sprintf("%s (%d)", n, k)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Close stops the hub and releases its resources: components in reverse
-// order, then the store. It is idempotent.
+// order, then the store. It is idempotent. After a shutdown that Run began,
+// Close waits only until the shutdown_timeout's deadline: past it, it logs
+// and returns an error while the rest closes in the background (the store's
+// files are crash-safe; acknowledged records are already durable).
 func (h *Hub) Close() error {
 	h.closeOnce.Do(func() {
-		h.ready.Store(false)
-		var errs []error
-		for i := len(h.components) - 1; i >= 0; i-- {
-			errs = append(errs, h.components[i].Close())
+		done := make(chan error, 1)
+		step := atomic.Pointer[string]{}
+		go func() {
+			h.ready.Store(false)
+			var errs []error
+			for i := len(h.components) - 1; i >= 0; i-- {
+				name := componentName(h.components[i])
+				step.Store(&name)
+				errs = append(errs, h.components[i].Close())
+			}
+			if h.store != nil {
+				name := "store"
+				step.Store(&name)
+				errs = append(errs, h.store.Close())
+			}
+			done <- errors.Join(errs...)
+		}()
+		var bound <-chan time.Time
+		if d := h.stopBy.Load(); d != nil {
+			t := time.NewTimer(max(time.Until(*d), 100*time.Millisecond))
+			defer t.Stop()
+			bound = t.C
 		}
-		if h.store != nil {
-			errs = append(errs, h.store.Close())
+		select {
+		case h.closeErr = <-done:
+		case <-bound:
+			pending := "?"
+			if p := step.Load(); p != nil {
+				pending = *p
+			}
+			h.logger.Error("hub: shutdown_timeout passed while closing; exiting", "pending", pending)
+			h.closeErr = fmt.Errorf("hub: close: shutdown_timeout passed while closing %s: %w", pending, context.DeadlineExceeded)
 		}
-		h.closeErr = errors.Join(errs...)
 	})
 	return h.closeErr
 }

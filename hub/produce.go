@@ -32,6 +32,10 @@ type pendingBatch struct {
 // coalesces them. Each lane sends its ACKs as its appends commit, so ACKs of
 // one shard keep their order while shards do not wait for each other.
 func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
+	if !d.beginProduce() {
+		return d.refuse(req.Op, errShuttingDown)
+	}
+	defer d.produceWG.Done()
 	var open quic.ProduceOpen
 	if err := open.Decode(req.Body); err != nil {
 		return quic.WireError(err)
@@ -149,6 +153,15 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 		return readErr
 	}
 
+	// A drain stops reading: the batches read so far are appended and
+	// acknowledged, then the session ends with unavailable.
+	go func() {
+		select {
+		case <-d.drainCh:
+			req.Stream.StopReading()
+		case <-ctx.Done():
+		}
+	}()
 	for {
 		held = 0
 		_, p, err := req.Stream.ReadFrameAdmit(admit)
@@ -160,6 +173,9 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 				release(held)
 			}
 			cancel()
+			if d.isDraining() {
+				err = errShuttingDown
+			}
 			return finish(wireErr(err))
 		}
 		var b quic.Batch

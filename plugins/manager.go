@@ -48,6 +48,13 @@ type Manager struct {
 	runCtx  context.Context // set while Run runs
 	closed  bool
 
+	// Drain: drainCh closes once; draining (under opMu) stops starts;
+	// runWG counts running runners (added under opMu, before draining).
+	drainOnce sync.Once
+	drainCh   chan struct{}
+	draining  bool
+	runWG     sync.WaitGroup
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -101,6 +108,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, logger: cfg.Logger, now: cfg.Now, db: db, engine: engine, st: cfg.Store,
 		commits: make(chan *commitReq, 256), commitQuit: make(chan struct{}), commitDone: make(chan struct{}),
+		drainCh:    make(chan struct{}),
 		plugins:    map[string]*plugin{},
 		slots:      make(chan struct{}, cfg.MaxConcurrentCalls),
 		quarantine: make(chan struct{}, 1),
@@ -204,10 +212,36 @@ func (m *Manager) Run(ctx context.Context) error {
 	return nil
 }
 
+// Drain is the plugins' part of a graceful shutdown: each runner finishes
+// the call it is in and commits it (outputs and checkpoint), then stops;
+// no batch is begun after. It returns when every runner has stopped or
+// ctx ends; Run's context ending stops the rest (watchers, waits). Calls
+// cut off at ctx's end are redone after the restart, as after a crash.
+func (m *Manager) Drain(ctx context.Context) error {
+	m.opMu.Lock()
+	m.draining = true
+	m.drainOnce.Do(func() { close(m.drainCh) })
+	m.opMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		m.runWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("plugins: runners still in a call: %w", context.Cause(ctx))
+	}
+}
+
 // start launches p's runners under the run context (caller holds opMu).
 // A plugin whose streams are not all there waits for them instead
 // (binding.go); inputs created again since the last start are rebound.
 func (m *Manager) start(p *plugin) {
+	if m.draining {
+		return // shutting down: nothing starts
+	}
 	m.mu.RLock()
 	parent := m.runCtx
 	m.mu.RUnlock()
@@ -252,8 +286,10 @@ func (m *Manager) start(p *plugin) {
 			r := newRunner(m, p, p.def, p.mod, s, shard)
 			p.runners = append(p.runners, r)
 			p.wg.Add(1)
+			m.runWG.Add(1)
 			go func() {
 				defer p.wg.Done()
+				defer m.runWG.Done()
 				r.run(ctx)
 			}()
 		}

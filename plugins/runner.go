@@ -196,7 +196,18 @@ func (r *runner) run(ctx context.Context) {
 		defer t.Stop()
 		tick = t.C
 	}
-	for ctx.Err() == nil {
+	// wait ends with ctx or a drain (Manager.Drain): it bounds the waits
+	// between calls, never a call or its commit.
+	wait, stopWait := context.WithCancel(ctx)
+	defer stopWait()
+	go func() {
+		select {
+		case <-r.m.drainCh:
+			stopWait()
+		case <-wait.Done():
+		}
+	}()
+	for wait.Err() == nil {
 		_, last, err := r.input.Bounds(r.shard)
 		if err != nil {
 			if !r.storeTrouble(ctx, "read input", err) {
@@ -217,12 +228,12 @@ func (r *runner) run(ctx context.Context) {
 				if !r.withSlot(ctx, func() bool { return r.fireTimer(ctx, r.now().UnixNano()) }) {
 					return
 				}
-			case <-ctx.Done():
+			case <-wait.Done():
 				return
 			}
 			continue
 		}
-		if last-r.cp.Next+1 < uint64(r.def.BatchRecords) && !r.linger(ctx) {
+		if last-r.cp.Next+1 < uint64(r.def.BatchRecords) && !r.linger(wait) {
 			return
 		}
 		var took time.Duration // in the slot, not waiting for it

@@ -136,8 +136,9 @@ type Server struct {
 
 	refusals *rateLog
 
-	closeOnce sync.Once
-	closeErr  error
+	stopAccepting atomic.Bool // StopAccepting was called
+	closeOnce     sync.Once
+	closeErr      error
 }
 
 // Listen binds cfg.Addr and returns a server ready for Handle and Run.
@@ -272,6 +273,10 @@ func (s *Server) Run(ctx context.Context) error {
 	for {
 		qc, err := s.ln.Accept(s.ctx)
 		if err != nil {
+			if s.stopAccepting.Load() {
+				// Established connections go on until Close.
+				<-s.ctx.Done()
+			}
 			s.Close()
 			s.wg.Wait()
 			if s.ctx.Err() != nil {
@@ -286,6 +291,14 @@ func (s *Server) Run(ctx context.Context) error {
 		s.wg.Add(1)
 		go s.serveConn(qc)
 	}
+}
+
+// StopAccepting refuses new connections (handshakes in progress are refused
+// too) while established ones are served on: the first step of a graceful
+// shutdown, which Close (or the end of Run's context) completes.
+func (s *Server) StopAccepting() {
+	s.stopAccepting.Store(true)
+	s.ln.Close()
 }
 
 // Close stops accepting, closes every connection with CodeUnavailable, and

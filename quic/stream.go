@@ -45,7 +45,12 @@ type Stream struct {
 	// rest of a frame whose first byte arrived, and a frame written to a
 	// peer whose flow control does not take it. 0: no bound.
 	frameTimeout time.Duration
-	rdeadline    time.Time // the caller's read deadline
+	rdeadline    time.Time // the caller's read deadline; written by the reader only
+
+	// dlMu serialises setting qs's read deadline between the reader and
+	// StopReading, so that a frame's deadline never undoes a stop.
+	dlMu    sync.Mutex
+	stopped bool // StopReading was called: every read fails at once
 
 	wmu     sync.Mutex // serialises frame writes; guards wbuf and wbroken
 	wbuf    []byte
@@ -171,10 +176,31 @@ func (s *Stream) startFrame() {
 	if !s.rdeadline.IsZero() && s.rdeadline.Before(d) {
 		d = s.rdeadline
 	}
-	s.qs.SetReadDeadline(d)
+	s.setReadDeadline(d)
 }
 
-func (s *Stream) endFrame() { s.qs.SetReadDeadline(s.rdeadline) }
+func (s *Stream) endFrame() { s.setReadDeadline(s.rdeadline) }
+
+// setReadDeadline sets qs's read deadline unless StopReading was called.
+func (s *Stream) setReadDeadline(t time.Time) error {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	if s.stopped {
+		return nil
+	}
+	return s.qs.SetReadDeadline(t)
+}
+
+// StopReading makes the read in progress and every later one fail with a
+// timeout (a frame cut short is not returned), while writes go on: a
+// graceful shutdown stops taking requests and still answers those it has.
+// Unlike the other methods it may be called from any goroutine.
+func (s *Stream) StopReading() {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	s.stopped = true
+	s.qs.SetReadDeadline(time.Unix(1, 0))
+}
 
 // frameErr names what a read inside a frame failed on.
 func (s *Stream) frameErr(t FrameType, part string, err error) error {
@@ -300,13 +326,16 @@ func (s *Stream) send(t FrameType, f Appender, tail []byte, timed bool) error {
 // SetDeadline bounds reads and writes; the zero time removes the bound.
 func (s *Stream) SetDeadline(t time.Time) error {
 	s.rdeadline = t
-	return s.qs.SetDeadline(t)
+	if err := s.setReadDeadline(t); err != nil {
+		return err
+	}
+	return s.qs.SetWriteDeadline(t)
 }
 
 // SetReadDeadline bounds reads. Call it from the reading goroutine.
 func (s *Stream) SetReadDeadline(t time.Time) error {
 	s.rdeadline = t
-	return s.qs.SetReadDeadline(t)
+	return s.setReadDeadline(t)
 }
 
 // CloseWrite ends the send side cleanly (FIN) after what was written.
