@@ -128,7 +128,7 @@ func DefaultConfig() Config {
 		name = "hub"
 	}
 	return Config{
-		Hub:    HubConfig{Name: name, DataDir: DefaultDataDir},
+		Hub:    HubConfig{Name: name, DataDir: DefaultDataDir, ShutdownTimeout: Duration(DefaultShutdownTimeout)},
 		Listen: ListenConfig{QUIC: DefaultQUICAddr, Admin: DefaultAdminAddr},
 		Store: StoreConfig{
 			Sync:           "always",
