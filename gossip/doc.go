@@ -32,6 +32,11 @@
 // Bulk data never rides on gossip: records are pulled over QUIC by the
 // hub's replication, which reads these entries to know who holds what.
 //
+// A deleted definition (a tombstone) is dropped TombstoneTTL after its
+// publication, and a member dead or left for PruneAfter is forgotten with
+// every entry it published; copies relayed afterwards are refused, so the
+// table does not grow with every hub and stream that ever was.
+//
 // # Caveats
 //
 // A hub's clock orders its own entries (a hybrid clock: never behind the

@@ -187,7 +187,7 @@ func advertisable(addr string) string {
 // handshake on a certificate it cannot verify, where without one it would
 // have accepted our peer_token.
 func peerTLS(gc GossipConfig, own tls.Certificate, g *gossip.Gossip, logger *slog.Logger) (*tls.Config, *peerVerifier, error) {
-	v := &peerVerifier{g: g, pinning: g.Encrypted(), insecure: gc.PeerInsecure, own: &own, now: time.Now}
+	v := &peerVerifier{memberPins: gossipPins(g), pinning: g.Encrypted(), insecure: gc.PeerInsecure, own: &own, now: time.Now}
 	c := &tls.Config{MinVersion: tls.VersionTLS13}
 	if gc.PeerCAFile != "" {
 		pem, err := os.ReadFile(gc.PeerCAFile)

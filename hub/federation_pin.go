@@ -61,12 +61,13 @@ func (e *pinMismatchError) Unwrap() error { return e.caErr }
 // system roots without one) and names the dialled host, or always with
 // peer_insecure_skip_verify.
 type peerVerifier struct {
-	g        *gossip.Gossip
-	pinning  bool           // gossip is encrypted: pins are authenticated
-	insecure bool           // peer_insecure_skip_verify
-	roots    *x509.CertPool // peer_ca_file; nil: the system roots
-	own      *tls.Certificate
-	now      func() time.Time
+	// memberPins returns the pins a member's gossip metadata carries.
+	memberPins func(peer string) [][32]byte
+	pinning    bool           // gossip is encrypted: pins are authenticated
+	insecure   bool           // peer_insecure_skip_verify
+	roots      *x509.CertPool // peer_ca_file; nil: the system roots
+	own        *tls.Certificate
+	now        func() time.Time
 }
 
 // pins returns the pins peer publishes, none without encrypted gossip.
@@ -74,11 +75,18 @@ func (v *peerVerifier) pins(peer string) [][32]byte {
 	if !v.pinning {
 		return nil
 	}
-	m, ok := v.g.Member(peer)
-	if !ok {
-		return nil
+	return v.memberPins(peer)
+}
+
+// gossipPins returns g's view of a member's pins.
+func gossipPins(g *gossip.Gossip) func(string) [][32]byte {
+	return func(peer string) [][32]byte {
+		m, ok := g.Member(peer)
+		if !ok {
+			return nil
+		}
+		return m.Meta.CertPins
 	}
-	return m.Meta.CertPins
 }
 
 // tlsFor returns base for dialling peer, with verification bound to the

@@ -3,6 +3,8 @@ package hub
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/edgehub/edgehub/gossip"
 	"github.com/edgehub/edgehub/internal/testutil"
+	"github.com/edgehub/edgehub/quic"
 )
 
 // writeGossipKey writes a fresh gossip key file.
@@ -282,4 +285,64 @@ func TestFederationPrunesGoneMembers(t *testing.T) {
 		_, ok := a.federation.gossip.Streams()["events"].Vectors["hub-b"]
 		return !ok
 	})
+}
+
+// TestPeerVerifier covers the verifier's rules one by one: a pin match
+// within the certificate's dates, the CA fallback, a mismatch, no pins
+// without encrypted gossip, and the insecure skip.
+func TestPeerVerifier(t *testing.T) {
+	load := func(certPEM, keyPEM []byte) *x509.Certificate {
+		c, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Leaf
+	}
+	selfSigned := func(valid time.Duration) *x509.Certificate {
+		c, k, err := quic.SelfSigned([]string{"127.0.0.1"}, valid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return load(c, k)
+	}
+	self, expired := selfSigned(time.Hour), selfSigned(-30*time.Minute)
+	ca := newTestCA(t)
+	certFile, keyFile := ca.issue(t, "hub-x")
+	cp, _ := os.ReadFile(certFile)
+	kp, _ := os.ReadFile(keyFile)
+	issued := load(cp, kp)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.cert)
+
+	pins := map[string][][32]byte{"hub-x": {certPin(self), certPin(expired)}}
+	tests := []struct {
+		name     string
+		pinning  bool
+		insecure bool
+		roots    *x509.CertPool
+		cert     *x509.Certificate
+		host     string
+		want     string // "" accepted; else a substring of the error
+	}{
+		{name: "pinned", pinning: true, cert: self, host: "example.invalid"},
+		{name: "pinned but expired", pinning: true, cert: expired, want: "expired"},
+		{name: "not pinned, CA-issued", pinning: true, roots: pool, cert: issued, host: "127.0.0.1"},
+		{name: "CA-issued, wrong host", pinning: true, roots: pool, cert: issued, host: "203.0.113.9", want: "not the"},
+		{name: "pin mismatch, no CA", pinning: true, cert: selfSigned(time.Hour), want: "not the"},
+		{name: "unencrypted gossip: pins ignored", pinning: false, cert: self, host: "127.0.0.1", want: "unknown authority"},
+		{name: "insecure", insecure: true, cert: selfSigned(time.Hour)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := &peerVerifier{memberPins: func(p string) [][32]byte { return pins[p] }, pinning: tt.pinning,
+				insecure: tt.insecure, roots: tt.roots, now: time.Now}
+			err := v.verify("hub-x", tt.host, []*x509.Certificate{tt.cert})
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("got %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
 }
