@@ -151,7 +151,25 @@ func TestShutdownUnderLoad(t *testing.T) {
 	}
 
 	c = startChild(t, conf)
-	checkAcks(t, acks, "http://"+c.admin, dialChild(t, c), "events")
+	admin := "http://" + c.admin
+	cl := dialChild(t, c)
+	checkAcks(t, acks, admin, cl, "events")
+
+	// Negative control on the real read path: a hub that lost the stream
+	// (deleted and created again, one new record) fails the check for
+	// every acknowledged record.
+	if status, body := call(t, http.MethodDelete, admin+"/v1/streams/events?force=true", ""); status != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", status, body)
+	}
+	if status, body := call(t, http.MethodPost, admin+"/v1/streams", `{"name":"events","shards":3}`); status != http.StatusCreated {
+		t.Fatalf("create: %d %s", status, body)
+	}
+	if status, body := post(t, admin+"/v1/streams/events/records?key=k1", "application/octet-stream", "new", nil); status != http.StatusOK {
+		t.Fatalf("ingest: %d %s", status, body)
+	}
+	if l := acks.lost(hubRecords(t, admin, cl, "events")); len(l) != acks.len() {
+		t.Fatalf("negative control: %d of %d acknowledged records reported lost from an emptied stream", len(l), acks.len())
+	}
 }
 
 // stuck is a component that ignores its context until released, and whose
