@@ -90,9 +90,12 @@ func Main(args []string) int {
 	switch name {
 	case "help", "-h", "-help", "--help":
 		if len(args) > 1 {
-			if c, ok := commands[args[1]]; ok {
-				return runCommand(c, []string{"--help"})
+			c, ok := commands[args[1]]
+			if !ok {
+				fmt.Fprintf(stderr, "hub help: unknown command %q%s\nRun 'hub help' for the list of commands.\n", args[1], didYouMean(args[1], slices.Collect(maps.Keys(commands))))
+				return exitUsage
 			}
+			return runCommand(c, []string{"--help"})
 		}
 		printHelp(stdout)
 		return exitOK

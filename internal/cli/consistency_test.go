@@ -24,6 +24,8 @@ func TestEndToEndConsistency(t *testing.T) {
 			"hub: unknown command \"strem\" (did you mean \"stream\"?)\nRun 'hub help' for the list of commands.\n"},
 		{"unknown command", []string{"frobnicate"}, 2,
 			"hub: unknown command \"frobnicate\"\nRun 'hub help' for the list of commands.\n"},
+		{"help for a mistyped command", []string{"help", "consme"}, 2,
+			"hub help: unknown command \"consme\" (did you mean \"consume\"?)\nRun 'hub help' for the list of commands.\n"},
 		{"mistyped subcommand", []string{"stream", "lsit"}, 2,
 			"hub stream: unknown command \"lsit\" (did you mean \"list\"?)\nRun 'hub stream --help' for more.\n"},
 		{"mistyped context subcommand", []string{"context", "ad", "x"}, 2,
