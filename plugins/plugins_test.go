@@ -502,7 +502,9 @@ func TestDeployRejects(t *testing.T) {
 		{name: "dead letter without stream", mod: func(d *Definition) { d.OnError = PolicyDeadLetter }, want: "needs a dead_letter"},
 		{name: "bad name", mod: func(d *Definition) { d.Name = "a/b" }, want: "invalid name"},
 		{name: "not wasm", wasm: []byte("nope"), want: "invalid module"},
-		{name: "init rejects config", mod: func(d *Definition) { d.Config = nil }, want: "needs output=STREAM"},
+		// The hub fills "output" from the declared outputs unless the config
+		// sets it: an explicit empty one is kept, and the module refuses it.
+		{name: "init rejects config", mod: func(d *Definition) { d.Config = map[string]string{"output": ""} }, want: "needs output=STREAM"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
