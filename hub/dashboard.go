@@ -168,10 +168,12 @@ type RateList struct {
 
 // StreamRate is one stream's write rate, one point per sampling interval,
 // oldest first: T[i] ends the interval (Unix milliseconds) whose rates are
-// Records[i] and Bytes[i]. Appends of every kind count (producers,
+// Records[i] and Bytes[i]; From starts the first (the interval ending at
+// T[i] starts at T[i-1]), so the rates integrate back to the counts. Appends of every kind count (producers,
 // plugins, replication); bytes are encoded bytes as in StreamInfo.Bytes.
 type StreamRate struct {
 	Name    string    `json:"name"`
+	From    int64     `json:"from,omitempty"`
 	T       []int64   `json:"t"`
 	Records []float64 `json:"records_per_sec"`
 	Bytes   []float64 `json:"bytes_per_sec"`
@@ -196,6 +198,9 @@ func (d *dashboard) rates(w http.ResponseWriter, r *http.Request) error {
 			secs := float64(b.at-a.at) / 1e9
 			if secs <= 0 {
 				continue
+			}
+			if len(sr.T) == 0 {
+				sr.From = a.at / 1e6
 			}
 			sr.T = append(sr.T, b.at/1e6)
 			sr.Records = append(sr.Records, float64(b.records-a.records)/secs)
