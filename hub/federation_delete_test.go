@@ -88,4 +88,15 @@ func TestFederationDeleteReplicatedStream(t *testing.T) {
 	produceAt(t, b, "events", 50, 16)
 	produceAt(t, c, "events", 20, 16)
 	converged(t, "events", 70, hubs...)
+	// hub-b applied the deletion before it created the stream again: it
+	// must publish the new definition only, not its old tombstone too
+	// (both take the same gossip key).
+	for _, h := range hubs {
+		if d, ok := h.federation.gossip.Streams()["events"].Defs["hub-b"]; !ok || d.Deleted {
+			t.Fatalf("%s sees hub-b's entry for the recreated stream as %+v (present %t)", h.cfg.Hub.Name, d, ok)
+		}
+	}
+	if v, _ := b.federation.gossip.Streams()["events"].Def(); v.Deleted {
+		t.Fatal("the recreated stream's winning definition is a deletion")
+	}
 }

@@ -201,6 +201,9 @@ type Replicator struct {
 	repair  repairState
 	started time.Time
 
+	// defMu serialises syncDefs and StreamDeleted; it is taken before mu.
+	defMu sync.Mutex
+
 	mu        sync.Mutex
 	tasks     map[taskKey]*task
 	limiters  map[string]*tokenbucket.Bucket
@@ -466,6 +469,8 @@ func withDef(c store.StreamConfig, version uint64) store.StreamConfig {
 // syncDefs publishes our replicated streams' definitions and adopts newer
 // ones from peers (last writer wins by version).
 func (r *Replicator) syncDefs(ctx context.Context, peers []Peer) {
+	r.defMu.Lock()
+	defer r.defMu.Unlock()
 	local := map[string]store.StreamConfig{}
 	tombs := r.tombstones(peers, time.Now())
 	for _, st := range r.cfg.Store.Streams() {
@@ -495,6 +500,7 @@ func (r *Replicator) syncDefs(ctx context.Context, peers []Peer) {
 			r.cfg.Publisher.PublishDef(c.Name, Def{Config: publishable(c), Version: v})
 		}
 	}
+	r.publishTombstones(local)
 	// The newest definition of every stream any peer publishes.
 	best := map[string]Def{}
 	for _, p := range peers {

@@ -34,6 +34,10 @@ func (r *Replicator) StreamDeleted(c store.StreamConfig) {
 	if policyOf(c).Local() {
 		return
 	}
+	// Not during a reconciliation that may have read the stream before
+	// this and would publish its definition over the tombstone.
+	r.defMu.Lock()
+	defer r.defMu.Unlock()
 	v, _ := defVersion(c)
 	d := Def{Config: publishable(c), Version: max(uint64(time.Now().UnixNano()), v+1)}
 	r.mu.Lock()
@@ -50,7 +54,7 @@ func (r *Replicator) StreamDeleted(c store.StreamConfig) {
 }
 
 // tombstones returns the newest deletion of each stream, ours and the
-// peers', and republishes ours (dropping those past their TTL).
+// peers' (dropping ours past their TTL).
 func (r *Replicator) tombstones(peers []Peer, now time.Time) map[string]Def {
 	out := map[string]Def{}
 	r.mu.Lock()
@@ -61,16 +65,7 @@ func (r *Replicator) tombstones(peers []Peer, now time.Time) map[string]Def {
 		}
 		out[name] = t.def
 	}
-	mine := make(map[string]Def, len(out))
-	for k, v := range out {
-		mine[k] = v
-	}
 	r.mu.Unlock()
-	if r.cfg.Publisher != nil {
-		for name, d := range mine {
-			r.cfg.Publisher.PublishDeleted(name, d) // a no-op when unchanged
-		}
-	}
 	for _, p := range peers {
 		for name, ps := range p.Streams {
 			if d := ps.Deleted; d != nil {
@@ -81,6 +76,28 @@ func (r *Replicator) tombstones(peers []Peer, now time.Time) map[string]Def {
 		}
 	}
 	return out
+}
+
+// publishTombstones republishes our tombstones of streams we do not hold
+// (a no-op when unchanged) and forgets those of streams created here again,
+// whose definition now takes the same gossip key.
+func (r *Replicator) publishTombstones(local map[string]store.StreamConfig) {
+	r.mu.Lock()
+	pub := map[string]Def{}
+	for name, t := range r.tombs {
+		if _, ok := local[name]; ok {
+			delete(r.tombs, name)
+			continue
+		}
+		pub[name] = t.def
+	}
+	r.mu.Unlock()
+	if r.cfg.Publisher == nil {
+		return
+	}
+	for name, d := range pub {
+		r.cfg.Publisher.PublishDeleted(name, d)
+	}
 }
 
 // applyTombstone deletes our copy of c if a tombstone newer than its
