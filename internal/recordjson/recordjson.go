@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 	"unicode/utf8"
 
@@ -111,7 +112,8 @@ func Decode(line []byte) (record.Record, error) {
 	if err := dec.Decode(&j); err != nil {
 		return record.Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if dec.More() {
+	// More would miss a stray ']' or '}' after the object.
+	if _, err := dec.Token(); err != io.EOF {
 		return record.Record{}, fmt.Errorf("%w: data after the object", ErrInvalid)
 	}
 	var r record.Record

@@ -33,6 +33,7 @@ func TestDecode(t *testing.T) {
 		{name: "time out of range", line: `{"value":"v","time":"3000-01-01T00:00:00Z"}`, err: "outside the years"},
 		{name: "header without key", line: `{"value":"v","headers":[{"value":"x"}]}`, err: "headers[0] has no key"},
 		{name: "trailing data", line: `{"value":"v"} {}`, err: "data after the object"},
+		{name: "trailing bracket", line: `{"value":"v"}]`, err: "data after the object"},
 		{name: "not an object", line: `"v"`, err: "cannot unmarshal"},
 		{name: "truncated", line: `{"value":"v"`, err: "unexpected EOF"},
 	}
@@ -83,6 +84,9 @@ func FuzzDecode(f *testing.F) {
 		r, err := Decode(line)
 		if err != nil {
 			return
+		}
+		if !json.Valid(line) {
+			t.Fatalf("%q decoded, but it is not one JSON value", line)
 		}
 		again, err := json.Marshal(Encode(r))
 		if err != nil {
