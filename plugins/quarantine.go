@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -58,7 +59,8 @@ func decodeQuarantine(b []byte) (quarantine, error) {
 	if err := dec.Decode(&q); err != nil {
 		return quarantine{}, fmt.Errorf("%w: quarantine record: %w", ErrCorrupt, err)
 	}
-	if dec.More() {
+	// More would miss a stray ']' or '}' after the object.
+	if _, err := dec.Token(); err != io.EOF {
 		return quarantine{}, fmt.Errorf("%w: quarantine record: trailing data", ErrCorrupt)
 	}
 	return q, nil

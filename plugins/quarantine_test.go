@@ -177,6 +177,9 @@ func FuzzDecodeQuarantine(f *testing.F) {
 			}
 			return
 		}
+		if !json.Valid(b) {
+			t.Fatalf("%q decoded, but it is not one JSON value", b)
+		}
 		// What decodes re-encodes to a record that decodes the same.
 		raw, err := json.Marshal(q)
 		if err != nil {
