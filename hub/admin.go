@@ -96,7 +96,8 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		return badRequest("request body: %w", err)
 	}
-	if dec.More() {
+	// More would miss a stray ']' or '}' after the object.
+	if _, err := dec.Token(); err != io.EOF {
 		return badRequest("request body: trailing data after the JSON object")
 	}
 	return nil

@@ -66,6 +66,7 @@ func TestAdminStreamsAPI(t *testing.T) {
 		{name: "create malformed", method: "POST", path: "/v1/streams", body: `{"name":`, status: 400, code: CodeInvalid},
 		{name: "create empty body", method: "POST", path: "/v1/streams", body: ``, status: 400, code: CodeInvalid},
 		{name: "create trailing data", method: "POST", path: "/v1/streams", body: `{"name":"x"} {}`, status: 400, code: CodeInvalid},
+		{name: "create trailing brace", method: "POST", path: "/v1/streams", body: `{"name":"y"}}`, status: 400, code: CodeInvalid},
 		{name: "create huge body", method: "POST", path: "/v1/streams", body: `{"name":"` + strings.Repeat("x", maxRequestBody) + `"}`, status: 413, code: CodeTooLarge},
 		{name: "list", method: "GET", path: "/v1/streams", status: 200, contains: `"name": "orders"`},
 		{name: "describe", method: "GET", path: "/v1/streams/orders", status: 200, contains: `"hash_end": "ffffffffffffffff"`},
