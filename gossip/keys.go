@@ -24,7 +24,7 @@ import (
 //  3. delete the old key's line.
 //
 // A hub notices the change within Config.KeyCheckInterval, or at once on
-// ReloadKeys (the hub calls it on SIGHUP).
+// ReloadKeys (hub serve calls it on SIGHUP).
 func LoadKeyFile(path string) (keys [][]byte, err error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {

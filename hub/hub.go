@@ -99,6 +99,17 @@ func (h *Hub) Config() Config { return h.cfg }
 // Store returns the hub's store.
 func (h *Hub) Store() *store.Store { return h.store }
 
+// ReloadKeys re-reads the gossip secret key file now instead of at the next
+// check (every 10 s; hub serve calls it on SIGHUP). It fails when
+// the hub is not federated or gossip is not encrypted, and a bad file
+// leaves the keys in use unchanged.
+func (h *Hub) ReloadKeys() error {
+	if h.federation == nil {
+		return errors.New("hub: reload keys: the hub is not federated")
+	}
+	return h.federation.gossip.ReloadKeys()
+}
+
 // AdminAddr returns the address the admin API listens on (useful with port 0).
 func (h *Hub) AdminAddr() net.Addr { return h.admin.ln.Addr() }
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/edgehub/edgehub/hub"
 )
@@ -72,11 +74,17 @@ func serve(ctx context.Context, args []string) error {
 	logger.Info("starting hub", "config", source, "name", cfg.Hub.Name, "data_dir", cfg.Hub.DataDir,
 		"declared_streams", len(cfg.Streams), "pid", os.Getpid())
 
+	// SIGHUP re-reads the gossip key file at once; unhandled it would end
+	// the process without a drain. Notify before New so none is missed.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	h, err := hub.New(cfg)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
+	go reloadOnHangup(ctx, logger, h, hup)
 	if len(cfg.Streams) > 0 {
 		names := make([]string, len(cfg.Streams))
 		for i, s := range cfg.Streams {
@@ -93,4 +101,21 @@ func serve(ctx context.Context, args []string) error {
 	}
 	logger.Info("hub stopped")
 	return nil
+}
+
+// reloadOnHangup re-reads the gossip keys on each SIGHUP until ctx ends;
+// every other setting is read at start only, and the log says so.
+func reloadOnHangup(ctx context.Context, logger *slog.Logger, h *hub.Hub, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := h.ReloadKeys(); err != nil {
+				logger.Warn("SIGHUP: gossip keys not reloaded; other settings are read at start only", "err", err)
+			} else {
+				logger.Info("SIGHUP: gossip keys reloaded; other settings are read at start only")
+			}
+		}
+	}
 }

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,7 +10,47 @@ import (
 	"testing"
 
 	"github.com/edgehub/edgehub/hub"
+	"github.com/edgehub/edgehub/internal/testutil"
 )
+
+// TestEndToEndHangup: SIGHUP does not end the hub (Go's default would, with
+// no drain): it re-reads the gossip key file, keeps a bad one out, and says
+// so; without gossip it says what it could not do. SIGTERM still stops it.
+func TestEndToEndHangup(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "gossip.keys")
+	key := func(b byte) string {
+		return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32))) + "\n"
+	}
+	writeFile(t, keys, key('a'))
+	cfg := filepath.Join(dir, "hub.toml")
+	writeFile(t, cfg, fmt.Sprintf("[gossip]\nbind = \"127.0.0.1:%d\"\nlabel = \"hup\"\nprofile = \"local\"\nsecret_key_file = %q\n", testutil.FreePort(t), keys))
+	s := startServer(t, filepath.Join(dir, "data"), "--config", cfg)
+	hangup := func(want string) {
+		t.Helper()
+		if err := s.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, "the log to say "+want, func() bool { return strings.Contains(s.logs(), want) })
+	}
+	writeFile(t, keys, key('b')+key('a'))
+	hangup("SIGHUP: gossip keys reloaded")
+	writeFile(t, keys, "not base64\n")
+	hangup("SIGHUP: gossip keys not reloaded")
+	if err := s.stop(t, syscall.SIGTERM); err != nil {
+		t.Errorf("serve after SIGHUP and SIGTERM: %v\n%s", err, s.logs())
+	}
+	if !strings.Contains(s.logs(), "hub stopped") {
+		t.Errorf("no clean stop after SIGHUP:\n%s", s.logs())
+	}
+
+	// Without gossip there is nothing to reload, and the hub says so.
+	s = startServer(t, t.TempDir())
+	hangup("the hub is not federated")
+	if err := s.stop(t, syscall.SIGTERM); err != nil {
+		t.Errorf("serve after SIGHUP and SIGTERM: %v\n%s", err, s.logs())
+	}
+}
 
 // TestEndToEndRename: a data directory keeps the name it was created under;
 // another name is refused with both names and the way out, and --rename
