@@ -314,6 +314,9 @@ type StreamInfo struct {
 	Records     int64          `json:"records"`
 	Bytes       int64          `json:"bytes"`
 	Shards      []ShardInfo    `json:"shards,omitempty"`
+	// DamagedChunks counts the damaged chunks of every shard not repaired
+	// yet (GET /v1/streams/{name} lists them in Shards[].Damaged).
+	DamagedChunks int `json:"damaged_chunks,omitempty"`
 	// Users lists what keeps a position in the stream ("plugin agg
 	// (input)", "group billing", "webhook audit"); GET /v1/streams/{name}
 	// only.
@@ -361,6 +364,9 @@ func streamInfo(st *store.Stream, withShards bool) StreamInfo {
 			Compact: c.Compact, TombstoneRetention: Duration(c.TombstoneRetention),
 			Replicate: Replicate(c.Meta[MetaReplicate]).orLocal(), Meta: meta,
 		},
+	}
+	for _, n := range st.DamagedChunks() {
+		info.DamagedChunks += n
 	}
 	for _, s := range st.Stats() {
 		info.Records += s.Records

@@ -56,6 +56,10 @@ func TestStreamDescribeShowsDamage(t *testing.T) {
 	if code, _, errOut := runHubIn(t, base, env, "consume", "s", "-n", "50"); code == 0 || !strings.Contains(errOut, "corrupt") {
 		t.Fatalf("consume of the damaged stream: exit %d, stderr %q", code, errOut)
 	}
+	if code, _, errOut := runHubIn(t, base, env, "stream", "list"); code != 0 ||
+		!strings.Contains(errOut, "warning: stream s has 1 damaged chunk not repaired, not served: hub stream describe s") {
+		t.Errorf("stream list: exit %d, no warning of the damage: %q", code, errOut)
+	}
 	code, out, errOut := runHubIn(t, base, env, "stream", "describe", "s")
 	if code != 0 {
 		t.Fatalf("describe: exit %d: %s", code, errOut)

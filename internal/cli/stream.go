@@ -172,7 +172,16 @@ func streamList(ctx context.Context, args []string) error {
 			orDash(s.Config.Retention.String(), s.Config.Retention == 0), orDash(s.Config.MaxBytes.String(), s.Config.MaxBytes == 0),
 			s.Config.Compact, s.Config.Replicate)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, s := range list.Streams {
+		if s.DamagedChunks > 0 {
+			fmt.Fprintf(stderr, "warning: stream %s has %d damaged chunk%s not repaired, not served: hub stream describe %s\n",
+				s.Name, s.DamagedChunks, plural(s.DamagedChunks), s.Name)
+		}
+	}
+	return nil
 }
 
 func streamDescribe(ctx context.Context, args []string) error {
