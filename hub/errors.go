@@ -66,7 +66,7 @@ var errorCodes = []errorCode{
 	{groups.ErrDeleted, "groups.ErrDeleted", quic.CodeUnavailable, http.StatusInternalServerError, CodeInternal},
 	{groups.ErrNotFound, "groups.ErrNotFound", quic.CodeInternal, http.StatusNotFound, CodeNotFound},
 	{groups.ErrActive, "groups.ErrActive", quic.CodeInternal, http.StatusConflict, CodeConflict},
-	{groups.ErrCorrupt, "groups.ErrCorrupt", quic.CodeInternal, http.StatusInternalServerError, CodeInternal},
+	{groups.ErrCorrupt, "groups.ErrCorrupt", quic.CodeInternal, http.StatusInternalServerError, CodeCorrupt},
 
 	// The plugin manager's and the sandbox's (the admin API's plugin
 	// routes: a module the host refuses is the request's fault).
