@@ -120,6 +120,24 @@ func (n *fedNet) setCut(a, b string, cut bool) {
 	}
 }
 
+// setPullsCut cuts or heals pulls between hubs a and b and leaves their
+// gossip up: the puller then knows from gossiped vectors that it is behind.
+func (n *fedNet) setPullsCut(a, b string, cut bool) {
+	n.mu.Lock()
+	var open []replicate.PullStream
+	if cut {
+		n.cut[link(a, b)] = true
+		open = n.pulls[link(a, b)]
+		delete(n.pulls, link(a, b))
+	} else {
+		delete(n.cut, link(a, b))
+	}
+	n.mu.Unlock()
+	for _, p := range open {
+		p.Close()
+	}
+}
+
 type cuttable struct {
 	replicate.Transport
 	net  *fedNet
