@@ -376,7 +376,8 @@ type PullStatus struct {
 	// has more) or "retrying" (after an error).
 	State     string `json:"state"`
 	Watermark uint64 `json:"watermark"`
-	// High is the highest origin sequence the peer reported holding.
+	// High is the highest origin sequence the peer reported holding, or
+	// a live peer's gossiped vector shows (so lag shows while pulls fail).
 	High       uint64  `json:"high"`
 	LagRecords uint64  `json:"lag_records"`
 	LagSeconds float64 `json:"lag_seconds"`

@@ -345,6 +345,7 @@ func (r *Replicator) reconcile(ctx context.Context) {
 	r.syncDefs(ctx, peers)
 	streams := r.cfg.Store.Streams()
 	want := map[taskKey]bool{}
+	seen := map[taskKey]uint64{} // the most of an origin shard a live peer's vector holds
 	for _, st := range streams {
 		cfg := st.Config()
 		pol := policyOf(cfg)
@@ -378,13 +379,16 @@ func (r *Replicator) reconcile(ctx context.Context) {
 			if !ok || !p.Alive {
 				continue
 			}
-			// Follow every peer's own shards, so new records arrive as
-			// they commit; pull other origins a peer holds more of (in
-			// the incarnation we hold: a peer still holding an older one
-			// of an origin is no source of it).
+			// Follow every peer's own shards and the origins it writes
+			// (its plugins'), so new records arrive as they commit; pull
+			// other origins a peer holds more of (in the incarnation we
+			// hold: a peer still holding an older one of an origin is no
+			// source of it).
 			for k, seq := range ps.Vector {
-				if k.Hub != r.cfg.Self && (k.Hub == p.Name || seq > ours[k]) && sameIncarnation(ps, k.Hub, incs[k.Hub]) {
-					want[taskKey{st.Name(), k}] = true
+				if k.Hub != r.cfg.Self && (OwnerOf(k.Hub) == p.Name || seq > ours[k]) && sameIncarnation(ps, k.Hub, incs[k.Hub]) {
+					tk := taskKey{st.Name(), k}
+					want[tk] = true
+					seen[tk] = max(seen[tk], seq)
 				}
 			}
 			if ps.Def != nil {
@@ -408,6 +412,7 @@ func (r *Replicator) reconcile(ctx context.Context) {
 			t.cancel()
 			delete(r.tasks, k)
 		} else {
+			t.sawHigh(seen[k])
 			t.poke()
 		}
 	}
@@ -421,6 +426,7 @@ func (r *Replicator) reconcile(ctx context.Context) {
 		tctx, cancel := context.WithCancel(ctx)
 		t := &task{key: k, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{}),
 			status: TaskStatus{Stream: k.stream, Origin: k.origin.Hub, Shard: k.origin.Shard, State: "starting"}}
+		t.sawHigh(seen[k])
 		r.tasks[k] = t
 		r.wg.Add(1)
 		go func() {
@@ -601,7 +607,8 @@ type TaskStatus struct {
 	// has more) or "retrying" (after an error).
 	State     string `json:"state"`
 	Watermark uint64 `json:"watermark"`
-	// High is the highest origin sequence the peer reported holding.
+	// High is the highest origin sequence the peer reported holding, or
+	// a live peer's gossiped vector shows (so lag shows while pulls fail).
 	High       uint64  `json:"high"`
 	LagRecords uint64  `json:"lag_records"`
 	LagSeconds float64 `json:"lag_seconds"`
@@ -675,6 +682,15 @@ func (r *Replicator) Lag() []Lag {
 	return out
 }
 
+// OwnerOf returns the hub that writes origin's records: origin itself, or,
+// for an origin a hub derives from its own name (a plugin's outputs,
+// "HUB/plugin/NAME/INPUT[/timer]"; hub names never contain '/'), that hub.
+// Pulls follow an origin's records from its owner, as they commit.
+func OwnerOf(origin string) string {
+	hub, _, _ := strings.Cut(origin, "/")
+	return hub
+}
+
 // task pulls one origin shard of one stream. One goroutine per task is what
 // keeps an origin's records applied in order and once.
 type task struct {
@@ -711,6 +727,14 @@ func (t *task) snapshot() TaskStatus {
 		s.LagRecords, s.LagSeconds = 0, 0
 	}
 	return s
+}
+
+// sawHigh raises the task's high to what a live peer's gossiped vector
+// holds of its origin, so lag shows while pulls fail or have not started.
+func (t *task) sawHigh(seq uint64) {
+	t.mu.Lock()
+	t.status.High = max(t.status.High, seq)
+	t.mu.Unlock()
 }
 
 func (t *task) set(f func(s *TaskStatus)) {
@@ -845,7 +869,10 @@ func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 		}
 		seq := ps.Vector[k]
 		isOrigin := p.Name == k.Hub
-		if !isOrigin && seq <= ours {
+		// The hub that writes the origin (itself, or the hub of a plugin
+		// origin) serves what it has and follows the rest.
+		isOwner := p.Name == OwnerOf(k.Hub)
+		if !isOwner && seq <= ours {
 			continue
 		}
 		if !sameIncarnation(ps, k.Hub, st.OriginIncarnation(k.Hub)) {
@@ -863,7 +890,7 @@ func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 			}
 			continue
 		}
-		if isOrigin {
+		if isOwner {
 			return source{Peer: p}, true, ""
 		}
 		if !found || seq > bestSeq || (seq == bestSeq && p.Name < best.Name) {
@@ -983,9 +1010,9 @@ func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed 
 		return false, err
 	}
 	defer ps.Close()
-	if src.Name != k.Hub {
-		// Pulling from a relay: switch back to the origin when it is
-		// reachable again (reconciliation pokes the task).
+	if owner := OwnerOf(k.Hub); src.Name != owner {
+		// Pulling from a relay: switch back to the origin's hub when it
+		// is reachable again (reconciliation pokes the task).
 		watched := make(chan struct{})
 		defer func() { <-watched }()
 		go func() {
@@ -993,7 +1020,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed 
 			for {
 				select {
 				case <-t.wake:
-					if p, ok, _ := r.chooseSource(t); ok && p.Name != src.Name && p.Name == k.Hub {
+					if p, ok, _ := r.chooseSource(t); ok && p.Name != src.Name && p.Name == owner {
 						cancel(errReconsider)
 						return
 					}
