@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgehub/edgehub/gossip"
 	"github.com/edgehub/edgehub/internal/replicate"
+	"github.com/edgehub/edgehub/plugins"
 	"github.com/edgehub/edgehub/quic"
 	"github.com/edgehub/edgehub/store"
 )
@@ -117,6 +118,7 @@ func (h *Hub) addFederation() error {
 	rc.Logger = h.logger
 	rc.Registerer = h.metrics
 	rc.Authorize = h.authorizePull
+	rc.OriginSeqShift = plugins.OriginSeqShift // lag of plugin origins in input records, not 2^16 per input
 	if gc.RateLimit != nil {
 		rc.RateLimit = float64(*gc.RateLimit)
 	}

@@ -23,8 +23,9 @@ func pullOf(p Peers, stream, origin string, shard uint32) (PullStatus, bool) {
 // another hub, is pulled from the plugin's hub under the plugin's origin by
 // one lasting task, and /v1/peers there reports that pull: what it pulled,
 // a lag while the receiver is behind (pulls cut, gossip up) and none once
-// caught up. Before, that task existed only while gossip showed the
-// receiver behind, so the pull came and went and its count restarted.
+// caught up, counted in input records. Before, that task existed only
+// while gossip showed the receiver behind, so the pull came and went and
+// its count restarted, and its lag was 2^16 per input record.
 func TestFederationPluginOriginPulls(t *testing.T) {
 	wasm, err := os.ReadFile(watPassThroughModule)
 	if err != nil {
@@ -64,13 +65,15 @@ func TestFederationPluginOriginPulls(t *testing.T) {
 	n.setPullsCut("edge-a", "region-b", true)
 	produceAt(t, a, "in", 7, 10)
 	testutil.Eventually(t, "edge-a's plugin wrote 12 outputs", func() bool { return held(a) == 12 })
+	// Lag counts input records (the origin numbers outputs input<<16 |
+	// index), not 2^16 per input.
 	behind := pulled("the pull shows lag while cut", func(p PullStatus) bool { return p.LagRecords > 0 })
-	if behind.Records != 5 || held(b) != 5 {
-		t.Fatalf("cut pull %+v, region-b holds %d: want 5 pulled and held", behind, held(b))
+	if behind.Records != 5 || held(b) != 5 || behind.LagRecords != 7 {
+		t.Fatalf("cut pull %+v, region-b holds %d: want 5 pulled and held, 7 behind", behind, held(b))
 	}
 	lagged := false
 	for _, l := range getPeers(t, b).Lag {
-		lagged = lagged || (l.Stream == "out" && l.Origin == origin && l.Records > 0)
+		lagged = lagged || (l.Stream == "out" && l.Origin == origin && l.Peer == "edge-a" && l.Records == 7)
 	}
 	if !lagged {
 		t.Fatalf("no lag of %s in %+v", origin, getPeers(t, b).Lag)

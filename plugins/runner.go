@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,37 @@ func OriginHub(hub, plugin, input string) string {
 		}
 	}
 	return h
+}
+
+// OriginSeqShift returns how many low bits of origin's sequence numbers
+// are an output index (16 for a plugin's outputs, 32 for its timer
+// outputs, 0 for an origin that is no plugin's): shifted right by it, a
+// sequence numbers the input record (or timer firing) the output came
+// from, so differences count those instead of 2^16 per input.
+func OriginSeqShift(origin string) uint {
+	_, rest, ok := strings.Cut(origin, "/plugin/")
+	if !ok || strings.Contains(origin[:len(origin)-len(rest)-len("/plugin/")], "/") {
+		return 0
+	}
+	// NAME/INPUT/timer, or HASH/timer when OriginHub shortened the name
+	// (names never contain '/').
+	parts := strings.Split(rest, "/")
+	switch {
+	case len(parts) == 3 && parts[2] == "timer", len(parts) == 2 && parts[1] == "timer" && isHash(parts[0]):
+		return 32
+	case len(parts) == 2, len(parts) == 1 && isHash(parts[0]):
+		return 16
+	}
+	return 0
+}
+
+// isHash reports whether s is OriginHub's shortened name.
+func isHash(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
 }
 
 type callKind int

@@ -139,6 +139,11 @@ type Config struct {
 	// deletion (its own or one it applied); gossip drops tombstones after
 	// it too. 0 is forever.
 	TombstoneTTL time.Duration
+	// OriginSeqShift, if set, says how many low bits of an origin's
+	// sequence numbers number something else than its records (a plugin
+	// origin's output index): lag in records counts sequences shifted
+	// right by it. Nil counts sequences.
+	OriginSeqShift func(origin string) uint
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, receives the replication metrics.
@@ -426,6 +431,9 @@ func (r *Replicator) reconcile(ctx context.Context) {
 		tctx, cancel := context.WithCancel(ctx)
 		t := &task{key: k, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{}),
 			status: TaskStatus{Stream: k.stream, Origin: k.origin.Hub, Shard: k.origin.Shard, State: "starting"}}
+		if r.cfg.OriginSeqShift != nil {
+			t.shift = min(r.cfg.OriginSeqShift(k.origin.Hub), 63)
+		}
 		t.sawHigh(seen[k])
 		r.tasks[k] = t
 		r.wg.Add(1)
@@ -695,6 +703,7 @@ func OwnerOf(origin string) string {
 // keeps an origin's records applied in order and once.
 type task struct {
 	key    taskKey
+	shift  uint // Config.OriginSeqShift of the origin
 	cancel context.CancelFunc
 	wake   chan struct{}
 	done   chan struct{} // closed when runTask returns
@@ -721,7 +730,9 @@ func (t *task) snapshot() TaskStatus {
 	defer t.mu.Unlock()
 	s := t.status
 	if s.High > s.Watermark {
-		s.LagRecords = s.High - s.Watermark
+		// At least 1: shifted, the last sequences may number the same
+		// input record.
+		s.LagRecords = max(s.High>>t.shift-s.Watermark>>t.shift, 1)
 		s.LagSeconds = t.lastAge.Seconds()
 	} else {
 		s.LagRecords, s.LagSeconds = 0, 0
