@@ -426,7 +426,8 @@ type PeerInfo struct {
 	Region string   `json:"region,omitempty"`
 	Tags   []string `json:"tags,omitempty"`
 	// Behind maps stream → origin hub → records this member holds that we
-	// do not (from gossiped vectors; 0 entries omitted).
+	// do not (from gossiped vectors; 0 entries omitted; input records for
+	// a plugin origin).
 	Behind map[string]map[string]uint64 `json:"behind,omitempty"`
 	// TLSError is the last TLS failure pulling from this member (its
 	// certificate not trusted here, or ours refused there) with a hint,
@@ -489,7 +490,10 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 					if info.Behind[name] == nil {
 						info.Behind[name] = map[string]uint64{}
 					}
-					info.Behind[name][k.Hub] += seq - have[k]
+					// A plugin origin numbers its outputs input<<16 | index:
+					// count input records, as the pulls' lag does.
+					shift := plugins.OriginSeqShift(k.Hub)
+					info.Behind[name][k.Hub] += max(seq>>shift-have[k]>>shift, 1)
 				}
 			}
 		}

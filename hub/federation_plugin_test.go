@@ -78,6 +78,14 @@ func TestFederationPluginOriginPulls(t *testing.T) {
 	if !lagged {
 		t.Fatalf("no lag of %s in %+v", origin, getPeers(t, b).Lag)
 	}
+	testutil.Eventually(t, "edge-a shown 7 input records ahead of region-b", func() bool {
+		for _, m := range getPeers(t, b).Members {
+			if m.Name == "edge-a" {
+				return m.Behind["out"][origin] == 7
+			}
+		}
+		return false
+	})
 
 	n.setPullsCut("edge-a", "region-b", false)
 	testutil.Eventually(t, "region-b holds all 12 outputs", func() bool { return held(b) == 12 })
