@@ -121,11 +121,18 @@ func didYouMean(s string, known []string) string {
 }
 
 func runCommand(c command, args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigc)
 	go func() {
-		<-ctx.Done()
-		stop() // a second signal terminates the process
+		select {
+		case sig := <-sigc:
+			signal.Stop(sigc) // a second signal terminates the process
+			cancel(&interrupted{sig.(syscall.Signal)})
+		case <-ctx.Done():
+		}
 	}()
 	synopsis = ""
 	err := c.run(ctx, args)
@@ -143,12 +150,36 @@ func runCommand(c command, args []string) int {
 		}
 		fmt.Fprintf(stderr, "Run 'hub %s --help' for more.\n", name)
 		return exitUsage
-	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-		fmt.Fprintf(stderr, "hub %s: interrupted\n", name)
-		return 130
+	case ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.As(err, new(*interrupted))):
+		// A command cut short by a signal exits as shells report a command
+		// killed by it: 128+signal (130 SIGINT, 143 SIGTERM).
+		in, ok := errors.AsType[*interrupted](context.Cause(ctx))
+		if !ok {
+			fmt.Fprintf(stderr, "hub %s: interrupted\n", name)
+			return 130
+		}
+		if errors.Is(err, in) {
+			fmt.Fprintf(stderr, "hub %s: %v\n", name, err)
+		} else {
+			fmt.Fprintf(stderr, "hub %s: %v\n", name, in)
+		}
+		code := 128 + int(in.sig)
+		return code
 	}
 	fmt.Fprintf(stderr, "hub %s: %v\n", name, err)
 	return exitError
+}
+
+// interrupted is the cause of a command's context cancelled by a signal.
+type interrupted struct{ sig syscall.Signal }
+
+func (e *interrupted) Error() string { return "interrupted by " + e.name() }
+
+func (e *interrupted) name() string {
+	if e.sig == syscall.SIGTERM {
+		return "SIGTERM"
+	}
+	return "SIGINT"
 }
 
 func printHelp(w io.Writer) {

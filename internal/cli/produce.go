@@ -207,11 +207,33 @@ func produce(ctx context.Context, args []string) error {
 	}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, min(64<<10, lineMax)), lineMax)
+	// Lines are read in a goroutine so that an interrupt stops the command
+	// while stdin is idle (a blocked Read cannot be cancelled); what was read
+	// before is still sent and acknowledged.
+	lines := make(chan []byte)
+	go func() {
+		defer close(lines)
+		for sc.Scan() {
+			select {
+			case lines <- bytes.Clone(sc.Bytes()):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	var readErr error
 	lineNo := 0
-	for sc.Scan() {
+	for {
+		var line []byte
+		var more bool
+		select {
+		case line, more = <-lines:
+		case <-ctx.Done():
+		}
+		if !more {
+			break
+		}
 		lineNo++
-		line := sc.Bytes()
 		var rec sdk.Record
 		if *format == "json" {
 			if rec, err = recordjson.Decode(line); err != nil {
@@ -262,6 +284,11 @@ func produce(ctx context.Context, args []string) error {
 			readErr = fmt.Errorf("%s line %d: %w", inName, lineNo, err)
 			break
 		}
+	}
+	switch {
+	case readErr != nil:
+	case ctx.Err() != nil:
+		readErr = fmt.Errorf("%s after line %d: %w", inName, lineNo, context.Cause(ctx))
 	}
 	switch err := sc.Err(); {
 	case readErr != nil:
