@@ -103,8 +103,13 @@ func (h *headerFlags) Set(v string) error {
 }
 
 const produceNote = `
-Input: one record a line. Without --key or --key-sep a line is a value with
-no key; with --key-sep a line without the separator is an error unless
+Input: one record a line, sent as it is read: not all or nothing. When a
+line fails (no separator, bad JSON, too long, too large a record) the
+command stops there and the lines before it are stored; the error names the
+line, N, so that tail -n +N resumes from it. SIGINT or SIGTERM stops it
+too, after the lines read are acknowledged (exit 130 or 143).
+
+Without --key or --key-sep a line is a value with no key; with --key-sep a line without the separator is an error unless
 --allow-keyless sends it as a value with no key. An empty value is sent as
 an empty value; with --null as a tombstone (no value), which compaction
 treats as a delete.
@@ -198,15 +203,17 @@ func produce(ctx context.Context, args []string) error {
 	if limit == 0 {
 		limit = hub.DefaultMaxRecordBytes // a hub that does not announce it
 	}
+	// lineMax counts a line's bytes but its LF (a CR before it counts).
+	defaultMax := limit + len(*keySep) + 1
+	if *format == "json" {
+		defaultMax = 6*limit + 64<<10
+	}
 	lineMax := *maxLine
 	if lineMax <= 0 {
-		lineMax = limit + len(*keySep) + 2
-		if *format == "json" {
-			lineMax = 6*limit + 64<<10
-		}
+		lineMax = defaultMax
 	}
 	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 0, min(64<<10, lineMax)), lineMax)
+	sc.Buffer(make([]byte, 0, min(64<<10, lineMax+1)), lineMax+1)
 	// Lines are read in a goroutine so that an interrupt stops the command
 	// while stdin is idle (a blocked Read cannot be cancelled); what was read
 	// before is still sent and acknowledged.
@@ -222,7 +229,7 @@ func produce(ctx context.Context, args []string) error {
 		}
 	}()
 	var readErr error
-	lineNo := 0
+	lineNo, failLine := 0, 0 // failLine: the line readErr is about
 	for {
 		var line []byte
 		var more bool
@@ -237,7 +244,7 @@ func produce(ctx context.Context, args []string) error {
 		var rec sdk.Record
 		if *format == "json" {
 			if rec, err = recordjson.Decode(line); err != nil {
-				readErr = fmt.Errorf("%s line %d: %w", inName, lineNo, err)
+				readErr, failLine = fmt.Errorf("%s line %d: %w", inName, lineNo, err), lineNo
 				break
 			}
 			if rec.Time == 0 {
@@ -254,6 +261,7 @@ func produce(ctx context.Context, args []string) error {
 				k, v, ok := bytes.Cut(line, []byte(*keySep))
 				if !ok && !*keyless {
 					readErr = fmt.Errorf("%s line %d: no key separator %q in it (--allow-keyless sends such lines without a key)", inName, lineNo, *keySep)
+					failLine = lineNo
 				}
 				if ok {
 					rec.Key, rec.Value = bytes.Clone(k), bytes.Clone(v)
@@ -281,7 +289,7 @@ func produce(ctx context.Context, args []string) error {
 			err = p.SendAsync(ctx, rec, cb)
 		}
 		if err != nil {
-			readErr = fmt.Errorf("%s line %d: %w", inName, lineNo, err)
+			readErr, failLine = fmt.Errorf("%s line %d: %w", inName, lineNo, err), lineNo
 			break
 		}
 	}
@@ -293,7 +301,14 @@ func produce(ctx context.Context, args []string) error {
 	switch err := sc.Err(); {
 	case readErr != nil:
 	case errors.Is(err, bufio.ErrTooLong):
-		readErr = fmt.Errorf("%s line %d: longer than %d bytes: raise --max-line (records are limited to the hub's max_record_bytes %d)", inName, lineNo+1, lineMax, limit)
+		readErr = fmt.Errorf("%s line %d: longer than %d bytes", inName, lineNo+1, lineMax)
+		if lineMax < defaultMax {
+			// Only a lowered --max-line can be raised to any avail.
+			readErr = fmt.Errorf("%w, the --max-line: raise it (up to %d, what the hub's max_record_bytes %d allows)", readErr, defaultMax, limit)
+		} else {
+			readErr = fmt.Errorf("%w: no record made of it fits the hub's max_record_bytes %d", readErr, limit)
+		}
+		failLine = lineNo + 1
 	case err != nil:
 		readErr = fmt.Errorf("read %s: %w", inName, err)
 	}
@@ -305,6 +320,16 @@ func produce(ctx context.Context, args []string) error {
 	fmt.Fprintf(stderr, "acked %d record%s\n", n, plural(int(n)))
 	if n := failed.Load(); n > 0 {
 		return fmt.Errorf("%d record%s failed: %w", n, plural(int(n)), *firstErr.Load())
+	}
+	if readErr != nil && failLine > 0 && closeErr == nil {
+		// Not all or nothing: say what stands, so that a retry can resume.
+		switch failLine {
+		case 1:
+			return fmt.Errorf("%w (nothing was sent)", readErr)
+		case 2:
+			return fmt.Errorf("%w (line 1 is stored; resume with tail -n +2)", readErr)
+		}
+		return fmt.Errorf("%w (lines 1 to %d are stored; resume with tail -n +%d)", readErr, failLine-1, failLine)
 	}
 	if readErr != nil {
 		return readErr

@@ -37,7 +37,10 @@ func TestEndToEndProduceRecordLimit(t *testing.T) {
 		{"header pushes it over", strings.Repeat("f", limit-3) + "\n", []string{"--header", "h=v"}, 1, "acked 0 records",
 			"max_record_bytes 1048576"},
 		{"far too long a line", "ok\n" + strings.Repeat("g", 3*limit) + "\n", nil, 1, "acked 1 record\n",
-			"stdin line 2: longer than 1048578 bytes: raise --max-line (records are limited to the hub's max_record_bytes 1048576)"},
+			"stdin line 2: longer than 1048577 bytes: no record made of it fits the hub's max_record_bytes 1048576 (line 1 is stored; resume with tail -n +2)"},
+		// A CR is allowed for, so the longest line is one byte more than a record.
+		{"two bytes over", strings.Repeat("h", limit+2) + "\n", nil, 1, "acked 0 records",
+			"stdin line 1: longer than 1048577 bytes: no record made of it fits the hub's max_record_bytes 1048576 (nothing was sent)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
