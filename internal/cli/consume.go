@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"path"
@@ -81,9 +82,12 @@ the admin API's stream list resolves when consume starts (--admin flags);
 Positions (--from, --last) apply to each shard. -n counts records in all.
 Without --merge, records print as they arrive: in sequence order within a
 shard, shards and streams interleaved. --merge prints the stored records of
-all shards and streams in time order (the %T below; ties by stream and shard
-in the order given, then sequence); with --follow, records committed after
-consume has caught up print as they arrive.
+all shards and streams merged by time (the %T below): each shard's records
+keep their sequence order and the shards are interleaved by the time of
+their next record (ties by stream and shard in the order given), so the
+output is in time order when each shard's times do not go backwards (times
+given by producers, --timestamp, may); with --follow, records committed
+after consume has caught up print as they arrive.
 
 Format verbs (--format, as in kcat; no newline is added: end with \n):
   %s, %v  value (nothing for a tombstone)   %S  value length (-1: tombstone)
@@ -104,13 +108,13 @@ func consume(ctx context.Context, args []string) error {
 	df := addDataFlags(fs)
 	admin := addAdminFlags(fs, "admin-")
 	from := fs.String("from", "", "start `POSITION` in each shard: earliest (default), latest, a sequence number, an RFC 3339 time, or -DURATION before now (-1h, -15m)")
-	last := fs.Uint64("last", 0, "start `N` sequences before the end of each shard (per shard: 4 shards print up to 4×N records)")
+	last := fs.Uint64("last", 0, "start `N` sequences before the end of each shard (per shard: 4 shards print up to 4×N records; 0: none, with --follow only new ones)")
 	var shards shardFlags
 	fs.Var(&shards, "shard", "read only shard `N` (repeatable; default all)")
 	count := fs.Int64("n", 0, "stop after `COUNT` records in all (0: no limit)")
 	follow := fs.Bool("follow", false, "keep waiting for new records (default: stop at the end)")
 	fs.BoolVar(follow, "f", false, "short for --follow")
-	merge := fs.Bool("merge", false, "print the records of all shards and streams in time order, not as they arrive")
+	merge := fs.Bool("merge", false, "merge the records of all shards and streams by time (each shard in sequence order), not as they arrive")
 	format := fs.String("format", "value", "output `FORMAT`: value (one value a line), json (one object a line) or a string of %-verbs (below)")
 	group := fs.String("group", "", "consume as a member of consumer `GROUP` (shards shared with its members, offsets committed; see docs/groups.md)")
 	member := fs.String("member", "", "member `ID` in --group (default: unique per process)")
@@ -121,10 +125,19 @@ func consume(ctx context.Context, args []string) error {
 	if len(pos) == 0 {
 		return usagef("missing stream NAME (or a pattern such as 'sensor*')")
 	}
-	if *from != "" && *last > 0 {
+	lastSet := false
+	fs.Visit(func(f *flag.Flag) { lastSet = lastSet || f.Name == "last" })
+	if *from != "" && lastSet {
 		return usagef("--from and --last exclude each other")
 	}
-	start, err := parseFrom(*from, time.Now())
+	if *count < 0 {
+		return usagef("invalid -n %d: want a number of records (0: no limit)", *count)
+	}
+	fromArg := *from
+	if lastSet && *last == 0 {
+		fromArg = "latest" // the last 0 records: none, as tail -n 0 prints
+	}
+	start, err := parseFrom(fromArg, time.Now())
 	if err != nil {
 		return err
 	}
@@ -136,7 +149,7 @@ func consume(ctx context.Context, args []string) error {
 		switch {
 		case len(shards) > 0:
 			return usagef("--shard and --group exclude each other: the group assigns the shards")
-		case *merge, *last > 0:
+		case *merge, lastSet:
 			return usagef("--merge and --last do not apply to --group: the group's committed offsets say where each shard starts")
 		case len(pos) > 1 || isPattern(pos[0]):
 			return usagef("--group reads one stream, not %s", strings.Join(pos, " "))

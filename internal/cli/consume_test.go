@@ -43,7 +43,7 @@ func TestEndToEndConsumeFormats(t *testing.T) {
 	base := t.TempDir()
 	s := startServer(t, filepath.Join(base, "hub-data"))
 	env := []string{"HUB_ADDR=" + s.quicAddr(t), "HUB_ADMIN=" + s.admin}
-	for _, args := range [][]string{{"a", "--shards", "2"}, {"b"}, {"other"}} {
+	for _, args := range [][]string{{"a", "--shards", "2"}, {"b"}, {"other"}, {"back", "--shards", "2"}} {
 		if code, _, errOut := runHubIn(t, base, env, append([]string{"stream", "create"}, args...)...); code != 0 {
 			t.Fatalf("stream create %v: %s", args, errOut)
 		}
@@ -63,6 +63,10 @@ func TestEndToEndConsumeFormats(t *testing.T) {
 		sdk.Record{Value: []byte("b0-3"), Time: tourTime(3)},
 		sdk.Record{Value: []byte{}, Time: tourTime(6)}) // an empty value
 
+	// Producers' times may go backwards within a shard.
+	produceTo(t, c, "back", 0, sdk.Record{Value: []byte("3"), Time: tourTime(3)}, sdk.Record{Value: []byte("1"), Time: tourTime(1)})
+	produceTo(t, c, "back", 1, sdk.Record{Value: []byte("2"), Time: tourTime(2)})
+
 	merged := "a/0/1 a0-1\na/1/1 a1-2\nb/0/1 b0-3\na/0/2 a0-4\na/1/2 \nb/0/2 \n"
 	tests := []struct {
 		name string
@@ -72,6 +76,9 @@ func TestEndToEndConsumeFormats(t *testing.T) {
 		msg  string // in stderr
 	}{
 		{name: "merge by time across shards and streams", args: []string{"a", "b", "--merge", "--format", `%t/%p/%o %s\n`}, out: merged},
+		// As documented: each shard in sequence order, shards interleaved by
+		// the time of their next record.
+		{name: "merge keeps a shard's order when its times go backwards", args: []string{"back", "--merge", "--format", `%p/%o %s\n`}, out: "1/1 2\n0/1 3\n0/2 1\n"},
 		{name: "a pattern", args: []string{"?", "--merge", "--format", `%t/%p/%o %s\n`}, out: merged},
 		{name: "a pattern and a name, repeats dropped", args: []string{"a", "[ab]", "--merge", "--format", `%t/%p/%o %s\n`}, out: merged},
 		{name: "count over merged streams", args: []string{"a", "b", "--merge", "-n", "2"}, out: "a0-1\na1-2\n"},
@@ -80,6 +87,9 @@ func TestEndToEndConsumeFormats(t *testing.T) {
 		{name: "a tombstone and no key", args: []string{"a", "b", "--merge", "--last", "1", "--format", `%k|%K|%S|%s\n`},
 			out: "|-1|4|a0-4\ny|1|-1|\n|-1|0|\n"},
 		{name: "last per shard", args: []string{"a", "--last", "1", "--merge", "--format", `%p %o\n`}, out: "0 2\n1 2\n"},
+		{name: "last 0 prints none", args: []string{"a", "--last", "0"}, out: ""},
+		{name: "last 0 merged prints none", args: []string{"a", "--last", "0", "--merge"}, out: ""},
+		{name: "negative count", args: []string{"a", "-n", "-1"}, code: 2, msg: "hub consume: invalid -n -1: want a number of records (0: no limit)"},
 		{name: "last more than a shard holds", args: []string{"b", "--last", "5"}, out: "b0-3\n\n"},
 		{name: "relative from", args: []string{"a", "--from", "-1h", "--merge"}, out: "a0-1\na1-2\na0-4\n\n"},
 		{name: "from latest", args: []string{"a", "--from", "latest"}, out: ""},

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -80,7 +79,7 @@ func TestEndToEndProduceInterrupt(t *testing.T) {
 	cmd := exec.Command(hubBin(t), "consume", "sigterm", "--follow")
 	cmd.Dir = base
 	cmd.Env = append(os.Environ(), env...)
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -99,22 +98,4 @@ func TestEndToEndProduceInterrupt(t *testing.T) {
 		<-done
 		t.Fatalf("consume --follow did not stop after SIGTERM")
 	}
-}
-
-// syncBuffer is a bytes.Buffer a child process writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
