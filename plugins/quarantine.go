@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -208,7 +209,7 @@ func (r *runner) watchFor(ctx context.Context, lease time.Duration) (cctx contex
 			verb = "cancelled, to be made again in the quarantine slot"
 		}
 		r.stats.overruns.Add(1)
-		r.stats.quarantine(fmt.Sprintf("a call ran longer than the %s slot lease (%s)", lease, verb), time.Now())
+		r.stats.quarantine(fmt.Sprintf("%s the %s slot lease (%s)", overrunReason, lease, verb), time.Now())
 	})
 	return cctx, func() bool {
 		t.Stop()
@@ -270,12 +271,24 @@ func (r *runner) persistStanding() {
 		return
 	}
 	r.persisted = in
-	if in {
-		r.logf(LevelWarn, "quarantined: %s", q.Reason)
-	} else {
-		r.logf(LevelInfo, "left quarantine after %d good calls", suspectCalls)
+	switch {
+	case in && strings.HasPrefix(q.Reason, overrunReason):
+		// An overrun is a slow call, not a broken plugin: say so, since a
+		// loaded machine makes healthy plugins overrun too.
+		r.logf(LevelWarn, "call overran its slot lease; running in the quarantine slot until %d calls in a row succeed (not an error: a loaded machine does this too): %s", suspectCalls, q.Reason)
+	case in:
+		r.logf(LevelWarn, "quarantined: %s; running in the quarantine slot until %d calls in a row succeed", q.Reason, suspectCalls)
+	default:
+		// Info, not the Debug of guest Info lines: it ends a Warn.
+		msg := fmt.Sprintf("left quarantine after %d good calls", suspectCalls)
+		r.p.logs.add(LevelInfo, r.input.Name(), r.shard, msg)
+		r.logger.Info("plugin: " + msg)
 	}
 }
+
+// overrunReason starts the quarantine reason of a call that overran the
+// slot lease.
+const overrunReason = "a call ran longer than"
 
 // restoreStanding puts a runner that was quarantined when the hub stopped
 // back into quarantine.

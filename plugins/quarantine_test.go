@@ -216,3 +216,40 @@ func TestDamagedQuarantineRecord(t *testing.T) {
 		t.Fatalf("err = %v, want a CorruptError naming plugins.db and the runner", err)
 	}
 }
+
+// TestOverrunLogWording: a call that overruns the slot lease is logged as
+// what it is (a slow call, not a broken plugin, running in the quarantine
+// slot for the next calls), and leaving quarantine is logged too.
+func TestOverrunLogWording(t *testing.T) {
+	e := newEnv(t)
+	in := e.stream("in", 1)
+	e.deploy(Definition{Name: "loop", Inputs: []string{"in"}, Outputs: []string{"out"}, Start: StartEarliest,
+		CallTimeout: 2 * time.Second, OnError: PolicyDeadLetter, DeadLetter: "dlq"}, readTestdata(t, watHostile))
+	logged := func(want string) bool {
+		lines, err := e.m.Logs("loop", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range lines {
+			if strings.Contains(l.Message, want) {
+				return true
+			}
+		}
+		return false
+	}
+	e.produce(in, rec("k", "L"))
+	testutil.Eventually(t, "the overrun logged", func() bool {
+		return logged("call overran its slot lease; running in the quarantine slot until 16 calls in a row succeed (not an error")
+	})
+	if logged("quarantined:") {
+		t.Fatal("an overrun was logged as a plain quarantine")
+	}
+	for i := 1; i <= suspectCalls+1; i++ {
+		e.produce(in, rec("k", "ok"))
+		testutil.Eventually(t, "record processed", func() bool { i2, _ := e.m.Describe("loop"); return i2.RecordsIn >= uint64(1+i) })
+	}
+	testutil.Eventually(t, "leaving quarantine logged", func() bool { return logged("left quarantine after 16 good calls") })
+	if info, _ := e.m.Describe("loop"); info.Status != StatusRunning {
+		t.Fatalf("status %q after %d good calls", info.Status, suspectCalls+1)
+	}
+}
