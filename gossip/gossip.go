@@ -154,6 +154,20 @@ func (g *Gossip) numMembers() int {
 	return g.ml.NumMembers()
 }
 
+// Joining returns the configured join addresses while no other member is
+// alive, that is while Run is still retrying them every RejoinInterval
+// (after a start before the others, or a partition); nil once joined, or
+// without a join list.
+func (g *Gossip) Joining() []string {
+	if len(g.cfg.Join) == 0 || g.numMembers() > 1 {
+		return nil
+	}
+	return slices.Clone(g.cfg.Join)
+}
+
+// RejoinInterval returns how often Run retries the join list.
+func (g *Gossip) RejoinInterval() time.Duration { return g.cfg.RejoinInterval }
+
 // Name returns the local member's name.
 func (g *Gossip) Name() string { return g.cfg.Name }
 

@@ -354,6 +354,10 @@ type Peers struct {
 	// never hold: deleted by retention before it pulled them, or held by
 	// no live peer any more while their origin was unreachable.
 	Gaps []GapStatus `json:"gaps"`
+	// Joining lists the join addresses while this hub has not joined any
+	// member yet; gossip retries them every JoinRetrySeconds.
+	Joining          []string `json:"joining,omitempty"`
+	JoinRetrySeconds float64  `json:"join_retry_seconds,omitempty"`
 }
 
 // ReplicationLag is replication lag for one origin hub of one stream,
@@ -452,6 +456,9 @@ func (h *Hub) listPeers(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	out.Federated = true
+	if j := f.gossip.Joining(); len(j) > 0 {
+		out.Joining, out.JoinRetrySeconds = j, f.gossip.RejoinInterval().Seconds()
+	}
 	ours := map[string]map[store.OriginKey]uint64{}
 	incs := map[string]map[string]string{} // stream → origin hub → incarnation we follow
 	for _, st := range h.store.Streams() {

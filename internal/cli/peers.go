@@ -57,9 +57,15 @@ func printPeers(stdout io.Writer, p hub.Peers, pulls bool) error {
 		return err
 	}
 	fmt.Fprintln(stdout)
-	if len(p.Lag) == 0 {
+	switch {
+	case len(p.Lag) == 0 && len(p.Joining) > 0:
+		// A hub started before the hubs it joins: say so, rather than
+		// "no replication", until it has joined.
+		fmt.Fprintf(stdout, "not joined yet: retrying join to %s every %s (streams declared at other hubs appear once joined)\n",
+			strings.Join(p.Joining, ", "), time.Duration(p.JoinRetrySeconds*float64(time.Second)))
+	case len(p.Lag) == 0:
 		fmt.Fprintln(stdout, "no replication (no stream with replicate = \"all\" or tags shared with a peer)")
-	} else {
+	default:
 		tw = newTable(stdout)
 		fmt.Fprintln(tw, "STREAM\tORIGIN\tFROM PEER\tLAG RECORDS\tLAG SECONDS\tGAPS")
 		for _, l := range p.Lag {

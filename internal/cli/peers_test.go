@@ -151,3 +151,25 @@ func TestPrintPeersGaps(t *testing.T) {
 		})
 	}
 }
+
+// TestPeersNotJoinedYet: a hub started before the hub it joins says, in
+// `hub peers`, that it is still retrying the join, not only that nothing
+// replicates.
+func TestPeersNotJoinedYet(t *testing.T) {
+	dir := t.TempDir()
+	nobody := testutil.FreePort(t) // no hub gossips there
+	file := filepath.Join(dir, "hub.toml")
+	writeFile(t, file, fmt.Sprintf(`[gossip]
+bind = "127.0.0.1:%d"
+label = "e2e-early"
+profile = "local"
+peer_insecure_skip_verify = true
+join = ["127.0.0.1:%d"]
+`, testutil.FreePort(t), nobody))
+	s := startServer(t, filepath.Join(dir, "data"), "--config", file, "--name", "early")
+	code, out, errOut := runHubStdin(t, t.TempDir(), "", nil, "peers", "--admin", s.admin)
+	want := fmt.Sprintf("not joined yet: retrying join to 127.0.0.1:%d every 10s", nobody)
+	if code != 0 || !strings.Contains(out, want) || strings.Contains(out, "no replication") {
+		t.Fatalf("hub peers: code %d, want %q\n%s\n%s", code, want, out, errOut)
+	}
+}
