@@ -43,11 +43,16 @@ type region struct {
 	mu       sync.Mutex
 	latest   map[string]aggregate // by sensor
 	consumed int64                // aggregates the group has read
-	alerts   []alert              // every alert read, in order
+	alerts   []alert              // every alert of this run read, in order
 	nAlerts  int64
+	// since is when this run started: windows and alerts from before
+	// (a demo run again on the same --data) are not shown.
+	since time.Time
 }
 
-func newRegion() *region { return &region{latest: map[string]aggregate{}} }
+func newRegion(since time.Time) *region {
+	return &region{latest: map[string]aggregate{}, since: since}
+}
 
 // member runs one member of the group until ctx ends, then commits and
 // leaves.
@@ -81,7 +86,7 @@ func (r *region) member(ctx context.Context, addr, caFile, id string) error {
 		a.origin = originHub(m.Record.Origin.Hub)
 		r.mu.Lock()
 		r.consumed++
-		if a.WindowEnd.After(r.latest[a.Key].WindowEnd) {
+		if a.WindowEnd.After(r.since) && a.WindowEnd.After(r.latest[a.Key].WindowEnd) {
 			r.latest[a.Key] = a
 		}
 		r.mu.Unlock()
@@ -111,6 +116,9 @@ func (r *region) watchAlerts(ctx context.Context, addr, caFile string) error {
 		var a alert
 		if json.Unmarshal(m.Record.Value, &a) != nil {
 			continue
+		}
+		if a.Time.Before(r.since) {
+			continue // an earlier run's
 		}
 		a.origin = originHub(m.Record.Origin.Hub)
 		r.mu.Lock()

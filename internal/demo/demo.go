@@ -195,13 +195,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 	t0 := time.Now()
+	sum := &summary{w: out, client: client, hubs: hubs, t0: t0, prev: map[string]int64{}}
+	sum.baseline(work)
 	sensors := newFleet(edges, cfg.Sensors, cfg.Rate, dir)
 	var wg sync.WaitGroup
 	defer wg.Wait() // before the hubs stop (deferred earlier, runs later)
 	defer stop()
 	sensorsDone := sensors.run(work, t0, report)
 	wg.Go(sensorsDone.Wait)
-	reg := newRegion()
+	reg := newRegion(t0)
 	wg.Go(func() {
 		// The region creates the streams from the edges' gossiped
 		// definitions: wait for them before joining.
@@ -236,7 +238,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		inner.Wait()
 	})
 
-	sum := &summary{w: out, client: client, hubs: hubs, t0: t0, prev: map[string]int64{}, fleet: sensors, region: reg}
+	sum.fleet, sum.region = sensors, reg
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	for {

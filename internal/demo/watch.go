@@ -80,10 +80,25 @@ type summary struct {
 	t0     time.Time
 	prev   map[string]int64 // readings per edge at prevT
 	prevT  time.Time
+	// base is the readings per edge when this run started: a demo run
+	// again on the same --data finds the last run's records.
+	base   map[string]int64
 	fleet  fleet
 	region *region
 	// shownAlerts counts region.alerts printed already.
 	shownAlerts int
+}
+
+// baseline samples the edges' readings before the sensors send, so the
+// first rate counts only this run's records.
+func (s *summary) baseline(ctx context.Context) {
+	s.base = map[string]int64{}
+	for _, e := range s.hubs[1:] {
+		if c, err := records(ctx, s.client, e); err == nil {
+			s.base[e.name], s.prev[e.name] = c["readings"], c["readings"]
+		}
+	}
+	s.prevT = time.Now()
 }
 
 func (s *summary) print(ctx context.Context, now time.Time) {
@@ -115,7 +130,11 @@ func (s *summary) print(ctx context.Context, now time.Time) {
 			prevT = s.t0
 		}
 		rate := float64(n-prevN) / now.Sub(prevT).Seconds()
-		rd = append(rd, fmt.Sprintf("%s %.0f/s (%d)", e.name, rate, n))
+		if b := s.base[e.name]; b > 0 {
+			rd = append(rd, fmt.Sprintf("%s %.0f/s (%d, %d from earlier runs)", e.name, rate, n, b))
+		} else {
+			rd = append(rd, fmt.Sprintf("%s %.0f/s (%d)", e.name, rate, n))
+		}
 		s.prev[e.name] = n
 	}
 	s.prevT = now
