@@ -532,6 +532,12 @@ func (g *GroupConsumer) sendCommit(ctx context.Context, offs []quic.GroupOffset)
 	}
 	if err := st.Send(quic.FrameGroupCommit, &quic.GroupCommit{ID: id, Offsets: offs}); err != nil {
 		forget()
+		if errors.Is(err, quic.ErrClosed) {
+			// The session's stream broke before the run loop noticed (a
+			// heartbeat's write failed, the hub ended the session): nothing
+			// of this commit was sent, as when no session is up.
+			return quic.GroupCommitAck{}, fmt.Errorf("%w: %w", errNoSession, err)
+		}
 		return quic.GroupCommitAck{}, err
 	}
 	select {
