@@ -172,7 +172,7 @@ func (b *benchFlags) total() int64 {
 }
 
 func benchProduce(ctx context.Context, args []string) error {
-	fs := newFlags("bench produce", "bench produce [--stream S] [--size BYTES] [--count N | --duration D] [--producers N] [--rate N] [--batch N] [--linger D] [--datagram] [--self]")
+	fs := newFlags("bench produce", "bench produce [--stream S] [--size BYTES] [--count N | --duration D] [--producers N] [--rate N] [--batch N] [--linger D] [--inflight N] [--datagram] [--shards N] [--self [--data DIR]] [--cpuprofile FILE]")
 	b := addBenchFlags(fs)
 	producers := fs.Int("producers", 4, "concurrent producers, each on its own connection")
 	rate := fs.Float64("rate", 0, "offered load in records/s over all producers (0: as fast as acknowledged)")
@@ -360,7 +360,7 @@ func countOrDuration(n int64, d time.Duration) string {
 }
 
 func benchConsume(ctx context.Context, args []string) error {
-	fs := newFlags("bench consume", "bench consume [--stream S] [--size BYTES] [--count N | --duration D] [--consumers N] [--credit BYTES] [--self]")
+	fs := newFlags("bench consume", "bench consume [--stream S] [--size BYTES] [--count N | --duration D] [--consumers N] [--credit BYTES] [--shards N] [--self [--data DIR]] [--cpuprofile FILE]")
 	b := addBenchFlags(fs)
 	consumers := fs.Int("consumers", 1, "concurrent subscriptions, each on its own connection, each reading the whole stream")
 	credit := fs.Int("credit", 4<<20, "bytes each subscription lets the hub send ahead")

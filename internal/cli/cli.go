@@ -273,7 +273,12 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				// Help asked for is the output, on stdout as hub help's;
+				// the usage funcs write to stderr, which errors use.
+				saved := stderr
+				stderr = stdout
 				usage()
+				stderr = saved
 				return nil, err
 			}
 			return nil, flagError(fs, err)
@@ -306,8 +311,12 @@ func wantArgs(pos []string, n int, names string) error {
 // errors are reported as those of "hub GROUP SUB".
 func subcommand(group string, ctx context.Context, args []string, subs map[string]func(context.Context, []string) error, summaries [][2]string) error {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintf(stderr, "Usage: hub %s COMMAND\n\nCommands:\n", group)
-		tw := tabwriter.NewWriter(stderr, 0, 4, 2, ' ', 0)
+		w := stdout // help asked for
+		if len(args) == 0 {
+			w = stderr // a usage error
+		}
+		fmt.Fprintf(w, "Usage: hub %s COMMAND\n\nCommands:\n", group)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, s := range summaries {
 			fmt.Fprintf(tw, "  %s\t%s\n", s[0], s[1])
 		}

@@ -96,7 +96,7 @@ func TestMainExitCodes(t *testing.T) {
 		{name: "stream create bad size", args: []string{"stream", "create", "a", "--max-bytes", "lots"}, code: exitUsage, stderr: `--max-bytes: invalid size "lots"`},
 		{name: "stream create bad policy", args: []string{"stream", "create", "a", "--replicate", "some"}, code: exitUsage, stderr: "--replicate: invalid replication policy"},
 		{name: "stream update nothing", args: []string{"stream", "update", "a"}, code: exitUsage, stderr: "nothing to change"},
-		{name: "stream create help", args: []string{"stream", "create", "--help"}, code: exitOK, stderr: "--retention DURATION"},
+		{name: "stream create help", args: []string{"stream", "create", "--help"}, code: exitOK, stdout: "--retention DURATION"},
 		{name: "bad admin URL", args: []string{"stream", "list", "--admin", "ftp://x"}, code: exitUsage, stderr: "invalid admin URL"},
 		{name: "serve bad log level", args: []string{"serve", "--log-level", "loud"}, code: exitUsage, stderr: "invalid --log-level"},
 	}

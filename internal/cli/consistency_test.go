@@ -32,11 +32,11 @@ func TestEndToEndConsistency(t *testing.T) {
 			"hub context: unknown command \"ad\" (did you mean \"add\"?)\nRun 'hub context --help' for more.\n"},
 		{"mistyped flag", []string{"stream", "create", "x", "--shard", "2"}, 2,
 			"hub stream create: unknown flag --shard (did you mean \"--shards\"?)\n" +
-				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--replicate POLICY] [--json]\n" +
+				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--json]\n" +
 				"Run 'hub stream create --help' for more.\n"},
 		{"zero shards", []string{"stream", "create", "x", "--shards", "0"}, 2,
 			"hub stream create: invalid --shards 0: a stream has 1 to 1024 shards\n" +
-				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--replicate POLICY] [--json]\n" +
+				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--json]\n" +
 				"Run 'hub stream create --help' for more.\n"},
 		{"bad value", []string{"consume", "s", "-n", "many"}, 2,
 			"hub consume: invalid value \"many\" for -n: parse error\n" +
@@ -44,7 +44,7 @@ func TestEndToEndConsistency(t *testing.T) {
 				"Run 'hub consume --help' for more.\n"},
 		{"missing value", []string{"group", "reset", "g", "--stream"}, 2,
 			"hub group reset: flag --stream needs a value\n" +
-				"Usage: hub group reset NAME --stream STREAM --to earliest|latest|SEQ|RFC3339 [--shard N]... [--yes]\n" +
+				"Usage: hub group reset NAME --stream STREAM --to earliest|latest|SEQ|RFC3339 [--shard N]... [--yes] [--json]\n" +
 				"Run 'hub group reset --help' for more.\n"},
 		{"failure names the subcommand", []string{"stream", "describe", "x"}, 1,
 			"hub stream describe: cannot reach the hub admin API at http://127.0.0.1:1 (is `hub serve` running? set --admin or HUB_ADMIN): Get \"http://127.0.0.1:1/v1/streams/x\": dial tcp 127.0.0.1:1: connect: connection refused\n"},
@@ -66,7 +66,7 @@ func commandLines(t *testing.T) [][]string {
 	t.Helper()
 	var cmds [][]string
 	for name := range commands {
-		code, _, errOut := capture(t, name, "--help")
+		code, errOut, _ := capture(t, name, "--help") // help asked for is on stdout
 		if code != 0 {
 			t.Fatalf("hub %s --help: exit %d\n%s", name, code, errOut)
 		}
@@ -96,7 +96,7 @@ func TestHelpSpellsFlagsAsTheReadme(t *testing.T) {
 	jsonHelp := ""
 	for _, c := range cmds {
 		t.Run(strings.Join(c, " "), func(t *testing.T) {
-			code, _, help := capture(t, append(c, "--help")...)
+			code, help, _ := capture(t, append(c, "--help")...)
 			if code != 0 || !strings.HasPrefix(help, "Usage: hub ") {
 				t.Fatalf("exit %d:\n%s", code, help)
 			}
@@ -120,5 +120,36 @@ func TestHelpSpellsFlagsAsTheReadme(t *testing.T) {
 	}
 	if jsonHelp == "" {
 		t.Error("no command has --json")
+	}
+}
+
+// TestSynopsisListsFlags: every command's synopsis names each of its own
+// flags (serve lacked --quic-listen and --admin-listen, stream update
+// --tombstone-retention); the connection flags every data-plane or admin
+// command shares are left to the Flags list, and so are the flags after a
+// synopsis' "[LIMIT FLAGS]" (plugin deploy's tuning).
+func TestSynopsisListsFlags(t *testing.T) {
+	shared := map[string]bool{}
+	for _, f := range []string{"addr", "ca", "insecure", "token", "cert", "key-file", "context", "admin", "admin-token", "admin-ca", "admin-insecure",
+		"admin-admin", "admin-admin-token", "admin-admin-ca", "admin-admin-insecure", "f", "h", "help"} {
+		shared[f] = true
+	}
+	flagRE := regexp.MustCompile(`(?m)^  (--?[^\s=]+)`)
+	for _, c := range commandLines(t) {
+		code, help, _ := capture(t, append(c, "--help")...)
+		if code != 0 {
+			t.Fatalf("hub %v --help: exit %d", c, code)
+		}
+		usage, rest, _ := strings.Cut(help, "\n")
+		_, flags, _ := strings.Cut(rest, "Flags:\n")
+		flags, _, _ = strings.Cut(flags, "\n\n")
+		for _, m := range flagRE.FindAllStringSubmatch(flags, -1) {
+			if shared[strings.TrimLeft(m[1], "-")] || strings.Contains(usage, "[LIMIT FLAGS]") {
+				continue
+			}
+			if !regexp.MustCompile(regexp.QuoteMeta(m[1]) + `\b`).MatchString(usage) {
+				t.Errorf("hub %s: %s is not in the synopsis %q", strings.Join(c, " "), m[1], usage)
+			}
+		}
 	}
 }

@@ -178,7 +178,7 @@ func TestEndToEndStreams(t *testing.T) {
 		{name: "create bad name", env: viaEnv, args: []string{"stream", "create", "no good"}, code: 1, stderr: "invalid name"},
 		{name: "create too many shards", env: viaEnv, args: []string{"stream", "create", "big", "--shards", "2000"}, code: 1, stderr: "outside 1..1024"},
 		{name: "list", env: viaEnv, args: []string{"stream", "list"},
-			stdout: []string{"NAME", "SHARDS", "RECORDS", "BYTES", "RETENTION", "MAX BYTES", "COMPACT", "REPLICATE", "\nevents", "tag:eu", "\norders", "168h", "10GiB", "local"}},
+			stdout: []string{"NAME", "SHARDS", "RECORDS", "BYTES", "RETENTION", "MAX BYTES", "COMPACT", "REPLICATE", "\nevents", "forever", "tag:eu", "\norders", "168h", "10GiB", "local"}},
 		{name: "describe", env: viaEnv, args: []string{"stream", "describe", "orders"},
 			stdout: []string{"Name:", "orders", "Shards:", "4", "Retention:", "168h", "SHARD", "HASH START", "HASH END", "FIRST SEQ", "LAST SEQ",
 				"0000000000000000", "3fffffffffffffff", "c000000000000000", "ffffffffffffffff"}},

@@ -127,7 +127,7 @@ func ints(v []int) string {
 }
 
 func groupReset(ctx context.Context, args []string) error {
-	fs := newFlags("group reset", "group reset NAME --stream STREAM --to earliest|latest|SEQ|RFC3339 [--shard N]... [--yes]")
+	fs := newFlags("group reset", "group reset NAME --stream STREAM --to earliest|latest|SEQ|RFC3339 [--shard N]... [--yes] [--json]")
 	admin := addAdminFlags(fs, "")
 	stream := fs.String("stream", "", "`STREAM` the group consumes (required)")
 	to := fs.String("to", "", "new `POSITION` of each shard: earliest, latest, a sequence number or an RFC 3339 time (required)")

@@ -79,7 +79,7 @@ func loadManifest(path string) (hub.PluginConfig, error) {
 }
 
 func pluginDeploy(ctx context.Context, args []string) error {
-	fs := newFlags("plugin deploy", "plugin deploy FILE.wasm --name NAME --input STREAM [--output STREAM]... [--config KEY=VALUE]... [--from earliest|latest] [--manifest FILE.toml]")
+	fs := newFlags("plugin deploy", "plugin deploy FILE.wasm --name NAME --input STREAM [--output STREAM]... [--config KEY=VALUE]... [--from earliest|latest] [--manifest FILE.toml] [--json] [LIMIT FLAGS]")
 	admin := addAdminFlags(fs, "")
 	name := fs.String("name", "", "plugin `NAME`")
 	var inputs, outputs, configs multiFlag
@@ -366,7 +366,7 @@ func pluginDescribe(ctx context.Context, args []string) error {
 }
 
 func pluginLogs(ctx context.Context, args []string) error {
-	fs := newFlags("plugin logs", "plugin logs NAME [-n N] [--follow]")
+	fs := newFlags("plugin logs", "plugin logs NAME [-n N] [--follow] [--json]")
 	n := fs.Int("n", 100, "print the last `N` lines (0 = all the hub keeps)")
 	follow := fs.Bool("follow", false, "keep printing new lines")
 	asJSON := fs.Bool("json", false, "print JSON lines")
@@ -461,7 +461,7 @@ func pluginDelete(ctx context.Context, args []string) error {
 }
 
 func pluginBench(ctx context.Context, args []string) error {
-	fs := newFlags("plugin bench", "plugin bench FILE.wasm... [--config KEY=VALUE]... [--records N] [--batch N] [--value-size BYTES] [--json] [--ingest [--plugins N]]")
+	fs := newFlags("plugin bench", "plugin bench FILE.wasm... [--config KEY=VALUE]... [--records N] [--batch N] [--value-size BYTES] [--json] [--ingest [--plugins N] [--producers N] [--rounds N]]")
 	var configs multiFlag
 	fs.Var(&configs, "config", "`KEY=VALUE` passed to every plugin's init (repeatable)")
 	records := fs.Int("records", 1_000_000, "input `N` records")

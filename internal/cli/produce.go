@@ -81,8 +81,12 @@ func (f *dataFlags) dial(ctx context.Context) (*sdk.Client, error) {
 	}
 	c, err := sdk.Dial(ctx, addr, opts)
 	if err != nil {
-		if strings.Contains(err.Error(), "certificate") && opts.CAFile == "" {
+		switch {
+		case !strings.Contains(err.Error(), "certificate"):
+		case opts.CAFile == "":
 			return nil, fmt.Errorf("%w (a hub with a self-signed certificate: pass --ca DATA_DIR/%s, or --insecure)", err, hub.SelfSignedCertFile)
+		default:
+			return nil, fmt.Errorf("%w (the CA file %s does not vouch for this hub: pass --ca with its DATA_DIR/%s or the CA that signed its certificate, or --insecure)", err, opts.CAFile, hub.SelfSignedCertFile)
 		}
 		return nil, err
 	}
@@ -122,7 +126,7 @@ shard, seq, ingest_time and origin are the hub's to assign and are ignored
 `
 
 func produce(ctx context.Context, args []string) error {
-	fs := newFlags("produce", "produce STREAM [--file FILE] [--format line|json] [--key KEY | --key-sep SEP [--allow-keyless]] [--null] [--header K=V]... [--timestamp TIME] [--shard N]")
+	fs := newFlags("produce", "produce STREAM [--file FILE] [--format line|json] [--key KEY | --key-sep SEP [--allow-keyless]] [--null] [--header K=V]... [--timestamp TIME] [--shard N] [--max-line BYTES]")
 	usage := fs.Usage
 	fs.Usage = func() { usage(); io.WriteString(stderr, produceNote) }
 	df := addDataFlags(fs)

@@ -18,7 +18,7 @@ func init() {
 }
 
 func serve(ctx context.Context, args []string) error {
-	fs := newFlags("serve", "serve [--config FILE] [--data DIR] [--name NAME] [--rename] [--log-level LEVEL]")
+	fs := newFlags("serve", "serve [--config FILE] [--data DIR] [--quic-listen ADDR] [--admin-listen ADDR] [--name NAME] [--rename] [--log-level LEVEL]")
 	configFile := fs.String("config", "", "hub.toml `FILE` (default: built-in defaults, see hub.toml in the repository)")
 	dataDir := fs.String("data", "", "data `DIR`, overriding [hub] data_dir (default ./hub-data)")
 	quicAddr := fs.String("quic-listen", "", "QUIC `ADDR`ess, overriding [listen] quic (default "+hub.DefaultQUICAddr+")")

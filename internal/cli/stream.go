@@ -84,7 +84,7 @@ func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
 }
 
 func streamCreate(ctx context.Context, args []string) error {
-	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--replicate POLICY] [--json]")
+	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--json]")
 	shards := fs.Int("shards", 1, "number of `N` shards (1..1024; fixed once created)")
 	var s streamSettingFlags
 	s.add(fs)
@@ -113,7 +113,7 @@ func streamCreate(ctx context.Context, args []string) error {
 }
 
 func streamUpdate(ctx context.Context, args []string) error {
-	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--replicate POLICY] [--json]")
+	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--tombstone-retention DURATION] [--replicate POLICY] [--json]")
 	admin := addAdminFlags(fs, "")
 	var s streamSettingFlags
 	s.add(fs)
@@ -169,7 +169,7 @@ func streamList(ctx context.Context, args []string) error {
 	fmt.Fprintln(tw, "NAME\tSHARDS\tRECORDS\tBYTES\tRETENTION\tMAX BYTES\tCOMPACT\tREPLICATE")
 	for _, s := range list.Streams {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%v\t%s\n", s.Name, s.Config.Shards, s.Records, humanBytes(s.Bytes),
-			orDash(s.Config.Retention.String(), s.Config.Retention == 0), orDash(s.Config.MaxBytes.String(), s.Config.MaxBytes == 0),
+			retention(s.Config.Retention), orDash(s.Config.MaxBytes.String(), s.Config.MaxBytes == 0),
 			s.Config.Compact, s.Config.Replicate)
 	}
 	if err := tw.Flush(); err != nil {
@@ -204,7 +204,7 @@ func streamDescribe(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "Shards:\t%d\n", s.Config.Shards)
 	fmt.Fprintf(tw, "Records:\t%d\n", s.Records)
 	fmt.Fprintf(tw, "Bytes:\t%s (%d)\n", humanBytes(s.Bytes), s.Bytes)
-	fmt.Fprintf(tw, "Retention:\t%s\n", orDash(s.Config.Retention.String(), s.Config.Retention == 0))
+	fmt.Fprintf(tw, "Retention:\t%s\n", retention(s.Config.Retention))
 	fmt.Fprintf(tw, "Max bytes:\t%s\n", orDash(s.Config.MaxBytes.String(), s.Config.MaxBytes == 0))
 	fmt.Fprintf(tw, "Compact:\t%v\n", s.Config.Compact)
 	fmt.Fprintf(tw, "Tombstone retention:\t%s\n", s.Config.TombstoneRetention)
@@ -300,6 +300,15 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// retention is a stream's retention as the dashboard shows it: 0 keeps
+// records forever.
+func retention(d hub.Duration) string {
+	if d == 0 {
+		return "forever"
+	}
+	return d.String()
 }
 
 func orDash(s string, empty bool) string {
