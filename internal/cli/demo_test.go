@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -229,4 +230,36 @@ func processesMentioning(tb testing.TB, s string) []string {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// TestDemoAgain runs `hub demo` twice on one --data: the second run's first
+// rate counts only its own readings (it counted the first run's too, so it
+// read several times the sensors' rate) and says how many are earlier.
+func TestDemoAgain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two demo runs; TestDemo covers a single run")
+	}
+	bin := testutil.Build(t, "github.com/edgehub/edgehub/cmd/hub", nil)
+	root := plugintest.ModuleRoot(t)
+	data := filepath.Join(t.TempDir(), "demo")
+	run := func(d string) string {
+		cmd := exec.Command(bin, "demo", "--data", data, "--duration", d, "--interval", "1s", "--window", "1s",
+			"--sensors", "1", "--rate", "10", "--source", root)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("hub demo: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	first := run("8s")
+	second := run("3s")
+	m := regexp.MustCompile(`(?m)^\[ 0:0\d\] readings +edge-berlin (\d+)/s \((\d+), (\d+) from earlier runs\)`).FindStringSubmatch(second)
+	if m == nil {
+		t.Fatalf("the second run's readings say nothing of the earlier run:\n%s\nfirst run:\n%s", second, first)
+	}
+	// One sensor at 10/s: the earlier run left ~80 records, which counted
+	// as new would show as 40/s or more in the first block.
+	if rate, _ := strconv.Atoi(m[1]); rate > 20 {
+		t.Fatalf("the second run's first rate is %d/s for one sensor at 10/s: earlier records counted\n%s", rate, second)
+	}
 }
