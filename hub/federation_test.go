@@ -101,22 +101,12 @@ func (n *fedNet) config(name string, dir string, tags ...string) Config {
 func (n *fedNet) setCut(a, b string, cut bool) {
 	n.mu.Lock()
 	ga, gb := n.addrs[a], n.addrs[b]
-	var open []replicate.PullStream
-	if cut {
-		n.cut[link(a, b)] = true
-		open = n.pulls[link(a, b)]
-		delete(n.pulls, link(a, b))
-	} else {
-		delete(n.cut, link(a, b))
-	}
 	n.mu.Unlock()
+	n.setPullsCut(a, b, cut)
 	if cut {
 		n.gossip.Cut(ga, gb)
 	} else {
 		n.gossip.Heal(ga, gb)
-	}
-	for _, p := range open {
-		p.Close()
 	}
 }
 
