@@ -225,7 +225,12 @@ func TestConsumeBorrowingLeavesHalfTheShare(t *testing.T) {
 		c.Limits.FrameTimeout = Duration(time.Hour)
 	}, store.StreamConfig{Name: "s", Shards: 1})
 	share := d.h.dataPlane.budget.consume
-	produceValues(t, d, "s", 800, 10000)
+	// Chunks of 100 KB each (one batch of 10 records per commit): a send's
+	// 1 MiB read then holds at least 900 KB, so what it borrowed stays
+	// borrowed. With chunks left to timing, a small chunk followed by one
+	// that does not fit made a read of 100 KB that gave its borrow back,
+	// and the wait below never ended.
+	produceValuesWith(t, d, "s", 800, 10000, sdk.ProducerOptions{BatchRecords: 10, MaxInFlight: 1})
 	ctx := testCtx(t)
 	pool, err := quic.CertPool(d.ca)
 	if err != nil {

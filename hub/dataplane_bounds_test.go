@@ -178,8 +178,17 @@ func TestDataPlaneProduceBudgetBeforeBody(t *testing.T) {
 // the SDK and returns them.
 func produceValues(tb testing.TB, d *dpHub, stream string, n, size int) [][]byte {
 	tb.Helper()
+	return produceValuesWith(tb, d, stream, n, size, sdk.ProducerOptions{})
+}
+
+// produceValuesWith is produceValues with the producer's options, for tests
+// that need the stored chunks' sizes fixed: group commit stores each
+// shard's share of a commit as one chunk, so chunk sizes follow timing
+// unless one batch of known size is in flight at a time.
+func produceValuesWith(tb testing.TB, d *dpHub, stream string, n, size int, opts sdk.ProducerOptions) [][]byte {
+	tb.Helper()
 	ctx := testCtx(tb)
-	p, err := d.client(tb, nil).Producer(ctx, stream, sdk.ProducerOptions{})
+	p, err := d.client(tb, nil).Producer(ctx, stream, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
