@@ -19,7 +19,11 @@
 //     definition version so that the newest definition wins everywhere;
 //   - a version vector slice (Vector): for one stream and one origin hub, the
 //     highest contiguous origin sequence the publishing hub holds, per
-//     origin shard.
+//     origin shard;
+//   - a layout (Layout): for one stream and one origin hub, the highest
+//     version of that hub's shard layout (its reshards) the publisher
+//     knows. Layouts ride in definition entries under a name no stream can
+//     have (layout.go), so hubs from before them relay them and ignore them.
 //
 // Entries are keyed by (publisher, stream[, origin hub]) and carry the
 // publisher's clock; the newest version of a key wins. Merging is therefore

@@ -45,6 +45,9 @@ type StreamView struct {
 	Defs map[string]Def
 	// Vectors maps publisher → origin hub → vector.
 	Vectors map[string]map[string]Vector
+	// Layouts maps publisher → origin hub → the layout it knows (nil if
+	// no publisher published any).
+	Layouts map[string]map[string]Layout
 }
 
 // Def returns the winning definition (the newest not deleted one wins
@@ -501,7 +504,12 @@ func (g *Gossip) Streams() map[string]StreamView {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := map[string]StreamView{}
+	var layouts []*entry
 	for _, e := range g.tab {
+		if _, _, _, isLayout, _ := layoutEntry(e); isLayout {
+			layouts = append(layouts, e)
+			continue
+		}
 		v, ok := out[e.stream]
 		if !ok {
 			v = StreamView{Defs: map[string]Def{}, Vectors: map[string]map[string]Vector{}}
@@ -516,6 +524,23 @@ func (g *Gossip) Streams() map[string]StreamView {
 			}
 			v.Vectors[e.hub][e.origin] = Vector{Seqs: slices.Clone(e.vector.Seqs), Incarnation: e.vector.Incarnation}
 		}
+	}
+	// Layouts of streams nobody else says anything about are dropped:
+	// they describe nothing a caller could act on.
+	for _, e := range layouts {
+		stream, origin, l, _, ok := layoutEntry(e)
+		v, have := out[stream]
+		if !ok || !have {
+			continue
+		}
+		if v.Layouts == nil {
+			v.Layouts = map[string]map[string]Layout{}
+			out[stream] = v
+		}
+		if v.Layouts[e.hub] == nil {
+			v.Layouts[e.hub] = map[string]Layout{}
+		}
+		v.Layouts[e.hub][origin] = l
 	}
 	return out
 }

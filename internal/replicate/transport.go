@@ -39,6 +39,10 @@ type Msg struct {
 	// Trimmed is the first origin sequence a relay still holds
 	// (FramePullTrimmed).
 	Trimmed uint64
+	// ClosedEnd is the last sequence of a closed origin shard
+	// (FramePullEnd with closed_end: the last message of the pull, every
+	// record up to it was sent).
+	ClosedEnd uint64
 }
 
 // decodeMsg parses one frame of a pull.
@@ -338,6 +342,9 @@ func (s *clientSession) deliver(m sessionMsg) error {
 	}
 	if m.End != nil {
 		delete(s.follows, m.ID)
+		if m.End.Closed {
+			p.q = append(p.q, Msg{Type: FramePullEnd, ClosedEnd: m.End.ClosedEnd})
+		}
 		p.end(m.End.Err())
 		return nil
 	}

@@ -99,7 +99,15 @@ type PullRequest struct {
 	// to this origin sequence were sent: a repair fetches one damaged range
 	// (repair.go). A server from before it ignores it and sends the rest.
 	Until uint64
+	// Lineage says the requester starts an origin shard only after its
+	// parents (a reshard's closed shards) are applied: a server refuses a
+	// follow of a child shard to a requester without it (docs/federation.md,
+	// "Resharded origins").
+	Lineage bool
 }
+
+// Pull open flags (the trailing uvarint after until).
+const pullFlagLineage = 1 << 0
 
 // Append encodes r (quic.Appender):
 //
@@ -107,13 +115,15 @@ type PullRequest struct {
 //	uvarint origin shard, uvarint after, byte flags (1 = follow),
 //	uvarint max batch bytes, string incarnation (optional: absent in
 //	requests from hubs before incarnations, read as ""), uvarint until
-//	(optional, after the incarnation: absent is 0)
+//	(optional, after the incarnation: absent is 0), uvarint flags
+//	(optional, after until: absent is 0; bit 0 lineage, other bits are
+//	ignored)
 func (r *PullRequest) Append(dst []byte) []byte {
 	dst = append(dst, pullVersion1)
 	dst = appendString(dst, r.Requester)
 	dst = appendPull(dst, r.Stream, r.Origin, r.After, r.Follow, r.MaxBatchBytes)
 	dst = appendString(dst, r.Incarnation)
-	return appendUntil(dst, r.Until)
+	return appendUntilFlags(dst, r.Until, r.Lineage)
 }
 
 // Decode parses an untrusted PullRequest.
@@ -126,6 +136,7 @@ func (r *PullRequest) Decode(p []byte) error {
 	readPull(&d, &r.Stream, &r.Origin, &r.After, &r.Follow, &r.MaxBatchBytes)
 	r.Incarnation = readIncarnation(&d)
 	r.Until = readUntil(&d)
+	r.Lineage = readFlags(&d)&pullFlagLineage != 0
 	if d.Err == nil && (r.Requester == "" || r.Stream == "" || r.Origin.Hub == "") {
 		d.Fail("empty name")
 	}
@@ -238,9 +249,10 @@ type Follow struct {
 	MaxBatchBytes uint64
 	// Credit is the record batch bytes the client can take at first.
 	Credit uint64
-	// Incarnation and Until: as in PullRequest.
+	// Incarnation, Until and Lineage: as in PullRequest.
 	Incarnation string
 	Until       uint64
+	Lineage     bool
 }
 
 // Append encodes f (quic.Appender):
@@ -248,13 +260,13 @@ type Follow struct {
 //	uvarint id, string stream, string origin hub, uvarint origin shard,
 //	uvarint after, byte flags (1 = follow), uvarint max batch bytes,
 //	uvarint credit, string incarnation (optional, as in PullRequest),
-//	uvarint until (optional, as in PullRequest)
+//	uvarint until and uvarint flags (optional, as in PullRequest)
 func (f *Follow) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, f.ID)
 	dst = appendPull(dst, f.Stream, f.Origin, f.After, f.Follow, f.MaxBatchBytes)
 	dst = binary.AppendUvarint(dst, f.Credit)
 	dst = appendString(dst, f.Incarnation)
-	return appendUntil(dst, f.Until)
+	return appendUntilFlags(dst, f.Until, f.Lineage)
 }
 
 // Decode parses an untrusted PULL_FOLLOW payload.
@@ -265,6 +277,7 @@ func (f *Follow) Decode(p []byte) error {
 	f.Credit = d.Uvarint()
 	f.Incarnation = readIncarnation(&d)
 	f.Until = readUntil(&d)
+	f.Lineage = readFlags(&d)&pullFlagLineage != 0
 	if d.Err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
 		d.Fail("zero id or empty name")
 	}
@@ -274,7 +287,7 @@ func (f *Follow) Decode(p []byte) error {
 // request is the pull f asks for, on behalf of requester.
 func (f *Follow) request(requester string) PullRequest {
 	return PullRequest{Requester: requester, Stream: f.Stream, Origin: f.Origin, After: f.After,
-		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes, Incarnation: f.Incarnation, Until: f.Until}
+		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes, Incarnation: f.Incarnation, Until: f.Until, Lineage: f.Lineage}
 }
 
 // FollowCredit is a PULL_CREDIT payload.
@@ -322,13 +335,27 @@ type FollowEnd struct {
 	ID      uint64
 	Code    quic.Code
 	Message string
+	// Closed (with CodeOK) says the origin shard is closed by a reshard and
+	// every record of it up to ClosedEnd, its last sequence, was sent: the
+	// puller raises its watermark to ClosedEnd (origin sequences skip the
+	// records the shard replicated from others, so the last one sent may
+	// be below it).
+	Closed    bool
+	ClosedEnd uint64
 }
 
-// Append implements quic.Appender.
+// Append implements quic.Appender:
+//
+//	uvarint id, uvarint code, string message, uvarint closed_end
+//	(optional: present only when the origin shard is closed)
 func (f *FollowEnd) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, f.ID)
 	dst = binary.AppendUvarint(dst, uint64(f.Code))
-	return appendString(dst, f.Message)
+	dst = appendString(dst, f.Message)
+	if f.Closed {
+		dst = binary.AppendUvarint(dst, f.ClosedEnd)
+	}
+	return dst
 }
 
 // Decode parses a PULL_END payload.
@@ -337,8 +364,15 @@ func (f *FollowEnd) Decode(p []byte) error {
 	f.ID = d.Uvarint()
 	f.Code = quic.Code(d.Uvarint())
 	f.Message = d.String(quic.MaxMessageLength)
+	f.Closed, f.ClosedEnd = false, 0
+	if d.Err == nil && len(d.Buf) > 0 {
+		f.Closed, f.ClosedEnd = true, d.Uvarint()
+	}
 	if d.Err == nil && f.ID == 0 {
 		d.Fail("zero id")
+	}
+	if d.Err == nil && f.Closed && f.Code != quic.CodeOK {
+		d.Fail("closed_end with code %d", f.Code)
 	}
 	return d.Err
 }
@@ -482,12 +516,28 @@ func readIncarnation(d *wire.Reader) string {
 	return d.String(maxIncarnationLen)
 }
 
-// appendUntil writes a pull's optional upper bound (omitted when 0).
-func appendUntil(dst []byte, until uint64) []byte {
-	if until == 0 {
+// appendUntilFlags writes a pull's optional upper bound and flags: until is
+// omitted when 0 and no flag is set, the flags when none is set, so a pull
+// without them encodes as before.
+func appendUntilFlags(dst []byte, until uint64, lineage bool) []byte {
+	if until == 0 && !lineage {
 		return dst
 	}
-	return binary.AppendUvarint(dst, until)
+	dst = binary.AppendUvarint(dst, until)
+	if !lineage {
+		return dst
+	}
+	return binary.AppendUvarint(dst, pullFlagLineage)
+}
+
+// readFlags reads the optional flags after until (absent is 0). Bits this
+// version does not know are ignored: they are additions a server from
+// before them must be able to ignore.
+func readFlags(d *wire.Reader) uint64 {
+	if d.Err != nil || len(d.Buf) == 0 {
+		return 0
+	}
+	return d.Uvarint()
 }
 
 // readUntil reads the optional upper bound after the incarnation.

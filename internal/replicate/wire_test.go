@@ -21,6 +21,8 @@ func TestPullRequestRoundTrip(t *testing.T) {
 		{name: "once", req: PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}}},
 		{name: "incarnation", req: PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 1}, After: 5, Follow: true,
 			Incarnation: "0192f3a4b5c6d7e8f90112233445566"}},
+		{name: "lineage", req: PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 9}, Follow: true, Lineage: true}},
+		{name: "lineage bounded", req: PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}, Until: 3, Lineage: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,6 +49,12 @@ func TestPullWithoutIncarnation(t *testing.T) {
 	var f Follow
 	if err := f.Decode(oldFollow); err != nil || f.Incarnation != "" || f.Credit != 9 {
 		t.Fatalf("old follow: %+v, %v", f, err)
+	}
+	// Flags this version does not know are ignored (a later addition); a
+	// server from before the flags reads a lineage pull as before.
+	var lr PullRequest
+	if err := lr.Decode(append((&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}}).Append(nil), 0, 6)); err != nil || lr.Lineage {
+		t.Fatalf("unknown flags: %+v, %v", lr, err)
 	}
 	long := (&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}, Incarnation: strings.Repeat("f", maxIncarnationLen+1)}).Append(nil)
 	if err := r.Decode(long); !errors.Is(err, quic.ErrMalformed) {
@@ -95,6 +103,7 @@ func FuzzPullRequest(f *testing.F) {
 	f.Add((&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 3}, After: 10, Follow: true}).Append(nil))
 	f.Add([]byte{1, 1, 'a', 1, 's', 1, 'b', 0, 0, 2, 0})
 	f.Add((&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b"}, After: 4, Incarnation: "ab", Until: 12}).Append(nil))
+	f.Add((&PullRequest{Requester: "a", Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 5}, Follow: true, Lineage: true}).Append(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r PullRequest
 		if err := r.Decode(b); err != nil {
@@ -143,6 +152,9 @@ func TestSessionFramesRoundTrip(t *testing.T) {
 		{name: "credit", in: &FollowCredit{ID: 3, Bytes: 1 << 20}, out: &FollowCredit{}},
 		{name: "cancel", in: &FollowCancel{ID: 3}, out: &FollowCancel{}},
 		{name: "end", in: &FollowEnd{ID: 3, Code: quic.CodePermissionDenied, Message: "no"}, out: &FollowEnd{}},
+		{name: "lineage follow", in: &Follow{ID: 6, Stream: "s", Origin: store.OriginKey{Hub: "h", Shard: 4}, Follow: true, Credit: 1, Lineage: true}, out: &Follow{}},
+		{name: "closed end", in: &FollowEnd{ID: 3, Closed: true, ClosedEnd: 1 << 35}, out: &FollowEnd{}},
+		{name: "closed end of an empty shard", in: &FollowEnd{ID: 3, Closed: true}, out: &FollowEnd{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,6 +205,10 @@ func TestDecodeSessionMsg(t *testing.T) {
 			}
 		})
 	}
+	var bad FollowEnd
+	if err := bad.Decode(append((&FollowEnd{ID: 1, Code: quic.CodeNotFound}).Append(nil), 5)); !errors.Is(err, quic.ErrMalformed) {
+		t.Fatalf("closed_end on a refusal: %v, want malformed", err)
+	}
 	if err := (&FollowEnd{ID: 1}).Err(); !errors.Is(err, io.EOF) {
 		t.Fatalf("PULL_END ok: %v, want io.EOF", err)
 	}
@@ -201,6 +217,7 @@ func TestDecodeSessionMsg(t *testing.T) {
 func FuzzFollow(f *testing.F) {
 	f.Add((&Follow{ID: 1, Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 3}, After: 10, Follow: true, Credit: 1 << 20}).Append(nil))
 	f.Add((&SessionOpen{Requester: "edge"}).Append(nil))
+	f.Add((&Follow{ID: 2, Stream: "s", Origin: store.OriginKey{Hub: "b", Shard: 4}, Follow: true, Credit: 9, Lineage: true}).Append(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var fl Follow
 		if err := fl.Decode(b); err == nil {
@@ -224,6 +241,7 @@ func FuzzSessionFrame(f *testing.F) {
 	f.Add(byte(FramePullRecords), tagged{1, &Records{High: 3, Batch: batch}}.Append(nil))
 	f.Add(byte(FramePullTrimmed), tagged{2, quic.RawPayload(appendUvarint(nil, 5))}.Append(nil))
 	f.Add(byte(FramePullEnd), (&FollowEnd{ID: 4, Code: quic.CodeNotFound, Message: "x"}).Append(nil))
+	f.Add(byte(FramePullEnd), (&FollowEnd{ID: 4, Closed: true, ClosedEnd: 77}).Append(nil))
 	f.Add(byte(FramePullCredit), (&FollowCredit{ID: 4, Bytes: 9}).Append(nil))
 	f.Add(byte(FramePullCancel), (&FollowCancel{ID: 4}).Append(nil))
 	f.Fuzz(func(t *testing.T, typ byte, b []byte) {
