@@ -35,6 +35,12 @@ type Batch struct {
 	// original positions and Result.Duplicate set. Requires Shard >= 0.
 	ProducerID  uint64
 	ProducerSeq uint64
+	// StrictRange refuses, with ErrShardClosed, an explicit-shard batch
+	// holding a keyed record whose hash is outside the shard's range (for
+	// clients that route by a stale layout). Not checked yet: it takes
+	// effect with resharding (issue 11, store phase 2); until then it is
+	// ignored.
+	StrictRange bool
 }
 
 // Position is where a record was stored. Seq 0 means the record was not

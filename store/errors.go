@@ -48,6 +48,20 @@ var (
 	// EDQUOT). The append's transaction was rolled back: nothing of it
 	// was stored, and appends succeed again once space is freed.
 	ErrNoSpace = errors.New("no space left for the data directory")
+	// ErrShardClosed: an append names a closed or retired shard (a reshard
+	// closed it). Nothing of the batch was stored: route its records by the
+	// current Layout and resend. A resend of a batch stored before the close
+	// is still answered as a duplicate. Wait on a closed shard returns it
+	// once the wait is past the shard's end.
+	ErrShardClosed = errors.New("shard closed")
+	// ErrNotAdjacent: Merge of two shards whose ranges do not touch.
+	ErrNotAdjacent = errors.New("shards not adjacent")
+	// ErrTooManyShards: a reshard would exceed the stream's cap on open
+	// shards or on shard ids ever assigned.
+	ErrTooManyShards = errors.New("too many shards")
+	// ErrReshardBusy: the layout changed between planning a reshard and
+	// running it; re-plan from the current Layout.
+	ErrReshardBusy = errors.New("reshard busy: the layout changed")
 )
 
 // CorruptError reports damaged data: a file that bbolt cannot open, or a

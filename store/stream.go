@@ -161,6 +161,10 @@ type Stream struct {
 	shards []*shard
 	rr     atomic.Uint64 // round-robin cursor for keyless records
 
+	layout   atomic.Pointer[Layout] // published by the writer
+	layoutMu sync.Mutex
+	layoutCh chan struct{} // closed and replaced when the layout changes
+
 	incarnation string // hex; fixed after open
 
 	wmMu       sync.RWMutex
@@ -393,6 +397,11 @@ func (s *Stream) load() (err error) {
 			return err
 		}
 		s.shards = make([]*shard, cfg.Shards)
+		l := uniformLayout(cfg.Shards)
+		s.layout.Store(&l)
+		if s.layoutCh == nil {
+			s.layoutCh = make(chan struct{})
+		}
 		for i := range s.shards {
 			meta, err := decodeShardMeta(m.Get(shardKey(i)))
 			c := tx.Bucket(chunkBucket(i))
@@ -530,25 +539,31 @@ func (s *Stream) Watermark(k OriginKey) uint64 {
 
 // ShardStats describes one shard.
 type ShardStats struct {
-	Shard      int    `json:"shard"`
-	HashStart  uint64 `json:"hash_start"`
-	HashEnd    uint64 `json:"hash_end"`
-	FirstSeq   uint64 `json:"first_seq"` // first live sequence; > LastSeq when empty
-	LastSeq    uint64 `json:"last_seq"`  // 0 before the first record
-	Records    int64  `json:"records"`
-	Bytes      int64  `json:"bytes"`
-	LastIngest int64  `json:"last_ingest_unix_nano"`
+	Shard      int        `json:"shard"`
+	HashStart  uint64     `json:"hash_start"`
+	HashEnd    uint64     `json:"hash_end"`
+	FirstSeq   uint64     `json:"first_seq"` // first live sequence; > LastSeq when empty
+	LastSeq    uint64     `json:"last_seq"`  // 0 before the first record
+	Records    int64      `json:"records"`
+	Bytes      int64      `json:"bytes"`
+	LastIngest int64      `json:"last_ingest_unix_nano"`
+	State      ShardState `json:"state"`
+	End        uint64     `json:"end_seq"` // last sequence of a closed shard; 0 while open
+	Parents    []uint32   `json:"parents,omitempty"`
+	Children   []uint32   `json:"children,omitempty"`
 }
 
 // Stats returns each shard's current state.
 func (s *Stream) Stats() []ShardStats {
 	out := make([]ShardStats, len(s.shards))
+	l := s.layout.Load()
 	for i, sh := range s.shards {
-		lo, hi := record.HashRange(i, len(s.shards))
+		ls := l.Shards[i]
 		out[i] = ShardStats{
-			Shard: i, HashStart: lo, HashEnd: hi,
+			Shard: i, HashStart: ls.HashStart, HashEnd: ls.HashEnd,
 			FirstSeq: sh.first.Load(), LastSeq: sh.next.Load() - 1,
 			Records: sh.records.Load(), Bytes: sh.bytes.Load(), LastIngest: sh.ingest.Load(),
+			State: ls.State, End: ls.End, Parents: ls.Parents, Children: ls.Children,
 		}
 	}
 	return out
