@@ -286,6 +286,17 @@ func (m *membership) Peers() []replicate.Peer {
 					m.logger.Debug("federation: undecodable stream definition", "peer", mem.Name, "stream", name, "err", err)
 				}
 			}
+			for origin, gl := range v.Layouts[mem.Name] {
+				ol, err := replicate.DecodeLayout(gl.Spec)
+				if err != nil || ol.Layout.Version != gl.Version {
+					m.logger.Debug("federation: undecodable shard layout", "peer", mem.Name, "stream", name, "origin", origin, "err", err)
+					continue
+				}
+				if ps.Layouts == nil {
+					ps.Layouts = map[string]replicate.OriginLayout{}
+				}
+				ps.Layouts[origin] = ol
+			}
 			for origin, vec := range vecs {
 				if vec.Incarnation != "" {
 					ps.Incarnations[origin] = vec.Incarnation
@@ -320,8 +331,11 @@ func (m *membership) PublishDeleted(stream string, d replicate.Def) {
 // PublishVector implements replicate.Publisher: one gossip entry per
 // origin hub, indexed by origin shard, with the incarnation of the origin's
 // stream it counts in (an entry with no sequences yet says which
-// incarnation a hub now follows).
-func (m *membership) PublishVector(stream string, v map[store.OriginKey]uint64, incs map[string]string) {
+// incarnation a hub now follows), and one per resharded origin's layout.
+func (m *membership) PublishVector(stream string, v map[store.OriginKey]uint64, incs map[string]string, layouts map[string]replicate.OriginLayout) {
+	for origin, ol := range layouts {
+		m.g.PublishLayout(stream, origin, gossip.Layout{Version: ol.Layout.Version, Spec: replicate.EncodeLayout(ol)})
+	}
 	by := map[string][]uint64{}
 	for origin := range incs {
 		by[origin] = []uint64{}
@@ -379,7 +393,9 @@ type PullStatus struct {
 	// Peer is the hub we pull from (the origin itself when reachable).
 	Peer string `json:"peer"`
 	// State is "starting", "catching-up", "following", "waiting" (no peer
-	// has more) or "retrying" (after an error).
+	// has more, or the origin shard's parents are not applied yet),
+	// "retrying" (after an error) or "complete" (a closed origin shard held
+	// to its end).
 	State     string `json:"state"`
 	Watermark uint64 `json:"watermark"`
 	// High is the highest origin sequence the peer reported holding, or

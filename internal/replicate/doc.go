@@ -26,8 +26,16 @@
 //
 // Records of origin shard s go to local shard s when the stream has the
 // same shard count at the origin (streams created from a peer's definition
-// always do); otherwise keyed records are routed by key hash (per-key order
-// is kept) and keyless ones round-robin.
+// always do) and neither hub resharded it; otherwise keyed records are
+// routed by key hash (per-key order is kept) and keyless ones round-robin.
+//
+// # Reshards
+//
+// Layouts are per hub. Hubs publish their own layout and relay what they
+// know of others' (gossip, persisted per origin in the stream's file); the
+// task of a child origin shard pulls only once its parents are applied
+// here, and a follow of a closed origin shard ends with its last sequence
+// (closed_end), to which the puller raises its watermark (lineage.go).
 //
 // # Policy
 //

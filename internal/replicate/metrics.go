@@ -93,6 +93,12 @@ var (
 	lagSecondsDesc = prometheus.NewDesc("edgehub_replication_lag_seconds",
 		"How far behind the peer we pull an origin from we are: age of the newest record received while behind, 0 when caught up.",
 		[]string{"stream", "origin", "peer"}, nil)
+	// Other readers (groups, plugins, webhooks) export the same series
+	// with their own reader label: reader is a constant label, so each can
+	// register its own collector as long as the help text is this one.
+	lineageWaitingDesc = prometheus.NewDesc("edgehub_lineage_waiting_shards",
+		"Shards a reader may not start yet because a parent shard closed by a reshard is not finished for it.",
+		[]string{"stream"}, prometheus.Labels{"reader": "replica"})
 	membersDesc = prometheus.NewDesc("edgehub_federation_members",
 		"Federation members known by gossip, by state.", []string{"state"}, nil)
 )
@@ -103,6 +109,7 @@ type collector Replicator
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lagRecordsDesc
 	ch <- lagSecondsDesc
+	ch <- lineageWaitingDesc
 	ch <- membersDesc
 }
 
@@ -111,6 +118,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, l := range r.Lag() {
 		ch <- prometheus.MustNewConstMetric(lagRecordsDesc, prometheus.GaugeValue, float64(l.Records), l.Stream, l.Origin, l.Peer)
 		ch <- prometheus.MustNewConstMetric(lagSecondsDesc, prometheus.GaugeValue, l.Seconds, l.Stream, l.Origin, l.Peer)
+	}
+	for stream, n := range r.lineageWaiting() {
+		ch <- prometheus.MustNewConstMetric(lineageWaitingDesc, prometheus.GaugeValue, float64(n), stream)
 	}
 	states := map[string]int{"alive": 0, "dead": 0}
 	for _, p := range r.cfg.Membership.Peers() {

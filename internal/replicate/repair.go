@@ -256,7 +256,7 @@ func (r *Replicator) fetchOrigin(ctx context.Context, st *store.Stream, k store.
 		held uint64
 	}
 	var cands []cand
-	for _, p := range r.cfg.Membership.Peers() {
+	for _, p := range withImpliedVectors(r.cfg.Membership.Peers()) {
 		ps, ok := p.Streams[st.Name()]
 		if !ok || !p.Alive || !sameIncarnation(ps, k.Hub, inc) {
 			continue
@@ -305,7 +305,7 @@ func (r *Replicator) fetchFrom(ctx context.Context, st *store.Stream, peer Peer,
 	defer cancel()
 	ps, err := r.cfg.Transport.Pull(ctx, peer, PullRequest{
 		Requester: r.cfg.Self, Stream: st.Name(), Origin: k, After: lo - 1, Until: hi,
-		MaxBatchBytes: uint64(r.cfg.MaxBatchBytes), Incarnation: inc,
+		MaxBatchBytes: uint64(r.cfg.MaxBatchBytes), Incarnation: inc, Lineage: true,
 	})
 	if err != nil {
 		return err

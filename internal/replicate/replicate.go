@@ -49,6 +49,11 @@ type PeerStream struct {
 	// Deleted is the peer's tombstone of the stream (it deleted its copy,
 	// or applied another hub's deletion); nil if none.
 	Deleted *Def
+	// Layouts maps origin hub → the highest version of that hub's shard
+	// layout the peer knows (its own included), for origins resharded at
+	// least once: a hub never resharded publishes none (version 0 is its
+	// definition's shard count).
+	Layouts map[string]OriginLayout
 }
 
 // Def is a replicated stream's definition as hubs publish it. Shards,
@@ -77,8 +82,10 @@ type Publisher interface {
 	// tombstone: the stream is deleted up to definition version d.Version.
 	PublishDeleted(stream string, d Def)
 	// PublishVector publishes v with, per origin hub, the incarnation of
-	// its stream v counts in (incs may name hubs v has no entry for yet).
-	PublishVector(stream string, v map[store.OriginKey]uint64, incs map[string]string)
+	// its stream v counts in (incs may name hubs v has no entry for yet),
+	// and the highest version of each origin's layout this hub knows
+	// (only resharded origins: layouts may be empty).
+	PublishVector(stream string, v map[store.OriginKey]uint64, incs map[string]string, layouts map[string]OriginLayout)
 }
 
 // Authorizer checks that the peer behind req (its principal), which says it
@@ -212,10 +219,11 @@ type Replicator struct {
 	mu        sync.Mutex
 	tasks     map[taskKey]*task
 	limiters  map[string]*tokenbucket.Bucket
-	streamInc map[string]string     // stream → its incarnation when last reconciled
-	warned    map[string]bool       // one-time warnings (shard mismatch)
-	lastAlive map[taskKey]time.Time // when membership last showed a hub alive with a stream (origin shard unused)
-	tombs     map[string]tomb       // deletions this hub made or applied, republished until their TTL
+	streamInc map[string]string                  // stream → its incarnation when last reconciled
+	warned    map[string]bool                    // one-time warnings (shard mismatch)
+	lastAlive map[taskKey]time.Time              // when membership last showed a hub alive with a stream (origin shard unused)
+	tombs     map[string]tomb                    // deletions this hub made or applied, republished until their TTL
+	layouts   map[string]map[string]OriginLayout // stream → origin hub → its layout we know (not ours)
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -247,6 +255,7 @@ func New(cfg Config) (*Replicator, error) {
 		warned:    map[string]bool{},
 		lastAlive: map[taskKey]time.Time{},
 		tombs:     map[string]tomb{},
+		layouts:   map[string]map[string]OriginLayout{},
 		closed:    make(chan struct{}),
 	}
 	r.repair = repairState{attempts: map[repairKey]RepairStatus{}, repaired: prometheus.NewCounter(prometheus.CounterOpts{
@@ -261,7 +270,7 @@ func New(cfg Config) (*Replicator, error) {
 	r.srv = &server{
 		self: cfg.Self, store: cfg.Store, tags: r.peerTags, heartbeat: cfg.Heartbeat,
 		maxBatch: cfg.MaxBatchBytes, high: r.high, gaps: gaps, logger: r.logger, metrics: r.metrics,
-		authorize: cfg.Authorize,
+		authorize: cfg.Authorize, layout: r.knownLayout,
 	}
 	if cfg.Registerer != nil {
 		if err := r.metrics.register(cfg.Registerer, r); err != nil {
@@ -336,7 +345,7 @@ func (r *Replicator) Close() error {
 // reconcile publishes our state, adopts peers' definitions, and makes the
 // set of pull tasks match what peers hold.
 func (r *Replicator) reconcile(ctx context.Context) {
-	peers := r.cfg.Membership.Peers()
+	peers := withImpliedVectors(r.cfg.Membership.Peers())
 	now := time.Now()
 	r.mu.Lock()
 	for _, p := range peers {
@@ -364,6 +373,10 @@ func (r *Replicator) reconcile(ctx context.Context) {
 				continue
 			}
 		}
+		var known map[string]OriginLayout
+		if pol.Admits(r.cfg.Tags) {
+			known = r.syncLayouts(ctx, st, peers)
+		}
 		ours, err := localVector(r.cfg.Self, st, r.high)
 		if err != nil {
 			r.logger.Warn("replicate: computing our vector", "stream", st.Name(), "err", err)
@@ -371,7 +384,8 @@ func (r *Replicator) reconcile(ctx context.Context) {
 		}
 		incs := localIncarnations(r.cfg.Self, st)
 		if r.cfg.Publisher != nil {
-			r.cfg.Publisher.PublishVector(st.Name(), ours, incs)
+			pub := publishedLayouts(r.cfg.Self, st, known)
+			r.cfg.Publisher.PublishVector(st.Name(), pruneClosed(st.Name(), ours, pub, peers), incs, pub)
 		}
 		if !pol.Admits(r.cfg.Tags) {
 			continue // we serve our records of it but do not collect others'
@@ -399,6 +413,13 @@ func (r *Replicator) reconcile(ctx context.Context) {
 			if ps.Def != nil {
 				for s := 0; s < ps.Def.Config.Shards; s++ {
 					want[taskKey{st.Name(), store.OriginKey{Hub: p.Name, Shard: uint32(s)}}] = true
+				}
+			}
+			// A resharded peer's shards are its layout's: closed ones are
+			// completed (and then hold no pull), children wait for them.
+			if ol, ok := known[p.Name]; ok {
+				for _, sh := range ol.Layout.Shards {
+					want[taskKey{st.Name(), store.OriginKey{Hub: p.Name, Shard: sh.ID}}] = true
 				}
 			}
 		}
@@ -612,7 +633,9 @@ type TaskStatus struct {
 	// Peer is the hub we pull from (the origin itself when reachable).
 	Peer string `json:"peer"`
 	// State is "starting", "catching-up", "following", "waiting" (no peer
-	// has more) or "retrying" (after an error).
+	// has more, or the origin shard's parents are not applied here yet:
+	// LastError says which), "retrying" (after an error) or "complete" (the
+	// origin shard was closed by a reshard and is held here to its end).
 	State     string `json:"state"`
 	Watermark uint64 `json:"watermark"`
 	// High is the highest origin sequence the peer reported holding, or
@@ -712,6 +735,8 @@ type task struct {
 	status   TaskStatus
 	lastAge  time.Duration // age of the newest record received, while behind
 	excluded map[string]time.Time
+	// parentsWait: the task waits for the parents of its origin shard.
+	parentsWait bool
 	// trims are the first sequences peers answered they still hold
 	// (PULL_TRIMMED), valid while our watermark is trimsAt.
 	trims   map[string]uint64
@@ -786,6 +811,30 @@ func (r *Replicator) runTask(ctx context.Context, t *task) {
 	t.trims = map[string]uint64{}
 	t.mu.Unlock()
 	for ctx.Err() == nil {
+		if st, err := r.cfg.Store.Stream(t.key.stream); err == nil {
+			gate, why, parents := r.lineageGate(st, t)
+			t.mu.Lock()
+			t.parentsWait = parents
+			t.mu.Unlock()
+			if gate != gateOpen {
+				t.set(func(s *TaskStatus) {
+					s.Peer = ""
+					if gate == gateComplete {
+						s.State, s.LastError = "complete", ""
+						s.Watermark = r.position(st, t.key)
+						s.High = max(s.High, s.Watermark)
+					} else {
+						s.State, s.LastError = "waiting", why
+					}
+				})
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.wake:
+				}
+				continue
+			}
+		}
 		src, ok, why := r.chooseSource(t)
 		if !ok {
 			t.set(func(s *TaskStatus) {
@@ -809,6 +858,10 @@ func (r *Replicator) runTask(ctx context.Context, t *task) {
 			failures = 0
 		}
 		if errors.Is(err, errReconsider) {
+			continue
+		}
+		if errors.Is(err, errShardComplete) {
+			failures = 0
 			continue
 		}
 		if err == nil || errors.Is(err, io.EOF) {
@@ -873,7 +926,7 @@ func (r *Replicator) chooseSource(t *task) (src source, ok bool, why string) {
 	var best, fallback, trimmedBest Peer
 	var bestSeq uint64
 	found, haveFallback, haveTrimmed := false, false, false
-	for _, p := range r.cfg.Membership.Peers() {
+	for _, p := range withImpliedVectors(r.cfg.Membership.Peers()) {
 		ps, ok := p.Streams[t.key.stream]
 		if !ok || !p.Alive {
 			continue
@@ -977,9 +1030,14 @@ func (r *Replicator) limiter(peer string) *tokenbucket.Bucket {
 }
 
 // targetShard is where records of origin k go here: the origin shard when
-// the stream's shard counts agree, else routing by key.
+// the stream's shard counts agree and neither hub resharded it (layouts are
+// per hub: once either did, shard ids name different ranges), else routing
+// by key (in the store's writer, with its layout at the commit).
 func (r *Replicator) targetShard(st *store.Stream, k store.OriginKey) int {
-	if int(k.Shard) >= st.Shards() {
+	if int(k.Shard) >= st.Shards() || st.Layout().Version != 0 {
+		return -1
+	}
+	if _, resharded := r.knownLayout(st, OwnerOf(k.Hub)); resharded {
 		return -1
 	}
 	for _, p := range r.cfg.Membership.Peers() {
@@ -1015,7 +1073,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed 
 	ps, err := r.cfg.Transport.Pull(pctx, src.Peer, PullRequest{
 		Requester: r.cfg.Self, Stream: t.key.stream, Origin: k, After: after,
 		Follow: true, MaxBatchBytes: uint64(r.cfg.MaxBatchBytes),
-		Incarnation: st.OriginIncarnation(k.Hub),
+		Incarnation: st.OriginIncarnation(k.Hub), Lineage: true,
 	})
 	if err != nil {
 		return false, err
@@ -1158,6 +1216,12 @@ func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed 
 			}
 		case FramePullTrimmed:
 			return progressed, &trimmedError{peer: src.Name, k: k, first: in.Trimmed, need: wm + 1}
+		case FramePullEnd:
+			// The origin shard is closed and src sent all of it: its last
+			// sequences may number others' records, so our watermark would
+			// never reach the end by records alone.
+			_, err := r.completeShard(ctx, st, t, src.Name, wm, in.ClosedEnd)
+			return progressed, err
 		}
 	}
 }

@@ -176,6 +176,10 @@ func (m *memMembership) Peers() []Peer {
 					ps.Vector = vec
 				}
 				ps.Incarnations = localIncarnations(h.name, st)
+				rep.mu.Lock()
+				known := rep.layouts[st.Name()]
+				rep.mu.Unlock()
+				ps.Layouts = publishedLayouts(h.name, st, known)
 			}
 			p.Streams[st.Name()] = ps
 		}
@@ -211,6 +215,15 @@ func (t *memTransport) Pull(ctx context.Context, peer Peer, req PullRequest) (Pu
 	p := &memPull{ch: make(chan recvd, 4), ctx: pctx, cancel: cancel}
 	go func() {
 		err := rep.Serve(pctx, wire, memSender{p: p, net: t.net, a: t.from, b: peer.Name})
+		var ce *closedEndError
+		if errors.As(err, &ce) {
+			// As a session's PULL_END with closed_end arrives.
+			select {
+			case p.ch <- recvd{m: Msg{Type: FramePullEnd, ClosedEnd: ce.end}}:
+			case <-pctx.Done():
+			}
+			err = nil
+		}
 		if err == nil {
 			err = io.EOF
 		}

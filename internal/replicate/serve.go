@@ -31,6 +31,31 @@ type server struct {
 	logger    *slog.Logger
 	metrics   *metrics
 	authorize Authorizer
+	// layout returns what this hub knows of hub's layout of st (its own
+	// for itself) and whether it was ever resharded.
+	layout func(st *store.Stream, hub string) (store.Layout, bool)
+}
+
+// originLayout is what this hub knows of hub's layout of st: the
+// replicator's view, else what the stream's file recorded (a relay serving
+// before its first reconciliation after a restart must still know that a
+// shard it completed is closed, or it would answer PULL_TRIMMED for the
+// sequences after its last record of it). Callers ask at the start of a
+// pull and when nothing is left to send, not per record.
+func (s *server) originLayout(st *store.Stream, hub string) store.Layout {
+	if s.layout != nil {
+		if l, ok := s.layout(st, hub); ok || hub == s.self {
+			return l
+		}
+	}
+	if hub == s.self {
+		return st.Layout()
+	}
+	ls, err := st.OriginLayouts()
+	if err != nil {
+		return store.Layout{}
+	}
+	return ls[hub]
 }
 
 // ServeQUIC implements quic.Handler for quic.OpReplicate: a session
@@ -52,11 +77,18 @@ func (s *server) ServeQUIC(ctx context.Context, req *quic.Request) error {
 			return err
 		}
 	}
-	return s.serve(ctx, pr, req.Stream)
+	err := s.serve(ctx, pr, req.Stream)
+	var ce *closedEndError
+	if errors.As(err, &ce) {
+		return nil // a single pull has no closed_end: it simply ends
+	}
+	return err
 }
 
 // serve streams the records of pr.Origin after pr.After to out, following
-// new commits if pr.Follow, until ctx ends or a send fails.
+// new commits if pr.Follow, until ctx ends or a send fails. A closed origin
+// shard (a reshard's parent) is served to its end, then serve returns a
+// *closedEndError.
 func (s *server) serve(ctx context.Context, pr PullRequest, out Sender) error {
 	st, err := s.store.Stream(pr.Stream)
 	if errors.Is(err, store.ErrStreamNotFound) {
@@ -79,6 +111,9 @@ func (s *server) serve(ctx context.Context, pr PullRequest, out Sender) error {
 		}
 	}
 	if err := checkIncarnation(st, pr, s.self); err != nil {
+		return err
+	}
+	if err := lineageRefusal(pr, s.originLayout(st, OwnerOf(pr.Origin.Hub))); err != nil {
 		return err
 	}
 	maxBatch := s.maxBatch
@@ -107,6 +142,23 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 	for {
 		if done(pr, pos) {
 			return nil
+		}
+		// Every record of a closed shard up to its end was scanned: the
+		// follow is complete. A retired one (retention removed all of it)
+		// has nothing left to scan.
+		if sh, ok := shardOf(st.Layout(), pr.Origin.Shard); ok && sh.State != store.ShardOpen && !bounded(pr) {
+			if sh.State == store.ShardRetired && pos < sh.End {
+				if !compact {
+					if err := out.Send(FramePullGap, &Gap{From: pos + 1, To: sh.End, Reason: "deleted by retention at the origin"}); err != nil {
+						return err
+					}
+					s.metrics.servedGaps.Inc()
+				}
+				pos = sh.End
+			}
+			if pos >= sh.End {
+				return &closedEndError{end: sh.End}
+			}
 		}
 		limit, err := readLimit(ctx, out, maxBatch)
 		if err != nil {
@@ -258,6 +310,27 @@ func (s *server) serveRelay(ctx context.Context, st *store.Stream, pr PullReques
 				return out.Send(FramePullTrimmed, quic.RawPayload(appendUvarint(nil, recs[0].Origin.Seq)))
 			}
 		}
+		if len(recs) == 0 && !bounded(pr) && st.Watermark(k) > pos {
+			// A closed origin shard held here to its end is complete once
+			// nothing of it is left after pos (its last sequences may
+			// number others' records): unless our retention may have
+			// removed some, which the trimmed check below reports.
+			end, closed := closedEnd(s.originLayout(st, OwnerOf(k.Hub)), k.Shard)
+			if closed && st.Watermark(k) >= end {
+				risky := false
+				if pos < end {
+					if risky, err = mayBeTrimmed(); err != nil {
+						return serveErr(pr, err)
+					}
+				}
+				if !risky {
+					if err := s.sendGaps(out, pr, pos, end); err != nil {
+						return err
+					}
+					return &closedEndError{end: end}
+				}
+			}
+		}
 		if len(recs) == 0 {
 			if wm := st.Watermark(k); wm > pos {
 				// We applied records after pos and hold none of them.
@@ -388,6 +461,8 @@ func (s *server) idle(ctx context.Context, st *store.Stream, pr PullRequest, idl
 		return out.Send(FramePullProgress, &Progress{High: high, Time: time.Now().UnixNano()})
 	case errors.Is(err, store.ErrClosed):
 		return quic.Errorf(quic.CodeUnavailable, "stream %q closed", pr.Stream)
+	case errors.Is(err, store.ErrShardClosed):
+		return nil // the shard closed at a reshard: the serving loop ends the follow
 	}
 	return serveErr(pr, err)
 }

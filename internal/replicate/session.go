@@ -223,6 +223,10 @@ func (ss *srvSession) start(f Follow) error {
 				"origin", f.Origin.Hub, "shard", f.Origin.Shard, "err", err)
 		}
 		end := &FollowEnd{ID: f.ID, Code: quic.CodeOf(err), Message: errMessage(err)}
+		var ce *closedEndError
+		if errors.As(err, &ce) {
+			end = &FollowEnd{ID: f.ID, Code: quic.CodeOK, Closed: true, ClosedEnd: ce.end}
+		}
 		ss.send(ss.ctx, FramePullEnd, end)
 	}()
 	return nil

@@ -113,10 +113,17 @@ func highestLocal(st *store.Stream, shard int, lo, hi uint64) (uint64, error) {
 // are applied in order, except for reported gaps).
 func localVector(self string, st *store.Stream, hc *highCache) (map[store.OriginKey]uint64, error) {
 	v := st.Watermarks()
+	l := st.Layout()
 	for s := 0; s < st.Shards(); s++ {
 		h, err := hc.own(st, s)
 		if err != nil {
 			return nil, err
+		}
+		// A closed shard is held to its end (the sequences after our last
+		// own record there number replicated records), and pullers
+		// complete it at its end: say so, so peers can compare.
+		if end, closed := closedEnd(l, uint32(s)); closed {
+			h = max(h, end)
 		}
 		if h > 0 {
 			v[store.OriginKey{Hub: self, Shard: uint32(s)}] = h
