@@ -493,11 +493,16 @@ func trimmed(st *store.Stream) bool {
 // waitWatermark blocks until origin k's watermark passes pos (any shard may
 // receive its records), or ctx ends. Commits wake it; it never polls.
 func waitWatermark(ctx context.Context, st *store.Stream, k store.OriginKey, pos uint64) error {
-	cases := make([]reflect.SelectCase, st.Shards()+1)
-	cases[0] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}
+	var cases []reflect.SelectCase
 	for {
-		for i := 0; i < st.Shards(); i++ {
-			cases[i+1] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.Changed(i))}
+		// A reshard adds shards (where k's next records may go): the
+		// cases are rebuilt each round, and the layout's change wakes us.
+		n := st.Shards()
+		cases = append(cases[:0],
+			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
+			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.LayoutChanged())})
+		for i := 0; i < n; i++ {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.Changed(i))})
 		}
 		if st.Watermark(k) > pos {
 			return nil
