@@ -29,6 +29,12 @@ func TestFederationLayoutGossiped(t *testing.T) {
 	createReplicated(t, a, "lin", 2, "all")
 	produceAt(t, a, "lin", 50, 8)
 	converged(t, "lin", 50, a, b, c)
+	// Streams never resharded publish no layout: gossip is as before.
+	for _, h := range []*Hub{a, b, c} {
+		if ls := h.federation.gossip.Streams()["lin"].Layouts; len(ls) != 0 {
+			t.Fatalf("%s: layouts %v gossiped for a stream never resharded", h.cfg.Hub.Name, ls)
+		}
+	}
 	n.setCut("a", "c", true)
 	st := mustStreamEventually(t, a, "lin")
 	if err := st.SetOriginLayout(context.Background(), "x", xSplit(9)); err != nil {
