@@ -99,6 +99,10 @@ var errorCodes = []errorCode{
 	{store.ErrCorrupt, "store.ErrCorrupt", quic.CodeCorrupt, http.StatusInternalServerError, CodeCorrupt},
 	{store.ErrNoSpace, "store.ErrNoSpace", quic.CodeStorageFull, http.StatusInsufficientStorage, CodeStorageFull},
 	{store.ErrStreamExists, "store.ErrStreamExists", quic.CodeInternal, http.StatusConflict, CodeExists},
+	{store.ErrShardClosed, "store.ErrShardClosed", quic.CodeShardClosed, http.StatusConflict, CodeConflict},
+	{store.ErrNotAdjacent, "store.ErrNotAdjacent", quic.CodeInvalidArgument, http.StatusBadRequest, CodeInvalid},
+	{store.ErrTooManyShards, "store.ErrTooManyShards", quic.CodeLimit, http.StatusConflict, CodeConflict},
+	{store.ErrReshardBusy, "store.ErrReshardBusy", quic.CodeUnavailable, http.StatusConflict, CodeConflict},
 
 	// The transport's and the standard library's: quic.ToError gives their
 	// wire codes.

@@ -63,6 +63,10 @@ const (
 	// CodeStorageFull refuses a batch because the hub's disk is full:
 	// nothing of it was stored. Appends succeed again once space is freed.
 	CodeStorageFull Code = 0x13
+	// CodeShardClosed refuses a batch naming a shard that a reshard closed:
+	// nothing of it was stored; its records belong to the shard's children
+	// (docs/resharding.md).
+	CodeShardClosed Code = 0x14
 )
 
 var codeNames = map[Code]string{
@@ -73,6 +77,7 @@ var codeNames = map[Code]string{
 	CodeRecordTooLarge: "record_too_large", CodeUnknownOp: "unknown_op", CodeLimit: "limit",
 	CodeUnavailable: "unavailable", CodeInternal: "internal", CodeCorrupt: "corrupt",
 	CodeCanceled: "canceled", CodeSequenceConflict: "sequence_conflict", CodeStorageFull: "storage_full",
+	CodeShardClosed: "shard_closed",
 }
 
 func (c Code) String() string {
