@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,14 @@ type groupPlane struct {
 	dp     *dataPlane
 	coord  *groups.Coordinator
 	logger *slog.Logger
+
+	// Layout watchers: one goroutine per stream with groups, giving the
+	// coordinator the stream's layout at start and at every change.
+	ctx     context.Context // ends at Close
+	cancel  context.CancelFunc
+	watchMu sync.Mutex
+	watched map[*store.Stream]bool
+	watchWG sync.WaitGroup
 }
 
 // addGroups opens the coordinator and registers OpGroup, the admin routes
@@ -47,13 +56,22 @@ func (h *Hub) addGroups() error {
 	cfg.MaxSessionTimeout = time.Duration(gc.MaxSessionTimeout)
 	cfg.MaxMembers = gc.MaxMembers
 	cfg.Logger = h.logger
-	gp := &groupPlane{h: h, dp: h.dataPlane, logger: h.logger}
+	gp := &groupPlane{h: h, dp: h.dataPlane, logger: h.logger, watched: map[*store.Stream]bool{}}
+	gp.ctx, gp.cancel = context.WithCancel(context.Background())
 	cfg.Resolve = gp.resolve
 	coord, err := groups.Open(cfg)
 	if err != nil {
+		gp.cancel()
 		return fmt.Errorf("hub: consumer groups: %w", err)
 	}
 	gp.coord = coord
+	// Groups loaded from the file learn their streams' layouts before any
+	// member can join (the data plane serves later).
+	for _, gi := range coord.Groups() {
+		if st, err := h.store.Stream(gi.Stream); err == nil {
+			gp.watch(st)
+		}
+	}
 	h.add(gp)
 	h.dataPlane.handle(quic.OpGroup, quic.HandlerFunc(gp.serve))
 	h.route("GET /v1/groups", gp.list)
@@ -78,8 +96,74 @@ func (gp *groupPlane) Run(ctx context.Context) error {
 	return nil
 }
 
-// Close ends every member session and closes groups.db. Idempotent.
-func (gp *groupPlane) Close() error { return gp.coord.Close() }
+// Close ends every member session, stops the layout watchers and closes
+// groups.db. Idempotent.
+func (gp *groupPlane) Close() error {
+	gp.cancel()
+	gp.watchWG.Wait()
+	return gp.coord.Close()
+}
+
+// watch gives the coordinator st's layout now and starts following its
+// changes, unless st is followed already. The follower ends with the
+// stream (deleted: a stream created again under the name is another
+// *store.Stream, followed from the next join) or at Close.
+func (gp *groupPlane) watch(st *store.Stream) {
+	gp.watchMu.Lock()
+	if gp.watched[st] || gp.ctx.Err() != nil {
+		gp.watchMu.Unlock()
+		return
+	}
+	gp.watched[st] = true
+	gp.watchWG.Add(1)
+	gp.watchMu.Unlock()
+	changed := st.LayoutChanged() // before the read: no change is missed
+	gp.setLayout(st)
+	go func() {
+		defer gp.watchWG.Done()
+		defer func() {
+			gp.watchMu.Lock()
+			delete(gp.watched, st)
+			gp.watchMu.Unlock()
+		}()
+		for {
+			select {
+			case <-gp.ctx.Done():
+				return
+			case <-st.Done():
+				return
+			case <-changed:
+			}
+			changed = st.LayoutChanged()
+			gp.setLayout(st)
+		}
+	}()
+}
+
+// setLayout converts st's layout for the coordinator. First, the first
+// live sequence, is read for closed shards only (where it decides
+// "finished"); see groups.Shard.
+func (gp *groupPlane) setLayout(st *store.Stream) {
+	l := st.Layout()
+	shards := make([]groups.Shard, len(l.Shards))
+	for i, sl := range l.Shards {
+		sh := groups.Shard{ID: sl.ID, Parents: sl.Parents, Closed: sl.State != store.ShardOpen, End: sl.End,
+			Retired: sl.State == store.ShardRetired}
+		if sh.Closed {
+			sh.ClosedAt = time.Unix(0, sl.ClosedAt)
+			if sh.Retired {
+				sh.First = sl.End + 1
+			} else if first, _, err := st.Bounds(int(sl.ID)); err == nil {
+				sh.First = first
+			}
+		}
+		shards[i] = sh
+	}
+	if err := gp.coord.SetLayout(st.Name(), l.Version, shards); err != nil && !errors.Is(err, groups.ErrClosed) {
+		gp.logger.Error("consumer groups: layout not applied; the next layout change retries", "stream", st.Name(),
+			"layout_version", l.Version, "err", err)
+	}
+}
 
 // resolve positions a shard the group never committed.
 func (gp *groupPlane) resolve(stream string, shard int, start groups.Start) (uint64, error) {
@@ -122,8 +206,11 @@ func (gp *groupPlane) serve(ctx context.Context, req *quic.Request) error {
 	if err := req.Conn.HandshakeComplete(ctx); err != nil {
 		return wireErr(err)
 	}
+	gp.watch(st)
+	// The shard count at creation: a reshard does not change it (and is no
+	// reason to drop the group's offsets).
 	sess, err := gp.coord.Join(groups.JoinRequest{
-		Group: join.Group, Stream: join.Stream, Shards: st.Shards(), Incarnation: st.Incarnation(), Member: join.MemberID,
+		Group: join.Group, Stream: join.Stream, Shards: st.Config().Shards, Incarnation: st.Incarnation(), Member: join.MemberID,
 		SessionTimeout: time.Duration(join.SessionTimeoutMillis) * time.Millisecond,
 		Start:          groups.Start{Kind: groups.StartKind(join.Start.Kind), Value: join.Start.Value},
 		Remote:         req.Conn.RemoteAddr().String(),
@@ -177,7 +264,7 @@ func (gp *groupPlane) serve(ctx context.Context, req *quic.Request) error {
 			out := quic.GroupAssignment{Generation: a.Generation, SessionTimeoutMillis: quic.Millis(a.SessionTimeout),
 				Shards: uint32(a.Shards), Leases: make([]quic.GroupLease, len(a.Leases))}
 			for i, l := range a.Leases {
-				out.Leases[i] = quic.GroupLease{Shard: uint32(l.Shard), Epoch: l.Epoch, Offset: l.Offset}
+				out.Leases[i] = quic.GroupLease{Shard: uint32(l.Shard), Epoch: l.Epoch, Offset: l.Offset, ClosedNext: l.ClosedNext}
 			}
 			if err := req.Stream.Send(quic.FrameGroupAssignment, &out); err != nil {
 				return err
@@ -319,6 +406,15 @@ type GroupShard struct {
 	Lag         int64      `json:"lag"`
 	CommittedAt *time.Time `json:"committed_at,omitempty"`
 	CommittedBy string     `json:"committed_by,omitempty"`
+	// Across a reshard (absent while the shard is open): ShardState is
+	// "closed" (not finished by the group yet) or "finished" (committed
+	// past EndSeq, or nothing of it left to read); EndSeq is the closed
+	// shard's last sequence; WaitingFor lists the parents the group has not
+	// finished: the shard is leased only after them. Retired shards are
+	// not listed (their offsets are deleted).
+	ShardState string `json:"shard_state,omitempty"`
+	EndSeq     uint64 `json:"end_seq,omitempty"`
+	WaitingFor []int  `json:"waiting_for,omitempty"`
 }
 
 // GroupResetRequest is the body of POST /v1/groups/{name}/reset.
@@ -345,7 +441,13 @@ func (gp *groupPlane) info(gi groups.GroupInfo) GroupInfo {
 	out.Incarnation = gi.Incarnation
 	out.Stale = st != nil && gi.Incarnation != "" && gi.Incarnation != st.Incarnation()
 	for _, s := range gi.Offsets {
-		gs := GroupShard{Shard: s.Shard, State: s.State, Committed: s.Offset, CommittedBy: s.CommittedBy}
+		if s.ShardState == groups.ShardStateRetired {
+			continue
+		}
+		gs := GroupShard{Shard: s.Shard, State: s.State, Committed: s.Offset, CommittedBy: s.CommittedBy, WaitingFor: s.WaitingFor}
+		if s.ShardState != groups.ShardStateOpen {
+			gs.ShardState, gs.EndSeq = s.ShardState, s.End
+		}
 		if s.State != groups.StateUnassigned {
 			gs.Owner, gs.Epoch = s.Owner, s.Epoch
 		}
@@ -426,16 +528,21 @@ func (gp *groupPlane) reset(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	gp.watch(st)
+	layout := st.Layout()
 	shards := req.Shards
 	if len(shards) == 0 {
-		for i := range st.Shards() {
-			shards = append(shards, i)
+		// Every shard with records to position: retired ones have none.
+		for _, sl := range layout.Shards {
+			if sl.State != store.ShardRetired {
+				shards = append(shards, int(sl.ID))
+			}
 		}
 	}
 	offsets := map[int]uint64{}
 	for _, sh := range shards {
-		if sh < 0 || sh >= st.Shards() {
-			return badRequest("reset group %q: shard %d of %d", name, sh, st.Shards())
+		if sh < 0 || sh >= len(layout.Shards) || layout.Shards[sh].State == store.ShardRetired {
+			return badRequest("reset group %q: shard %d of %d", name, sh, len(layout.Shards))
 		}
 		pos, err := gp.resolve(req.Stream, sh, start)
 		if err != nil {
@@ -443,7 +550,7 @@ func (gp *groupPlane) reset(w http.ResponseWriter, r *http.Request) error {
 		}
 		offsets[sh] = max(pos, 1)
 	}
-	err = gp.coord.Reset(groups.ResetRequest{Group: name, Stream: req.Stream, Shards: st.Shards(), Incarnation: st.Incarnation(), Offsets: offsets})
+	err = gp.coord.Reset(groups.ResetRequest{Group: name, Stream: req.Stream, Shards: st.Config().Shards, Incarnation: st.Incarnation(), Offsets: offsets})
 	if err != nil {
 		return err
 	}
@@ -458,14 +565,15 @@ func (gp *groupPlane) reset(w http.ResponseWriter, r *http.Request) error {
 // groupCollector exports members, committed offsets and lag per group and
 // shard, read at scrape time.
 type groupCollector struct {
-	gp                      *groupPlane
-	members, committed, lag *prometheus.Desc
+	gp                               *groupPlane
+	members, committed, lag, waiting *prometheus.Desc
 }
 
 func (c *groupCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.members
 	ch <- c.committed
 	ch <- c.lag
+	ch <- c.waiting
 }
 
 func (c *groupCollector) Collect(ch chan<- prometheus.Metric) {
@@ -478,6 +586,9 @@ func (c *groupCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(s.Lag), info.Name, info.Stream, shard)
 		}
 	}
+	for stream, n := range c.gp.coord.WaitingShards() {
+		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(n), stream)
+	}
 }
 
 func (gp *groupPlane) registerMetrics(reg *prometheus.Registry) error {
@@ -488,6 +599,11 @@ func (gp *groupPlane) registerMetrics(reg *prometheus.Registry) error {
 			members:   prometheus.NewDesc("edgehub_group_members", "Members of a consumer group (connected or within their session timeout).", []string{"group", "stream"}, nil),
 			committed: prometheus.NewDesc("edgehub_group_committed_offset", "Committed offset of a group's shard: the next sequence to process.", shardLabels, nil),
 			lag:       prometheus.NewDesc("edgehub_group_lag_records", "Records of a shard after the group's committed offset.", shardLabels, nil),
+			// The series other readers export too, with their own reader
+			// label (the help text must be the same: internal/replicate).
+			waiting: prometheus.NewDesc("edgehub_lineage_waiting_shards",
+				"Shards a reader may not start yet because a parent shard closed by a reshard is not finished for it.",
+				[]string{"stream"}, prometheus.Labels{"reader": "group"}),
 		},
 	}
 	for _, m := range []struct {

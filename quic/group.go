@@ -115,6 +115,12 @@ type GroupLease struct {
 	Shard  uint32
 	Epoch  uint64
 	Offset uint64
+	// ClosedNext is 0 while the shard is open; for a shard a reshard
+	// closed, end+1: the member commits it as soon as it has processed the
+	// shard's last record, and the hub then leases the shard's children.
+	// On the wire it trails the leases (one per lease, in order), so
+	// receivers from before resharding ignore it.
+	ClosedNext uint64
 }
 
 // GroupAssignment is the member's complete current assignment. The hub sends
@@ -140,6 +146,12 @@ func (f *GroupAssignment) Append(dst []byte) []byte {
 		dst = binary.AppendUvarint(dst, l.Epoch)
 		dst = binary.AppendUvarint(dst, l.Offset)
 	}
+	// The trailing closed_next list is always written (zeros while the
+	// stream was never resharded), so fields appended after it by later
+	// revisions are found where a receiver of this one stops.
+	for _, l := range f.Leases {
+		dst = binary.AppendUvarint(dst, l.ClosedNext)
+	}
 	return dst
 }
 
@@ -158,6 +170,13 @@ func (f *GroupAssignment) Decode(p []byte) error {
 	f.Leases = make([]GroupLease, 0, n)
 	for i := 0; i < n && d.Err == nil; i++ {
 		f.Leases = append(f.Leases, GroupLease{Shard: d.Uint32("shard"), Epoch: d.Uvarint(), Offset: d.Uvarint()})
+	}
+	if d.Err == nil && len(d.Buf) > 0 && len(f.Leases) > 0 {
+		// Trailing closed_next per lease (absent from hubs before
+		// resharding, and when every leased shard is open).
+		for i := range f.Leases {
+			f.Leases[i].ClosedNext = d.Uvarint()
+		}
 	}
 	return d.done()
 }

@@ -1,6 +1,8 @@
 package quic
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -14,6 +16,8 @@ func groupFrameCases() []frameCase {
 		{"join defaults", &GroupJoin{Group: "g", Stream: "s", MemberID: "m"}, &GroupJoin{}},
 		{"assignment", &GroupAssignment{Generation: 3, SessionTimeoutMillis: 300, Shards: 8,
 			Leases: []GroupLease{{Shard: 1, Epoch: 17, Offset: 1}, {Shard: 7, Epoch: 1 << 40, Offset: 1 << 50}}}, &GroupAssignment{}},
+		{"assignment closed shards", &GroupAssignment{Generation: 4, SessionTimeoutMillis: 300, Shards: 11,
+			Leases: []GroupLease{{Shard: 2, Epoch: 17, Offset: 1, ClosedNext: 151}, {Shard: 9, Epoch: 18, Offset: 3}, {Shard: 10, Epoch: 19, Offset: 1, ClosedNext: 1}}}, &GroupAssignment{}},
 		{"assignment empty", &GroupAssignment{Generation: 1, SessionTimeoutMillis: 10_000, Shards: 2, Leases: []GroupLease{}}, &GroupAssignment{}},
 		{"heartbeat", &GroupHeartbeat{Generation: 9}, &GroupHeartbeat{}},
 		{"commit", &GroupCommit{ID: 4, Offsets: []GroupOffset{{Shard: 0, Epoch: 2, Offset: 100}, {Shard: 3, Epoch: 5, Offset: 1}}}, &GroupCommit{}},
@@ -54,6 +58,7 @@ func TestGroupFrameDecodeErrors(t *testing.T) {
 		{"join long member id", &GroupJoin{}, append([]byte{1, 'g', 1, 's', 0x80, 0x02}, make([]byte, 256+3)...)},
 		{"assignment count lies", &GroupAssignment{}, []byte{1, 1, 1, 0xff, 0x01, 0, 0, 0}},
 		{"assignment shard overflow", &GroupAssignment{}, []byte{1, 1, 1, 1, 0x80, 0x80, 0x80, 0x80, 0x10, 1, 1}},
+		{"assignment closed_next truncated", &GroupAssignment{}, []byte{1, 1, 4, 2, 1, 1, 1, 2, 1, 1, 0x80}},
 		{"commit truncated", &GroupCommit{}, []byte{1, 2, 0, 1, 1}},
 		{"commit ack message past end", &GroupCommitAck{}, []byte{1, 1, 0, 0x10, 9, 'x'}},
 		{"heartbeat empty", &GroupHeartbeat{}, nil},
@@ -108,8 +113,10 @@ func FuzzGroupJoin(f *testing.F) {
 }
 
 func FuzzGroupAssignment(f *testing.F) {
-	fuzzDecoder(f, &GroupAssignment{Generation: 2, SessionTimeoutMillis: 300, Shards: 4, Leases: []GroupLease{{1, 2, 3}}},
-		&GroupAssignment{Leases: []GroupLease{}})
+	fuzzDecoder(f, &GroupAssignment{Generation: 2, SessionTimeoutMillis: 300, Shards: 4, Leases: []GroupLease{{Shard: 1, Epoch: 2, Offset: 3}}},
+		&GroupAssignment{Leases: []GroupLease{}},
+		&GroupAssignment{Generation: 3, SessionTimeoutMillis: 300, Shards: 6,
+			Leases: []GroupLease{{Shard: 1, Epoch: 2, Offset: 3, ClosedNext: 151}, {Shard: 4, Epoch: 5, Offset: 1}}})
 }
 
 func FuzzGroupCommit(f *testing.F) {
@@ -123,3 +130,34 @@ func FuzzGroupCommitAck(f *testing.F) {
 func FuzzGroupHeartbeat(f *testing.F) { fuzzDecoder(f, &GroupHeartbeat{Generation: 7}) }
 
 func FuzzGroupSync(f *testing.F) { fuzzDecoder(f, &GroupSync{Generation: 7}) }
+
+// TestGroupAssignmentOldDecoders: the trailing closed_next list is what a
+// decoder from before resharding ignores (it stops after the leases), and
+// an assignment from a hub before resharding decodes with every lease open.
+func TestGroupAssignmentOldDecoders(t *testing.T) {
+	a := GroupAssignment{Generation: 3, SessionTimeoutMillis: 300, Shards: 6,
+		Leases: []GroupLease{{Shard: 1, Epoch: 2, Offset: 3, ClosedNext: 151}, {Shard: 4, Epoch: 5, Offset: 1}}}
+	b := a.Append(nil)
+	// The encoding before resharding: the same fields without the list.
+	old := binary.AppendUvarint(nil, a.Generation)
+	old = binary.AppendUvarint(old, a.SessionTimeoutMillis)
+	old = binary.AppendUvarint(old, uint64(a.Shards))
+	old = binary.AppendUvarint(old, uint64(len(a.Leases)))
+	for _, l := range a.Leases {
+		old = binary.AppendUvarint(old, uint64(l.Shard))
+		old = binary.AppendUvarint(old, l.Epoch)
+		old = binary.AppendUvarint(old, l.Offset)
+	}
+	if !bytes.HasPrefix(b, old) || len(b) != len(old)+3 {
+		t.Fatalf("encoding %x does not extend the old one %x by the closed_next list", b, old)
+	}
+	var got GroupAssignment
+	if err := got.Decode(old); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range got.Leases {
+		if l.ClosedNext != 0 {
+			t.Fatalf("an old hub's lease decoded as closed: %+v", got)
+		}
+	}
+}

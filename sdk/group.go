@@ -43,8 +43,11 @@ type GroupOptions struct {
 	// Credit is the subscription's byte credit, as ConsumeOptions.Credit.
 	Credit int
 	// CommitInterval: records are committed automatically, from Next and
-	// NextBatch, at most this often. Default 1s; negative commits only in
-	// Commit, on rebalances and in Close.
+	// NextBatch, at most this often, and at once when a shard closed by a
+	// reshard has been processed to its end (its children are leased only
+	// after that commit). Default 1s; negative commits only in Commit, on
+	// rebalances and in Close: then call Commit after the last record of a
+	// closed shard, or its children wait.
 	CommitInterval time.Duration
 	// OnRevoke is called, from the goroutine calling Next, NextBatch or
 	// Commit, with shards this member is giving up, before their final
@@ -111,6 +114,10 @@ type GroupConsumer struct {
 type groupLease struct {
 	epoch                           uint64
 	delivered, processed, committed uint64
+	// closedNext is 0 while the shard is open; once a reshard closed it,
+	// its end+1: reaching it is committed at once, since the hub leases the
+	// shard's children only after that commit.
+	closedNext uint64
 }
 
 type commitResult struct {
@@ -327,6 +334,19 @@ func (g *GroupConsumer) wait(ctx context.Context) error {
 	return err
 }
 
+// closedReached reports whether a closed shard has been processed to its
+// end and that is not committed yet: it is committed at once, whatever the
+// interval, so that the shard's children are not held back (an SDK before
+// resharding commits it at its interval, which only delays them).
+func (g *GroupConsumer) closedReached() bool {
+	for _, l := range g.leases {
+		if l.closedNext > 0 && l.processed >= l.closedNext && l.committed < l.closedNext {
+			return true
+		}
+	}
+	return false
+}
+
 // uncommitted reports whether some shard has processed records not yet
 // committed.
 func (g *GroupConsumer) uncommitted() bool {
@@ -352,7 +372,7 @@ func (g *GroupConsumer) maintain(ctx context.Context) error {
 			return err
 		}
 	}
-	if g.opts.CommitInterval > 0 && time.Since(g.lastCommit) >= g.opts.CommitInterval {
+	if g.opts.CommitInterval > 0 && (time.Since(g.lastCommit) >= g.opts.CommitInterval || g.closedReached()) {
 		if err := g.commit(ctx); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -377,10 +397,11 @@ func (g *GroupConsumer) apply(ctx context.Context, a *quic.GroupAssignment) erro
 	for _, l := range a.Leases {
 		sh := int(l.Shard)
 		if old := g.leases[sh]; old != nil && old.epoch == l.Epoch {
+			old.closedNext = l.ClosedNext // the shard may have closed since
 			next[sh] = old
 			continue
 		}
-		next[sh] = &groupLease{epoch: l.Epoch, delivered: l.Offset, processed: l.Offset, committed: l.Offset}
+		next[sh] = &groupLease{epoch: l.Epoch, delivered: l.Offset, processed: l.Offset, committed: l.Offset, closedNext: l.ClosedNext}
 		added = append(added, sh)
 	}
 	var revoked []int

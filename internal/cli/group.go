@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -98,7 +99,14 @@ func groupDescribe(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintln(stdout)
 	tw = newTable(stdout)
-	fmt.Fprintln(tw, "SHARD\tSTATE\tOWNER\tEPOCH\tCOMMITTED\tLAST SEQ\tLAG\tCOMMITTED AT\tBY")
+	// A LINEAGE column only once the stream was resharded (a closed shard
+	// or one waiting for its parents): otherwise the table is as before.
+	lineage := slices.ContainsFunc(g.Shards, func(s hub.GroupShard) bool { return s.ShardState != "" || len(s.WaitingFor) > 0 })
+	head := "SHARD\tSTATE\tOWNER\tEPOCH\tCOMMITTED\tLAST SEQ\tLAG\tCOMMITTED AT\tBY"
+	if lineage {
+		head += "\tLINEAGE"
+	}
+	fmt.Fprintln(tw, head)
 	for _, s := range g.Shards {
 		at, by := "-", orDash(s.CommittedBy, s.CommittedBy == "")
 		if s.CommittedAt != nil {
@@ -107,11 +115,28 @@ func groupDescribe(ctx context.Context, args []string) error {
 				by = "(reset)"
 			}
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", s.Shard, s.State, orDash(s.Owner, s.Owner == ""),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s", s.Shard, s.State, orDash(s.Owner, s.Owner == ""),
 			orDash(strconv.FormatUint(s.Epoch, 10), s.Epoch == 0), orDash(strconv.FormatUint(s.Committed, 10), s.Committed == 0),
 			s.LastSeq, s.Lag, at, by)
+		if lineage {
+			fmt.Fprintf(tw, "\t%s", groupLineage(s))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// groupLineage is a shard's LINEAGE cell: "open", "closed end=N",
+// "finished end=N", and "waiting for P,Q" while parents are unfinished.
+func groupLineage(s hub.GroupShard) string {
+	out := "open"
+	if s.ShardState != "" {
+		out = fmt.Sprintf("%s end=%d", s.ShardState, s.EndSeq)
+	}
+	if len(s.WaitingFor) > 0 {
+		out += ", waiting for " + ints(s.WaitingFor)
+	}
+	return out
 }
 
 // ints formats shard lists: "0,2,3" or "-".

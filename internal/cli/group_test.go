@@ -121,3 +121,23 @@ func TestEndToEndGroups(t *testing.T) {
 		t.Fatalf("list after delete: %s", out)
 	}
 }
+
+// TestGroupLineageCell: describe's LINEAGE column across a reshard.
+func TestGroupLineageCell(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   hub.GroupShard
+		want string
+	}{
+		{"open", hub.GroupShard{}, "open"},
+		{"closed parent", hub.GroupShard{ShardState: "closed", EndSeq: 150}, "closed end=150"},
+		{"finished parent", hub.GroupShard{ShardState: "finished", EndSeq: 150}, "finished end=150"},
+		{"waiting child", hub.GroupShard{WaitingFor: []int{1, 2}}, "open, waiting for 1,2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := groupLineage(tc.in); got != tc.want {
+				t.Fatalf("groupLineage(%+v) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}

@@ -34,6 +34,9 @@ type Coordinator struct {
 	// the name wait for the channel to close.
 	busy   map[string]chan struct{}
 	closed bool
+	// layouts holds the newest layout set per stream (SetLayout); a group
+	// takes its stream's when it is created or loaded.
+	layouts map[string]*streamLayout
 
 	joins, leaves, expirations, rebalances, commits, refused atomic.Uint64
 
@@ -44,6 +47,9 @@ type Coordinator struct {
 	// coordinator's own operations (op: "create", "rebind", "delete",
 	// "grant", "reset"): a test's slow fsync.
 	testHookWrite func(op string)
+	// testSkipParents, if set, lets rebalance lease a child before its
+	// parents are finished: the negative control of the lineage tests.
+	testSkipParents bool
 }
 
 // update runs fn in a write transaction of groups.db, which commits with
@@ -72,6 +78,9 @@ type group struct {
 	timer      *time.Timer // fires at the earliest member or revocation deadline
 	gone       error       // ErrDeleted or ErrClosed once the group is no more
 	rebalances uint64
+	// layout is the stream's layout (nil until the hub sets one: every
+	// shard of the creation is open).
+	layout *streamLayout
 }
 
 // lease is a shard's current grant. member "" means unassigned.
@@ -117,11 +126,13 @@ func Open(cfg Config) (*Coordinator, error) {
 		db.Close()
 		return nil, fmt.Errorf("groups: open %s: %w", cfg.Path, err)
 	}
-	c := &Coordinator{cfg: cfg, logger: cfg.Logger, db: db, groups: map[string]*group{}, busy: map[string]chan struct{}{}}
+	c := &Coordinator{cfg: cfg, logger: cfg.Logger, db: db, groups: map[string]*group{}, busy: map[string]chan struct{}{},
+		layouts: map[string]*streamLayout{}}
 	for name, s := range loaded {
 		g := c.newGroup(name, s.def)
 		g.epoch = s.epoch
 		for shard, r := range s.offsets {
+			g.grow(shard + 1) // children of a reshard have ids past the creation count
 			g.offsets[shard] = r
 		}
 		c.groups[name] = g
@@ -189,7 +200,8 @@ func (c *Coordinator) Stats() Stats {
 type JoinRequest struct {
 	Group  string
 	Stream string
-	// Shards is the stream's shard count now.
+	// Shards is the stream's shard count at creation (a reshard does not
+	// change it; the ids of later shards come from SetLayout).
 	Shards int
 	// Incarnation is the stream's incarnation now; "" skips the check. A
 	// group whose offsets belong to another incarnation starts over.
@@ -317,6 +329,14 @@ func (c *Coordinator) group(name, stream string, shards int, inc string, create 
 		}
 		if err == nil {
 			c.groups[name] = ng
+			// Under c.mu, as SetLayout stores the layout: the group sees
+			// the newest one either way.
+			if l := c.layouts[ng.def.Stream]; l != nil && l != ng.layout {
+				ng.mu.Lock()
+				ng.layout = l
+				ng.grow(len(l.shards))
+				ng.mu.Unlock()
+			}
 		}
 		c.mu.Unlock()
 		if err != nil {
@@ -415,12 +435,23 @@ func (g *group) rebalance(now time.Time, force *member) error {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	owner := make([]string, len(g.leases))
-	revoking := make([]bool, len(g.leases))
-	for s, l := range g.leases {
-		owner[s], revoking[s] = l.member, l.revoking
+	// Only assignable shards are balanced: a finished shard is given up
+	// (through the hand-over below) and a child waits for its parents.
+	var pick []int
+	for s := range g.leases {
+		if g.assignable(s) {
+			pick = append(pick, s)
+		}
 	}
-	target := assign(ids, owner, revoking)
+	owner := make([]string, len(pick))
+	revoking := make([]bool, len(pick))
+	for i, s := range pick {
+		owner[i], revoking[i] = g.leases[s].member, g.leases[s].revoking
+	}
+	target := make([]string, len(g.leases))
+	for i, t := range assign(ids, owner, revoking) {
+		target[pick[i]] = t
+	}
 
 	changed := map[*member]bool{}
 	if force != nil {
@@ -498,7 +529,7 @@ func (g *group) grant(now time.Time, shards []int, target []string) error {
 		if g.offsets[s].Offset != 0 {
 			continue
 		}
-		pos, err := g.c.cfg.Resolve(g.def.Stream, s, g.members[target[s]].start)
+		pos, err := g.c.cfg.Resolve(g.def.Stream, s, g.childStart(s, g.members[target[s]].start))
 		if err != nil {
 			return fmt.Errorf("groups: group %q: position of shard %d: %w", g.name, s, err)
 		}
@@ -664,7 +695,7 @@ func (g *group) delete() error {
 type ResetRequest struct {
 	Group  string
 	Stream string
-	Shards int // the stream's shard count now
+	Shards int // the stream's shard count at creation
 	// Incarnation is the stream's incarnation now ("" skips the check): a
 	// group bound to another one starts over before the reset applies.
 	Incarnation string
@@ -683,17 +714,19 @@ func (c *Coordinator) Reset(req ResetRequest) error {
 	if req.Stream == "" || req.Shards < 1 || req.Shards > maxShards {
 		return fmt.Errorf("%w: stream %q with %d shards", ErrInvalid, req.Stream, req.Shards)
 	}
-	for s, off := range req.Offsets {
-		if s < 0 || s >= req.Shards || off == 0 {
-			return fmt.Errorf("%w: offset %d for shard %d of %d", ErrInvalid, off, s, req.Shards)
-		}
-	}
 	g, err := c.group(req.Group, req.Stream, req.Shards, req.Incarnation, true)
 	if err != nil {
 		return err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	// Shard ids are bounded by the layout (children of a reshard have ids
+	// past the creation count).
+	for s, off := range req.Offsets {
+		if _, known := g.shard(s); s < 0 || !known || off == 0 {
+			return fmt.Errorf("%w: offset %d for shard %d of %d", ErrInvalid, off, s, max(len(g.leases), req.Shards))
+		}
+	}
 	if g.gone != nil {
 		return fmt.Errorf("groups: reset %q: %w", g.name, g.gone)
 	}

@@ -180,8 +180,9 @@ func loadGroups(db *bolt.DB) (map[string]stored, error) {
 						return fmt.Errorf("%w: group %q: shard key %x", ErrCorrupt, name, k)
 					}
 					shard := int(binary.BigEndian.Uint32(k))
-					if shard >= s.def.Shards {
-						return fmt.Errorf("%w: group %q: offset of shard %d of %d", ErrCorrupt, name, shard, s.def.Shards)
+					// Children of a reshard have ids past the creation count.
+					if shard >= maxShards {
+						return fmt.Errorf("%w: group %q: offset of shard %d", ErrCorrupt, name, shard)
 					}
 					r, err := decodeOffsetRec(v)
 					if err != nil {
@@ -288,4 +289,16 @@ func putOffset(tx *bolt.Tx, name string, shard int, r offsetRec) error {
 
 func deleteGroup(tx *bolt.Tx, name string) error {
 	return tx.Bucket(bucketGroups).DeleteBucket([]byte(name))
+}
+
+func deleteOffset(tx *bolt.Tx, name string, shard int) error {
+	b, err := groupBucket(tx, name, false)
+	if err != nil {
+		return err
+	}
+	ob := b.Bucket(bucketOffsets)
+	if ob == nil {
+		return nil
+	}
+	return ob.Delete(shardKey(shard))
 }

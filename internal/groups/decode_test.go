@@ -69,12 +69,14 @@ func TestDamagedGroupsFile(t *testing.T) {
 			}
 			return ob.Put(shardKey(1), []byte{offsetRecVersion, 0x80})
 		}},
-		{"offset of a shard the group lacks", func(g *bolt.Bucket) error {
+		// Ids past the creation count are children of a reshard; past the
+		// wire's bound no shard can exist.
+		{"offset of a shard no layout can have", func(g *bolt.Bucket) error {
 			ob, err := g.CreateBucketIfNotExists(bucketOffsets)
 			if err != nil {
 				return err
 			}
-			return ob.Put(shardKey(7), offsetRec{Offset: 1}.encode())
+			return ob.Put(shardKey(maxShards), offsetRec{Offset: 1}.encode())
 		}},
 	}
 	for _, tc := range tests {

@@ -33,6 +33,19 @@
 // member processed after its last commit are delivered again to the next
 // owner; nothing is skipped.
 //
+// # Across a reshard
+//
+// The hub gives the coordinator each stream's layout (SetLayout): every
+// shard id ever assigned, with its parents and, once a reshard closed it,
+// its end. A reshard is not a rebind: the group keeps its creation shard
+// count and every offset, and children are new ids. A child is leased only
+// when every parent is finished for the group (closed and committed past
+// its end, retired, or nothing of it left to read), which keeps each key's
+// order across the lineage; rebalance balances only such assignable
+// shards, and a finished parent leaves its holder through the usual
+// hand-over. Offsets of finished parents are kept until they are retired.
+// docs/groups.md "Across a reshard" is the contract.
+//
 // # Durability
 //
 // Everything durable lives in one bbolt file (groups.db in the hub's data

@@ -31,6 +31,11 @@ type Lease struct {
 	Epoch uint64
 	// Offset is the shard's committed offset: where to start.
 	Offset uint64
+	// ClosedNext is 0 while the shard is open; for a shard a reshard
+	// closed it is End+1, the offset that finishes it: the member commits
+	// it as soon as it has processed the shard's last record, which lets
+	// the shard's children be leased.
+	ClosedNext uint64
 }
 
 // Assignment is a member's current leases.
@@ -38,7 +43,8 @@ type Assignment struct {
 	// Generation increases with every change of the member's leases.
 	Generation     uint64
 	SessionTimeout time.Duration
-	// Shards is the stream's shard count.
+	// Shards bounds the shard ids: the ids ever assigned in the stream
+	// (its shard count while it was never resharded).
 	Shards int
 	Leases []Lease
 }
@@ -99,10 +105,11 @@ func (s *Session) Assignment() Assignment {
 	g := s.g
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	a := Assignment{Generation: s.m.gen, SessionTimeout: s.m.timeout, Shards: g.def.Shards, Leases: []Lease{}}
+	a := Assignment{Generation: s.m.gen, SessionTimeout: s.m.timeout, Shards: len(g.leases), Leases: []Lease{}}
 	for shard, l := range g.leases {
 		if l.member == s.m.id && !l.revoking {
-			a.Leases = append(a.Leases, Lease{Shard: shard, Epoch: l.epoch, Offset: g.offsets[shard].Offset})
+			a.Leases = append(a.Leases, Lease{Shard: shard, Epoch: l.epoch, Offset: g.offsets[shard].Offset,
+				ClosedNext: g.closedNext(shard)})
 		}
 	}
 	return a
@@ -168,6 +175,11 @@ func (s *Session) Commit(offsets []Commit) []error {
 			g.c.refused.Add(1)
 			continue
 		}
+		if g.retired(o.Shard) {
+			// Nothing of a retired shard is kept: its offset was deleted
+			// with it, and storing one again would only leak.
+			continue
+		}
 		ok = append(ok, i)
 		g.writing[o.Shard]++
 	}
@@ -193,7 +205,7 @@ func (s *Session) Commit(offsets []Commit) []error {
 
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	freed := false
+	freed, retired := false, false
 	for _, i := range ok {
 		o := offsets[i]
 		g.writing[o.Shard]--
@@ -202,8 +214,18 @@ func (s *Session) Commit(offsets []Commit) []error {
 			errs[i] = fmt.Errorf("groups: commit: %w", err)
 			continue
 		}
+		was := g.finished(o.Shard)
 		g.offsets[o.Shard] = offsetRec{Offset: o.Offset, Time: t, Epoch: o.Epoch, Member: s.m.id}
 		g.c.commits.Add(1)
+		// A closed shard committed past its end is finished: its lease is
+		// handed back and its children may be leased.
+		freed = freed || (!was && g.finished(o.Shard))
+		retired = retired || g.retired(o.Shard) // retired while this was written
+	}
+	if retired && g.gone == nil {
+		if err := g.dropRetired(); err != nil {
+			g.c.logger.Warn("group: offsets of retired shards kept until the next layout change", "group", g.name, "err", err)
+		}
 	}
 	if freed && g.gone == nil {
 		g.settle(time.Now()) // grant what waited for this write
@@ -280,6 +302,15 @@ const (
 	StateUnassigned = "unassigned"
 )
 
+// Shard states in ShardInfo.ShardState (the stream's layout, as the group
+// sees it).
+const (
+	ShardStateOpen     = "open"
+	ShardStateClosed   = "closed"   // not finished by the group yet
+	ShardStateFinished = "finished" // closed and committed past its end (or nothing left to read)
+	ShardStateRetired  = "retired"
+)
+
 // GroupInfo describes a group.
 type GroupInfo struct {
 	Name   string
@@ -323,6 +354,13 @@ type ShardInfo struct {
 	Offset      uint64
 	CommittedAt time.Time
 	CommittedBy string // member, or "" for a reset
+	// ShardState is ShardStateOpen, ShardStateClosed, ShardStateFinished
+	// or ShardStateRetired; End is the last sequence of a closed shard.
+	ShardState string
+	End        uint64
+	// WaitingFor lists the parents the group has not finished: the shard
+	// is not leased before they are.
+	WaitingFor []int
 }
 
 // Groups describes every group, by name.
@@ -386,7 +424,19 @@ func (g *group) info() GroupInfo {
 	}
 	for s, l := range g.leases {
 		r := g.offsets[s]
-		si := ShardInfo{Shard: s, State: StateUnassigned, Owner: l.member, Epoch: l.epoch, Offset: r.Offset, CommittedBy: r.Member}
+		si := ShardInfo{Shard: s, State: StateUnassigned, Owner: l.member, Epoch: l.epoch, Offset: r.Offset, CommittedBy: r.Member,
+			ShardState: ShardStateOpen, WaitingFor: g.waitingFor(s)}
+		if sh, _ := g.shard(s); sh.Closed {
+			si.End = sh.End
+			switch {
+			case sh.Retired:
+				si.ShardState = ShardStateRetired
+			case g.finished(s):
+				si.ShardState = ShardStateFinished
+			default:
+				si.ShardState = ShardStateClosed
+			}
+		}
 		if r.Time != 0 {
 			si.CommittedAt = time.Unix(0, r.Time).UTC()
 		}
