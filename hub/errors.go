@@ -17,7 +17,7 @@ import (
 var (
 	// ErrShardsFixed: a declared stream's shard count differs from the
 	// existing stream's; shards cannot change in place.
-	ErrShardsFixed = errors.New("the shard count of an existing stream cannot change")
+	ErrShardsFixed = errors.New("the shard count of an existing stream cannot change (use `hub stream reshard`)")
 	// ErrNameChanged: [hub] name differs from the name recorded in the data
 	// directory (IdentityFile) when it was first used; see checkIdentity.
 	ErrNameChanged = errors.New("the hub name differs from the name its data directory was created with")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -35,11 +36,13 @@ type Batch struct {
 	// original positions and Result.Duplicate set. Requires Shard >= 0.
 	ProducerID  uint64
 	ProducerSeq uint64
-	// StrictRange refuses, with ErrShardClosed, an explicit-shard batch
-	// holding a keyed record whose hash is outside the shard's range (for
-	// clients that route by a stale layout). Not checked yet: it takes
-	// effect with resharding (issue 11, store phase 2); until then it is
-	// ignored.
+	// StrictRange refuses, with ErrShardClosed, a new explicit-shard batch
+	// holding a keyed record whose hash is outside the shard's range in
+	// the layout at its commit (for clients that route by the shard
+	// count, unaware of a reshard). It is checked after the idempotent
+	// producer check, so a resend of a batch stored before is still a
+	// duplicate, and only once the stream was resharded (layout version >
+	// 0): before that, explicit placement stays the caller's choice.
 	StrictRange bool
 }
 
@@ -59,13 +62,12 @@ type Result struct {
 }
 
 type request struct {
-	batch  Batch
-	shards []uint32 // per record, when routed
-	maint  func(tx *bolt.Tx) error
-	after  func() // run on the writer goroutine if maint committed
-	res    Result
-	err    error
-	done   chan struct{}
+	batch Batch
+	maint func(tx *bolt.Tx) error
+	after func() // run on the writer goroutine if maint committed
+	res   Result
+	err   error
+	done  chan struct{}
 }
 
 // Append stores b durably: with the default SyncAlways it returns only after
@@ -111,21 +113,15 @@ func (s *Stream) AppendAsync(ctx context.Context, b Batch) (*Pending, error) {
 		return donePending, nil
 	}
 	req := &request{batch: b, done: make(chan struct{})}
-	n := len(s.shards)
+	// Keyed and keyless records of a routed batch are placed by the writer
+	// (writer.route), with the layout in force at their commit, so a
+	// reshard never sees a record routed by the layout before it.
+	n := s.Shards()
 	switch {
 	case b.Shard >= n || b.Shard < -1:
 		return nil, fmt.Errorf("store: append to %q: %w %d of %d", s.name, ErrInvalidShard, b.Shard, n)
 	case b.Shard == -1 && b.ProducerID != 0:
 		return nil, fmt.Errorf("store: append to %q: idempotent appends need an explicit shard", s.name)
-	case b.Shard == -1:
-		req.shards = make([]uint32, len(b.Records))
-		for i := range b.Records {
-			if k := b.Records[i].Key; k != nil {
-				req.shards[i] = uint32(record.ShardForKey(k, n))
-			} else {
-				req.shards[i] = uint32(s.rr.Add(1) % uint64(n))
-			}
-		}
 	}
 	max := s.st.cfg.MaxRecordBytes
 	for i := range b.Records {
@@ -344,6 +340,8 @@ func (s *Stream) updateTx(fn func(tx *bolt.Tx) error) (err error) {
 // goroutine and is reused across commits.
 type writer struct {
 	s       *Stream
+	lay     *Layout           // the layout route was built for
+	open    []ShardLayout     // lay's open shards in hash order
 	pending [][]record.Record // per shard, records of this commit
 	metas   []shardMeta
 	touched []bool
@@ -355,16 +353,22 @@ type writer struct {
 
 func (w *writer) commit(reqs []*request) error {
 	s := w.s
-	n := len(s.shards)
-	if w.pending == nil {
-		w.pending = make([][]record.Record, n)
+	table := s.table()
+	if w.wm == nil {
+		w.wm = map[OriginKey]uint64{}
+	}
+	if n := len(table); len(w.pending) < n {
+		// A reshard added shards since the last commit.
+		w.pending = append(w.pending, make([][]record.Record, n-len(w.pending))...)
 		w.metas = make([]shardMeta, n)
 		w.touched = make([]bool, n)
-		w.wm = map[OriginKey]uint64{}
+	}
+	if l := s.layout.Load(); l != w.lay {
+		w.lay, w.open = l, l.Open()
 	}
 	for i := range w.pending {
 		w.pending[i] = w.pending[i][:0]
-		w.metas[i] = s.shards[i].meta
+		w.metas[i] = table[i].meta
 		w.touched[i] = false
 	}
 	clear(w.wm)
@@ -391,12 +395,13 @@ func (w *writer) commit(reqs []*request) error {
 		return err
 	}
 	s.commits.Add(1)
-	for i, sh := range s.shards {
+	for i, sh := range table {
 		if !w.touched[i] {
 			continue
 		}
 		s.committed.Add(w.metas[i].Next - sh.meta.Next)
 		s.committedBytes.Add(uint64(w.metas[i].Bytes - sh.meta.Bytes))
+		sh.committedBytes.Add(uint64(w.metas[i].Bytes - sh.meta.Bytes))
 		first := sh.first.Load()
 		if sh.records.Load() == 0 {
 			first = sh.meta.Next // the shard was empty: its first record is this commit's
@@ -421,16 +426,20 @@ func (w *writer) apply(tx *bolt.Tx, r *request, now int64) error {
 	b := &r.batch
 	r.res.Positions = make([]Position, len(b.Records))
 	if b.ProducerID != 0 {
+		// A resend of a batch stored before its shard closed is still a
+		// duplicate: checkProducer answers it before refuseNew.
 		dup, err := w.checkProducer(tx, r, now)
 		if err != nil || dup {
 			return err
 		}
+	} else if b.Shard >= 0 && w.refuseNew(r) {
+		return nil
 	}
 	for i := range b.Records {
 		rec := &b.Records[i]
 		shard := b.Shard
-		if r.shards != nil {
-			shard = int(r.shards[i])
+		if shard < 0 {
+			shard = w.route(rec)
 		}
 		if !rec.Origin.IsLocal() {
 			k := OriginKey{Hub: rec.Origin.Hub, Shard: rec.Origin.Shard}
@@ -452,6 +461,54 @@ func (w *writer) apply(tx *bolt.Tx, r *request, now int64) error {
 		r.res.Positions[i] = Position{Shard: uint32(shard), Seq: out.Seq}
 	}
 	return nil
+}
+
+// route places a record of a routed batch by the layout in force at this
+// commit: a keyed record in the open shard owning its hash, a keyless one
+// round-robin over the open shards.
+func (w *writer) route(rec *record.Record) int {
+	if w.lay.Version == 0 {
+		// The uniform layout: today's arithmetic, no search.
+		n := len(w.open)
+		if rec.Key != nil {
+			return record.ShardForKey(rec.Key, n)
+		}
+		return int(w.s.rr.Add(1) % uint64(n))
+	}
+	if rec.Key == nil {
+		return int(w.open[w.s.rr.Add(1)%uint64(len(w.open))].ID)
+	}
+	h := record.KeyHash(rec.Key)
+	i := sort.Search(len(w.open), func(i int) bool { return w.open[i].HashEnd >= h })
+	return int(w.open[i].ID)
+}
+
+// refuseNew refuses a batch that would be new in its explicit shard when
+// that shard is closed, or (StrictRange, on a resharded stream) when one of
+// its keyed records hashes outside the shard's range. It sets r.err and
+// reports whether it did; nothing of r is stored.
+func (w *writer) refuseNew(r *request) bool {
+	b := &r.batch
+	ls := w.lay.Shards[b.Shard]
+	if ls.State != ShardOpen {
+		r.err = fmt.Errorf("store: append to %q shard %d: %w (%s at %d): route by the current layout", w.s.name, b.Shard, ErrShardClosed, ls.State, ls.End)
+		return true
+	}
+	if !b.StrictRange || w.lay.Version == 0 {
+		return false
+	}
+	for i := range b.Records {
+		k := b.Records[i].Key
+		if k == nil {
+			continue
+		}
+		if h := record.KeyHash(k); h < ls.HashStart || h > ls.HashEnd {
+			r.err = fmt.Errorf("store: append to %q shard %d: %w: record %d's key hashes to %016x, outside the shard's range [%016x, %016x] since layout version %d",
+				w.s.name, b.Shard, ErrShardClosed, i, h, ls.HashStart, ls.HashEnd, w.lay.Version)
+			return true
+		}
+	}
+	return false
 }
 
 func (w *writer) watermark(tx *bolt.Tx, k OriginKey) uint64 {
@@ -622,6 +679,9 @@ func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, er
 				r.err = fmt.Errorf("store: append to %q: idempotent batches carry local records only", w.s.name)
 				return true, nil
 			}
+		}
+		if w.refuseNew(r) {
+			return true, nil
 		}
 		batches = append(batches, producerBatch{seq: b.ProducerSeq, count: count, first: w.metas[b.Shard].Next, digest: digest})
 		if len(batches) > producerWindow {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime/metrics"
 	"sync"
@@ -239,4 +240,59 @@ func BenchmarkAppendForeign(b *testing.B) {
 	}
 	b.StopTimer()
 	reportRate(b, b.N)
+}
+
+// BenchmarkSplit measures a split of a shard holding 1 MB or 100 MB
+// (EDGEHUB_BENCH_SPLIT_GB=1 adds 1 GB). Nothing is copied, so the time must
+// not grow with the shard: one op is one split (one fsynced maintenance
+// commit); the first op splits the full shard itself (reported as
+// full-split-ns), the next ones split the open shards beside it in the same
+// file. Run with a bounded count (each split adds two shard ids):
+//
+//	go test ./store -run '^$' -bench Split -benchtime 100x
+func BenchmarkSplit(b *testing.B) {
+	sizes := []int{1 << 20, 100 << 20}
+	if os.Getenv("EDGEHUB_BENCH_SPLIT_GB") != "" {
+		sizes = append(sizes, 1<<30)
+	}
+	for _, size := range sizes {
+		b.Run(fmt.Sprintf("%dMB", size>>20), func(b *testing.B) {
+			if b.N > 1000 {
+				b.Skip("run with -benchtime Nx, N <= 1000: each split adds shard ids")
+			}
+			ctx := context.Background()
+			s := openStore(b, testConfig(b, b.TempDir()))
+			st := newStream(b, s, StreamConfig{Name: "split", Shards: 1})
+			val := make([]byte, 1024)
+			recs := make([]record.Record, 1024) // 1 MiB per append
+			for i := range recs {
+				recs[i] = record.Record{Value: val}
+			}
+			for n := 0; n < size; n += len(recs) * len(val) {
+				if _, err := st.Append(ctx, Batch{Shard: 0, Records: recs}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				widest := st.Layout().Open()[0]
+				for _, sh := range st.Layout().Open() {
+					if sh.HashEnd-sh.HashStart > widest.HashEnd-widest.HashStart {
+						widest = sh
+					}
+				}
+				if _, err := st.Split(ctx, widest.ID, 0); err != nil {
+					b.Fatal(err)
+				}
+				if i == 0 {
+					b.ReportMetric(float64(time.Since(start).Nanoseconds()), "full-split-ns")
+				}
+			}
+			b.StopTimer()
+			if _, last, _ := st.Bounds(0); int(last)*len(val) < size {
+				b.Fatalf("the parent holds %d records", last)
+			}
+		})
+	}
 }

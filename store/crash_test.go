@@ -26,6 +26,10 @@ func TestMain(m *testing.M) {
 		crashChild(dir)
 		return
 	}
+	if dir := os.Getenv(reshardChildEnv); dir != "" {
+		reshardChild(dir)
+		return
+	}
 	os.Exit(testutil.LeakCheck(m.Run()))
 }
 

@@ -140,3 +140,61 @@ func FuzzDecodeOriginIncarnation(f *testing.F) {
 		}
 	})
 }
+
+// layoutSeeds are valid layouts: a split, a merge and a reshard with two
+// parents, one shard retired.
+func layoutSeeds() [][]byte {
+	half := uint64(1) << 63
+	split := Layout{Version: 1, Shards: []ShardLayout{
+		{ID: 0, State: ShardClosed, HashStart: 0, HashEnd: ^uint64(0), End: 7, ClosedAt: 1764633600e9, Children: []uint32{1, 2}},
+		{ID: 1, HashStart: 0, HashEnd: half - 1, Parents: []uint32{0}},
+		{ID: 2, HashStart: half, HashEnd: ^uint64(0), Parents: []uint32{0}},
+	}}
+	merge := Layout{Version: 3, Shards: []ShardLayout{
+		{ID: 0, State: ShardRetired, HashStart: 0, HashEnd: half - 1, End: 2, ClosedAt: 5, Children: []uint32{2}},
+		{ID: 1, State: ShardClosed, HashStart: half, HashEnd: ^uint64(0), ClosedAt: 5, Children: []uint32{2}},
+		{ID: 2, HashStart: 0, HashEnd: ^uint64(0), Parents: []uint32{0, 1}},
+	}}
+	l := uniformLayout(2)
+	third1, _ := record.HashRange(1, 3)
+	third2, _ := record.HashRange(2, 3)
+	l.Version = 1
+	l.Shards[0].State, l.Shards[0].Children, l.Shards[0].End = ShardClosed, []uint32{2, 3}, 10
+	l.Shards[1].State, l.Shards[1].Children = ShardClosed, []uint32{3, 4}
+	l.Shards = append(l.Shards,
+		ShardLayout{ID: 2, HashStart: 0, HashEnd: third1 - 1, Parents: []uint32{0}},
+		ShardLayout{ID: 3, HashStart: third1, HashEnd: third2 - 1, Parents: []uint32{0, 1}},
+		ShardLayout{ID: 4, HashStart: third2, HashEnd: ^uint64(0), Parents: []uint32{1}})
+	return [][]byte{encodeLayout(split), encodeLayout(merge), encodeLayout(l), encodeLayout(uniformLayout(1))}
+}
+
+func TestLayoutSeedsValid(t *testing.T) {
+	for i, v := range layoutSeeds() {
+		if _, err := decodeLayout(v); err != nil {
+			t.Fatalf("seed %d: %v", i, err)
+		}
+	}
+}
+
+// FuzzDecodeLayout: m/layout decodes to a layout that passes every check
+// and encodes back to the same bytes, or is an error.
+func FuzzDecodeLayout(f *testing.F) {
+	for _, v := range layoutSeeds() {
+		f.Add(v)
+	}
+	f.Add([]byte{layoutEncoding, 1, 2, 2})
+	f.Add([]byte{layoutEncoding, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		l, err := decodeLayout(v)
+		if err != nil {
+			return
+		}
+		if err := l.check(); err != nil {
+			t.Fatalf("decoded layout fails its check: %v", err)
+		}
+		if again := encodeLayout(l); !bytes.Equal(again, v) {
+			t.Fatalf("%x re-encodes as %x", v, again)
+		}
+		_ = l.ShardFor(xxhash.Sum64(v))
+	})
+}

@@ -130,7 +130,7 @@ func TestSetOriginIncarnationForgets(t *testing.T) {
 	if err := st.updateTx(func(tx *bolt.Tx) error {
 		c := tx.Bucket(chunkBucket(0)).Cursor()
 		k, v := c.First()
-		m := st.shards[0].meta
+		m := st.table()[0].meta
 		return st.deleteChunk(tx, 0, k, v, &m)
 	}); err != nil {
 		t.Fatal(err)

@@ -83,18 +83,22 @@ type chunk struct {
 }
 
 func (s *Stream) readChunks(shard int, from uint64, maxBytes int) ([]chunk, error) {
-	if shard < 0 || shard >= len(s.shards) {
-		return nil, fmt.Errorf("store: read %q: %w %d of %d", s.name, ErrInvalidShard, shard, len(s.shards))
+	if shard < 0 || shard >= s.Shards() {
+		return nil, fmt.Errorf("store: read %q: %w %d of %d", s.name, ErrInvalidShard, shard, s.Shards())
 	}
 	if maxBytes <= 0 {
 		maxBytes = 1 << 20
 	}
-	if from >= s.shards[shard].next.Load() {
+	if from >= s.table()[shard].next.Load() {
 		return nil, nil
 	}
 	var out []chunk
 	err := s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(chunkBucket(shard)).Cursor()
+		cb := tx.Bucket(chunkBucket(shard))
+		if cb == nil {
+			return nil // retired meanwhile: nothing left
+		}
+		c := cb.Cursor()
 		k, v := seekChunk(c, from)
 		for total := 0; k != nil && (total == 0 || total+len(v) <= maxBytes); k, v = c.Next() {
 			seq, err := decodeChunkKey(k)
@@ -166,7 +170,7 @@ func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]edgehub.Recor
 // times never decrease within a shard, so it binary-searches the chunks by
 // sequence, reading one chunk header per step in its own short transaction.
 func (s *Stream) SeqAtTime(shard int, t time.Time) (uint64, error) {
-	if shard < 0 || shard >= len(s.shards) {
+	if shard < 0 || shard >= s.Shards() {
 		return 0, fmt.Errorf("store: read %q: %w %d", s.name, ErrInvalidShard, shard)
 	}
 	ts := t.UnixNano()
@@ -215,7 +219,7 @@ func (s *Stream) SeqAtTime(shard int, t time.Time) (uint64, error) {
 }
 
 func (s *Stream) firstAtOrAfter(shard int, seq uint64) uint64 {
-	if f := s.shards[shard].first.Load(); f > seq {
+	if f := s.table()[shard].first.Load(); f > seq {
 		return f
 	}
 	return seq
@@ -255,7 +259,7 @@ func (s *Stream) ReadOrigin(k OriginKey, after uint64, max int) ([]edgehub.Recor
 		// Records of one origin usually sit together in one shard: read
 		// runs at once.
 		p := want[i]
-		if p.shard >= len(s.shards) {
+		if p.shard >= s.Shards() {
 			return nil, &CorruptError{File: s.path, Shard: p.shard, Err: fmt.Errorf("origin index points at shard %d", p.shard)}
 		}
 		recs, err := s.Read(p.shard, p.seq, ReadOptions{MaxRecords: len(want) - i})

@@ -118,7 +118,7 @@ func (s *Stream) Damaged() []Damage {
 // DamagedChunks counts the known damaged chunks of each shard (indexed by
 // shard), without touching the file: cheap enough for every metrics scrape.
 func (s *Stream) DamagedChunks() []int {
-	out := make([]int, len(s.shards))
+	out := make([]int, len(s.table()))
 	s.damage.mu.Lock()
 	for k := range s.damage.m {
 		if k.shard >= 0 && k.shard < len(out) {
@@ -143,7 +143,9 @@ func cmpU64(a, b uint64) int {
 func (s *Stream) damageEnd(shard int, from uint64) (uint64, error) {
 	var to uint64
 	err := s.view(func(tx *bolt.Tx) error {
-		to = rangeEnd(tx.Bucket(chunkBucket(shard)), from, s.shards[shard].next.Load())
+		if cb := tx.Bucket(chunkBucket(shard)); cb != nil {
+			to = rangeEnd(cb, from, s.table()[shard].next.Load())
+		}
 		return nil
 	})
 	return to, err
@@ -170,7 +172,7 @@ const (
 // ones (Damaged). It returns how many damaged chunks it found.
 func (s *Stream) Scrub(ctx context.Context) (int, error) {
 	found := 0
-	for shard := range s.shards {
+	for shard := range s.table() {
 		for from := uint64(0); ; {
 			if err := ctx.Err(); err != nil {
 				return found, err
@@ -178,7 +180,11 @@ func (s *Stream) Scrub(ctx context.Context) (int, error) {
 			var last uint64
 			n := 0
 			err := s.view(func(tx *bolt.Tx) error {
-				c := tx.Bucket(chunkBucket(shard)).Cursor()
+				cb := tx.Bucket(chunkBucket(shard))
+				if cb == nil {
+					return nil // retired: nothing left to verify
+				}
+				c := cb.Cursor()
 				size := 0
 				for k, v := c.Seek(u64(from)); k != nil && n < scrubChunks && size < scrubBytes; k, v = c.Next() {
 					n++
@@ -232,7 +238,7 @@ type OriginPos struct {
 // hub's own origin (or nothing, in a compacted stream). It scans the whole
 // index in short transactions.
 func (s *Stream) DamageOrigins(ctx context.Context, shard int, from, to uint64) (map[OriginKey][]OriginPos, error) {
-	if shard < 0 || shard >= len(s.shards) {
+	if shard < 0 || shard >= s.Shards() {
 		return nil, fmt.Errorf("store: origins of %q: %w %d", s.name, ErrInvalidShard, shard)
 	}
 	out := map[OriginKey][]OriginPos{}
@@ -282,7 +288,7 @@ func (s *Stream) DamageOrigins(ctx context.Context, shard int, from, to uint64) 
 // the range (ErrIncomplete). Ingest times are kept within those of the
 // neighbouring chunks, so they still never decrease within the shard.
 func (s *Stream) Replace(ctx context.Context, shard int, from uint64, recs []edgehub.Record) error {
-	if shard < 0 || shard >= len(s.shards) {
+	if shard < 0 || shard >= s.Shards() {
 		return fmt.Errorf("store: repair %q: %w %d", s.name, ErrInvalidShard, shard)
 	}
 	compact := s.Config().Compact

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -59,7 +60,10 @@ func (s *Stream) enforce(ctx context.Context, forceCompact bool) error {
 	now := s.st.ageNow() // a clock step must not delete records (docs/store.md)
 	if cfg.Retention > 0 {
 		cutoff := now.Add(-cfg.Retention).UnixNano()
-		for i := range s.shards {
+		for i := range s.Shards() {
+			if s.retired(i) {
+				continue
+			}
 			if err := s.trimHead(ctx, i, func(_ int64, lastIngest int64) bool { return lastIngest < cutoff }); err != nil {
 				return err
 			}
@@ -70,8 +74,22 @@ func (s *Stream) enforce(ctx context.Context, forceCompact bool) error {
 			return err
 		}
 	}
+	// A closed shard left empty (it never held a record, or everything
+	// went) is retired.
+	for i, ls := range s.layout.Load().Shards {
+		if sh := s.table()[i]; ls.State == ShardClosed && sh.records.Load() == 0 {
+			if err := s.maintainShard(ctx, i, func(tx *bolt.Tx, m *shardMeta) (uint64, error) {
+				return firstSeq(tx, i, m), nil
+			}); err != nil {
+				return err
+			}
+		}
+	}
 	if cfg.Compact {
-		for i, sh := range s.shards {
+		for i, sh := range s.table()[:s.Shards()] {
+			if s.retired(i) {
+				continue
+			}
 			next := sh.next.Load()
 			grown := next - sh.compactedNext
 			due := grown > 0 && (forceCompact || grown >= uint64(sh.records.Load()/4)+1 || now.Sub(sh.compactedAt) >= compactEvery)
@@ -89,23 +107,81 @@ func (s *Stream) enforce(ctx context.Context, forceCompact bool) error {
 
 // maintainShard runs fn on the writer goroutine in its own transaction with
 // a copy of the shard's state, and publishes the state if the transaction
-// commits.
+// commits. A closed shard left without records is retired in the same
+// transaction (retire); a retired shard is left alone.
 func (s *Stream) maintainShard(ctx context.Context, shard int, fn func(tx *bolt.Tx, m *shardMeta) (first uint64, err error)) error {
-	sh := s.shards[shard]
+	sh := s.table()[shard]
 	var m shardMeta
 	var first uint64
+	var retired *Layout
+	skip := false
 	err := s.maintain(ctx, func(tx *bolt.Tx) error {
-		m = sh.meta
+		m, retired, skip = sh.meta, nil, false
+		cur := s.layout.Load()
+		if cur.Shards[shard].State == ShardRetired {
+			skip = true
+			return nil
+		}
 		var err error
 		if first, err = fn(tx, &m); err != nil {
 			return err
 		}
+		if cur.Shards[shard].State == ShardClosed && m.Records == 0 {
+			if k, _ := tx.Bucket(chunkBucket(shard)).Cursor().First(); k == nil {
+				retired, err = s.retire(tx, cur, shard)
+				return err
+			}
+		}
 		return tx.Bucket(bucketMeta).Put(shardKey(shard), m.encode())
 	}, func() {
+		if skip {
+			return
+		}
 		sh.meta = m
 		sh.publish(m, first)
+		if retired != nil {
+			s.publishLayout(s.table(), retired)
+		}
 	})
 	return err
+}
+
+// retire marks a closed shard whose last record went as retired, in the
+// transaction that removed it: its chunk bucket, its state and its
+// producers' entries go; its layout entry stays (ids are never reused, and
+// its children name it). The layout version is unchanged: routing is not.
+func (s *Stream) retire(tx *bolt.Tx, cur *Layout, shard int) (*Layout, error) {
+	if err := tx.DeleteBucket(chunkBucket(shard)); err != nil {
+		return nil, err
+	}
+	m := tx.Bucket(bucketMeta)
+	if err := m.Delete(shardKey(shard)); err != nil {
+		return nil, err
+	}
+	pb := tx.Bucket(bucketProducers)
+	var gone [][]byte
+	pb.ForEach(func(k, _ []byte) error {
+		if len(k) == 12 && binary.BigEndian.Uint32(k[8:]) == uint32(shard) {
+			gone = append(gone, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	for _, k := range gone {
+		if err := pb.Delete(k); err != nil {
+			return nil, err
+		}
+	}
+	nl := Layout{Version: cur.Version, Shards: slices.Clone(cur.Shards)}
+	nl.Shards[shard].State = ShardRetired
+	if err := m.Put(keyLayout, encodeLayout(nl)); err != nil {
+		return nil, err
+	}
+	return &nl, nil
+}
+
+// retired reports whether shard is retired now.
+func (s *Stream) retired(shard int) bool {
+	return s.layout.Load().Shards[shard].State == ShardRetired
 }
 
 // trimHead deletes chunks from the head of shard while expired(baseIngest,
@@ -155,7 +231,7 @@ func (s *Stream) trimHead(ctx context.Context, shard int, expired func(baseInges
 func (s *Stream) trimBytes(ctx context.Context, maxBytes int64) error {
 	for {
 		var total int64
-		for _, sh := range s.shards {
+		for _, sh := range s.table()[:s.Shards()] {
 			total += sh.bytes.Load()
 		}
 		if total <= maxBytes {
@@ -164,8 +240,12 @@ func (s *Stream) trimBytes(ctx context.Context, maxBytes int64) error {
 		// The shard whose head is oldest loses its head chunk.
 		oldest, oldestIngest := -1, int64(0)
 		err := s.view(func(tx *bolt.Tx) error {
-			for i := range s.shards {
-				_, v := tx.Bucket(chunkBucket(i)).Cursor().First()
+			for i := range s.Shards() {
+				cb := tx.Bucket(chunkBucket(i))
+				if cb == nil {
+					continue // retired
+				}
+				_, v := cb.Cursor().First()
 				if v == nil {
 					continue
 				}
@@ -288,6 +368,10 @@ func (s *Stream) compact(ctx context.Context, shard int, upTo uint64, now time.T
 		}
 	}
 	tombCutoff := now.Add(-s.Config().TombstoneRetention).UnixNano()
+	// Lineage rule 1: while an ancestor of the shard is not retired, it may
+	// hold an older value of a tombstoned key, which dropping the tombstone
+	// would bring back for a reader of the lineage (parent, then child).
+	keepTombstones := tombstoneRule1 && s.liveAncestor(shard)
 	keep := func(r *record.Record) bool {
 		switch {
 		case r.Seq > upTo || r.Key == nil:
@@ -295,7 +379,7 @@ func (s *Stream) compact(ctx context.Context, shard int, upTo uint64, now time.T
 		case latest[string(r.Key)] != r.Seq:
 			return false
 		case r.Value == nil:
-			return r.IngestTime >= tombCutoff
+			return keepTombstones || r.IngestTime >= tombCutoff
 		}
 		return true
 	}
@@ -358,6 +442,29 @@ func (s *Stream) compact(ctx context.Context, shard int, upTo uint64, now time.T
 		s.logger.Debug("store: compacted", "shard", shard, "removed", removed, "keys", len(latest))
 	}
 	return nil
+}
+
+// tombstoneRule1 is false only in the test showing that the rule matters.
+var tombstoneRule1 = true
+
+// liveAncestor reports whether some ancestor of shard is not retired.
+func (s *Stream) liveAncestor(shard int) bool {
+	l := s.layout.Load()
+	seen := map[uint32]bool{}
+	todo := slices.Clone(l.Shards[shard].Parents)
+	for len(todo) > 0 {
+		id := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		if l.Shards[id].State != ShardRetired {
+			return true
+		}
+		todo = append(todo, l.Shards[id].Parents...)
+	}
+	return false
 }
 
 // putChunk writes recs (already sequenced) as one chunk with its indexes.

@@ -21,9 +21,11 @@ import (
 // File layout of one stream (one bbolt file, so that records, producer state
 // and origin watermarks of every shard commit in one transaction):
 //
-//	m                 meta: "config" → JSON StreamConfig, "format" → 2,
-//	                  "incarnation" → 16 bytes, "origin-inc/" ‖ hub → 16
-//	                  bytes (incarnation.go), shardKey(i) → shardMeta
+//	m                 meta: "config" → JSON StreamConfig, "format" → 2 (3
+//	                  once resharded), "layout" → encodeLayout (only once
+//	                  resharded), "incarnation" → 16 bytes, "origin-inc/" ‖
+//	                  hub → 16 bytes (incarnation.go), shardKey(i) →
+//	                  shardMeta for every shard not retired
 //	c<i>              chunks of shard i: BE uint64 first seq → record batch
 //	p                 idempotent producers: BE id ‖ BE shard → producerState
 //	w                 origin watermarks: originKey → BE uint64 highest origin seq
@@ -35,11 +37,18 @@ var (
 	bucketOrigins    = []byte("o")
 	keyConfig        = []byte("config")
 	keyFormat        = []byte("format")
+	keyLayout        = []byte("layout")
 )
 
 // formatVersion 2 dropped the per-shard time index: ingest times never
 // decrease within a shard, so SeqAtTime searches the chunks themselves.
-const formatVersion = 2
+// formatResharded (3) is a file with m/layout, written by the first
+// reshard: a store before layouts refuses it rather than route by the
+// shard count into closed shards.
+const (
+	formatVersion   = 2
+	formatResharded = 3
+)
 
 // maxChunkBytes splits a shard's share of one group commit into chunks of
 // about this size, so a read never has to copy a huge value to return a few
@@ -122,6 +131,8 @@ type shard struct {
 	records atomic.Int64
 	ingest  atomic.Int64 // last ingest time
 
+	committedBytes atomic.Uint64 // encoded bytes appended since open
+
 	mu     sync.Mutex
 	notify chan struct{} // closed and replaced when records commit
 
@@ -158,10 +169,12 @@ type Stream struct {
 	db     *bolt.DB
 	logger *slog.Logger
 	cfg    atomic.Pointer[StreamConfig]
-	shards []*shard
+	// shards is the shard table, indexed by id. Copy-on-write: a reshard
+	// (on the writer goroutine) publishes a longer copy; ids only grow.
+	shards atomic.Pointer[[]*shard]
 	rr     atomic.Uint64 // round-robin cursor for keyless records
 
-	layout   atomic.Pointer[Layout] // published by the writer
+	layout   atomic.Pointer[Layout] // published by the writer; never mutated
 	layoutMu sync.Mutex
 	layoutCh chan struct{} // closed and replaced when the layout changes
 
@@ -382,7 +395,7 @@ func (s *Stream) load() (err error) {
 		if m == nil {
 			return &CorruptError{File: s.path, Shard: -1, Err: errors.New("no meta bucket: not a stream file")}
 		}
-		if f := m.Get(keyFormat); len(f) != 8 || binary.BigEndian.Uint64(f) != formatVersion {
+		if f := m.Get(keyFormat); len(f) != 8 || (binary.BigEndian.Uint64(f) != formatVersion && binary.BigEndian.Uint64(f) != formatResharded) {
 			return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("unknown format %x", f)}
 		}
 		var cfg StreamConfig
@@ -396,17 +409,27 @@ func (s *Stream) load() (err error) {
 		if err := s.loadIncarnations(m); err != nil {
 			return err
 		}
-		s.shards = make([]*shard, cfg.Shards)
-		l := uniformLayout(cfg.Shards)
-		s.layout.Store(&l)
-		if s.layoutCh == nil {
-			s.layoutCh = make(chan struct{})
+		l, err := s.loadLayout(m, cfg.Shards)
+		if err != nil {
+			return err
 		}
-		for i := range s.shards {
+		table := make([]*shard, len(l.Shards))
+		for i := range table {
+			ls := l.Shards[i]
+			if ls.State == ShardRetired {
+				// Its chunks and state are gone: it is empty at end+1.
+				sh := &shard{meta: shardMeta{Next: ls.End + 1}, notify: make(chan struct{})}
+				sh.publish(sh.meta, ls.End+1)
+				table[i] = sh
+				continue
+			}
 			meta, err := decodeShardMeta(m.Get(shardKey(i)))
 			c := tx.Bucket(chunkBucket(i))
 			if err != nil || c == nil {
 				return &CorruptError{File: s.path, Shard: -1, Err: fmt.Errorf("shard %d: missing state (%v)", i, err)}
+			}
+			if ls.State == ShardClosed && meta.Next != ls.End+1 {
+				return &CorruptError{File: s.path, Shard: i, Err: fmt.Errorf("closed shard ends at %d, its state says next is %d", ls.End, meta.Next)}
 			}
 			first := meta.Next
 			cur := c.Cursor()
@@ -433,7 +456,12 @@ func (s *Stream) load() (err error) {
 			sh := &shard{meta: meta, notify: make(chan struct{})}
 			sh.next.Store(meta.Next)
 			sh.publish(meta, first)
-			s.shards[i] = sh
+			table[i] = sh
+		}
+		s.shards.Store(&table)
+		s.layout.Store(&l)
+		if s.layoutCh == nil {
+			s.layoutCh = make(chan struct{})
 		}
 		for _, b := range [][]byte{bucketProducers, bucketOrigins, bucketWatermarks} {
 			if tx.Bucket(b) == nil {
@@ -464,18 +492,30 @@ func (s *Stream) Config() StreamConfig {
 	return c
 }
 
-// Shards returns the number of shards.
-func (s *Stream) Shards() int { return len(s.shards) }
+// table returns the shard table, indexed by id (retired shards included).
+func (s *Stream) table() []*shard { return *s.shards.Load() }
 
-// ShardForKey returns the shard a key routes to.
-func (s *Stream) ShardForKey(key []byte) int { return record.ShardForKey(key, len(s.shards)) }
+// Shards returns the number of shard ids ever assigned: a valid shard id
+// is below it. Before any reshard it is the shard count; after one it
+// includes closed and retired shards, so code that must see only the
+// shards taking appends uses Layout().Open().
+//
+// The layout is published after the table it describes, so an id below
+// Shards() always has its entry in table().
+func (s *Stream) Shards() int { return len(s.layout.Load().Shards) }
+
+// ShardForKey returns the open shard a key routes to now.
+func (s *Stream) ShardForKey(key []byte) int {
+	return int(s.layout.Load().ShardFor(record.KeyHash(key)))
+}
 
 func (s *Stream) update(ctx context.Context, cfg StreamConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("store: update stream: %w", err)
 	}
-	if cfg.Shards != len(s.shards) {
-		return fmt.Errorf("store: update stream %q: %w: shard count is fixed at %d", s.name, ErrInvalidConfig, len(s.shards))
+	// Shards is the count at creation, which a reshard never changes.
+	if created := s.cfg.Load().Shards; cfg.Shards != created {
+		return fmt.Errorf("store: update stream %q: %w: shard count is fixed at %d (reshard to change the open shards)", s.name, ErrInvalidConfig, created)
 	}
 	raw, err := json.Marshal(cfg)
 	if err != nil {
@@ -555,10 +595,11 @@ type ShardStats struct {
 
 // Stats returns each shard's current state.
 func (s *Stream) Stats() []ShardStats {
-	out := make([]ShardStats, len(s.shards))
 	l := s.layout.Load()
-	for i, sh := range s.shards {
-		ls := l.Shards[i]
+	table := s.table()
+	out := make([]ShardStats, len(l.Shards))
+	for i, ls := range l.Shards {
+		sh := table[i]
 		out[i] = ShardStats{
 			Shard: i, HashStart: ls.HashStart, HashEnd: ls.HashEnd,
 			FirstSeq: sh.first.Load(), LastSeq: sh.next.Load() - 1,
@@ -580,33 +621,50 @@ func (s *Stream) CommitStats() (commits, records uint64) {
 // take away): its rate is the stream's write rate in bytes.
 func (s *Stream) CommittedBytes() uint64 { return s.committedBytes.Load() }
 
-// Bounds returns the first live and the last sequence of a shard. An empty
-// shard has first == last+1.
-func (s *Stream) Bounds(shard int) (first, last uint64, err error) {
-	if shard < 0 || shard >= len(s.shards) {
-		return 0, 0, fmt.Errorf("store: stream %q: %w %d of %d", s.name, ErrInvalidShard, shard, len(s.shards))
+// ShardCommittedBytes returns the encoded bytes the stream's commits
+// appended to shard since the stream was opened, as CommittedBytes does for
+// the whole stream: its rate is the shard's write rate (0 for an invalid id).
+func (s *Stream) ShardCommittedBytes(shard int) uint64 {
+	if shard < 0 || shard >= s.Shards() {
+		return 0
 	}
-	sh := s.shards[shard]
+	return s.table()[shard].committedBytes.Load()
+}
+
+// Bounds returns the first live and the last sequence of a shard. An empty
+// shard has first == last+1; a retired one is end+1, end.
+func (s *Stream) Bounds(shard int) (first, last uint64, err error) {
+	if shard < 0 || shard >= s.Shards() {
+		return 0, 0, fmt.Errorf("store: stream %q: %w %d of %d", s.name, ErrInvalidShard, shard, s.Shards())
+	}
+	sh := s.table()[shard]
 	return sh.first.Load(), sh.next.Load() - 1, nil
 }
 
 // Wait blocks until shard holds a record with sequence seq or later, or ctx
-// ends. It never polls: commits wake it.
+// ends. It never polls: commits wake it. On a closed (or retired) shard it
+// returns ErrShardClosed once seq is past the shard's end, which no
+// record will ever reach.
 func (s *Stream) Wait(ctx context.Context, shard int, seq uint64) error {
-	if shard < 0 || shard >= len(s.shards) {
+	if shard < 0 || shard >= s.Shards() {
 		return fmt.Errorf("store: stream %q: %w %d", s.name, ErrInvalidShard, shard)
 	}
-	sh := s.shards[shard]
+	sh := s.table()[shard]
 	for {
 		ch := sh.changed()
+		lch := s.LayoutChanged()
 		if sh.next.Load() > seq {
 			return nil
 		}
 		if s.closed.Load() {
 			return ErrClosed
 		}
+		if ls := s.layout.Load().Shards[shard]; ls.State != ShardOpen && seq > ls.End {
+			return fmt.Errorf("store: stream %q: wait for shard %d at %d: %w at %d", s.name, shard, seq, ErrShardClosed, ls.End)
+		}
 		select {
 		case <-ch:
+		case <-lch:
 		case <-s.quit:
 			return ErrClosed
 		case <-ctx.Done():
@@ -622,4 +680,4 @@ func (s *Stream) Done() <-chan struct{} { return s.quit }
 
 // Changed returns a channel closed at the next commit to shard. Consumers
 // watching many shards select on several of them.
-func (s *Stream) Changed(shard int) <-chan struct{} { return s.shards[shard].changed() }
+func (s *Stream) Changed(shard int) <-chan struct{} { return s.table()[shard].changed() }
