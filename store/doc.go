@@ -2,9 +2,13 @@
 //
 // # Basics
 //
-// A Store is a directory with one bbolt file per stream. A stream has a fixed
-// number of shards; a record's key hash (XXH64 of the key, seed 0: docs/protocol.md) picks its shard from
-// contiguous hash ranges, so records with one key stay in order. Every record
+// A Store is a directory with one bbolt file per stream. A stream is created
+// with a number of shards; a record's key hash (XXH64 of the key, seed 0:
+// docs/protocol.md) picks its open shard from contiguous hash ranges, so
+// records with one key stay in order. Split, Merge and Reshard close open
+// shards and open children owning their ranges in one transaction, copying
+// nothing; the Layout records the lineage, so a key's records are in order
+// along it (parent, then child: docs/store.md "Resharding"). Every record
 // gets a per-shard sequence number: dense, strictly increasing from 1, never
 // reused, even after retention deletes the head.
 //

@@ -57,6 +57,16 @@ type Layout struct {
 // ShardFor returns the open shard owning hash (a binary search over the
 // open ranges). For layout version 0 it equals record.ShardForHash(hash, n).
 func (l Layout) ShardFor(hash uint64) uint32 {
+	if l.Version == 0 && len(l.Shards) > 0 {
+		// Never resharded: the uniform ranges, found by arithmetic
+		// (TestLayoutShardForUniform checks that search agrees).
+		return uint32(record.ShardForHash(hash, len(l.Shards)))
+	}
+	return l.search(hash)
+}
+
+// search finds the open shard owning hash by binary search.
+func (l Layout) search(hash uint64) uint32 {
 	open := l.Open()
 	i := sort.Search(len(open), func(i int) bool { return open[i].HashEnd >= hash })
 	if i == len(open) {
@@ -90,7 +100,8 @@ func uniformLayout(n int) Layout {
 }
 
 // Layout returns a snapshot of the stream's layout. The caller may keep it;
-// it does not change (a reshard publishes a new one).
+// it does not change (a reshard publishes a new one). Its Parents and
+// Children slices are shared with the store: read them, do not modify them.
 func (s *Stream) Layout() Layout {
 	l := *s.layout.Load()
 	l.Shards = append([]ShardLayout(nil), l.Shards...)

@@ -30,8 +30,12 @@ func TestLayoutShardForUniform(t *testing.T) {
 			hashes = append(hashes, rng.Uint64())
 		}
 		for _, h := range hashes {
-			if got, want := l.ShardFor(h), record.ShardForHash(h, n); int(got) != want {
+			want := record.ShardForHash(h, n)
+			if got := l.ShardFor(h); int(got) != want {
 				t.Fatalf("n=%d hash %016x: ShardFor %d, ShardForHash %d", n, h, got, want)
+			}
+			if got := l.search(h); int(got) != want {
+				t.Fatalf("n=%d hash %016x: range search %d, ShardForHash %d", n, h, got, want)
 			}
 		}
 	}
