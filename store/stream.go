@@ -593,7 +593,9 @@ type ShardStats struct {
 	Children   []uint32   `json:"children,omitempty"`
 }
 
-// Stats returns each shard's current state.
+// Stats returns each shard's current state, by id: closed and retired
+// shards included (State says which; listings that show only live shards
+// leave retired ones out).
 func (s *Stream) Stats() []ShardStats {
 	l := s.layout.Load()
 	table := s.table()
