@@ -56,6 +56,7 @@ func (h *Hub) addGroups() error {
 	cfg.MaxSessionTimeout = time.Duration(gc.MaxSessionTimeout)
 	cfg.MaxMembers = gc.MaxMembers
 	cfg.Logger = h.logger
+	cfg.TestSkipParents = chaosSkipLineage("group")
 	gp := &groupPlane{h: h, dp: h.dataPlane, logger: h.logger, watched: map[*store.Stream]bool{}}
 	gp.ctx, gp.cancel = context.WithCancel(context.Background())
 	cfg.Resolve = gp.resolve
@@ -626,3 +627,9 @@ func (gp *groupPlane) registerMetrics(reg *prometheus.Registry) error {
 	}
 	return nil
 }
+
+// chaosSkipLineage reports whether reader ("group", ...) skips the
+// parent-finished check of a reshard's lineage: the negative control of the
+// lineage tests. Only builds with the chaos tag make it report true
+// (lineage_chaos.go, EDGEHUB_CHAOS_SKIP_LINEAGE).
+var chaosSkipLineage = func(reader string) bool { return false }

@@ -47,6 +47,11 @@ type Config struct {
 	OpenTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// TestSkipParents leases a child shard before its parents are finished:
+	// the negative control of lineage tests (a checker must see the
+	// reorder it causes). Never set in production: the hub sets it only
+	// in chaos builds (EDGEHUB_CHAOS_SKIP_LINEAGE).
+	TestSkipParents bool
 }
 
 // Defaults.

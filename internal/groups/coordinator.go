@@ -127,7 +127,10 @@ func Open(cfg Config) (*Coordinator, error) {
 		return nil, fmt.Errorf("groups: open %s: %w", cfg.Path, err)
 	}
 	c := &Coordinator{cfg: cfg, logger: cfg.Logger, db: db, groups: map[string]*group{}, busy: map[string]chan struct{}{},
-		layouts: map[string]*streamLayout{}}
+		layouts: map[string]*streamLayout{}, testSkipParents: cfg.TestSkipParents}
+	if cfg.TestSkipParents {
+		c.logger.Warn("consumer groups: children of a reshard are leased before their parents are finished (test knob)")
+	}
 	for name, s := range loaded {
 		g := c.newGroup(name, s.def)
 		g.epoch = s.epoch
@@ -514,6 +517,14 @@ func (g *group) rebalance(now time.Time, force *member) error {
 	for m := range changed {
 		if m.sess != nil {
 			m.sess.notify()
+		}
+	}
+	for _, s := range grants {
+		// A closed shard positioned past its end (a "latest" start) is
+		// finished by its grant: give it back and lease its children now.
+		// A finished shard is never granted again, so this ends.
+		if g.finished(s) {
+			return g.rebalance(now, nil)
 		}
 	}
 	return nil

@@ -336,3 +336,24 @@ func TestUnreshardedUnchanged(t *testing.T) {
 		t.Fatal("a layout not indexed by id was accepted")
 	}
 }
+
+// TestGroupAfterReshard: a group created after the reshard with a latest
+// start positions the closed parent past its end (finished by its grant)
+// and its children by the member's start, as any shard.
+func TestGroupAfterReshard(t *testing.T) {
+	c := openTest(t, filepath.Join(t.TempDir(), "groups.db"))
+	setLayout(t, c, 1, closeInto(uniform(1), time.Now().Add(-time.Minute), map[uint32]uint64{0: 99}, []uint32{0}, []uint32{0}))
+	a := joinN(t, c, "a", 1, Start{Kind: StartLatest})
+	keepAlive(t, a)
+	stop := behave(a, true)
+	defer stop()
+	as := waitFor(t, a, "the children", holds(1, 2))
+	for _, ch := range []int{1, 2} {
+		if l := leaseOf(t, as, ch); l.Offset != 100 {
+			t.Fatalf("child %d of a reshard before the group: %+v, want the member's start (latest, 100)", ch, l)
+		}
+	}
+	if si := shardInfo(t, c, 0); si.ShardState != ShardStateFinished || si.Offset != 100 {
+		t.Fatalf("parent: %+v", si)
+	}
+}
