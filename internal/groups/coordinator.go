@@ -45,7 +45,7 @@ type Coordinator struct {
 
 	// testHookWrite, if set, runs inside every write transaction of the
 	// coordinator's own operations (op: "create", "rebind", "delete",
-	// "grant", "reset"): a test's slow fsync.
+	// "grant", "reset", "retire"): a test's slow fsync.
 	testHookWrite func(op string)
 	// testSkipParents, if set, lets rebalance lease a child before its
 	// parents are finished: the negative control of the lineage tests.

@@ -67,6 +67,6 @@
 // or deleting a group marks its name busy (other calls for that name wait,
 // other groups go on) and writes without it. group.mu is held while
 // calling Config.Resolve (which must not call back) and while writing
-// grants, rebindings, resets and deletions of its group (rare), never while
-// writing commits.
+// grants, rebindings, resets, deletions and the offset deletions of retired
+// shards of its group (rare), never while writing commits.
 package groups
