@@ -53,6 +53,9 @@ type PluginConfig struct {
 	// 16MiB); StateQuota the plugin's whole keyed state (default 256MiB).
 	MaxStateDelta Size `toml:"max_state_delta" json:"max_state_delta,omitempty"`
 	StateQuota    Size `toml:"state_quota" json:"state_quota,omitempty"`
+	// StateByKey: the plugin's state keys are its input's record keys, so a
+	// split copies each key to its child only (docs/plugins.md).
+	StateByKey bool `toml:"state_by_key" json:"state_by_key,omitempty"`
 }
 
 // PluginParams is a plugin's config table.
@@ -93,6 +96,7 @@ func (c PluginConfig) Definition() plugins.Definition {
 		MemoryPages: uint32((int64(c.Memory) + 65535) / 65536), CallTimeout: time.Duration(c.CallTimeout),
 		BatchRecords: c.BatchRecords, BatchBytes: int(c.BatchBytes), TimerInterval: time.Duration(c.TimerInterval),
 		MaxWait: time.Duration(c.MaxWait), MaxStateDelta: int(c.MaxStateDelta), StateQuota: int64(c.StateQuota),
+		StateByKey: c.StateByKey,
 	}
 	if len(c.Config) > 0 {
 		d.Config = map[string]string(c.Config)

@@ -31,6 +31,7 @@ var notForClients = map[string]string{
 	"store.ErrIncomplete":         "only from Replace, which the replicator's repair calls on the pulling side",
 	"plugins.ErrUndeclaredStream": "told to the guest through the ABI, not to a client",
 	"plugins.ErrStateLimit":       "told to the guest through the ABI, not to a client",
+	"plugins.ErrStateConflict":    "a handoff's reason to pause the plugin, shown as its pause reason, never returned to a caller",
 	"record.ErrCorrupt":           "mapped where a batch is decoded (quic.Errorf at the call site); damage in stored data reaches clients as store.ErrCorrupt",
 	"record.ErrEmpty":             "mapped where a batch is decoded (quic.Errorf at the call site)",
 	"replicate.ErrBadPolicy":      "configuration: a stream's policy is checked when it is declared",

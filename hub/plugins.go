@@ -312,11 +312,17 @@ var (
 	descPluginWait   = prometheus.NewDesc("edgehub_plugin_waiting", "1 if the plugin waits for a stream it uses to exist again (deleted).", []string{"plugin"}, nil)
 	descPluginQuar   = prometheus.NewDesc("edgehub_plugin_quarantined", "1 if the plugin's runner runs in the quarantine slot (recent failures or slot-lease overruns).", pluginLabels, nil)
 	descPluginTO     = prometheus.NewDesc("edgehub_plugin_timeouts_total", "Calls stopped at their deadline since the hub started.", pluginLabels, nil)
+	// The series other readers export too, with their own reader label
+	// (the help text must be the same: internal/replicate).
+	descPluginLineage = prometheus.NewDesc("edgehub_lineage_waiting_shards",
+		"Shards a reader may not start yet because a parent shard closed by a reshard is not finished for it.",
+		[]string{"stream"}, prometheus.Labels{"reader": "plugin"})
 )
 
 func (c *pluginCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPluginIn, descPluginOut, descPluginDead, descPluginErrors, descPluginCalls,
-		descPluginTime, descPluginLag, descPluginState, descPluginMem, descPluginPaused, descPluginWait, descPluginQuar, descPluginTO} {
+		descPluginTime, descPluginLag, descPluginState, descPluginMem, descPluginPaused, descPluginWait, descPluginQuar, descPluginTO,
+		descPluginLineage} {
 		ch <- d
 	}
 }
@@ -340,6 +346,9 @@ func callHistogram(s plugins.ShardInfo, labels []string) prometheus.Metric {
 }
 
 func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
+	for stream, n := range c.m.LineageWaiting() {
+		ch <- prometheus.MustNewConstMetric(descPluginLineage, prometheus.GaugeValue, float64(n), stream)
+	}
 	for _, info := range c.m.List() {
 		paused := 0.0
 		if info.Status == plugins.StatusPaused {

@@ -55,6 +55,10 @@ type Config struct {
 	SlotLease time.Duration
 	// Now is the wall clock; nil means time.Now.
 	Now func() time.Time
+
+	// beforeHandoff, in tests, is asked before each handoff pass creates
+	// children; false leaves them to a later pass (a crash before it).
+	beforeHandoff func() bool
 }
 
 // DefaultSlotLease is Config.SlotLease's default.
@@ -150,6 +154,11 @@ type Definition struct {
 	// past either fails with ErrStateLimit and the error policy applies.
 	MaxStateDelta int   `json:"max_state_delta"`
 	StateQuota    int64 `json:"state_quota"`
+	// StateByKey promises that the plugin's state keys are record keys
+	// of its input: when an input shard is split, each key is copied only
+	// to the child whose hash range holds it, instead of the whole state
+	// to both (docs/plugins.md, "Resharded inputs").
+	StateByKey bool `json:"state_by_key,omitempty"`
 
 	// Set by the manager.
 	SHA256      string    `json:"sha256"`

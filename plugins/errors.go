@@ -17,6 +17,11 @@ var (
 	// would take the plugin's state past its state_quota. The call is
 	// stopped, its effects dropped, and the error policy applies.
 	ErrStateLimit = errors.New("state limit exceeded")
+	// ErrStateConflict: a merge of input shards found a state key held by
+	// two parents with different values, and the module exports no
+	// eh_state_merge (or it failed). The plugin is paused with the key in
+	// its reason (docs/plugins.md, "Resharded inputs").
+	ErrStateConflict = errors.New("state_conflict")
 	// ErrCorrupt: plugins.db holds data the manager cannot read.
 	ErrCorrupt = errors.New("corrupt plugin data")
 )

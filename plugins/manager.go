@@ -49,10 +49,13 @@ type Manager struct {
 	closed  bool
 
 	// Drain: drainCh closes once; draining (under opMu) stops starts;
-	// runWG counts running runners (added under opMu, before draining).
+	// runWG counts running runners (added under opMu or startMu, before
+	// draining). startMu lets the lineage loops start runners without
+	// opMu (which stop holds while it waits for them).
 	drainOnce sync.Once
 	drainCh   chan struct{}
-	draining  bool
+	draining  bool // written under opMu and startMu
+	startMu   sync.Mutex
 	runWG     sync.WaitGroup
 
 	closeOnce sync.Once
@@ -76,6 +79,9 @@ type plugin struct {
 	// stateUsed is the committed keyed state of the running runners (keys
 	// and values), checked against Definition.StateQuota.
 	stateUsed atomic.Int64
+	// lineageWaiting counts, per input stream, the shards not finished
+	// whose parents are not all finished for the plugin (under mu).
+	lineageWaiting map[string]int
 }
 
 func (p *plugin) definition() Definition {
@@ -219,7 +225,9 @@ func (m *Manager) Run(ctx context.Context) error {
 // cut off at ctx's end are redone after the restart, as after a crash.
 func (m *Manager) Drain(ctx context.Context) error {
 	m.opMu.Lock()
+	m.startMu.Lock()
 	m.draining = true
+	m.startMu.Unlock()
 	m.drainOnce.Do(func() { close(m.drainCh) })
 	m.opMu.Unlock()
 	done := make(chan struct{})
@@ -282,17 +290,29 @@ func (m *Manager) start(p *plugin) {
 	var roles []string
 	for _, s := range ins {
 		watched, roles = append(watched, s), append(roles, "input")
-		for shard := 0; shard < s.Shards(); shard++ {
-			r := newRunner(m, p, p.def, p.mod, s, shard)
-			p.runners = append(p.runners, r)
-			p.wg.Add(1)
-			m.runWG.Add(1)
-			go func() {
-				defer p.wg.Done()
-				defer m.runWG.Done()
-				r.run(ctx)
-			}()
+		// The runners the layout allows now start here, as they always
+		// have; the lineage loop starts the others as parents finish.
+		l := s.Layout()
+		var runnable []uint32
+		if err := m.db.View(func(tx *bolt.Tx) error {
+			runs, err := loadRuns(tx, def.Name, s.Name(), l)
+			if err != nil {
+				return err
+			}
+			runnable = planLineage(l, runs, nil, firstsOf(s), false).runnable
+			return nil
+		}); err != nil {
+			p.logger.Error("plugin: reading its runs failed", "input", s.Name(), "err", err)
 		}
+		lin := &lineage{m: m, p: p, def: def, mod: p.mod, in: s, inName: s.Name(), started: map[uint32]bool{}, exited: make(chan uint32, 16)}
+		for _, id := range runnable {
+			lin.startRunner(ctx, id, false)
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			lin.run(ctx)
+		}()
 	}
 	for _, s := range outs {
 		watched, roles = append(watched, s), append(roles, "output")
@@ -359,7 +379,7 @@ func (m *Manager) Deploy(ctx context.Context, def Definition, wasm []byte) (Info
 			return Info{}, fmt.Errorf("plugins: deploy %q: input: %w", def.Name, err)
 		}
 		if i == 0 {
-			shards = s.Shards()
+			shards = len(s.Layout().Open())
 		}
 	}
 	// The module is compiled and initialised before any output stream is
@@ -452,29 +472,55 @@ func (m *Manager) Deploy(ctx context.Context, def Definition, wasm []byte) (Info
 }
 
 // pinStarts writes the first checkpoint of every input shard the plugin
-// has none for, so that "latest" means the end of the input when Deploy
-// returns: a record produced after that is processed even if it is stored
-// before the runner first runs.
+// has none for and may start on, so that "latest" means the end of the
+// input when Deploy returns: a record produced after that is processed
+// even if it is stored before the runner first runs. Across a reshard: a
+// shard with parents gets its run from the handoff (lineage.go), with the
+// parents' state; only a plugin new to the input (no run of it at all)
+// pins every shard, for "latest" (closed shards as done at their end).
 func (m *Manager) pinStarts(tx *bolt.Tx, def Definition) error {
 	for _, in := range def.Inputs {
 		s, err := m.st.Stream(in)
 		if err != nil {
 			return err
 		}
-		for shard := 0; shard < s.Shards(); shard++ {
-			rb, err := runBucket(tx, def.Name, in, shard, true)
-			if err != nil {
-				return err
-			}
-			if rb.Get(keyCheckpoint) != nil {
+		l := s.Layout()
+		runs, err := loadRuns(tx, def.Name, in, l)
+		if err != nil {
+			return err
+		}
+		fresh := len(runs) == 0
+		for _, sh := range l.Shards {
+			if runs[sh.ID].exists || sh.State == store.ShardRetired {
 				continue
 			}
-			cp, err := startCheckpoint(s, shard, def.Start)
+			done := false
+			var cp checkpoint
+			switch {
+			case len(sh.Parents) == 0 && sh.State == store.ShardOpen, len(sh.Parents) == 0 && def.Start == StartEarliest:
+				if cp, err = startCheckpoint(s, int(sh.ID), def.Start); err != nil {
+					return err
+				}
+			case fresh && def.Start == StartLatest && sh.State == store.ShardOpen:
+				if cp, err = startCheckpoint(s, int(sh.ID), def.Start); err != nil {
+					return err
+				}
+			case fresh && def.Start == StartLatest:
+				cp, done = checkpoint{Next: sh.End + 1}, true
+			default:
+				continue // the handoff creates it
+			}
+			rb, err := runBucket(tx, def.Name, in, int(sh.ID), true)
 			if err != nil {
 				return err
 			}
 			if err := rb.Put(keyCheckpoint, cp.encode()); err != nil {
 				return err
+			}
+			if done {
+				if err := rb.Put(keyDone, []byte{1}); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -157,6 +157,11 @@ type runner struct {
 	duty       float64          // Config.BusyDutyCycle
 	maxRecord  int              // the store's record size limit
 	now        func() time.Time // the hub's wall clock
+	// The input shard's place in the layout, refreshed when layoutCh is
+	// closed: a closed shard is processed to end and the runner exits.
+	layoutCh <-chan struct{}
+	inClosed bool
+	inEnd    uint64
 
 	stats runnerStats
 }
@@ -240,6 +245,10 @@ func (r *runner) run(ctx context.Context) {
 		}
 	}()
 	for wait.Err() == nil {
+		if r.inputFinished() {
+			r.logf(LevelInfo, "input shard %d is closed and processed to its end (%d): finished", r.shard, r.inEnd)
+			return
+		}
 		_, last, err := r.input.Bounds(r.shard)
 		if err != nil {
 			if !r.storeTrouble(ctx, "read input", err) {
@@ -255,6 +264,7 @@ func (r *runner) run(ctx context.Context) {
 			}
 			select {
 			case <-ch:
+			case <-r.layoutCh:
 			case <-tick:
 				// Caught up: the timer follows the wall clock.
 				if !r.withSlot(ctx, func() bool { return r.fireTimer(ctx, r.now().UnixNano()) }) {
@@ -279,6 +289,9 @@ func (r *runner) run(ctx context.Context) {
 		if !r.yieldToIngest(ctx, last, took) {
 			return
 		}
+		if r.inputFinished() {
+			continue // no timer after the end: the loop's top returns
+		}
 		select {
 		case <-tick:
 			// Behind its input: the timer follows the input's ingest
@@ -291,6 +304,31 @@ func (r *runner) run(ctx context.Context) {
 		default:
 		}
 	}
+}
+
+// refreshLayout reads the input shard's state from the layout when it
+// changed since the last look.
+func (r *runner) refreshLayout() {
+	if r.layoutCh != nil {
+		select {
+		case <-r.layoutCh:
+		default:
+			return
+		}
+	}
+	r.layoutCh = r.input.LayoutChanged()
+	l := r.input.Layout()
+	if r.shard < len(l.Shards) {
+		sh := l.Shards[r.shard]
+		r.inClosed, r.inEnd = sh.State != store.ShardOpen, sh.End
+	}
+}
+
+// inputFinished reports whether the input shard is closed and every record
+// of it up to its end is committed (no timer firing pending either).
+func (r *runner) inputFinished() bool {
+	r.refreshLayout()
+	return r.inClosed && r.cp.Next > r.inEnd && r.cp.PendingSeq == 0
 }
 
 // yieldToIngest keeps a runner to its duty cycle while its input is being
@@ -316,6 +354,13 @@ func (r *runner) step(ctx context.Context) bool {
 		return r.storeTrouble(ctx, "read input", err)
 	}
 	if len(recs) == 0 {
+		if r.refreshLayout(); r.inClosed && r.cp.Next <= r.inEnd {
+			// The rest of a closed shard is gone (retention, compaction):
+			// its end is reached all the same.
+			cp := r.cp
+			cp.Next = r.inEnd + 1
+			return r.commitCheckpoint(ctx, cp, nil)
+		}
 		return true
 	}
 	if first := recs[0].Seq; first > r.cp.Next {

@@ -14,12 +14,16 @@ import (
 const (
 	ImportModule = "edgehub_v1"
 
-	ExportMemory  = "memory"
-	ExportAlloc   = "eh_alloc"
-	ExportInit    = "eh_init"
-	ExportBatch   = "eh_on_batch"
-	ExportTimer   = "eh_on_timer"
-	ExportReactor = "_initialize" // WASI reactor start (Go c-shared, TinyGo, wasi-libc)
+	ExportMemory = "memory"
+	ExportAlloc  = "eh_alloc"
+	ExportInit   = "eh_init"
+	ExportBatch  = "eh_on_batch"
+	ExportTimer  = "eh_on_timer"
+	// ExportStateMerge resolves a keyed-state conflict when a merge of
+	// input shards finds one key in two parents with different values
+	// (docs/plugin-abi.md, "eh_state_merge").
+	ExportStateMerge = "eh_state_merge"
+	ExportReactor    = "_initialize" // WASI reactor start (Go c-shared, TinyGo, wasi-libc)
 
 	importWASI = "wasi_snapshot_preview1"
 )
@@ -228,6 +232,16 @@ func AppendConfig(dst []byte, cfg map[string]string) []byte {
 		dst = append(dst, k...)
 		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(cfg[k])))
 		dst = append(dst, cfg[k]...)
+	}
+	return dst
+}
+
+// AppendMergeRequest appends eh_state_merge's argument: u32 key_len, key,
+// u32 a_len, a, u32 b_len, b (docs/plugin-abi.md).
+func AppendMergeRequest(dst, key, a, b []byte) []byte {
+	for _, f := range [][]byte{key, a, b} {
+		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(f)))
+		dst = append(dst, f...)
 	}
 	return dst
 }

@@ -70,6 +70,7 @@ type Module struct {
 	lim      Limits
 	hasInit  bool
 	hasTimer bool
+	hasMerge bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -137,9 +138,10 @@ var (
 		ExportBatch: {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
 	}
 	optionalExports = map[string]sig{
-		ExportInit:    {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
-		ExportTimer:   {[]api.ValueType{i64}, []api.ValueType{i32}},
-		ExportReactor: {nil, nil},
+		ExportInit:       {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
+		ExportTimer:      {[]api.ValueType{i64}, []api.ValueType{i32}},
+		ExportStateMerge: {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
+		ExportReactor:    {nil, nil},
 	}
 )
 
@@ -169,6 +171,7 @@ func (m *Module) checkABI() error {
 	}
 	m.hasInit = check(ExportInit, optionalExports[ExportInit], false)
 	m.hasTimer = check(ExportTimer, optionalExports[ExportTimer], false)
+	m.hasMerge = check(ExportStateMerge, optionalExports[ExportStateMerge], false)
 	check(ExportReactor, optionalExports[ExportReactor], false)
 	for _, f := range m.compiled.ImportedFunctions() {
 		mod, name, _ := f.Import()
@@ -227,6 +230,9 @@ func typeString(params, results []api.ValueType) string {
 
 // HasTimer reports whether the module exports eh_on_timer.
 func (m *Module) HasTimer() bool { return m.hasTimer }
+
+// HasStateMerge reports whether the module exports eh_state_merge.
+func (m *Module) HasStateMerge() bool { return m.hasMerge }
 
 // HasInit reports whether the module exports eh_init.
 func (m *Module) HasInit() bool { return m.hasInit }

@@ -47,10 +47,11 @@ const (
 	callAlloc
 	callBatch
 	callTimer
+	callMerge
 )
 
 func (k callKind) String() string {
-	return [...]string{ExportInit, ExportAlloc, ExportBatch, ExportTimer}[k]
+	return [...]string{ExportInit, ExportAlloc, ExportBatch, ExportTimer, ExportStateMerge}[k]
 }
 
 // Instance is one instantiation of a Module, with its own memory. It is not
@@ -68,6 +69,7 @@ type Instance struct {
 	init   api.Function
 	batch  api.Function
 	timer  api.Function
+	merge  api.Function
 	stderr *tail
 	stack  [2]uint64
 	broken bool
@@ -81,6 +83,12 @@ type Instance struct {
 	abort    error  // set by an import that stopped the call
 	errLog   string // the guest's last error-level log line in this call
 	hdrs     []Header
+	// eh_state_merge's key and its answer (state_set or state_delete of
+	// that key during the call).
+	mergeKey  []byte
+	mergeVal  []byte
+	mergeSet  bool
+	mergeDone bool
 }
 
 type instanceKey struct{}
@@ -114,6 +122,9 @@ func (m *Module) Instantiate(ctx context.Context, host Host) (*Instance, error) 
 	}
 	if m.hasTimer {
 		inst.timer = mod.ExportedFunction(ExportTimer)
+	}
+	if m.hasMerge {
+		inst.merge = mod.ExportedFunction(ExportStateMerge)
 	}
 	if inst.mem == nil || inst.alloc == nil || inst.batch == nil {
 		mod.Close(context.Background())
@@ -154,6 +165,32 @@ func (i *Instance) OnTimer(ctx context.Context, now int64) error {
 	}
 	i.stack[0] = uint64(now)
 	return i.status(i.call(ctx, callTimer, i.timer, i.stack[:]))
+}
+
+// StateMerge calls eh_state_merge with a keyed-state conflict: key holds
+// a in one parent shard and b in another (docs/plugin-abi.md). It returns
+// the value the guest chose with state_set (keep true), or keep false if
+// it chose state_delete. A call that answers neither fails with ErrABI.
+// The value is the instance's own copy, valid until the next call.
+func (i *Instance) StateMerge(ctx context.Context, key, a, b []byte) (value []byte, keep bool, err error) {
+	if i.merge == nil {
+		return nil, false, fmt.Errorf("wasmhost: %w: module does not export %s", ErrABI, ExportStateMerge)
+	}
+	buf := AppendMergeRequest(nil, key, a, b)
+	ptr, err := i.write(ctx, buf)
+	if err != nil {
+		return nil, false, err
+	}
+	i.mergeKey = append(i.mergeKey[:0], key...)
+	i.mergeVal, i.mergeSet, i.mergeDone = i.mergeVal[:0], false, false
+	i.stack[0], i.stack[1] = uint64(ptr), uint64(len(buf))
+	if err := i.status(i.call(ctx, callMerge, i.merge, i.stack[:])); err != nil {
+		return nil, false, err
+	}
+	if !i.mergeDone {
+		return nil, false, fmt.Errorf("wasmhost: %s: %w: returned without state_set or state_delete of the key", ExportStateMerge, ErrABI)
+	}
+	return i.mergeVal, i.mergeSet, nil
 }
 
 // MemoryBytes is the current size of the instance's linear memory.
@@ -361,6 +398,7 @@ func hostEmit(ctx context.Context, mod api.Module, stack []uint64) {
 // state_get(key_ptr, key_len, buf_ptr, buf_cap) -> len | -1
 func hostStateGet(ctx context.Context, mod api.Module, stack []uint64) {
 	i := instanceFrom(ctx)
+	i.readable("state_get")
 	key := i.readKey(mod, uint32(stack[0]), uint32(stack[1]))
 	v, ok, err := i.host.StateGet(key)
 	if err != nil {
@@ -382,9 +420,27 @@ func (i *Instance) copyOut(mod api.Module, v []byte, ok bool, ptr, capacity uint
 }
 
 func (i *Instance) mutable(op string) {
-	if i.kind != callBatch && i.kind != callTimer {
+	if i.kind != callBatch && i.kind != callTimer && i.kind != callMerge {
 		i.stop(fmt.Errorf("%w: %s during %s", ErrABI, op, i.kind))
 	}
+}
+
+// readable refuses state reads during eh_state_merge: the merged shard's
+// state is being built, and the answer must depend on the key and the two
+// values alone.
+func (i *Instance) readable(op string) {
+	if i.kind == callMerge {
+		i.stop(fmt.Errorf("%w: %s during %s", ErrABI, op, i.kind))
+	}
+}
+
+// mergeAnswer records a state_set (keep) or state_delete of the key during
+// eh_state_merge; any other key stops the call.
+func (i *Instance) mergeAnswer(key, val []byte, keep bool) {
+	if !bytes.Equal(key, i.mergeKey) {
+		i.stop(fmt.Errorf("%w: %s may only set or delete the key it merges", ErrABI, ExportStateMerge))
+	}
+	i.mergeVal, i.mergeSet, i.mergeDone = append(i.mergeVal[:0], val...), keep, true
 }
 
 // state_set(key_ptr, key_len, val_ptr, val_len)
@@ -396,6 +452,10 @@ func hostStateSet(ctx context.Context, mod api.Module, stack []uint64) {
 		i.stop(fmt.Errorf("%w: state value of %d bytes (max %d)", ErrABI, n, MaxStateValue))
 	}
 	val := i.read(mod, uint32(stack[2]), uint32(stack[3]), "state value")
+	if i.kind == callMerge {
+		i.mergeAnswer(key, val, true)
+		return
+	}
 	if err := i.host.StateSet(key, val); err != nil {
 		i.stop(err)
 	}
@@ -406,6 +466,10 @@ func hostStateDelete(ctx context.Context, mod api.Module, stack []uint64) {
 	i := instanceFrom(ctx)
 	i.mutable("state_delete")
 	key := i.readKey(mod, uint32(stack[0]), uint32(stack[1]))
+	if i.kind == callMerge {
+		i.mergeAnswer(key, nil, false)
+		return
+	}
 	if err := i.host.StateDelete(key); err != nil {
 		i.stop(err)
 	}
@@ -414,6 +478,7 @@ func hostStateDelete(ctx context.Context, mod api.Module, stack []uint64) {
 // state_next(prefix_ptr, prefix_len, after_ptr, after_len, buf_ptr, buf_cap) -> len | -1
 func hostStateNext(ctx context.Context, mod api.Module, stack []uint64) {
 	i := instanceFrom(ctx)
+	i.readable("state_next")
 	if uint32(stack[1]) > MaxStateKey || uint32(stack[3]) > MaxStateKey {
 		i.stop(fmt.Errorf("%w: state_next prefix or cursor longer than %d bytes", ErrABI, MaxStateKey))
 	}

@@ -1,0 +1,246 @@
+package plugins
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgehub/edgehub/internal/plugintest"
+	"github.com/edgehub/edgehub/internal/record"
+	"github.com/edgehub/edgehub/internal/testutil"
+	"github.com/edgehub/edgehub/store"
+)
+
+// Plugins across real reshards (store.Stream.Split/Merge) of a keyed input,
+// with the sum test plugin (plugins/testdata/sumcore: per-key running sum,
+// one output per input record) in real wazero.
+
+const reshardKeys = 40
+
+// sumDef is the sum plugin reading "in" and writing "sums".
+func sumDef(byKey bool, config map[string]string) Definition {
+	c := map[string]string{"output": "sums"}
+	for k, v := range config {
+		c[k] = v
+	}
+	return Definition{Name: "sum", Inputs: []string{"in"}, Outputs: []string{"sums"}, Start: StartEarliest,
+		Config: c, StateByKey: byKey, TimerInterval: time.Hour, OnError: PolicyPause}
+}
+
+// producer appends keyed records of value 1 in small batches and counts
+// what it produced per key.
+type producer struct {
+	mu       sync.Mutex
+	produced map[string]int
+	n        int
+}
+
+func (p *producer) batch(tb testing.TB, in *store.Stream, size int) {
+	tb.Helper()
+	recs := make([]record.Record, size)
+	p.mu.Lock()
+	for i := range recs {
+		k := "key-" + strconv.Itoa(p.n%reshardKeys)
+		p.n++
+		p.produced[k]++
+		recs[i] = rec(k, "1")
+	}
+	p.mu.Unlock()
+	if _, err := in.Append(context.Background(), store.Batch{Shard: -1, Records: recs}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// checkSums waits until every key's last output is its produced sum, then
+// checks the outputs of each key: exactly 1, 2, ..., n in output order (no
+// loss, no duplicate, per-key order) and every origin once.
+func checkSums(tb testing.TB, out *store.Stream, produced map[string]int) {
+	tb.Helper()
+	total := 0
+	for _, n := range produced {
+		total += n
+	}
+	recs := readAll(tb, out, total)
+	byKey := map[string][]int{}
+	origins := map[record.Origin]bool{}
+	for _, r := range recs {
+		n, _ := strconv.Atoi(string(r.Value))
+		byKey[string(r.Key)] = append(byKey[string(r.Key)], n)
+		if origins[r.Origin] {
+			tb.Fatalf("origin %+v stored twice", r.Origin)
+		}
+		origins[r.Origin] = true
+	}
+	if len(recs) != total {
+		tb.Fatalf("%d outputs, want %d (one per input record)", len(recs), total)
+	}
+	for k, want := range produced {
+		got := byKey[k]
+		for i, n := range got {
+			if n != i+1 {
+				tb.Fatalf("key %s: output %d is sum %d, want %d (outputs %v)", k, i, n, i+1, got)
+			}
+		}
+		if len(got) != want {
+			tb.Fatalf("key %s: final sum %d, produced %d", k, len(got), want)
+		}
+	}
+}
+
+// children returns the children of parent in s's layout.
+func children(tb testing.TB, s *store.Stream, parent uint32) []uint32 {
+	tb.Helper()
+	l := s.Layout()
+	return l.Shards[parent].Children
+}
+
+func TestReshardCountingPlugin(t *testing.T) {
+	wasm := plugintest.Wasm(t, "plugins/testdata/sum")
+	e := newEnv(t)
+	in := e.stream("in", 2)
+	e.stream("sums", 2)
+	e.deploy(sumDef(true, nil), wasm)
+	p := &producer{produced: map[string]int{}}
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		p.batch(t, in, 25)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 120; i++ {
+			p.batch(t, in, 25)
+		}
+	}()
+	// Split shard 0 while records flow, then merge its two children back,
+	// then split shard 1.
+	time.Sleep(20 * time.Millisecond)
+	if _, err := in.Split(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	kids := children(t, in, 0)
+	time.Sleep(20 * time.Millisecond)
+	if _, err := in.Merge(ctx, kids[0], kids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Split(ctx, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	for i := 0; i < 10; i++ {
+		p.batch(t, in, 25)
+	}
+	out, _ := e.st.Stream("sums")
+	checkSums(t, out, p.produced)
+	testutil.Eventually(t, "no shard waiting, parents done", func() bool {
+		info, _ := e.m.Describe("sum")
+		return info.Lag == 0 && info.Status == StatusRunning
+	})
+	if w := e.m.LineageWaiting(); len(w) != 0 {
+		t.Fatalf("LineageWaiting %v after every parent finished", w)
+	}
+	t.Logf("layout %d: %d records over %d shard ids", in.Layout().Version, p.n, len(in.Layout().Shards))
+}
+
+func TestReshardStateConflictPauses(t *testing.T) {
+	wasm := plugintest.Wasm(t, "plugins/testdata/sum")
+	e := newEnv(t)
+	in := e.stream("in", 1)
+	e.stream("sums", 1)
+	e.deploy(sumDef(false, nil), wasm)
+	p := &producer{produced: map[string]int{}}
+	ctx := context.Background()
+	p.batch(t, in, 100)
+	if _, err := in.Split(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	p.batch(t, in, 100) // each key grows in one child; the other keeps the split's copy
+	kids := children(t, in, 0)
+	out, _ := e.st.Stream("sums")
+	readAll(t, out, 200)
+	if _, err := in.Merge(ctx, kids[0], kids[1]); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "paused with state_conflict", func() bool {
+		info, _ := e.m.Describe("sum")
+		return info.Status == StatusPaused
+	})
+	info, _ := e.m.Describe("sum")
+	if !strings.Contains(info.PauseReason, "state_conflict") || !strings.Contains(info.PauseReason, `key "key-`) {
+		t.Fatalf("pause reason %q, want state_conflict naming the key", info.PauseReason)
+	}
+	t.Logf("pause reason: %s", info.PauseReason)
+}
+
+func TestReshardStateMergeResolves(t *testing.T) {
+	wasm := plugintest.Wasm(t, "plugins/testdata/summerge")
+	e := newEnv(t)
+	in := e.stream("in", 1)
+	e.stream("sums", 1)
+	e.deploy(sumDef(false, nil), wasm)
+	p := &producer{produced: map[string]int{}}
+	ctx := context.Background()
+	p.batch(t, in, 100)
+	if _, err := in.Split(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	p.batch(t, in, 100)
+	kids := children(t, in, 0)
+	out, _ := e.st.Stream("sums")
+	readAll(t, out, 200)
+	if _, err := in.Merge(ctx, kids[0], kids[1]); err != nil {
+		t.Fatal(err)
+	}
+	p.batch(t, in, 100)
+	checkSums(t, out, p.produced)
+	if info, _ := e.m.Describe("sum"); info.Status != StatusRunning {
+		t.Fatalf("status %s (%s), want running: eh_state_merge resolves the conflicts", info.Status, info.PauseReason)
+	}
+}
+
+// TestReshardCrashBeforeHandoff stops the manager after the parent's runner
+// committed its last checkpoint and before the handoff ran (the hook
+// refuses it), then opens it again: the handoff at start gives the
+// children their state, nothing lost or repeated.
+func TestReshardCrashBeforeHandoff(t *testing.T) {
+	wasm := plugintest.Wasm(t, "plugins/testdata/sum")
+	var block sync.Mutex
+	blocked := true
+	e := newEnvTuned(t, func(c *Config) {
+		c.beforeHandoff = func() bool {
+			block.Lock()
+			defer block.Unlock()
+			return !blocked
+		}
+	})
+	in := e.stream("in", 1)
+	e.stream("sums", 1)
+	e.deploy(sumDef(true, nil), wasm)
+	p := &producer{produced: map[string]int{}}
+	ctx := context.Background()
+	p.batch(t, in, 200)
+	if _, err := in.Split(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	end := in.Layout().Shards[0].End
+	p.batch(t, in, 200)
+	testutil.Eventually(t, "parent at its end", func() bool {
+		info, _ := e.m.Describe("sum")
+		return len(info.Shards) > 0 && info.Shards[0].Checkpoint == end+1
+	})
+	testutil.Eventually(t, "both children counted as waiting", func() bool { return e.m.LineageWaiting()["in"] == 2 })
+	if info, _ := e.m.Describe("sum"); info.Shards[1].Checkpoint != 0 {
+		t.Fatalf("child has a checkpoint (%d) though the handoff was refused", info.Shards[1].Checkpoint)
+	}
+	e.stop()
+	block.Lock()
+	blocked = false
+	block.Unlock()
+	e.start()
+	p.batch(t, in, 100)
+	out, _ := e.st.Stream("sums")
+	checkSums(t, out, p.produced)
+}
