@@ -725,6 +725,19 @@ func (c *Coordinator) Reset(req ResetRequest) error {
 	if req.Stream == "" || req.Shards < 1 || req.Shards > maxShards {
 		return fmt.Errorf("%w: stream %q with %d shards", ErrInvalid, req.Stream, req.Shards)
 	}
+	// Refuse before the group is created: ids are bounded by the creation
+	// count or, once resharded, by the stream's layout.
+	c.mu.Lock()
+	bound := req.Shards
+	if l := c.layouts[req.Stream]; l != nil {
+		bound = max(bound, len(l.shards))
+	}
+	c.mu.Unlock()
+	for s, off := range req.Offsets {
+		if s < 0 || s >= bound || off == 0 {
+			return fmt.Errorf("%w: offset %d for shard %d of %d", ErrInvalid, off, s, bound)
+		}
+	}
 	g, err := c.group(req.Group, req.Stream, req.Shards, req.Incarnation, true)
 	if err != nil {
 		return err

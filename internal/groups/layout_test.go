@@ -1,6 +1,7 @@
 package groups
 
 import (
+	"errors"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -355,5 +356,28 @@ func TestGroupAfterReshard(t *testing.T) {
 	}
 	if si := shardInfo(t, c, 0); si.ShardState != ShardStateFinished || si.Offset != 100 {
 		t.Fatalf("parent: %+v", si)
+	}
+}
+
+// TestResetBoundsByLayout: a reset may set offsets of children (ids past
+// the creation count) once the layout names them; a shard no layout names
+// is refused before any group is created.
+func TestResetBoundsByLayout(t *testing.T) {
+	c := openTest(t, filepath.Join(t.TempDir(), "groups.db"))
+	if err := c.Reset(ResetRequest{Group: "g", Stream: "events", Shards: 2, Offsets: map[int]uint64{3: 5}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("reset of an unknown id: %v, want ErrInvalid", err)
+	}
+	if _, err := c.Group("g"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused reset created the group: %v", err)
+	}
+	setLayout(t, c, 1, closeInto(uniform(2), time.Now(), map[uint32]uint64{1: 9}, []uint32{1}, []uint32{1}))
+	if err := c.Reset(ResetRequest{Group: "g", Stream: "events", Shards: 2, Offsets: map[int]uint64{1: 10, 3: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if si := shardInfo(t, c, 3); si.Offset != 5 {
+		t.Fatalf("child after reset: %+v", si)
+	}
+	if si := shardInfo(t, c, 1); si.ShardState != ShardStateFinished {
+		t.Fatalf("parent reset past its end: %+v, want finished", si)
 	}
 }
