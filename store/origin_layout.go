@@ -185,7 +185,8 @@ func containsID(ids []uint32, id uint32) bool {
 // of the stream, for the origin incarnation the stream's watermarks of hub
 // now count in; a layout of a higher version than the one recorded wins, a
 // lower or equal one is ignored (nil error). It runs as one maintenance
-// transaction on the writer.
+// transaction on the writer; a layout lost in a crash under SyncInterval
+// is learned again from peers.
 func (s *Stream) SetOriginLayout(ctx context.Context, hub string, l Layout) error {
 	if len(hub) == 0 || len(hub) > MaxOriginHubLength {
 		return fmt.Errorf("store: set origin layout %q of %q: %w: origin hub length %d", hub, s.name, ErrInvalidConfig, len(hub))
@@ -273,7 +274,9 @@ func decodeStoredOriginLayout(v []byte) (storedOriginLayout, bool) {
 // origin shard with it, whose last origin sequences may number records the
 // shard replicated from others (none of k's own lies above the last one
 // applied). Appends of k's records at or below seq are dropped afterwards,
-// as for any watermark.
+// as for any watermark. Like appends, it is durable at the commit's fsync
+// (under SyncInterval, the next one): losing it in a crash only makes
+// replication complete the shard again.
 func (s *Stream) AdvanceWatermark(ctx context.Context, k OriginKey, seq uint64) error {
 	if len(k.Hub) == 0 || len(k.Hub) > MaxOriginHubLength {
 		return fmt.Errorf("store: advance watermark %q/%d of %q: %w: origin hub length %d", k.Hub, k.Shard, s.name, ErrInvalidConfig, len(k.Hub))
