@@ -267,7 +267,7 @@ func (s *clientSession) follow(req PullRequest) *muxPull {
 	s.follows[p.id] = p
 	p.credit = s.window(p.maxBatch)
 	s.queueLocked(FramePullFollow, &Follow{ID: p.id, Stream: req.Stream, Origin: req.Origin, After: req.After,
-		Follow: req.Follow, MaxBatchBytes: req.MaxBatchBytes, Credit: uint64(p.credit), Incarnation: req.Incarnation, Until: req.Until})
+		Follow: req.Follow, MaxBatchBytes: req.MaxBatchBytes, Credit: uint64(p.credit), Incarnation: req.Incarnation, Until: req.Until, Lineage: req.Lineage})
 	return p
 }
 
