@@ -84,6 +84,9 @@ func (t FrameType) String() string {
 	if n := groupFrameName(t); n != "" { // group.go
 		return n
 	}
+	if n := layoutFrameName(t); n != "" { // layout.go
+		return n
+	}
 	return fmt.Sprintf("frame_0x%02x", byte(t))
 }
 
@@ -165,6 +168,11 @@ type Info struct {
 	Shards []ShardBounds
 	// MaxFrameBytes is the largest frame the hub accepts.
 	MaxFrameBytes uint64
+	// Layout is the stream's layout (nil from a hub before resharding,
+	// which ends INFO at MaxFrameBytes). Shards still lists every id ever
+	// assigned, indexed by id, so clients that know nothing of layouts keep
+	// working.
+	Layout *Layout
 }
 
 func (f *Info) Append(dst []byte) []byte {
@@ -174,7 +182,11 @@ func (f *Info) Append(dst []byte) []byte {
 		dst = binary.AppendUvarint(dst, s.First)
 		dst = binary.AppendUvarint(dst, s.Last)
 	}
-	return binary.AppendUvarint(dst, f.MaxFrameBytes)
+	dst = binary.AppendUvarint(dst, f.MaxFrameBytes)
+	if f.Layout != nil {
+		dst = f.Layout.Append(dst)
+	}
+	return dst
 }
 
 func (f *Info) Decode(p []byte) error {
@@ -186,6 +198,11 @@ func (f *Info) Decode(p []byte) error {
 		f.Shards[i] = ShardBounds{First: d.Uvarint(), Last: d.Uvarint()}
 	}
 	f.MaxFrameBytes = d.Uvarint()
+	f.Layout = nil
+	if d.Err == nil && len(d.Buf) > 0 { // absent from hubs before resharding
+		f.Layout = &Layout{}
+		f.Layout.decode(&d)
+	}
 	return d.done()
 }
 
@@ -196,6 +213,10 @@ const (
 	// ProduceDatagrams asks for a datagram session id: the client may then
 	// send fire-and-forget batches as QUIC datagrams (no acks, may be lost).
 	ProduceDatagrams ProduceFlags = 1 << 0
+	// ProduceLineage says the client routes by the stream's layout: the hub
+	// sends it LAYOUT frames, and does not check its batches' keys against
+	// the shards' ranges (docs/resharding.md section 3).
+	ProduceLineage ProduceFlags = 1 << 1
 )
 
 // ProduceOpen is the OPEN body of OpProduce.
@@ -236,6 +257,9 @@ type ProduceReady struct {
 	// edgehub.Record.PayloadSize it accepts. 0: not announced (a hub older than
 	// the field, which appends it last).
 	MaxRecordBytes uint64
+	// LayoutVersion is the stream's layout version (0: never resharded, or a
+	// hub before resharding).
+	LayoutVersion uint64
 }
 
 func (f *ProduceReady) Append(dst []byte) []byte {
@@ -243,7 +267,8 @@ func (f *ProduceReady) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, f.MaxBatchBytes)
 	dst = binary.AppendUvarint(dst, uint64(f.MaxInFlight))
 	dst = binary.AppendUvarint(dst, f.DatagramSession)
-	return binary.AppendUvarint(dst, f.MaxRecordBytes)
+	dst = binary.AppendUvarint(dst, f.MaxRecordBytes)
+	return binary.AppendUvarint(dst, f.LayoutVersion)
 }
 
 func (f *ProduceReady) Decode(p []byte) error {
@@ -252,9 +277,12 @@ func (f *ProduceReady) Decode(p []byte) error {
 	f.MaxBatchBytes = d.Uvarint()
 	f.MaxInFlight = d.Uint32("max in flight")
 	f.DatagramSession = d.Uvarint()
-	f.MaxRecordBytes = 0
+	f.MaxRecordBytes, f.LayoutVersion = 0, 0
 	if d.Err == nil && len(d.Buf) > 0 {
 		f.MaxRecordBytes = d.Uvarint()
+	}
+	if d.Err == nil && len(d.Buf) > 0 { // absent from hubs before resharding
+		f.LayoutVersion = d.Uvarint()
 	}
 	return d.done()
 }
@@ -318,6 +346,9 @@ type Ack struct {
 	Duplicate bool
 	// Runs cover the batch's records in order.
 	Runs []Run
+	// LayoutVersion is the layout the refusal was made under; sent only
+	// with CodeShardClosed (a trailing field: 0 when absent).
+	LayoutVersion uint64
 }
 
 func (f *Ack) Append(dst []byte) []byte {
@@ -335,6 +366,9 @@ func (f *Ack) Append(dst []byte) []byte {
 		dst = binary.AppendUvarint(dst, r.FirstSeq)
 		dst = binary.AppendUvarint(dst, uint64(r.Count))
 	}
+	if f.Code == CodeShardClosed {
+		dst = binary.AppendUvarint(dst, f.LayoutVersion)
+	}
 	return dst
 }
 
@@ -348,6 +382,10 @@ func (f *Ack) Decode(p []byte) error {
 	f.Runs = make([]Run, n)
 	for i := range f.Runs {
 		f.Runs[i] = Run{Shard: d.Uint32("shard"), FirstSeq: d.Uvarint(), Count: d.Uint32("count")}
+	}
+	f.LayoutVersion = 0
+	if d.Err == nil && len(d.Buf) > 0 && f.Code == CodeShardClosed {
+		f.LayoutVersion = d.Uvarint()
 	}
 	return d.done()
 }
@@ -394,7 +432,18 @@ type ConsumeOpen struct {
 	Resume []Position
 	// Credit is the initial byte credit; see Credit.
 	Credit uint64
+	// Flags select subscription modes (a trailing field: 0 when absent).
+	Flags ConsumeFlags
 }
+
+// ConsumeFlags select subscription modes.
+type ConsumeFlags uint64
+
+const (
+	// ConsumeLineage says the client understands layouts: the hub sends it
+	// LAYOUT and SHARD_END frames (docs/resharding.md section 2).
+	ConsumeLineage ConsumeFlags = 1 << 0
+)
 
 func (f *ConsumeOpen) Append(dst []byte) []byte {
 	dst = appendString(dst, f.Stream)
@@ -409,7 +458,8 @@ func (f *ConsumeOpen) Append(dst []byte) []byte {
 		dst = binary.AppendUvarint(dst, uint64(p.Shard))
 		dst = binary.AppendUvarint(dst, p.Seq)
 	}
-	return binary.AppendUvarint(dst, f.Credit)
+	dst = binary.AppendUvarint(dst, f.Credit)
+	return binary.AppendUvarint(dst, uint64(f.Flags))
 }
 
 func (f *ConsumeOpen) Decode(p []byte) error {
@@ -437,6 +487,10 @@ func (f *ConsumeOpen) Decode(p []byte) error {
 		f.Resume = append(f.Resume, Position{Shard: d.Uint32("shard"), Seq: d.Uvarint()})
 	}
 	f.Credit = d.Uvarint()
+	f.Flags = 0
+	if d.Err == nil && len(d.Buf) > 0 { // absent from clients before resharding
+		f.Flags = ConsumeFlags(d.Uvarint())
+	}
 	return d.done()
 }
 
@@ -458,6 +512,9 @@ type ConsumeReady struct {
 	// another incarnation knows they are void (the stream was deleted and
 	// created again).
 	Incarnation string
+	// LayoutVersion is the stream's layout version (0: never resharded, or
+	// a hub before resharding).
+	LayoutVersion uint64
 }
 
 // maxIncarnationLen bounds CONSUME_READY's incarnation (32 hex digits
@@ -472,7 +529,8 @@ func (f *ConsumeReady) Append(dst []byte) []byte {
 		dst = binary.AppendUvarint(dst, s.Start)
 		dst = binary.AppendUvarint(dst, s.Last)
 	}
-	return appendString(dst, f.Incarnation)
+	dst = appendString(dst, f.Incarnation)
+	return binary.AppendUvarint(dst, f.LayoutVersion)
 }
 
 func (f *ConsumeReady) Decode(p []byte) error {
@@ -483,9 +541,12 @@ func (f *ConsumeReady) Decode(p []byte) error {
 	for i := range f.Subs {
 		f.Subs[i] = Subscription{Shard: d.Uint32("shard"), Start: d.Uvarint(), Last: d.Uvarint()}
 	}
-	f.Incarnation = ""
+	f.Incarnation, f.LayoutVersion = "", 0
 	if d.Err == nil && len(d.Buf) > 0 { // absent from hubs before incarnations
 		f.Incarnation = d.String(maxIncarnationLen)
+	}
+	if d.Err == nil && len(d.Buf) > 0 { // absent from hubs before resharding
+		f.LayoutVersion = d.Uvarint()
 	}
 	return d.done()
 }

@@ -39,6 +39,82 @@ func frameCases() []frameCase {
 		{"records", &Records{Shard: 5, Batch: []byte("chunk")}, &Records{}},
 		{"credit", &Credit{Bytes: 1 << 33}, &Credit{}},
 		{"datagram", &Datagram{Session: 3, Shard: -1, Records: []byte("recs")}, &Datagram{}},
+		{"info with layout", &Info{Stream: "s", Shards: []ShardBounds{{1, 10}, {11, 10}, {1, 0}}, MaxFrameBytes: 1 << 20, Layout: testLayout()}, &Info{}},
+		{"produce ready with layout version", &ProduceReady{Shards: 3, MaxBatchBytes: 1, MaxInFlight: 2, MaxRecordBytes: 3, LayoutVersion: 7}, &ProduceReady{}},
+		{"ack shard closed", &Ack{ID: 3, Code: CodeShardClosed, Message: "shard 0 closed", Runs: []Run{}, LayoutVersion: 2}, &Ack{}},
+		{"consume open lineage", &ConsumeOpen{Stream: "s", Shards: []uint32{}, Resume: []Position{{Shard: 0, Seq: 11}}, Flags: ConsumeLineage}, &ConsumeOpen{}},
+		{"consume ready with layout version", &ConsumeReady{Shards: 3, Subs: []Subscription{{0, 1, 1}}, Incarnation: "ab", LayoutVersion: 1}, &ConsumeReady{}},
+		{"layout", testLayout(), &Layout{}},
+		{"layout v0", &Layout{NextID: 1, Shards: []LayoutShard{{ID: 0, HashEnd: 1<<64 - 1, Parents: []uint32{}}}}, &Layout{}},
+		{"shard end", &ShardEnd{Shard: 4, End: 1 << 40}, &ShardEnd{}},
+	}
+}
+
+// testLayout is shard 0 split into 1 and 2, then 1 and 2 merged into 3.
+func testLayout() *Layout {
+	return &Layout{Version: 2, NextID: 4, Shards: []LayoutShard{
+		{ID: 0, State: ShardRetired, HashEnd: 1<<64 - 1, End: 10, Parents: []uint32{}},
+		{ID: 1, State: ShardClosed, HashEnd: 1<<63 - 1, End: 0, Parents: []uint32{0}},
+		{ID: 2, State: ShardClosed, HashStart: 1 << 63, HashEnd: 1<<64 - 1, End: 5, Parents: []uint32{0}},
+		{ID: 3, State: ShardOpen, HashEnd: 1<<64 - 1, Parents: []uint32{1, 2}},
+	}}
+}
+
+// TestOldEncodingsDecode: frames as peers before resharding encode them
+// (no flags, no layout_version, INFO without entries) still decode, with
+// the new fields zero; and what an old peer decodes of a new encoding is
+// what it knew (the new fields are trailing).
+func TestOldEncodingsDecode(t *testing.T) {
+	// CONSUME open without flags: the encoding up to credit.
+	old := (&ConsumeOpen{Stream: "s", Shards: []uint32{}, Resume: []Position{}, Credit: 9}).Append(nil)
+	old = old[:len(old)-1] // drop flags (one byte: 0)
+	var co ConsumeOpen
+	if err := co.Decode(old); err != nil || co.Flags != 0 || co.Credit != 9 {
+		t.Fatalf("consume open without flags: %+v %v", co, err)
+	}
+	// CONSUME_READY without layout_version, and without incarnation.
+	cr := (&ConsumeReady{Shards: 1, Subs: []Subscription{{0, 1, 1}}, Incarnation: "ab", LayoutVersion: 5}).Append(nil)
+	var r ConsumeReady
+	if err := r.Decode(cr[:len(cr)-1]); err != nil || r.LayoutVersion != 0 || r.Incarnation != "ab" {
+		t.Fatalf("consume ready without layout version: %+v %v", r, err)
+	}
+	if err := r.Decode(cr[:len(cr)-4]); err != nil || r.LayoutVersion != 0 || r.Incarnation != "" {
+		t.Fatalf("consume ready without incarnation: %+v %v", r, err)
+	}
+	// PRODUCE_READY without layout_version.
+	pr := (&ProduceReady{Shards: 2, MaxRecordBytes: 5, LayoutVersion: 3}).Append(nil)
+	var p ProduceReady
+	if err := p.Decode(pr[:len(pr)-1]); err != nil || p.LayoutVersion != 0 || p.MaxRecordBytes != 5 {
+		t.Fatalf("produce ready without layout version: %+v %v", p, err)
+	}
+	// INFO without layout entries.
+	in := (&Info{Stream: "s", Shards: []ShardBounds{{1, 0}}, MaxFrameBytes: 7}).Append(nil)
+	var i Info
+	if err := i.Decode(in); err != nil || i.Layout != nil || i.MaxFrameBytes != 7 {
+		t.Fatalf("info without layout: %+v %v", i, err)
+	}
+	// ACK shard_closed without layout_version; other codes never carry it.
+	ack := (&Ack{ID: 1, Code: CodeShardClosed, Runs: []Run{}, LayoutVersion: 4}).Append(nil)
+	var a Ack
+	if err := a.Decode(ack[:len(ack)-1]); err != nil || a.LayoutVersion != 0 || a.Code != CodeShardClosed {
+		t.Fatalf("ack without layout version: %+v %v", a, err)
+	}
+	if b := (&Ack{ID: 1, Runs: []Run{}, LayoutVersion: 4}).Append(nil); !bytes.Equal(b, (&Ack{ID: 1, Runs: []Run{}}).Append(nil)) {
+		t.Fatalf("an ok ACK carries a layout version: %x", b)
+	}
+	// An old peer's decoder stops before the new trailing fields: simulate
+	// it by checking the new encodings begin with the old ones.
+	newInfo := (&Info{Stream: "s", Shards: []ShardBounds{{1, 0}}, MaxFrameBytes: 7, Layout: testLayout()}).Append(nil)
+	if !bytes.HasPrefix(newInfo, in) {
+		t.Fatal("INFO with a layout does not begin with the old encoding")
+	}
+	// The lineage produce flag shares the flags byte with datagrams.
+	var po ProduceOpen
+	if err := po.Decode((&ProduceOpen{Stream: "s", Flags: ProduceDatagrams | ProduceLineage}).Append(nil)); err != nil || po.Flags&ProduceLineage == 0 || po.Flags&ProduceDatagrams == 0 {
+		t.Fatalf("produce open flags: %+v %v", po, err)
+	}
+	if FrameShardEnd.String() != "SHARD_END" || FrameConsumeLayout.String() != "LAYOUT" || FrameProduceLayout.String() != "LAYOUT" {
+		t.Fatal("frame names")
 	}
 }
 
@@ -53,8 +129,12 @@ func TestFrameRoundTrip(t *testing.T) {
 				t.Fatalf("round trip:\n got %+v\nwant %+v", tc.out, tc.in)
 			}
 			// Later revisions append fields: trailing bytes are ignored.
-			if err := tc.out.Decode(append(b, 0xff, 0x01)); err != nil {
-				t.Fatalf("decode with trailing bytes: %v", err)
+			// (Not after an INFO without its optional layout: there they
+			// would be read as the layout.)
+			if in, ok := tc.in.(*Info); !ok || in.Layout != nil {
+				if err := tc.out.Decode(append(b, 0xff, 0x01)); err != nil {
+					t.Fatalf("decode with trailing bytes: %v", err)
+				}
 			}
 			// Every strict prefix that cuts a field must fail, never panic.
 			for i := 0; i < len(b); i++ {
@@ -80,6 +160,12 @@ func TestFrameDecodeErrors(t *testing.T) {
 		{"datagram wrong type", &Datagram{}, []byte{0x7f, 1, 0}},
 		{"uvarint overflow", &Credit{}, bytes.Repeat([]byte{0xff}, 11)},
 		{"u32 overflow", &ProduceReady{}, []byte{0x80, 0x80, 0x80, 0x80, 0x10}},
+		{"layout count lies", &Layout{}, []byte{1, 2, 0xff, 0x01}},
+		{"layout too many entries", &Layout{}, append([]byte{1, 2, 0x81, 0x20}, make([]byte, 4097*layoutEntryMin)...)},
+		{"layout hash cut", &Layout{}, []byte{1, 1, 1, 0, 0, 1, 2, 3}},
+		{"layout parent beyond u32", &Layout{}, append(append([]byte{1, 1, 1, 0, 0}, make([]byte, 16)...), 0, 1, 0x80, 0x80, 0x80, 0x80, 0x10)},
+		{"info layout cut", &Info{}, []byte{1, 's', 0, 7, 1}},
+		{"shard end cut", &ShardEnd{}, []byte{1}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -52,8 +52,15 @@ func FuzzError(f *testing.F) {
 }
 
 func FuzzInfo(f *testing.F) {
-	fuzzDecoder(f, &Info{Stream: "s", Shards: []ShardBounds{{1, 2}}, MaxFrameBytes: 1 << 20})
+	fuzzDecoder(f, &Info{Stream: "s", Shards: []ShardBounds{{1, 2}}, MaxFrameBytes: 1 << 20},
+		&Info{Stream: "s", Shards: []ShardBounds{{1, 2}, {3, 2}, {1, 0}, {1, 0}}, MaxFrameBytes: 1 << 20, Layout: testLayout()})
 }
+
+func FuzzLayout(f *testing.F) {
+	fuzzDecoder(f, testLayout(), &Layout{NextID: 1, Shards: []LayoutShard{{HashEnd: 1<<64 - 1}}})
+}
+
+func FuzzShardEnd(f *testing.F) { fuzzDecoder(f, &ShardEnd{Shard: 3, End: 1 << 20}) }
 
 func FuzzInfoRequest(f *testing.F) { fuzzDecoder(f, &InfoRequest{Stream: "s"}) }
 
@@ -62,7 +69,8 @@ func FuzzProduceOpen(f *testing.F) {
 }
 
 func FuzzProduceReady(f *testing.F) {
-	fuzzDecoder(f, &ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 8, DatagramSession: 1, MaxRecordBytes: 1 << 20})
+	fuzzDecoder(f, &ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 8, DatagramSession: 1, MaxRecordBytes: 1 << 20},
+		&ProduceReady{Shards: 4, MaxBatchBytes: 1 << 20, MaxInFlight: 8, MaxRecordBytes: 1 << 20, LayoutVersion: 3})
 	f.Add([]byte{4, 0x80, 0x80, 0x04, 8, 1}) // a hub that does not announce max_record_bytes
 }
 
@@ -71,15 +79,18 @@ func FuzzBatch(f *testing.F) {
 }
 
 func FuzzAck(f *testing.F) {
-	fuzzDecoder(f, &Ack{ID: 1, Runs: []Run{{1, 2, 3}}}, &Ack{ID: 2, Code: CodeSequenceGap, Message: "m", Runs: []Run{}})
+	fuzzDecoder(f, &Ack{ID: 1, Runs: []Run{{1, 2, 3}}}, &Ack{ID: 2, Code: CodeSequenceGap, Message: "m", Runs: []Run{}},
+		&Ack{ID: 3, Code: CodeShardClosed, Message: "closed", Runs: []Run{}, LayoutVersion: 2})
 }
 
 func FuzzConsumeOpen(f *testing.F) {
-	fuzzDecoder(f, &ConsumeOpen{Stream: "s", Shards: []uint32{1}, Start: Start{StartSeq, 5}, Resume: []Position{{0, 9}}, Credit: 1 << 20})
+	fuzzDecoder(f, &ConsumeOpen{Stream: "s", Shards: []uint32{1}, Start: Start{StartSeq, 5}, Resume: []Position{{0, 9}}, Credit: 1 << 20},
+		&ConsumeOpen{Stream: "s", Resume: []Position{{1, 11}}, Credit: 1 << 20, Flags: ConsumeLineage})
 }
 
 func FuzzConsumeReady(f *testing.F) {
-	fuzzDecoder(f, &ConsumeReady{Shards: 2, Subs: []Subscription{{0, 1, 2}}})
+	fuzzDecoder(f, &ConsumeReady{Shards: 2, Subs: []Subscription{{0, 1, 2}}},
+		&ConsumeReady{Shards: 3, Subs: []Subscription{{2, 1, 2}}, Incarnation: "ab", LayoutVersion: 1})
 }
 
 func FuzzRecords(f *testing.F) { fuzzDecoder(f, &Records{Shard: 1, Batch: []byte("b")}) }
