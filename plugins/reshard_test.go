@@ -244,3 +244,97 @@ func TestReshardCrashBeforeHandoff(t *testing.T) {
 	out, _ := e.st.Stream("sums")
 	checkSums(t, out, p.produced)
 }
+
+// TestReshardToThree reshards 2 shards to 3 and back to 2 while records
+// flow: the middle child of 3 has both shards of 2 as parents, and each
+// shard of 2 is a parent of two children.
+func TestReshardToThree(t *testing.T) {
+	wasm := plugintest.Wasm(t, "plugins/testdata/sum")
+	e := newEnv(t)
+	in := e.stream("in", 2)
+	e.stream("sums", 2)
+	e.deploy(sumDef(true, nil), wasm)
+	p := &producer{produced: map[string]int{}}
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 100; i++ {
+			p.batch(t, in, 20)
+		}
+	}()
+	time.Sleep(10 * time.Millisecond)
+	if _, err := in.Reshard(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	l, err := in.Reshard(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	p.batch(t, in, 20)
+	out, _ := e.st.Stream("sums")
+	checkSums(t, out, p.produced)
+	t.Logf("layout %d, %d shard ids, %d records", l.Version, len(l.Shards), p.n)
+}
+
+// TestReshardTimersSeeInheritedState: the sum plugin flushes each key's
+// sum from its timer ("total=N", then deletes it). Across a split and a
+// merge done before any timer fired, a key's totals add up to what was
+// produced: the merged child's timer flushes what it inherited through two
+// handoffs, and no total is flushed twice.
+func TestReshardTimersSeeInheritedState(t *testing.T) {
+	wasm := plugintest.Wasm(t, "plugins/testdata/sum")
+	e := newEnv(t)
+	in := e.stream("in", 1)
+	e.stream("sums", 1)
+	def := sumDef(true, map[string]string{"flush": "true"})
+	def.TimerInterval = 20 * time.Millisecond
+	e.deploy(def, wasm)
+	p := &producer{produced: map[string]int{}}
+	ctx := context.Background()
+	p.batch(t, in, 300)
+	if _, err := in.Split(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	p.batch(t, in, 300)
+	kids := children(t, in, 0)
+	if _, err := in.Merge(ctx, kids[0], kids[1]); err != nil {
+		t.Fatal(err)
+	}
+	p.batch(t, in, 300)
+	out, _ := e.st.Stream("sums")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		recs, err := out.Read(0, 1, store.ReadOptions{MaxRecords: 1 << 20, MaxBytes: 1 << 30})
+		if err != nil {
+			t.Fatal(err)
+		}
+		totals := map[string]int{}
+		for _, r := range recs {
+			if v, ok := strings.CutPrefix(string(r.Value), "total="); ok {
+				if !strings.HasSuffix(r.Origin.Hub, "/timer") {
+					t.Fatalf("total from origin %+v", r.Origin)
+				}
+				n, _ := strconv.Atoi(v)
+				totals[string(r.Key)] += n
+			}
+		}
+		same := len(totals) == len(p.produced)
+		for k, n := range p.produced {
+			if totals[k] > n {
+				t.Fatalf("key %s: timers flushed %d, produced %d (a state flushed twice)", k, totals[k], n)
+			}
+			same = same && totals[k] == n
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			info, _ := e.m.Describe("sum")
+			t.Fatalf("status %s (%s), %d outputs, timer totals %v, produced %v", info.Status, info.PauseReason, len(recs), totals, p.produced)
+		}
+		waitAny(out, 100*time.Millisecond)
+	}
+}

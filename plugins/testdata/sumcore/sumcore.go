@@ -8,6 +8,7 @@ package sumcore
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/edgehub/edgehub/sdk/plugin"
 )
@@ -15,6 +16,7 @@ import (
 var (
 	output = "out"
 	total  bool
+	flush  bool
 	// MergeMode is config merge_mode: how summerge's eh_state_merge
 	// misbehaves ("" answers max(a, b)), for the ABI tests.
 	MergeMode string
@@ -38,13 +40,36 @@ func onRecord(r *plugin.Record) error {
 	return plugin.Emit(output, plugin.Output{Key: r.Key, Value: []byte(strconv.FormatInt(sum, 10)), Time: r.Time})
 }
 
+// onTimer (config flush=true) emits each key's sum as "total=N" and
+// deletes it: the totals of a key add up to its produced sum once every
+// shard's state is flushed.
+func onTimer(now time.Time) error {
+	if !flush {
+		return nil
+	}
+	var keys [][]byte
+	for k := range plugin.State.Keys(nil) {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		v, _ := plugin.State.Get(k)
+		if err := plugin.Emit(output, plugin.Output{Key: k, Value: append([]byte("total="), v...), Time: now.UnixNano()}); err != nil {
+			return err
+		}
+		plugin.State.Delete(k)
+	}
+	return nil
+}
+
 // Register installs the handlers.
 func Register() {
 	plugin.OnInit(func(c plugin.Config) error {
 		output = c.String("output", output)
 		total = c.String("total", "") == "true"
 		MergeMode = c.String("merge_mode", "")
+		flush = c.String("flush", "") == "true"
 		return nil
 	})
 	plugin.OnRecord(onRecord)
+	plugin.OnTimer(onTimer)
 }
