@@ -44,7 +44,10 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	if err != nil {
 		return err
 	}
-	shards, next, ready, err := subscribe(st, &open)
+	// The change channel is taken before the layout is read, so a reshard
+	// in between is seen at the first round.
+	layoutChanged := st.LayoutChanged()
+	shards, next, ready, hold, err := subscribe(st, &open, st.Layout())
 	if err != nil {
 		return d.refuse(req.Op, err)
 	}
@@ -56,6 +59,12 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	defer func() { d.budget.consume.Release(reserve) }()
 	if err := req.Stream.Send(quic.FrameConsumeReady, &ready); err != nil {
 		return err
+	}
+	if hold.lineage {
+		l := wireLayout(hold.layout)
+		if err := req.Stream.Send(quic.FrameConsumeLayout, &l); err != nil {
+			return err
+		}
 	}
 	d.m.subs.Inc()
 	defer d.m.subs.Dec()
@@ -123,6 +132,24 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 		if c := min(credit.Load(), subReserveMax); c > reserve && d.budget.consume.TryAcquire(c-reserve) {
 			sub.reserve, reserve = c, c
 		}
+		// A reshard: new layout to the client (before any record of a
+		// shard it adds), new shards followed, children released.
+		select {
+		case <-layoutChanged:
+			layoutChanged = st.LayoutChanged()
+			var err error
+			if shards, next, err = hold.refresh(st, req.Stream, shards, next); err != nil {
+				return d.endOrErr(ctx, readErr, err)
+			}
+		default:
+		}
+		// Finished shards: SHARD_END (lineage clients), then their
+		// children may go. Frames of one QUIC stream arrive in order, so
+		// a client receives a parent's last record before its child's
+		// first.
+		if err := hold.finish(st, req.Stream, shards, next); err != nil {
+			return d.endOrErr(ctx, readErr, err)
+		}
 		// Take the commit notifications before reading, so a commit that
 		// lands after the read still wakes us.
 		cases = cases[:0]
@@ -136,6 +163,12 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 			}
 			i := (k + round) % len(shards)
 			sh := shards[i]
+			if hold.waiting[i] || hold.done[i] {
+				continue
+			}
+			if end, closed := hold.closedEnd(sh); closed && next[i] > end {
+				continue // finished: hold.finish marks it at the next round
+			}
 			_, last, _ := st.Bounds(sh)
 			if next[i] > last {
 				cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.Changed(sh))})
@@ -157,10 +190,11 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 				progress = true
 			}
 		}
-		if progress || credit.Load() <= 0 {
+		if progress || credit.Load() <= 0 || hold.pending(shards, next) {
 			continue
 		}
 		cases = append(cases,
+			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(layoutChanged)},
 			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
 			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(creditWake)})
 		reflect.Select(cases)
@@ -170,12 +204,21 @@ func (d *dataPlane) consume(ctx context.Context, req *quic.Request) error {
 	}
 }
 
-// subscribe checks a ConsumeOpen against the stream and works out where
-// each subscribed shard starts. Every request it cannot serve as asked is
-// refused with invalid_argument and a message, never adjusted silently.
-func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []uint64, ready quic.ConsumeReady, err error) {
-	bad := func(format string, args ...any) ([]int, []uint64, quic.ConsumeReady, error) {
-		return nil, nil, quic.ConsumeReady{}, quic.Errorf(quic.CodeInvalidArgument, format, args...)
+// subscribe checks a ConsumeOpen against the stream (its layout l) and
+// works out where each subscribed shard starts. Every request it cannot
+// serve as asked is refused with invalid_argument and a message, never
+// adjusted silently.
+//
+// Lineage (docs/resharding.md section 2): a closed or retired shard whose
+// start is past its end is finished at once; in an "all shards"
+// subscription a shard with an unfinished parent is held back, and starts
+// at its first live record (or its resume position) when released; a
+// shard whose parents are all finished at the open starts at its resume
+// position, at its first live record when the client resumed a parent and
+// gave no position for it, else where the start kind says.
+func subscribe(st *store.Stream, open *quic.ConsumeOpen, l store.Layout) (shards []int, next []uint64, ready quic.ConsumeReady, hold *held, err error) {
+	bad := func(format string, args ...any) ([]int, []uint64, quic.ConsumeReady, *held, error) {
+		return nil, nil, quic.ConsumeReady{}, nil, quic.Errorf(quic.CodeInvalidArgument, format, args...)
 	}
 	n := st.Shards()
 	if open.Start.Kind > quic.StartTime {
@@ -195,6 +238,7 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []u
 		listed[s] = true
 		shards = append(shards, int(s))
 	}
+	hold = &held{all: len(shards) == 0, lineage: open.Flags&quic.ConsumeLineage != 0, layout: l, index: map[uint32]int{}}
 	if len(shards) == 0 {
 		for i := range n {
 			listed[i] = true
@@ -215,14 +259,26 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []u
 		resume[sh] = p.Seq
 	}
 	next = make([]uint64, len(shards))
-	ready = quic.ConsumeReady{Shards: uint32(n), Incarnation: st.Incarnation()}
+	ready = quic.ConsumeReady{Shards: uint32(n), Incarnation: st.Incarnation(), LayoutVersion: l.Version}
 	for i, sh := range shards {
+		seq, resumed := resume[sh]
+		hold.add(uint32(sh), false, false, resumed)
+		if sh < len(l.Shards) && l.Shards[sh].State == store.ShardRetired {
+			// Gone with every record: finished, whatever the position.
+			end := l.Shards[sh].End
+			if resumed && seq > end+1 {
+				return bad("resume position %d is past the end of shard %d (closed at %d)", seq, sh, end)
+			}
+			next[i] = end + 1
+			hold.done[i] = true
+			ready.Subs = append(ready.Subs, quic.Subscription{Shard: uint32(sh), Start: end + 1, Last: end})
+			continue
+		}
 		first, last, err := st.Bounds(sh)
 		if err != nil {
-			return nil, nil, quic.ConsumeReady{}, err
+			return nil, nil, quic.ConsumeReady{}, nil, err
 		}
 		var start uint64
-		seq, resumed := resume[sh]
 		switch {
 		case resumed:
 			start = seq
@@ -233,9 +289,13 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []u
 		case open.Start.Kind == quic.StartSeq:
 			start = open.Start.Value
 		case open.Start.Kind == quic.StartTime:
+			if end, closed := hold.closedEnd(sh); closed && l.Shards[sh].ClosedAt < int64(open.Start.Value) {
+				start = end + 1 // closed before T: nothing of it is at or after T
+				break
+			}
 			start, err = st.SeqAtTime(sh, time.Unix(0, int64(open.Start.Value)))
 			if err != nil {
-				return nil, nil, quic.ConsumeReady{}, err
+				return nil, nil, quic.ConsumeReady{}, nil, err
 			}
 		}
 		// A position past the next sequence to be written names records
@@ -250,9 +310,42 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen) (shards []int, next []u
 		}
 		start = max(start, first, 1)
 		next[i] = start
+		if end, closed := hold.closedEnd(sh); closed && start > end {
+			hold.done[i] = true
+		}
 		ready.Subs = append(ready.Subs, quic.Subscription{Shard: uint32(sh), Start: start, Last: last})
 	}
-	return shards, next, ready, nil
+	if hold.all {
+		// Shards with an unfinished parent wait; the others whose parent
+		// the client resumed start at their first live record.
+		for i, sh := range shards {
+			if sh >= len(l.Shards) || hold.done[i] {
+				continue
+			}
+			ls := l.Shards[sh]
+			if !hold.parentsDone(ls) {
+				hold.waiting[i] = true
+				if !hold.resumed[i] {
+					first, _, _ := st.Bounds(sh)
+					next[i] = max(first, 1)
+					ready.Subs[i].Start = next[i]
+				}
+				continue
+			}
+			if hold.resumed[i] {
+				continue
+			}
+			for _, p := range ls.Parents {
+				if _, ok := resume[int(p)]; ok {
+					first, _, _ := st.Bounds(sh)
+					next[i] = max(first, 1)
+					ready.Subs[i].Start = next[i]
+					break
+				}
+			}
+		}
+	}
+	return shards, next, ready, hold, nil
 }
 
 // subBurstMax bounds what a send borrows ahead of a store read, beyond the
@@ -409,6 +502,15 @@ func cut(chunk []byte, next uint64, limit int64) ([]byte, uint64, int, error) {
 		return nil, 0, 0, err
 	}
 	return part, recs[k-1].Seq, k, nil
+}
+
+// endOrErr ends a subscription whose frame could not be sent: the
+// consumer's end if the context ended, else the send's error.
+func (d *dataPlane) endOrErr(ctx context.Context, readErr chan error, err error) error {
+	if ctx.Err() != nil {
+		return d.endSubscription(ctx, readErr)
+	}
+	return err
 }
 
 // endSubscription reports why a subscription ended: the consumer's clean

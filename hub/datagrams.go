@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/edgehub/edgehub/internal/record"
@@ -68,6 +69,10 @@ func (d *dataPlane) datagram(c *quic.Conn, payload []byte) error {
 		d.m.dgDropped.WithLabelValues("bad_batch").Inc()
 		return nil
 	}
+	if dg.Shard >= 0 && shardClosed(sess.stream, uint32(dg.Shard)) {
+		d.m.dgDropped.WithLabelValues("shard_closed").Inc()
+		return nil
+	}
 	// The payload is owned by us: records may alias it.
 	recs, err := record.DecodeBatch(dg.Records, nil)
 	if err != nil {
@@ -127,6 +132,11 @@ func (d *dataPlane) appendDatagrams() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			_, err := k.stream.Append(ctx, store.Batch{Shard: k.shard, Records: recs})
 			cancel()
+			if errors.Is(err, store.ErrShardClosed) {
+				// Closed between the datagram's arrival and its append.
+				d.m.dgDropped.WithLabelValues("shard_closed").Inc()
+				continue
+			}
 			if err != nil {
 				d.m.dgDropped.WithLabelValues("append_failed").Inc()
 				d.logger.Debug("data plane: datagram append failed", "stream", k.stream.Name(), "err", err)

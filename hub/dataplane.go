@@ -257,6 +257,8 @@ func (d *dataPlane) info(ctx context.Context, req *quic.Request) error {
 	for _, s := range st.Stats() {
 		info.Shards = append(info.Shards, quic.ShardBounds{First: s.FirstSeq, Last: s.LastSeq})
 	}
+	l := wireLayout(st.Layout())
+	info.Layout = &l
 	return req.Stream.Send(quic.FrameInfo, &info)
 }
 

@@ -20,6 +20,7 @@ type dataPlaneMetrics struct {
 	appendTime   prometheus.Histogram   // store append latency
 	refusals     *prometheus.CounterVec // op, code
 	inflightSess *prometheus.GaugeVec   // stream: produce sessions
+	legacySess   *prometheus.GaugeVec   // stream: produce sessions without the lineage flag
 	inflightB    prometheus.Gauge       // produce bytes read, not yet acknowledged
 }
 
@@ -35,7 +36,7 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 		}, []string{"stream", "result"}),
 		dgDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgehub_produce_datagrams_dropped_total",
-			Help: "Datagram batches dropped, by reason (queue_full, unknown_session, bad_batch, append_failed).",
+			Help: "Datagram batches dropped, by reason (queue_full, unknown_session, bad_batch, shard_closed, append_failed).",
 		}, []string{"reason"}),
 		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgehub_consume_records_total", Help: "Records pushed to subscribers (whole chunks, counted as sent).",
@@ -61,13 +62,17 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 		inflightSess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "edgehub_produce_sessions", Help: "Open produce sessions.",
 		}, []string{"stream"}),
+		legacySess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgehub_produce_legacy_sessions",
+			Help: "Open produce sessions of clients that do not route by the stream's layout (no lineage flag): their explicit-shard batches are checked against the shards' ranges and refused with shard_closed after a reshard.",
+		}, []string{"stream"}),
 		inflightB: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgehub_produce_inflight_bytes",
 			Help: "Batch bytes read from producers and not yet acknowledged, over all sessions (each session is capped).",
 		}),
 	}
 	reg.MustRegister(d.m.records, d.m.batches, d.m.dgDropped, d.m.consumed, d.m.consumedB, d.m.cuts, d.m.subs,
-		d.m.appendTime, d.m.refusals, d.m.inflightSess, d.m.inflightB)
+		d.m.appendTime, d.m.refusals, d.m.inflightSess, d.m.legacySess, d.m.inflightB)
 	st := func(name, help string, typ prometheus.ValueType, f func(quic.Stats) float64) {
 		read := func() float64 { return f(d.srv.Stats()) }
 		if typ == prometheus.CounterValue {

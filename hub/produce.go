@@ -21,6 +21,7 @@ type pendingBatch struct {
 	size    int64
 	start   time.Time
 	ack     quic.Ack
+	stream  *store.Stream
 	pending *store.Pending // the queued append
 	err     error          // or why it could not be queued
 }
@@ -53,6 +54,16 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 	gauge := d.m.inflightSess.WithLabelValues(st.Name())
 	gauge.Inc()
 	defer gauge.Dec()
+	// A session without the lineage flag routes by a shard count
+	// (docs/resharding.md section 3): its explicit-shard batches are
+	// checked against the shards' ranges, so a stale route is refused with
+	// shard_closed rather than stored in the wrong shard.
+	lineage := open.Flags&quic.ProduceLineage != 0
+	if !lineage {
+		legacy := d.m.legacySess.WithLabelValues(st.Name())
+		legacy.Inc()
+		defer legacy.Dec()
+	}
 	ready := quic.ProduceReady{
 		Shards:        uint32(st.Shards()),
 		MaxBatchBytes: uint64(d.limits.MaxFrameBytes) - 64,
@@ -60,6 +71,7 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 		// Announced so that clients refuse a record above it at once,
 		// not after a round trip.
 		MaxRecordBytes: uint64(d.st.Config().MaxRecordBytes),
+		LayoutVersion:  st.Layout().Version,
 	}
 	if open.Flags&quic.ProduceDatagrams != 0 {
 		if err := req.Conn.HandshakeComplete(ctx); err != nil {
@@ -75,6 +87,12 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if lineage {
+		// LAYOUT frames, now and at every change, so the client re-routes
+		// before it hits a closed shard. A failed send breaks the stream,
+		// which the read loop then sees.
+		req.Go(func() { _ = sendLayouts(ctx, st, req.Stream, quic.FrameProduceLayout) })
+	}
 	// In-flight budget: batches and bytes read but not yet acknowledged,
 	// per session and (the produce share of the memory budget) over all
 	// sessions. A batch takes it after its frame header, before its
@@ -199,7 +217,7 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 			ack(pb)
 			continue
 		}
-		pb.batch = store.Batch{Shard: int(b.Shard), Records: recs}
+		pb.batch = store.Batch{Shard: int(b.Shard), Records: recs, StrictRange: !lineage && b.Shard >= 0}
 		if open.ProducerID != 0 {
 			pb.batch.ProducerID, pb.batch.ProducerSeq = open.ProducerID, b.ProducerSeq
 		}
@@ -270,6 +288,7 @@ func (d *dataPlane) startAppend(ctx context.Context, st *store.Stream, pb *pendi
 		pb.ack.Code, pb.ack.Message = quic.CodeCanceled, "session ended"
 		return
 	}
+	pb.stream = st
 	pb.pending, pb.err = st.AppendAsync(ctx, pb.batch)
 }
 
@@ -285,6 +304,11 @@ func (d *dataPlane) finishAppend(pb *pendingBatch) {
 	if err != nil {
 		e := d.clientErr(err)
 		pb.ack.Code, pb.ack.Message = e.Code, e.Message
+		if e.Code == quic.CodeShardClosed {
+			// The layout the refusal was made under (or a later one):
+			// the client routes by at least this version before resending.
+			pb.ack.LayoutVersion = pb.stream.Layout().Version
+		}
 		return
 	}
 	pb.ack.Duplicate = res.Duplicate
