@@ -2,10 +2,12 @@ package hub
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/edgehub/edgehub/internal/record"
 	"github.com/edgehub/edgehub/quic"
+	"github.com/edgehub/edgehub/sdk"
 	"github.com/edgehub/edgehub/store"
 )
 
@@ -301,5 +303,64 @@ func TestLineageSubscriptionAcrossSplit(t *testing.T) {
 	}
 	if err := bs.Expect(quic.FrameConsumeReady, &cr); quic.CodeOf(err) != quic.CodeInvalidArgument {
 		t.Fatalf("resume past the end of a closed shard: %v", err)
+	}
+}
+
+// TestSDKSubscriptionAcrossSplit: a real SDK subscription (n = 0, lineage)
+// reads a stream split under it: every record once, each key's records in
+// the order they were produced (parent before child), and Shards() the open
+// count once the new layout arrived.
+func TestSDKSubscriptionAcrossSplit(t *testing.T) {
+	d := startDataPlane(t, nil, store.StreamConfig{Name: "s", Shards: 1})
+	ctx := testCtx(t)
+	st, err := d.h.Store().Stream("s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := d.client(t, nil)
+	sub, err := c.Subscribe(ctx, "s", sdk.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	rp, _ := produceRaw(t, d.raw(t, ""), quic.ProduceOpen{Stream: "s"})
+	keys := make([]string, 30)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%d", i)
+	}
+	const rounds = 6
+	for r := range rounds {
+		if r == rounds/2 {
+			if _, err := st.Split(ctx, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ack := sendBatch(t, rp, quic.Batch{ID: uint64(r + 1), Shard: -1, Records: keyed(t, fmt.Sprint(r), keys...)}); ack.Code != quic.CodeOK {
+			t.Fatalf("ack %+v", ack)
+		}
+	}
+	lastRound := map[string]int{}
+	for range rounds * len(keys) {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k string
+		var r int
+		if _, err := fmt.Sscanf(strings.Replace(string(m.Record.Value), "/", " ", 1), "%s %d", &k, &r); err != nil {
+			t.Fatalf("value %q: %v", m.Record.Value, err)
+		}
+		if prev, ok := lastRound[k]; ok && r != prev+1 || !ok && r != 0 {
+			t.Fatalf("key %s: round %d after %d (shard %d)", k, r, prev, m.Shard)
+		}
+		lastRound[k] = r
+	}
+	for _, k := range keys {
+		if lastRound[k] != rounds-1 {
+			t.Fatalf("key %s read to round %d", k, lastRound[k])
+		}
+	}
+	if sub.Shards() != 2 {
+		t.Fatalf("Shards() = %d after the split, want 2", sub.Shards())
 	}
 }

@@ -79,9 +79,11 @@ type Subscription struct {
 }
 
 type frameOrErr struct {
-	recs quic.Records
-	size int
-	err  error
+	recs   quic.Records
+	size   int
+	layout *quic.Layout   // a LAYOUT frame instead of records
+	end    *quic.ShardEnd // a SHARD_END frame instead of records
+	err    error
 }
 
 // Subscribe opens a subscription to stream.
@@ -97,7 +99,10 @@ func (c *Client) Subscribe(ctx context.Context, stream string, opts ConsumeOptio
 }
 
 func (s *Subscription) open(ctx context.Context, first bool) error {
-	req := &quic.ConsumeOpen{Stream: s.stream, Start: quic.Start{Kind: s.opts.From.kind, Value: s.opts.From.value}, Credit: uint64(s.opts.Credit)}
+	req := &quic.ConsumeOpen{Stream: s.stream, Start: quic.Start{Kind: s.opts.From.kind, Value: s.opts.From.value}, Credit: uint64(s.opts.Credit),
+		// Lineage: the hub tells us the layout and when a closed shard is
+		// finished (docs/protocol.md 5.6).
+		Flags: quic.ConsumeLineage}
 	for _, sh := range s.opts.Shards {
 		req.Shards = append(req.Shards, uint32(sh))
 	}
@@ -159,6 +164,12 @@ func readRecords(ctx context.Context, st *quic.Stream, out chan<- frameOrErr) {
 			if derr != nil {
 				f.err = derr
 			}
+		case ft == quic.FrameConsumeLayout:
+			f.layout = &quic.Layout{}
+			f.err = f.layout.Decode(p)
+		case ft == quic.FrameShardEnd:
+			f.end = &quic.ShardEnd{}
+			f.err = f.end.Decode(p)
 		case ft != quic.FrameRecords:
 			f.err = fmt.Errorf("%w: %s in a subscription", quic.ErrUnexpectedFrame, ft)
 		default:
@@ -176,7 +187,8 @@ func readRecords(ctx context.Context, st *quic.Stream, out chan<- frameOrErr) {
 	}
 }
 
-// Shards is the stream's shard count.
+// Shards is the stream's count of open shards (from a hub before
+// resharding, its shard count). A reshard changes it.
 func (s *Subscription) Shards() int { return s.shards }
 
 // CaughtUp reports whether every subscribed shard has been read up to the
@@ -270,6 +282,23 @@ func (s *Subscription) fill(ctx context.Context) error {
 		return nil
 	}
 	s.attempt = 0
+	switch {
+	case f.layout != nil:
+		open := 0
+		for _, sh := range f.layout.Shards {
+			if sh.State == quic.ShardOpen {
+				open++
+			}
+		}
+		s.shards = open
+		return nil
+	case f.end != nil:
+		// Finished: a resume names the shard at end+1, so the hub never
+		// sends it again and starts its children at their beginning.
+		sh := int(f.end.Shard)
+		s.next[sh] = max(s.next[sh], f.end.End+1)
+		return nil
+	}
 	s.owed += f.size
 	recs, err := record.DecodeBatch(f.recs.Batch, s.cur[:0])
 	if err != nil {
