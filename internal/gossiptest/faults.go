@@ -10,6 +10,7 @@ import (
 	"log"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,11 +73,24 @@ func (n *FaultNet) Transport(bind string) (*FaultTransport, error) {
 	if err != nil || port < 0 || port > 65535 {
 		return nil, fmt.Errorf("gossiptest: fault transport %q: bad port %q", bind, ps)
 	}
-	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-		BindAddrs: []string{host},
-		BindPort:  port,
-		Logger:    log.New(io.Discard, "", 0),
-	})
+	// A picked port is the TCP listener's; the UDP port of the same number
+	// may be another process's (QUIC listeners of other tests), so try a
+	// few picks, as memberlist does for its own transport.
+	tries := 1
+	if port == 0 {
+		tries = 10
+	}
+	var nt *memberlist.NetTransport
+	for i := 0; i < tries; i++ {
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{host},
+			BindPort:  port,
+			Logger:    log.New(io.Discard, "", 0),
+		})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("gossiptest: fault transport %q: %w", bind, err)
 	}
