@@ -145,8 +145,13 @@ func TestReshardCountingPlugin(t *testing.T) {
 	t.Logf("layout %d: %d records over %d shard ids", in.Layout().Version, p.n, len(in.Layout().Shards))
 }
 
-func TestReshardStateConflictPauses(t *testing.T) {
-	wasm := plugintest.Wasm(t, "plugins/testdata/sum")
+// splitThenMerge deploys the summing module built from dir over a
+// 1-shard input, splits it, lets each key grow in one child (the other
+// keeps the split's copy of its state) and merges the children back: every
+// key's state then differs between the two parents of the merge.
+func splitThenMerge(t *testing.T, dir string) (*env, *store.Stream, *store.Stream, *producer) {
+	t.Helper()
+	wasm := plugintest.Wasm(t, dir)
 	e := newEnv(t)
 	in := e.stream("in", 1)
 	e.stream("sums", 1)
@@ -157,13 +162,18 @@ func TestReshardStateConflictPauses(t *testing.T) {
 	if _, err := in.Split(ctx, 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	p.batch(t, in, 100) // each key grows in one child; the other keeps the split's copy
+	p.batch(t, in, 100)
 	kids := children(t, in, 0)
 	out, _ := e.st.Stream("sums")
 	readAll(t, out, 200)
 	if _, err := in.Merge(ctx, kids[0], kids[1]); err != nil {
 		t.Fatal(err)
 	}
+	return e, in, out, p
+}
+
+func TestReshardStateConflictPauses(t *testing.T) {
+	e, _, _, _ := splitThenMerge(t, "plugins/testdata/sum")
 	testutil.Eventually(t, "paused with state_conflict", func() bool {
 		info, _ := e.m.Describe("sum")
 		return info.Status == StatusPaused
@@ -176,24 +186,7 @@ func TestReshardStateConflictPauses(t *testing.T) {
 }
 
 func TestReshardStateMergeResolves(t *testing.T) {
-	wasm := plugintest.Wasm(t, "plugins/testdata/summerge")
-	e := newEnv(t)
-	in := e.stream("in", 1)
-	e.stream("sums", 1)
-	e.deploy(sumDef(false, nil), wasm)
-	p := &producer{produced: map[string]int{}}
-	ctx := context.Background()
-	p.batch(t, in, 100)
-	if _, err := in.Split(ctx, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	p.batch(t, in, 100)
-	kids := children(t, in, 0)
-	out, _ := e.st.Stream("sums")
-	readAll(t, out, 200)
-	if _, err := in.Merge(ctx, kids[0], kids[1]); err != nil {
-		t.Fatal(err)
-	}
+	e, in, out, p := splitThenMerge(t, "plugins/testdata/summerge")
 	p.batch(t, in, 100)
 	checkSums(t, out, p.produced)
 	if info, _ := e.m.Describe("sum"); info.Status != StatusRunning {
