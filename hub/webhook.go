@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,6 +71,9 @@ type webhook struct {
 	inc string // incarnation of the stream pos counts in
 
 	delivered, failures atomic.Uint64
+	// waiting counts the shards held back because a parent shard closed
+	// by a reshard is not delivered to its end yet.
+	waiting atomic.Int64
 }
 
 // addWebhooks starts a component per [[webhook]].
@@ -166,15 +170,28 @@ func (w *webhook) load() error {
 }
 
 // fillPositions positions shards with no saved position at the webhook's
-// start, saving if anything changed (or force).
+// start, saving if anything changed (or force). A shard none of whose
+// parents has a saved position is new to the webhook as the rest of the
+// stream is; a child of a shard the webhook has delivered (a reshard since
+// the positions were saved) gets none here: it starts at its first live
+// record once its parents are finished (docs/resharding.md section 2), so
+// start = "latest" never skips what was written to it. Retired shards need
+// none: they are finished whatever the position.
 func (w *webhook) fillPositions(force bool) error {
 	changed := force
-	for shard := 0; shard < w.stream.Shards(); shard++ {
-		k := strconv.Itoa(shard)
-		if _, ok := w.pos[k]; ok {
+	saved := make(map[string]bool, len(w.pos))
+	for k := range w.pos {
+		saved[k] = true
+	}
+	for _, sh := range w.stream.Layout().Shards {
+		k := strconv.Itoa(int(sh.ID))
+		if _, ok := w.pos[k]; ok || sh.State == store.ShardRetired {
 			continue
 		}
-		first, last, err := w.stream.Bounds(shard)
+		if slices.ContainsFunc(sh.Parents, func(p uint32) bool { return saved[strconv.Itoa(int(p))] }) {
+			continue
+		}
+		first, last, err := w.stream.Bounds(int(sh.ID))
 		if err != nil {
 			return err
 		}
@@ -211,21 +228,7 @@ func (w *webhook) save() error {
 func (w *webhook) Run(ctx context.Context) error {
 	for {
 		st := w.stream
-		sctx, cancel := context.WithCancel(ctx)
-		var wg sync.WaitGroup
-		for shard := 0; shard < st.Shards(); shard++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				w.deliverShard(sctx, st, shard)
-			}()
-		}
-		select {
-		case <-ctx.Done():
-		case <-st.Done():
-		}
-		cancel()
-		wg.Wait()
+		w.deliver(ctx, st)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -271,38 +274,167 @@ func (w *webhook) awaitStream(ctx context.Context) (*store.Stream, bool) {
 // Close has nothing to release: Run's goroutines end with its context.
 func (w *webhook) Close() error { return nil }
 
-func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int) {
+// deliver runs a deliverer per shard of st, as the stream's lineage allows,
+// until ctx ends or st is closed, and returns once they have all ended
+// (docs/resharding.md section 2). A shard starts once every parent is
+// finished: closed and delivered to its end, or retired. Its parents'
+// records of a key are therefore POSTed, and acknowledged, before any of
+// its own. Shards a reshard creates while the webhook runs are followed
+// through the stream's LayoutChanged; a closed shard's deliverer ends at
+// the shard's end. Parents have lower ids than their children, so one pass
+// in id order releases a chain of finished shards. A stream never
+// resharded has no parents: every shard starts at once, as it always did.
+func (w *webhook) deliver(ctx context.Context, st *store.Stream) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+		w.waiting.Store(0)
+	}()
+	started := map[uint32]bool{}
+	ended := make(chan struct{}, 1) // a deliverer finished its shard
+	for {
+		// Taken before the layout is read, so a reshard in between is
+		// seen at the next round.
+		changed := st.LayoutChanged()
+		l := st.Layout()
+		waiting := 0
+		for _, sh := range l.Shards {
+			if started[sh.ID] {
+				continue
+			}
+			if !chaosSkipLineage("webhook") && !w.parentsFinished(l, sh) {
+				waiting++
+				continue
+			}
+			started[sh.ID] = true
+			if w.finished(sh) {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if w.deliverShard(ctx, st, int(sh.ID)) {
+					select {
+					case ended <- struct{}{}:
+					default:
+					}
+				}
+			}()
+		}
+		w.waiting.Store(int64(waiting))
+		select {
+		case <-ctx.Done():
+			return
+		case <-st.Done():
+			return
+		case <-changed:
+		case <-ended:
+		}
+	}
+}
+
+// parentsFinished reports whether every parent of sh is finished for the
+// webhook.
+func (w *webhook) parentsFinished(l store.Layout, sh store.ShardLayout) bool {
+	for _, p := range sh.Parents {
+		if int(p) >= len(l.Shards) || !w.finished(l.Shards[p]) {
+			return false
+		}
+	}
+	return true
+}
+
+// finished reports whether the webhook has nothing more to deliver of sh:
+// it is retired (retention removed every record), or closed and its saved
+// position is past its end.
+func (w *webhook) finished(sh store.ShardLayout) bool {
+	switch sh.State {
+	case store.ShardOpen:
+		return false
+	case store.ShardRetired:
+		return true
+	}
 	w.mu.Lock()
-	next := w.pos[strconv.Itoa(shard)]
+	defer w.mu.Unlock()
+	next, ok := w.pos[strconv.Itoa(int(sh.ID))]
+	return ok && next > sh.End
+}
+
+// shardEnd returns the end of shard id of st if it is closed or retired.
+func shardEnd(st *store.Stream, id int) (uint64, bool) {
+	l := st.Layout()
+	if id >= len(l.Shards) || l.Shards[id].State == store.ShardOpen {
+		return 0, false
+	}
+	return l.Shards[id].End, true
+}
+
+// deliverShard delivers shard of st from its position until ctx ends, or,
+// for a shard closed by a reshard, up to its end, and then reports true
+// (finished, its position saved past the end). A shard with no position
+// yet (a child of a reshard) starts at its first live record.
+func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int) bool {
+	k := strconv.Itoa(shard)
+	w.mu.Lock()
+	next, ok := w.pos[k]
+	var err error
+	if !ok {
+		first, _, _ := st.Bounds(shard)
+		next = max(first, 1)
+		w.pos[k] = next
+		err = w.save()
+	}
 	w.mu.Unlock()
+	if err != nil {
+		w.logger.Error("webhook: save position", "err", err)
+	}
 	for ctx.Err() == nil {
+		// The state is read before the records: a shard seen closed
+		// holds every record up to its end, so a read that then finds
+		// nothing from next on means nothing is left (retention or
+		// compaction removed the rest, or the shard was retired).
+		layoutChanged := st.LayoutChanged()
+		end, closed := shardEnd(st, shard)
+		if closed && next > end {
+			w.finishShard(shard, end)
+			return true
+		}
 		recs, err := st.Read(shard, next, store.ReadOptions{MaxRecords: w.cfg.BatchRecords})
 		if err != nil {
 			if errors.Is(err, store.ErrClosed) {
-				return
+				return false
 			}
 			w.logger.Error("webhook: read", "shard", shard, "err", err)
 			if !backoff.Sleep(ctx, time.Duration(w.cfg.BackoffMax)) {
-				return
+				return false
 			}
 			continue
 		}
 		if len(recs) == 0 {
+			if closed {
+				w.finishShard(shard, end)
+				return true
+			}
 			ch := st.Changed(shard)
 			if _, last, _ := st.Bounds(shard); last >= next {
 				continue
 			}
+			// A reshard closing the shard at its tail commits nothing
+			// to it: the layout change wakes the deliverer to finish.
 			select {
 			case <-ch:
+			case <-layoutChanged:
 			case <-ctx.Done():
-				return
+				return false
 			}
 			continue
 		}
 		body, err := json.Marshal(WebhookDelivery{Webhook: w.cfg.Name, Stream: w.cfg.Stream, Shard: shard, Records: webhookRecords(recs)})
 		if err != nil {
 			w.logger.Error("webhook: encode", "err", err)
-			return
+			return false
 		}
 		id := fmt.Sprintf("%s/%d/%d-%d", w.cfg.Stream, shard, recs[0].Seq, recs[len(recs)-1].Seq)
 		for attempt := 1; ; attempt++ {
@@ -311,14 +443,14 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 				break
 			}
 			if ctx.Err() != nil {
-				return
+				return false
 			}
 			w.failures.Add(1)
 			if attempt == 1 || attempt%10 == 0 {
 				w.logger.Warn("webhook delivery failed; retrying", "delivery", id, "attempt", attempt, "err", err)
 			}
 			if !backoff.Sleep(ctx, backoff.Delay(time.Duration(w.cfg.BackoffMin), time.Duration(w.cfg.BackoffMax), attempt)) {
-				return
+				return false
 			}
 		}
 		w.delivered.Add(uint64(len(recs)))
@@ -332,6 +464,23 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 			// last saved position.
 			w.logger.Error("webhook: save position", "err", err)
 		}
+	}
+	return false
+}
+
+// finishShard saves a closed shard's position past its end (if it is not
+// already), so that a restart neither delivers it again nor holds its
+// children.
+func (w *webhook) finishShard(shard int, end uint64) {
+	k := strconv.Itoa(shard)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pos[k] > end {
+		return
+	}
+	w.pos[k] = end + 1
+	if err := w.save(); err != nil {
+		w.logger.Error("webhook: save position", "err", err)
 	}
 }
 
@@ -395,16 +544,33 @@ type webhookCollector struct{ hooks []*webhook }
 var (
 	descWebhookDelivered = prometheus.NewDesc("edgehub_webhook_delivered_records_total", "Records delivered (acknowledged with 2xx) since the hub started.", []string{"webhook", "stream"}, nil)
 	descWebhookFailures  = prometheus.NewDesc("edgehub_webhook_failed_posts_total", "Failed delivery attempts since the hub started.", []string{"webhook", "stream"}, nil)
+	// The series other readers export too, with their own reader label
+	// (the help text must be the same: internal/replicate).
+	descWebhookLineage = prometheus.NewDesc("edgehub_lineage_waiting_shards",
+		"Shards a reader may not start yet because a parent shard closed by a reshard is not finished for it.",
+		[]string{"stream"}, prometheus.Labels{"reader": "webhook"})
 )
 
 func (c *webhookCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descWebhookDelivered
 	ch <- descWebhookFailures
+	ch <- descWebhookLineage
 }
 
 func (c *webhookCollector) Collect(ch chan<- prometheus.Metric) {
+	waiting := map[string]int64{}
+	var streams []string
 	for _, w := range c.hooks {
 		ch <- prometheus.MustNewConstMetric(descWebhookDelivered, prometheus.CounterValue, float64(w.delivered.Load()), w.cfg.Name, w.cfg.Stream)
 		ch <- prometheus.MustNewConstMetric(descWebhookFailures, prometheus.CounterValue, float64(w.failures.Load()), w.cfg.Name, w.cfg.Stream)
+		if _, ok := waiting[w.cfg.Stream]; !ok {
+			streams = append(streams, w.cfg.Stream)
+		}
+		waiting[w.cfg.Stream] += w.waiting.Load()
+	}
+	// One series per stream, summed over its webhooks, as the other
+	// readers export it.
+	for _, s := range streams {
+		ch <- prometheus.MustNewConstMetric(descWebhookLineage, prometheus.GaugeValue, float64(waiting[s]), s)
 	}
 }
