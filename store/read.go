@@ -60,7 +60,7 @@ func (s *Stream) view(fn func(tx *bolt.Tx) error) (err error) {
 // remembers it (Damaged) so that it is reported and, if the stream is
 // replicated, repaired without waiting for the next scrub.
 func (s *Stream) ReadRaw(shard int, from uint64, maxBytes int) ([][]byte, error) {
-	chunks, err := s.readChunks(shard, from, maxBytes)
+	chunks, epoch, err := s.readChunks(shard, from, maxBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +70,7 @@ func (s *Stream) ReadRaw(shard int, from uint64, maxBytes int) ([][]byte, error)
 			if len(out) > 0 {
 				break // served up to it; the next read reports it
 			}
-			return nil, s.corrupt(shard, c.seq, err)
+			return nil, s.corruptSince(shard, c.seq, err, &epoch)
 		}
 		out = append(out, c.data)
 	}
@@ -82,17 +82,22 @@ type chunk struct {
 	data []byte
 }
 
-func (s *Stream) readChunks(shard int, from uint64, maxBytes int) ([]chunk, error) {
+// readChunks copies the chunks of shard from sequence from on, about
+// maxBytes of them (at least one), unverified. It returns the damage epoch
+// its transaction began at, for noting what the caller finds damaged
+// (corruptSince).
+func (s *Stream) readChunks(shard int, from uint64, maxBytes int) ([]chunk, uint64, error) {
 	if shard < 0 || shard >= s.Shards() {
-		return nil, fmt.Errorf("store: read %q: %w %d of %d", s.name, ErrInvalidShard, shard, s.Shards())
+		return nil, 0, fmt.Errorf("store: read %q: %w %d of %d", s.name, ErrInvalidShard, shard, s.Shards())
 	}
 	if maxBytes <= 0 {
 		maxBytes = 1 << 20
 	}
 	if from >= s.table()[shard].next.Load() {
-		return nil, nil
+		return nil, 0, nil
 	}
 	var out []chunk
+	epoch := s.damageEpoch()
 	err := s.view(func(tx *bolt.Tx) error {
 		cb := tx.Bucket(chunkBucket(shard))
 		if cb == nil {
@@ -111,9 +116,12 @@ func (s *Stream) readChunks(shard int, from uint64, maxBytes int) ([]chunk, erro
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: read %q shard %d: %w", s.name, shard, err)
+		return nil, 0, fmt.Errorf("store: read %q shard %d: %w", s.name, shard, err)
 	}
-	return out, nil
+	if s.damage.afterRead != nil {
+		s.damage.afterRead()
+	}
+	return out, epoch, nil
 }
 
 // seekChunk positions c on the chunk that holds from, or the first chunk
@@ -139,7 +147,7 @@ func seekChunk(c *bolt.Cursor, from uint64) (k, v []byte) {
 // *CorruptError, never returned as data.
 func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]edgehub.Record, error) {
 	opts = opts.withDefaults()
-	chunks, err := s.readChunks(shard, from, opts.MaxBytes)
+	chunks, epoch, err := s.readChunks(shard, from, opts.MaxBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +156,7 @@ func (s *Stream) Read(shard int, from uint64, opts ReadOptions) ([]edgehub.Recor
 		before := len(recs)
 		recs, err = record.DecodeBatch(c.data, recs)
 		if err != nil {
-			return nil, s.corrupt(shard, c.seq, err)
+			return nil, s.corruptSince(shard, c.seq, err, &epoch)
 		}
 		if before == 0 {
 			// Drop the records before from in the first chunk.
@@ -181,7 +189,7 @@ func (s *Stream) SeqAtTime(shard int, t time.Time) (uint64, error) {
 	var found []byte
 	for lo < hi {
 		mid := lo + (hi-lo)/2
-		chunks, err := s.readChunks(shard, mid, 1)
+		chunks, epoch, err := s.readChunks(shard, mid, 1)
 		if err != nil {
 			return 0, err
 		}
@@ -191,7 +199,7 @@ func (s *Stream) SeqAtTime(shard int, t time.Time) (uint64, error) {
 		c := chunks[0]
 		info, err := record.ReadInfo(c.data)
 		if err != nil {
-			return 0, s.corrupt(shard, c.seq, err)
+			return 0, s.corruptSince(shard, c.seq, err, &epoch)
 		}
 		if info.BaseSeq >= hi {
 			hi = mid // mid fell in a gap left by compaction: no chunk starts in [mid, hi)

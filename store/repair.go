@@ -48,9 +48,23 @@ var ErrIncomplete = errors.New("records do not cover the damaged range")
 var ErrNotDamaged = errors.New("chunk is not damaged")
 
 // damageSet is a stream's known damaged chunks.
+//
+// A reader verifies the chunks it copied after its read transaction ended,
+// so its copy may predate a Replace that committed meanwhile: noting that
+// copy's damage would list the repaired chunk again, for good (the chunk
+// verifies, so every later Replace refuses it as not damaged, and nothing
+// else removes the entry). Such readers take the epoch before their
+// transaction and note damage only if no Replace finished since
+// (noteDamageSince); the damage they report to their caller stands, and a
+// chunk that is still damaged is noted at the next read or scrub.
 type damageSet struct {
 	mu sync.Mutex
 	m  map[damageKey]damageEntry
+	// epoch counts the chunks Replace wrote back (under mu).
+	epoch uint64
+	// afterRead, if set (tests only), runs after the read transaction of
+	// readChunks, before its copies are verified.
+	afterRead func()
 }
 
 type damageKey struct {
@@ -64,12 +78,33 @@ type damageEntry struct {
 }
 
 // noteDamage records that the chunk keyed seq of shard failed with err,
-// logging it the first time.
+// logging it the first time. The caller read the chunk in the latest state:
+// in a write transaction, or at open.
 func (s *Stream) noteDamage(shard int, seq uint64, err error) {
+	s.noteDamageSince(shard, seq, err, nil)
+}
+
+// damageEpoch is taken by a reader before the read transaction whose copies
+// it verifies after, for noteDamageSince.
+func (s *Stream) damageEpoch() uint64 {
+	s.damage.mu.Lock()
+	defer s.damage.mu.Unlock()
+	return s.damage.epoch
+}
+
+// noteDamageSince is noteDamage for a chunk read in a transaction that
+// began at damage epoch *since (nil: the latest state): it notes nothing
+// if a Replace finished since, as the copy may be of the chunk it wrote
+// back (see damageSet).
+func (s *Stream) noteDamageSince(shard int, seq uint64, err error, since *uint64) {
 	if seq == 0 {
 		return
 	}
 	s.damage.mu.Lock()
+	if since != nil && *since != s.damage.epoch {
+		s.damage.mu.Unlock()
+		return
+	}
 	if s.damage.m == nil {
 		s.damage.m = map[damageKey]damageEntry{}
 	}
@@ -87,7 +122,13 @@ func (s *Stream) noteDamage(shard int, seq uint64, err error) {
 
 // corrupt returns the CorruptError of a damaged chunk, noting it.
 func (s *Stream) corrupt(shard int, seq uint64, err error) *CorruptError {
-	s.noteDamage(shard, seq, err)
+	return s.corruptSince(shard, seq, err, nil)
+}
+
+// corruptSince is corrupt for a chunk copied in a read transaction that
+// began at damage epoch *since (noteDamageSince).
+func (s *Stream) corruptSince(shard int, seq uint64, err error, since *uint64) *CorruptError {
+	s.noteDamageSince(shard, seq, err, since)
 	return &CorruptError{File: s.path, Shard: shard, Seq: seq, Err: err}
 }
 
@@ -179,6 +220,7 @@ func (s *Stream) Scrub(ctx context.Context) (int, error) {
 			}
 			var last uint64
 			n := 0
+			epoch := s.damageEpoch() // a Replace may commit after the view began
 			err := s.view(func(tx *bolt.Tx) error {
 				cb := tx.Bucket(chunkBucket(shard))
 				if cb == nil {
@@ -195,7 +237,7 @@ func (s *Stream) Scrub(ctx context.Context) (int, error) {
 					}
 					last = seq
 					if err := verifyChunk(seq, v); err != nil {
-						s.noteDamage(shard, seq, err)
+						s.noteDamageSince(shard, seq, err, &epoch)
 						found++
 					}
 				}
@@ -285,8 +327,10 @@ func (s *Stream) DamageOrigins(ctx context.Context, shard int, from, to uint64) 
 // strictly increasing order, every foreign record sits where the origin
 // index says, no own record takes a sequence the index gives a foreign
 // one, and (unless the stream is compacted) recs cover every sequence of
-// the range (ErrIncomplete). Ingest times are kept within those of the
-// neighbouring chunks, so they still never decrease within the shard.
+// the range (ErrIncomplete). A chunk that verifies, or is gone, is
+// ErrNotDamaged and no longer listed in Damaged. Ingest times are kept
+// within those of the neighbouring chunks, so they still never decrease
+// within the shard.
 func (s *Stream) Replace(ctx context.Context, shard int, from uint64, recs []edgehub.Record) error {
 	if shard < 0 || shard >= s.Shards() {
 		return fmt.Errorf("store: repair %q: %w %d", s.name, ErrInvalidShard, shard)
@@ -380,11 +424,19 @@ func (s *Stream) Replace(ctx context.Context, shard int, from uint64, recs []edg
 		}
 		return firstSeq(tx, shard, m), nil
 	})
+	if errors.Is(err, ErrNotDamaged) {
+		// Whatever listed it is out of date (the chunk verifies, or is
+		// gone): stop listing it, so a repairer asking again is done.
+		s.damage.mu.Lock()
+		delete(s.damage.m, damageKey{shard, from})
+		s.damage.mu.Unlock()
+	}
 	if err != nil {
 		return fmt.Errorf("store: repair %q shard %d at %d: %w", s.name, shard, from, err)
 	}
 	s.damage.mu.Lock()
 	delete(s.damage.m, damageKey{shard, from})
+	s.damage.epoch++
 	s.damage.mu.Unlock()
 	s.logger.Warn("store: damaged chunk repaired", "file", s.path, "shard", shard, "seq", from, "records", len(recs))
 	return nil

@@ -207,3 +207,65 @@ func TestDamagedLastChunkIsQuarantined(t *testing.T) {
 	}
 	sameRecords(t, got[:5], want)
 }
+
+// A read whose transaction began before a Replace of the chunk it copied,
+// and which verifies its copy after the Replace, reports the damage it
+// read but does not list the repaired chunk as damaged again (it did, for
+// good: every later Replace refused the chunk as not damaged, so the
+// replicator's repair never ended; replicate:TestRepairRefetchesDamagedChunks
+// hung). A stale entry, however it came, is dropped by the Replace that
+// finds the chunk sound.
+func TestReadRacingReplaceKeepsRepair(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := newStream(t, s, StreamConfig{Name: "rep", Shards: 1})
+	var oseq uint64
+	mixedChunk(t, st, "before", 4, &oseq)
+	mixedChunk(t, st, "needle", 10, &oseq)
+	mixedChunk(t, st, "after", 4, &oseq)
+	want := readAll(t, st, 0)
+	s.Close()
+	testutil.FlipAll(t, filepath.Join(dir, "streams", "rep.db"), "needle-7")
+
+	s2 := openStore(t, cfg)
+	st2, _ := s2.Stream("rep")
+	if n, err := st2.Scrub(context.Background()); err != nil || n != 1 {
+		t.Fatalf("scrub found %d (%v), want 1", n, err)
+	}
+	var fix []record.Record
+	for _, r := range want {
+		if r.Seq >= 5 && r.Seq <= 14 {
+			fix = append(fix, r.Clone())
+		}
+	}
+	// The repair commits after the read's transaction ended, before the
+	// read verifies what it copied.
+	st2.damage.afterRead = func() {
+		st2.damage.afterRead = nil
+		if err := st2.Replace(context.Background(), 0, 5, fix); err != nil {
+			t.Errorf("replace: %v", err)
+		}
+	}
+	var ce *CorruptError
+	if _, err := st2.Read(0, 5, ReadOptions{}); !errors.As(err, &ce) || ce.Seq != 5 {
+		t.Fatalf("read of the copy taken before the repair: %v", err)
+	}
+	if dm := st2.Damaged(); len(dm) != 0 {
+		t.Fatalf("repaired chunk listed as damaged again: %+v", dm)
+	}
+	sameRecords(t, readAll(t, st2, 0), want)
+
+	// A stale entry (noted from a copy of before the repair) goes at the
+	// next Replace, which refuses the sound chunk.
+	st2.noteDamage(0, 5, errors.New("stale copy"))
+	if err := st2.Replace(context.Background(), 0, 5, fix); !errors.Is(err, ErrNotDamaged) {
+		t.Fatalf("replace of a sound chunk: %v", err)
+	}
+	if dm := st2.Damaged(); len(dm) != 0 {
+		t.Fatalf("stale entry kept after Replace found the chunk sound: %+v", dm)
+	}
+}

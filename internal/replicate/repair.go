@@ -131,6 +131,12 @@ func (r *Replicator) repairAll(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			stale := errors.Is(err, store.ErrNotDamaged)
+			if stale {
+				// Not damaged after all (Replace stopped listing it): no
+				// repair to count or log, nothing to retry.
+				err = nil
+			}
 			k := repairKey{st.Name(), d.Shard, d.From}
 			r.repair.mu.Lock()
 			prev, tried := r.repair.attempts[k]
@@ -141,6 +147,7 @@ func (r *Replicator) repairAll(ctx context.Context) {
 			}
 			r.repair.mu.Unlock()
 			switch {
+			case stale:
 			case err == nil:
 				r.repair.repaired.Inc()
 				r.logger.Warn("replicate: damaged chunk re-fetched from peers", "stream", st.Name(), "shard", d.Shard, "from", d.From, "to", d.To)
@@ -153,7 +160,8 @@ func (r *Replicator) repairAll(ctx context.Context) {
 }
 
 // repairChunk fetches the records of damaged chunk d from peers and writes
-// them back. It returns how many records it could not find.
+// them back. It returns how many records it could not find; an error
+// wrapping store.ErrNotDamaged if the chunk needed no repair.
 func (r *Replicator) repairChunk(ctx context.Context, st *store.Stream, d store.Damage) (missing int, err error) {
 	origins, err := st.DamageOrigins(ctx, d.Shard, d.From, d.To)
 	if err != nil {
@@ -231,9 +239,6 @@ func (r *Replicator) repairChunk(ctx context.Context, st *store.Stream, d store.
 		return 0
 	})
 	if err := st.Replace(ctx, d.Shard, d.From, recs); err != nil {
-		if errors.Is(err, store.ErrNotDamaged) {
-			return 0, nil // repaired meanwhile
-		}
 		return missing, err
 	}
 	return 0, nil
