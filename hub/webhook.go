@@ -74,6 +74,14 @@ type webhook struct {
 	// waiting counts the shards held back because a parent shard closed
 	// by a reshard is not delivered to its end yet.
 	waiting atomic.Int64
+
+	// Close stops delivery and waits for it: once the hub is closed no
+	// POST is sent and no position written (a restarted hub would
+	// otherwise send again what the old one's last POST delivered).
+	lifeMu sync.Mutex // guards closed and active.Add
+	closed bool
+	quit   chan struct{} // closed by Close
+	active sync.WaitGroup
 }
 
 // addWebhooks starts a component per [[webhook]].
@@ -99,6 +107,7 @@ func (h *Hub) addWebhooks() error {
 			cfg: wc, store: h.store, stream: s, logger: h.logger.With("webhook", wc.Name, "stream", wc.Stream),
 			client:  &http.Client{Timeout: time.Duration(wc.Timeout)},
 			posPath: filepath.Join(h.cfg.Hub.DataDir, "webhooks", wc.Name+".json"),
+			quit:    make(chan struct{}),
 		}
 		if err := w.load(); err != nil {
 			errs = append(errs, &ConfigError{File: h.cfg.File, Key: key, Err: err})
@@ -229,7 +238,7 @@ func (w *webhook) Run(ctx context.Context) error {
 	for {
 		st := w.stream
 		w.deliver(ctx, st)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || w.isClosed() {
 			return nil
 		}
 		if _, err := w.store.Stream(w.cfg.Stream); errors.Is(err, store.ErrClosed) {
@@ -261,6 +270,8 @@ func (w *webhook) awaitStream(ctx context.Context) (*store.Stream, bool) {
 		select {
 		case <-ctx.Done():
 			return nil, false
+		case <-w.quit:
+			return nil, false
 		case <-t.C:
 		}
 		if st, err := w.store.Stream(w.cfg.Stream); err == nil {
@@ -271,8 +282,25 @@ func (w *webhook) awaitStream(ctx context.Context) (*store.Stream, bool) {
 	}
 }
 
-// Close has nothing to release: Run's goroutines end with its context.
-func (w *webhook) Close() error { return nil }
+// Close stops delivery and returns once every deliverer has ended: a POST
+// in flight is cancelled (its records are sent again after a restart, as
+// at-least-once allows), and none starts after it.
+func (w *webhook) Close() error {
+	w.lifeMu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.quit)
+	}
+	w.lifeMu.Unlock()
+	w.active.Wait()
+	return nil
+}
+
+func (w *webhook) isClosed() bool {
+	w.lifeMu.Lock()
+	defer w.lifeMu.Unlock()
+	return w.closed
+}
 
 // deliver runs a deliverer per shard of st, as the stream's lineage allows,
 // until ctx ends or st is closed, and returns once they have all ended
@@ -285,6 +313,14 @@ func (w *webhook) Close() error { return nil }
 // in id order releases a chain of finished shards. A stream never
 // resharded has no parents: every shard starts at once, as it always did.
 func (w *webhook) deliver(ctx context.Context, st *store.Stream) {
+	w.lifeMu.Lock()
+	if w.closed {
+		w.lifeMu.Unlock()
+		return
+	}
+	w.active.Add(1)
+	w.lifeMu.Unlock()
+	defer w.active.Done()
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -326,6 +362,8 @@ func (w *webhook) deliver(ctx context.Context, st *store.Stream) {
 		w.waiting.Store(int64(waiting))
 		select {
 		case <-ctx.Done():
+			return
+		case <-w.quit:
 			return
 		case <-st.Done():
 			return

@@ -27,12 +27,17 @@ type whKeyed struct {
 
 // whReceiver is a webhook endpoint that keeps every record it acknowledges
 // in the order it acknowledged them. While refusing it answers 503, except
-// for POSTs that fit its budget of records.
+// for POSTs that fit its budget of records. It answers 503 as well to POSTs
+// whose whRunHeader is not run: a stopped hub's last POST, cancelled by its
+// client, may still reach the handler after the next hub started, and
+// acknowledging it would deliver a record the stopped hub never counted
+// (at-least-once, as it should be, but not what the test checks).
 type whReceiver struct {
 	t   testing.TB
 	srv *httptest.Server
 
 	mu       sync.Mutex
+	run      string
 	refusing bool
 	budget   int
 	got      []gpos           // in acknowledgement order
@@ -44,8 +49,11 @@ type whReceiver struct {
 	repeated []string         // ids acknowledged twice
 }
 
+// whRunHeader names the hub run a POST comes from (a webhook header).
+const whRunHeader = "X-Test-Run"
+
 func newWHReceiver(tb testing.TB) *whReceiver {
-	r := &whReceiver{t: tb, keyed: map[gpos]whKeyed{}, posts: map[int]int{}, lastSeq: map[int]uint64{}, idsSeen: map[string]bool{}}
+	r := &whReceiver{t: tb, run: "1", keyed: map[gpos]whKeyed{}, posts: map[int]int{}, lastSeq: map[int]uint64{}, idsSeen: map[string]bool{}}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		var d WebhookDelivery
 		if err := json.NewDecoder(req.Body).Decode(&d); err != nil {
@@ -54,6 +62,10 @@ func newWHReceiver(tb testing.TB) *whReceiver {
 		}
 		r.mu.Lock()
 		defer r.mu.Unlock()
+		if req.Header.Get(whRunHeader) != r.run {
+			http.Error(w, "from a stopped hub", http.StatusServiceUnavailable)
+			return
+		}
 		if r.refusing {
 			if r.budget < len(d.Records) {
 				http.Error(w, "try later", http.StatusServiceUnavailable)
@@ -311,6 +323,7 @@ func reshardWebhookConfig(t *testing.T, url string) Config {
 	// "latest": a child must still be delivered from its beginning. Small
 	// batches, so a backlog takes many POSTs.
 	cfg.Webhooks = []WebhookConfig{{Name: "audit", Stream: "orders", URL: url, Start: "latest", BatchRecords: 10,
+		Header:     map[string]string{whRunHeader: "1"},
 		BackoffMin: Duration(2 * time.Millisecond), BackoffMax: Duration(10 * time.Millisecond)}}
 	return cfg
 }
@@ -447,7 +460,10 @@ func TestWebhookAcrossReshardRestart(t *testing.T) {
 	}
 	t.Logf("positions at the stop: %v (ends: 0 → %d, 1 → %d, 3 → %d)", before, l.Shards[0].End, l.Shards[1].End, l.Shards[3].End)
 
-	r.refuse(false, 0)
+	r.mu.Lock()
+	r.run, r.refusing = "2", false
+	r.mu.Unlock()
+	cfg.Webhooks[0].Header = map[string]string{whRunHeader: "2"}
 	h2, _ := startHub(t, cfg)
 	p.st = mustStream(t, h2, "orders")
 	p.produce(t, 100)
