@@ -36,6 +36,7 @@ const (
 	CodeRecordTooLarge   = quic.CodeRecordTooLarge
 	CodeUnavailable      = quic.CodeUnavailable
 	CodeSequenceConflict = quic.CodeSequenceConflict
+	CodeShardClosed      = quic.CodeShardClosed // SendTo a shard a reshard closed
 	CodeStorageFull      = quic.CodeStorageFull
 	CodeCorrupt          = quic.CodeCorrupt
 )
@@ -283,7 +284,9 @@ type ShardInfo struct {
 // StreamInfo describes a stream.
 type StreamInfo struct {
 	Name   string
-	Shards []ShardInfo
+	Shards []ShardInfo // by shard id: every id ever assigned (docs/protocol.md 5.1)
+
+	layout *quic.Layout // nil from a hub before resharding
 }
 
 // Info returns a stream's shards and their bounds.
@@ -311,7 +314,7 @@ func (c *Client) info(ctx context.Context, stream string) (StreamInfo, error) {
 	if err := st.Expect(quic.FrameInfo, &in); err != nil {
 		return StreamInfo{}, fmt.Errorf("sdk: info %q: %w", stream, err)
 	}
-	out := StreamInfo{Name: in.Stream, Shards: make([]ShardInfo, len(in.Shards))}
+	out := StreamInfo{Name: in.Stream, Shards: make([]ShardInfo, len(in.Shards)), layout: in.Layout}
 	for i, s := range in.Shards {
 		out.Shards[i] = ShardInfo{First: s.First, Last: s.Last}
 	}

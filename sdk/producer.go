@@ -120,14 +120,18 @@ type Producer struct {
 	stream string
 	opts   ProducerOptions
 	id     uint64
-	shards int
 
 	mu        sync.Mutex
 	space     *sync.Cond // signalled when buffered bytes drop or the producer closes
 	wake      chan struct{}
-	acc       []*pbatch // per shard: the open batch
-	sticky    int       // shard for keyless records
+	route     router    // the layout records are routed by
+	lineage   bool      // the hub speaks layouts: sessions set the lineage flag
+	acc       []*pbatch // per shard id: the open batch
+	sticky    int       // index in route.open of the shard for keyless records
 	nextSeq   []uint64  // per shard: producer sequence of the next batch
+	closing   []bool    // per shard: closed by a reshard, its records not all settled (route.go)
+	hold      []bool    // per shard: sends nothing while an overlapping shard is closing
+	refusedAt []uint64  // per shard: newest layout version of its shard_closed ACKs
 	nextID    uint64
 	unacked   []*pbatch // sealed, in seal order
 	inflight  []int     // per shard: sent and unacknowledged
@@ -161,8 +165,12 @@ type pbatch struct {
 	cbs      []func(Position, error)
 	pos      []Position // the outcome, once completed: positions or err
 	err      error
+	pin      []bool    // per record: sent to this shard by SendTo (nil: none was)
 	accepted time.Time // of the oldest record
+	flush    uint64    // Flush waits for this batch if it started after the seal of batch id flush
 	wire     bool      // sent on the current session, not yet acknowledged
+	sent     bool      // sent on some session: it may be stored
+	refused  bool      // refused with shard_closed: certainly not stored
 	sentAt   time.Time
 }
 
@@ -214,7 +222,8 @@ func (c *Client) Producer(ctx context.Context, stream string, opts ProducerOptio
 		return nil, err
 	}
 	p := &Producer{
-		c: c, stream: stream, opts: opts, id: opts.ProducerID, shards: len(info.Shards),
+		c: c, stream: stream, opts: opts, id: opts.ProducerID,
+		route: uniformRouter(len(info.Shards)), lineage: info.layout != nil,
 		wake: make(chan struct{}, 1), loopDone: make(chan struct{}),
 	}
 	if opts.NotIdempotent || opts.Datagrams {
@@ -225,10 +234,7 @@ func (c *Client) Producer(ctx context.Context, stream string, opts ProducerOptio
 		p.id = binary.LittleEndian.Uint64(b[:]) | 1
 	}
 	p.space = sync.NewCond(&p.mu)
-	p.acc = make([]*pbatch, p.shards)
-	p.lastLen = make([]int, p.shards)
-	p.nextSeq = make([]uint64, p.shards)
-	p.inflight = make([]int, p.shards)
+	p.grow(len(info.Shards))
 	if err := p.openSession(ctx); err != nil {
 		return nil, err
 	}
@@ -243,8 +249,14 @@ func (p *Producer) ID() uint64 {
 	return p.id
 }
 
-// Shards is the stream's shard count.
-func (p *Producer) Shards() int { return p.shards }
+// Shards is the stream's count of open shards (the shards records are
+// routed to); a reshard changes it. Shard numbers for SendTo are ids, which
+// may be higher: see docs/protocol.md 5.6.
+func (p *Producer) Shards() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.route.open)
+}
 
 // Send stores rec and returns its position once it is durable.
 func (p *Producer) Send(ctx context.Context, rec Record) (Position, error) {
@@ -280,10 +292,12 @@ func (p *Producer) SendAsync(ctx context.Context, rec Record, cb func(Position, 
 }
 
 // SendTo stores rec in the given shard, whatever its key, and returns its
-// position once it is durable.
+// position once it is durable. A shard closed by a reshard (before or while
+// the record travels) fails it with CodeShardClosed: the caller chose the
+// shard, so the producer does not re-route it.
 func (p *Producer) SendTo(ctx context.Context, shard int, rec Record) (Position, error) {
-	if shard < 0 || shard >= p.shards {
-		return Position{}, quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", shard, p.shards)
+	if shard < 0 {
+		return Position{}, quic.Errorf(quic.CodeInvalidArgument, "shard %d", shard)
 	}
 	f := &Future{done: make(chan struct{})}
 	err := p.sendAsync(ctx, shard, rec, func(pos Position, err error) {
@@ -296,10 +310,10 @@ func (p *Producer) SendTo(ctx context.Context, shard int, rec Record) (Position,
 	return f.Wait(ctx)
 }
 
-// SendAsyncTo is SendAsync to an explicit shard.
+// SendAsyncTo is SendAsync to an explicit shard (see SendTo).
 func (p *Producer) SendAsyncTo(ctx context.Context, shard int, rec Record, cb func(Position, error)) error {
-	if shard < 0 || shard >= p.shards {
-		return quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", shard, p.shards)
+	if shard < 0 {
+		return quic.Errorf(quic.CodeInvalidArgument, "shard %d", shard)
 	}
 	return p.sendAsync(ctx, shard, rec, cb)
 }
@@ -362,24 +376,32 @@ func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func
 	case ctx.Err() != nil:
 		return ctx.Err()
 	}
+	pinned := shard >= 0
 	switch {
-	case shard >= 0:
+	case pinned:
+		if shard >= len(p.acc) {
+			return quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", shard, len(p.acc))
+		}
+		if !p.route.isOpen(shard) {
+			return &quic.Error{Code: quic.CodeShardClosed, Message: fmt.Sprintf("shard %d is closed (layout version %d)", shard, p.route.version)}
+		}
 	case rec.Key != nil:
-		shard = record.ShardForKey(rec.Key, p.shards)
+		shard = p.route.shardFor(record.KeyHash(rec.Key))
 	default:
-		shard = p.sticky
+		open := p.route.open
+		shard = open[p.sticky].id
 		if p.acc[shard] == nil && p.inflight[shard] > 0 {
 			// A keyless record may go anywhere: start its batch in an
 			// idle shard, whose append can commit alongside the others,
 			// rather than queue behind a batch in flight.
-			best := shard
-			for i := 1; i < p.shards; i++ {
-				s := (shard + i) % p.shards
-				if p.acc[s] == nil && p.inflight[s] < p.inflight[best] {
-					best = s
+			best := p.sticky
+			for i := 1; i < len(open); i++ {
+				j := (p.sticky + i) % len(open)
+				if s := open[j].id; p.acc[s] == nil && p.inflight[s] < p.inflight[open[best].id] {
+					best = j
 				}
 			}
-			shard, p.sticky = best, best
+			shard, p.sticky = open[best].id, best
 		}
 	}
 	if b := p.acc[shard]; b != nil && b.bytes+size > p.sealBytes() {
@@ -398,6 +420,12 @@ func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func
 		}
 		b.shard, b.accepted = shard, time.Now()
 		p.acc[shard] = b
+	}
+	if pinned && b.pin == nil {
+		b.pin = make([]bool, len(b.recs), cap(b.recs))
+	}
+	if b.pin != nil {
+		b.pin = append(b.pin, pinned)
 	}
 	b.recs = append(b.recs, rec)
 	b.cbs = append(b.cbs, cb)
@@ -437,10 +465,10 @@ func (p *Producer) seal(shard int) {
 	p.acc[shard] = nil
 	p.lastLen[shard] = len(b.recs)
 	if b.recs[0].Key == nil {
-		p.sticky = (p.sticky + 1) % p.shards
+		p.sticky = (p.sticky + 1) % len(p.route.open)
 	}
 	p.nextID++
-	b.id = p.nextID
+	b.id, b.flush = p.nextID, p.nextID
 	b.seq = p.nextSeq[shard]
 	p.nextSeq[shard] += uint64(len(b.recs))
 	// Size the buffer once: growing it record by record dominated the
@@ -478,7 +506,7 @@ func (p *Producer) Flush(ctx context.Context) error {
 		p.mu.Unlock()
 	})
 	defer stop()
-	for len(p.unacked) > 0 && p.unacked[0].id <= last && p.fatal == nil && ctx.Err() == nil {
+	for p.pendingUpTo(last) && p.fatal == nil && ctx.Err() == nil {
 		p.space.Wait()
 	}
 	p.waitDelivered(ctx)
@@ -512,31 +540,58 @@ func (p *Producer) Close(ctx context.Context) error {
 	return err
 }
 
+// pendingUpTo reports whether a batch Flush must wait for, one sealed up to
+// batch id last (or re-routed from one), is not yet acknowledged. Called
+// with p.mu held.
+func (p *Producer) pendingUpTo(last uint64) bool {
+	for _, b := range p.unacked {
+		if b.flush <= last {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *Producer) openSession(ctx context.Context) error {
 	flags := quic.ProduceFlags(0)
 	if p.opts.Datagrams {
 		flags = quic.ProduceDatagrams
+	}
+	if p.lineage {
+		flags |= quic.ProduceLineage
 	}
 	st, conn, err := p.c.open(ctx, quic.OpProduce, &quic.ProduceOpen{Stream: p.stream, ProducerID: p.id, Flags: flags})
 	if err != nil {
 		return err
 	}
 	var ready quic.ProduceReady
+	var layout quic.Layout
 	rctx, cancel := context.WithTimeout(ctx, p.c.opts.DialTimeout)
 	stop := context.AfterFunc(rctx, func() { st.Cancel(quic.CodeCanceled) })
 	err = st.Expect(quic.FrameProduceReady, &ready)
+	if err == nil && p.lineage {
+		// The layout comes before any ACK: every batch of this session,
+		// resends included, is routed by it.
+		err = st.Expect(quic.FrameProduceLayout, &layout)
+	}
 	stop()
 	cancel()
 	if err != nil {
 		st.Cancel(quic.CodeCanceled)
 		return fmt.Errorf("sdk: produce to %q: %w", p.stream, err)
 	}
-	if int(ready.Shards) != p.shards {
-		st.Cancel(quic.CodeCanceled)
-		return fmt.Errorf("sdk: produce to %q: stream has %d shards, expected %d", p.stream, ready.Shards, p.shards)
-	}
 	s := &session{st: st, conn: conn, dgram: ready.DatagramSession, broken: make(chan struct{})}
 	p.mu.Lock()
+	if p.lineage {
+		err = p.setLayout(&layout)
+	} else if int(ready.Shards) != len(p.route.shards) {
+		err = fmt.Errorf("stream has %d shards, expected %d", ready.Shards, len(p.route.shards))
+	}
+	if err != nil {
+		p.mu.Unlock()
+		st.Cancel(quic.CodeCanceled)
+		return fmt.Errorf("sdk: produce to %q: %w", p.stream, err)
+	}
 	p.frameMax = int(min(ready.MaxBatchBytes, 1<<30))
 	p.maxRecord = int(min(ready.MaxRecordBytes, 1<<30))
 	p.sess = s
@@ -545,8 +600,8 @@ func (p *Producer) openSession(ctx context.Context) error {
 	}
 	clear(p.inflight)
 	p.mu.Unlock()
-	if !p.opts.Datagrams {
-		go p.readAcks(s)
+	if !p.opts.Datagrams || p.lineage {
+		go p.readAcks(s) // datagram sessions get LAYOUT frames, no ACKs
 	}
 	return nil
 }
@@ -604,34 +659,7 @@ func (p *Producer) loop() {
 			}
 			continue
 		}
-		// Seal open batches when there is room to send them (or linger is
-		// over), so batches grow while the pipe is full.
-		now := time.Now()
-		var wait time.Duration = -1
-		for i, b := range p.acc {
-			if b == nil || p.inflight[i] >= p.opts.MaxInFlight {
-				continue
-			}
-			if age := now.Sub(b.accepted); age >= p.opts.Linger {
-				p.seal(i)
-			} else if w := p.opts.Linger - age; wait < 0 || w < wait {
-				wait = w
-			}
-		}
-		// Pick the batches to send: in seal order, within per-shard limits.
-		// A shard at its limit blocks only its own later batches.
-		var out []*pbatch
-		for _, b := range p.unacked {
-			if b.wire {
-				continue
-			}
-			if p.inflight[b.shard] >= p.opts.MaxInFlight {
-				continue
-			}
-			b.wire, b.sentAt = true, now
-			p.inflight[b.shard]++
-			out = append(out, b)
-		}
+		out, wait := p.pick(time.Now())
 		p.unlock()
 
 		for _, b := range out {
@@ -685,6 +713,42 @@ func (p *Producer) loop() {
 			}
 		}
 	}
+}
+
+// pick seals open batches when there is room to send them (or their
+// linger is over), so batches grow while the pipe is full, and returns the
+// batches to send now, marked as on the wire, and how long until an open
+// batch's linger ends (-1: none lingers). Called with p.mu held.
+func (p *Producer) pick(now time.Time) (out []*pbatch, wait time.Duration) {
+	wait = -1
+	for i, b := range p.acc {
+		if b == nil || p.inflight[i] >= p.opts.MaxInFlight || p.closing[i] {
+			continue
+		}
+		if age := now.Sub(b.accepted); age >= p.opts.Linger {
+			p.seal(i)
+		} else if w := p.opts.Linger - age; wait < 0 || w < wait {
+			wait = w
+		}
+	}
+	// In seal order, within per-shard limits: a shard at its limit blocks
+	// only its own later batches.
+	for _, b := range p.unacked {
+		if b.wire || b.refused || p.inflight[b.shard] >= p.opts.MaxInFlight {
+			continue
+		}
+		if p.closing[b.shard] {
+			if !b.sent {
+				continue // certainly not stored: re-routed once the shard drains
+			}
+		} else if p.hold[b.shard] {
+			continue // a closing parent's records go first
+		}
+		b.wire, b.sent, b.sentAt = true, true, now
+		p.inflight[b.shard]++
+		out = append(out, b)
+	}
+	return out, wait
 }
 
 // conflicted stops the producer after a sequence_conflict: further sends
@@ -753,7 +817,8 @@ func (p *Producer) send(s *session, b *pbatch) error {
 func (p *Producer) readAcks(s *session) {
 	for {
 		var ack quic.Ack
-		if err := s.st.Expect(quic.FrameAck, &ack); err != nil {
+		layout, err := readAck(s.st, &ack)
+		if err != nil {
 			s.fail(err)
 			p.signal()
 			return
@@ -762,6 +827,16 @@ func (p *Producer) readAcks(s *session) {
 		if p.sess != s {
 			p.mu.Unlock()
 			return
+		}
+		if layout != nil {
+			err := p.setLayout(layout)
+			p.unlock()
+			if err != nil {
+				s.fail(quic.Errorf(quic.CodeProtocol, "%v", err))
+				p.signal()
+				return
+			}
+			continue
 		}
 		var b *pbatch
 		for _, u := range p.unacked {
@@ -775,7 +850,7 @@ func (p *Producer) readAcks(s *session) {
 			s.fail(quic.Errorf(quic.CodeProtocol, "ACK for unknown batch %d", ack.ID))
 			return
 		}
-		err := ack.Err()
+		err = ack.Err()
 		switch {
 		case err == nil:
 			pos, perr := positions(b, &ack)
@@ -792,6 +867,10 @@ func (p *Producer) readAcks(s *session) {
 			p.removeSent(b)
 			p.complete(b, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, err))
 			p.conflicted(err)
+		case quic.CodeOf(err) == quic.CodeShardClosed && p.lineage:
+			// Nothing of b was stored: its records go to the shards that
+			// own them now, once the shard has drained (route.go).
+			p.refused(b, ack.LayoutVersion)
 		case quic.CodeOf(err).Retryable() || quic.CodeOf(err) == quic.CodeSequenceGap:
 			// Resend everything unacknowledged on a new session.
 			p.mu.Unlock()
@@ -824,6 +903,28 @@ func (p *Producer) readAcks(s *session) {
 		p.unlock()
 		p.signal()
 	}
+}
+
+// readAck reads the next frame of a produce session: an ACK into ack, or a
+// LAYOUT, which it returns. An ERROR frame is returned as its *Error.
+func readAck(st *quic.Stream, ack *quic.Ack) (*quic.Layout, error) {
+	ft, payload, err := st.ReadFrame()
+	switch {
+	case err != nil:
+		return nil, err
+	case ft == quic.FrameAck:
+		return nil, ack.Decode(payload)
+	case ft == quic.FrameProduceLayout:
+		l := &quic.Layout{}
+		return l, l.Decode(payload)
+	case ft == quic.FrameError:
+		e, err := quic.DecodeError(payload)
+		if err != nil {
+			return nil, err
+		}
+		return nil, e
+	}
+	return nil, fmt.Errorf("%w: %s in a produce session", quic.ErrUnexpectedFrame, ft)
 }
 
 func positions(b *pbatch, ack *quic.Ack) ([]Position, error) {
@@ -900,7 +1001,7 @@ func (p *Producer) deliver() {
 			// Keep the slices for the next batch.
 			clear(b.cbs)
 			*b = pbatch{recs: b.recs[:0], cbs: b.cbs[:0]}
-			if len(p.free) < 2*p.shards+4 {
+			if len(p.free) < 2*len(p.route.open)+4 {
 				p.free = append(p.free, b)
 			}
 			q[i] = nil

@@ -689,6 +689,12 @@ func (w *writer) checkProducer(tx *bolt.Tx, r *request, now int64) (dup bool, er
 		}
 		return false, pb.Put(key, encodeProducer(now, batches))
 	case b.ProducerSeq > next:
+		// In a closed shard a gap is a batch sent after one refused
+		// there: it cannot be stored either, and the producer must learn
+		// that (shard_closed: route it elsewhere), not resend from the gap.
+		if w.lay.Shards[b.Shard].State != ShardOpen && w.refuseNew(r) {
+			return true, nil
+		}
 		r.err = fmt.Errorf("store: append to %q shard %d: %w: producer %016x sent sequence %d, expected %d",
 			w.s.name, b.Shard, ErrSequenceGap, b.ProducerID, b.ProducerSeq, next)
 		return true, nil

@@ -237,7 +237,8 @@ func TestReshardRoutingAtCommit(t *testing.T) {
 
 // TestClosedShardDuplicate: a resend of a batch stored in a shard before it
 // closed is still a duplicate with its positions; a new batch to the closed
-// shard is refused with ErrShardClosed and stores nothing.
+// shard, in sequence or past a gap, is refused with ErrShardClosed and
+// stores nothing.
 func TestClosedShardDuplicate(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, testConfig(t, t.TempDir()))
@@ -256,6 +257,10 @@ func TestClosedShardDuplicate(t *testing.T) {
 	}
 	for _, nb := range []Batch{
 		{Shard: 0, ProducerID: 9, ProducerSeq: 2, Records: keyed("c")},
+		// A batch pipelined after one refused there skips its sequence:
+		// it is refused as closed too, not as a gap the producer would
+		// resend from forever.
+		{Shard: 0, ProducerID: 9, ProducerSeq: 3, Records: keyed("d")},
 		{Shard: 0, ProducerID: 10, ProducerSeq: 0, Records: keyed("c")},
 		{Shard: 0, Records: keyed("c")},
 	} {

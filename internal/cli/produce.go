@@ -185,9 +185,18 @@ func produce(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if shard.n >= p.Shards() {
-		p.Close(ctx)
-		return fmt.Errorf("stream %s has %d shard%s: no shard %d", pos[0], p.Shards(), plural(p.Shards()), shard.n)
+	if shard.n >= 0 {
+		// Shard numbers are ids, every one ever assigned (a reshard adds
+		// ids; the producer's Shards() counts the open ones).
+		info, err := c.Info(ctx, pos[0])
+		if err != nil {
+			p.Close(ctx)
+			return err
+		}
+		if n := len(info.Shards); shard.n >= n {
+			p.Close(ctx)
+			return fmt.Errorf("stream %s has %d shard%s: no shard %d", pos[0], n, plural(n), shard.n)
+		}
 	}
 	var acked, failed atomic.Int64
 	var firstErr atomic.Pointer[error]
