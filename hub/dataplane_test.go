@@ -569,6 +569,13 @@ func TestDataPlaneSlowConsumer(t *testing.T) {
 // counterValue reads a metric's total across labels from /metrics.
 func counterValue(tb testing.TB, h *Hub, name string) float64 {
 	tb.Helper()
+	return labeledValue(tb, h, name, "")
+}
+
+// labeledValue sums a metric's series whose labels contain label (every
+// series when label is empty).
+func labeledValue(tb testing.TB, h *Hub, name, label string) float64 {
+	tb.Helper()
 	resp, err := http.Get("http://" + h.AdminAddr().String() + "/metrics")
 	if err != nil {
 		tb.Fatal(err)
@@ -577,7 +584,7 @@ func counterValue(tb testing.TB, h *Hub, name string) float64 {
 	body, _ := io.ReadAll(resp.Body)
 	var total float64
 	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+		if (strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ")) && strings.Contains(line, label) {
 			var v float64
 			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
 			total += v

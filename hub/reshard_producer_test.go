@@ -3,8 +3,6 @@ package hub
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,24 +172,4 @@ func testProducerAcrossReshard(t *testing.T, opts sdk.ProducerOptions) {
 	}
 	t.Logf("layout version %d; %v batches refused with shard_closed and re-routed", layout.Version,
 		labeledValue(t, d.h, "edgehub_dataplane_refusals_total", `code="shard_closed"`))
-}
-
-// labeledValue sums a metric's series whose labels contain label.
-func labeledValue(tb testing.TB, h *Hub, name, label string) float64 {
-	tb.Helper()
-	resp, err := http.Get("http://" + h.AdminAddr().String() + "/metrics")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var total float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, name+"{") && strings.Contains(line, label) {
-			var v float64
-			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-			total += v
-		}
-	}
-	return total
 }

@@ -383,7 +383,7 @@ func (p *Producer) sendAsync(ctx context.Context, shard int, rec Record, cb func
 			return quic.Errorf(quic.CodeInvalidArgument, "shard %d of %d", shard, len(p.acc))
 		}
 		if !p.route.isOpen(shard) {
-			return &quic.Error{Code: quic.CodeShardClosed, Message: fmt.Sprintf("shard %d is closed (layout version %d)", shard, p.route.version)}
+			return p.closedError(shard)
 		}
 	case rec.Key != nil:
 		shard = p.route.shardFor(record.KeyHash(rec.Key))

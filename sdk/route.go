@@ -82,6 +82,12 @@ func (r *router) shardFor(hash uint64) int {
 	return r.open[i].id
 }
 
+// closedError is the shard_closed error of a send to closed shard id
+// (SendTo: the caller chose the shard, so it is not re-routed).
+func (p *Producer) closedError(id int) error {
+	return &quic.Error{Code: quic.CodeShardClosed, Message: fmt.Sprintf("shard %d is closed (layout version %d)", id, p.route.version)}
+}
+
 // isOpen reports whether shard id exists and takes appends.
 func (r *router) isOpen(id int) bool { return id >= 0 && id < len(r.shards) && r.shards[id].open }
 
@@ -217,8 +223,6 @@ func (p *Producer) reroute(id int) {
 	if len(moved) == 0 {
 		return
 	}
-	closedErr := fmt.Errorf("sdk: produce to %q: %w", p.stream, &quic.Error{Code: quic.CodeShardClosed,
-		Message: fmt.Sprintf("shard %d is closed (layout version %d)", id, p.route.version)})
 	out := map[int][]*pbatch{} // per open shard: new batches, in order
 	var order []int
 	var pinned *pbatch
@@ -261,7 +265,7 @@ func (p *Producer) reroute(id int) {
 		}
 	}
 	if pinned != nil {
-		p.complete(pinned, nil, closedErr)
+		p.complete(pinned, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, p.closedError(id)))
 	}
 	for _, to := range order {
 		p.insertAhead(to, out[to])
