@@ -313,7 +313,12 @@ type StreamInfo struct {
 	Config      StreamSettings `json:"config"`
 	Records     int64          `json:"records"`
 	Bytes       int64          `json:"bytes"`
-	Shards      []ShardInfo    `json:"shards,omitempty"`
+	// LayoutVersion counts the stream's reshards (0: never resharded);
+	// OpenShards is the number of shards taking appends. Shards lists
+	// closed shards too, and retired ones only with ?retired=true.
+	LayoutVersion uint64      `json:"layout_version"`
+	OpenShards    int         `json:"open_shards"`
+	Shards        []ShardInfo `json:"shards,omitempty"`
 	// DamagedChunks counts the damaged chunks of every shard not repaired
 	// yet (GET /v1/streams/{name} lists them in Shards[].Damaged).
 	DamagedChunks int `json:"damaged_chunks,omitempty"`
@@ -339,6 +344,15 @@ type ShardInfo struct {
 	// Damaged lists the shard's damaged ranges not repaired yet; GET
 	// /v1/streams/{name} only.
 	Damaged []DamagedRange `json:"damaged,omitempty"`
+	// State is open, closed (a reshard closed it: read-only, EndSeq is its
+	// last sequence, 0 if it never held a record) or retired (closed and
+	// emptied by retention). Parents and Children are the shard ids of its
+	// lineage: a reader finishes the parents before it reads a child.
+	State    string     `json:"state"`
+	EndSeq   uint64     `json:"end_seq,omitempty"`
+	ClosedAt *time.Time `json:"closed_at,omitempty"`
+	Parents  []uint32   `json:"parents,omitempty"`
+	Children []uint32   `json:"children,omitempty"`
 }
 
 // StreamList is the body of GET /v1/streams.
@@ -346,7 +360,9 @@ type StreamList struct {
 	Streams []StreamInfo `json:"streams"`
 }
 
-func streamInfo(st *store.Stream, withShards bool) StreamInfo {
+// streamInfo describes st; withShards adds its shards, retired ones only
+// with withRetired.
+func streamInfo(st *store.Stream, withShards, withRetired bool) StreamInfo {
 	c := st.Config()
 	meta := make(map[string]string, len(c.Meta))
 	for k, v := range c.Meta {
@@ -368,19 +384,26 @@ func streamInfo(st *store.Stream, withShards bool) StreamInfo {
 	for _, n := range st.DamagedChunks() {
 		info.DamagedChunks += n
 	}
+	layout := st.Layout()
+	info.LayoutVersion, info.OpenShards = layout.Version, len(layout.Open())
 	for _, s := range st.Stats() {
 		info.Records += s.Records
 		info.Bytes += s.Bytes
-		if !withShards {
+		if !withShards || s.State == store.ShardRetired && !withRetired {
 			continue
 		}
 		si := ShardInfo{
 			Shard: s.Shard, HashStart: fmt.Sprintf("%016x", s.HashStart), HashEnd: fmt.Sprintf("%016x", s.HashEnd),
 			FirstSeq: s.FirstSeq, LastSeq: s.LastSeq, Records: s.Records, Bytes: s.Bytes,
+			State: s.State.String(), EndSeq: s.End, Parents: s.Parents, Children: s.Children,
 		}
 		if s.LastIngest > 0 {
 			t := time.Unix(0, s.LastIngest).UTC()
 			si.LastIngest = &t
+		}
+		if s.Shard < len(layout.Shards) && layout.Shards[s.Shard].ClosedAt > 0 {
+			t := time.Unix(0, layout.Shards[s.Shard].ClosedAt).UTC()
+			si.ClosedAt = &t
 		}
 		info.Shards = append(info.Shards, si)
 	}
@@ -390,7 +413,7 @@ func streamInfo(st *store.Stream, withShards bool) StreamInfo {
 func (h *Hub) listStreams(w http.ResponseWriter, r *http.Request) error {
 	list := StreamList{Streams: []StreamInfo{}}
 	for _, st := range h.store.Streams() {
-		list.Streams = append(list.Streams, streamInfo(st, false))
+		list.Streams = append(list.Streams, streamInfo(st, false, false))
 	}
 	writeJSON(w, http.StatusOK, list)
 	return nil
@@ -453,7 +476,7 @@ func (h *Hub) createStream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, streamInfo(st, true))
+	writeJSON(w, http.StatusCreated, streamInfo(st, true, false))
 	return nil
 }
 
@@ -462,7 +485,13 @@ func (h *Hub) describeStream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	info := streamInfo(st, true)
+	retired := false
+	if v := r.URL.Query().Get("retired"); v != "" {
+		if retired, err = strconv.ParseBool(v); err != nil {
+			return badRequest("describe stream %q: retired=%q: want true or false", st.Name(), v)
+		}
+	}
+	info := streamInfo(st, true, retired)
 	info.Users = h.streamUsers(st.Name())
 	h.addDamage(&info, st)
 	writeJSON(w, http.StatusOK, info)
@@ -490,7 +519,7 @@ func (h *Hub) updateStream(w http.ResponseWriter, r *http.Request) error {
 	if err := h.store.UpdateStream(r.Context(), c); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, streamInfo(st, true))
+	writeJSON(w, http.StatusOK, streamInfo(st, true, false))
 	return nil
 }
 

@@ -34,8 +34,9 @@ type Hub struct {
 	components  []component
 	userListers []func(stream string) []string // see addStreamUsers
 	admin       *adminServer
-	dataPlane   *dataPlane  // QUIC server; see dataplane.go
-	federation  *federation // gossip and replication, nil alone; see federation.go
+	dataPlane   *dataPlane             // QUIC server; see dataplane.go
+	federation  *federation            // gossip and replication, nil alone; see federation.go
+	reshards    *prometheus.CounterVec // see reshard.go
 	ready       atomic.Bool
 	stopBy      atomic.Pointer[time.Time] // the shutdown's deadline, once Run began it
 
@@ -74,6 +75,7 @@ func New(cfg Config) (*Hub, error) {
 		h.declareStreams,
 		h.addMetrics,
 		h.addAdmin,
+		h.addResharding,
 		h.addPlugins,
 		h.addDataPlane,
 		h.addHTTPIngest,

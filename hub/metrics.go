@@ -17,6 +17,7 @@ import (
 type storeCollector struct {
 	st                                                    *store.Store
 	streams, records, bytes, first, last, ingest, damaged *prometheus.Desc
+	layoutVersion, openShards                             *prometheus.Desc
 }
 
 func newStoreCollector(st *store.Store) *storeCollector {
@@ -31,11 +32,13 @@ func newStoreCollector(st *store.Store) *storeCollector {
 		ingest:  prometheus.NewDesc("edgehub_shard_last_ingest_timestamp_seconds", "Ingest time of the last record committed to a shard.", labels, nil),
 		damaged: prometheus.NewDesc("edgehub_shard_damaged_chunks",
 			"Damaged chunks of a shard not repaired yet: their records are not served (docs/store.md, \"Damaged chunks\").", labels, nil),
+		layoutVersion: prometheus.NewDesc("edgehub_stream_layout_version", "Reshards of a stream so far (0: never resharded).", []string{"stream"}, nil),
+		openShards:    prometheus.NewDesc("edgehub_stream_open_shards", "Shards of a stream taking appends.", []string{"stream"}, nil),
 	}
 }
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.streams, c.records, c.bytes, c.first, c.last, c.ingest, c.damaged} {
+	for _, d := range []*prometheus.Desc{c.streams, c.records, c.bytes, c.first, c.last, c.ingest, c.damaged, c.layoutVersion, c.openShards} {
 		ch <- d
 	}
 }
@@ -45,7 +48,13 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(len(streams)))
 	for _, st := range streams {
 		damaged := st.DamagedChunks()
+		l := st.Layout()
+		ch <- prometheus.MustNewConstMetric(c.layoutVersion, prometheus.GaugeValue, float64(l.Version), st.Name())
+		ch <- prometheus.MustNewConstMetric(c.openShards, prometheus.GaugeValue, float64(len(l.Open())), st.Name())
 		for _, s := range st.Stats() {
+			if s.State == store.ShardRetired {
+				continue // gone from listings, and its series with it
+			}
 			name, shard := st.Name(), strconv.Itoa(s.Shard)
 			ch <- prometheus.MustNewConstMetric(c.records, prometheus.GaugeValue, float64(s.Records), name, shard)
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(s.Bytes), name, shard)

@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	register("stream", "create, list, describe, update and delete streams", func(ctx context.Context, args []string) error {
+	register("stream", "create, list, describe, update, reshard and delete streams", func(ctx context.Context, args []string) error {
 		return subcommand("stream", ctx, args, map[string]func(context.Context, []string) error{
 			"create":   streamCreate,
 			"list":     streamList,
@@ -20,12 +20,18 @@ func init() {
 			"describe": streamDescribe,
 			"update":   streamUpdate,
 			"delete":   streamDelete,
+			"split":    streamSplit,
+			"merge":    streamMerge,
+			"reshard":  streamReshard,
 		}, [][2]string{
 			{"create NAME", "create a stream"},
 			{"list", "list streams"},
 			{"describe NAME", "show a stream's shards, sequences, counts and settings"},
 			{"update NAME", "change a stream's retention, size limit, compaction or replication"},
 			{"delete NAME [--force] [--yes]", "delete a stream and all its records (refused while plugins, groups or webhooks use it, unless --force)"},
+			{"split NAME --shard S [--at HASH]", "split an open shard's hash range in two (its records stay; new ones go to the two children)"},
+			{"merge NAME --shards S1,S2", "merge two open shards with adjacent hash ranges"},
+			{"reshard NAME --shards N", "reach N open shards with even hash ranges in one step"},
 		})
 	})
 }
@@ -168,7 +174,7 @@ func streamList(ctx context.Context, args []string) error {
 	tw := newTable(stdout)
 	fmt.Fprintln(tw, "NAME\tSHARDS\tRECORDS\tBYTES\tRETENTION\tMAX BYTES\tCOMPACT\tREPLICATE")
 	for _, s := range list.Streams {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%v\t%s\n", s.Name, s.Config.Shards, s.Records, humanBytes(s.Bytes),
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%v\t%s\n", s.Name, openShards(s), s.Records, humanBytes(s.Bytes),
 			retention(s.Config.Retention), orDash(s.Config.MaxBytes.String(), s.Config.MaxBytes == 0),
 			s.Config.Compact, s.Config.Replicate)
 	}
@@ -185,14 +191,19 @@ func streamList(ctx context.Context, args []string) error {
 }
 
 func streamDescribe(ctx context.Context, args []string) error {
-	fs := newFlags("stream describe", "stream describe NAME [--json]")
+	fs := newFlags("stream describe", "stream describe NAME [--retired] [--json]")
+	withRetired := fs.Bool("retired", false, "also list retired shards (closed and emptied by retention)")
 	asJSON := jsonFlag(fs)
 	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
 	if err != nil {
 		return err
 	}
+	path := "/v1/streams/" + url.PathEscape(pos[0])
+	if *withRetired {
+		path += "?retired=true"
+	}
 	var s hub.StreamInfo
-	if err := c.get(ctx, "/v1/streams/"+url.PathEscape(pos[0]), &s); err != nil {
+	if err := c.get(ctx, path, &s); err != nil {
 		return err
 	}
 	if *asJSON {
@@ -201,7 +212,11 @@ func streamDescribe(ctx context.Context, args []string) error {
 	tw := newTable(stdout)
 	fmt.Fprintf(tw, "Name:\t%s\n", s.Name)
 	fmt.Fprintf(tw, "Incarnation:\t%s\n", s.Incarnation)
-	fmt.Fprintf(tw, "Shards:\t%d\n", s.Config.Shards)
+	if s.LayoutVersion == 0 {
+		fmt.Fprintf(tw, "Shards:\t%d\n", s.Config.Shards)
+	} else {
+		fmt.Fprintf(tw, "Shards:\t%d open (created with %d; layout version %d)\n", s.OpenShards, s.Config.Shards, s.LayoutVersion)
+	}
 	fmt.Fprintf(tw, "Records:\t%d\n", s.Records)
 	fmt.Fprintf(tw, "Bytes:\t%s (%d)\n", humanBytes(s.Bytes), s.Bytes)
 	fmt.Fprintf(tw, "Retention:\t%s\n", retention(s.Config.Retention))
@@ -218,7 +233,13 @@ func streamDescribe(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintln(stdout)
 	tw = newTable(stdout)
-	fmt.Fprintln(tw, "SHARD\tHASH START\tHASH END\tFIRST SEQ\tLAST SEQ\tRECORDS\tBYTES\tLAST INGEST")
+	// A stream never resharded has no lineage to show: its table stays as
+	// it always was.
+	header := "SHARD\tHASH START\tHASH END\tFIRST SEQ\tLAST SEQ\tRECORDS\tBYTES\tLAST INGEST"
+	if s.LayoutVersion > 0 {
+		header += "\tLINEAGE"
+	}
+	fmt.Fprintln(tw, header)
 	for _, sh := range s.Shards {
 		first, ingest := fmt.Sprint(sh.FirstSeq), "-"
 		if sh.Records == 0 || sh.FirstSeq > sh.LastSeq {
@@ -227,7 +248,11 @@ func streamDescribe(ctx context.Context, args []string) error {
 		if sh.LastIngest != nil {
 			ingest = sh.LastIngest.Local().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", sh.Shard, sh.HashStart, sh.HashEnd, first, sh.LastSeq, sh.Records, humanBytes(sh.Bytes), ingest)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s", sh.Shard, sh.HashStart, sh.HashEnd, first, sh.LastSeq, sh.Records, humanBytes(sh.Bytes), ingest)
+		if s.LayoutVersion > 0 {
+			fmt.Fprintf(tw, "\t%s", lineage(sh))
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -293,6 +318,15 @@ func streamDelete(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(stdout, "deleted stream %s\n", pos[0])
 	return nil
+}
+
+// openShards is the number of shards a stream takes appends in (its
+// creation count until it is resharded).
+func openShards(s hub.StreamInfo) int {
+	if s.LayoutVersion == 0 {
+		return s.Config.Shards
+	}
+	return s.OpenShards
 }
 
 func plural(n int) string {
