@@ -294,13 +294,17 @@ func (h *Hub) healthz(w http.ResponseWriter, r *http.Request) {
 
 // StreamSettings are a stream's settings as the admin API shows them.
 type StreamSettings struct {
-	Shards             int               `json:"shards"`
-	Retention          Duration          `json:"retention"`
-	MaxBytes           Size              `json:"max_bytes"`
-	Compact            bool              `json:"compact"`
-	TombstoneRetention Duration          `json:"tombstone_retention"`
-	Replicate          Replicate         `json:"replicate"`
-	Meta               map[string]string `json:"meta,omitempty"`
+	Shards             int       `json:"shards"`
+	Retention          Duration  `json:"retention"`
+	MaxBytes           Size      `json:"max_bytes"`
+	Compact            bool      `json:"compact"`
+	TombstoneRetention Duration  `json:"tombstone_retention"`
+	Replicate          Replicate `json:"replicate"`
+	// Autosplit is the stream's automatic split policy (nil: none), and
+	// AutosplitFrom where it was set: "config" (hub.toml) or "api".
+	Autosplit     *AutosplitConfig  `json:"autosplit,omitempty"`
+	AutosplitFrom string            `json:"autosplit_from,omitempty"`
+	Meta          map[string]string `json:"meta,omitempty"`
 }
 
 // StreamInfo describes a stream: GET /v1/streams lists them without Shards,
@@ -366,7 +370,7 @@ func streamInfo(st *store.Stream, withShards, withRetired bool) StreamInfo {
 	c := st.Config()
 	meta := make(map[string]string, len(c.Meta))
 	for k, v := range c.Meta {
-		if k != MetaReplicate {
+		if k != MetaReplicate && k != MetaAutosplit {
 			meta[k] = v
 		}
 	}
@@ -380,6 +384,9 @@ func streamInfo(st *store.Stream, withShards, withRetired bool) StreamInfo {
 			Compact: c.Compact, TombstoneRetention: Duration(c.TombstoneRetention),
 			Replicate: Replicate(c.Meta[MetaReplicate]).orLocal(), Meta: meta,
 		},
+	}
+	if a, from, ok, err := decodeAutosplit(c.Meta[MetaAutosplit]); ok && err == nil {
+		info.Config.Autosplit, info.Config.AutosplitFrom = &a, from
 	}
 	for _, n := range st.DamagedChunks() {
 		info.DamagedChunks += n

@@ -91,6 +91,9 @@ type StreamConfig struct {
 	Compact            bool      `toml:"compact"`
 	TombstoneRetention Duration  `toml:"tombstone_retention"`
 	Replicate          Replicate `toml:"replicate"`
+	// Autosplit is the optional [stream.autosplit] policy; nil: none from
+	// the config (a policy set through the API then stays).
+	Autosplit *AutosplitConfig `toml:"autosplit"`
 }
 
 // Defaults of the built-in configuration.
@@ -154,8 +157,17 @@ func (s StreamConfig) StoreStreamConfig() store.StreamConfig {
 		MaxBytes:           int64(s.MaxBytes),
 		Compact:            s.Compact,
 		TombstoneRetention: time.Duration(s.TombstoneRetention),
-		Meta:               map[string]string{MetaReplicate: string(s.Replicate.orLocal())},
+		Meta:               s.meta(),
 	}
+}
+
+// meta is the declaration's part of the stream's metadata.
+func (s StreamConfig) meta() map[string]string {
+	m := map[string]string{MetaReplicate: string(s.Replicate.orLocal())}
+	if s.Autosplit != nil {
+		m[MetaAutosplit] = encodeAutosplit(*s.Autosplit, autosplitFromConfig)
+	}
+	return m
 }
 
 // StoreOptions returns the store configuration the hub opens its store with.
@@ -249,6 +261,9 @@ func (c Config) Validate() error {
 		}
 		if _, err := ParseReplicate(string(s.Replicate.orLocal())); err != nil {
 			badErr(key+".replicate", err)
+		}
+		if s.Autosplit != nil {
+			errs = append(errs, inSection(key+".autosplit", s.Autosplit.validate(s.Shards)))
 		}
 	}
 

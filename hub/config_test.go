@@ -388,6 +388,12 @@ func TestRepoHubToml(t *testing.T) {
 	var def StreamConfig
 	def.setDefaults()
 	def.Name = c.Streams[0].Name
+	// [stream.autosplit] is optional, so its example has no default to
+	// equal: it must be present and valid (ParseConfig checked that).
+	if c.Streams[0].Autosplit == nil {
+		t.Error("the stream example lacks its [stream.autosplit]")
+	}
+	c.Streams[0].Autosplit = nil
 	if !reflect.DeepEqual(c.Streams[0], def) {
 		t.Errorf("stream example = %+v, want the defaults %+v", c.Streams[0], def)
 	}

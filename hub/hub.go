@@ -37,6 +37,7 @@ type Hub struct {
 	dataPlane   *dataPlane             // QUIC server; see dataplane.go
 	federation  *federation            // gossip and replication, nil alone; see federation.go
 	reshards    *prometheus.CounterVec // see reshard.go
+	autosplit   *autosplitter          // see autosplit.go
 	ready       atomic.Bool
 	stopBy      atomic.Pointer[time.Time] // the shutdown's deadline, once Run began it
 
@@ -76,6 +77,7 @@ func New(cfg Config) (*Hub, error) {
 		h.addMetrics,
 		h.addAdmin,
 		h.addResharding,
+		h.addAutosplit,
 		h.addPlugins,
 		h.addDataPlane,
 		h.addHTTPIngest,
@@ -331,13 +333,22 @@ func (h *Hub) declareStreams() error {
 				sc.Name, want.Shards, have.Shards, ErrShardsFixed))
 			continue
 		}
-		// Keep meta set by other parts; the config owns only the policy.
-		meta := have.Meta
-		if meta == nil {
-			meta = map[string]string{}
+		// Keep meta set by other parts; the config owns the replication
+		// and autosplit policies.
+		// A copy: have must keep the stored meta for the comparison below
+		// (sharing the map made a change of replicate or autosplit alone
+		// look like no change).
+		meta := make(map[string]string, len(have.Meta)+len(want.Meta))
+		for k, v := range have.Meta {
+			meta[k] = v
 		}
 		for k, v := range want.Meta {
 			meta[k] = v
+		}
+		// A policy the config declared goes with its declaration; one set
+		// through the API stays.
+		if _, from, _, _ := decodeAutosplit(meta[MetaAutosplit]); sc.Autosplit == nil && from == autosplitFromConfig {
+			delete(meta, MetaAutosplit)
 		}
 		want.Meta = meta
 		if streamConfigEqual(have, want) {

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -60,5 +62,34 @@ func TestEndToEndReshard(t *testing.T) {
 	}
 	if info.LayoutVersion != 4 || info.OpenShards != 4 || info.Config.Shards != 2 {
 		t.Fatalf("describe --json: layout %d, %d open, created with %d", info.LayoutVersion, info.OpenShards, info.Config.Shards)
+	}
+
+	// describe shows the autosplit policy, none until one is set.
+	if _, out, _ := runHub(t, env, "stream", "describe", "s"); !regexp.MustCompile(`Autosplit:\s+-\n`).MatchString(out) {
+		t.Fatalf("describe without a policy:\n%s", out)
+	}
+	req, err := http.NewRequest("PUT", s.admin+"/v1/streams/s/autosplit", strings.NewReader(`{"bytes":"1GiB","rate":"8MiB/s","max_shards":16,"cooldown":"1h"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("PUT autosplit: %s", resp.Status)
+	}
+	want := "bytes ≥ 1GiB or rate ≥ 8MiB/s for 10m; at most 16 open shards; cooldown 1h (set by api)"
+	if _, out, _ := runHub(t, env, "stream", "describe", "s"); !regexp.MustCompile(`Autosplit:\s+` + regexp.QuoteMeta(want)).MatchString(out) {
+		t.Fatalf("describe lacks %q:\n%s", want, out)
+	}
+	_, out, _ = runHub(t, env, "stream", "describe", "s", "--json")
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatal(err)
+	}
+	if a := info.Config.Autosplit; a == nil || a.MaxShards != 16 || a.Rate != 8<<20 || info.Config.AutosplitFrom != "api" {
+		t.Fatalf("describe --json: autosplit %+v from %q", a, info.Config.AutosplitFrom)
 	}
 }

@@ -26,7 +26,7 @@ func init() {
 		}, [][2]string{
 			{"create NAME", "create a stream"},
 			{"list", "list streams"},
-			{"describe NAME", "show a stream's shards, sequences, counts and settings"},
+			{"describe NAME", "show a stream's shards, sequences, counts and settings (its autosplit policy too)"},
 			{"update NAME", "change a stream's retention, size limit, compaction or replication"},
 			{"delete NAME [--force] [--yes]", "delete a stream and all its records (refused while plugins, groups or webhooks use it, unless --force)"},
 			{"split NAME --shard S [--at HASH]", "split an open shard's hash range in two (its records stay; new ones go to the two children)"},
@@ -224,6 +224,11 @@ func streamDescribe(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "Compact:\t%v\n", s.Config.Compact)
 	fmt.Fprintf(tw, "Tombstone retention:\t%s\n", s.Config.TombstoneRetention)
 	fmt.Fprintf(tw, "Replicate:\t%s\n", s.Config.Replicate)
+	if a := s.Config.Autosplit; a != nil {
+		fmt.Fprintf(tw, "Autosplit:\t%s (set by %s)\n", a, s.Config.AutosplitFrom)
+	} else {
+		fmt.Fprintf(tw, "Autosplit:\t-\n")
+	}
 	for k, v := range s.Config.Meta {
 		fmt.Fprintf(tw, "Meta %s:\t%s\n", k, v)
 	}

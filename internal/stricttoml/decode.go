@@ -97,6 +97,9 @@ var (
 
 // isLeaf reports whether values of t are decoded in one piece.
 func isLeaf(t reflect.Type) bool {
+	if optionalTable(t) {
+		return false
+	}
 	pt := reflect.PointerTo(t)
 	if pt.Implements(unmarshalerType) || pt.Implements(textUnmarshalerType) {
 		return true
@@ -108,6 +111,12 @@ func isLeaf(t reflect.Type) bool {
 		return isLeaf(t.Elem())
 	}
 	return true
+}
+
+// optionalTable reports whether t is a pointer to a struct decoded key by
+// key (a table the document may leave out: [stream.autosplit]).
+func optionalTable(t reflect.Type) bool {
+	return t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct && !isLeaf(t.Elem())
 }
 
 func (d *decoder) fail(key string, err error) {
@@ -147,26 +156,28 @@ func (d *decoder) unknown(key string, known []string) {
 	d.errs = append(d.errs, &Error{Line: d.lines.find(key), Key: key, Err: errors.New(what)})
 }
 
-// table decodes the TOML table in prim into the struct rv.
-func (d *decoder) table(path string, prim toml.Primitive, rv reflect.Value) {
+// table decodes the TOML table in prim into the struct rv; false if prim
+// is not a table.
+func (d *decoder) table(path string, prim toml.Primitive, rv reflect.Value) bool {
 	// The TOML decoder silently ignores a non-table value decoded into a
 	// map, so check the kind first.
 	var raw any
 	if err := d.md.PrimitiveDecode(prim, &raw); err != nil {
 		d.fail(path, err)
-		return
+		return false
 	}
 	if _, ok := raw.(map[string]any); !ok {
 		d.reported[stripIndexes(path)] = true
 		d.fail(path, fmt.Errorf("expected a table, found %s", tomlKind(raw)))
-		return
+		return false
 	}
 	var m map[string]toml.Primitive
 	if err := d.md.PrimitiveDecode(prim, &m); err != nil {
 		d.fail(path, err)
-		return
+		return false
 	}
 	d.fields(path, m, rv)
+	return true
 }
 
 // isArrayOfTables reports whether v is [[x]] elements or an array of inline
@@ -244,6 +255,16 @@ func (d *decoder) value(key string, prim toml.Primitive, fv reflect.Value) {
 		}
 	case t.Kind() == reflect.Struct:
 		d.table(key, prim, fv)
+	case optionalTable(t):
+		// An optional table: nil when the document lacks it, else a new
+		// value that starts from its defaults, like an element of [[x]].
+		ev := reflect.New(t.Elem())
+		if d.defaults != nil {
+			d.defaults(ev.Interface())
+		}
+		if d.table(key, prim, ev.Elem()) {
+			fv.Set(ev)
+		}
 	case t.Kind() == reflect.Slice:
 		var raw any
 		if err := d.md.PrimitiveDecode(prim, &raw); err != nil {

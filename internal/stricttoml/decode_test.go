@@ -37,15 +37,26 @@ type schema struct {
 	Tags   []string `toml:"tags"`
 	Limit  limit    `toml:"limit"`
 	Limits []limit  `toml:"limits"`
+	Opt    *opt     `toml:"opt"`
 	Skip   string   `toml:"-"`
 	//lint:ignore U1000 an unexported field is not part of the schema, even with a tag
 	hidden string `toml:"hidden"`
 }
 
-// itemDefaults is the defaults hook: every new [[item]] starts with Count 7.
+// opt is an optional table: nil unless the document has [opt].
+type opt struct {
+	A int `toml:"a"`
+	B int `toml:"b"`
+}
+
+// itemDefaults is the defaults hook: every new [[item]] starts with Count 7,
+// an [opt] with B 3.
 func itemDefaults(elem any) {
 	if it, ok := elem.(*item); ok {
 		it.Count = 7
+	}
+	if o, ok := elem.(*opt); ok {
+		o.B = 3
 	}
 }
 
@@ -86,6 +97,29 @@ sub.k = 9
 	}
 	if len(s.Items) != 2 || s.Items[0].Count != 7 || s.Items[1].Count != 3 || s.Items[1].Sub.K != 9 {
 		t.Errorf("items = %+v, want the defaults hook's Count 7 where count is not given", s.Items)
+	}
+}
+
+// TestDecodeOptionalTable: a pointer to a struct is nil when the document
+// lacks its table, and otherwise starts from the defaults hook; its keys
+// are checked like any table's.
+func TestDecodeOptionalTable(t *testing.T) {
+	if s, errs := decode(t, "name = \"x\"\n"); len(errs) > 0 || s.Opt != nil {
+		t.Fatalf("without [opt]: %+v, %v; want nil", s.Opt, errs)
+	}
+	s, errs := decode(t, "[opt]\na = 1\n")
+	if len(errs) > 0 || s.Opt == nil || s.Opt.A != 1 || s.Opt.B != 3 {
+		t.Fatalf("[opt] a = 1: %+v, %v; want {A:1 B:3}", s.Opt, errs)
+	}
+	if s, errs := decode(t, "[opt]\n"); len(errs) > 0 || s.Opt == nil || s.Opt.B != 3 {
+		t.Fatalf("empty [opt]: %+v, %v; want the defaults", s.Opt, errs)
+	}
+	if s, errs := decode(t, "opt = 1\n"); len(errs) != 1 || s.Opt != nil || !strings.HasPrefix(errs[0].Error(), `line 1: opt: expected a table`) {
+		t.Fatalf("opt = 1: %+v, %v; want nil and one problem", s.Opt, errs)
+	}
+	_, errs = decode(t, "[opt]\na = 1\nc = 2\n")
+	if len(errs) != 1 || !strings.HasPrefix(errs[0].Error(), `line 3: opt.c: unknown key`) {
+		t.Fatalf("unknown key in [opt]: %v", errs)
 	}
 }
 
