@@ -9,7 +9,7 @@ import (
 )
 
 // EnvChaosSkipLineage lists, comma separated, the readers that skip the
-// parent-finished check across a reshard ("group"): a negative control, so
+// parent-finished check across a reshard ("group", "webhook"): a negative control, so
 // that a lineage checker is shown able to see the reorder this causes.
 // Only builds with the chaos tag honour it.
 const EnvChaosSkipLineage = "EDGEHUB_CHAOS_SKIP_LINEAGE"
