@@ -37,6 +37,15 @@ func TestEndToEndReshard(t *testing.T) {
 		{name: "describe after", args: []string{"stream", "describe", "s"},
 			stdout: []string{"Shards:", "4 open (created with 2; layout version 4)", "LINEAGE", "\n0 ", "closed at 0, into 2+3", "\n7 ", "open, from"}},
 		{name: "list", args: []string{"stream", "list"}, stdout: []string{"\ns ", " 4 "}},
+		{name: "autosplit nothing", args: []string{"stream", "autosplit", "s"}, code: 2, stderr: "give a policy"},
+		{name: "autosplit off and a policy", args: []string{"stream", "autosplit", "s", "--off", "--bytes", "1GiB"}, code: 2, stderr: "give it alone"},
+		{name: "autosplit no max", args: []string{"stream", "autosplit", "s", "--bytes", "1GiB"}, code: 1, stderr: "max_shards"},
+		{name: "autosplit short for", args: []string{"stream", "autosplit", "s", "--rate", "8MiB/s", "--max-shards", "8", "--for", "10s"}, code: 1, stderr: "for"},
+		{name: "autosplit", args: []string{"stream", "autosplit", "s", "--bytes", "1GiB", "--records-rate", "5000", "--max-shards", "8", "--cooldown", "45m"},
+			stdout: []string{"autosplit for stream s: bytes ≥ 1GiB or records ≥ 5000/s for 10m; at most 8 open shards; cooldown 45m"}},
+		{name: "describe autosplit", args: []string{"stream", "describe", "s"}, stdout: []string{"Autosplit:", "at most 8 open shards", "(set by api)"}},
+		{name: "autosplit off", args: []string{"stream", "autosplit", "s", "--off"}, stdout: []string{"autosplit for stream s: off"}},
+		{name: "describe no autosplit", args: []string{"stream", "describe", "s"}, stdout: []string{"Autosplit:", " -\nUsed by:"}},
 	}
 	for _, st := range steps {
 		code, out, errOut := runHub(t, env, st.args...)

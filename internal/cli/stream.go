@@ -14,15 +14,16 @@ import (
 func init() {
 	register("stream", "create, list, describe, update, reshard and delete streams", func(ctx context.Context, args []string) error {
 		return subcommand("stream", ctx, args, map[string]func(context.Context, []string) error{
-			"create":   streamCreate,
-			"list":     streamList,
-			"ls":       streamList,
-			"describe": streamDescribe,
-			"update":   streamUpdate,
-			"delete":   streamDelete,
-			"split":    streamSplit,
-			"merge":    streamMerge,
-			"reshard":  streamReshard,
+			"create":    streamCreate,
+			"list":      streamList,
+			"ls":        streamList,
+			"describe":  streamDescribe,
+			"update":    streamUpdate,
+			"delete":    streamDelete,
+			"split":     streamSplit,
+			"merge":     streamMerge,
+			"reshard":   streamReshard,
+			"autosplit": streamAutosplit,
 		}, [][2]string{
 			{"create NAME", "create a stream"},
 			{"list", "list streams"},
@@ -32,6 +33,7 @@ func init() {
 			{"split NAME --shard S [--at HASH]", "split an open shard's hash range in two (its records stay; new ones go to the two children)"},
 			{"merge NAME --shards S1,S2", "merge two open shards with adjacent hash ranges"},
 			{"reshard NAME --shards N", "reach N open shards with even hash ranges in one step"},
+			{"autosplit NAME --max-shards N --bytes SIZE|--rate RATE|--records-rate N | --off", "set or remove the policy that splits hot shards by itself"},
 		})
 	})
 }

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
@@ -125,4 +127,58 @@ func ids(v []uint32) string {
 		s[i] = strconv.FormatUint(uint64(id), 10)
 	}
 	return strings.Join(s, "+")
+}
+
+// streamAutosplit sets or removes a stream's autosplit policy (PUT or
+// DELETE /v1/streams/{name}/autosplit). Only flags given go into the
+// policy, so the hub's defaults and its validation of each field apply,
+// and sizes and rates keep the units the user typed.
+func streamAutosplit(ctx context.Context, args []string) error {
+	fs := newFlags("stream autosplit", "stream autosplit NAME --max-shards N [--bytes SIZE] [--rate RATE] [--records-rate N] [--for D] [--cooldown D] | --off [--json]")
+	fs.String("bytes", "", "split a shard whose live bytes stay above `SIZE` (4GiB)")
+	fs.String("rate", "", "split a shard whose ingest stays above `RATE` (8MiB/s, or bytes per second)")
+	fs.Int64("records-rate", 0, "split a shard whose ingest stays above `N` records per second")
+	fs.String("for", "", "how long a threshold must hold, at least 1m (default 10m)")
+	fs.Int("max-shards", 0, "the most open shards automatic splits may reach (required)")
+	fs.String("cooldown", "", "the least time between two automatic reshards, at least 1m (default 30m)")
+	off := fs.Bool("off", false, "remove the policy (the layout stays)")
+	asJSON := jsonFlag(fs)
+	c, pos, err := adminCommand(fs, args, 1, "stream NAME")
+	if err != nil {
+		return err
+	}
+	policy := map[string]any{}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "bytes", "rate", "for", "cooldown":
+			policy[f.Name] = f.Value.String()
+		case "records-rate", "max-shards":
+			n, _ := strconv.ParseInt(f.Value.String(), 10, 64)
+			policy[strings.ReplaceAll(f.Name, "-", "_")] = n
+		}
+	})
+	path := "/v1/streams/" + url.PathEscape(pos[0]) + "/autosplit"
+	var info hub.StreamInfo
+	switch {
+	case *off && len(policy) > 0:
+		return usagef("--off removes the policy: give it alone")
+	case *off:
+		err = c.do(ctx, http.MethodDelete, path, nil, &info)
+	case len(policy) == 0:
+		return usagef("give a policy (--max-shards and at least one of --bytes, --rate, --records-rate), or --off")
+	default:
+		err = c.do(ctx, http.MethodPut, path, policy, &info)
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, info)
+	}
+	if a := info.Config.Autosplit; a != nil {
+		fmt.Fprintf(stdout, "autosplit for stream %s: %s\n", info.Name, a)
+	} else {
+		fmt.Fprintf(stdout, "autosplit for stream %s: off\n", info.Name)
+	}
+	return nil
 }
