@@ -44,6 +44,10 @@ const (
 	// other than what the Final read-back holds there (data served and
 	// later lost, or damaged data served).
 	DivergentRead AnomalyKind = "divergent-read"
+	// LineageRead: a group member read a child shard's record before the
+	// group had finished every ancestor of that shard (read every record
+	// stored in it and invoked a commit past its last record).
+	LineageRead AnomalyKind = "lineage-read"
 	// BadHistory: the history itself is inconsistent (a value produced
 	// twice, a completion without its invocation).
 	BadHistory AnomalyKind = "bad-history"
@@ -175,6 +179,37 @@ type stored struct {
 type final struct {
 	hub, stream string
 	shards      map[int][]stored
+	ancestors   map[int][]int // shard → every shard it descends from, sorted
+}
+
+// ancestorsOf returns, for each shard of k's lineage (k's own, else its
+// stream's), the transitive closure of its parents.
+func ancestorsOf(lineage map[streamHub]map[int][]int, k streamHub) map[int][]int {
+	parents := lineage[k]
+	if parents == nil {
+		parents = lineage[streamHub{k.stream, ""}]
+	}
+	if parents == nil {
+		return nil
+	}
+	out := map[int][]int{}
+	for sh := range parents {
+		seen := map[int]bool{}
+		stack := slices.Clone(parents[sh])
+		for len(stack) > 0 {
+			p := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if seen[p] || p == sh {
+				continue
+			}
+			seen[p] = true
+			stack = append(stack, parents[p]...)
+		}
+		if len(seen) > 0 {
+			out[sh] = slices.Sorted(mapKeys(seen))
+		}
+	}
+	return out
 }
 
 func (f *final) search(shard int, seq uint64) (recs []stored, i int) {
@@ -224,6 +259,7 @@ func Check(ops []Op) *Report {
 	finals := map[streamHub]*final{}
 	clientOrder := map[string]int{}
 	var reads []int
+	lineage := map[streamHub]map[int][]int{} // shard → parents, per stream (hub "" for all hubs)
 
 	for i, op := range ops {
 		switch {
@@ -265,6 +301,12 @@ func Check(ops []Op) *Report {
 		case op.Kind == Consume:
 			reads = append(reads, i)
 			r.Reads++
+		case op.Kind == Lineage:
+			k := streamHub{op.Stream, op.Hub}
+			if lineage[k] == nil {
+				lineage[k] = map[int][]int{}
+			}
+			lineage[k][op.Shard] = append(lineage[k][op.Shard], op.Parents...)
 		case op.Kind == Final:
 			k := streamHub{op.Stream, op.Hub}
 			f := finals[k]
@@ -295,10 +337,12 @@ func Check(ops []Op) *Report {
 	})
 	unknownStored := map[string]bool{}
 	for _, k := range keys {
-		checkFinal(r, finals[k], writes, unknownStored)
+		f := finals[k]
+		f.ancestors = ancestorsOf(lineage, k)
+		checkFinal(r, f, writes, unknownStored)
 	}
 	r.UnknownStored = len(unknownStored)
-	checkReads(r, ops, reads, writes, finals, commits)
+	checkReads(r, ops, reads, writes, finals, commits, lineage)
 	return r
 }
 
@@ -385,6 +429,64 @@ func checkFinal(r *Report, f *final, writes map[string]*write, unknownStored map
 	}) {
 		checkKeyOrder(r, f, k.shard, k.key, byKey[k])
 	}
+	checkLineageOrder(r, f, byKey)
+}
+
+// checkLineageOrder judges per-key order across a reshard: a reshard
+// closes its parents before any record is stored in a child, so every
+// record of a key in a shard comes after every record of that key in the
+// shard's ancestors. A record stored in a descendant must not have been
+// acknowledged before a record stored in an ancestor was invoked, and one
+// client's acknowledged writes keep their order from ancestor to
+// descendant.
+func checkLineageOrder(r *Report, f *final, byKey map[shardKey][]*write) {
+	type summary struct {
+		lastInvoke *write            // the latest-invoked write stored
+		lastOrder  map[string]*write // per client, its latest acknowledged write
+	}
+	sums := map[shardKey]*summary{}
+	sum := func(k shardKey) *summary {
+		if s, ok := sums[k]; ok {
+			return s
+		}
+		s := &summary{lastOrder: map[string]*write{}}
+		for _, w := range byKey[k] {
+			if s.lastInvoke == nil || w.idx > s.lastInvoke.idx {
+				s.lastInvoke = w
+			}
+			if w.outcome == OK {
+				if p := s.lastOrder[w.op.Client]; p == nil || w.order > p.order {
+					s.lastOrder[w.op.Client] = w
+				}
+			}
+		}
+		sums[k] = s
+		return s
+	}
+	for _, k := range slices.SortedFunc(mapKeys(byKey), func(a, b shardKey) int {
+		return cmp.Or(cmp.Compare(a.shard, b.shard), cmp.Compare(a.key, b.key))
+	}) {
+		for _, anc := range f.ancestors[k.shard] {
+			ak := shardKey{anc, k.key}
+			if len(byKey[ak]) == 0 {
+				continue
+			}
+			s := sum(ak)
+			for _, w := range byKey[k] {
+				if w.outcome != OK {
+					continue
+				}
+				an := Anomaly{Kind: ReorderKey, Stream: f.stream, Hub: f.hub, Client: w.op.Client, Key: k.key, Value: w.op.Value, Shard: k.shard, Seq: w.seq}
+				if w.ackIdx < s.lastInvoke.idx {
+					an.Detail = fmt.Sprintf("stored in shard %d, descendant of %d, which holds %s, written after %s was acknowledged", k.shard, anc, s.lastInvoke.op.Value, w.op.Value)
+					r.add(an)
+				} else if p := s.lastOrder[w.op.Client]; p != nil && p.order > w.order {
+					an.Detail = fmt.Sprintf("stored in shard %d, descendant of %d, which holds %s, which the client wrote after it", k.shard, anc, p.op.Value)
+					r.add(an)
+				}
+			}
+		}
+	}
 }
 
 func sortedWrites(writes map[string]*write) []*write {
@@ -441,7 +543,7 @@ type readerShard struct {
 
 // checkReads judges every Consume line against its hub's read-back and the
 // group's commits.
-func checkReads(r *Report, ops []Op, reads []int, writes map[string]*write, finals map[streamHub]*final, commits map[groupShard][]*commit) {
+func checkReads(r *Report, ops []Op, reads []int, writes map[string]*write, finals map[streamHub]*final, commits map[groupShard][]*commit, lineage map[streamHub]map[int][]int) {
 	only := map[string]*final{} // stream → its read-back, when it has exactly one
 	count := map[string]int{}
 	for k, f := range finals {
@@ -460,6 +562,7 @@ func checkReads(r *Report, ops []Op, reads []int, writes map[string]*write, fina
 	prev := map[readerShard]uint64{}
 	groupRead := map[groupShard]map[uint64]bool{}
 	groupFinal := map[groupShard]*final{}
+	lin := newLineageReads()
 	for _, i := range reads {
 		op := ops[i]
 		f := finalFor(op)
@@ -494,10 +597,17 @@ func checkReads(r *Report, ops []Op, reads []int, writes map[string]*write, fina
 			if groupRead[gk] == nil {
 				groupRead[gk] = map[uint64]bool{}
 			}
-			groupRead[gk][op.Seq] = true
 			if f != nil {
 				groupFinal[gk] = f
+				if f.ancestors == nil {
+					f.ancestors = ancestorsOf(lineage, streamHub{f.stream, f.hub})
+				}
+				lin.check(r, f, commits, op, i)
+				if !groupRead[gk][op.Seq] {
+					lin.note(f, op)
+				}
 			}
+			groupRead[gk][op.Seq] = true
 		}
 
 		p, had := prev[rk]
@@ -589,6 +699,83 @@ func checkReads(r *Report, ops []Op, reads []int, writes map[string]*write, fina
 				r.add(Anomaly{Kind: SkippedRead, Stream: gk.stream, Hub: f.hub, Client: gk.group, Key: s.key, Value: s.value,
 					Shard: gk.shard, Seq: s.seq, Detail: "no member of the group read it"})
 			}
+		}
+	}
+}
+
+// lineageReads follows, per group, how much of each shard it has read, to
+// judge a read of a child against the group's progress in its ancestors.
+type lineageReads struct {
+	read    map[groupShard]int            // distinct stored records read
+	readKey map[groupShard]map[string]int // ... per key
+	total   map[*final]map[int]map[string]int
+}
+
+func newLineageReads() *lineageReads {
+	return &lineageReads{read: map[groupShard]int{}, readKey: map[groupShard]map[string]int{}, total: map[*final]map[int]map[string]int{}}
+}
+
+// note counts a group's first read of a stored record.
+func (l *lineageReads) note(f *final, op Op) {
+	gk := groupShard{op.Stream, op.Group, op.Shard}
+	s, ok := f.at(op.Shard, op.Seq)
+	if !ok {
+		return
+	}
+	l.read[gk]++
+	if l.readKey[gk] == nil {
+		l.readKey[gk] = map[string]int{}
+	}
+	l.readKey[gk][s.key]++
+}
+
+func (l *lineageReads) keys(f *final, shard int) map[string]int {
+	if l.total[f] == nil {
+		l.total[f] = map[int]map[string]int{}
+	}
+	m := l.total[f][shard]
+	if m == nil {
+		m = map[string]int{}
+		for _, s := range f.shards[shard] {
+			m[s.key]++
+		}
+		l.total[f][shard] = m
+	}
+	return m
+}
+
+// check judges a group member's read at line i of a shard with ancestors:
+// the hub leases a child only once the group has finished every parent
+// (docs/groups.md, "Across a reshard"), so by then some member has read
+// every record of every ancestor and a commit past its last record was
+// invoked (and did not fail). A read of a key whose records in an ancestor
+// were not all read yet is also a reorder-key.
+func (l *lineageReads) check(r *Report, f *final, commits map[groupShard][]*commit, op Op, i int) {
+	for _, anc := range f.ancestors[op.Shard] {
+		ak := groupShard{op.Stream, op.Group, anc}
+		an := Anomaly{Stream: op.Stream, Hub: op.Hub, Client: op.Client, Key: op.Key, Value: op.Value, Shard: op.Shard, Seq: op.Seq}
+		if n := l.keys(f, anc)[op.Key]; l.readKey[ak][op.Key] < n {
+			an.Kind, an.Detail = ReorderKey, fmt.Sprintf("read before the group read %d of the key's %d records in ancestor shard %d", n-l.readKey[ak][op.Key], n, anc)
+			r.add(an)
+		}
+		recs := f.shards[anc]
+		if len(recs) == 0 {
+			continue
+		}
+		end := recs[len(recs)-1].seq
+		committed := false
+		for _, c := range commits[ak] {
+			if c.idx > i {
+				break
+			}
+			if c.outcome != Failed && c.offset > end {
+				committed = true
+				break
+			}
+		}
+		if read := l.read[ak]; read < len(recs) || !committed {
+			an.Kind, an.Detail = LineageRead, fmt.Sprintf("ancestor shard %d unfinished: %d of %d records read, commit past %d invoked: %v", anc, read, len(recs), end, committed)
+			r.add(an)
 		}
 	}
 }

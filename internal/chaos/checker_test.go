@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -322,5 +324,120 @@ func TestReadHistoryBadLine(t *testing.T) {
 	_, err := ReadHistory(strings.NewReader(`{"kind":"produce","outcome":"invoke","value":"v"}` + "\n{oops\n"))
 	if err == nil || !strings.Contains(err.Error(), "line 2") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// lineageHist writes a clean history across a split: shard 0 closes after
+// a1, a2 (and b1); its children 1 and 2 take a3, a4 and b2. A group reads
+// and commits all of shard 0 before reading its children. damage names a
+// step to change.
+func lineageHist(h *hist, damage string) {
+	h.r.Read(Op{Kind: Lineage, Client: "layout", Shard: 0})
+	h.r.Read(Op{Kind: Lineage, Client: "layout", Shard: 1, Parents: []int{0}})
+	h.r.Read(Op{Kind: Lineage, Client: "layout", Shard: 2, Parents: []int{0}})
+	h.r.Read(Op{Kind: Lineage, Client: "layout", Shard: 3, Parents: []int{1, 2}}) // merged later, empty
+	h.acked("p1", "a", "a1", 0, 1)
+	h.acked("p2", "b", "b1", 0, 2)
+	switch damage {
+	case "child-acked-first":
+		// a3 acknowledged in the child before a2 was even invoked, yet a2
+		// is in the parent.
+		h.acked("p2", "a", "a3", 1, 1)
+		h.acked("p1", "a", "a2", 0, 3)
+	case "program-order":
+		// p1 wrote a3 before a2 (pipelined), but a3 is in the child.
+		a3 := h.produce("p1", "a", "a3")
+		a2 := h.produce("p1", "a", "a2")
+		a2.OK(0, 3)
+		a3.OK(1, 1)
+	default:
+		h.acked("p1", "a", "a2", 0, 3)
+		h.acked("p2", "a", "a3", 1, 1)
+	}
+	h.acked("p1", "a", "a4", 1, 2)
+	h.acked("p1", "b", "b2", 2, 1)
+	h.acked("p1", "c", "c1", 2, 2)
+
+	parent := func() {
+		h.read("m1", "g", 0, 1, "a", "a1")
+		h.read("m1", "g", 0, 2, "b", "b1")
+		h.read("m1", "g", 0, 3, "a", "a2")
+		if damage != "no-commit" {
+			h.commit("m1", "g", 0, 4).OK(0, 0)
+		}
+	}
+	if damage != "child-before-parent" {
+		parent()
+	}
+	h.read("m2", "g", 1, 1, "a", "a3")
+	h.read("m2", "g", 1, 2, "a", "a4")
+	h.read("m3", "g", 2, 1, "b", "b2")
+	h.read("m3", "g", 2, 2, "c", "c1")
+	if damage == "child-before-parent" {
+		parent()
+	}
+	h.final(0, 1, "a", "a1")
+	h.final(0, 2, "b", "b1")
+	h.final(0, 3, "a", "a2")
+	h.final(1, 1, "a", "a3")
+	h.final(1, 2, "a", "a4")
+	h.final(2, 1, "b", "b2")
+	h.final(2, 2, "c", "c1")
+}
+
+func TestCheckLineageClean(t *testing.T) {
+	h := newHist()
+	lineageHist(h, "")
+	r := h.check(t)
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if r.RecordsChecked != 7 || r.Reads != 7 || r.Commits != 1 {
+		t.Fatalf("figures: %s", r.Summary())
+	}
+	// Without the lineage lines the damaged histories below pass: what
+	// finds them is the lineage.
+	h = newHist()
+	lineageHist(h, "child-acked-first")
+	ops := slices.DeleteFunc(readOps(t, h), func(op Op) bool { return op.Kind == Lineage })
+	if r := Check(ops); !r.OK() {
+		t.Fatalf("without lineage: %v", r.Err())
+	}
+}
+
+func readOps(t *testing.T, h *hist) []Op {
+	t.Helper()
+	if err := h.r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ops, err := ReadHistory(&h.buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ops
+}
+
+func TestCheckLineageAnomalies(t *testing.T) {
+	for _, tc := range []struct {
+		damage string
+		want   map[AnomalyKind]int
+	}{
+		{"child-acked-first", map[AnomalyKind]int{ReorderKey: 1}},
+		{"program-order", map[AnomalyKind]int{ReorderKey: 1}},
+		// Both children read before any of the parent: a3 and a4 (key a has
+		// records in the parent) and b2 (key b too) are reorders; every child
+		// read is a lineage-read.
+		{"child-before-parent", map[AnomalyKind]int{ReorderKey: 3, LineageRead: 4}},
+		// The parent read but never committed past its end.
+		{"no-commit", map[AnomalyKind]int{LineageRead: 4}},
+	} {
+		t.Run(tc.damage, func(t *testing.T) {
+			h := newHist()
+			lineageHist(h, tc.damage)
+			r := h.check(t)
+			if !maps.Equal(r.Counts, tc.want) {
+				t.Fatalf("counts %v, want %v\n%v", r.Counts, tc.want, r.Err())
+			}
+		})
 	}
 }

@@ -61,6 +61,24 @@
 // and every record of a shard up to the furthest read of the group must
 // have been read by some member.
 //
+// # Across a reshard
+//
+// A test of a resharded stream records its layout as Lineage lines, one
+// per shard with the shard's parents (Op.Parents; Op.Hub set for one hub's
+// read-back, empty for all). The checker then also judges:
+//   - reorder-key across lineage: a record of a key stored in a shard is
+//     after every record of that key in the shard's ancestors, so it must
+//     not have been acknowledged before one of them was invoked, and one
+//     client's acknowledged writes keep their order from ancestor to
+//     descendant;
+//   - for group reads (docs/groups.md, "Across a reshard": a child is
+//     leased only once the group finished its parents): reorder-key when a
+//     member reads a child's record of a key before the group has read
+//     every record of that key in the child's ancestors, and lineage-read
+//     when a member reads a child at all before the group has read every
+//     record of every ancestor and invoked a (not failed) commit past the
+//     ancestor's last record.
+//
 // # Caveats
 //
 // The checker trusts the Final read-back as the truth: a test must read it

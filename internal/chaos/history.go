@@ -26,6 +26,12 @@ const (
 	// Final is one record of the read-back of a whole stream at the end of
 	// a run, from one hub: the state every other operation is judged by.
 	Final Kind = "final"
+	// Lineage is one shard of a resharded stream's layout: Shard is its id
+	// and Parents the ids of the shards it was opened from (none for an
+	// original shard). With Hub set it describes that hub's read-back only,
+	// else every read-back of the stream. The checker judges per-key order
+	// and group reads across a parent and its descendants.
+	Lineage Kind = "lineage"
 )
 
 // Outcome is the state of an operation in its line of the history.
@@ -69,7 +75,8 @@ type Op struct {
 	Value   string  `json:"value,omitempty"` // unique id of the produced value
 	Shard   int     `json:"shard"`
 	Seq     uint64  `json:"seq,omitempty"`
-	Origin  *Origin `json:"origin,omitempty"` // a replicated record's origin
+	Origin  *Origin `json:"origin,omitempty"`  // a replicated record's origin
+	Parents []int   `json:"parents,omitempty"` // Lineage: the shard's parents
 	Err     string  `json:"err,omitempty"`
 	Time    int64   `json:"t,omitempty"` // ns since the recorder started; informational
 }
@@ -170,7 +177,7 @@ func (r *Recorder) Invoke(op Op) *Invocation {
 	return &Invocation{r: r, op: r.write(op)}
 }
 
-// Read records a Consume or Final line (Outcome OK).
+// Read records a Consume, Final or Lineage line (Outcome OK).
 func (r *Recorder) Read(op Op) {
 	op.Outcome = OK
 	r.write(op)
