@@ -83,6 +83,7 @@
 //
 // The checker trusts the Final read-back as the truth: a test must read it
 // with a fresh reader after the faults end, and read all of it. Per-key
-// order is judged within a shard, where the hub promises it. Report lists
+// order is judged within a shard, where the hub promises it, and across
+// a shard's lineage when the history has Lineage lines. Report lists
 // at most 100 findings per kind; Report.Counts is exact.
 package chaos
