@@ -71,6 +71,9 @@ type webhook struct {
 	inc string // incarnation of the stream pos counts in
 
 	delivered, failures atomic.Uint64
+	// skipped counts records removed (by retention or compaction) at the
+	// position before they were delivered.
+	skipped atomic.Uint64
 	// waiting counts the shards held back because a parent shard closed
 	// by a reshard is not delivered to its end yet.
 	waiting atomic.Int64
@@ -439,6 +442,11 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 			w.finishShard(shard, end)
 			return true
 		}
+		// last is taken before the read: if the read then finds nothing
+		// from next on, every record up to last was removed, and the
+		// position can move past them (taken after, it could pass a
+		// record committed in between).
+		_, last, _ := st.Bounds(shard)
 		recs, err := st.Read(shard, next, store.ReadOptions{MaxRecords: w.cfg.BatchRecords})
 		if err != nil {
 			if errors.Is(err, store.ErrClosed) {
@@ -456,7 +464,16 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 				return true
 			}
 			ch := st.Changed(shard)
-			if _, last, _ := st.Bounds(shard); last >= next {
+			if last >= next {
+				// Retention or compaction removed next..last before
+				// they were delivered: move past them (looping back
+				// to next would spin until a new record came).
+				w.skip(shard, next, last)
+				next = last + 1
+				w.setPosition(shard, next)
+				continue
+			}
+			if _, now, _ := st.Bounds(shard); now >= next {
 				continue
 			}
 			// A reshard closing the shard at its tail commits nothing
@@ -468,6 +485,9 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 				return false
 			}
 			continue
+		}
+		if recs[0].Seq > next {
+			w.skip(shard, next, recs[0].Seq-1)
 		}
 		body, err := json.Marshal(WebhookDelivery{Webhook: w.cfg.Name, Stream: w.cfg.Stream, Shard: shard, Records: webhookRecords(recs)})
 		if err != nil {
@@ -493,17 +513,28 @@ func (w *webhook) deliverShard(ctx context.Context, st *store.Stream, shard int)
 		}
 		w.delivered.Add(uint64(len(recs)))
 		next = recs[len(recs)-1].Seq + 1
-		w.mu.Lock()
-		w.pos[strconv.Itoa(shard)] = next
-		err = w.save()
-		w.mu.Unlock()
-		if err != nil {
-			// Delivery stays at-least-once: a restart resends from the
-			// last saved position.
-			w.logger.Error("webhook: save position", "err", err)
-		}
+		w.setPosition(shard, next)
 	}
 	return false
+}
+
+// setPosition saves next as shard's position. A failed save is logged:
+// delivery stays at least once, a restart resends from the last saved
+// position.
+func (w *webhook) setPosition(shard int, next uint64) {
+	w.mu.Lock()
+	w.pos[strconv.Itoa(shard)] = next
+	err := w.save()
+	w.mu.Unlock()
+	if err != nil {
+		w.logger.Error("webhook: save position", "err", err)
+	}
+}
+
+// skip records that from..to of shard were removed before delivery.
+func (w *webhook) skip(shard int, from, to uint64) {
+	w.skipped.Add(to - from + 1)
+	w.logger.Warn("webhook: records removed by retention or compaction before delivery", "shard", shard, "from", from, "to", to)
 }
 
 // finishShard saves a closed shard's position past its end (if it is not
@@ -582,6 +613,7 @@ type webhookCollector struct{ hooks []*webhook }
 var (
 	descWebhookDelivered = prometheus.NewDesc("edgehub_webhook_delivered_records_total", "Records delivered (acknowledged with 2xx) since the hub started.", []string{"webhook", "stream"}, nil)
 	descWebhookFailures  = prometheus.NewDesc("edgehub_webhook_failed_posts_total", "Failed delivery attempts since the hub started.", []string{"webhook", "stream"}, nil)
+	descWebhookSkipped   = prometheus.NewDesc("edgehub_webhook_skipped_records_total", "Sequences removed by retention or compaction before the webhook delivered them, since the hub started.", []string{"webhook", "stream"}, nil)
 	// The series other readers export too, with their own reader label
 	// (the help text must be the same: internal/replicate).
 	descWebhookLineage = prometheus.NewDesc("edgehub_lineage_waiting_shards",
@@ -592,6 +624,7 @@ var (
 func (c *webhookCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descWebhookDelivered
 	ch <- descWebhookFailures
+	ch <- descWebhookSkipped
 	ch <- descWebhookLineage
 }
 
@@ -601,6 +634,7 @@ func (c *webhookCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, w := range c.hooks {
 		ch <- prometheus.MustNewConstMetric(descWebhookDelivered, prometheus.CounterValue, float64(w.delivered.Load()), w.cfg.Name, w.cfg.Stream)
 		ch <- prometheus.MustNewConstMetric(descWebhookFailures, prometheus.CounterValue, float64(w.failures.Load()), w.cfg.Name, w.cfg.Stream)
+		ch <- prometheus.MustNewConstMetric(descWebhookSkipped, prometheus.CounterValue, float64(w.skipped.Load()), w.cfg.Name, w.cfg.Stream)
 		if _, ok := waiting[w.cfg.Stream]; !ok {
 			streams = append(streams, w.cfg.Stream)
 		}

@@ -8,7 +8,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -518,4 +520,78 @@ func TestWebhookRetiredShard(t *testing.T) {
 	p := newWHProducer(st)
 	p.produce(t, 100)
 	checkWebhookLineage(t, r, p, st.Layout())
+}
+
+// TestWebhookPastRemovedRecords: records retention removes at a webhook's
+// position before it reads them are counted and stepped over. It once
+// looped: a read finding nothing while the shard's last sequence was at
+// or past the position went straight back to the same read, spinning
+// until a new record came, with the position never moving.
+func TestWebhookPastRemovedRecords(t *testing.T) {
+	first := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	var mu sync.Mutex
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var d WebhookDelivery
+		if err := json.NewDecoder(r.Body).Decode(&d); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		once.Do(func() { close(first); <-release })
+		mu.Lock()
+		defer mu.Unlock()
+		for _, rec := range d.Records {
+			got = append(got, string(rec.Value))
+		}
+	}))
+	defer srv.Close()
+	cfg := testConfig(t)
+	cfg.Streams = []StreamConfig{{Name: "ev", Shards: 1, Replicate: ReplicateLocal, Retention: Duration(50 * time.Millisecond)}}
+	cfg.Webhooks = []WebhookConfig{{Name: "w", Stream: "ev", URL: srv.URL, Start: "earliest",
+		BackoffMin: Duration(5 * time.Millisecond), BackoffMax: Duration(20 * time.Millisecond)}}
+	h, _ := startHub(t, cfg)
+	s := mustStream(t, h, "ev")
+	ctx := context.Background()
+	appendValues := func(vals ...string) {
+		t.Helper()
+		b := store.Batch{Shard: 0}
+		for _, v := range vals {
+			b.Records = append(b.Records, edgehub.Record{Value: []byte(strconv.Quote(v))}) // JSON: delivered as is
+		}
+		if _, err := s.Append(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendValues("v1")
+	<-first // the POST of v1 is held: the deliverer's position is 1
+	appendValues("v2", "v3", "v4", "v5")
+	testutil.Eventually(t, "retention removes 1..5", func() bool {
+		if err := s.Enforce(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		first, _, _ := s.Bounds(0)
+		return first == 6
+	})
+	close(release)
+	posFile := filepath.Join(cfg.Hub.DataDir, "webhooks", "w.json")
+	testutil.Eventually(t, "position past the removed records", func() bool {
+		b, _ := os.ReadFile(posFile)
+		return strings.Contains(string(b), `"next":{"0":6}`)
+	})
+	if n := counterValue(t, h, "edgehub_webhook_skipped_records_total"); n != 4 {
+		t.Fatalf("skipped records %v, want 4 (2..5)", n)
+	}
+	appendValues("v6")
+	testutil.Eventually(t, "v6 delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) >= 2
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, []string{`"v1"`, `"v6"`}) {
+		t.Fatalf("delivered %q, want v1 then v6", got)
+	}
 }
