@@ -48,7 +48,7 @@ func (c *Coordinator) SetLayout(stream string, version uint64, shards []Shard) e
 			return fmt.Errorf("%w: layout of %q: shard %d at index %d", ErrInvalid, stream, s.ID, i)
 		}
 		for _, p := range s.Parents {
-			if int(p) >= len(shards) || p == s.ID {
+			if p >= s.ID { // a child's id is above its parents
 				return fmt.Errorf("%w: layout of %q: shard %d has parent %d", ErrInvalid, stream, s.ID, p)
 			}
 		}
@@ -177,14 +177,41 @@ func (g *group) retired(s int) bool {
 }
 
 // finished reports whether the group is done with shard s: it is closed
-// and the group committed past its end, or it is retired, or nothing of
-// it was live to read (first live > End).
-func (g *group) finished(s int) bool {
+// and the group committed past its end, or nothing of it is left to read
+// (retired, or first live > End) and its parents are finished. The last
+// clause matters for a shard left empty between two reshards (merged, then
+// split at once): its children inherit its range, so they must not be
+// released before its own parents are read. Parents have smaller ids
+// (SetLayout checks), so the recursion ends; it is memoized, since a long
+// history of split and merge is a lattice with many paths to one shard.
+func (g *group) finished(s int) bool { return g.finishedIn(s, nil) }
+
+func (g *group) finishedIn(s int, memo map[int]bool) bool {
 	sh, ok := g.shard(s)
 	if !ok || !sh.Closed {
 		return false
 	}
-	return sh.Retired || g.offsets[s].Offset > sh.End || sh.First > sh.End
+	if g.offsets[s].Offset > sh.End {
+		return true
+	}
+	if !sh.Retired && sh.First <= sh.End {
+		return false
+	}
+	if f, ok := memo[s]; ok {
+		return f
+	}
+	if memo == nil {
+		memo = map[int]bool{}
+	}
+	f := true
+	for _, p := range sh.Parents {
+		if !g.finishedIn(int(p), memo) {
+			f = false
+			break
+		}
+	}
+	memo[s] = f
+	return f
 }
 
 // waitingFor returns the unfinished parents of s.

@@ -381,3 +381,40 @@ func TestResetBoundsByLayout(t *testing.T) {
 		t.Fatalf("parent reset past its end: %+v, want finished", si)
 	}
 }
+
+// TestEmptyShardWaitsForItsParents: a shard with nothing to read (left
+// empty between a merge and an immediate split, or retired as such) is
+// finished only once its parents are: its children inherit its range, so
+// they wait for the grandparent, and are leased after its end is
+// committed. Without the rule the grandchildren were leased at once.
+func TestEmptyShardWaitsForItsParents(t *testing.T) {
+	for _, retired := range []bool{false, true} {
+		t.Run(map[bool]string{false: "empty", true: "retired"}[retired], func(t *testing.T) {
+			c := openTest(t, filepath.Join(t.TempDir(), "groups.db"))
+			a := joinN(t, c, "a", 1, Start{})
+			stop := behave(a, true)
+			defer stop()
+			waitFor(t, a, "shard 0", holds(0))
+			ep := leaseOf(t, a.Assignment(), 0).Epoch
+			now := time.Now()
+			l := closeInto(uniform(1), now, map[uint32]uint64{0: 40}, []uint32{0}, []uint32{0}) // 1, 2
+			l = closeInto(l, now, map[uint32]uint64{1: 0, 2: 0}, []uint32{1, 2})                // 3
+			l = closeInto(l, now, map[uint32]uint64{3: 0}, []uint32{3}, []uint32{3})            // 4, 5
+			l[3].Retired = retired
+			setLayout(t, c, 3, l)
+			if si := shardInfo(t, c, 4); !slices.Equal(si.WaitingFor, []int{3}) || si.State != StateUnassigned {
+				t.Fatalf("grandchild before the grandparent is read: %+v", si)
+			}
+			if got := shards(a.Assignment()); !slices.Equal(got, []int{0}) {
+				t.Fatalf("leased %v before shard 0 was finished, want [0]", got)
+			}
+			if n := c.WaitingShards()["events"]; n != 5 {
+				t.Fatalf("waiting shards %d, want 5 (1 to 5)", n)
+			}
+			if err := commit(t, a, 0, ep, 41); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, a, "the grandchildren", holds(4, 5))
+		})
+	}
+}
