@@ -83,11 +83,50 @@ func planLineage(l store.Layout, runs map[uint32]runInfo, running map[uint32]boo
 	for k, v := range runs {
 		sim[k] = v
 	}
-	fin := func(id uint32) bool {
+	// A shard is finished for the plan once its run says so and its
+	// parents are finished: an empty or retired shard between two
+	// reshards must not release its children before its own parents are
+	// read (their state reaches the children through it). Memoized: a
+	// shard's run is final once the pass below has visited it, and fin
+	// only looks at lower ids before that.
+	memo := make(map[uint32]bool, len(l.Shards))
+	var fin func(id uint32) bool
+	fin = func(id uint32) bool {
 		if int(id) >= len(l.Shards) {
 			return true // not in the layout: nothing to wait for
 		}
-		return !running[id] && finished(l.Shards[id], sim[id], firsts(id))
+		if f, ok := memo[id]; ok {
+			return f
+		}
+		f := !running[id] && finished(l.Shards[id], sim[id], firsts(id))
+		for _, p := range l.Shards[id].Parents {
+			f = f && (p >= id || fin(p))
+		}
+		memo[id] = f
+		return f
+	}
+	// covered reports whether every shard of ids has a run or is retired
+	// with its own children covered: a parent's state may go only once
+	// nothing can still inherit it (gatherState looks through retired
+	// shards without runs). Only used after the pass below, when sim is
+	// final, so it is memoized.
+	coveredMemo := map[uint32]bool{}
+	var covered func(ids []uint32) bool
+	covered = func(ids []uint32) bool {
+		for _, c := range ids {
+			if int(c) >= len(l.Shards) || sim[c].exists {
+				continue
+			}
+			ok, known := coveredMemo[c]
+			if !known {
+				ok = l.Shards[c].State == store.ShardRetired && covered(l.Shards[c].Children)
+				coveredMemo[c] = ok
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
 	}
 	created := map[uint32]bool{}
 	// Ids are assigned densely and a child's id is above its parents':
@@ -130,13 +169,7 @@ func planLineage(l store.Layout, runs map[uint32]runInfo, running map[uint32]boo
 		if !ri.hasState || len(sh.Children) == 0 || !fin(sh.ID) {
 			continue
 		}
-		all := true
-		for _, c := range sh.Children {
-			if int(c) < len(l.Shards) && l.Shards[c].State != store.ShardRetired && !sim[c].exists {
-				all = false
-			}
-		}
-		if all {
+		if covered(sh.Children) {
 			pl.dropState = append(pl.dropState, sh.ID)
 		}
 	}
@@ -201,8 +234,12 @@ func (m *Manager) handoff(ctx context.Context, def Definition, input string, fir
 		}
 		allow := m.cfg.beforeHandoff == nil || m.cfg.beforeHandoff()
 		pl = planLineage(l, runs, running, firsts, allow)
+		created := map[uint32]bool{}
 		for _, id := range pl.create {
-			cs, cf, err := gatherState(tx, def, input, l, id)
+			created[id] = true
+		}
+		for _, id := range pl.create {
+			cs, cf, err := gatherState(tx, def, input, l, id, created)
 			if err != nil {
 				return err
 			}
@@ -333,18 +370,33 @@ type conflict struct {
 // gatherState is the union of the parents' states for child id (each key
 // filtered by the child's hash range under StateByKey), with the keys held
 // by two parents with different values listed as conflicts (the first
-// parent's value stays in the map until resolved).
-func gatherState(tx *bolt.Tx, def Definition, input string, l store.Layout, id uint32) (*childState, []conflict, error) {
+// parent's value stays in the map until resolved). A parent without a run
+// (retired before any reader came, or created in this same pass, as an
+// empty shard between two reshards is) passes on its own parents' states:
+// the state travels with the keys' ranges through every generation.
+func gatherState(tx *bolt.Tx, def Definition, input string, l store.Layout, id uint32, created map[uint32]bool) (*childState, []conflict, error) {
 	sh := l.Shards[id]
 	cs := &childState{id: id, state: map[string][]byte{}}
 	from := map[string]uint32{}
 	var conflicts []conflict
-	for _, p := range sh.Parents {
+	seen := map[uint32]bool{}
+	todo := slices.Clone(sh.Parents)
+	for len(todo) > 0 {
+		p := todo[0]
+		todo = todo[1:]
+		if seen[p] || int(p) >= len(l.Shards) {
+			continue
+		}
+		seen[p] = true
 		rb, err := runBucket(tx, def.Name, input, int(p), false)
 		if err != nil {
 			return nil, nil, err
 		}
-		if rb == nil || rb.Bucket(bucketState) == nil {
+		if created[p] || rb == nil || rb.Get(keyCheckpoint) == nil {
+			todo = append(todo, l.Shards[p].Parents...)
+			continue
+		}
+		if rb.Bucket(bucketState) == nil {
 			continue
 		}
 		err = rb.Bucket(bucketState).ForEach(func(k, v []byte) error {

@@ -331,3 +331,50 @@ func TestReshardTimersSeeInheritedState(t *testing.T) {
 		waitAny(out, 100*time.Millisecond)
 	}
 }
+
+// TestReshardThroughEmptyShards: the input is split, merged back and split
+// again with no record in between, so three shards sit empty between the
+// root and the grandchildren (closed, or retired by maintenance). The
+// plugin, deployed afterwards, reads the root to its end before the
+// grandchildren, and their state comes from the root through the empty
+// generations: every key's sums run 1..n. Without the rule the
+// grandchildren ran at once from an empty state.
+func TestReshardThroughEmptyShards(t *testing.T) {
+	for _, retire := range []bool{false, true} {
+		t.Run(map[bool]string{false: "empty", true: "retired"}[retire], func(t *testing.T) {
+			wasm := plugintest.Wasm(t, "plugins/testdata/sum")
+			e := newEnv(t)
+			in := e.stream("in", 1)
+			e.stream("sums", 1)
+			p := &producer{produced: map[string]int{}}
+			ctx := context.Background()
+			for range 8 {
+				p.batch(t, in, 25)
+			}
+			if _, err := in.Split(ctx, 0, 0); err != nil { // 1, 2
+				t.Fatal(err)
+			}
+			if _, err := in.Merge(ctx, 1, 2); err != nil { // 3
+				t.Fatal(err)
+			}
+			if _, err := in.Split(ctx, 3, 0); err != nil { // 4, 5
+				t.Fatal(err)
+			}
+			p.batch(t, in, 100)
+			if retire {
+				if err := in.Enforce(ctx, false); err != nil {
+					t.Fatal(err)
+				}
+				for _, id := range []int{1, 2, 3} {
+					if s := in.Layout().Shards[id].State; s != store.ShardRetired {
+						t.Fatalf("shard %d is %v after maintenance, want retired", id, s)
+					}
+				}
+			}
+			e.deploy(sumDef(true, nil), wasm)
+			p.batch(t, in, 50)
+			out, _ := e.st.Stream("sums")
+			checkSums(t, out, p.produced)
+		})
+	}
+}
