@@ -339,11 +339,12 @@ func (w *webhook) deliver(ctx context.Context, st *store.Stream) {
 		changed := st.LayoutChanged()
 		l := st.Layout()
 		waiting := 0
+		memo := map[uint32]bool{}
 		for _, sh := range l.Shards {
 			if started[sh.ID] {
 				continue
 			}
-			if !chaosSkipLineage("webhook") && !w.parentsFinished(l, sh) {
+			if !chaosSkipLineage("webhook") && !w.allFinished(l, sh.Parents, memo) {
 				waiting++
 				continue
 			}
@@ -376,11 +377,23 @@ func (w *webhook) deliver(ctx context.Context, st *store.Stream) {
 	}
 }
 
-// parentsFinished reports whether every parent of sh is finished for the
-// webhook.
-func (w *webhook) parentsFinished(l store.Layout, sh store.ShardLayout) bool {
-	for _, p := range sh.Parents {
-		if int(p) >= len(l.Shards) || !w.finished(l.Shards[p]) {
+// allFinished reports whether every shard of ids is finished for the
+// webhook, and so are its own parents: a shard with nothing to deliver
+// (retired, or empty between two reshards and positioned past its end at a
+// fresh start) must not release its children before its parents are
+// delivered. memo holds what this round decided (a long reshard history is
+// a lattice with many paths to one shard).
+func (w *webhook) allFinished(l store.Layout, ids []uint32, memo map[uint32]bool) bool {
+	for _, p := range ids {
+		if int(p) >= len(l.Shards) {
+			return false
+		}
+		f, ok := memo[p]
+		if !ok {
+			f = w.finished(l.Shards[p]) && w.allFinished(l, l.Shards[p].Parents, memo)
+			memo[p] = f
+		}
+		if !f {
 			return false
 		}
 	}

@@ -595,3 +595,61 @@ func TestWebhookPastRemovedRecords(t *testing.T) {
 		t.Fatalf("delivered %q, want v1 then v6", got)
 	}
 }
+
+// TestWebhookThroughEmptyShard: shard 0 is split, its children merged and
+// the merge split again with nothing produced in between, so three shards
+// sit empty between 0 and the grandchildren 5 and 6: retired by
+// maintenance while the webhook runs, or positioned past their end when
+// the webhook starts fresh over the stream. Either way the grandchildren
+// wait (five shards counted waiting while the receiver refuses) and each
+// key's records are delivered in their produced order. Without the rule
+// the grandchildren were delivered alongside shard 0's backlog.
+func TestWebhookThroughEmptyShard(t *testing.T) {
+	for _, fresh := range []bool{false, true} {
+		t.Run(map[bool]string{false: "retired", true: "fresh start"}[fresh], func(t *testing.T) {
+			r := newWHReceiver(t)
+			cfg := reshardWebhookConfig(t, r.srv.URL)
+			cfg.Webhooks[0].Start = "earliest"
+			hooks := cfg.Webhooks
+			if fresh {
+				cfg.Webhooks = nil
+			}
+			h, _ := startHub(t, cfg)
+			st := mustStream(t, h, "orders")
+			p := newWHProducer(st)
+			r.refuse(true, 0)
+			p.produce(t, 200)
+			ctx := testCtx(t)
+			if _, err := st.Split(ctx, 0, 0); err != nil { // 2, 3
+				t.Fatal(err)
+			}
+			if _, err := st.Merge(ctx, 2, 3); err != nil { // 4
+				t.Fatal(err)
+			}
+			if _, err := st.Split(ctx, 4, 0); err != nil { // 5, 6
+				t.Fatal(err)
+			}
+			if !fresh {
+				if err := st.Enforce(ctx, false); err != nil {
+					t.Fatal(err)
+				}
+				for _, id := range []int{2, 3, 4} {
+					if s := st.Layout().Shards[id].State; s != store.ShardRetired {
+						t.Fatalf("shard %d is %v after maintenance, want retired", id, s)
+					}
+				}
+			}
+			p.produce(t, 200)
+			if fresh {
+				h.Close()
+				cfg.Webhooks = hooks
+				h, _ = startHub(t, cfg)
+				p.st = mustStream(t, h, "orders")
+			}
+			testutil.Eventually(t, "2 to 6 waiting for 0", func() bool { return webhookWaiting(t, h, "orders") == 5 })
+			r.refuse(false, 0)
+			p.produce(t, 100)
+			checkWebhookLineage(t, r, p, p.st.Layout())
+		})
+	}
+}
