@@ -318,21 +318,25 @@ func subscribe(st *store.Stream, open *quic.ConsumeOpen, l store.Layout) (shards
 	if hold.all {
 		// Shards with an unfinished parent wait; the others whose parent
 		// the client resumed start at their first live record.
+		// A finished shard (empty, retired, or before the start) still
+		// waits for unfinished parents: its children inherit its range, and
+		// are released only through it (ids are in lineage order, so a
+		// parent is settled before its children).
 		for i, sh := range shards {
-			if sh >= len(l.Shards) || hold.done[i] {
+			if sh >= len(l.Shards) {
 				continue
 			}
 			ls := l.Shards[sh]
 			if !hold.parentsDone(ls) {
-				hold.waiting[i] = true
-				if !hold.resumed[i] {
+				hold.done[i], hold.waiting[i] = false, true
+				if !hold.resumed[i] && ls.State != store.ShardRetired {
 					first, _, _ := st.Bounds(sh)
 					next[i] = max(first, 1)
 					ready.Subs[i].Start = next[i]
 				}
 				continue
 			}
-			if hold.resumed[i] {
+			if hold.done[i] || hold.resumed[i] {
 				continue
 			}
 			for _, p := range ls.Parents {

@@ -49,7 +49,9 @@ func shardClosed(st *store.Stream, id uint32) bool {
 // holds a shard back until every parent is finished for it, whatever the
 // client's flags, and adds the shards reshards create after the open;
 // an explicit list is sent as asked. A closed shard is finished once its
-// end has been sent (or was below the subscription's start).
+// end has been sent (or was below the subscription's start) and its
+// parents are finished: an empty or retired shard between two reshards
+// must not release its children before its own parents are read.
 type held struct {
 	all     bool // n = 0: hold children, follow new shards
 	lineage bool // the client asked for LAYOUT and SHARD_END frames
@@ -80,7 +82,7 @@ func (h *held) finish(st *store.Stream, s *quic.Stream, shards []int, next []uin
 			if h.waiting[i] {
 				if h.all && int(sh) < len(h.layout.Shards) && h.parentsDone(h.layout.Shards[sh]) {
 					h.waiting[i] = false
-					if !h.resumed[i] {
+					if !h.resumed[i] && h.layout.Shards[sh].State != store.ShardRetired {
 						first, _, _ := st.Bounds(sh)
 						next[i] = max(first, 1)
 					}
@@ -138,8 +140,8 @@ func (h *held) refresh(st *store.Stream, s *quic.Stream, shards []int, next []ui
 		if _, ok := h.index[sh.ID]; ok {
 			continue
 		}
-		retired := sh.State == store.ShardRetired
-		h.add(sh.ID, !retired, retired, false)
+		// Held even when retired: finished only once its parents are.
+		h.add(sh.ID, true, false, false)
 		shards = append(shards, int(sh.ID))
 		next = append(next, sh.End+1) // replaced at release unless retired
 	}

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -362,5 +363,83 @@ func TestSDKSubscriptionAcrossSplit(t *testing.T) {
 	}
 	if sub.Shards() != 2 {
 		t.Fatalf("Shards() = %d after the split, want 2", sub.Shards())
+	}
+}
+
+// TestSubscriptionThroughEmptyShard: a shard that held nothing between two
+// reshards (merged, then split at once), left closed and empty or retired
+// by maintenance, does not release its children before its own parents
+// are read: every key's records arrive in the order they were produced.
+// Without the rule, the grandchildren were sent alongside the grandparent
+// and a key read round 2 before round 1.
+func TestSubscriptionThroughEmptyShard(t *testing.T) {
+	for _, retire := range []bool{false, true} {
+		t.Run(fmt.Sprintf("retired=%v", retire), func(t *testing.T) {
+			d := startDataPlane(t, nil, store.StreamConfig{Name: "s", Shards: 1})
+			ctx := testCtx(t)
+			st, err := d.h.Store().Stream("s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rp, _ := produceRaw(t, d.raw(t, ""), quic.ProduceOpen{Stream: "s"})
+			keys := make([]string, 30)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("k%d", i)
+			}
+			send := func(r int) {
+				t.Helper()
+				if ack := sendBatch(t, rp, quic.Batch{ID: uint64(r + 1), Shard: -1, Records: keyed(t, fmt.Sprint(r), keys...)}); ack.Code != quic.CodeOK {
+					t.Fatalf("ack %+v", ack)
+				}
+			}
+			send(0)                                        // shard 0
+			if _, err := st.Split(ctx, 0, 0); err != nil { // 1, 2
+				t.Fatal(err)
+			}
+			send(1)
+			if _, err := st.Merge(ctx, 1, 2); err != nil { // 3, left empty
+				t.Fatal(err)
+			}
+			if _, err := st.Split(ctx, 3, 0); err != nil { // 4, 5
+				t.Fatal(err)
+			}
+			send(2)
+			if retire {
+				if err := st.Enforce(ctx, false); err != nil {
+					t.Fatal(err)
+				}
+				if s := st.Layout().Shards[3].State; s != store.ShardRetired {
+					t.Fatalf("shard 3 is %v after maintenance, want retired", s)
+				}
+			}
+			c := d.client(t, nil)
+			sub, err := c.Subscribe(ctx, "s", sdk.ConsumeOptions{From: sdk.FromEarliest()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			const rounds = 3
+			lastRound := map[string]int{}
+			for range rounds * len(keys) {
+				m, err := sub.Next(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				k, rs, _ := strings.Cut(string(m.Record.Value), "/")
+				r, err := strconv.Atoi(rs)
+				if err != nil {
+					t.Fatalf("value %q", m.Record.Value)
+				}
+				if prev, ok := lastRound[k]; ok && r != prev+1 || !ok && r != 0 {
+					t.Fatalf("key %s: round %d after %d (shard %d)", k, r, prev, m.Shard)
+				}
+				lastRound[k] = r
+			}
+			for _, k := range keys {
+				if lastRound[k] != rounds-1 {
+					t.Fatalf("key %s read to round %d", k, lastRound[k])
+				}
+			}
+		})
 	}
 }
