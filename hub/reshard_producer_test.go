@@ -44,7 +44,12 @@ func testProducerAcrossReshard(t *testing.T, opts sdk.ProducerOptions) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close(context.Background())
+	defer func() {
+		// Bounded: a stalled producer fails the test instead of hanging it.
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p.Close(cctx)
+	}()
 
 	const senders, keysPer, rounds = 4, 8, 150
 	var acked atomic.Int64

@@ -944,11 +944,17 @@ func positions(b *pbatch, ack *quic.Ack) ([]Position, error) {
 	return pos, nil
 }
 
-// removeSent drops an acknowledged batch. Called with p.mu held.
+// removeSent drops an acknowledged batch. Its answer may be the last a
+// closing shard waited for: the shards held behind it are released then,
+// not at some later layout or refusal that may never come. Called with
+// p.mu held.
 func (p *Producer) removeSent(b *pbatch) {
 	p.inflight[b.shard]--
 	b.wire = false
 	p.removeUnacked(b)
+	if p.closing[b.shard] {
+		p.resolve()
+	}
 }
 
 func (p *Producer) removeUnacked(b *pbatch) {

@@ -186,11 +186,57 @@ func TestRerouteResendsSentBatches(t *testing.T) {
 	b := p.unacked[0]
 	p.removeSent(b)
 	p.complete(b, []Position{{Shard: 0, Seq: 1}}, nil)
-	p.resolve()
 	p.unlock()
 	got = p.pickAll(t)
 	if len(got) != 1 || got[0].shard != 1 || fmt.Sprint(got[0].vals) != "[low/1]" {
 		t.Fatalf("after the duplicate: %+v, want low/1 re-routed to shard 1", got)
+	}
+}
+
+// TestStoredAckReleasesHeldShards: a LAYOUT closes shard 0 while a batch
+// to it is on the wire, so the children are held behind it; that batch's
+// ACK says stored (it landed before the close). Nothing is left to
+// re-route and no refusal or layout will come: the ACK itself must release
+// the children, or the producer waits forever (the stall seen once in
+// TestSDKProducerAcrossReshard: Flush never returned).
+func TestStoredAckReleasesHeldShards(t *testing.T) {
+	ctx := context.Background()
+	const mid = uint64(1) << 63
+	p := routeProducer(t, 1)
+	low := keyIn(t, "low", 0, mid-1)
+	high := keyIn(t, "high", mid, ^uint64(0))
+	nop := func(Position, error) {}
+	if err := p.SendAsync(ctx, Record{Key: low, Value: []byte("low/0")}, nop); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.pickAll(t); len(got) != 1 || got[0].shard != 0 {
+		t.Fatalf("first pick %+v", got)
+	}
+	p.mu.Lock()
+	if err := p.setLayout(splitLayout(mid)); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Unlock()
+	for _, k := range [][]byte{low, high} {
+		if err := p.SendAsync(ctx, Record{Key: k, Value: append(k[:len(k):len(k)], "/1"...)}, nop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.mu.Lock()
+	p.seal(1)
+	p.seal(2)
+	p.mu.Unlock()
+	if got := p.pickAll(t); len(got) != 0 {
+		t.Fatalf("while shard 0 has a batch on the wire: %+v, want the children held", got)
+	}
+	p.mu.Lock()
+	b := p.unacked[0]
+	p.removeSent(b)
+	p.complete(b, []Position{{Shard: 0, Seq: 1}}, nil)
+	p.unlock()
+	got := p.pickAll(t)
+	if len(got) != 2 || got[0].shard != 1 || got[1].shard != 2 {
+		t.Fatalf("after the stored ACK: %+v, want the batches of shards 1 and 2", got)
 	}
 }
 
