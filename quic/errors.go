@@ -67,6 +67,12 @@ const (
 	// nothing of it was stored; its records belong to the shard's children
 	// (docs/resharding.md).
 	CodeShardClosed Code = 0x14
+	// CodeCopiesShort refuses to acknowledge a batch as held by the copies
+	// it needed (a stream's copies, or the session's): the batch IS stored
+	// on this hub and replicates later, but fewer hubs than required held
+	// it within the stream's copies_timeout. Not retryable as is: a resend
+	// stores the records again unless the producer is idempotent.
+	CodeCopiesShort Code = 0x15
 )
 
 var codeNames = map[Code]string{
@@ -77,7 +83,7 @@ var codeNames = map[Code]string{
 	CodeRecordTooLarge: "record_too_large", CodeUnknownOp: "unknown_op", CodeLimit: "limit",
 	CodeUnavailable: "unavailable", CodeInternal: "internal", CodeCorrupt: "corrupt",
 	CodeCanceled: "canceled", CodeSequenceConflict: "sequence_conflict", CodeStorageFull: "storage_full",
-	CodeShardClosed: "shard_closed",
+	CodeShardClosed: "shard_closed", CodeCopiesShort: "copies_short",
 }
 
 func (c Code) String() string {

@@ -227,12 +227,21 @@ type ProduceOpen struct {
 	// by later sessions (after a reconnect) to retry unacknowledged batches.
 	ProducerID uint64
 	Flags      ProduceFlags
+	// Copies asks that every batch of the session be held by this many
+	// hubs (the receiving one included) before its ACK, when more than the
+	// stream's copies; 0 (absent) is the stream's. A trailing field: a
+	// hub that knows it echoes the copies it enforces in PRODUCE_READY.
+	Copies uint32
 }
 
 func (f *ProduceOpen) Append(dst []byte) []byte {
 	dst = appendString(dst, f.Stream)
 	dst = binary.AppendUvarint(dst, f.ProducerID)
-	return append(dst, byte(f.Flags))
+	dst = append(dst, byte(f.Flags))
+	if f.Copies > 0 {
+		dst = binary.AppendUvarint(dst, uint64(f.Copies))
+	}
+	return dst
 }
 
 func (f *ProduceOpen) Decode(p []byte) error {
@@ -240,6 +249,10 @@ func (f *ProduceOpen) Decode(p []byte) error {
 	f.Stream = d.String(MaxNameLength)
 	f.ProducerID = d.Uvarint()
 	f.Flags = ProduceFlags(d.Byte())
+	f.Copies = 0
+	if d.Err == nil && len(d.Buf) > 0 {
+		f.Copies = d.Uint32("copies")
+	}
 	return d.done()
 }
 
@@ -260,6 +273,11 @@ type ProduceReady struct {
 	// LayoutVersion is the stream's layout version (0: never resharded, or a
 	// hub before resharding).
 	LayoutVersion uint64
+	// Copies is how many hubs, this one included, hold each batch of the
+	// session before its ACK (1: this hub's fsync). 0: a hub before copies,
+	// which ignores a ProduceOpen.Copies: a client that asked for more must
+	// not take its ACKs for them.
+	Copies uint32
 }
 
 func (f *ProduceReady) Append(dst []byte) []byte {
@@ -268,7 +286,8 @@ func (f *ProduceReady) Append(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(f.MaxInFlight))
 	dst = binary.AppendUvarint(dst, f.DatagramSession)
 	dst = binary.AppendUvarint(dst, f.MaxRecordBytes)
-	return binary.AppendUvarint(dst, f.LayoutVersion)
+	dst = binary.AppendUvarint(dst, f.LayoutVersion)
+	return binary.AppendUvarint(dst, uint64(f.Copies))
 }
 
 func (f *ProduceReady) Decode(p []byte) error {
@@ -277,12 +296,15 @@ func (f *ProduceReady) Decode(p []byte) error {
 	f.MaxBatchBytes = d.Uvarint()
 	f.MaxInFlight = d.Uint32("max in flight")
 	f.DatagramSession = d.Uvarint()
-	f.MaxRecordBytes, f.LayoutVersion = 0, 0
+	f.MaxRecordBytes, f.LayoutVersion, f.Copies = 0, 0, 0
 	if d.Err == nil && len(d.Buf) > 0 {
 		f.MaxRecordBytes = d.Uvarint()
 	}
 	if d.Err == nil && len(d.Buf) > 0 { // absent from hubs before resharding
 		f.LayoutVersion = d.Uvarint()
+	}
+	if d.Err == nil && len(d.Buf) > 0 { // absent from hubs before copies
+		f.Copies = d.Uint32("copies")
 	}
 	return d.done()
 }
@@ -349,6 +371,11 @@ type Ack struct {
 	// LayoutVersion is the layout the refusal was made under; sent only
 	// with CodeShardClosed (a trailing field: 0 when absent).
 	LayoutVersion uint64
+	// Copies is how many hubs, this one included, held the batch when the
+	// ACK was sent; sent (trailing, after the runs) by sessions whose
+	// PRODUCE_READY announced copies above 1, with CodeOK and
+	// CodeCopiesShort. 0 when absent.
+	Copies uint32
 }
 
 func (f *Ack) Append(dst []byte) []byte {
@@ -368,6 +395,8 @@ func (f *Ack) Append(dst []byte) []byte {
 	}
 	if f.Code == CodeShardClosed {
 		dst = binary.AppendUvarint(dst, f.LayoutVersion)
+	} else if f.Copies > 0 {
+		dst = binary.AppendUvarint(dst, uint64(f.Copies))
 	}
 	return dst
 }
@@ -383,9 +412,11 @@ func (f *Ack) Decode(p []byte) error {
 	for i := range f.Runs {
 		f.Runs[i] = Run{Shard: d.Uint32("shard"), FirstSeq: d.Uvarint(), Count: d.Uint32("count")}
 	}
-	f.LayoutVersion = 0
+	f.LayoutVersion, f.Copies = 0, 0
 	if d.Err == nil && len(d.Buf) > 0 && f.Code == CodeShardClosed {
 		f.LayoutVersion = d.Uvarint()
+	} else if d.Err == nil && len(d.Buf) > 0 {
+		f.Copies = d.Uint32("copies")
 	}
 	return d.done()
 }

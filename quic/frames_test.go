@@ -84,8 +84,30 @@ func TestOldEncodingsDecode(t *testing.T) {
 	// PRODUCE_READY without layout_version.
 	pr := (&ProduceReady{Shards: 2, MaxRecordBytes: 5, LayoutVersion: 3}).Append(nil)
 	var p ProduceReady
-	if err := p.Decode(pr[:len(pr)-1]); err != nil || p.LayoutVersion != 0 || p.MaxRecordBytes != 5 {
+	if err := p.Decode(pr[:len(pr)-2]); err != nil || p.LayoutVersion != 0 || p.MaxRecordBytes != 5 {
 		t.Fatalf("produce ready without layout version: %+v %v", p, err)
+	}
+	// PRODUCE_READY without copies (a hub before copies: 0, never 1), and
+	// PRODUCE open without them (the stream's).
+	if err := p.Decode(pr[:len(pr)-1]); err != nil || p.LayoutVersion != 3 || p.Copies != 0 {
+		t.Fatalf("produce ready without copies: %+v %v", p, err)
+	}
+	pc := (&ProduceOpen{Stream: "s", ProducerID: 7, Copies: 3}).Append(nil)
+	var o ProduceOpen
+	if err := o.Decode(pc); err != nil || o.Copies != 3 {
+		t.Fatalf("produce open with copies: %+v %v", o, err)
+	}
+	if err := o.Decode(pc[:len(pc)-1]); err != nil || o.Copies != 0 || o.ProducerID != 7 {
+		t.Fatalf("produce open without copies: %+v %v", o, err)
+	}
+	// ACK with copies; without them (absent is 0).
+	ca := (&Ack{ID: 2, Runs: []Run{{0, 1, 1}}, Copies: 2}).Append(nil)
+	var cak Ack
+	if err := cak.Decode(ca); err != nil || cak.Copies != 2 {
+		t.Fatalf("ack with copies: %+v %v", cak, err)
+	}
+	if err := cak.Decode(ca[:len(ca)-1]); err != nil || cak.Copies != 0 || len(cak.Runs) != 1 {
+		t.Fatalf("ack without copies: %+v %v", cak, err)
 	}
 	// INFO without layout entries.
 	in := (&Info{Stream: "s", Shards: []ShardBounds{{1, 0}}, MaxFrameBytes: 7}).Append(nil)
