@@ -270,7 +270,7 @@ func New(cfg Config) (*Replicator, error) {
 	r.srv = &server{
 		self: cfg.Self, store: cfg.Store, tags: r.peerTags, heartbeat: cfg.Heartbeat,
 		maxBatch: cfg.MaxBatchBytes, high: r.high, gaps: gaps, logger: r.logger, metrics: r.metrics,
-		authorize: cfg.Authorize, layout: r.knownLayout,
+		authorize: cfg.Authorize, layout: r.knownLayout, copies: newCopies(),
 	}
 	if cfg.Registerer != nil {
 		if err := r.metrics.register(cfg.Registerer, r); err != nil {
@@ -1188,6 +1188,7 @@ func (r *Replicator) pull(ctx context.Context, t *task, src source) (progressed 
 				r.metrics.applied.WithLabelValues(t.key.stream, k.Hub, src.Name).Add(float64(stored))
 				wm = fresh[len(fresh)-1].Origin.Seq
 				progressed = true
+				ps.Applied(wm) // the append returned: durable by the store's sync
 				age := now.Sub(time.Unix(0, srcIngest[len(srcIngest)-1]))
 				t.mu.Lock()
 				t.status.Watermark, t.status.High = wm, max(high, wm)

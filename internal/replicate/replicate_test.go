@@ -271,6 +271,8 @@ func (p *memPull) Recv(ctx context.Context) (Msg, error) {
 	}
 }
 
+func (p *memPull) Applied(uint64) {}
+
 func (p *memPull) TryRecv() (Msg, bool) {
 	select {
 	case r := <-p.ch:

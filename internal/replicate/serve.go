@@ -34,6 +34,8 @@ type server struct {
 	// layout returns what this hub knows of hub's layout of st (its own
 	// for itself) and whether it was ever resharded.
 	layout func(st *store.Stream, hub string) (store.Layout, bool)
+	// copies holds what replicas reported they applied of our own shards.
+	copies *copies
 }
 
 // originLayout is what this hub knows of hub's layout of st: the
@@ -136,6 +138,13 @@ func (s *server) serveOwn(ctx context.Context, st *store.Stream, pr PullRequest,
 	shard := int(pr.Origin.Shard)
 	compact := st.Config().Compact
 	pos := pr.After
+	if sf, ok := out.(*srvFollow); ok && pr.Report && s.copies != nil {
+		// What the follower applies of our own records counts as copies
+		// (copies.go); it holds everything up to where it asked from.
+		if err := sf.askReports(copyStream{st.Name(), st.Incarnation()}, pr.Origin.Shard, pr.After); err != nil {
+			return err
+		}
+	}
 	var buf []byte
 	var recs []record.Record
 	idle := false

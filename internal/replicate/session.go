@@ -56,7 +56,27 @@ type srvFollow struct {
 	credit   int64
 	more     chan struct{} // signalled when credit is added
 	canceled bool          // by the client: no PULL_END is owed
+	copies   *copyStream   // set once PULL_REPORT was sent: reports count
+	shard    uint32
 }
+
+// askReports makes the follow's PULL_APPLIED reports count as copies of
+// own shard of stream k, from after (what the client holds already), and
+// asks the client for them. A client that did not offer reports is never
+// asked: a server must not make an older client read a frame it does not
+// know.
+func (sf *srvFollow) askReports(k copyStream, shard uint32, after uint64) error {
+	sf.ss.s.copies.applied(k, shard, sf.ss.requester, after)
+	sf.mu.Lock()
+	sf.copies, sf.shard = &k, shard // before the ask: the answer may come at once
+	sf.mu.Unlock()
+	return sf.ss.send(sf.ctx, FramePullReport, followID(sf.id))
+}
+
+// followID is a payload of just a follow id (PULL_REPORT).
+type followID uint64
+
+func (f followID) Append(dst []byte) []byte { return appendUvarint(dst, uint64(f)) }
 
 // serveSession runs a session until the client ends it (FIN: nil), the
 // stream fails, or ctx ends.
@@ -152,6 +172,23 @@ func (ss *srvSession) read() error {
 			ss.mu.Unlock()
 			if sf != nil { // else already ended: its credit is moot
 				sf.addCredit(c.Bytes)
+			}
+		case FramePullApplied:
+			var a FollowApplied
+			if err := a.Decode(p); err != nil {
+				return err
+			}
+			ss.mu.Lock()
+			sf := ss.follows[a.ID]
+			ss.mu.Unlock()
+			if sf != nil {
+				sf.mu.Lock()
+				k, shard := sf.copies, sf.shard
+				sf.mu.Unlock()
+				if k == nil {
+					return quic.Errorf(quic.CodeProtocol, "PULL_APPLIED for follow %d, which was not asked to report", a.ID)
+				}
+				ss.s.copies.applied(*k, shard, ss.requester, a.Applied)
 			}
 		case FramePullCancel:
 			var c FollowCancel

@@ -26,6 +26,10 @@ type PullStream interface {
 	// TryRecv returns the next message if one has already arrived, so the
 	// puller can apply everything received in one append.
 	TryRecv() (Msg, bool)
+	// Applied tells the server that every record of the pull up to origin
+	// sequence seq is appended here (copies, issue 16). It never blocks;
+	// a server that did not ask for reports is not told.
+	Applied(seq uint64)
 	// Close abandons the pull; it is idempotent.
 	Close() error
 }
@@ -231,13 +235,14 @@ type clientSession struct {
 	ctrl    []quic.Appender // PULL_FOLLOW and PULL_CANCEL frames, in order
 	ctrlT   []quic.FrameType
 	credits map[uint64]uint64 // grants not yet sent
+	applied map[uint64]uint64 // PULL_APPLIED reports not yet sent
 	kick    chan struct{}
 	done    chan struct{}
 }
 
 func newClientSession(peer string, st *quic.Stream) *clientSession {
 	s := &clientSession{peer: peer, st: st, follows: map[uint64]*muxPull{}, credits: map[uint64]uint64{},
-		kick: make(chan struct{}, 1), done: make(chan struct{})}
+		applied: map[uint64]uint64{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	go s.read()
 	go s.write()
 	return s
@@ -267,7 +272,8 @@ func (s *clientSession) follow(req PullRequest) *muxPull {
 	s.follows[p.id] = p
 	p.credit = s.window(p.maxBatch)
 	s.queueLocked(FramePullFollow, &Follow{ID: p.id, Stream: req.Stream, Origin: req.Origin, After: req.After,
-		Follow: req.Follow, MaxBatchBytes: req.MaxBatchBytes, Credit: uint64(p.credit), Incarnation: req.Incarnation, Until: req.Until, Lineage: req.Lineage})
+		Follow: req.Follow, MaxBatchBytes: req.MaxBatchBytes, Credit: uint64(p.credit), Incarnation: req.Incarnation, Until: req.Until, Lineage: req.Lineage,
+		Report: true})
 	return p
 }
 
@@ -293,7 +299,7 @@ func (s *clientSession) fail(err error) {
 		p.end(s.err)
 	}
 	s.follows = nil
-	s.ctrl, s.ctrlT, s.credits = nil, nil, nil
+	s.ctrl, s.ctrlT, s.credits, s.applied = nil, nil, nil, nil
 	close(s.done)
 	s.mu.Unlock()
 	s.st.Cancel(quic.CodeCanceled)
@@ -348,6 +354,10 @@ func (s *clientSession) deliver(m sessionMsg) error {
 		p.end(m.End.Err())
 		return nil
 	}
+	if m.Msg.Type == FramePullReport {
+		p.report = true // not a message for the task: Applied now sends
+		return nil
+	}
 	if m.Msg.Type == FramePullRecords {
 		if p.credit <= 0 {
 			return fmt.Errorf("%w: records for follow %d beyond its credit", quic.ErrUnexpectedFrame, m.ID)
@@ -371,9 +381,12 @@ func (s *clientSession) write() {
 		s.mu.Lock()
 		ctrl, ctrlT := s.ctrl, s.ctrlT
 		s.ctrl, s.ctrlT = nil, nil
-		var credits map[uint64]uint64
+		var credits, applied map[uint64]uint64
 		if len(s.credits) > 0 {
 			credits, s.credits = s.credits, map[uint64]uint64{}
+		}
+		if len(s.applied) > 0 {
+			applied, s.applied = s.applied, map[uint64]uint64{}
 		}
 		s.mu.Unlock()
 		// Follows and cancels first: a grant is only ever queued after
@@ -386,6 +399,12 @@ func (s *clientSession) write() {
 		}
 		for id, n := range credits {
 			if err := s.st.Send(FramePullCredit, &FollowCredit{ID: id, Bytes: n}); err != nil {
+				s.fail(err)
+				return
+			}
+		}
+		for id, a := range applied {
+			if err := s.st.Send(FramePullApplied, &FollowApplied{ID: id, Applied: a}); err != nil {
 				s.fail(err)
 				return
 			}
@@ -406,6 +425,26 @@ type muxPull struct {
 	credit   int64 // the server's credit as we know it (may be overdrawn)
 	buffered int64 // record bytes received and not yet taken by Recv
 	closed   bool
+	report   bool   // the server asked for PULL_APPLIED
+	reported uint64 // the last position reported
+}
+
+// Applied reports that every record of the follow up to origin sequence
+// seq is appended here: a PULL_APPLIED, coalesced with later reports, if
+// the server asked for them (PULL_REPORT); nothing otherwise.
+func (p *muxPull) Applied(seq uint64) {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !p.report || p.closed || s.err != nil || seq <= p.reported {
+		return
+	}
+	p.reported = seq
+	s.applied[p.id] = seq
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (p *muxPull) signal() {
@@ -499,6 +538,7 @@ func (p *muxPull) Close() error {
 	if s.err == nil && s.follows[p.id] == p {
 		delete(s.follows, p.id)
 		delete(s.credits, p.id)
+		delete(s.applied, p.id)
 		s.queueLocked(FramePullCancel, &FollowCancel{ID: p.id})
 	}
 	return nil

@@ -66,6 +66,16 @@ const (
 	FramePullCredit   quic.FrameType = 0x35
 	FramePullCancel   quic.FrameType = 0x36
 	FramePullEnd      quic.FrameType = 0x37
+	// FramePullReport (server → client, uvarint id) asks the client to
+	// report what it applies of the follow: sent, to a follow with the
+	// report flag, by a server that counts copies (issue 16). A server from
+	// before it ignores the flag and never asks, so a client never sends
+	// PULL_APPLIED to a server that would refuse it.
+	FramePullReport quic.FrameType = 0x38
+	// FramePullApplied (client → server, uvarint id, uvarint applied):
+	// every origin sequence up to applied is appended (with the store's
+	// sync) here, or lost to us by a gap the server announced.
+	FramePullApplied quic.FrameType = 0x39
 )
 
 const (
@@ -104,10 +114,27 @@ type PullRequest struct {
 	// follow of a child shard to a requester without it (docs/federation.md,
 	// "Resharded origins").
 	Lineage bool
+	// Report says the requester reports what it applies (PULL_APPLIED)
+	// when the server asks (PULL_REPORT). Sessions only.
+	Report bool
 }
 
 // Pull open flags (the trailing uvarint after until).
-const pullFlagLineage = 1 << 0
+const (
+	pullFlagLineage = 1 << 0
+	pullFlagReport  = 1 << 1
+)
+
+func pullFlags(lineage, report bool) uint64 {
+	var f uint64
+	if lineage {
+		f |= pullFlagLineage
+	}
+	if report {
+		f |= pullFlagReport
+	}
+	return f
+}
 
 // Append encodes r (quic.Appender):
 //
@@ -123,7 +150,7 @@ func (r *PullRequest) Append(dst []byte) []byte {
 	dst = appendString(dst, r.Requester)
 	dst = appendPull(dst, r.Stream, r.Origin, r.After, r.Follow, r.MaxBatchBytes)
 	dst = appendString(dst, r.Incarnation)
-	return appendUntilFlags(dst, r.Until, r.Lineage)
+	return appendUntilFlags(dst, r.Until, pullFlags(r.Lineage, r.Report))
 }
 
 // Decode parses an untrusted PullRequest.
@@ -136,7 +163,8 @@ func (r *PullRequest) Decode(p []byte) error {
 	readPull(&d, &r.Stream, &r.Origin, &r.After, &r.Follow, &r.MaxBatchBytes)
 	r.Incarnation = readIncarnation(&d)
 	r.Until = readUntil(&d)
-	r.Lineage = readFlags(&d)&pullFlagLineage != 0
+	flags := readFlags(&d)
+	r.Lineage, r.Report = flags&pullFlagLineage != 0, flags&pullFlagReport != 0
 	if d.Err == nil && (r.Requester == "" || r.Stream == "" || r.Origin.Hub == "") {
 		d.Fail("empty name")
 	}
@@ -253,6 +281,7 @@ type Follow struct {
 	Incarnation string
 	Until       uint64
 	Lineage     bool
+	Report      bool
 }
 
 // Append encodes f (quic.Appender):
@@ -266,7 +295,7 @@ func (f *Follow) Append(dst []byte) []byte {
 	dst = appendPull(dst, f.Stream, f.Origin, f.After, f.Follow, f.MaxBatchBytes)
 	dst = binary.AppendUvarint(dst, f.Credit)
 	dst = appendString(dst, f.Incarnation)
-	return appendUntilFlags(dst, f.Until, f.Lineage)
+	return appendUntilFlags(dst, f.Until, pullFlags(f.Lineage, f.Report))
 }
 
 // Decode parses an untrusted PULL_FOLLOW payload.
@@ -277,7 +306,8 @@ func (f *Follow) Decode(p []byte) error {
 	f.Credit = d.Uvarint()
 	f.Incarnation = readIncarnation(&d)
 	f.Until = readUntil(&d)
-	f.Lineage = readFlags(&d)&pullFlagLineage != 0
+	flags := readFlags(&d)
+	f.Lineage, f.Report = flags&pullFlagLineage != 0, flags&pullFlagReport != 0
 	if d.Err == nil && (f.ID == 0 || f.Stream == "" || f.Origin.Hub == "") {
 		d.Fail("zero id or empty name")
 	}
@@ -287,7 +317,7 @@ func (f *Follow) Decode(p []byte) error {
 // request is the pull f asks for, on behalf of requester.
 func (f *Follow) request(requester string) PullRequest {
 	return PullRequest{Requester: requester, Stream: f.Stream, Origin: f.Origin, After: f.After,
-		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes, Incarnation: f.Incarnation, Until: f.Until, Lineage: f.Lineage}
+		Follow: f.Follow, MaxBatchBytes: f.MaxBatchBytes, Incarnation: f.Incarnation, Until: f.Until, Lineage: f.Lineage, Report: f.Report}
 }
 
 // FollowCredit is a PULL_CREDIT payload.
@@ -309,6 +339,29 @@ func (f *FollowCredit) Decode(p []byte) error {
 	f.Bytes = d.Uvarint()
 	if d.Err == nil && (f.ID == 0 || f.Bytes == 0) {
 		d.Fail("zero id or credit")
+	}
+	return d.Err
+}
+
+// FollowApplied is a PULL_APPLIED payload.
+type FollowApplied struct {
+	ID      uint64
+	Applied uint64
+}
+
+// Append implements quic.Appender.
+func (f *FollowApplied) Append(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, f.ID)
+	return binary.AppendUvarint(dst, f.Applied)
+}
+
+// Decode parses a PULL_APPLIED payload.
+func (f *FollowApplied) Decode(p []byte) error {
+	d := newReader(p, "PULL_APPLIED")
+	f.ID = d.Uvarint()
+	f.Applied = d.Uvarint()
+	if d.Err == nil && f.ID == 0 {
+		d.Fail("zero id")
 	}
 	return d.Err
 }
@@ -416,7 +469,7 @@ func decodeSessionMsg(t quic.FrameType, p []byte) (sessionMsg, error) {
 		return sessionMsg{ID: e.ID, End: &e}, nil
 	}
 	switch t {
-	case FramePullRecords, FramePullProgress, FramePullGap, FramePullTrimmed:
+	case FramePullRecords, FramePullProgress, FramePullGap, FramePullTrimmed, FramePullReport:
 	default:
 		return sessionMsg{}, fmt.Errorf("%w: %s in a replication session", quic.ErrUnexpectedFrame, frameName(t))
 	}
@@ -427,6 +480,9 @@ func decodeSessionMsg(t quic.FrameType, p []byte) (sessionMsg, error) {
 	}
 	if d.Err != nil {
 		return sessionMsg{}, d.Err
+	}
+	if t == FramePullReport {
+		return sessionMsg{ID: id, Msg: Msg{Type: t}}, nil
 	}
 	m, err := decodeMsg(t, d.Buf)
 	if err != nil {
@@ -454,6 +510,10 @@ func frameName(t quic.FrameType) string {
 		return "PULL_CANCEL"
 	case FramePullEnd:
 		return "PULL_END"
+	case FramePullReport:
+		return "PULL_REPORT"
+	case FramePullApplied:
+		return "PULL_APPLIED"
 	}
 	return t.String()
 }
@@ -519,15 +579,15 @@ func readIncarnation(d *wire.Reader) string {
 // appendUntilFlags writes a pull's optional upper bound and flags: until is
 // omitted when 0 and no flag is set, the flags when none is set, so a pull
 // without them encodes as before.
-func appendUntilFlags(dst []byte, until uint64, lineage bool) []byte {
-	if until == 0 && !lineage {
+func appendUntilFlags(dst []byte, until, flags uint64) []byte {
+	if until == 0 && flags == 0 {
 		return dst
 	}
 	dst = binary.AppendUvarint(dst, until)
-	if !lineage {
+	if flags == 0 {
 		return dst
 	}
-	return binary.AppendUvarint(dst, pullFlagLineage)
+	return binary.AppendUvarint(dst, flags)
 }
 
 // readFlags reads the optional flags after until (absent is 0). Bits this

@@ -155,6 +155,10 @@ func TestSessionFramesRoundTrip(t *testing.T) {
 		{name: "lineage follow", in: &Follow{ID: 6, Stream: "s", Origin: store.OriginKey{Hub: "h", Shard: 4}, Follow: true, Credit: 1, Lineage: true}, out: &Follow{}},
 		{name: "closed end", in: &FollowEnd{ID: 3, Closed: true, ClosedEnd: 1 << 35}, out: &FollowEnd{}},
 		{name: "closed end of an empty shard", in: &FollowEnd{ID: 3, Closed: true}, out: &FollowEnd{}},
+		{name: "reporting follow", in: &Follow{ID: 7, Stream: "s", Origin: store.OriginKey{Hub: "h"}, Follow: true, Credit: 1, Lineage: true, Report: true}, out: &Follow{}},
+		{name: "reporting follow without lineage", in: &Follow{ID: 8, Stream: "s", Origin: store.OriginKey{Hub: "h"}, Credit: 1, Report: true}, out: &Follow{}},
+		{name: "applied", in: &FollowApplied{ID: 3, Applied: 1 << 41}, out: &FollowApplied{}},
+		{name: "applied nothing yet", in: &FollowApplied{ID: 3}, out: &FollowApplied{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -244,7 +248,13 @@ func FuzzSessionFrame(f *testing.F) {
 	f.Add(byte(FramePullEnd), (&FollowEnd{ID: 4, Closed: true, ClosedEnd: 77}).Append(nil))
 	f.Add(byte(FramePullCredit), (&FollowCredit{ID: 4, Bytes: 9}).Append(nil))
 	f.Add(byte(FramePullCancel), (&FollowCancel{ID: 4}).Append(nil))
+	f.Add(byte(FramePullReport), followID(4).Append(nil))
+	f.Add(byte(FramePullApplied), (&FollowApplied{ID: 4, Applied: 12}).Append(nil))
 	f.Fuzz(func(t *testing.T, typ byte, b []byte) {
+		var a FollowApplied
+		if a.Decode(b) == nil && a.ID == 0 {
+			t.Fatal("applied of id 0 accepted")
+		}
 		if m, err := decodeSessionMsg(quic.FrameType(typ), b); err == nil && m.Msg.Type == FramePullRecords {
 			record.DecodeBatch(m.Msg.Records.Batch, nil)
 		}
