@@ -300,6 +300,9 @@ type StreamSettings struct {
 	Compact            bool      `json:"compact"`
 	TombstoneRetention Duration  `json:"tombstone_retention"`
 	Replicate          Replicate `json:"replicate"`
+	// Copies is how many hubs hold a batch before its ACK, and what
+	// happens when they do not (hub/copies.go).
+	CopiesPolicy
 	// Autosplit is the stream's automatic split policy (nil: none), and
 	// AutosplitFrom where it was set: "config" (hub.toml) or "api".
 	Autosplit     *AutosplitConfig  `json:"autosplit,omitempty"`
@@ -330,6 +333,10 @@ type StreamInfo struct {
 	// (input)", "group billing", "webhook audit"); GET /v1/streams/{name}
 	// only.
 	Users []string `json:"users,omitempty"`
+	// CopiesShort counts the batches of this hub's producers acknowledged
+	// (copies_shortfall = "ack") or refused ("fail") short of their copies
+	// since the hub started; GET /v1/streams/{name} only.
+	CopiesShort int64 `json:"copies_short,omitempty"`
 }
 
 // ShardInfo describes one shard. Hash bounds are 16 hex digits (inclusive),
@@ -357,6 +364,9 @@ type ShardInfo struct {
 	ClosedAt *time.Time `json:"closed_at,omitempty"`
 	Parents  []uint32   `json:"parents,omitempty"`
 	Children []uint32   `json:"children,omitempty"`
+	// CopiesHeld lists the peers that reported holding this shard through
+	// LastSeq (streams with copies > 1; GET /v1/streams/{name} only).
+	CopiesHeld []string `json:"copies_held,omitempty"`
 }
 
 // StreamList is the body of GET /v1/streams.
@@ -370,7 +380,7 @@ func streamInfo(st *store.Stream, withShards, withRetired bool) StreamInfo {
 	c := st.Config()
 	meta := make(map[string]string, len(c.Meta))
 	for k, v := range c.Meta {
-		if k != MetaReplicate && k != MetaAutosplit {
+		if k != MetaReplicate && k != MetaAutosplit && k != MetaCopies {
 			meta[k] = v
 		}
 	}
@@ -383,6 +393,7 @@ func streamInfo(st *store.Stream, withShards, withRetired bool) StreamInfo {
 			Shards: c.Shards, Retention: Duration(c.Retention), MaxBytes: Size(c.MaxBytes),
 			Compact: c.Compact, TombstoneRetention: Duration(c.TombstoneRetention),
 			Replicate: Replicate(c.Meta[MetaReplicate]).orLocal(), Meta: meta,
+			CopiesPolicy: copiesOf(c),
 		},
 	}
 	if a, from, ok, err := decodeAutosplit(c.Meta[MetaAutosplit]); ok && err == nil {
@@ -437,6 +448,10 @@ type StreamRequest struct {
 	Compact            *bool      `json:"compact,omitempty"`
 	TombstoneRetention *Duration  `json:"tombstone_retention,omitempty"`
 	Replicate          *Replicate `json:"replicate,omitempty"`
+	Copies             *int       `json:"copies,omitempty"`
+	CopiesAt           *Replicate `json:"copies_at,omitempty"`
+	CopiesTimeout      *Duration  `json:"copies_timeout,omitempty"`
+	CopiesShortfall    *string    `json:"copies_shortfall,omitempty"`
 }
 
 // apply overlays the fields present in req on c.
@@ -459,6 +474,37 @@ func (req StreamRequest) apply(c *store.StreamConfig) {
 		}
 		c.Meta[MetaReplicate] = string(req.Replicate.orLocal())
 	}
+	if req.Copies != nil || req.CopiesAt != nil || req.CopiesTimeout != nil || req.CopiesShortfall != nil {
+		p := copiesOf(*c)
+		if req.Copies != nil {
+			p.Copies = *req.Copies
+		}
+		if req.CopiesAt != nil {
+			p.At = *req.CopiesAt
+		}
+		if req.CopiesTimeout != nil {
+			p.Timeout = *req.CopiesTimeout
+		}
+		if req.CopiesShortfall != nil {
+			p.Shortfall = *req.CopiesShortfall
+		}
+		setCopies(c, p)
+	}
+}
+
+// validateCopies checks the copies policy c carries against its
+// replication policy.
+func validateCopies(c store.StreamConfig) error {
+	var p CopiesPolicy
+	if v := c.Meta[MetaCopies]; v != "" {
+		if err := json.Unmarshal([]byte(v), &p); err != nil {
+			return fmt.Errorf("%w: copies: %v", store.ErrInvalidConfig, err)
+		}
+	}
+	if err := p.withDefaults().validate(Replicate(c.Meta[MetaReplicate])); err != nil {
+		return fmt.Errorf("%w: %v", store.ErrInvalidConfig, err)
+	}
+	return nil
 }
 
 func (h *Hub) createStream(w http.ResponseWriter, r *http.Request) error {
@@ -474,7 +520,7 @@ func (h *Hub) createStream(w http.ResponseWriter, r *http.Request) error {
 	}
 	c := decl.StoreStreamConfig()
 	req.apply(&c)
-	if err := c.Validate(); err != nil {
+	if err := errors.Join(c.Validate(), validateCopies(c)); err != nil {
 		return fmt.Errorf("create stream: %w", err)
 	}
 	// Unlike a config declaration, an API create of an existing name is a
@@ -501,6 +547,7 @@ func (h *Hub) describeStream(w http.ResponseWriter, r *http.Request) error {
 	info := streamInfo(st, true, retired)
 	info.Users = h.streamUsers(st.Name())
 	h.addDamage(&info, st)
+	h.addCopies(&info, st)
 	writeJSON(w, http.StatusOK, info)
 	return nil
 }
@@ -523,6 +570,9 @@ func (h *Hub) updateStream(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("update stream %q: %d shards requested, the stream has %d: %w", name, req.Shards, c.Shards, ErrShardsFixed)
 	}
 	req.apply(&c)
+	if err := validateCopies(c); err != nil {
+		return fmt.Errorf("update stream %q: %w", name, err)
+	}
 	if err := h.store.UpdateStream(r.Context(), c); err != nil {
 		return err
 	}

@@ -91,6 +91,13 @@ type StreamConfig struct {
 	Compact            bool      `toml:"compact"`
 	TombstoneRetention Duration  `toml:"tombstone_retention"`
 	Replicate          Replicate `toml:"replicate"`
+	// Copies, CopiesAt, CopiesTimeout and CopiesShortfall: how many hubs
+	// hold a batch before its ACK, and what happens when they do not
+	// (CopiesPolicy, hub/copies.go).
+	Copies          int       `toml:"copies"`
+	CopiesAt        Replicate `toml:"copies_at"`
+	CopiesTimeout   Duration  `toml:"copies_timeout"`
+	CopiesShortfall string    `toml:"copies_shortfall"`
 	// Autosplit is the optional [stream.autosplit] policy; nil: none from
 	// the config (a policy set through the API then stays).
 	Autosplit *AutosplitConfig `toml:"autosplit"`
@@ -146,6 +153,15 @@ func (s *StreamConfig) setDefaults() {
 	s.Shards = 1
 	s.TombstoneRetention = Duration(DefaultTombstoneRet)
 	s.Replicate = ReplicateLocal
+	s.Copies = 1
+	s.CopiesAt = ReplicateAll
+	s.CopiesTimeout = Duration(DefaultCopiesTimeout)
+	s.CopiesShortfall = DefaultCopiesShortfall
+}
+
+// copies is the declaration's copies policy.
+func (s StreamConfig) copies() CopiesPolicy {
+	return CopiesPolicy{Copies: s.Copies, At: s.CopiesAt, Timeout: s.CopiesTimeout, Shortfall: s.CopiesShortfall}.withDefaults()
 }
 
 // StoreStreamConfig converts the declaration to the store's definition.
@@ -164,6 +180,9 @@ func (s StreamConfig) StoreStreamConfig() store.StreamConfig {
 // meta is the declaration's part of the stream's metadata.
 func (s StreamConfig) meta() map[string]string {
 	m := map[string]string{MetaReplicate: string(s.Replicate.orLocal())}
+	if v := s.copies().encode(); v != "" {
+		m[MetaCopies] = v
+	}
 	if s.Autosplit != nil {
 		m[MetaAutosplit] = encodeAutosplit(*s.Autosplit, autosplitFromConfig)
 	}
@@ -262,6 +281,7 @@ func (c Config) Validate() error {
 		if _, err := ParseReplicate(string(s.Replicate.orLocal())); err != nil {
 			badErr(key+".replicate", err)
 		}
+		errs = append(errs, inSection(key, s.copies().validate(s.Replicate)))
 		if s.Autosplit != nil {
 			errs = append(errs, inSection(key+".autosplit", s.Autosplit.validate(s.Shards)))
 		}

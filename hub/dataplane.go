@@ -68,6 +68,9 @@ type dataPlane struct {
 	produceWG sync.WaitGroup
 
 	m dataPlaneMetrics
+	// copyShort counts, per stream name, batches short of their copies
+	// (*atomic.Int64), for describe.
+	copyShort sync.Map
 }
 
 // QUICAddr returns the UDP address the data plane listens on.

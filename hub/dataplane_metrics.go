@@ -10,18 +10,20 @@ import (
 // the QUIC server's counters read at scrape time.
 
 type dataPlaneMetrics struct {
-	records      *prometheus.CounterVec // stream, mode
-	batches      *prometheus.CounterVec // stream, result
-	dgDropped    *prometheus.CounterVec // reason
-	consumed     *prometheus.CounterVec // stream
-	consumedB    *prometheus.CounterVec // stream
-	cuts         *prometheus.CounterVec // stream: batches re-encoded to fit
-	subs         prometheus.Gauge       // open subscriptions
-	appendTime   prometheus.Histogram   // store append latency
-	refusals     *prometheus.CounterVec // op, code
-	inflightSess *prometheus.GaugeVec   // stream: produce sessions
-	legacySess   *prometheus.GaugeVec   // stream: produce sessions without the lineage flag
-	inflightB    prometheus.Gauge       // produce bytes read, not yet acknowledged
+	records      *prometheus.CounterVec   // stream, mode
+	batches      *prometheus.CounterVec   // stream, result
+	dgDropped    *prometheus.CounterVec   // reason
+	consumed     *prometheus.CounterVec   // stream
+	consumedB    *prometheus.CounterVec   // stream
+	cuts         *prometheus.CounterVec   // stream: batches re-encoded to fit
+	subs         prometheus.Gauge         // open subscriptions
+	appendTime   prometheus.Histogram     // store append latency
+	refusals     *prometheus.CounterVec   // op, code
+	inflightSess *prometheus.GaugeVec     // stream: produce sessions
+	legacySess   *prometheus.GaugeVec     // stream: produce sessions without the lineage flag
+	inflightB    prometheus.Gauge         // produce bytes read, not yet acknowledged
+	copyWait     *prometheus.HistogramVec // stream: waits for copies (copies.go)
+	copyShort    *prometheus.CounterVec   // stream, shortfall: batches short of their copies
 }
 
 func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
@@ -70,9 +72,18 @@ func (d *dataPlane) registerMetrics(reg *prometheus.Registry) {
 			Name: "edgehub_produce_inflight_bytes",
 			Help: "Batch bytes read from producers and not yet acknowledged, over all sessions (each session is capped).",
 		}),
+		copyWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "edgehub_copies_wait_seconds",
+			Help:    "Time a batch of a stream with copies > 1 waited, after its local fsync, for its peers' copies.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"stream"}),
+		copyShort: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgehub_copies_shortfall_total",
+			Help: "Batches that did not reach their copies within copies_timeout, by the stream's shortfall policy: fail (refused with copies_short) or ack (acknowledged with fewer copies, as the ACK says).",
+		}, []string{"stream", "shortfall"}),
 	}
 	reg.MustRegister(d.m.records, d.m.batches, d.m.dgDropped, d.m.consumed, d.m.consumedB, d.m.cuts, d.m.subs,
-		d.m.appendTime, d.m.refusals, d.m.inflightSess, d.m.legacySess, d.m.inflightB)
+		d.m.appendTime, d.m.refusals, d.m.inflightSess, d.m.legacySess, d.m.inflightB, d.m.copyWait, d.m.copyShort)
 	st := func(name, help string, typ prometheus.ValueType, f func(quic.Stats) float64) {
 		read := func() float64 { return f(d.srv.Stats()) }
 		if typ == prometheus.CounterValue {

@@ -350,6 +350,11 @@ func (h *Hub) declareStreams() error {
 		if _, from, _, _ := decodeAutosplit(meta[MetaAutosplit]); sc.Autosplit == nil && from == autosplitFromConfig {
 			delete(meta, MetaAutosplit)
 		}
+		// The config owns copies as it owns replicate: one copy (the
+		// default) stores nothing.
+		if _, ok := want.Meta[MetaCopies]; !ok {
+			delete(meta, MetaCopies)
+		}
 		want.Meta = meta
 		if streamConfigEqual(have, want) {
 			continue

@@ -64,7 +64,16 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 		legacy.Inc()
 		defer legacy.Dec()
 	}
+	need := copyNeed(st, open.Copies)
+	switch {
+	case open.Copies > MaxCopies:
+		return d.refuse(req.Op, quic.Errorf(quic.CodeInvalidArgument, "%d copies asked: at most %d", open.Copies, MaxCopies))
+	case need.Copies > 1 && Replicate(st.Config().Meta[MetaReplicate]).orLocal() == ReplicateLocal:
+		return d.refuse(req.Op, quic.Errorf(quic.CodeInvalidArgument,
+			"%d copies asked of stream %q, which never leaves this hub (replicate = \"local\")", need.Copies, st.Name()))
+	}
 	ready := quic.ProduceReady{
+		Copies:        uint32(need.Copies),
 		Shards:        uint32(st.Shards()),
 		MaxBatchBytes: uint64(d.limits.MaxFrameBytes) - 64,
 		MaxInFlight:   uint32(d.limits.MaxInflightBatches),
@@ -232,6 +241,14 @@ func (d *dataPlane) produce(ctx context.Context, req *quic.Request) error {
 				defer laneWG.Done()
 				for pb := range lane {
 					d.finishAppend(pb)
+					if need := copyNeed(st, open.Copies); need.Copies > 1 && pb.ack.Code == quic.CodeOK {
+						have, err := d.awaitCopies(ctx, st, need, pb.ack.Runs)
+						pb.ack.Copies = uint32(have)
+						if err != nil {
+							e := toWire(err)
+							pb.ack.Code, pb.ack.Message = e.Code, e.Message
+						}
+					}
 					ack(pb)
 				}
 			})

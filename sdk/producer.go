@@ -22,6 +22,13 @@ type ProducerOptions struct {
 	// or reconnect is stored once and acknowledged with its original
 	// positions.
 	NotIdempotent bool
+	// Copies asks that each batch be held by this many hubs (the one the
+	// producer talks to included) before it is acknowledged, when more
+	// than the stream's copies (docs/guarantees.md, "Copies"). 0: the
+	// stream's. A batch short of them fails with an error of code
+	// copies_short, although it IS stored on the hub and replicates later
+	// (resending it stores it twice unless the producer is idempotent).
+	Copies int
 	// ProducerID fixes the producer's id (0 picks a random one). Reusing an
 	// id across process restarts continues its sequences only if the
 	// process also remembers them; leave it 0 unless you do.
@@ -88,6 +95,11 @@ type Position struct {
 	// Duplicate: the record's batch had been stored before (a retry) and
 	// this is its original position.
 	Duplicate bool
+	// Copies is how many hubs held the record when it was acknowledged,
+	// for streams or producers asking more than one (0 otherwise: the
+	// hub's fsync). It may be below what was asked only under a stream's
+	// copies_shortfall = "ack".
+	Copies int
 }
 
 // Future is the outcome of an asynchronous send.
@@ -560,7 +572,7 @@ func (p *Producer) openSession(ctx context.Context) error {
 	if p.lineage {
 		flags |= quic.ProduceLineage
 	}
-	st, conn, err := p.c.open(ctx, quic.OpProduce, &quic.ProduceOpen{Stream: p.stream, ProducerID: p.id, Flags: flags})
+	st, conn, err := p.c.open(ctx, quic.OpProduce, &quic.ProduceOpen{Stream: p.stream, ProducerID: p.id, Flags: flags, Copies: uint32(max(p.opts.Copies, 0))})
 	if err != nil {
 		return err
 	}
@@ -579,6 +591,12 @@ func (p *Producer) openSession(ctx context.Context) error {
 	if err != nil {
 		st.Cancel(quic.CodeCanceled)
 		return fmt.Errorf("sdk: produce to %q: %w", p.stream, err)
+	}
+	if p.opts.Copies > 1 && int(ready.Copies) < p.opts.Copies {
+		// A hub before copies ignores the ask: its ACKs would mean one.
+		st.Cancel(quic.CodeCanceled)
+		return fmt.Errorf("sdk: produce to %q: %w", p.stream, quic.Errorf(quic.CodeInvalidArgument,
+			"%d copies asked, the hub enforces %d (a hub before copies enforces none)", p.opts.Copies, ready.Copies))
 	}
 	s := &session{st: st, conn: conn, dgram: ready.DatagramSession, broken: make(chan struct{})}
 	p.mu.Lock()
@@ -856,6 +874,12 @@ func (p *Producer) readAcks(s *session) {
 			pos, perr := positions(b, &ack)
 			p.removeSent(b)
 			p.complete(b, pos, perr)
+		case quic.CodeOf(err) == quic.CodeCopiesShort:
+			// Stored on the hub, short of its copies: its sequences
+			// stand (a resend would be a duplicate), so nothing is
+			// renumbered; the records fail with the error.
+			p.removeSent(b)
+			p.complete(b, nil, fmt.Errorf("sdk: produce to %q: %w", p.stream, err))
 		case quic.CodeOf(err) == quic.CodeDuplicateTooOld:
 			// Stored before; the hub no longer knows where.
 			p.removeSent(b)
@@ -935,7 +959,7 @@ func positions(b *pbatch, ack *quic.Ack) ([]Position, error) {
 			if seq != 0 {
 				seq += uint64(i)
 			}
-			pos = append(pos, Position{Shard: int(r.Shard), Seq: seq, Duplicate: ack.Duplicate})
+			pos = append(pos, Position{Shard: int(r.Shard), Seq: seq, Duplicate: ack.Duplicate, Copies: int(ack.Copies)})
 		}
 	}
 	if len(pos) != len(b.recs) {

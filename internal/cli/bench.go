@@ -172,13 +172,14 @@ func (b *benchFlags) total() int64 {
 }
 
 func benchProduce(ctx context.Context, args []string) error {
-	fs := newFlags("bench produce", "bench produce [--stream S] [--size BYTES] [--count N | --duration D] [--producers N] [--rate N] [--batch N] [--linger D] [--inflight N] [--datagram] [--shards N] [--self [--data DIR]] [--cpuprofile FILE]")
+	fs := newFlags("bench produce", "bench produce [--stream S] [--size BYTES] [--count N | --duration D] [--producers N] [--rate N] [--batch N] [--linger D] [--inflight N] [--datagram] [--copies N] [--shards N] [--self [--data DIR]] [--cpuprofile FILE]")
 	b := addBenchFlags(fs)
 	producers := fs.Int("producers", 4, "concurrent producers, each on its own connection")
 	rate := fs.Float64("rate", 0, "offered load in records/s over all producers (0: as fast as acknowledged)")
 	batch := fs.Int("batch", 1000, "records per batch at most")
 	linger := fs.Duration("linger", 0, "hold batches open this long for more records")
 	inflight := fs.Int("inflight", 4, "unacknowledged batches per shard and producer")
+	copies := fs.Int("copies", 0, "ask each batch to be held by `N` hubs before its ack (default: the stream's copies)")
 	datagram := fs.Bool("datagram", false, "fire-and-forget over QUIC datagrams (no acks: no latency figures)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -214,7 +215,7 @@ func benchProduce(ctx context.Context, args []string) error {
 		}
 		defer c.Close()
 		prods[i], err = c.Producer(ctx, *b.stream, sdk.ProducerOptions{
-			BatchRecords: *batch, Linger: *linger, MaxInFlight: *inflight, Datagrams: *datagram,
+			BatchRecords: *batch, Linger: *linger, MaxInFlight: *inflight, Datagrams: *datagram, Copies: *copies,
 		})
 		if err != nil {
 			return err

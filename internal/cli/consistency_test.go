@@ -32,11 +32,11 @@ func TestEndToEndConsistency(t *testing.T) {
 			"hub context: unknown command \"ad\" (did you mean \"add\"?)\nRun 'hub context --help' for more.\n"},
 		{"mistyped flag", []string{"stream", "create", "x", "--shard", "2"}, 2,
 			"hub stream create: unknown flag --shard (did you mean \"--shards\"?)\n" +
-				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--json]\n" +
+				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--copies N [--copies-at TAGS] [--copies-timeout DURATION] [--copies-shortfall fail|ack]] [--json]\n" +
 				"Run 'hub stream create --help' for more.\n"},
 		{"zero shards", []string{"stream", "create", "x", "--shards", "0"}, 2,
 			"hub stream create: invalid --shards 0: a stream has 1 to 1024 shards\n" +
-				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--json]\n" +
+				"Usage: hub stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--copies N [--copies-at TAGS] [--copies-timeout DURATION] [--copies-shortfall fail|ack]] [--json]\n" +
 				"Run 'hub stream create --help' for more.\n"},
 		{"bad value", []string{"consume", "s", "-n", "many"}, 2,
 			"hub consume: invalid value \"many\" for -n: parse error\n" +

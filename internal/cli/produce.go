@@ -126,7 +126,7 @@ shard, seq, ingest_time and origin are the hub's to assign and are ignored
 `
 
 func produce(ctx context.Context, args []string) error {
-	fs := newFlags("produce", "produce STREAM [--file FILE] [--format line|json] [--key KEY | --key-sep SEP [--allow-keyless]] [--null] [--header K=V]... [--timestamp TIME] [--shard N] [--max-line BYTES]")
+	fs := newFlags("produce", "produce STREAM [--file FILE] [--format line|json] [--key KEY | --key-sep SEP [--allow-keyless]] [--null] [--header K=V]... [--timestamp TIME] [--shard N] [--max-line BYTES] [--copies N]")
 	usage := fs.Usage
 	fs.Usage = func() { usage(); io.WriteString(stderr, produceNote) }
 	df := addDataFlags(fs)
@@ -138,6 +138,7 @@ func produce(ctx context.Context, args []string) error {
 	null := fs.Bool("null", false, "send an empty value as a tombstone (no value) instead of an empty value")
 	var headers headerFlags
 	fs.Var(&headers, "header", "record header `K=V` (repeatable)")
+	copies := fs.Int("copies", 0, "wait until `N` hubs (the one produced to included) hold each batch before counting it acknowledged (default: the stream's copies)")
 	timestamp := fs.String("timestamp", "", "record time of every record, an RFC 3339 `TIME` (default: now, line by line; with --format json the line's time)")
 	shard := &optShard{n: -1}
 	fs.Var(shard, "shard", "send every record to shard `N` (default: by key hash, keyless records spread)")
@@ -181,7 +182,10 @@ func produce(ctx context.Context, args []string) error {
 		return err
 	}
 	defer c.Close()
-	p, err := c.Producer(ctx, pos[0], sdk.ProducerOptions{})
+	if *copies < 0 {
+		return usagef("invalid --copies %d: want 1 or more", *copies)
+	}
+	p, err := c.Producer(ctx, pos[0], sdk.ProducerOptions{Copies: *copies})
 	if err != nil {
 		return err
 	}

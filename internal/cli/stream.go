@@ -28,7 +28,7 @@ func init() {
 			{"create NAME", "create a stream"},
 			{"list", "list streams"},
 			{"describe NAME", "show a stream's shards, sequences, counts and settings (its autosplit policy too)"},
-			{"update NAME", "change a stream's retention, size limit, compaction or replication"},
+			{"update NAME", "change a stream's retention, size limit, compaction, replication or copies"},
 			{"delete NAME [--force] [--yes]", "delete a stream and all its records (refused while plugins, groups or webhooks use it, unless --force)"},
 			{"split NAME --shard S [--at HASH]", "split an open shard's hash range in two (its records stay; new ones go to the two children)"},
 			{"merge NAME --shards S1,S2", "merge two open shards with adjacent hash ranges"},
@@ -43,6 +43,8 @@ func init() {
 type streamSettingFlags struct {
 	fs                                         *flag.FlagSet
 	retention, tombstones, maxBytes, replicate *string
+	copiesAt, copiesTimeout, copiesShortfall   *string
+	copies                                     *int
 	compact                                    *bool
 }
 
@@ -53,6 +55,10 @@ func (s *streamSettingFlags) add(fs *flag.FlagSet) {
 	s.compact = fs.Bool("compact", false, "keep only the latest record per key")
 	s.tombstones = fs.String("tombstone-retention", "", "keep deletes (nil values) visible for `DURATION` under compaction (default 24h)")
 	s.replicate = fs.String("replicate", "", "replication `POLICY`: local, all, or tag:NAME[,tag:NAME...] (default local)")
+	s.copies = fs.Int("copies", 1, "acknowledge a batch once `N` hubs (this one included) hold it (1: this hub's fsync; more needs --replicate)")
+	s.copiesAt = fs.String("copies-at", "", "count only copies on hubs carrying one of these tags: all or tag:NAME[,tag:NAME...] (default all)")
+	s.copiesTimeout = fs.String("copies-timeout", "", "wait at most `DURATION` for the copies (default 5s)")
+	s.copiesShortfall = fs.String("copies-shortfall", "", "short of copies after the timeout: fail (the batch is refused with copies_short, though stored here) or ack (acknowledged with the copies there are) (default fail)")
 }
 
 func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
@@ -83,6 +89,23 @@ func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
 				errs = append(errs, usagef("--replicate: %v", err))
 			}
 			req.Replicate = &r
+		case "copies":
+			req.Copies = s.copies
+		case "copies-at":
+			r, err := hub.ParseReplicate(f.Value.String())
+			if err != nil {
+				errs = append(errs, usagef("--copies-at: %v", err))
+			}
+			req.CopiesAt = &r
+		case "copies-timeout":
+			d, err := hub.ParseDuration(f.Value.String())
+			if err != nil {
+				errs = append(errs, usagef("--copies-timeout: %v", err))
+			}
+			req.CopiesTimeout = &d
+		case "copies-shortfall":
+			v := f.Value.String()
+			req.CopiesShortfall = &v
 		}
 	})
 	if len(errs) > 0 {
@@ -92,7 +115,7 @@ func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
 }
 
 func streamCreate(ctx context.Context, args []string) error {
-	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--json]")
+	fs := newFlags("stream create", "stream create NAME [--shards N] [--retention DURATION] [--max-bytes SIZE] [--compact] [--tombstone-retention DURATION] [--replicate POLICY] [--copies N [--copies-at TAGS] [--copies-timeout DURATION] [--copies-shortfall fail|ack]] [--json]")
 	shards := fs.Int("shards", 1, "number of `N` shards (1..1024; fixed once created)")
 	var s streamSettingFlags
 	s.add(fs)
@@ -121,7 +144,7 @@ func streamCreate(ctx context.Context, args []string) error {
 }
 
 func streamUpdate(ctx context.Context, args []string) error {
-	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--tombstone-retention DURATION] [--replicate POLICY] [--json]")
+	fs := newFlags("stream update", "stream update NAME [--retention DURATION] [--max-bytes SIZE] [--compact=BOOL] [--tombstone-retention DURATION] [--replicate POLICY] [--copies N [--copies-at TAGS] [--copies-timeout DURATION] [--copies-shortfall fail|ack]] [--json]")
 	admin := addAdminFlags(fs, "")
 	var s streamSettingFlags
 	s.add(fs)
@@ -226,6 +249,11 @@ func streamDescribe(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "Compact:\t%v\n", s.Config.Compact)
 	fmt.Fprintf(tw, "Tombstone retention:\t%s\n", s.Config.TombstoneRetention)
 	fmt.Fprintf(tw, "Replicate:\t%s\n", s.Config.Replicate)
+	if c := s.Config.CopiesPolicy; c.Copies > 1 {
+		fmt.Fprintf(tw, "Copies:\t%d at %s, within %s, else %s (%d short so far)\n", c.Copies, c.At, c.Timeout, c.Shortfall, s.CopiesShort)
+	} else {
+		fmt.Fprintf(tw, "Copies:\t1 (this hub's fsync)\n")
+	}
 	if a := s.Config.Autosplit; a != nil {
 		fmt.Fprintf(tw, "Autosplit:\t%s (set by %s)\n", a, s.Config.AutosplitFrom)
 	} else {
