@@ -64,7 +64,7 @@ func holders(tb testing.TB, origin string, stream string, pos sdk.Position, hubs
 
 // TestCopiesAckWaitsForPeers: with copies = 2, every ACK comes after
 // another hub reported the batch applied, so at the moment the callback
-// runs a peer's store already holds the record; a partition makes acks fail
+// runs a peer's store already holds the record; cut replication links make acks fail
 // with copies_short (the records stay stored at the origin and reach the
 // peers after the heal), or, under copies_shortfall = "ack", acknowledge
 // with the one copy there is. A copies = 1 stream under the same partition
@@ -117,9 +117,11 @@ func TestCopiesAckWaitsForPeers(t *testing.T) {
 		t.Fatalf("copies = 2, all up: %d acked, %d short, %d errors, first %v", acked, short, len(errs), errs[:min(len(errs), 3)])
 	}
 
-	// Partition the origin from both peers.
-	n.setCut("hub-a", "hub-b", true)
-	n.setCut("hub-a", "hub-c", true)
+	// Cut the origin's replication links to both peers (gossip stays up:
+	// the peers know they are behind, and membership is not what is tested
+	// here).
+	n.setPullsCut("hub-a", "hub-b", true)
+	n.setPullsCut("hub-a", "hub-c", true)
 	pos, err := p.Send(ctx, sdk.Record{Key: []byte("cut"), Value: []byte("during")})
 	if quic.CodeOf(err) != quic.CodeCopiesShort {
 		t.Fatalf("copies = 2 during a partition: %+v, %v; want copies_short", pos, err)
@@ -157,8 +159,8 @@ func TestCopiesAckWaitsForPeers(t *testing.T) {
 	}
 
 	// Heal: everything reaches the peers, once.
-	n.setCut("hub-a", "hub-b", false)
-	n.setCut("hub-a", "hub-c", false)
+	n.setPullsCut("hub-a", "hub-b", false)
+	n.setPullsCut("hub-a", "hub-c", false)
 	converged(t, "orders", 302, a, b, c)
 	testutil.Eventually(t, "describe lists both peers as holding every shard", func() bool {
 		var info StreamInfo
