@@ -17,6 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/edgehub/edgehub/internal/boltcheck"
 	"github.com/edgehub/edgehub/internal/testutil"
 	"github.com/edgehub/edgehub/sdk"
 )
@@ -65,7 +66,7 @@ func TestBoundedCorruption(t *testing.T) {
 		{"page headers overwritten", func(tb testing.TB, p string) int { return smashPageHeaders(tb, p, 3) }},
 		{"both meta pages flipped", func(tb testing.TB, p string) int { return flipMeta(tb, p) }},
 		{"file truncated to 60%", func(tb testing.TB, p string) int { return truncateTo(tb, p, 0.6) }},
-		{"file truncated to 4 KiB", func(tb testing.TB, p string) int { return truncateTo(tb, p, 4096.0/float64(fileSize(tb, p))) }},
+		{"file truncated to 4 KiB", func(tb testing.TB, p string) int { return truncateAt(tb, p, 4096) }},
 	}
 	var flipped, detectedAtOpen, detectedAtRead int
 	for i, d := range damages {
@@ -287,11 +288,24 @@ func fileSize(tb testing.TB, path string) int64 {
 	return fi.Size()
 }
 
-// truncateTo cuts the file to frac of its size and returns the bytes cut.
+// truncateTo cuts the file to frac of the bytes its pages use (bbolt's
+// high-water mark: the file grows ahead of it, so a cut of the file's size
+// could remove only unused space and leave nothing to detect) and returns
+// the bytes cut.
 func truncateTo(tb testing.TB, path string, frac float64) int {
 	tb.Helper()
 	size := fileSize(tb, path)
-	keep := int64(float64(size) * frac)
+	used := size
+	if m, ok, err := boltcheck.ReadMeta(path); err == nil && ok {
+		used = min(size, int64(m.Pages)*int64(m.PageSize))
+	}
+	return truncateAt(tb, path, int64(float64(used)*frac))
+}
+
+// truncateAt cuts the file to keep bytes and returns the bytes cut.
+func truncateAt(tb testing.TB, path string, keep int64) int {
+	tb.Helper()
+	size := fileSize(tb, path)
 	if err := os.Truncate(path, keep); err != nil {
 		tb.Fatal(err)
 	}
