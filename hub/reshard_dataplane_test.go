@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -340,27 +341,7 @@ func TestSDKSubscriptionAcrossSplit(t *testing.T) {
 			t.Fatalf("ack %+v", ack)
 		}
 	}
-	lastRound := map[string]int{}
-	for range rounds * len(keys) {
-		m, err := sub.Next(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var k string
-		var r int
-		if _, err := fmt.Sscanf(strings.Replace(string(m.Record.Value), "/", " ", 1), "%s %d", &k, &r); err != nil {
-			t.Fatalf("value %q: %v", m.Record.Value, err)
-		}
-		if prev, ok := lastRound[k]; ok && r != prev+1 || !ok && r != 0 {
-			t.Fatalf("key %s: round %d after %d (shard %d)", k, r, prev, m.Shard)
-		}
-		lastRound[k] = r
-	}
-	for _, k := range keys {
-		if lastRound[k] != rounds-1 {
-			t.Fatalf("key %s read to round %d", k, lastRound[k])
-		}
-	}
+	readKeyRounds(t, ctx, sub, keys, rounds)
 	if sub.Shards() != 2 {
 		t.Fatalf("Shards() = %d after the split, want 2", sub.Shards())
 	}
@@ -419,27 +400,35 @@ func TestSubscriptionThroughEmptyShard(t *testing.T) {
 			}
 			defer sub.Close()
 			const rounds = 3
-			lastRound := map[string]int{}
-			for range rounds * len(keys) {
-				m, err := sub.Next(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				k, rs, _ := strings.Cut(string(m.Record.Value), "/")
-				r, err := strconv.Atoi(rs)
-				if err != nil {
-					t.Fatalf("value %q", m.Record.Value)
-				}
-				if prev, ok := lastRound[k]; ok && r != prev+1 || !ok && r != 0 {
-					t.Fatalf("key %s: round %d after %d (shard %d)", k, r, prev, m.Shard)
-				}
-				lastRound[k] = r
-			}
-			for _, k := range keys {
-				if lastRound[k] != rounds-1 {
-					t.Fatalf("key %s read to round %d", k, lastRound[k])
-				}
-			}
+			readKeyRounds(t, ctx, sub, keys, rounds)
 		})
+	}
+}
+
+// readKeyRounds reads rounds records of each key from sub, values
+// "KEY/ROUND", and fails unless each key's rounds come 0, 1, 2, ... in order
+// and reach rounds-1.
+func readKeyRounds(t *testing.T, ctx context.Context, sub *sdk.Subscription, keys []string, rounds int) {
+	t.Helper()
+	lastRound := map[string]int{}
+	for range rounds * len(keys) {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, rs, _ := strings.Cut(string(m.Record.Value), "/")
+		r, err := strconv.Atoi(rs)
+		if err != nil {
+			t.Fatalf("value %q: %v", m.Record.Value, err)
+		}
+		if prev, ok := lastRound[k]; ok && r != prev+1 || !ok && r != 0 {
+			t.Fatalf("key %s: round %d after %d (shard %d)", k, r, prev, m.Shard)
+		}
+		lastRound[k] = r
+	}
+	for _, k := range keys {
+		if lastRound[k] != rounds-1 {
+			t.Fatalf("key %s read to round %d", k, lastRound[k])
+		}
 	}
 }
