@@ -167,10 +167,7 @@ func (ss *srvSession) read() error {
 			if err := c.Decode(p); err != nil {
 				return err
 			}
-			ss.mu.Lock()
-			sf := ss.follows[c.ID]
-			ss.mu.Unlock()
-			if sf != nil { // else already ended: its credit is moot
+			if sf := ss.follow(c.ID); sf != nil { // else already ended: its credit is moot
 				sf.addCredit(c.Bytes)
 			}
 		case FramePullApplied:
@@ -178,10 +175,7 @@ func (ss *srvSession) read() error {
 			if err := a.Decode(p); err != nil {
 				return err
 			}
-			ss.mu.Lock()
-			sf := ss.follows[a.ID]
-			ss.mu.Unlock()
-			if sf != nil {
+			if sf := ss.follow(a.ID); sf != nil {
 				sf.mu.Lock()
 				k, shard := sf.copies, sf.shard
 				sf.mu.Unlock()
@@ -195,10 +189,7 @@ func (ss *srvSession) read() error {
 			if err := c.Decode(p); err != nil {
 				return err
 			}
-			ss.mu.Lock()
-			sf := ss.follows[c.ID]
-			ss.mu.Unlock()
-			if sf != nil {
+			if sf := ss.follow(c.ID); sf != nil {
 				sf.mu.Lock()
 				sf.canceled = true
 				sf.mu.Unlock()
@@ -208,6 +199,13 @@ func (ss *srvSession) read() error {
 			return quic.Errorf(quic.CodeProtocol, "%s frame in a replication session", frameName(t))
 		}
 	}
+}
+
+// follow returns the open follow id, nil if it ended (or never was).
+func (ss *srvSession) follow(id uint64) *srvFollow {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.follows[id]
 }
 
 // start authorises and starts one follow; refusals end only that follow.
