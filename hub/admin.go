@@ -492,21 +492,6 @@ func (req StreamRequest) apply(c *store.StreamConfig) {
 	}
 }
 
-// validateCopies checks the copies policy c carries against its
-// replication policy.
-func validateCopies(c store.StreamConfig) error {
-	var p CopiesPolicy
-	if v := c.Meta[MetaCopies]; v != "" {
-		if err := json.Unmarshal([]byte(v), &p); err != nil {
-			return fmt.Errorf("%w: copies: %v", store.ErrInvalidConfig, err)
-		}
-	}
-	if err := p.withDefaults().validate(Replicate(c.Meta[MetaReplicate])); err != nil {
-		return fmt.Errorf("%w: %v", store.ErrInvalidConfig, err)
-	}
-	return nil
-}
-
 func (h *Hub) createStream(w http.ResponseWriter, r *http.Request) error {
 	var req StreamRequest
 	if err := readJSON(w, r, &req); err != nil {

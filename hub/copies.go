@@ -104,15 +104,36 @@ func (p CopiesPolicy) encode() string {
 	return string(b)
 }
 
-// copiesOf returns st's policy. A value that does not decode (written by
-// a later version, or damaged) is the strictest reading the hub can make
-// of it: the copies it names with the defaults for the rest, else one.
-func copiesOf(c store.StreamConfig) CopiesPolicy {
+// decodeCopies reads the policy c carries, with the defaults filled in.
+func decodeCopies(c store.StreamConfig) (CopiesPolicy, error) {
 	var p CopiesPolicy
 	if v := c.Meta[MetaCopies]; v != "" {
-		_ = json.Unmarshal([]byte(v), &p)
+		if err := json.Unmarshal([]byte(v), &p); err != nil {
+			return p.withDefaults(), err
+		}
 	}
-	return p.withDefaults()
+	return p.withDefaults(), nil
+}
+
+// copiesOf returns c's policy. A value that does not decode (written by a
+// later version, or damaged) is the strictest reading the hub can make of
+// it: the copies it names with the defaults for the rest, else one.
+func copiesOf(c store.StreamConfig) CopiesPolicy {
+	p, _ := decodeCopies(c)
+	return p
+}
+
+// validateCopies checks the copies policy c carries against its
+// replication policy.
+func validateCopies(c store.StreamConfig) error {
+	p, err := decodeCopies(c)
+	if err != nil {
+		return fmt.Errorf("%w: copies: %v", store.ErrInvalidConfig, err)
+	}
+	if err := p.validate(Replicate(c.Meta[MetaReplicate])); err != nil {
+		return fmt.Errorf("%w: %v", store.ErrInvalidConfig, err)
+	}
+	return nil
 }
 
 // setCopies stores p in c's metadata (removing it when it is the default).
