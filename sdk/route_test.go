@@ -50,6 +50,16 @@ type sent struct {
 	vals  []string
 }
 
+// ackOldest answers the oldest unacknowledged batch as stored at pos, as
+// readAcks does with a successful ACK.
+func (p *Producer) ackOldest(pos ...Position) {
+	p.mu.Lock()
+	b := p.unacked[0]
+	p.removeSent(b)
+	p.complete(b, pos, nil)
+	p.unlock()
+}
+
 func (p *Producer) pickAll(t *testing.T) []sent {
 	t.Helper()
 	p.mu.Lock()
@@ -182,11 +192,7 @@ func TestRerouteResendsSentBatches(t *testing.T) {
 		t.Fatalf("after the break: %+v, want low/0 resent to shard 0 alone", got)
 	}
 	// Its ACK: stored before the close.
-	p.mu.Lock()
-	b := p.unacked[0]
-	p.removeSent(b)
-	p.complete(b, []Position{{Shard: 0, Seq: 1}}, nil)
-	p.unlock()
+	p.ackOldest(Position{Shard: 0, Seq: 1})
 	got = p.pickAll(t)
 	if len(got) != 1 || got[0].shard != 1 || fmt.Sprint(got[0].vals) != "[low/1]" {
 		t.Fatalf("after the duplicate: %+v, want low/1 re-routed to shard 1", got)
@@ -229,11 +235,7 @@ func TestStoredAckReleasesHeldShards(t *testing.T) {
 	if got := p.pickAll(t); len(got) != 0 {
 		t.Fatalf("while shard 0 has a batch on the wire: %+v, want the children held", got)
 	}
-	p.mu.Lock()
-	b := p.unacked[0]
-	p.removeSent(b)
-	p.complete(b, []Position{{Shard: 0, Seq: 1}}, nil)
-	p.unlock()
+	p.ackOldest(Position{Shard: 0, Seq: 1})
 	got := p.pickAll(t)
 	if len(got) != 2 || got[0].shard != 1 || got[1].shard != 2 {
 		t.Fatalf("after the stored ACK: %+v, want the batches of shards 1 and 2", got)
