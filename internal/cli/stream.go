@@ -66,14 +66,17 @@ func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
 	var errs []error
 	s.fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "retention", "tombstone-retention":
+		case "retention", "tombstone-retention", "copies-timeout":
 			d, err := hub.ParseDuration(f.Value.String())
-			if err != nil {
+			switch {
+			case err != nil:
 				errs = append(errs, usagef("--%s: %v", f.Name, err))
-			} else if f.Name == "retention" {
+			case f.Name == "retention":
 				req.Retention = &d
-			} else {
+			case f.Name == "tombstone-retention":
 				req.TombstoneRetention = &d
+			default:
+				req.CopiesTimeout = &d
 			}
 		case "max-bytes":
 			n, err := hub.ParseSize(f.Value.String())
@@ -83,26 +86,18 @@ func (s *streamSettingFlags) request() (hub.StreamRequest, error) {
 			req.MaxBytes = &n
 		case "compact":
 			req.Compact = s.compact
-		case "replicate":
+		case "replicate", "copies-at":
 			r, err := hub.ParseReplicate(f.Value.String())
-			if err != nil {
-				errs = append(errs, usagef("--replicate: %v", err))
+			switch {
+			case err != nil:
+				errs = append(errs, usagef("--%s: %v", f.Name, err))
+			case f.Name == "replicate":
+				req.Replicate = &r
+			default:
+				req.CopiesAt = &r
 			}
-			req.Replicate = &r
 		case "copies":
 			req.Copies = s.copies
-		case "copies-at":
-			r, err := hub.ParseReplicate(f.Value.String())
-			if err != nil {
-				errs = append(errs, usagef("--copies-at: %v", err))
-			}
-			req.CopiesAt = &r
-		case "copies-timeout":
-			d, err := hub.ParseDuration(f.Value.String())
-			if err != nil {
-				errs = append(errs, usagef("--copies-timeout: %v", err))
-			}
-			req.CopiesTimeout = &d
 		case "copies-shortfall":
 			v := f.Value.String()
 			req.CopiesShortfall = &v
