@@ -191,10 +191,33 @@ func (r *Replicator) lineageGate(st *store.Stream, t *task) (gate int, why strin
 	if sh.State != store.ShardOpen && r.position(st, t.key) >= sh.End {
 		return gateComplete, "", false
 	}
+	// A parent is finished once it is applied to its end and its own
+	// parents are: a shard that closed empty (split and merged again before
+	// a record reached it) is "at its end" at once, and must not let its
+	// children run ahead of the grandparents' records of the same keys.
+	memo := map[uint32]bool{}
+	var finished func(id uint32) bool
+	finished = func(id uint32) bool {
+		if v, ok := memo[id]; ok {
+			return v
+		}
+		end, closed := closedEnd(l, id)
+		ok := closed && r.position(st, taskKey{t.key.stream, store.OriginKey{Hub: k.Hub, Shard: id}}) >= end
+		if ok {
+			p, _ := shardOf(l, id)
+			for _, pp := range p.Parents {
+				if pp < id && !finished(pp) { // parents have lower ids: no cycle
+					ok = false
+					break
+				}
+			}
+		}
+		memo[id] = ok
+		return ok
+	}
 	var waiting []uint32
 	for _, p := range sh.Parents {
-		end, _ := closedEnd(l, p)
-		if r.position(st, taskKey{t.key.stream, store.OriginKey{Hub: k.Hub, Shard: p}}) < end {
+		if !finished(p) {
 			waiting = append(waiting, p)
 		}
 	}
