@@ -159,9 +159,24 @@ func (s *StreamConfig) setDefaults() {
 	s.CopiesShortfall = DefaultCopiesShortfall
 }
 
-// copies is the declaration's copies policy.
+// copies is the declaration's copies policy. A zero field is unset, as
+// everywhere in Config (a StreamConfig literal need not name them): it
+// takes its default.
 func (s StreamConfig) copies() CopiesPolicy {
-	return CopiesPolicy{Copies: s.Copies, At: s.CopiesAt, Timeout: s.CopiesTimeout, Shortfall: s.CopiesShortfall}.withDefaults()
+	p := defaultCopies()
+	if s.Copies != 0 {
+		p.Copies = s.Copies
+	}
+	if s.CopiesAt != "" {
+		p.At = s.CopiesAt
+	}
+	if s.CopiesTimeout != 0 {
+		p.Timeout = s.CopiesTimeout
+	}
+	if s.CopiesShortfall != "" {
+		p.Shortfall = s.CopiesShortfall
+	}
+	return p
 }
 
 // StoreStreamConfig converts the declaration to the store's definition.

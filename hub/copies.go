@@ -55,20 +55,11 @@ type CopiesPolicy struct {
 	Shortfall string `json:"copies_shortfall"`
 }
 
-func (p CopiesPolicy) withDefaults() CopiesPolicy {
-	if p.Copies == 0 {
-		p.Copies = 1
-	}
-	if p.Timeout == 0 {
-		p.Timeout = Duration(DefaultCopiesTimeout)
-	}
-	if p.Shortfall == "" {
-		p.Shortfall = DefaultCopiesShortfall
-	}
-	if p.At == "" {
-		p.At = ReplicateAll
-	}
-	return p
+// defaultCopies is the policy of a stream that sets none: one copy.
+// Defaults fill only keys that are absent; a value given (0 copies, a 0s
+// timeout, an empty shortfall) is validated as given, never replaced.
+func defaultCopies() CopiesPolicy {
+	return CopiesPolicy{Copies: 1, At: ReplicateAll, Timeout: Duration(DefaultCopiesTimeout), Shortfall: DefaultCopiesShortfall}
 }
 
 // validate reports every problem of p for a stream replicated by repl,
@@ -96,23 +87,23 @@ func (p CopiesPolicy) validate(repl Replicate) error {
 // encode is the policy's MetaCopies value; "" for one copy with the
 // defaults, so streams without copies carry nothing new.
 func (p CopiesPolicy) encode() string {
-	p = p.withDefaults()
-	if p == (CopiesPolicy{}).withDefaults() {
+	if p == defaultCopies() {
 		return ""
 	}
 	b, _ := json.Marshal(p)
 	return string(b)
 }
 
-// decodeCopies reads the policy c carries, with the defaults filled in.
+// decodeCopies reads the policy c carries, the defaults standing for the
+// keys it lacks.
 func decodeCopies(c store.StreamConfig) (CopiesPolicy, error) {
-	var p CopiesPolicy
+	p := defaultCopies()
 	if v := c.Meta[MetaCopies]; v != "" {
 		if err := json.Unmarshal([]byte(v), &p); err != nil {
-			return p.withDefaults(), err
+			return p, err
 		}
 	}
-	return p.withDefaults(), nil
+	return p, nil
 }
 
 // copiesOf returns c's policy. A value that does not decode (written by a

@@ -14,9 +14,15 @@ import (
 	"github.com/edgehub/edgehub/store"
 )
 
-// createWithCopies creates a replicated stream at h with a copies policy.
-func createWithCopies(tb testing.TB, h *Hub, name string, p CopiesPolicy) {
+// createWithCopies creates a replicated stream at h with copies copies
+// and, if not 0, that timeout (the other settings at their defaults).
+func createWithCopies(tb testing.TB, h *Hub, name string, copies int, timeout time.Duration) {
 	tb.Helper()
+	p := defaultCopies()
+	p.Copies = copies
+	if timeout != 0 {
+		p.Timeout = Duration(timeout)
+	}
 	c := store.StreamConfig{Name: name, Shards: 2, Meta: map[string]string{MetaReplicate: "all"}}
 	setCopies(&c, p)
 	if err := validateCopies(c); err != nil {
@@ -75,8 +81,8 @@ func TestCopiesAckWaitsForPeers(t *testing.T) {
 	a := n.start("hub-a")
 	b := n.start("hub-b")
 	c := n.start("hub-c")
-	createWithCopies(t, a, "orders", CopiesPolicy{Copies: 2, Timeout: Duration(2 * time.Second)})
-	createWithCopies(t, a, "plain", CopiesPolicy{Copies: 1})
+	createWithCopies(t, a, "orders", 2, 2*time.Second)
+	createWithCopies(t, a, "plain", 1, 0)
 	for _, h := range []*Hub{b, c} {
 		mustStreamEventually(t, h, "orders")
 		mustStreamEventually(t, h, "plain")
@@ -183,7 +189,7 @@ func TestCopiesAskedByProducer(t *testing.T) {
 	a := n.start("hub-a")
 	b := n.start("hub-b")
 	c := n.start("hub-c")
-	createWithCopies(t, a, "s", CopiesPolicy{Copies: 1})
+	createWithCopies(t, a, "s", 1, 0)
 	for _, h := range []*Hub{b, c} {
 		mustStreamEventually(t, h, "s")
 	}
@@ -208,32 +214,55 @@ func TestCopiesAskedByProducer(t *testing.T) {
 	}
 }
 
-// TestCopiesConfig: the policy's checks, with the keys they name.
+// TestCopiesConfig: the policy's checks, with the keys they name, on the
+// stored value the admin API writes (keys absent take their defaults;
+// values given, zeros included, are checked as given) and in hub.toml.
 func TestCopiesConfig(t *testing.T) {
 	for _, tc := range []struct {
-		p    CopiesPolicy
-		repl Replicate
-		want string // "" valid
+		stored string // Meta[MetaCopies]
+		repl   Replicate
+		want   string // "" valid
 	}{
-		{CopiesPolicy{Copies: 2}, ReplicateAll, ""},
-		{CopiesPolicy{Copies: 1}, ReplicateLocal, ""},
-		{CopiesPolicy{Copies: 2}, ReplicateLocal, "copies: 2 copies of a stream that never leaves this hub"},
-		{CopiesPolicy{Copies: MaxCopies + 1}, ReplicateAll, "copies: 17 outside 1..16"},
-		{CopiesPolicy{Copies: 2, Shortfall: "maybe"}, ReplicateAll, `copies_shortfall: "maybe"`},
-		{CopiesPolicy{Copies: 2, At: ReplicateLocal}, ReplicateAll, "copies_at:"},
-		{CopiesPolicy{Copies: 2, Timeout: Duration(-time.Second)}, ReplicateAll, "copies_timeout:"},
+		{`{"copies":2}`, ReplicateAll, ""},
+		{``, ReplicateLocal, ""},
+		{`{"copies":2}`, ReplicateLocal, "copies: 2 copies of a stream that never leaves this hub"},
+		{`{"copies":16}`, ReplicateAll, ""},
+		{`{"copies":17}`, ReplicateAll, "copies: 17 outside 1..16"},
+		{`{"copies":0}`, ReplicateAll, "copies: 0 outside 1..16"},
+		{`{"copies":2,"copies_shortfall":"maybe"}`, ReplicateAll, `copies_shortfall: "maybe"`},
+		{`{"copies":2,"copies_shortfall":""}`, ReplicateAll, `copies_shortfall: ""`},
+		{`{"copies":2,"copies_at":"local"}`, ReplicateAll, "copies_at:"},
+		{`{"copies":2,"copies_timeout":"-1s"}`, ReplicateAll, "copies_timeout:"},
+		{`{"copies":2,"copies_timeout":"0s"}`, ReplicateAll, "copies_timeout: 0s is not positive"},
+		{`{"copies":`, ReplicateAll, "copies: unexpected end"},
 	} {
-		err := tc.p.withDefaults().validate(tc.repl)
+		c := store.StreamConfig{Meta: map[string]string{MetaReplicate: string(tc.repl)}}
+		if tc.stored != "" {
+			c.Meta[MetaCopies] = tc.stored
+		}
+		err := validateCopies(c)
 		switch {
 		case tc.want == "" && err != nil:
-			t.Errorf("%+v: %v", tc.p, err)
+			t.Errorf("%s: %v", tc.stored, err)
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%+v: %v, want %q", tc.p, err, tc.want)
+			t.Errorf("%s: %v, want %q", tc.stored, err, tc.want)
+		}
+	}
+	// In hub.toml (and a Config built in Go) a zero is unset, as everywhere
+	// in Config: it takes the default; the checks apply to what is given.
+	cfg, err := ParseConfig("hub.toml", []byte("[[stream]]\nname = \"s\"\nreplicate = \"all\"\ncopies = 0\n"))
+	if err != nil || cfg.Streams[0].copies() != defaultCopies() {
+		t.Errorf("hub.toml with copies = 0: %+v, %v; want the default policy", cfg.Streams, err)
+	}
+	_, err = ParseConfig("hub.toml", []byte("[[stream]]\nname = \"s\"\nreplicate = \"all\"\ncopies = 17\ncopies_timeout = \"-1s\"\n"))
+	for _, want := range []string{"stream[0].copies: 17 outside 1..16", "stream[0].copies_timeout: -1s is not positive"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("hub.toml with copies = 17: %v, want %q", err, want)
 		}
 	}
 	// One copy with the defaults stores nothing: streams without copies
 	// carry no new metadata.
-	if v := (CopiesPolicy{Copies: 1}).encode(); v != "" {
+	if v := defaultCopies().encode(); v != "" {
 		t.Fatalf("default policy encodes as %q", v)
 	}
 	c := store.StreamConfig{}
